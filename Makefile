@@ -1,0 +1,36 @@
+# Two commands work on a fresh machine: `make demo` and `make test`.
+# Everything else is reached through them.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test tools bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# dcmtk (storescu, dcmdump, dcmcjpeg) and dicom3tools (dciodvfy) are the judges the tests call.
+tools:
+	@if ! command -v dciodvfy >/dev/null || ! command -v dcmdump >/dev/null || ! command -v dcmcjpeg >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null; \
+	  else \
+	    echo "need dcmtk and dicom3tools: sudo apt-get install dcmtk dicom3tools" >&2; exit 1; \
+	  fi; \
+	fi
+
+demo: $(STAMP) tools
+	$(VENV)/bin/ercp-node demo
+
+test: $(STAMP) tools
+	$(PY) -m pytest -q
+
+bench: $(STAMP) tools
+	$(PY) bench/bench_phantom.py
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,56 @@
+"""`ercp-node …` entry point: one sub-command per user task."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__
+
+
+class CLIError(Exception):
+    """A user error: printed as one clear line, exit status 2."""
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .phantom.cli import run_synth
+
+    return run_synth(args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ercp-node", description=__doc__)
+    p.add_argument("--version", action="version", version=f"ercp-node {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    from .phantom.cli import add_synth_arguments
+
+    s = sub.add_parser("synth", help="generate synthetic ERCP cholangiograms with ground truth")
+    add_synth_arguments(s)
+    s.set_defaults(func=_cmd_synth)
+
+    d = sub.add_parser("demo", help="run the main job on embedded defaults")
+    d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
+    d.add_argument("--count", type=int, default=8, help="phantom images to generate (default: 8)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"ercp-node {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""`ercp-node synth`: argument parsing and validation with clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+from .dicomio import MODALITIES, TRANSFER_SYNTAXES
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+
+
+def add_synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--count", type=int, required=True, help="number of images (DICOM instances)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical bytes")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--start-date", type=_date, default=dt.date(2014, 1, 1), help="first acquisition date")
+    p.add_argument("--end-date", type=_date, default=dt.date(2024, 12, 31), help="last acquisition date")
+    p.add_argument("--size", type=int, default=576, help="image rows = columns, 512–1024 (default 576)")
+    p.add_argument("--modality", choices=MODALITIES, default="RF", help="RF (default), XA, SC or DX")
+    p.add_argument("--bits", type=int, choices=(8, 12, 16), default=8, help="bits stored (default 8)")
+    p.add_argument("--photometric", choices=("MONOCHROME2", "MONOCHROME1"), default="MONOCHROME2")
+    p.add_argument("--transfer-syntax", choices=tuple(TRANSFER_SYNTAXES), default="explicit")
+    p.add_argument("--frames", type=int, default=1, help="1 = single image; 5–30 = cine run (RF/XA only)")
+    p.add_argument("--scope-diameter-mm", type=float, default=11.3, help="duodenoscope insertion tube diameter")
+    p.add_argument("--image-intensifier", action="store_true", help="circular image-intensifier field with vignetting")
+    p.add_argument("--no-text", action="store_true", help="no burned-in text or scale marker")
+    p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
+    p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..cli import CLIError
+    from .dataset import SynthConfig
+    from .render import Options
+
+    if args.count < 1:
+        raise CLIError(f"--count must be at least 1, got {args.count}")
+    if args.seed < 0:
+        raise CLIError(f"--seed must be non-negative, got {args.seed}")
+    if not 512 <= args.size <= 1024:
+        raise CLIError(f"--size must be within 512–1024 pixels, got {args.size}")
+    if args.end_date < args.start_date:
+        raise CLIError(f"--end-date {args.end_date} is before --start-date {args.start_date}")
+    if not (args.frames == 1 or 5 <= args.frames <= 30):
+        raise CLIError(f"--frames must be 1 (single image) or 5–30 (cine), got {args.frames}")
+    if args.frames > 1 and args.modality not in ("RF", "XA"):
+        raise CLIError(f"cine (--frames {args.frames}) is RF or XA only, not {args.modality}")
+    if args.photometric == "MONOCHROME1" and args.modality in ("RF", "XA"):
+        raise CLIError("RF and XA images are MONOCHROME2 by definition (PS3.3 C.8.7.1.1); use --modality SC or DX")
+    if args.size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
+        raise CLIError("jpeg2000 needs images of at least 32 pixels")
+    if not 8.0 <= args.scope_diameter_mm <= 16.0:
+        raise CLIError(f"--scope-diameter-mm must be within 8–16 mm, got {args.scope_diameter_mm}")
+    if args.workers is not None and args.workers < 1:
+        raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    try:
+        lo, hi = (float(v) for v in args.complexity.split(":"))
+    except ValueError:
+        raise CLIError(f"--complexity must be lo:hi, e.g. 0:1, got {args.complexity!r}") from None
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
+    opts = Options(size=args.size, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
+                   image_intensifier=args.image_intensifier, burned_in_text=not args.no_text)
+    return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
+                       modality=args.modality, bits=args.bits, photometric=args.photometric,
+                       transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from ..cli import CLIError
+    from .dataset import generate, stderr_progress
+
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    if (out / "manifest.csv").exists() and not args.force:
+        raise CLIError(f"{out} already holds a phantom data set (manifest.csv); use --force to overwrite")
+    rows = generate(cfg, out, workers=args.workers, progress=stderr_progress)
+    patients = len({r["patient_id"] for r in rows})
+    studies = len({r["study_uid"] for r in rows})
+    dates = sorted(r["acquisition_date"] for r in rows)
+    print(f"wrote {len(rows)} images ({patients} patients, {studies} studies, {dates[0]} … {dates[-1]}) to {out}")
+    print(f"manifest: {out / 'manifest.csv'}  contact sheet: {out / 'contact_sheet.png'}")
+    return 0

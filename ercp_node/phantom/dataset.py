@@ -1,0 +1,248 @@
+"""A phantom data set: patients → studies → series → images, written as DICOM + PNG + labelme + truth.
+
+Every image is a pure function of (seed, its plan entry): workers render in any order and the bytes are the
+same. Patient anatomy, study stones and image acquisition come from separate seeded streams.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydicom.uid import generate_uid
+
+from .anatomy import sample_anatomy
+from .dicomio import DicomInfo, build_dataset, write_dicom
+from .labelme import layers_to_labelme
+from .render import Options, make_case, render
+
+MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_uid", "acquisition_date",
+                   "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
+                   "dicom", "image", "mask", "labelme", "truth"]
+OVERLAY_BGR = {1: (0, 200, 0), 2: (0, 0, 255), 3: (0, 255, 255)}  # scope green, CBD red, stones yellow
+CONTACT_SHEET_MAX = 24
+
+
+@dataclass
+class SynthConfig:
+    count: int
+    seed: int = 0
+    start_date: dt.date = dt.date(2014, 1, 1)
+    end_date: dt.date = dt.date(2024, 12, 31)
+    modality: str = "RF"
+    bits: int = 8
+    photometric: str = "MONOCHROME2"
+    transfer_syntax: str = "explicit"
+    complexity: tuple[float, float] = (0.0, 1.0)
+    options: Options = field(default_factory=Options)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    index: int
+    patient_index: int
+    study_index: int
+    series_number: int
+    instance_number: int
+    acquired: dt.datetime
+    complexity: float
+    patient_id: str
+    patient_name: str
+    birth_date: str
+    sex: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    accession: str
+
+    @property
+    def id(self) -> str:
+        return f"img{self.index:05d}"
+
+
+def _uid(seed: int, *parts) -> str:
+    return generate_uid(prefix=None, entropy_srcs=["ercp-node-phantom", str(seed), *map(str, parts)])
+
+
+def plan(cfg: SynthConfig) -> list[ImagePlan]:
+    """Patients with 1–3 studies on different dates, 1–4 images each in 1–2 series (≈ 2 images/patient)."""
+    rng = np.random.default_rng([cfg.seed, 0])
+    days = (cfg.end_date - cfg.start_date).days
+    out: list[ImagePlan] = []
+    p = study = 0
+    while len(out) < cfg.count:
+        n_studies = int(rng.choice([1, 2, 3], p=[0.72, 0.2, 0.08]))
+        birth = dt.date(1935, 1, 1) + dt.timedelta(days=int(rng.integers(0, 60 * 365)))
+        sex = str(rng.choice(["F", "M"]))
+        pid = f"PH{cfg.seed % 1000:03d}{p:06d}"
+        for d in sorted(int(rng.integers(0, days + 1)) for _ in range(n_studies)):
+            day = cfg.start_date + dt.timedelta(days=d)
+            start = dt.datetime.combine(day, dt.time(8)) + dt.timedelta(minutes=int(rng.integers(0, 540)))
+            n_img = int(min(1 + rng.poisson(0.9), 4))
+            n_series = 1 if n_img < 3 else 2
+            c_study = float(rng.uniform(*cfg.complexity))
+            study_uid = _uid(cfg.seed, "study", study)
+            for k in range(n_img):
+                if len(out) >= cfg.count:
+                    break
+                series = 1 + k * n_series // n_img
+                c = float(np.clip(c_study + rng.normal(0, 0.06), *cfg.complexity))
+                out.append(ImagePlan(
+                    index=len(out), patient_index=p, study_index=study, series_number=series,
+                    instance_number=k + 1, acquired=start + dt.timedelta(seconds=int(40 * k + rng.integers(0, 30))),
+                    complexity=round(c, 4), patient_id=pid, patient_name=f"PHANTOM^{pid}",
+                    birth_date=birth.strftime("%Y%m%d"), sex=sex, study_uid=study_uid,
+                    series_uid=_uid(cfg.seed, "series", study, series), sop_uid=_uid(cfg.seed, "image", len(out)),
+                    accession=f"A{cfg.seed % 1000:03d}{study:07d}"))
+            study += 1
+        p += 1
+    return out
+
+
+def frame_name(image_id: str, frame: int, frames: int) -> str:
+    return image_id if frames == 1 else f"{image_id}_f{frame:03d}"
+
+
+def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    for value, colour in OVERLAY_BGR.items():
+        contours, _ = cv2.findContours((labels == value).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(bgr, contours, -1, colour, max(1, image.shape[0] // 400))
+    return bgr
+
+
+def render_image(cfg: SynthConfig, item: ImagePlan):
+    """All frames of one image: (list of float images, list of label maps, list of layers, list of truths)."""
+    opts = cfg.options
+    anatomy = sample_anatomy(np.random.default_rng([cfg.seed, 1, item.patient_index]))
+    case = make_case(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
+                     np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts)
+    case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
+    case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
+    frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
+    return case, [list(x) for x in zip(*frames)]
+
+
+def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.ndarray | None]:
+    opts = cfg.options
+    case, (images, labels, layers, truths) = render_image(cfg, item)
+    n = opts.frames
+    info = DicomInfo(
+        patient_id=item.patient_id, patient_name=item.patient_name, patient_birth_date=item.birth_date,
+        patient_sex=item.sex, study_uid=item.study_uid, series_uid=item.series_uid, sop_uid=item.sop_uid,
+        frame_of_reference_uid=None, study_id=str(item.study_index % 10**8), accession_number=item.accession,
+        study_description="ERCP", series_description="Fluoroscopy cholangiogram" + (" cine" if n > 1 else ""),
+        series_number=item.series_number, instance_number=item.instance_number, acquisition_datetime=item.acquired,
+        kvp=case.acq["kvp"], tube_current_ma=case.acq["ma"], exposure_time_ms=100.0,
+        imager_pixel_spacing_mm=opts.spacing(), magnification=round(case.acq["magnification"], 4),
+        frame_time_ms=66.7)
+    ds = build_dataset(np.stack(images) if n > 1 else images[0], info, modality=cfg.modality,
+                       bits_stored=cfg.bits, photometric=cfg.photometric)
+    rel = {"dicom": f"dicom/{item.id}.dcm"}
+    write_dicom(ds, out / rel["dicom"], cfg.transfer_syntax)
+    for f in range(n):
+        name = frame_name(item.id, f, n)
+        cv2.imwrite(str(out / "images" / f"{name}.png"), (images[f] * 255 + 0.5).astype(np.uint8))
+        cv2.imwrite(str(out / "masks" / f"{name}.png"), labels[f])
+        doc = layers_to_labelme(layers[f], f"../images/{name}.png", labels[f].shape)
+        (out / "labelme" / f"{name}.json").write_text(json.dumps(doc, separators=(",", ":")))
+    name0 = frame_name(item.id, 0, n)
+    rel.update(image=f"images/{name0}.png", mask=f"masks/{name0}.png", labelme=f"labelme/{name0}.json",
+               truth=f"truth/{item.id}.json")
+    record = dict(
+        id=item.id, index=item.index, seed=cfg.seed, complexity=item.complexity, patient_id=item.patient_id,
+        study_uid=item.study_uid, series_uid=item.series_uid, sop_uid=item.sop_uid,
+        acquisition_datetime=item.acquired.isoformat(), modality=cfg.modality, frames=n,
+        generator="ercp-node phantom", note="Synthetic phantom. Research use, not for diagnosis.",
+        label_values={"background": 0, "duodenoscope": 1, "CBD": 2, "stone": 3},
+        frame_truth=truths)
+    (out / rel["truth"]).write_text(json.dumps(record, indent=1))
+    row = dict(id=item.id, index=item.index, patient_id=item.patient_id, study_uid=item.study_uid,
+               series_uid=item.series_uid, sop_uid=item.sop_uid, acquisition_date=item.acquired.date().isoformat(),
+               acquisition_time=item.acquired.time().isoformat(), complexity=item.complexity, modality=cfg.modality,
+               transfer_syntax=cfg.transfer_syntax, frames=n, n_stones=sum(s["visible"] for s in truths[0]["stones"]),
+               **rel)
+    thumb = None
+    if item.index < CONTACT_SHEET_MAX:
+        thumb = cv2.resize(_overlay(images[0], labels[0]), (192, 192), interpolation=cv2.INTER_AREA)
+        cv2.putText(thumb, f"{item.id} c={item.complexity:.2f}", (4, 186), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (255, 255, 255), 1, cv2.LINE_AA)
+    return row, thumb
+
+
+_WORKER_CFG: tuple | None = None
+
+
+def _init_worker(cfg: SynthConfig, out: Path) -> None:
+    global _WORKER_CFG
+    cv2.setNumThreads(1)  # one process per core is the parallelism; OpenCV threads would only contend
+    _WORKER_CFG = (cfg, out)
+
+
+def _work(item: ImagePlan):
+    cfg, out = _WORKER_CFG
+    return write_image(cfg, item, out)
+
+
+def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, progress=None,
+             contact_sheet: bool = True) -> list[dict]:
+    """Write the data set; returns the manifest rows. Memory is flat in N: rows are streamed to disk."""
+    out = Path(out)
+    for sub in ("dicom", "images", "masks", "labelme", "truth"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    items = plan(cfg)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(items)))
+    thumbs: list[np.ndarray] = []
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        if workers == 1:
+            _init_worker(cfg, out)
+            results = map(_work, items)
+            pool = None
+        else:
+            pool = mp.get_context("fork").Pool(workers, _init_worker, (cfg, out))
+            results = pool.imap(_work, items, chunksize=2)
+        try:
+            for k, (row, thumb) in enumerate(results, 1):
+                writer.writerow(row)
+                rows.append(row)
+                if thumb is not None:
+                    thumbs.append(thumb)
+                if progress:
+                    progress(k, len(items), time.perf_counter() - t0)
+        finally:
+            if pool is not None:
+                pool.close()
+                pool.join()
+    if contact_sheet and thumbs:
+        cols = min(6, len(thumbs))
+        blank = np.zeros_like(thumbs[0])
+        grid = [thumbs[i:i + cols] + [blank] * (cols - len(thumbs[i:i + cols])) for i in range(0, len(thumbs), cols)]
+        cv2.imwrite(str(out / "contact_sheet.png"), np.vstack([np.hstack(r) for r in grid]))
+    meta = dict(count=cfg.count, seed=cfg.seed, start_date=cfg.start_date.isoformat(), end_date=cfg.end_date.isoformat(),
+                modality=cfg.modality, bits=cfg.bits, photometric=cfg.photometric, transfer_syntax=cfg.transfer_syntax,
+                complexity=list(cfg.complexity), options=asdict(cfg.options),
+                patients=len({r["patient_id"] for r in rows}), studies=len({r["study_uid"] for r in rows}))
+    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return rows
+
+
+def stderr_progress(k: int, n: int, elapsed: float) -> None:
+    """One line per 10 % (or a live line on a terminal)."""
+    rate = k / max(elapsed, 1e-9)
+    if sys.stderr.isatty():
+        print(f"\rsynth: {k}/{n} images  {rate:.1f}/s", end="" if k < n else "\n", file=sys.stderr, flush=True)
+    elif k == n or k % max(n // 10, 1) == 0:
+        print(f"synth: {k}/{n} images  {rate:.1f}/s", file=sys.stderr, flush=True)

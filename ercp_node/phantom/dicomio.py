@@ -1,0 +1,404 @@
+"""DICOM writer for the synthetic cholangiogram phantom.
+
+`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of four storage
+classes (RF, XA, SC, DX); `write_dicom` writes it atomically in one of six transfer syntaxes.
+
+Design points (the tests hold them):
+- Output is byte-deterministic: no "now", no random UIDs, constant implementation UID/version, and
+  dcmcjpeg is told never to assign new UIDs. Same input -> same bytes, in every transfer syntax.
+- Every file is judged by dciodvfy (dicom3tools) with zero "Error" lines, and every lossless syntax decodes
+  with pydicom + pylibjpeg to exactly the stored pixels.
+- Single-frame RF/XA carry no Multi-frame/Cine modules (NumberOfFrames absent), like most real C-arms; the
+  node must cope with that (see docs on highdicom and single-frame RF/XA).
+- RF/XA carry ImagerPixelSpacing + EstimatedRadiographicMagnificationFactor but no PixelSpacing, like real
+  C-arms: the pixel spacing at the patient is only an estimate there.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    RE_VALID_UID,
+    UID,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+    XRayAngiographicImageStorage,
+    XRayRadiofluoroscopicImageStorage,
+)
+from pydicom.valuerep import format_number_as_ds
+
+TRANSFER_SYNTAXES: dict[str, UID] = {
+    "explicit": ExplicitVRLittleEndian,
+    "implicit": ImplicitVRLittleEndian,
+    "jpeg-lossless": JPEGLosslessSV1,  # 1.2.840.10008.1.2.4.70, encoded by dcmtk's dcmcjpeg
+    "jpeg-ls": JPEGLSLossless,
+    "jpeg2000": JPEG2000Lossless,
+    "rle": RLELossless,
+}
+MODALITIES = ("RF", "XA", "SC", "DX")
+SOP_CLASSES: dict[str, UID] = {
+    "RF": XRayRadiofluoroscopicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2
+    "XA": XRayAngiographicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1
+    "SC": SecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7
+    "DX": DigitalXRayImageStorageForPresentation,  # 1.2.840.10008.5.1.4.1.1.1.1
+}
+BITS_STORED = (8, 12, 16)
+PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+# Constant (pydicom is pinned) so that the same input gives the same bytes on any machine.
+IMPLEMENTATION_VERSION_NAME = f"PYDICOM {pydicom.__version__}"[:16]
+
+
+@dataclass(frozen=True)
+class DicomInfo:
+    """Everything about one image that is not pixels. Strings are written as given (PN as 'Family^Given')."""
+
+    patient_id: str
+    patient_name: str
+    patient_birth_date: str  # YYYYMMDD or ''
+    patient_sex: str  # 'M', 'F', 'O' (or '' = unknown, DICOM type 2)
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    frame_of_reference_uid: str | None  # None for normal use: projection X-ray has no patient frame
+    study_id: str
+    accession_number: str
+    study_description: str
+    series_description: str
+    series_number: int
+    instance_number: int
+    acquisition_datetime: datetime.datetime  # all dates/times come from here, never from "now"
+    kvp: float
+    tube_current_ma: float
+    exposure_time_ms: float
+    imager_pixel_spacing_mm: float  # detector plane, square pixels
+    magnification: float  # EstimatedRadiographicMagnificationFactor (source-detector / source-object)
+    frame_time_ms: float = 66.7  # cine only
+    manufacturer: str = "ercp-node phantom"
+    model_name: str = "Synthetic C-arm (Ziehm-like)"
+    burned_in_annotation: bool = True
+    image_comments: str = "Synthetic phantom image. Research use, not for diagnosis."
+    # PatientOrientation (row direction, column direction), e.g. ('L', 'F'). Empty = unknown (type 2, written
+    # empty) for RF/XA/SC; DX requires a value (see _dx) and gets ('L', 'F') (AP view, head up) when empty.
+    patient_orientation: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.patient_sex not in ("M", "F", "O", ""):
+            raise ValueError(f"patient_sex must be 'M', 'F', 'O' or '', got {self.patient_sex!r}")
+        for name in ("study_uid", "series_uid", "sop_uid", "frame_of_reference_uid"):
+            value = getattr(self, name)
+            if (value is not None or name != "frame_of_reference_uid") and not (
+                isinstance(value, str) and len(value) <= 64 and RE_VALID_UID.match(value)
+            ):
+                raise ValueError(f"{name} is not a valid DICOM UID: {value!r}")
+        for name in ("imager_pixel_spacing_mm", "magnification", "frame_time_ms"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not isinstance(self.acquisition_datetime, datetime.datetime):
+            raise ValueError("acquisition_datetime must be a datetime.datetime")
+        if len(self.patient_orientation) not in (0, 2):
+            raise ValueError("patient_orientation must be () or (row, column) directions")
+
+
+def _ds(x: float) -> str:
+    """Decimal String of at most 16 characters (the DS limit), deterministic for a given float."""
+    return format_number_as_ds(float(x))
+
+
+def _date(dt: datetime.datetime) -> str:
+    return dt.strftime("%Y%m%d")
+
+
+def _time(dt: datetime.datetime) -> str:
+    return dt.strftime("%H%M%S") + (f".{dt.microsecond:06d}" if dt.microsecond else "")
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def quantise(frames: np.ndarray, bits_stored: int) -> np.ndarray:
+    """[0, 1] brightness -> unsigned integers 0..2**bits_stored-1 (clipped; round half to even)."""
+    x = np.asarray(frames, dtype=np.float64)
+    if np.isnan(x).any():
+        raise ValueError("frames contain NaN")
+    maxval = (1 << bits_stored) - 1
+    return np.rint(np.clip(x, 0.0, 1.0) * maxval).astype(np.uint8 if bits_stored == 8 else np.uint16)
+
+
+def build_dataset(
+    frames: np.ndarray,
+    info: DicomInfo,
+    *,
+    modality: str = "RF",
+    bits_stored: int = 8,
+    photometric: str = "MONOCHROME2",
+) -> Dataset:
+    """Build an uncompressed dataset (with file meta for Explicit VR Little Endian) from [0, 1] brightness.
+
+    frames: (H, W) or (F, H, W); 1 = white on a MONOCHROME2 display. (1, H, W) counts as single frame.
+    MONOCHROME1 stores inverted values so the image displays the same.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if bits_stored not in BITS_STORED:
+        raise ValueError(f"bits_stored must be one of {BITS_STORED}, got {bits_stored!r}")
+    if photometric not in PHOTOMETRICS:
+        raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
+    if modality in ("RF", "XA") and photometric != "MONOCHROME2":
+        # X-Ray Image Module (PS3.3 C.8.7.1.1): Photometric Interpretation enumerated value MONOCHROME2 only.
+        raise ValueError(f"{modality} images must be MONOCHROME2 (PS3.3 C.8.7.1.1); use SC or DX for MONOCHROME1")
+    arr = np.asarray(frames)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim not in (2, 3) or 0 in arr.shape or not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"frames must be a non-empty numeric (H, W) or (F, H, W) array, got shape {arr.shape}")
+    if max(arr.shape[-2:]) > 65535:
+        raise ValueError(f"image too large for DICOM Rows/Columns: {arr.shape[-2:]}")
+    n_frames = arr.shape[0] if arr.ndim == 3 else 1
+    if n_frames > 1 and modality not in ("RF", "XA"):
+        raise ValueError(f"{modality} is single-frame only; use RF or XA for cine ({n_frames} frames given)")
+
+    pixels = quantise(arr, bits_stored)
+    maxval = (1 << bits_stored) - 1
+    if photometric == "MONOCHROME1":
+        pixels = (maxval - pixels).astype(pixels.dtype)
+
+    texts = [getattr(info, f.name) for f in fields(info) if isinstance(getattr(info, f.name), str)]
+    ds = Dataset()
+    if not all(t.isascii() for t in texts):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8; pure ASCII needs no character set
+    dt = info.acquisition_datetime
+    date, time = _date(dt), _time(dt)
+
+    # SOP Common
+    ds.SOPClassUID = SOP_CLASSES[modality]
+    ds.SOPInstanceUID = info.sop_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    if dt.utcoffset() is not None:
+        off = int(dt.utcoffset().total_seconds() // 60)
+        ds.TimezoneOffsetFromUTC = f"{'+' if off >= 0 else '-'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
+    # General Study / Patient
+    ds.StudyDate, ds.StudyTime = date, time
+    ds.AccessionNumber = info.accession_number
+    ds.Modality = "OT" if modality == "SC" else modality
+    ds.Manufacturer = info.manufacturer
+    ds.ReferringPhysicianName = ""
+    ds.StudyDescription = info.study_description
+    ds.SeriesDescription = info.series_description
+    ds.ManufacturerModelName = info.model_name
+    ds.PatientName = info.patient_name
+    ds.PatientID = info.patient_id
+    ds.PatientBirthDate = info.patient_birth_date
+    ds.PatientSex = info.patient_sex
+    ds.BodyPartExamined = "ABDOMEN"
+    ds.StudyInstanceUID = info.study_uid
+    ds.SeriesInstanceUID = info.series_uid
+    ds.StudyID = info.study_id
+    ds.SeriesNumber = info.series_number
+    ds.SeriesDate, ds.SeriesTime = date, time
+    # General Image / Acquisition
+    ds.InstanceNumber = info.instance_number
+    ds.ContentDate, ds.ContentTime = date, time
+    ds.AcquisitionDate, ds.AcquisitionTime = date, time
+    ds.PatientOrientation = list(info.patient_orientation) or ""
+    ds.BurnedInAnnotation = "YES" if info.burned_in_annotation else "NO"
+    ds.ImageComments = info.image_comments
+    ds.LossyImageCompression = "00"  # only lossless syntaxes are offered
+    if info.frame_of_reference_uid is not None:
+        # Frame of Reference module: in the DX IOD (U), not in RF/XA/SC (dciodvfy warns there, no error).
+        # For experiments with tools that insist on one (highdicom SEG for cine); off by default.
+        ds.FrameOfReferenceUID = info.frame_of_reference_uid
+        ds.PositionReferenceIndicator = ""
+    # Image Pixel
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    if n_frames > 1:
+        ds.NumberOfFrames = n_frames
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.BitsAllocated = 8 if bits_stored == 8 else 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    # VOI LUT: full stored range. With the linear window of PS3.3 C.11.2.1.2, centre 2**(b-1) and width 2**b
+    # map 0 -> black/white edge and maxval -> the other edge exactly.
+    ds.WindowCenter = str(1 << (bits_stored - 1))
+    ds.WindowWidth = str(1 << bits_stored)
+
+    {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx}[modality](ds, info, modality, photometric, n_frames)
+
+    data = pixels.astype("<u2" if ds.BitsAllocated == 16 else "u1", copy=False).tobytes()
+    ds.add_new(Tag(0x7FE0, 0x0010), "OB" if ds.BitsAllocated == 8 else "OW", data + b"\0" * (len(data) % 2))
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    _set_file_meta(ds)
+    return ds
+
+
+def _acquisition(ds: Dataset, info: DicomInfo) -> None:
+    """KVP, tube current, exposure time: the classic integer (IS) attributes, plus the finer-grained
+    ones (fluoroscopic currents and pulse times are small, and rounding to whole mA/ms loses them)."""
+    ds.KVP = _ds(info.kvp)
+    ds.ExposureTime = round(info.exposure_time_ms)
+    ds.XRayTubeCurrent = round(info.tube_current_ma)
+    ds.ExposureTimeInuS = _ds(info.exposure_time_ms * 1000.0)
+    ds.XRayTubeCurrentInuA = _ds(info.tube_current_ma * 1000.0)
+    ds.ExposureInuAs = round(info.tube_current_ma * info.exposure_time_ms)  # IS; mA * ms = uAs
+
+
+def _contrast(ds: Dataset) -> None:
+    # Contrast/Bolus module: required when contrast was used, which a cholangiogram always implies.
+    ds.ContrastBolusAgent = "Iodinated contrast (synthetic)"
+    ds.ContrastBolusRoute = "Endoscopic retrograde (biliary)"
+
+
+def _xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
+    """X-Ray Image, X-Ray Acquisition, XA/XRF Positioner, Contrast/Bolus; Cine + Multi-frame for cine."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]  # mimics the C-arm output the node receives
+    ds.PixelIntensityRelationship = "DISP"  # values are display brightness, already processed
+    ds.RadiationSetting = "GR"  # spot/cine acquisition dose, not fluoroscopy preview
+    _acquisition(ds, info)
+    ds.ImagerPixelSpacing = [_ds(info.imager_pixel_spacing_mm)] * 2
+    ds.EstimatedRadiographicMagnificationFactor = _ds(info.magnification)
+    if modality == "XA":
+        # XA Positioner module: angles are type 2; the phantom is a straight AP view.
+        if n_frames > 1:
+            ds.PositionerMotion = "STATIC"  # type 2C for multi-frame
+        ds.PositionerPrimaryAngle = "0"
+        ds.PositionerSecondaryAngle = "0"
+    _contrast(ds)
+    if n_frames > 1:
+        ds.FrameIncrementPointer = Tag(0x0018, 0x1063)  # -> FrameTime
+        ds.FrameTime = _ds(info.frame_time_ms)
+        ds.CineRate = round(1000.0 / info.frame_time_ms)
+        ds.RecommendedDisplayFrameRate = ds.CineRate
+
+
+def _sc(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
+    """SC Equipment + SC Image. The SC IOD has no ImagerPixelSpacing or magnification attributes, so we put
+    the estimated spacing at the patient, ImagerPixelSpacing / magnification, into PixelSpacing (allowed by the
+    SC Image module's Basic Pixel Spacing Calibration Macro) and say how it was derived."""
+    ds.ConversionType = "SYN"  # "Synthetic Image" (defined term, PS3.3 C.8.6.1)
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DateOfSecondaryCapture = ds.ContentDate
+    ds.TimeOfSecondaryCapture = ds.ContentTime
+    ds.PixelSpacing = [_ds(info.imager_pixel_spacing_mm / info.magnification)] * 2
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.PixelSpacingCalibrationDescription = "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+
+
+def _dx(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
+    """DX Series, DX Anatomy Imaged, DX Image, DX Detector, DX Positioning, Acquisition Context, VOI LUT."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.ImageLaterality = "U"  # unpaired body part
+    ds.AnatomicRegionSequence = Sequence([_code("818981001", "SCT", "Abdomen")])
+    # Brightness is a log-like function of beam intensity. Bright (high MONOCHROME2 values) = more X-rays
+    # reached the detector (contrast and metal are dark), so sign +1; MONOCHROME1 stores the inverse.
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME2" else -1
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.PresentationLUTShape = "IDENTITY" if photometric == "MONOCHROME2" else "INVERSE"
+    ds.DetectorType = "SCINTILLATOR"  # flat panel (CsI + a-Si/CMOS), as on current C-arms
+    ds.ImagerPixelSpacing = [_ds(info.imager_pixel_spacing_mm)] * 2
+    ds.EstimatedRadiographicMagnificationFactor = _ds(info.magnification)
+    ds.PositionerType = "CARM"
+    ds.ViewPosition = "AP"
+    ds.ViewCodeSequence = Sequence([_code("399348003", "SCT", "antero-posterior")])  # CID 4010
+    if not info.patient_orientation:
+        ds.PatientOrientation = ["L", "F"]
+    ds.AcquisitionContextSequence = Sequence()
+    _acquisition(ds, info)
+    _contrast(ds)
+
+
+def _set_file_meta(ds: Dataset) -> None:
+    fm = ds.file_meta
+    fm.MediaStorageSOPClassUID = ds.SOPClassUID
+    fm.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    fm.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    fm.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+
+
+def write_dicom(ds: Dataset, path: str | os.PathLike, transfer_syntax: str = "explicit") -> None:
+    """Write `ds` (as made by build_dataset, uncompressed) to `path` atomically in the named transfer syntax.
+
+    The caller's dataset is not modified. Lossless only, so the stored pixels survive exactly.
+    """
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(f"transfer_syntax must be one of {sorted(TRANSFER_SYNTAXES)}, got {transfer_syntax!r}")
+    current = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ExplicitVRLittleEndian)
+    if UID(current).is_compressed:
+        raise ValueError("write_dicom needs an uncompressed dataset (as returned by build_dataset)")
+    if transfer_syntax == "jpeg2000" and min(ds.Rows, ds.Columns) < 32:
+        # pydicom drives OpenJPEG with its default 6 resolution levels, which need tiles of >= 32 pixels.
+        raise ValueError(f"jpeg2000 needs at least 32 x 32 pixels, got {ds.Rows} x {ds.Columns}")
+    out = copy.deepcopy(ds)
+    if not hasattr(out, "file_meta"):
+        out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = current
+    _set_file_meta(out)
+    tsuid = TRANSFER_SYNTAXES[transfer_syntax]
+    if transfer_syntax == "jpeg-lossless":
+        _encode_jpeg_lossless_sv1(out)
+    elif tsuid.is_compressed:
+        # generate_instance_uid=False: a lossless re-encoding is the same instance (pydicom's default makes a new UID).
+        out.compress(tsuid, generate_instance_uid=False)
+    else:
+        out.file_meta.TransferSyntaxUID = tsuid
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # 'x' honours the umask, unlike mkstemp's 0600
+            out.save_as(f, enforce_file_format=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _encode_jpeg_lossless_sv1(ds: Dataset) -> None:
+    """JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14, Selection Value 1), in place.
+
+    pydicom has no encoder for it, so dcmtk's dcmcjpeg encodes (+e1 = lossless SV1 with the default
+    true-lossless codec, +un = never a new SOP Instance UID). We then take only its encapsulated Pixel Data:
+    dcmcjpeg also adds a DerivationDescription quoting the compression ratio and its own implementation
+    UID/version, and we want the same attributes and file meta whatever the transfer syntax.
+    """
+    exe = shutil.which("dcmcjpeg")
+    if exe is None:
+        raise RuntimeError("JPEG Lossless SV1 needs dcmtk's dcmcjpeg on PATH (e.g. apt-get install dcmtk)")
+    with tempfile.TemporaryDirectory(prefix="ercp-dcmcjpeg-") as tmpdir:
+        src, dst = Path(tmpdir, "in.dcm"), Path(tmpdir, "out.dcm")
+        ds.save_as(src, enforce_file_format=True)
+        proc = subprocess.run([exe, "+e1", "+un", str(src), str(dst)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"dcmcjpeg failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
+        encoded = pydicom.dcmread(dst)
+    if encoded.file_meta.TransferSyntaxUID != JPEGLosslessSV1:
+        raise RuntimeError(f"dcmcjpeg wrote {encoded.file_meta.TransferSyntaxUID}, not JPEG Lossless SV1")
+    ds["PixelData"] = encoded["PixelData"]  # OB, undefined length, basic offset table + one fragment per frame
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1

@@ -1,0 +1,80 @@
+"""labelme polygons ⇄ label maps (labels `duodenoscope`, `CBD`, `stone`, drawn in that order).
+
+labelme cannot express holes, so each structure is exported as the outline of its whole footprint and the
+later, higher-priority structures are drawn over it, exactly as an annotator outlines the duct and then the
+stones inside it. Rasterising in the same priority order reproduces the label map.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+LABEL_VALUES = {"duodenoscope": 1, "CBD": 2, "stone": 3}  # drawing order = priority order
+LABELME_VERSION = "5.4.1"
+
+
+def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.5) -> list[list[list[float]]]:
+    """Outer outline of each connected component, simplified to within `epsilon` pixels."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    polys = []
+    for c in contours:
+        c = c.reshape(-1, 2).astype(np.float64)
+        if len(c) >= 8:
+            c = cv2.approxPolyDP(c.astype(np.float32), epsilon, True).reshape(-1, 2).astype(np.float64)
+        if len(c) < 3:  # one- or two-pixel component: outline its pixels' centres with a tiny box
+            x0, y0 = c.min(0) - 0.4
+            x1, y1 = c.max(0) + 0.4
+            c = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        polys.append([[round(float(x), 2), round(float(y), 2)] for x, y in c])
+    return polys
+
+
+def layers_to_labelme(layers: dict[str, np.ndarray], image_path: str, shape: tuple[int, int]) -> dict:
+    shapes = []
+    for label in LABEL_VALUES:
+        for poly in mask_to_polygons(layers[label]):
+            shapes.append(dict(label=label, points=poly, group_id=None, description="", shape_type="polygon",
+                               flags={}, mask=None))
+    return dict(version=LABELME_VERSION, flags={}, shapes=shapes, imagePath=image_path, imageData=None,
+                imageHeight=int(shape[0]), imageWidth=int(shape[1]))
+
+
+class LabelmeError(ValueError):
+    """A labelme file that cannot be turned into a label map (the message names the reason)."""
+
+
+def labelme_to_mask(doc: dict, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Rasterise labelme polygons in priority order; raises LabelmeError on unknown labels or bad geometry."""
+    h = int(doc.get("imageHeight") or (shape[0] if shape else 0))
+    w = int(doc.get("imageWidth") or (shape[1] if shape else 0))
+    if h <= 0 or w <= 0:
+        raise LabelmeError("imageHeight/imageWidth missing")
+    out = np.zeros((h, w), np.uint8)
+    by_label: dict[str, list[np.ndarray]] = {k: [] for k in LABEL_VALUES}
+    for i, s in enumerate(doc.get("shapes", [])):
+        label = s.get("label")
+        if label not in LABEL_VALUES:
+            raise LabelmeError(f"shape {i}: unknown label {label!r} (expected one of {', '.join(LABEL_VALUES)})")
+        if s.get("shape_type", "polygon") != "polygon":
+            raise LabelmeError(f"shape {i}: shape_type {s.get('shape_type')!r} is not supported (polygon only)")
+        pts = np.asarray(s.get("points", []), dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 3 or not np.isfinite(pts).all():
+            raise LabelmeError(f"shape {i} ({label}): a polygon needs at least 3 finite points")
+        if (pts < -0.5).any() or (pts[:, 0] > w - 0.5).any() or (pts[:, 1] > h - 0.5).any():
+            raise LabelmeError(f"shape {i} ({label}): polygon lies outside the {w}x{h} image")
+        by_label[label].append(pts)
+    for label, value in LABEL_VALUES.items():
+        for p in by_label[label]:  # one call per polygon: overlapping polygons must not cancel out
+            cv2.fillPoly(out, [np.round(p * 16).astype(np.int32)], value, cv2.LINE_8, 4)
+    return out
+
+
+def read_labelme(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LabelmeError(f"{path}: not a readable labelme JSON file ({exc})") from exc

@@ -1,0 +1,399 @@
+"""Projection, detector and display model of the phantom.
+
+Line integrals of attenuation (Beer-Lambert, one effective energy) → primary fluence with focal-spot blur,
+heel/vignetting and collimation → scatter (low-pass of the primary) → Poisson quanta → detector blur →
+logarithm and automatic windowing as a fluoroscopy monitor shows it (contrast and metal dark, stones light
+filling defects) → edge enhancement → burned-in text. Label maps come from the same geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from . import anatomy as A
+from .geometry import ellipsoid, polygon_mask, smooth_curve, solid_from_footprint, tangents, tube
+
+MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
+MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
+MU_STEEL = 0.45  # /mm: wires, clips, scope tip metal (effective, after beam hardening)
+BACKGROUND, SCOPE, CBD, STONE = 0, 1, 2, 3
+LABELS = {SCOPE: "duodenoscope", CBD: "CBD", STONE: "stone"}
+
+
+@dataclass
+class Options:
+    size: int = 576
+    imager_spacing_mm: float | None = None  # default: a 203.2 mm detector field over `size` pixels
+    magnification: tuple[float, float] = (1.15, 1.35)
+    scope_diameter_mm: float = 11.3  # Olympus TJF-Q180V insertion tube
+    tip_width_mm: float = 13.5  # its distal end
+    tip_length_mm: float = 27.0
+    frames: int = 1  # > 1: cine run
+    image_intensifier: bool = False  # circular field with vignetting (older C-arms); flat panel by default
+    burned_in_text: bool = True
+
+    def spacing(self) -> float:
+        return self.imager_spacing_mm if self.imager_spacing_mm else round(203.2 / self.size, 4)
+
+
+class Frame:
+    """Maps case millimetres to pixels for one frame (pose + per-structure motion)."""
+
+    def __init__(self, size: int, mm_per_px: float, rot_deg: float, shift_mm: np.ndarray):
+        self.size, self.s = size, mm_per_px
+        c, s = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+        self.R = np.array([[c, -s], [s, c]])
+        self.shift = np.asarray(shift_mm, float)
+        self.centre = (size - 1) / 2.0
+
+    def px(self, pts_mm, extra_mm=(0.0, 0.0)) -> np.ndarray:
+        p = np.atleast_2d(np.asarray(pts_mm, float)) + self.shift + np.asarray(extra_mm)
+        return p @ self.R.T / self.s + self.centre
+
+    def angle(self, deg: float) -> float:
+        return deg + np.degrees(np.arctan2(self.R[1, 0], self.R[0, 0]))
+
+
+# --------------------------------------------------------------------------------------------- case
+def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
+              complexity: float, opts: Options) -> A.Case:
+    cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
+    stones = A.sample_stones(rng_study, cbd0, arm_len, complexity)
+    cbd = A.distend(cbd0, stones)
+    branches, gb = A.build_branches(anatomy, cbd)
+    ducts = A.Ducts(cbd, i_bend, theta, arm_len, i_dist, branches,
+                    [float(rng_image.uniform(0.4, 1.0)) for _ in branches], gb, anatomy["pancreatic"])
+    rng = rng_image
+    half_fov = opts.size * opts.spacing() / 2 / 1.25
+    crossing = rng.random() < 0.15 + 0.45 * complexity
+    scope, tip_dir = A.sample_scope(rng, anatomy["papilla"], cbd, complexity, half_fov, crossing)
+    tip_centre = scope.points[-1] + tip_dir * opts.tip_length_mm / 2
+    devices = A.sample_devices(rng, ducts, stones, tip_centre, tip_dir, complexity, half_fov)
+    # Spine: to the right of the duct as a rule; over it in hard cases.
+    overlap = rng.random() < 0.2 + 0.5 * complexity
+    spine_x = anatomy["papilla"][0] + (rng.uniform(-15, 10) if overlap else anatomy["spine_dx"] + rng.uniform(-5, 15))
+    spine = dict(x=float(spine_x), tilt=float(rng.uniform(-10, 10)), phase=float(rng.uniform(0, 34)),
+                 width=float(rng.uniform(40, 50)), overlap=bool(overlap))
+    ribs = []
+    for _ in range(int(rng.integers(1, 4))):
+        side = rng.choice([-1.0, 1.0])
+        y0 = rng.uniform(-1.1, -0.1) * half_fov
+        start = np.array([side * 1.4 * half_fov, y0])
+        ctrl = [start, start + np.array([-side * 0.6 * half_fov, rng.uniform(10, 35)]),
+                start + np.array([-side * 1.2 * half_fov, rng.uniform(30, 80)])]
+        pts, s = smooth_curve(np.array(ctrl), 1.0)
+        ribs.append(A.Tube(pts, np.full(len(pts), rng.uniform(4.0, 6.0)), s))
+    gas = []
+    for _ in range(int(rng.integers(2, 9))):  # colon / stomach gas
+        c = rng.uniform(-1.1, 1.1, 2) * half_fov
+        for _ in range(int(rng.integers(1, 5))):
+            gas.append((*(c + rng.normal(0, 8, 2)), rng.uniform(5, 18), rng.uniform(4, 12), rng.uniform(0, 180), rng.uniform(5, 25)))
+    for _ in range(int(rng.integers(1, 4))):  # duodenal gas about the scope tip
+        c = tip_centre + rng.normal(0, 10, 2)
+        gas.append((*c, rng.uniform(8, 16), rng.uniform(5, 10), rng.uniform(0, 180), rng.uniform(5, 15)))
+    body = dict(thickness=anatomy["body_mm"], field=rng.normal(0, 1, (5, 5)), texture=rng.normal(0, 1, (24, 24)))
+    acq = A.sample_acquisition(rng, complexity, opts.size, opts.frames)
+    acq["image_intensifier"] = opts.image_intensifier
+    acq["magnification"] = float(rng.uniform(*opts.magnification))
+    acq["pose"] = (float(rng.uniform(-12, 12)), rng.uniform(-10, 10, 2))
+    acq["scope_motion"] = rng.normal(0, 2.0, 2)
+    return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), opts.scope_diameter_mm, opts.tip_width_mm,
+                  devices, spine, ribs, gas, body, acq)
+
+
+# --------------------------------------------------------------------------------------------- drawing
+def _wire(canvas: np.ndarray, pts_px: np.ndarray, diameter_px: float, value: float) -> None:
+    """Thin dense wire (< 2 px): anti-aliased polyline carrying its mean path length × attenuation."""
+    tmp = np.zeros(canvas.shape, np.uint8)
+    cv2.polylines(tmp, [np.round(pts_px * 16).astype(np.int32)], False, 255, max(1, int(round(diameter_px))),
+                  lineType=cv2.LINE_AA, shift=4)
+    canvas += tmp.astype(np.float32) * np.float32(value / 255.0)
+
+
+def _fill_weights(s: np.ndarray, fill_front_mm: float) -> np.ndarray:
+    return np.clip((fill_front_mm - s) / 6.0 + 0.5, 0.0, 1.0)
+
+
+def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generator):
+    """Render one frame: (display image float32 [0,1], label map uint8, annotation layers, per-frame truth)."""
+    size, acq = opts.size, case.acq
+    spacing = opts.spacing() / acq["magnification"]  # mm per pixel in the object plane
+    n = max(acq["frames"], 1)
+    t = frame_index / max(n - 1, 1)
+    breath = np.array([0.0, acq["breathing_mm"] * np.sin(2 * np.pi * frame_index / 12.0)]) if n > 1 else np.zeros(2)
+    rot, shift = acq["pose"]
+    fr = Frame(size, spacing, rot, shift)
+    mm = 1.0 / spacing  # px per mm
+    shape = (size, size)
+    L = np.zeros(shape, np.float32)  # line integral of attenuation (dimensionless)
+
+    # Soft tissue: smooth thickness variation plus bowel-content texture.
+    body = case.body
+    thick = body["thickness"] + 14.0 * cv2.resize(body["field"].astype(np.float32), shape, interpolation=cv2.INTER_CUBIC)
+    thick += 3.0 * cv2.resize(body["texture"].astype(np.float32), shape, interpolation=cv2.INTER_CUBIC)
+    gas = np.zeros(shape, np.float32)
+    for cx, cy, a, b, ang, depth in case.gas:
+        (px, py), = fr.px([cx, cy], breath)
+        ellipsoid(shape, px, py, a * mm, b * mm, depth / 2 * mm, np.radians(fr.angle(ang)), out=gas)
+    gas = cv2.GaussianBlur(gas, (0, 0), 1.5)
+    L += MU_WATER * (thick - gas / mm)
+
+    # Spine: vertebral bodies with cortical shells, pedicles, processes.
+    sp = case.spine
+    axis = np.array([np.sin(np.radians(sp["tilt"])), np.cos(np.radians(sp["tilt"]))])
+    bone = np.zeros(shape, np.float32)
+    half = sp["width"] / 2
+    for k in range(-5, 6):
+        c_mm = np.array([sp["x"], 0.0]) + axis * (k * 34.0 + sp["phase"])
+        (cx, cy), = fr.px(c_mm)
+        ang = np.radians(fr.angle(-sp["tilt"]))
+        a, b, c = half * mm, 13.0 * mm, 17.0 * mm
+        ellipsoid(shape, cx, cy, a, b, c, ang, p=3, out=bone, scale=MU_CANCELLOUS / mm)
+        ellipsoid(shape, cx, cy, a, b, c, ang, p=3, out=bone, scale=MU_CORTICAL / mm)
+        ellipsoid(shape, cx, cy, a - 1.2 * mm, b - 1.2 * mm, c - 1.2 * mm, ang, p=3, out=bone, scale=-MU_CORTICAL / mm)
+        for side in (-1, 1):
+            (px, py), = fr.px(c_mm + np.array([side * (half - 8), -4.0]))
+            ellipsoid(shape, px, py, 4 * mm, 6 * mm, 9 * mm, ang, out=bone, scale=MU_CORTICAL / mm)
+            ellipsoid(shape, px, py, 2.8 * mm, 4.8 * mm, 7.8 * mm, ang, out=bone, scale=-MU_CORTICAL / mm)
+            (px, py), = fr.px(c_mm + np.array([side * (half + 9), -3.0]))
+            ellipsoid(shape, px, py, 10 * mm, 3.5 * mm, 5 * mm, ang, out=bone, scale=MU_CORTICAL * 0.6 / mm)
+        (px, py), = fr.px(c_mm + np.array([0.0, 9.0]))
+        ellipsoid(shape, px, py, 3 * mm, 7 * mm, 10 * mm, ang, out=bone, scale=MU_CORTICAL * 0.7 / mm)
+    for rib in case.ribs:
+        p = fr.px(rib.points, breath * 0.5)
+        outer = tube(shape, p, rib.radii * mm)
+        inner = tube(shape, p, (rib.radii - 1.2) * mm)
+        bone += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
+    L += bone
+
+    # Contrast-filled ducts (CBD label), branches and the gallbladder.
+    d = case.ducts
+    fill_front = (acq["fill_start"] + (1 - acq["fill_start"]) * min(1.0, t / 0.6)) * d.cbd.s[-1] * 1.3 if n > 1 else 1e9
+    w_cbd = _fill_weights(d.cbd.s, fill_front)
+    cbd_px = fr.px(d.cbd.points, breath)
+    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd)
+    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5)) > 0
+    cbd_full = fill_front >= d.cbd.s[-1]
+    for br, f in zip(d.branches, d.branch_fill):
+        if cbd_full or n == 1:
+            tube(shape, fr.px(br.points, breath), br.radii * mm, (br.s <= f * br.s[-1] + 3).astype(float), out=duct)
+    if d.gallbladder is not None and (cbd_full or n == 1):
+        cx, cy, a, b, ang = d.gallbladder
+        (px, py), = fr.px([cx, cy], breath)
+        gbm = ellipsoid(shape, px, py, a * mm, b * mm, b * mm, np.radians(fr.angle(ang)))
+        duct = np.maximum(duct, 0.35 * gbm)  # dilute contrast in the gallbladder
+    stone_chord = np.zeros(shape, np.float32)
+    stone_lbl = np.zeros(shape, bool)
+    stone_truth = []
+    for i, st in enumerate(case.stones):
+        poly = fr.px(st.polygon, breath)
+        foot = polygon_mask(shape, poly)
+        chord = solid_from_footprint(foot, st.depth_mm * mm)
+        filled = float(_fill_weights(np.array([st.s_mm]), fill_front)[0]) >= 0.5
+        stone_chord += chord * np.float32(1.0 - st.mu_ratio)
+        if filled:
+            stone_lbl |= foot.astype(bool)
+        (cx, cy), = fr.px(_poly_centroid(st.polygon), breath)
+        stone_truth.append(dict(id=i + 1, largest_diameter_mm=round(st.largest_mm, 3),
+                                smallest_diameter_mm=round(st.smallest_mm, 3),
+                                area_mm2=round(_poly_area(st.polygon), 3), centroid_px=[round(cx, 2), round(cy, 2)],
+                                distance_from_papilla_mm=round(st.s_mm, 2), contrast_ratio=round(1 - st.mu_ratio, 3),
+                                visible=bool(filled)))
+    dv = case.devices
+    if "balloon" in dv:
+        bl = dv["balloon"]
+        (px, py), = fr.px(bl["centre"], breath)
+        ang = np.radians(fr.angle(bl["angle"]))
+        stone_chord += ellipsoid(shape, px, py, bl["a"] * mm, bl["b"] * mm, bl["b"] * mm, ang)
+    # The stone (or balloon) displaces contrast; it cannot displace more than is there.
+    contrast = np.maximum(duct - stone_chord, 0.0) if n == 1 else np.maximum(duct - stone_chord * (duct > 0), 0.0)
+    L += acq["mu_contrast"] * contrast / mm
+
+    # Duodenoscope.
+    metal = np.zeros(shape, np.float32)  # path length × attenuation, already dimensionless
+    scope_lbl = np.zeros(shape, bool)
+    if case.scope is not None:
+        motion = acq["scope_motion"] * np.sin(2 * np.pi * frame_index / 9.0) if n > 1 else np.zeros(2)
+        sc = case.scope
+        sp_px = fr.px(sc.points, motion)
+        r = case.scope_diameter_mm / 2 * mm
+        arc = np.zeros(shape, np.float32)
+        outer = tube(shape, sp_px, r, arc=sc.s, arc_out=arc)
+        inner = tube(shape, sp_px, r - 0.5 * mm)
+        shell = outer - inner
+        bending = (arc > sc.s[-1] - 40.0) & (outer > 0)
+        rings = (np.cos(2 * np.pi * arc / 3.2) > 0.3) & bending
+        metal += 0.030 * outer / mm + 0.30 * shell / mm + 0.25 * shell / mm * rings
+        nrm = tangents(sc.points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
+        for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
+            _wire(metal, fr.px(sc.points + nrm * off * case.scope_diameter_mm / 2, motion), 0.6 * mm, MU_STEEL * 0.6)
+        ch = tube(shape, fr.px(sc.points + nrm * 0.25 * case.scope_diameter_mm / 2, motion), 2.1 * mm)
+        metal -= 0.025 * ch / mm  # air-filled working channel
+        tip_c, tip_d = case.scope_tip
+        (tx, ty), = fr.px(tip_c, motion)
+        tang = np.radians(fr.angle(float(np.degrees(np.arctan2(tip_d[1], tip_d[0])))))
+        tl, tw = opts.tip_length_mm / 2 * mm, case.tip_width_mm / 2 * mm
+        tip = ellipsoid(shape, tx, ty, tl, tw, tw, tang, p=3)
+        metal += 0.05 * tip / mm
+        ellipsoid(shape, tx, ty, tl * 0.75, tw * 0.55, tw * 0.5, tang, p=4, out=metal, scale=MU_STEEL * 0.6 / mm)
+        for f, w in ((0.45, 0.25), (-0.5, 0.3)):  # lens housing, elevator
+            ex, ey = tx + np.cos(tang) * f * tl, ty + np.sin(tang) * f * tl
+            ellipsoid(shape, ex, ey, w * tl, 0.35 * tw, 0.3 * tw, tang, out=metal, scale=MU_STEEL / mm)
+        scope_lbl = (outer > 0) | (tip > 0)
+
+    # Devices: guidewire, catheter, basket, balloon markers, clips, ECG leads.
+    if "guidewire" in dv:
+        _wire(metal, fr.px(dv["guidewire"], breath), 0.89 * mm, MU_STEEL * 0.89 * 1.5)
+    if "catheter" in dv:
+        cp = fr.px(dv["catheter"], breath)
+        metal += 0.06 * tube(shape, cp, 1.1 * mm) / mm
+        for k in (len(cp) - 1, max(len(cp) - 12, 0)):
+            ellipsoid(shape, *cp[k], 1.3 * mm, 1.3 * mm, 1.1 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
+    if "basket" in dv:
+        bk = dv["basket"]
+        tt = np.linspace(-1, 1, 40)[:, None]
+        nrm = np.array([-bk["axis"][1], bk["axis"][0]])
+        for w in (-1.0, -0.35, 0.35, 1.0):
+            pts = bk["centre"] + tt * bk["half_len"] * bk["axis"] + nrm * w * bk["half_w"] * np.sqrt(1 - tt**2)
+            _wire(metal, fr.px(pts, breath), 0.4 * mm, MU_STEEL * 0.5)
+    if "balloon" in dv:
+        bl = dv["balloon"]
+        ax = np.array([np.cos(np.radians(bl["angle"])), np.sin(np.radians(bl["angle"]))])
+        for e in (-1, 1):
+            (px, py), = fr.px(bl["centre"] + e * ax * (bl["a"] + 1.0), breath)
+            ellipsoid(shape, px, py, 1.2 * mm, 1.2 * mm, 1.0 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
+    for (c, ang) in dv.get("clips", []):
+        (px, py), = fr.px(c, breath)
+        ellipsoid(shape, px, py, 4.0 * mm, 1.0 * mm, 0.6 * mm, np.radians(fr.angle(ang)), p=6, out=metal, scale=MU_STEEL * 1.5 / mm)
+    for lead in dv.get("ecg", []):
+        (px, py), = fr.px(lead["centre"])
+        ellipsoid(shape, px, py, 5.5 * mm, 5.5 * mm, 0.6 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
+        ellipsoid(shape, px, py, 4.5 * mm, 4.5 * mm, 0.6 * mm, 0.0, out=metal, scale=-MU_STEEL / mm)
+        ellipsoid(shape, px, py, 2.0 * mm, 2.0 * mm, 1.5 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
+        _wire(metal, fr.px(lead["wire"]), 0.7 * mm, MU_STEEL * 0.7)
+    L += metal
+
+    image, field = _detector(L, acq, rng, size)
+    if opts.burned_in_text:
+        _burn_in(image, acq, frame_index, n, spacing)
+
+    # Annotation layers, each the structure's whole visible footprint; drawn in priority order
+    # (scope < CBD < stone) they give the label map. Nothing is annotated where the collimator hides it.
+    layers = {"duodenoscope": scope_lbl & field, "CBD": (cbd_mask | stone_lbl) & field, "stone": stone_lbl & field}
+    labels = np.zeros(shape, np.uint8)
+    for value, name in LABELS.items():
+        labels[layers[name]] = value
+    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1))
+    return image, labels, layers, truth
+
+
+def _poly_area(p: np.ndarray) -> float:
+    x, y = p[:, 0], p[:, 1]
+    return float(0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _poly_centroid(p: np.ndarray) -> np.ndarray:
+    x, y = p[:, 0], p[:, 1]
+    cr = x * np.roll(y, -1) - np.roll(x, -1) * y
+    a = cr.sum() / 2
+    return np.array([((x + np.roll(x, -1)) * cr).sum() / (6 * a), ((y + np.roll(y, -1)) * cr).sum() / (6 * a)])
+
+
+# --------------------------------------------------------------------------------------------- detector
+def _lowpass(img: np.ndarray, factor: int = 16) -> np.ndarray:
+    h, w = img.shape
+    small = cv2.resize(img, (max(w // factor, 1), max(h // factor, 1)), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.GaussianBlur(small, (0, 0), 2.0), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
+    h, w = L.shape
+    primary = np.exp(-L).astype(np.float32)
+    primary = cv2.GaussianBlur(primary, (0, 0), acq["focal_blur_px"])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    field = np.ones((h, w), bool)
+    gain = np.ones((h, w), np.float32)
+    left, right, top, bottom = (int(f * w) for f in acq["collimator"])
+    coll = np.ones((h, w), np.float32)
+    if any((left, right, top, bottom)):
+        coll[:, :left] = coll[:, w - right:] = 0.03
+        coll[:top, :] = coll[h - bottom:, :] = 0.03
+        coll = cv2.GaussianBlur(coll, (0, 0), 2.0)  # penumbra of the blades
+        field &= coll > 0.5
+    if acq["image_intensifier"]:
+        r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (0.48 * w) ** 2
+        gain *= 1.0 - 0.3 * np.minimum(r2, 1.0)  # vignetting
+        field &= r2 <= 1.0
+    primary *= coll
+    scatter = acq["scatter"] * _lowpass(primary)
+    expected = (primary + scatter) * gain * np.float32(acq["photons"])
+    counts = rng.poisson(expected).astype(np.float32)
+    counts = cv2.GaussianBlur(counts, (0, 0), acq["detector_blur_px"])
+    p = -np.log(np.maximum(counts, 0.5) / np.float32(acq["photons"]))
+    sample = p[::3, ::3][field[::3, ::3]]  # a strided sample gives the same percentiles at a ninth of the cost
+    lo, hi = np.percentile(sample, [0.5, 99.7]) if sample.size else (float(p.min()), float(p.max()))
+    img = np.clip((hi - p) / max(hi - lo, 1e-6), 0.0, 1.0) ** np.float32(acq["gamma"])
+    if acq["unsharp"] > 0:
+        img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), 3.0))
+    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    img[~field] = 0.0
+    return img, field
+
+
+def _burn_in(img: np.ndarray, acq: dict, frame_index: int, n: int, spacing: float) -> None:
+    """White overlay text and a scale marker, as a C-arm burns them into the pixels."""
+    h, w = img.shape
+    k = w / 576
+    fs, th = 0.45 * k, max(1, int(round(k)))
+    ink = np.zeros((h, w), np.uint8)  # OpenCV draws text on 8-bit images only
+    lines = [((8, int(20 * k)), acq.get("date_text", "")), ((8, int(40 * k)), acq.get("time_text", "")),
+             ((w - int(150 * k), int(20 * k)), f"{acq['kvp']:.0f} kV {acq['ma']:.1f} mA"),
+             ((8, h - int(12 * k)), "FLUORO  ERCP" + (f"  F {frame_index + 1}/{n}" if n > 1 else ""))]
+    for (x, y), text in lines:
+        if text:
+            cv2.putText(ink, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, fs, 255, th, cv2.LINE_AA)
+    # Scale marker: 5 cm at the isocentre (the plane the C-arm calibrates), ticks every centimetre.
+    length = 50.0 / spacing
+    x1, y = w - 12, h - int(16 * k)
+    x0 = int(round(x1 - length))
+    cv2.line(ink, (x0, y), (x1, y), 255, th)
+    for i in range(6):
+        x = int(round(x0 + i * length / 5))
+        cv2.line(ink, (x, y), (x, y - (8 if i % 5 == 0 else 4)), 255, th)
+    cv2.putText(ink, "5 cm", (x0, y - 10), cv2.FONT_HERSHEY_SIMPLEX, fs * 0.8, 255, th, cv2.LINE_AA)
+    np.maximum(img, ink.astype(np.float32) / 255.0, out=img)
+
+
+# --------------------------------------------------------------------------------------------- truth
+def _frame_truth(case: A.Case, fr: Frame, breath, stones: list[dict], spacing: float, opts: Options, cbd_full: bool) -> dict:
+    d = case.ducts
+    cbd = d.cbd
+    every = max(int(round(1.0 / A.STEP_MM)), 1)  # profile every 1 mm
+    centre_px = fr.px(cbd.points, breath)
+    diam = 2 * cbd.radii
+    return dict(
+        spacing=dict(imager_pixel_spacing_mm=opts.spacing(), magnification=round(case.acq["magnification"], 4),
+                     pixel_spacing_at_object_mm=round(spacing, 5)),
+        scope=dict(present=case.scope is not None, shaft_diameter_mm=case.scope_diameter_mm,
+                   tip_width_mm=case.tip_width_mm, shaft_width_px=round(case.scope_diameter_mm / spacing, 3)),
+        cbd=dict(
+            fully_opacified=cbd_full,
+            length_mm=round(float(cbd.s[-1]), 2),
+            max_diameter_mm=round(float(diam.max()), 3),
+            distal_diameter_mm=round(float(diam[d.distal_index]), 3),
+            distal_angulation_deg=round(d.angulation_deg, 2),
+            distal_arm_length_mm=round(d.arm_length_mm, 2),
+            papilla_px=[round(float(v), 2) for v in centre_px[0]],
+            first_bend_px=[round(float(v), 2) for v in centre_px[d.arm_index]],
+            profile=dict(s_mm=[round(float(v), 1) for v in cbd.s[::every]],
+                         diameter_mm=[round(float(v), 3) for v in diam[::every]]),
+            centreline_px=[[round(float(x), 2), round(float(y), 2)] for x, y in centre_px[::every]],
+        ),
+        stones=stones,
+        distractors=sorted(k for k, v in case.devices.items() if len(v)) + (["gallbladder"] if d.gallbladder else [])
+        + (["pancreatic_duct"] if d.pancreatic else []),
+        spine_over_duct=case.spine["overlap"],
+    )
