@@ -183,9 +183,10 @@ def _stone_polygon(rng, size_mm, faceted: bool) -> np.ndarray:
         ang = np.sort(ang)
         rad = rng.uniform(0.85, 1.0, k)
         poly = np.stack([a * rad * np.cos(ang), b * rad * np.sin(ang)], 1)
-        # One pass of corner cutting: facets keep sharp-ish corners without pixel spikes.
-        nxt = np.roll(poly, -1, 0)
-        poly = np.concatenate([0.8 * poly + 0.2 * nxt, 0.2 * poly + 0.8 * nxt], 1).reshape(-1, 2)
+        # Two passes of corner cutting: flat facets with corners rounded as on real (abraded) stones.
+        for _ in range(2):
+            nxt = np.roll(poly, -1, 0)
+            poly = np.concatenate([0.8 * poly + 0.2 * nxt, 0.2 * poly + 0.8 * nxt], 1).reshape(-1, 2)
     else:
         t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
         poly = np.stack([a * np.cos(t), b * np.sin(t)], 1)
@@ -226,8 +227,10 @@ def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexit
         t = cbd.points[min(i + 2, len(cbd.s) - 1)] - cbd.points[max(i - 2, 0)]
         duct_angle = np.degrees(np.arctan2(t[1], t[0]))
         poly = _stone_polygon(rng, size, rng.random() < 0.55)
-        poly = np.array([_rot(p, duct_angle + rng.uniform(-30, 30)) for p in poly])
+        spin = duct_angle + rng.uniform(-30, 30)  # elongated stones lie roughly along the duct
+        poly = np.array([_rot(p, spin) for p in poly])
         largest, smallest = feret_diameters(poly)
+        poly, smallest, largest = poly * (size / largest), smallest * size / largest, size  # exact Feret
         lateral = rng.uniform(-1, 1) * max(cbd.radii[i] - smallest / 2, 0.0)
         normal = _rot(t / np.linalg.norm(t), 90)
         centre = cbd.points[i] + lateral * normal

@@ -13,12 +13,12 @@ import multiprocessing as mp
 import os
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from pydicom.uid import generate_uid
 
 from .anatomy import sample_anatomy
 from .dicomio import DicomInfo, build_dataset, write_dicom
@@ -54,7 +54,8 @@ class ImagePlan:
     series_number: int
     instance_number: int
     acquired: dt.datetime
-    complexity: float
+    complexity: float  # image level: dose, overlap, devices
+    study_complexity: float  # study level: the stones
     patient_id: str
     patient_name: str
     birth_date: str
@@ -69,8 +70,12 @@ class ImagePlan:
         return f"img{self.index:05d}"
 
 
+_UID_NAMESPACE = uuid.UUID("6f1c2f4e-5a7b-4f0e-9a51-2d3c1e0b7a11")
+
+
 def _uid(seed: int, *parts) -> str:
-    return generate_uid(prefix=None, entropy_srcs=["ercp-node-phantom", str(seed), *map(str, parts)])
+    """Deterministic 2.25 UID from a name-based UUID (pydicom's generate_uid ignores entropy without a prefix)."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(map(str, ('ercp-node-phantom', seed, *parts)))).int}"
 
 
 def plan(cfg: SynthConfig) -> list[ImagePlan]:
@@ -99,7 +104,7 @@ def plan(cfg: SynthConfig) -> list[ImagePlan]:
                 out.append(ImagePlan(
                     index=len(out), patient_index=p, study_index=study, series_number=series,
                     instance_number=k + 1, acquired=start + dt.timedelta(seconds=int(40 * k + rng.integers(0, 30))),
-                    complexity=round(c, 4), patient_id=pid, patient_name=f"PHANTOM^{pid}",
+                    complexity=round(c, 4), study_complexity=round(c_study, 4), patient_id=pid, patient_name=f"PHANTOM^{pid}",
                     birth_date=birth.strftime("%Y%m%d"), sex=sex, study_uid=study_uid,
                     series_uid=_uid(cfg.seed, "series", study, series), sop_uid=_uid(cfg.seed, "image", len(out)),
                     accession=f"A{cfg.seed % 1000:03d}{study:07d}"))
@@ -125,7 +130,8 @@ def render_image(cfg: SynthConfig, item: ImagePlan):
     opts = cfg.options
     anatomy = sample_anatomy(np.random.default_rng([cfg.seed, 1, item.patient_index]))
     case = make_case(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
-                     np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts)
+                     np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts,
+                     stone_complexity=item.study_complexity)
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]

@@ -59,9 +59,10 @@ class Frame:
 
 # --------------------------------------------------------------------------------------------- case
 def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
-              complexity: float, opts: Options) -> A.Case:
+              complexity: float, opts: Options, stone_complexity: float | None = None) -> A.Case:
+    """One image's case; the stones come from the study's stream so every image of a study shows them."""
     cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
-    stones = A.sample_stones(rng_study, cbd0, arm_len, complexity)
+    stones = A.sample_stones(rng_study, cbd0, arm_len, complexity if stone_complexity is None else stone_complexity)
     cbd = A.distend(cbd0, stones)
     branches, gb = A.build_branches(anatomy, cbd)
     ducts = A.Ducts(cbd, i_bend, theta, arm_len, i_dist, branches,
@@ -174,8 +175,8 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     fill_front = (acq["fill_start"] + (1 - acq["fill_start"]) * min(1.0, t / 0.6)) * d.cbd.s[-1] * 1.3 if n > 1 else 1e9
     w_cbd = _fill_weights(d.cbd.s, fill_front)
     cbd_px = fr.px(d.cbd.points, breath)
-    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd)
-    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5)) > 0
+    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd, exact=True)
+    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5), exact=True) > 0
     cbd_full = fill_front >= d.cbd.s[-1]
     for br, f in zip(d.branches, d.branch_fill):
         if cbd_full or n == 1:
@@ -210,7 +211,9 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         stone_chord += ellipsoid(shape, px, py, bl["a"] * mm, bl["b"] * mm, bl["b"] * mm, ang)
     # The stone (or balloon) displaces contrast; it cannot displace more than is there.
     contrast = np.maximum(duct - stone_chord, 0.0) if n == 1 else np.maximum(duct - stone_chord * (duct > 0), 0.0)
-    L += acq["mu_contrast"] * contrast / mm
+    # Endoscopists dilute contrast in a dilated duct so stones are not drowned: less iodine per mm there.
+    mu_c = acq["mu_contrast"] * float(np.clip(10.0 / (2 * d.cbd.radii.max()), 0.5, 1.0))
+    L += mu_c * contrast / mm
 
     # Duodenoscope.
     metal = np.zeros(shape, np.float32)  # path length × attenuation, already dimensionless
@@ -286,7 +289,7 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     labels = np.zeros(shape, np.uint8)
     for value, name in LABELS.items():
         labels[layers[name]] = value
-    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1))
+    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
     return image, labels, layers, truth
 
 
@@ -334,8 +337,13 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     counts = cv2.GaussianBlur(counts, (0, 0), acq["detector_blur_px"])
     p = -np.log(np.maximum(counts, 0.5) / np.float32(acq["photons"]))
     sample = p[::3, ::3][field[::3, ::3]]  # a strided sample gives the same percentiles at a ninth of the cost
-    lo, hi = np.percentile(sample, [0.5, 99.7]) if sample.size else (float(p.min()), float(p.max()))
-    img = np.clip((hi - p) / max(hi - lo, 1e-6), 0.0, 1.0) ** np.float32(acq["gamma"])
+    lo, hi = np.percentile(sample, [0.5, 99.0]) if sample.size else (float(p.min()), float(p.max()))
+    v = np.maximum((p - lo) / max(hi - lo, 1e-6), 0.0)
+    # Soft knee above 80 % of the window: dense contrast and metal keep some grey levels, so a filling
+    # defect inside a densely opacified duct stays visible instead of clipping to black.
+    knee = np.float32(0.8)
+    v = np.where(v < knee, v, knee + (1 - knee) * np.tanh((v - knee) / (1 - knee)))
+    img = (1.0 - v) ** np.float32(acq["gamma"])
     if acq["unsharp"] > 0:
         img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), 3.0))
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
@@ -368,12 +376,20 @@ def _burn_in(img: np.ndarray, acq: dict, frame_index: int, n: int, spacing: floa
 
 
 # --------------------------------------------------------------------------------------------- truth
-def _frame_truth(case: A.Case, fr: Frame, breath, stones: list[dict], spacing: float, opts: Options, cbd_full: bool) -> dict:
+def _frame_truth(case: A.Case, fr: Frame, breath, stones: list[dict], spacing: float, opts: Options,
+                 cbd_full: bool, field: np.ndarray) -> dict:
     d = case.ducts
     cbd = d.cbd
     every = max(int(round(1.0 / A.STEP_MM)), 1)  # profile every 1 mm
     centre_px = fr.px(cbd.points, breath)
     diam = 2 * cbd.radii
+    # A diameter is measurable where the duct's whole cross-section lies inside the exposed field.
+    edge = cv2.distanceTransform(np.pad(field, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    ij = np.round(centre_px).astype(int)
+    inside = (ij >= 0).all(1) & (ij < opts.size).all(1)
+    in_field = np.zeros(len(ij), bool)
+    in_field[inside] = edge[ij[inside, 1], ij[inside, 0]] >= cbd.radii[inside] / spacing + 1
+    dist_ok = bool(in_field[d.distal_index])
     return dict(
         spacing=dict(imager_pixel_spacing_mm=opts.spacing(), magnification=round(case.acq["magnification"], 4),
                      pixel_spacing_at_object_mm=round(spacing, 5)),
@@ -382,14 +398,15 @@ def _frame_truth(case: A.Case, fr: Frame, breath, stones: list[dict], spacing: f
         cbd=dict(
             fully_opacified=cbd_full,
             length_mm=round(float(cbd.s[-1]), 2),
-            max_diameter_mm=round(float(diam.max()), 3),
-            distal_diameter_mm=round(float(diam[d.distal_index]), 3),
+            max_diameter_mm=round(float(diam[in_field].max()), 3) if in_field.any() else None,
+            distal_diameter_mm=round(float(diam[d.distal_index]), 3) if dist_ok else None,
             distal_angulation_deg=round(d.angulation_deg, 2),
             distal_arm_length_mm=round(d.arm_length_mm, 2),
             papilla_px=[round(float(v), 2) for v in centre_px[0]],
             first_bend_px=[round(float(v), 2) for v in centre_px[d.arm_index]],
             profile=dict(s_mm=[round(float(v), 1) for v in cbd.s[::every]],
-                         diameter_mm=[round(float(v), 3) for v in diam[::every]]),
+                         diameter_mm=[round(float(v), 3) for v in diam[::every]],
+                         in_field=[bool(v) for v in in_field[::every]]),
             centreline_px=[[round(float(x), 2), round(float(y), 2)] for x, y in centre_px[::every]],
         ),
         stones=stones,
