@@ -82,6 +82,35 @@ def tube(shape, points, radii, weights=None, out=None, arc=None, arc_out=None, e
     return out
 
 
+def tubes_by_distance(shape, tubes) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the nearest centreline pixel of any tube, and that point's radius, from one distance transform.
+
+    For thin or decorative tubes (intrahepatic branches, ribs) this replaces hundreds of sphere stamps with
+    one pass; the centreline is quantised to pixels, so edges are good to about half a pixel.
+    Returns (d, r) in pixels; the chord of a tube is 2·sqrt(max(r² − d², 0)).
+    """
+    canvas = np.full(shape, 255, np.uint8)
+    radius = np.zeros(shape, np.float32)
+    for pts, radii in tubes:
+        p = np.round(np.asarray(pts)).astype(np.int32)
+        r = np.broadcast_to(np.asarray(radii, np.float32), (len(p),))
+        for i in range(len(p) - 1):
+            a, b = (int(p[i, 0]), int(p[i, 1])), (int(p[i + 1, 0]), int(p[i + 1, 1]))
+            cv2.line(canvas, a, b, 0, 1)
+            cv2.line(radius, a, b, float(max(r[i], r[i + 1])), 1)
+    if canvas.min() > 0:
+        return np.full(shape, np.inf, np.float32), radius
+    d, labels = cv2.distanceTransformWithLabels(canvas, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    lut = np.zeros(int(labels.max()) + 1, np.float32)
+    zero = canvas == 0
+    lut[labels[zero]] = radius[zero]
+    return d, lut[labels]
+
+
+def chord(d: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return 2.0 * np.sqrt(np.maximum(r * r - d * d, 0.0))
+
+
 def ellipsoid(shape, cx, cy, a, b, c, angle=0.0, p=2.0, out=None, scale=1.0):
     """Add scale × path length through a (super-)ellipsoid: footprint |x/a|^p + |y/b|^p <= 1, depth 2c.
 
