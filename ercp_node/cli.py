@@ -24,6 +24,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from .model.cli import run_retrain
+
+    return run_retrain(args)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .model.cli import run_evaluate
+
+    return run_evaluate(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ercp-node", description=__doc__)
     p.add_argument("--version", action="version", version=f"ercp-node {__version__}")
@@ -34,6 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="generate synthetic ERCP cholangiograms with ground truth")
     add_synth_arguments(s)
     s.set_defaults(func=_cmd_synth)
+
+    from .model.cli import add_evaluate_arguments, add_retrain_arguments
+
+    r = sub.add_parser("retrain", help="train a model from archived annotations; promote it only if it is better")
+    add_retrain_arguments(r)
+    r.set_defaults(func=_cmd_retrain)
+    e = sub.add_parser("evaluate", help="Table-1 style report of a model on annotated data")
+    add_evaluate_arguments(e)
+    e.set_defaults(func=_cmd_evaluate)
 
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")

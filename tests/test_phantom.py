@@ -175,7 +175,7 @@ def test_plan_has_realistic_patient_study_structure():
 
 
 def test_dicom_reads_back_and_is_valid(dataset):
-    for r in _rows(dataset)[:4]:
+    for r in _rows(dataset):
         path = dataset / r["dicom"]
         ds = pydicom.dcmread(path)
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.12.2" and ds.Modality == "RF"

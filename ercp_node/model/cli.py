@@ -1,0 +1,107 @@
+"""`ercp-node retrain` and `ercp-node evaluate`: arguments, validation, output."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+from pathlib import Path
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+
+
+def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                   help="phantom output, labelme JSON + images, and/or DICOM SEG + source images")
+    p.add_argument("--out", default=None, help="run directory (default: models/<timestamp>)")
+    p.add_argument("--preset", default="default", help="U-Net preset: default or paper")
+    p.add_argument("--base-filters", type=int, default=None, help="override the preset's base filters")
+    p.add_argument("--input-size", type=int, default=None, help="override the preset's input grid")
+    p.add_argument("--loss", default="dice+focal", help="one loss or a sum of two: dice, jaccard, focal, cce, wcce")
+    p.add_argument("--focal-alpha", type=float, default=2.0, help="focal loss alpha (paper: 2)")
+    p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--split-date", type=_date, default=None,
+                   help="first test date (default: the newest ~10%% of dates are the test set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPU, or CPU with AVX-512 BF16)")
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR")
+    p.add_argument("--model", default=None, help="model file (.keras); default: the shipped model")
+    p.add_argument("--json", default=None, help="write the report as JSON here")
+    p.add_argument("--split", choices=("all", "test"), default="all",
+                   help="evaluate every image, or only the temporal test split")
+    p.add_argument("--split-date", type=_date, default=None)
+
+
+def _validate(args) -> None:
+    from ..cli import CLIError
+    from .losses import LOSSES
+    from .unet import PRESETS
+
+    if args.preset not in PRESETS:
+        raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {args.preset!r}")
+    names = args.loss.split("+")
+    if not 1 <= len(names) <= 2 or any(n not in LOSSES for n in names):
+        raise CLIError(f"--loss must be one of {', '.join(LOSSES)} or a sum of two (e.g. dice+focal), got {args.loss!r}")
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
+    if not args.lr > 0:
+        raise CLIError("--lr must be positive")
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from ..cli import CLIError
+    from .retrain import retrain
+
+    _validate(args)
+    out = Path(args.out or f"models/{dt.datetime.now():%Y%m%d-%H%M%S}")
+    command = "ercp-node " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        retrain(args.data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
+                lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=args.mixed_precision,
+                base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
+                focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..cli import CLIError
+    from .data import read_data, temporal_split
+    from .inference import SHIPPED, Segmenter
+    from .metrics import table1_markdown
+    from .retrain import evaluate_samples
+
+    samples, problems = read_data(args.data)
+    for p in problems:
+        print(f"skipped {p}", file=sys.stderr)
+    if not samples:
+        raise CLIError("no usable annotated images in " + ", ".join(args.data))
+    if args.split == "test":
+        samples = temporal_split(samples, args.split_date).test
+    try:
+        seg = Segmenter.load(args.model or SHIPPED)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from exc
+    report, _ = evaluate_samples(seg, samples)
+    report["model"] = seg.version
+    print(table1_markdown({seg.version: report}, "model"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
+    return 0

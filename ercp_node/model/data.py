@@ -1,0 +1,302 @@
+"""Training data: readers for phantom output, labelme annotations and DICOM SEG, and the temporal split.
+
+Every reader returns `Sample`s (one per frame) plus a list of `Problem`s: a file that cannot be used is
+reported with its path and the reason and skipped, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+from ..phantom.labelme import LabelmeError, labelme_to_mask
+from ..preprocessing.pipeline import preprocess, resize_labels
+
+# SNOMED CT codes of the three segments (DESIGN.md) and label words accepted from viewers' SEGs.
+SEGMENT_CODES = {"37270008": 1, "79741001": 2, "56381008": 3}
+SEGMENT_WORDS = {1: ("duodenoscope", "scope", "endoscope"), 2: ("cbd", "bile duct", "common bile duct"),
+                 3: ("stone", "calculus", "calculi")}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class Problem:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Sample:
+    key: str  # unique: path[#frame]
+    patient: str  # '' if unknown (then the sample is its own patient)
+    date: dt.date | None  # None if unknown (then it can only be used for training)
+    source: str  # 'phantom' | 'labelme' | 'seg'
+    image_path: str
+    frame: int = 0
+    mask_path: str | None = None  # label PNG (phantom)
+    labelme: dict | None = None  # parsed labelme document
+    seg_frames: list = field(default_factory=list)  # [(seg path, frame index, label)] painting the mask
+
+    @property
+    def group(self) -> str:
+        return self.patient or f"?{self.key}"
+
+
+def _dicom_date(ds) -> dt.date | None:
+    for kw in ("AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate"):
+        v = str(getattr(ds, kw, "") or "")
+        if len(v) == 8 and v.isdigit():
+            return dt.date(int(v[:4]), int(v[4:6]), int(v[6:]))
+    return None
+
+
+def load_pixels(path: str, frame: int = 0) -> tuple[np.ndarray, int, str]:
+    """Stored pixels of one frame, bits stored and photometric interpretation (DICOM or an image file)."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise ValueError("not a readable image")
+        if img.ndim == 3:
+            img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+        return img, 16 if img.dtype == np.uint16 else 8, "MONOCHROME2"
+    ds = pydicom.dcmread(path)
+    if str(getattr(ds, "PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric interpretation {getattr(ds, 'PhotometricInterpretation', None)!r} is not greyscale")
+    arr = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        arr = arr[frame]
+    return arr, int(ds.BitsStored), str(ds.PhotometricInterpretation)
+
+
+def read_phantom(root: Path) -> tuple[list[Sample], list[Problem]]:
+    samples, problems = [], []
+    with open(root / "manifest.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            frames = int(row["frames"])
+            for f in range(frames):
+                mask = row["mask"] if frames == 1 else row["mask"].replace("_f000", f"_f{f:03d}")
+                dicom, maskp = root / row["dicom"], root / mask
+                if not dicom.is_file() or not maskp.is_file():
+                    problems.append(Problem(str(dicom if not dicom.is_file() else maskp), "listed in manifest but missing"))
+                    continue
+                samples.append(Sample(f"{dicom}#{f}", row["patient_id"], dt.date.fromisoformat(row["acquisition_date"]),
+                                      "phantom", str(dicom), f, mask_path=str(maskp)))
+    return samples, problems
+
+
+def read_labelme_dir(root: Path) -> tuple[list[Sample], list[Problem]]:
+    """labelme JSON files with their images (PNG/JPEG/DICOM, found by `imagePath`).
+
+    Patient and date come from a DICOM image, or from optional top-level `patient_id` / `acquisition_date`
+    keys in the JSON (labelme keeps unknown keys when it saves).
+    """
+    samples, problems = [], []
+    for js in sorted(root.rglob("*.json")):
+        try:
+            doc = json.loads(js.read_text())
+        except (OSError, ValueError) as exc:
+            problems.append(Problem(str(js), f"not readable JSON ({exc})"))
+            continue
+        if not isinstance(doc, dict) or "shapes" not in doc:
+            continue  # not a labelme file (e.g. a truth record)
+        image = (js.parent / str(doc.get("imagePath") or "")).resolve()
+        if not doc.get("imagePath") or not image.is_file():
+            problems.append(Problem(str(js), f"image {doc.get('imagePath')!r} not found"))
+            continue
+        try:
+            pixels, _, _ = load_pixels(str(image))
+            labelme_to_mask(doc, pixels.shape[:2])
+            h, w = pixels.shape[:2]
+            if (doc.get("imageHeight"), doc.get("imageWidth")) not in ((h, w), (None, None)):
+                raise LabelmeError(f"annotation is {doc.get('imageWidth')}x{doc.get('imageHeight')}, image is {w}x{h}")
+        except (LabelmeError, ValueError, OSError, pydicom.errors.InvalidDicomError) as exc:
+            problems.append(Problem(str(js), str(exc)))
+            continue
+        patient, date = str(doc.get("patient_id") or ""), None
+        if doc.get("acquisition_date"):
+            try:
+                date = dt.date.fromisoformat(str(doc["acquisition_date"]))
+            except ValueError:
+                problems.append(Problem(str(js), f"acquisition_date {doc['acquisition_date']!r} is not YYYY-MM-DD; date unknown"))
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            ds = pydicom.dcmread(str(image), stop_before_pixels=True)
+            patient, date = patient or str(getattr(ds, "PatientID", "")), date or _dicom_date(ds)
+        samples.append(Sample(str(js), patient, date, "labelme", str(image), labelme=doc))
+    return samples, problems
+
+
+def _segment_label(item) -> int | None:
+    for code in getattr(item, "SegmentedPropertyTypeCodeSequence", []):
+        if str(code.CodeValue) in SEGMENT_CODES:
+            return SEGMENT_CODES[str(code.CodeValue)]
+    text = str(getattr(item, "SegmentLabel", "")).lower()
+    for label, words in SEGMENT_WORDS.items():
+        if any(w in text for w in words):
+            return label
+    return None
+
+
+def read_seg_dir(root: Path) -> tuple[list[Sample], list[Problem]]:
+    """DICOM SEG objects with their source images, as a PACS holds them after a clinician corrected them."""
+    samples, problems = [], []
+    by_uid: dict[str, tuple[str, pydicom.Dataset]] = {}
+    segs = []
+    for p in sorted(x for x in root.rglob("*") if x.is_file() and x.suffix.lower() in ("", ".dcm")):
+        try:
+            ds = pydicom.dcmread(str(p), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - anything unreadable is not DICOM for our purpose
+            continue
+        if str(getattr(ds, "Modality", "")) == "SEG":
+            segs.append(p)
+        elif "SOPInstanceUID" in ds:
+            by_uid[str(ds.SOPInstanceUID)] = (str(p), ds)
+    for p in segs:
+        try:
+            seg = pydicom.dcmread(str(p))
+            labels = {int(s.SegmentNumber): _segment_label(s) for s in seg.SegmentSequence}
+            unknown = [n for n, v in labels.items() if v is None]
+            if unknown:
+                raise ValueError(f"segment(s) {unknown} are not duodenoscope, CBD or stone")
+            paint: dict[tuple[str, int], list] = defaultdict(list)
+            for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
+                number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+                ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
+                frame = int(getattr(ref, "ReferencedFrameNumber", 1) or 1) - 1
+                paint[(str(ref.ReferencedSOPInstanceUID), frame)].append((str(p), i, labels[number]))
+        except Exception as exc:  # noqa: BLE001 - report any malformed SEG and go on
+            problems.append(Problem(str(p), f"unusable SEG ({type(exc).__name__}: {exc})"))
+            continue
+        for (uid, frame), items in paint.items():
+            if uid not in by_uid:
+                problems.append(Problem(str(p), f"SEG without its source: image {uid} is not in {root}"))
+                continue
+            src, ds = by_uid[uid]
+            if (int(seg.Rows), int(seg.Columns)) != (int(ds.Rows), int(ds.Columns)):
+                problems.append(Problem(str(p), f"SEG is {seg.Columns}x{seg.Rows}, source {uid} is {ds.Columns}x{ds.Rows}"))
+                continue
+            samples.append(Sample(f"{src}#{frame}", str(getattr(ds, "PatientID", "")), _dicom_date(ds), "seg", src,
+                                  frame, seg_frames=items))
+    return samples, problems
+
+
+def read_data(dirs) -> tuple[list[Sample], list[Problem]]:
+    """Read every directory as phantom output (has manifest.csv), labelme files and/or DICOM SEGs."""
+    samples, problems = [], []
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            problems.append(Problem(str(d), "not a directory"))
+            continue
+        if (d / "manifest.csv").is_file():
+            found = [read_phantom(d)]
+        else:
+            found = [read_labelme_dir(d), read_seg_dir(d)]
+        for s, p in found:
+            samples += s
+            problems += p
+    seen, unique = set(), []
+    for s in samples:  # a SEG and a labelme file for the same image: keep the first
+        if s.key not in seen:
+            seen.add(s.key)
+            unique.append(s)
+    return unique, problems
+
+
+def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
+    if sample.mask_path:
+        m = cv2.imread(sample.mask_path, cv2.IMREAD_UNCHANGED)
+    elif sample.labelme is not None:
+        m = labelme_to_mask(sample.labelme, shape)
+    else:
+        m = np.zeros(shape, np.uint8)
+        cache: dict[str, np.ndarray] = {}
+        for label in (1, 2, 3):  # paint order = priority: scope < CBD < stone
+            for path, i, lab in sample.seg_frames:
+                if lab == label:
+                    if path not in cache:
+                        arr = pydicom.dcmread(path).pixel_array
+                        cache[path] = arr if arr.ndim == 3 else arr[None]
+                    m[cache[path][i] > 0] = label
+    if m is None or m.shape != tuple(shape):
+        raise ValueError(f"{sample.key}: mask shape {None if m is None else m.shape} differs from image {shape}")
+    return m
+
+
+def load_training_pair(sample: Sample, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(preprocessed image (size, size) float32, label map (size, size) uint8) on the model grid."""
+    pixels, bits, photometric = load_pixels(sample.image_path, sample.frame)
+    mask = load_mask(sample, pixels.shape[:2])
+    image = preprocess(pixels, bits_stored=bits, photometric=photometric, size=size)[..., 0]
+    return image, resize_labels(mask, (size, size))
+
+
+# ------------------------------------------------------------------------------------------------ split
+@dataclass
+class Split:
+    train: list[Sample]
+    test: list[Sample]
+    split_date: dt.date
+    dropped: list[Sample]  # images of patients already in train, dated after the split
+    undated: int
+
+    def report(self) -> dict:
+        def span(ss):
+            ds = sorted(s.date for s in ss if s.date)
+            return [ds[0].isoformat(), ds[-1].isoformat()] if ds else [None, None]
+        return {"split_date": self.split_date.isoformat(),
+                "train": {"images": len(self.train), "patients": len({s.group for s in self.train}), "dates": span(self.train)},
+                "test": {"images": len(self.test), "patients": len({s.group for s in self.test}), "dates": span(self.test)},
+                "dropped_after_split_of_train_patients": len(self.dropped), "undated_in_train": self.undated}
+
+
+def default_split_date(samples: list[Sample], test_fraction: float = 0.1) -> dt.date:
+    """The date from which about `test_fraction` of the dated images are newer (the newest ~10 %)."""
+    dates = sorted(s.date for s in samples if s.date)
+    if not dates:
+        raise ValueError("no image has an acquisition date: give --split-date and dated data")
+    return dates[min(len(dates) - 1, int(round(len(dates) * (1 - test_fraction))))]
+
+
+def temporal_split(samples: list[Sample], split_date: dt.date | None = None, test_fraction: float = 0.1) -> Split:
+    """Test = patients whose every image is dated on/after the split date; nobody is in both sets.
+
+    A patient seen before the split stays in training; their later images are dropped (reported), since
+    keeping them would leak the patient into the test set and moving them would leak the future into training.
+    """
+    split_date = split_date or default_split_date(samples, test_fraction)
+    first: dict[str, dt.date] = {}
+    for s in samples:
+        if s.date:
+            first[s.group] = min(first.get(s.group, s.date), s.date)
+    train, test, dropped, undated = [], [], [], 0
+    for s in samples:
+        if s.date is None:
+            undated += 1
+            train.append(s)
+        elif first[s.group] >= split_date:
+            test.append(s)
+        elif s.date >= split_date:
+            dropped.append(s)
+        else:
+            train.append(s)
+    return Split(train, test, split_date, dropped, undated)
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Content-independent but order-independent identity of a sample list (paths, frames, sizes)."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.key):
+        size = Path(s.image_path).stat().st_size if Path(s.image_path).exists() else -1
+        h.update(f"{s.key}|{s.date}|{s.patient}|{size}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,251 @@
+"""Training: a PyDataset with augmentation, `train()` with the paper's settings (Adam 1e-4, batch 16,
+40 epochs), checkpoints that survive a crash, and a training-curve PNG drawn with OpenCV.
+
+Inputs are already preprocessed (ercp_node.preprocessing.preprocess) images on the model grid, float32
+(H, W, 1) in [0, 1], with label maps (H, W) of 0 background, 1 duodenoscope, 2 CBD, 3 stone.
+
+Checkpoints in `out_dir`:
+  last.keras   model + optimizer state after the last finished epoch (written atomically)
+  state.json   epochs done and the history so far; with last.keras it is what `resume` continues from
+  best.keras   keras.callbacks.ModelCheckpoint on val_loss (loss without validation data)
+  training_curve.png
+Resuming reloads last.keras (optimizer moments included) and continues at the next epoch; asking for more
+epochs than a finished run had extends it. EarlyStopping's patience counter restarts on resume.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import keras
+import numpy as np
+
+from .losses import make_loss
+from .unet import N_CLASSES, UNetConfig, build_unet, get_config
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random, label-preserving changes; geometry applies to image and mask alike (mask: nearest)."""
+    hflip: float = 0.5  # probability
+    vflip: float = 0.25  # less likely: C-arm images are mostly shown in one orientation
+    rotate_deg: float = 10.0  # uniform in +-
+    gain: float = 0.1  # contrast about the mean, x in [1-gain, 1+gain]
+    bias: float = 0.05  # brightness shift
+    gamma: float = 0.15  # gamma in [1-g, 1+g]
+
+
+def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug: Augment = Augment()):
+    """(H, W) float [0, 1] image and (H, W) label map -> augmented copies."""
+    if rng.random() < aug.hflip:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if rng.random() < aug.vflip:
+        image, mask = image[::-1], mask[::-1]
+    if aug.rotate_deg:
+        h, w = mask.shape
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), rng.uniform(-aug.rotate_deg, aug.rotate_deg), 1.0)
+        # Reflected borders instead of black corners, which would be a shape the real images never have.
+        image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT_101)
+        mask = cv2.warpAffine(np.ascontiguousarray(mask), m, (w, h), flags=cv2.INTER_NEAREST,
+                              borderMode=cv2.BORDER_REFLECT_101)
+    mean = float(image.mean())
+    image = (image - mean) * rng.uniform(1 - aug.gain, 1 + aug.gain) + mean + rng.uniform(-aug.bias, aug.bias)
+    image = np.clip(image, 0.0, 1.0) ** rng.uniform(1 - aug.gamma, 1 + aug.gamma)
+    return image.astype(np.float32), np.ascontiguousarray(mask)
+
+
+class SegmentationDataset(keras.utils.PyDataset):
+    """Batches of (image (B, H, W, 1) float32, one-hot mask (B, H, W, C) float32).
+
+    Either arrays (`images` (N, H, W[, 1]), `masks` (N, H, W)) held in memory, or `loader(i) -> (image, mask)`
+    with `n` items, for data sets too large to hold. Shuffled each epoch when `shuffle`; augmentation draws
+    from a generator seeded by (seed, epoch, index), so a run is reproducible whatever the worker count.
+    """
+
+    def __init__(self, images=None, masks=None, *, loader: Callable | None = None, n: int | None = None,
+                 batch_size: int = 16, augment: Augment | bool | None = None, shuffle: bool = True,
+                 seed: int = 0, n_classes: int = N_CLASSES, **kwargs):
+        super().__init__(**kwargs)  # workers / use_multiprocessing / max_queue_size
+        if loader is None:
+            if images is None or masks is None or len(images) != len(masks):
+                raise ValueError("give images and masks of equal length, or loader= and n=")
+            loader, n = (lambda i: (images[i], masks[i])), len(images)
+        elif n is None:
+            raise ValueError("loader= needs n=")
+        self.loader, self.n, self.batch_size = loader, int(n), int(batch_size)
+        self.augment = Augment() if augment is True else (augment or None)
+        self.shuffle, self.seed, self.n_classes, self.epoch = shuffle, seed, n_classes, 0
+        self._order = np.arange(self.n)
+        self._reorder()
+
+    def _reorder(self):
+        if self.shuffle:
+            self._order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
+
+    def __len__(self):
+        return math.ceil(self.n / self.batch_size)
+
+    def __getitem__(self, idx):
+        xs, ys = [], []
+        for i in self._order[idx * self.batch_size:(idx + 1) * self.batch_size]:
+            image, mask = self.loader(int(i))
+            image = np.asarray(image, np.float32).reshape(np.shape(mask))
+            mask = np.asarray(mask, np.uint8)
+            if self.augment:
+                image, mask = augment_pair(image, mask, np.random.default_rng((self.seed, self.epoch, int(i))),
+                                           self.augment)
+            xs.append(image[..., None])
+            ys.append(np.eye(self.n_classes, dtype=np.float32)[mask])
+        return np.stack(xs), np.stack(ys)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._reorder()
+
+
+class _LastCheckpoint(keras.callbacks.Callback):
+    """Save model + optimizer and the history after every epoch, atomically (tmp file, then rename), so a crash
+    mid-write leaves the previous checkpoint intact."""
+
+    def __init__(self, out_dir: Path, history: dict, extra: dict):
+        super().__init__()
+        self.out_dir, self.history, self.extra = out_dir, history, extra
+
+    def on_epoch_end(self, epoch, logs=None):
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(float(v))
+        tmp = self.out_dir / "last.tmp.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.out_dir / "last.keras")
+        state = {"epoch": epoch + 1, "history": self.history, **self.extra}
+        (self.out_dir / "state.tmp.json").write_text(json.dumps(state, indent=1))
+        os.replace(self.out_dir / "state.tmp.json", self.out_dir / "state.json")
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: dict[str, list[float]]
+    epochs_done: int
+    out_dir: Path
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _as_dataset(data, batch_size, augment, shuffle, seed):
+    if data is None or isinstance(data, keras.utils.PyDataset):
+        return data
+    images, masks = data
+    return SegmentationDataset(images, masks, batch_size=batch_size, augment=augment, shuffle=shuffle, seed=seed)
+
+
+def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, out_dir, loss: str = "dice+focal",
+          loss_kwargs: dict | None = None, epochs: int = 40, batch_size: int = 16, lr: float = 1e-4,
+          augment: Augment | bool = True, early_stopping: int | None = None, resume: bool = True,
+          mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=()) -> TrainResult:
+    """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
+
+    model: a built keras.Model, or a UNetConfig / preset name to build one. train_data / val_data: a PyDataset
+    or an (images, masks) pair (batched by `batch_size`; train augmented and shuffled). early_stopping: patience
+    in epochs on the monitored loss (None: off). mixed_precision: build the model under 'mixed_bfloat16'
+    (faster on CPUs with AVX-512 BF16/AMX; the softmax and the losses stay float32). resume: continue from
+    out_dir/last.keras if it exists.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last, state_path = out_dir / "last.keras", out_dir / "state.json"
+    keras.utils.set_random_seed(seed)
+    history: dict[str, list[float]] = {}
+    initial_epoch = 0
+    if resume and last.exists() and state_path.exists():
+        state = json.loads(state_path.read_text())
+        model = keras.saving.load_model(last)  # compiled: loss and optimizer state come back too
+        initial_epoch, history, loss_name = int(state["epoch"]), state["history"], state.get("loss")
+        if loss_name != loss:
+            warnings.warn(f"resuming {last} trained with loss {loss_name!r}; keeping it, not {loss!r}",
+                          stacklevel=2)
+    else:
+        if not isinstance(model, keras.Model):
+            previous = keras.config.dtype_policy()
+            keras.config.set_dtype_policy("mixed_bfloat16" if mixed_precision else "float32")
+            try:
+                model = build_unet(get_config(model))
+            finally:
+                keras.config.set_dtype_policy(previous)
+        elif mixed_precision:
+            raise ValueError("mixed_precision applies when train() builds the model; pass a config or preset")
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+                      loss=make_loss(loss, **(loss_kwargs or {})))
+        loss_name = loss
+
+    train_ds = _as_dataset(train_data, batch_size, augment, True, seed)
+    val_ds = _as_dataset(val_data, batch_size, False, False, seed)
+    if isinstance(train_ds, SegmentationDataset):
+        train_ds.epoch = initial_epoch  # augmentation and order continue, not repeat epoch 0's
+        train_ds._reorder()
+    monitor = "val_loss" if val_ds is not None else "loss"
+    prior = history.get(monitor, [])  # so a resumed run keeps best.keras unless it really improves
+    best = keras.callbacks.ModelCheckpoint(out_dir / "best.keras", monitor=monitor, save_best_only=True,
+                                           initial_value_threshold=min(prior) if prior else None)
+    cbs = [_LastCheckpoint(out_dir, history, {"loss": loss_name}), best]
+    if early_stopping:
+        cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping))
+    cbs.extend(callbacks)
+
+    if initial_epoch < epochs:
+        model.fit(train_ds, validation_data=val_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=cbs,
+                  verbose=verbose)
+    epochs_done = json.loads(state_path.read_text())["epoch"] if state_path.exists() else 0
+    curve = out_dir / "training_curve.png"
+    plot_history(history, curve, title=f"{model.name} {loss_name}")
+    paths = {"last": last, "best": out_dir / "best.keras", "state": state_path, "curve": curve}
+    return TrainResult(model, history, epochs_done, out_dir, paths)
+
+
+_COLOURS = [(200, 80, 0), (0, 120, 230), (40, 160, 40), (160, 40, 160), (0, 0, 200)]  # BGR
+
+
+def plot_history(history: dict[str, list[float]], path, *, title: str = "", size=(720, 440)) -> Path:
+    """Line plot of each history series against epoch, drawn with OpenCV (matplotlib is not a dependency)."""
+    w, h = size
+    left, right, top, bottom = 70, 20, 40, 50
+    img = np.full((h, w, 3), 255, np.uint8)
+    series = {k: np.asarray(v, np.float64) for k, v in history.items() if len(v)}
+    font, grey = cv2.FONT_HERSHEY_SIMPLEX, (110, 110, 110)
+    cv2.putText(img, title, (left, 25), font, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+    if series:
+        n = max(len(v) for v in series.values())
+        lo = min(float(v.min()) for v in series.values())
+        hi = max(float(v.max()) for v in series.values())
+        hi = hi if hi > lo else lo + 1.0
+
+        def px(i, v):
+            x = left + (w - left - right) * (i / max(n - 1, 1))
+            y = top + (h - top - bottom) * (1 - (v - lo) / (hi - lo))
+            return int(round(x)), int(round(y))
+
+        for t in np.linspace(lo, hi, 5):  # y grid and labels
+            y = px(0, t)[1]
+            cv2.line(img, (left, y), (w - right, y), (230, 230, 230), 1)
+            cv2.putText(img, f"{t:.3g}", (5, y + 4), font, 0.4, grey, 1, cv2.LINE_AA)
+        for i in sorted({0, n - 1, *range(0, n, max(1, n // 8))}):  # epoch ticks, 1-based as Keras prints
+            cv2.putText(img, str(i + 1), (px(i, lo)[0] - 5, h - bottom + 18), font, 0.4, grey, 1, cv2.LINE_AA)
+        cv2.putText(img, "epoch", (w // 2 - 20, h - 10), font, 0.45, grey, 1, cv2.LINE_AA)
+        for j, (name, v) in enumerate(series.items()):
+            colour = _COLOURS[j % len(_COLOURS)]
+            pts = np.array([px(i, val) for i, val in enumerate(v)], np.int32)
+            cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA)
+            for p in pts:
+                cv2.circle(img, tuple(int(c) for c in p), 3, colour, -1, cv2.LINE_AA)
+            cv2.putText(img, name, (w - right - 150, top + 18 * (j + 1)), font, 0.45, colour, 1, cv2.LINE_AA)
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
+    path = Path(path)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"could not write {path}")
+    return path

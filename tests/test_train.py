@@ -1,0 +1,92 @@
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from ercp_node.model.train import Augment, SegmentationDataset, augment_pair, plot_history, train
+from ercp_node.model.unet import UNetConfig
+
+TINY = UNetConfig(input_size=64, base_filters=4, depth=3)
+# Keras 3.15 itself trips NumPy 2's copy-keyword deprecation when saving TF variables; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
+
+def _toy(n=8, size=64, seed=0):
+    """Scope bar, duct ellipse, stone disc, each with its own grey level, plus noise."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n, size, size), np.uint8)
+    for m in masks:
+        x = int(rng.integers(2, 14))
+        cv2.rectangle(m, (x, 4), (x + 8, size - 4), 1, -1)
+        c = (int(rng.integers(30, 45)), int(rng.integers(20, 44)))
+        cv2.ellipse(m, c, (6, 16), float(rng.uniform(-30, 30)), 0, 360, 2, -1)
+        cv2.circle(m, (c[0], c[1] + 5), 3, 3, -1)
+    grey = np.array([0.2, 0.9, 0.6, 0.35], np.float32)
+    images = grey[masks] + rng.normal(0, 0.05, masks.shape).astype(np.float32)
+    return np.clip(images, 0, 1)[..., None], masks
+
+
+def test_dataset_batches_and_consistent_augmentation():
+    images, masks = _toy(5)
+    ds = SegmentationDataset(images, masks, batch_size=2, augment=True, seed=3)
+    assert len(ds) == 3
+    x, y = ds[0]
+    assert x.shape == (2, 64, 64, 1) and y.shape == (2, 64, 64, 4) and x.dtype == np.float32
+    np.testing.assert_array_equal(y.sum(-1), 1.0)
+    assert ds[2][0].shape[0] == 1  # last, partial batch
+    # geometry moves image and mask together: image = mask / 3 survives flips + rotation almost everywhere
+    rng = np.random.default_rng(0)
+    geo = Augment(hflip=1.0, vflip=1.0, rotate_deg=10.0, gain=0.0, bias=0.0, gamma=0.0)
+    img, m = augment_pair(masks[0] / np.float32(3), masks[0], rng, geo)
+    assert not np.array_equal(m, masks[0])
+    assert (np.abs(img - m / 3) < 0.1).mean() > 0.95
+    # a loader callable works like arrays
+    ds2 = SegmentationDataset(loader=lambda i: (images[i, ..., 0], masks[i]), n=5, batch_size=5, shuffle=False)
+    np.testing.assert_allclose(ds2[0][0], images)
+
+
+def test_train_checkpoint_resume_and_curve(tmp_path):
+    images, masks = _toy(8)
+    data = (images[:6], masks[:6])
+    val = (images[6:], masks[6:])
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt("simulated crash after the first epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, data, val, out_dir=tmp_path, epochs=2, batch_size=3, lr=3e-3, callbacks=[Crash()])
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["epoch"] == 1 and len(state["history"]["loss"]) == 1
+    assert (tmp_path / "last.keras").exists() and (tmp_path / "best.keras").exists()
+
+    res = train(TINY, data, val, out_dir=tmp_path, epochs=2, batch_size=3, lr=3e-3)
+    assert res.epochs_done == 2 and len(res.history["loss"]) == 2 and len(res.history["val_loss"]) == 2
+    # continued from the checkpoint: the optimizer has taken 2 epochs x 2 batches steps, not 1 x 2
+    assert int(res.model.optimizer.iterations.numpy()) == 4
+    assert res.history["loss"][1] < res.history["loss"][0]
+    assert res.model.loss.name == "dice_plus_focal"
+    curve = cv2.imread(str(res.paths["curve"]))
+    assert curve is not None and curve.shape[2] == 3 and (curve < 250).any()
+    # asking for no more epochs than done trains nothing
+    again = train(TINY, data, val, out_dir=tmp_path, epochs=2)
+    assert again.epochs_done == 2 and int(again.model.optimizer.iterations.numpy()) == 4
+
+
+def test_plot_history_handles_flat_and_empty(tmp_path):
+    plot_history({"loss": [1.0, 1.0]}, tmp_path / "a.png")
+    plot_history({}, tmp_path / "b.png")
+    assert cv2.imread(str(tmp_path / "a.png")).shape == (440, 720, 3)
+
+
+def test_mixed_precision_bf16_builds_and_trains(tmp_path):
+    images, masks = _toy(4)
+    res = train(TINY, (images, masks), out_dir=tmp_path, epochs=1, batch_size=4, mixed_precision=True)
+    assert res.model.get_layer("enc0_conv1").compute_dtype == "bfloat16"
+    assert res.model.output.dtype == "float32" and np.isfinite(res.history["loss"]).all()
+    assert keras.config.dtype_policy().name == "float32"  # global policy restored
+    with pytest.raises(ValueError):
+        train(keras.Model(res.model.input, res.model.output), (images, masks), out_dir=tmp_path / "x",
+              mixed_precision=True)
