@@ -101,7 +101,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)
     report["model"] = seg.version
-    print(table1_markdown({seg.version: report}, "model"))
+    print(table1_markdown({seg.version: report}, first_column="model"))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

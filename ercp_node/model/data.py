@@ -261,11 +261,21 @@ class Split:
 
 
 def default_split_date(samples: list[Sample], test_fraction: float = 0.1) -> dt.date:
-    """The date from which about `test_fraction` of the dated images are newer (the newest ~10 %)."""
-    dates = sorted(s.date for s in samples if s.date)
-    if not dates:
+    """The latest date such that patients first seen on/after it hold ≥ `test_fraction` of the dated images."""
+    first: dict[str, dt.date] = {}
+    count: dict[str, int] = {}
+    for s in samples:
+        if s.date:
+            first[s.group] = min(first.get(s.group, s.date), s.date)
+            count[s.group] = count.get(s.group, 0) + 1
+    if not first:
         raise ValueError("no image has an acquisition date: give --split-date and dated data")
-    return dates[min(len(dates) - 1, int(round(len(dates) * (1 - test_fraction))))]
+    total, taken = sum(count.values()), 0
+    for group in sorted(first, key=first.get, reverse=True):
+        taken += count[group]
+        if taken >= test_fraction * total:
+            return first[group]
+    return min(first.values())
 
 
 def temporal_split(samples: list[Sample], split_date: dt.date | None = None, test_fraction: float = 0.1) -> Split:

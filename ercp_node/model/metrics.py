@@ -77,12 +77,12 @@ def _cell(mean, sd) -> str:
     return f"{mean:.2f}" if sd is None else f"{mean:.2f}±{sd:.2f}"
 
 
-def table1_markdown(reports: dict, label: str = "model") -> str:
+def table1_markdown(reports: dict, label: str = "model", first_column: str = "loss") -> str:
     """Markdown in the paper's Table 1 layout, one row per report. `reports` is one table1_report (row named
     `label`) or a mapping {row label (e.g. loss name): report}."""
     if "structures" in reports:
         reports = {label: reports}
-    head = ["loss"]
+    head = [first_column]
     for name in STRUCTURES:
         t = _TABLE_NAMES[name]
         head += [f"{t} {'mIoU' if name == 'stone' else 'IoU'}", f"{t} P", f"{t} R"]
