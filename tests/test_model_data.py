@@ -154,3 +154,57 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
 def test_retrain_bad_options(phantom, tmp_path, capsys, args, message):
     assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def _report(scope, cbd, stone):
+    return {"structures": {"duodenoscope": {"iou_mean": scope}, "cbd": {"iou_mean": cbd}, "stone": {"iou_mean": stone}}}
+
+
+def test_promotion_rule():
+    from ercp_node.model.registry import compare
+
+    assert compare(_report(90, 80, 70), None).promote
+    assert compare(_report(90, 80, 70), _report(90, 80, 70)).promote  # not worse
+    d = compare(_report(95, 85, 69.9), _report(90, 80, 70))
+    assert not d.promote and "worse on stone" in d.reason
+    assert not compare(_report(95, 85, None), _report(90, 80, 70)).promote  # a structure never found is worse
+
+
+def test_registry_activation_and_force(phantom, tmp_path, monkeypatch):
+    import ercp_node.model.inference as inference
+    from ercp_node.model.registry import Registry
+    from ercp_node.storage.db import open_database, sqlite_url
+
+    monkeypatch.setattr(inference, "SHIPPED", tmp_path / "none.keras")  # a node without a shipped model
+    base = ["retrain", "--data", str(phantom), "--base-filters", "4", "--input-size", "64", "--epochs", "1",
+            "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
+    assert main([*base, "--out", str(tmp_path / "r1")]) == 0
+    card1 = json.loads((tmp_path / "r1" / "model.json").read_text())
+    assert card1["registry"]["activated"] and card1["registry"]["decision"] == "no active model"
+    assert main([*base, "--out", str(tmp_path / "r2"), "--seed", "3"]) == 0
+    card2 = json.loads((tmp_path / "r2" / "model.json").read_text())
+    assert card2["registry"]["compared_with"] == card1["version"]
+    assert card2["registry"]["active_test_metrics"]["n_images"] == card2["test_metrics"]["n_images"]
+    assert main([*base, "--out", str(tmp_path / "r3"), "--force", "new annotation protocol"]) == 0
+    card3 = json.loads((tmp_path / "r3" / "model.json").read_text())
+    assert card3["registry"]["activated"]
+    _, sessions = open_database(sqlite_url(tmp_path / "node"))
+    reg = Registry(sessions)
+    assert reg.active().version == card3["version"] and len(reg.all()) == 3
+    assert sum(m.active for m in reg.all()) == 1
+    db = tmp_path / "node" / "ercp-node.db"
+    assert oct(db.stat().st_mode & 0o777) == "0o600"
+    assert main([*base, "--out", str(tmp_path / "r4"), "--force", " "]) == 2
+
+
+def test_loss_grid_tiny(phantom, tmp_path):
+    out = tmp_path / "grid"
+    assert main(["retrain", "--data", str(phantom), "--out", str(out), "--loss-grid", "--base-filters", "2",
+                 "--input-size", "32", "--epochs", "1", "--batch-size", "8"]) == 0
+    md = (out / "loss_grid.md").read_text()
+    for name in ("| DL |", "| JL |", "| CFL |", "| CCEL |", "| WPCCEL |", "| JL+CCEL |", "| JL+CFL |", "| DL+CCEL |", "| DL+CFL |"):
+        assert name in md
+    rep = json.loads((out / "loss_grid.json").read_text())
+    assert len(rep["reports"]) == 9
+    fig = cv2.imread(str(out / "figure3.png"))
+    assert fig is not None and fig.shape[1] == 6 * 256

@@ -25,6 +25,8 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-filters", type=int, default=None, help="override the preset's base filters")
     p.add_argument("--input-size", type=int, default=None, help="override the preset's input grid")
     p.add_argument("--loss", default="dice+focal", help="one loss or a sum of two: dice, jaccard, focal, cce, wcce")
+    p.add_argument("--loss-grid", action="store_true",
+                   help="train Table 1's configurations on the same data; writes loss_grid.md/.json and figure3.png")
     p.add_argument("--focal-alpha", type=float, default=2.0, help="focal loss alpha (paper: 2)")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
     p.add_argument("--epochs", type=int, default=40)
@@ -35,6 +37,10 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPU, or CPU with AVX-512 BF16)")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
+    p.add_argument("--data-dir", default="ercp-node-data", help="the node's data directory (model registry)")
+    p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the node database (default: SQLite in --data-dir)")
+    p.add_argument("--force", metavar="REASON", default=None,
+                   help="activate the new model even if it is worse; the reason is recorded")
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -70,11 +76,30 @@ def run_retrain(args: argparse.Namespace) -> int:
     _validate(args)
     out = Path(args.out or f"models/{dt.datetime.now():%Y%m%d-%H%M%S}")
     command = "ercp-node " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.force is not None and not args.force.strip():
+        raise CLIError("--force needs a reason, e.g. --force 'new annotation protocol'")
+    from ..storage.db import open_database, sqlite_url
+    from .registry import Registry
+
+    if args.loss_grid:
+        from .retrain import loss_grid
+
+        try:
+            loss_grid(args.data, out, preset=args.preset, base_filters=args.base_filters, input_size=args.input_size,
+                      split_date=args.split_date, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                      lr=args.lr, mixed_precision=args.mixed_precision, early_stopping=args.early_stopping,
+                      focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+        print(f"loss grid: {out / 'loss_grid.md'}  {out / 'loss_grid.json'}  {out / 'figure3.png'}")
+        return 0
+    _, sessions = open_database(args.db_url or sqlite_url(args.data_dir))
     try:
         retrain(args.data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=args.mixed_precision,
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
-                focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command)
+                focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
+                registry=Registry(sessions), force_reason=args.force)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

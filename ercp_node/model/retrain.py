@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,20 +101,34 @@ def save_model(model, path: Path, card: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
 
 
-def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=40, batch_size=16, lr=1e-4,
-            split_date: dt.date | None = None, val_fraction=0.1, seed=0, mixed_precision=False,
-            base_filters: int | None = None, input_size: int | None = None, early_stopping: int | None = None, focal_alpha: float = 2.0,
-            focal_gamma: float = 2.0, command: str = "", log=print) -> dict:
-    """Train one model end to end; returns its card (also written to out_dir/model.json)."""
-    import keras
+TABLE1_LOSSES = ("dice", "jaccard", "focal", "cce", "wcce", "jaccard+cce", "jaccard+focal", "dice+cce", "dice+focal")
+PAPER_NAMES = {"dice": "DL", "jaccard": "JL", "focal": "CFL", "cce": "CCEL", "wcce": "WPCCEL"}
 
-    from .inference import Segmenter
+
+def paper_name(loss: str) -> str:
+    return "+".join(PAPER_NAMES.get(p, p) for p in loss.split("+"))
+
+
+@dataclass
+class Prepared:
+    """Data read, split and preprocessed once; shared by every model trained on it."""
+
+    data_dirs: list[str]
+    samples: list[Sample]
+    split: Split
+    validation: list[Sample]
+    config: object  # UNetConfig
+    preset: str
+    fingerprint: str
+    arrays: tuple  # (x_train, y_train, x_val, y_val)
+    class_weights: list[float]
+
+
+def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, input_size=None,
+            split_date: dt.date | None = None, val_fraction=0.1, seed=0, log=print) -> Prepared:
     from .losses import class_weights_from_masks
-    from .train import train
     from .unet import get_config
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     samples, problems = read_data(data_dirs)
     for p in problems:
         log(f"skipped {p}")
@@ -126,43 +141,154 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
     train_s, val_s = _validation_split(split.train, val_fraction, seed)
     overrides = {k: v for k, v in (("base_filters", base_filters), ("input_size", input_size)) if v}
     cfg = get_config(preset, **overrides)
-    size = cfg.input_size
-    fp = fingerprint(samples)
+    size, fp = cfg.input_size, fingerprint(samples)
     cache = out_dir / "cache"
     xt, yt = prepare_arrays(train_s, size, cache / f"train-{fp}-{size}-{seed}.npz", log=log)
     xv, yv = prepare_arrays(val_s, size, cache / f"val-{fp}-{size}-{seed}.npz", log=log)
-    loss_kwargs = {}
+    # Eq. 5 weights from the first ≥ 100 training masks (all of them when fewer).
     weights = class_weights_from_masks(yt[: max(100, min(len(yt), 400))])
+    return Prepared([str(d) for d in data_dirs], samples, Split(train_s, split.test, split.split_date, split.dropped,
+                    split.undated), val_s, cfg, preset, fp, (xt, yt, xv, yv), weights)
+
+
+def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, batch_size=16, lr=1e-4, seed=0,
+              mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
+              log=print) -> tuple[Path, dict]:
+    """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card)."""
+    import keras
+
+    from .inference import Segmenter
+    from .train import train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loss_kwargs = {}
     if "wcce" in loss:
-        loss_kwargs["class_weights"] = weights
+        loss_kwargs["class_weights"] = prep.class_weights
     if "focal" in loss:
         loss_kwargs.update(alpha=focal_alpha, gamma=focal_gamma)
+    xt, yt, xv, yv = prep.arrays
     t0 = time.perf_counter()
-    result = train(cfg, (xt, yt), (xv, yv), out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
+    result = train(prep.config, (xt, yt), (xv, yv), out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1)
-    train_s_elapsed = time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
     best_path = result.paths["best"] if result.paths["best"].is_file() else result.paths["last"]
     best = keras.saving.load_model(best_path, compile=False)
-    version = f"unet-{preset}-{loss.replace('+', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
+    version = f"unet-{prep.preset}-{loss.replace('+', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
     card = {
-        "version": version, "ercp_node_version": __version__, "preset": preset, "config": cfg.to_dict(),
-        "loss": loss, "loss_kwargs": loss_kwargs, "class_weights_eq5": weights, "epochs": result.epochs_done,
-        "batch_size": batch_size, "learning_rate": lr, "mixed_precision": mixed_precision, "seed": seed,
-        "data": [str(d) for d in data_dirs], "data_fingerprint": fp, "split": split.report(),
-        "validation_images": len(val_s), "training_seconds": round(train_s_elapsed, 1),
+        "version": version, "ercp_node_version": __version__, "preset": prep.preset, "config": prep.config.to_dict(),
+        "loss": loss, "paper_loss_name": paper_name(loss), "loss_kwargs": loss_kwargs,
+        "class_weights_eq5": prep.class_weights, "epochs": result.epochs_done, "batch_size": batch_size,
+        "learning_rate": lr, "mixed_precision": mixed_precision, "seed": seed, "data": prep.data_dirs,
+        "data_fingerprint": prep.fingerprint, "split": prep.split.report(), "validation_images": len(prep.validation),
+        "training_seconds_this_run": round(elapsed, 1),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
-        "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in samples) else
+        "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in prep.samples) else
         "Trained on annotated images listed in `data`.", "intended_use": RESEARCH_USE,
         "history": result.history,
     }
     model_path = out_dir / "model.keras"
     save_model(best, model_path, card)
-    log(f"evaluating on {len(split.test)} frozen test images")
-    report, _ = evaluate_samples(Segmenter(best, card), split.test, batch_size)
+    log(f"evaluating {paper_name(loss)} on {len(prep.split.test)} frozen test images")
+    report, per_image = evaluate_samples(Segmenter(best, card), prep.split.test, batch_size)
     card["test_metrics"] = report
-    card["test_table"] = table1_markdown({loss: report}, "loss")
+    card["test_table"] = table1_markdown({paper_name(loss): report}, "loss")
     model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
     (out_dir / "test_report.md").write_text(card["test_table"] + "\n")
     log(card["test_table"])
+    return model_path, card
+
+
+def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=40, batch_size=16, lr=1e-4,
+            split_date: dt.date | None = None, val_fraction=0.1, seed=0, mixed_precision=False,
+            base_filters: int | None = None, input_size: int | None = None, early_stopping: int | None = None,
+            focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
+            force_reason: str | None = None, log=print) -> dict:
+    """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prep = prepare(data_dirs, out_dir, preset=preset, base_filters=base_filters, input_size=input_size,
+                   split_date=split_date, val_fraction=val_fraction, seed=seed, log=log)
+    model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                                 mixed_precision=mixed_precision, early_stopping=early_stopping,
+                                 focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, log=log)
+    if registry is not None:
+        card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
+        model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
     return card
+
+
+def loss_grid(data_dirs, out_dir, *, losses=TABLE1_LOSSES, figure_losses=("dice", "cce", "jaccard+focal", "dice+focal"),
+              command: str = "", log=print, **kw) -> dict:
+    """Table 1: one model per loss on the same data and split; Markdown + JSON + a Figure-3 style PNG."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prep_kw = {k: kw.pop(k) for k in ("preset", "base_filters", "input_size", "split_date", "val_fraction", "seed")
+               if k in kw}
+    prep = prepare(data_dirs, out_dir, log=log, **prep_kw)
+    reports, paths = {}, {}
+    for loss in losses:
+        path, card = train_one(prep, out_dir / loss.replace("+", "-"), loss=loss, command=command, log=log,
+                               seed=prep_kw.get("seed", 0), **kw)
+        reports[paper_name(loss)], paths[loss] = card["test_metrics"], path
+    table = table1_markdown(reports, "loss")
+    (out_dir / "loss_grid.md").write_text(f"# Loss grid ({len(prep.split.test)} test images)\n\n{table}\n")
+    (out_dir / "loss_grid.json").write_text(json.dumps({"split": prep.split.report(), "reports": reports,
+                                                        "command": command}, indent=1))
+    figure3(prep, {paper_name(l): paths[l] for l in figure_losses if l in paths}, out_dir / "figure3.png")
+    log(table)
+    return reports
+
+
+def figure3(prep: Prepared, models: dict, path: Path, n_images: int = 3, tile: int = 256) -> None:
+    """Rows of test images (most stones first): image, truth, then each model's prediction, as outlines."""
+    import cv2
+
+    from ..phantom.dataset import _overlay
+    from .inference import Segmenter
+
+    test = prep.split.test
+    scored = []
+    for s in test[: 60]:
+        pixels, _, _ = load_pixels(s.image_path, s.frame)
+        scored.append((int(cv2.connectedComponents((load_mask(s, pixels.shape[:2]) == 3).astype(np.uint8))[0]) - 1, s))
+    chosen = [s for _, s in sorted(scored, key=lambda t: -t[0])[:n_images]]
+    segs = {name: Segmenter.load(p) for name, p in models.items()}
+    rows = []
+    for s in chosen:
+        pixels, bits, ph = load_pixels(s.image_path, s.frame)
+        grey = pixels.astype(np.float32) / float(2 ** bits - 1)
+        if ph == "MONOCHROME1":
+            grey = 1.0 - grey
+        cells = [cv2.cvtColor((grey * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR), _overlay(grey, load_mask(s, pixels.shape[:2]))]
+        cells += [_overlay(grey, seg.segment([(pixels, bits, ph)])[0]) for seg in segs.values()]
+        rows.append(np.hstack([cv2.resize(c, (tile, tile), interpolation=cv2.INTER_AREA) for c in cells]))
+    header = np.zeros((24, rows[0].shape[1], 3), np.uint8)
+    for i, name in enumerate(["image", "truth", *segs]):
+        cv2.putText(header, name, (i * tile + 6, 17), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.imwrite(str(path), np.vstack([header, *rows]))
+
+
+def promote(registry, model_path: Path, card: dict, split: Split, batch_size: int, force_reason: str | None,
+            log=print) -> dict:
+    """Score the active model on the same frozen test set, compare, and record the decision."""
+    from .inference import Segmenter
+    from .metrics import table1_markdown
+    from .registry import compare
+
+    registry.ensure_shipped()
+    active = registry.active()
+    active_report = None
+    if active is not None and Path(active.path).is_file():
+        log(f"evaluating the active model {active.version} on the same {len(split.test)} test images")
+        active_report, _ = evaluate_samples(Segmenter.load(active.path), split.test, batch_size)
+        log(table1_markdown({f"active {active.version}": active_report, f"new {card['version']}": card["test_metrics"]},
+                            first_column="model"))
+    decision = compare(card["test_metrics"], active_report)
+    promoted = decision.promote or force_reason is not None
+    text = decision.reason if decision.promote else (
+        f"forced: {force_reason} (would not be promoted: {decision.reason})" if force_reason else decision.reason)
+    registry.add(model_path, card, activate=promoted, decision=text)
+    log(("activated " if promoted else "kept the active model; not activated ") + f"{card['version']}: {text}")
+    return {"activated": promoted, "decision": text, "compared_with": active.version if active else None,
+            "active_test_metrics": active_report}

@@ -1,0 +1,80 @@
+"""Model registry in the node's database: which models exist, which one serves, and why.
+
+A retrained model becomes active only if, on the same frozen test set, none of its per-structure mean IoUs is
+below the active model's; `force` overrides with a recorded reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from ..storage.models import ModelVersion
+from . import inference
+
+log = logging.getLogger("ercp_node.registry")
+STRUCTURES = ("duodenoscope", "cbd", "stone")
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+    new: dict  # structure -> IoU mean (%)
+    active: dict | None
+
+
+def compare(new_report: dict, active_report: dict | None) -> Decision:
+    """Not worse on any structure (mean IoU over the frozen test images) → promote."""
+    new = {s: new_report["structures"][s]["iou_mean"] for s in STRUCTURES}
+    if active_report is None:
+        return Decision(True, "no active model", new, None)
+    old = {s: active_report["structures"][s]["iou_mean"] for s in STRUCTURES}
+    worse = [s for s in STRUCTURES if (new[s] if new[s] is not None else -1.0) < (old[s] if old[s] is not None else -1.0)]
+    detail = ", ".join(f"{s} {_fmt(new[s])} vs {_fmt(old[s])}" for s in STRUCTURES)
+    if worse:
+        return Decision(False, f"worse on {', '.join(worse)} ({detail})", new, old)
+    return Decision(True, f"not worse on any structure ({detail})", new, old)
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+class Registry:
+    def __init__(self, session_factory):
+        self.sessions = session_factory
+
+    def active(self) -> ModelVersion | None:
+        with self.sessions() as s:
+            return s.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+
+    def all(self) -> list[ModelVersion]:
+        with self.sessions() as s:
+            return list(s.scalars(select(ModelVersion).order_by(ModelVersion.created)))
+
+    def ensure_shipped(self, path: Path | None = None) -> ModelVersion | None:
+        """On a fresh database the shipped model is the active one."""
+        path = Path(path or inference.SHIPPED)
+        if self.active() is not None or not path.is_file():
+            return self.active()
+        import json
+
+        card = json.loads(inference.card_path(path).read_text()) if inference.card_path(path).is_file() else {}
+        return self.add(path, card, activate=True, decision="shipped default model")
+
+    def add(self, path: Path, card: dict, *, activate: bool, decision: str) -> ModelVersion:
+        with self.sessions.begin() as s:
+            if activate:
+                for mv in s.scalars(select(ModelVersion).where(ModelVersion.active)):
+                    mv.active = False
+            mv = ModelVersion(version=card.get("version", Path(path).stem), path=str(Path(path).resolve()),
+                              preset=card.get("preset", "?"), loss=card.get("loss", "?"),
+                              data_fingerprint=card.get("data_fingerprint"), split=card.get("split"),
+                              metrics=card.get("test_metrics"), active=activate, decision=decision)
+            s.add(mv)
+        log.info("model %s registered, %s: %s", mv.version, "active" if activate else "not active", decision)
+        return mv
