@@ -244,7 +244,7 @@ def figure3(prep: Prepared, models: dict, path: Path, n_images: int = 3, tile: i
     """Rows of test images (most stones first): image, truth, then each model's prediction, as outlines."""
     import cv2
 
-    from ..phantom.dataset import _overlay
+    from ..phantom.dataset import overlay
     from .inference import Segmenter
 
     test = prep.split.test
@@ -260,8 +260,8 @@ def figure3(prep: Prepared, models: dict, path: Path, n_images: int = 3, tile: i
         grey = pixels.astype(np.float32) / float(2 ** bits - 1)
         if ph == "MONOCHROME1":
             grey = 1.0 - grey
-        cells = [cv2.cvtColor((grey * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR), _overlay(grey, load_mask(s, pixels.shape[:2]))]
-        cells += [_overlay(grey, seg.segment([(pixels, bits, ph)])[0]) for seg in segs.values()]
+        cells = [cv2.cvtColor((grey * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR), overlay(grey, load_mask(s, pixels.shape[:2]))]
+        cells += [overlay(grey, seg.segment([(pixels, bits, ph)])[0]) for seg in segs.values()]
         rows.append(np.hstack([cv2.resize(c, (tile, tile), interpolation=cv2.INTER_AREA) for c in cells]))
     header = np.zeros((24, rows[0].shape[1], 3), np.uint8)
     for i, name in enumerate(["image", "truth", *segs]):

@@ -122,7 +122,7 @@ def frame_name(image_id: str, frame: int, frames: int) -> str:
     return image_id if frames == 1 else f"{image_id}_f{frame:03d}"
 
 
-def _overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
     bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     for value, colour in OVERLAY_BGR.items():
         contours, _ = cv2.findContours((labels == value).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
@@ -184,7 +184,7 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
                **rel)
     thumb = None
     if item.index < CONTACT_SHEET_MAX:
-        thumb = cv2.resize(_overlay(images[0], labels[0]), (192, 192), interpolation=cv2.INTER_AREA)
+        thumb = cv2.resize(overlay(images[0], labels[0]), (192, 192), interpolation=cv2.INTER_AREA)
         cv2.putText(thumb, f"{item.id} c={item.complexity:.2f}", (4, 186), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     (255, 255, 255), 1, cv2.LINE_AA)
     return row, thumb
