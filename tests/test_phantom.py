@@ -14,6 +14,7 @@ import pytest
 
 from dicom_judges import dciodvfy_errors, dcmdump_ok
 from ercp_node.cli import main
+from ercp_node.measure.stones import feret_px
 from ercp_node.phantom import anatomy as A
 from ercp_node.phantom.dataset import SynthConfig, generate, plan
 from ercp_node.phantom.labelme import LabelmeError, labelme_to_mask, read_labelme
@@ -77,15 +78,6 @@ def test_labelme_round_trip_within_one_pixel(dataset):
         assert wrong.mean() < 0.002
 
 
-def _feret_px(component: np.ndarray) -> float:
-    ys, xs = np.nonzero(component)
-    pts = np.stack([xs, ys], 1).astype(np.float32)
-    hull = cv2.convexHull(pts).reshape(-1, 2)
-    d = np.sqrt(((hull[:, None] - hull[None]) ** 2).sum(-1)).max()
-    # Pixel centres span half a pixel less than the shape on average (50 %-coverage rasterisation).
-    return float(d) + 0.5
-
-
 def test_physical_truth_agrees_with_masks(dataset):
     n_stones = 0
     feret_err = []
@@ -102,7 +94,7 @@ def test_physical_truth_agrees_with_masks(dataset):
             x, y = (int(round(v)) for v in s["centroid_px"])
             label = comp[y, x]
             assert label > 0, (r["id"], s)
-            feret_err.append(_feret_px(comp == label) - s["largest_diameter_mm"] / spacing)
+            feret_err.append(feret_px(comp == label) - s["largest_diameter_mm"] / spacing)
             n_stones += 1
         # CBD: the widest point of the duct (stones included) matches the truth maximum diameter.
         duct = np.isin(mask, (2, 3)).astype(np.uint8)

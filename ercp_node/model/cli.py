@@ -35,7 +35,8 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-date", type=_date, default=None,
                    help="first test date (default: the newest ~10%% of dates are the test set)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (GPU, or CPU with AVX-512 BF16)")
+    p.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
+                   help="bfloat16 compute; auto: on when a GPU is present (on CPUs with AVX-512 BF16 say 'on')")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     p.add_argument("--data-dir", default="ercp-node-data", help="the node's data directory (model registry)")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the node database (default: SQLite in --data-dir)")
@@ -69,6 +70,14 @@ def _validate(args) -> None:
         raise CLIError("--lr must be positive")
 
 
+def _mixed(choice: str) -> bool:
+    if choice != "auto":
+        return choice == "on"
+    from .train import gpu_available
+
+    return gpu_available()
+
+
 def run_retrain(args: argparse.Namespace) -> int:
     from ..cli import CLIError
     from .retrain import retrain
@@ -87,7 +96,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         try:
             loss_grid(args.data, out, preset=args.preset, base_filters=args.base_filters, input_size=args.input_size,
                       split_date=args.split_date, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-                      lr=args.lr, mixed_precision=args.mixed_precision, early_stopping=args.early_stopping,
+                      lr=args.lr, mixed_precision=_mixed(args.mixed_precision), early_stopping=args.early_stopping,
                       focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command)
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
@@ -96,7 +105,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     _, sessions = open_database(args.db_url or sqlite_url(args.data_dir))
     try:
         retrain(args.data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
-                lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=args.mixed_precision,
+                lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=_mixed(args.mixed_precision),
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
                 registry=Registry(sessions), force_reason=args.force)

@@ -110,6 +110,27 @@ class SegmentationDataset(keras.utils.PyDataset):
         self._reorder()
 
 
+def gpu_available() -> bool:
+    """Whether the active Keras backend sees a GPU (TensorFlow, JAX or PyTorch)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return bool(tf.config.list_physical_devices("GPU"))
+        if backend == "jax":
+            import jax
+
+            return any(d.platform == "gpu" for d in jax.devices())
+        if backend == "torch":
+            import torch
+
+            return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no GPU runtime at all means no GPU
+        return False
+    return False
+
+
 class _LastCheckpoint(keras.callbacks.Callback):
     """Save model + optimizer and the history after every epoch, atomically (tmp file, then rename), so a crash
     mid-write leaves the previous checkpoint intact."""

@@ -1,0 +1,413 @@
+"""DICOM Segmentation (SEG) encoder and decoder for the node's label maps: dataset in, dataset out.
+
+`build_seg(source, labels, ...)` turns a uint8 label map on the source grid (0 background, 1 duodenoscope,
+2 common bile duct, 3 stone) into a BINARY, uncompressed Segmentation with three segments, in the source's
+study and in its own series, pixel-aligned with the source at its original resolution and with a
+DerivationImageSequence per frame. `read_seg_labels(seg, shape)` decodes such a SEG (or another tool's
+SEG of the same structures) back into a label map.
+
+Choices (see docs/dicom-outputs.md for the long form):
+
+- Every segment is written, with one frame per source frame, even when it is empty in this image
+  (omit_empty_frames=False). The SEG then always has the same shape (3 x source frames), every segment in
+  SegmentSequence has frames, and a viewer shows "Bile duct stone: empty" rather than guessing. A BINARY
+  frame costs Rows*Columns/8 bytes (32 KiB at 512 x 512), so this is cheap.
+- highdicom 0.28 treats single-frame RF/XA (NumberOfFrames absent) as multi-frame and fails on
+  NumberOfFrames, then SharedFunctionalGroupsSequence. We hand it a metadata copy of the source with
+  NumberOfFrames=1 and a SharedFunctionalGroupsSequence with PixelMeasures holding the spacing at the patient
+  (PixelSpacing if present, else ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor). The SEG
+  carries that spacing in its shared PixelMeasures for every source class.
+- Multi-frame RF/XA cine (NumberOfFrames > 1) has no Frame of Reference, and highdicom refuses to build a
+  SEG for more than one frame without one (highdicom issue #200). We let highdicom build the complete SEG
+  for the first source frame (segments, codes, algorithm, references, shared groups, dimension
+  organisation) and then extend it to all frames ourselves with pydicom:
+    * frames are ordered segment-major: segment 1 frames 1..F, segment 2 frames 1..F, segment 3 frames 1..F;
+    * each per-frame functional group item is the template item of its segment with
+      DerivationImageSequence > SourceImageSequence > ReferencedFrameNumber = the source frame, which is
+      what viewers (OHIF/cornerstone's SEG adapter, Weasis) use to place a SEG frame on a source frame when
+      there is no Frame of Reference to match geometry by;
+    * a second dimension, Temporal Position Index (0020,9128) in the Frame Content Sequence, numbers the
+      source frame (1..F), so the dimension index values (segment, frame) are unique per SEG frame;
+    * the pixel data is re-packed (BINARY frames are bit-packed back to back).
+  The result is judged by dciodvfy (no errors, no warnings), and highdicom reads it back
+  (`Segmentation.from_dataset(...).get_pixels_by_source_frame`) as well as `read_seg_labels` here.
+  Rejected: (a) a patched source copy with an invented Frame of Reference and plane positions, because the SEG
+  would then claim a patient coordinate system that does not exist (viewers would try to match by geometry);
+  (b) one SEG per source frame, because one image gets one SEG in the node (one UID stored per job) and a
+  viewer would have to combine five series members; (c) writing every module by hand, because highdicom
+  already gets the Segmentation modules right and we only need the per-frame part.
+- Output is deterministic for identical input: ContentDate/Time, SeriesDate/Time and InstanceCreation
+  Date/Time come from the source's acquisition (or content) date/time, and the one UID highdicom would make
+  at random (DimensionOrganizationUID) is derived from `sop_uid`.
+"""
+from __future__ import annotations
+
+import copy
+import uuid
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.pixels import pack_bits
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
+from pydicom.valuerep import format_number_as_ds
+
+__all__ = [
+    "SEGMENTS",
+    "SERIES_DESCRIPTION",
+    "SegmentSpec",
+    "build_seg",
+    "derived_uid",
+    "highdicom_segmentation",
+    "patient_pixel_spacing",
+    "read_seg_labels",
+    "seg_frame_number",
+    "source_datetime",
+]
+
+SERIES_DESCRIPTION = "ERCP AI segmentation (research use, not for diagnosis)"
+CONTENT_LABEL = "ERCP_AI_SEG"
+CONTENT_DESCRIPTION = "Duodenoscope, CBD, stones. Research use, not for diagnosis"
+
+# Classic (non-enhanced) X-ray SOP classes whose IOD allows NumberOfFrames: highdicom treats them as
+# multi-frame even when a single-frame instance has no NumberOfFrames.
+_XRAY_MULTIFRAME = {
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
+}
+TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
+FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    value: int  # label value in the label map = segment number
+    label: str
+    category: hd.sr.CodedConcept
+    type: hd.sr.CodedConcept
+    rgb: tuple[int, int, int]
+    anatomic_region: hd.sr.CodedConcept | None = None
+
+
+CODE_CBD = hd.sr.CodedConcept("79741001", "SCT", "Common bile duct")
+CODE_CALCULUS = hd.sr.CodedConcept("56381008", "SCT", "Calculus")
+CODE_ENDOSCOPE = hd.sr.CodedConcept("37270008", "SCT", "Endoscope")
+CODE_ANATOMICAL_STRUCTURE = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
+CODE_MORPH_ABNORMAL = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
+CODE_PHYSICAL_OBJECT = hd.sr.CodedConcept("260787004", "SCT", "Physical object")
+
+# Paint order for decoding is the order of the label values: scope < CBD < stone (a stone inside the duct
+# wins over the duct, the duct over the scope).
+SEGMENTS: tuple[SegmentSpec, ...] = (
+    SegmentSpec(1, "Duodenoscope", CODE_PHYSICAL_OBJECT, CODE_ENDOSCOPE, (0, 200, 0)),  # green
+    SegmentSpec(2, "Common bile duct", CODE_ANATOMICAL_STRUCTURE, CODE_CBD, (255, 0, 0)),  # red
+    SegmentSpec(3, "Bile duct stone", CODE_MORPH_ABNORMAL, CODE_CALCULUS, (255, 255, 0), CODE_CBD),  # yellow
+)
+_LABEL_BY_TYPE = {s.type.value: s.value for s in SEGMENTS}
+
+_UID_NAMESPACE = uuid.UUID("0b8f3a52-7c1e-4b8a-9d0e-2f6a1c5e4d73")
+
+
+def derived_uid(*parts: object) -> str:
+    """Deterministic 2.25 UID from a name-based UUID of `parts` (same parts -> same UID)."""
+    name = "/".join(map(str, ("ercp-node", *parts)))
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, str]:
+    """(row, column) spacing in mm at the patient, and where it came from.
+
+    PixelSpacing when present (already at the patient, e.g. SC or calibrated DX); otherwise
+    ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor (the detector spacing projected back to the
+    isocentre; an estimate), or ImagerPixelSpacing alone when no magnification is given. (None, "none") if
+    the source carries no spacing at all.
+    """
+    if "PixelSpacing" in source and source.PixelSpacing:
+        r, c = (float(v) for v in source.PixelSpacing)
+        return (r, c), "PixelSpacing"
+    if "ImagerPixelSpacing" in source and source.ImagerPixelSpacing:
+        r, c = (float(v) for v in source.ImagerPixelSpacing)
+        mag = source.get("EstimatedRadiographicMagnificationFactor")
+        if mag is not None and float(mag) > 0:
+            return (r / float(mag), c / float(mag)), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+        return (r, c), "ImagerPixelSpacing"
+    return None, "none"
+
+
+def source_datetime(source: Dataset) -> tuple[str, str] | None:
+    """(DA, TM) of the source's acquisition, else content, series or study date/time; None if none."""
+    for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                 ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+        if source.get(d):
+            return str(source.get(d)), str(source.get(t) or "")
+    adt = str(source.get("AcquisitionDateTime") or "")
+    if len(adt) >= 8:
+        rest = adt[8:].split("+")[0].split("-")[0]
+        return adt[:8], rest
+    return None
+
+
+def _n_frames(source: Dataset) -> int:
+    return int(source.get("NumberOfFrames") or 1)
+
+
+def _check_labels(source: Dataset, labels: np.ndarray) -> np.ndarray:
+    """Labels as (F, H, W) uint8, checked against the source grid and the label values."""
+    arr = np.asarray(labels)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(f"labels must be an integer label map, got dtype {arr.dtype}")
+    n = _n_frames(source)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3 or arr.shape != (n, source.Rows, source.Columns):
+        raise ValueError(f"labels shape {np.asarray(labels).shape} does not match the source grid "
+                         f"({n} frame(s) of {source.Rows} x {source.Columns})")
+    if arr.size and (arr.min() < 0 or arr.max() > len(SEGMENTS)):
+        raise ValueError(f"label values must be 0..{len(SEGMENTS)}, got {arr.min()}..{arr.max()}")
+    return arr.astype(np.uint8, copy=False)
+
+
+def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Dataset:
+    """Source attributes without pixels, made digestible for highdicom 0.28 (single frame, spacing)."""
+    meta = Dataset()
+    for elem in source:
+        if elem.tag.group in (0x7FE0,) or elem.tag == Tag(0x0028, 0x0008):  # pixels, NumberOfFrames
+            continue
+        meta.add(copy.deepcopy(elem))
+    if hasattr(source, "file_meta"):
+        meta.file_meta = copy.deepcopy(source.file_meta)
+    if "ImageOrientationPatient" not in source and "FrameOfReferenceUID" in meta:
+        # Projection images (RF/XA/SC/DX) have no patient plane; a Frame of Reference without one would make
+        # highdicom look for plane positions that do not exist. The SEG is aligned by pixel references instead.
+        del meta.FrameOfReferenceUID
+        meta.pop("PositionReferenceIndicator", None)
+    if str(source.SOPClassUID) in _XRAY_MULTIFRAME:
+        meta.NumberOfFrames = 1  # workaround: highdicom reads NumberOfFrames for these classes
+        if "SharedFunctionalGroupsSequence" not in meta:
+            shared = Dataset()
+            if spacing is not None:
+                shared.PixelMeasuresSequence = _pixel_measures(spacing)
+            meta.SharedFunctionalGroupsSequence = [shared]
+    return meta
+
+
+def _pixel_measures(spacing: tuple[float, float]) -> hd.PixelMeasuresSequence:
+    return hd.PixelMeasuresSequence(pixel_spacing=[format_number_as_ds(float(v)) for v in spacing],
+                                    slice_thickness=None)
+
+
+def _segment_descriptions(algorithm_name: str, model_version: str) -> list[hd.seg.SegmentDescription]:
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, version=model_version, family=codes.cid7162.ArtificialIntelligence)
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=s.value, segment_label=s.label, segmented_property_category=s.category,
+            segmented_property_type=s.type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            anatomic_regions=[s.anatomic_region] if s.anatomic_region is not None else None,
+            display_color=hd.color.CIELabColor.from_rgb(*s.rgb))
+        for s in SEGMENTS
+    ]
+
+
+def build_seg(
+    source: pydicom.Dataset,
+    labels: np.ndarray,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int = 901,
+    instance_number: int = 1,
+    model_version: str,
+    algorithm_name: str = "ercp-node U-Net",
+    manufacturer: str = "ercp-node",
+    software_version: str,
+    device_serial_number: str = "0",
+) -> pydicom.Dataset:
+    """BINARY Segmentation of `labels` ((H, W), or (F, H, W) for an F-frame source) on `source`'s grid.
+
+    The caller owns the UIDs (stored with the job, so a retry resends the same object). The source is not
+    modified; it need not have its pixel data loaded (`stop_before_pixels` is fine).
+    """
+    arr = _check_labels(source, labels)
+    n = arr.shape[0]
+    spacing, _ = patient_pixel_spacing(source)
+    meta = _metadata_copy(source, spacing)
+    masks = np.stack([arr[0] == s.value for s in SEGMENTS], axis=-1)[np.newaxis]  # (1, H, W, S)
+    seg = hd.seg.Segmentation(
+        source_images=[meta],
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_segment_descriptions(algorithm_name, model_version),
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        manufacturer_model_name=algorithm_name,
+        software_versions=software_version,
+        device_serial_number=device_serial_number,
+        content_description=CONTENT_DESCRIPTION,
+        content_label=CONTENT_LABEL,
+        pixel_measures=_pixel_measures(spacing) if spacing is not None else None,
+        omit_empty_frames=False,
+    )
+    if n > 1:
+        _extend_to_cine(seg, arr)
+    _finish(seg, source, sop_uid)
+    return seg
+
+
+def _extend_to_cine(seg: Dataset, arr: np.ndarray) -> None:
+    """Turn highdicom's SEG of source frame 1 into one of all F source frames (see module docstring)."""
+    n = arr.shape[0]
+    templates = {int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber): item
+                 for item in seg.PerFrameFunctionalGroupsSequence}
+    if sorted(templates) != [s.value for s in SEGMENTS]:
+        raise RuntimeError("unexpected highdicom output: one frame per segment expected")
+    items, frames = [], []
+    for s in SEGMENTS:
+        for f in range(n):
+            item = copy.deepcopy(templates[s.value])
+            for der in item.DerivationImageSequence:
+                for ref in der.SourceImageSequence:
+                    ref.ReferencedFrameNumber = f + 1
+            content = item.FrameContentSequence[0]
+            content.DimensionIndexValues = [s.value, f + 1]
+            content.TemporalPositionIndex = f + 1
+            items.append(item)
+            frames.append(arr[f] == s.value)
+    dim = Dataset()
+    dim.DimensionOrganizationUID = seg.DimensionIndexSequence[0].DimensionOrganizationUID
+    dim.DimensionIndexPointer = TEMPORAL_POSITION_INDEX
+    dim.FunctionalGroupPointer = FRAME_CONTENT_SEQUENCE
+    dim.DimensionDescriptionLabel = "Source frame"
+    seg.DimensionIndexSequence.append(dim)
+    seg.PerFrameFunctionalGroupsSequence = DicomSequence(items)
+    seg.NumberOfFrames = len(items)
+    seg.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
+
+
+# Attributes of the Patient and General Study modules copied from the source when present (highdicom
+# copies the core ones; this makes sure nothing the source had is lost, e.g. issuer or other IDs).
+_PATIENT_STUDY = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+    "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "TimezoneOffsetFromUTC",
+)
+
+
+def _finish(seg: Dataset, source: Dataset, sop_uid: str) -> None:
+    for keyword in _PATIENT_STUDY:
+        if keyword in source and keyword not in seg:
+            seg.add(copy.deepcopy(source[keyword]))
+    when = source_datetime(source)
+    if when is not None:
+        date, time = when
+        seg.ContentDate = seg.SeriesDate = seg.InstanceCreationDate = date
+        seg.ContentTime = seg.SeriesTime = seg.InstanceCreationTime = time
+    seg.SeriesDescription = SERIES_DESCRIPTION
+    # Type 2C in the General Image module for images without a patient frame; dciodvfy flags it missing.
+    seg.PatientOrientation = copy.deepcopy(source.get("PatientOrientation", ""))
+    if not seg.PatientOrientation:
+        seg.PatientOrientation = ""
+    dim_uid = derived_uid("seg-dimension-organization", sop_uid)
+    for item in seg.DimensionIndexSequence:
+        item.DimensionOrganizationUID = dim_uid
+    for item in seg.DimensionOrganizationSequence:
+        item.DimensionOrganizationUID = dim_uid
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def _segment_label_values(seg: Dataset) -> dict[int, int]:
+    """Segment number -> label value, by segmented property type (so other tools' SEGs map too)."""
+    out = {}
+    for item in seg.SegmentSequence:
+        number = int(item.SegmentNumber)
+        code = item.SegmentedPropertyTypeCodeSequence[0].CodeValue
+        out[number] = _LABEL_BY_TYPE.get(str(code), number if 1 <= number <= len(SEGMENTS) else 0)
+    return out
+
+
+def _frame_refs(seg: Dataset) -> list[tuple[int, int]]:
+    """(segment number, 1-based source frame number) of every SEG frame."""
+    shared = seg.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in seg else Dataset()
+    refs = []
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        ident = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
+        number = int(ident[0].ReferencedSegmentNumber)
+        frame = 1
+        derivation = item.get("DerivationImageSequence") or shared.get("DerivationImageSequence") or []
+        for der in derivation:
+            for ref in der.get("SourceImageSequence", []):
+                if "ReferencedFrameNumber" in ref:
+                    value = ref.ReferencedFrameNumber
+                    frame = int(value[0] if isinstance(value, (list, pydicom.multival.MultiValue)) else value)
+        refs.append((number, frame))
+    return refs
+
+
+def seg_frame_number(seg: Dataset, segment_number: int, source_frame: int = 1) -> int | None:
+    """1-based SEG frame number holding `segment_number` for `source_frame`, or None if omitted."""
+    for k, (number, frame) in enumerate(_frame_refs(seg), 1):
+        if number == segment_number and frame == source_frame:
+            return k
+    return None
+
+
+def highdicom_segmentation(seg: pydicom.Dataset) -> hd.seg.Segmentation:
+    """`hd.seg.Segmentation.from_dataset` for our SEGs (works on a copy).
+
+    highdicom 0.28's reader insists on SliceThickness in every PixelMeasuresSequence, although the Pixel
+    Measures macro makes it type 1C (volumetric images only) and highdicom's own writer leaves it out for
+    projection images. We write the standard form (dciodvfy flags an empty SliceThickness), so a reader that
+    uses highdicom needs this shim: it adds a nominal SliceThickness to the copy it parses.
+    """
+    ds = copy.deepcopy(seg)
+    groups = list(ds.get("SharedFunctionalGroupsSequence", [])) + list(ds.get("PerFrameFunctionalGroupsSequence", []))
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence", []):
+            if "SliceThickness" not in measures:
+                measures.SliceThickness = "1"
+    return hd.seg.Segmentation.from_dataset(ds, copy=False)
+
+
+def read_seg_labels(seg: pydicom.Dataset, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode a SEG into a uint8 label map of `shape` ((H, W) or (F, H, W) source frames).
+
+    Segments are mapped to label values by their segmented property type (Endoscope 1, Common bile duct 2,
+    Calculus 3; unknown types fall back to the segment number when it is 1..3, else ignored) and painted in
+    label order, so a stone wins over the duct and the duct over the scope. FRACTIONAL SEGs are thresholded
+    at half the maximum fractional value.
+    """
+    shape = tuple(int(v) for v in shape)
+    if len(shape) not in (2, 3):
+        raise ValueError(f"shape must be (H, W) or (F, H, W), got {shape}")
+    grid = shape if len(shape) == 3 else (1, *shape)
+    if (int(seg.Rows), int(seg.Columns)) != grid[1:]:
+        raise ValueError(f"SEG is {seg.Rows} x {seg.Columns}, asked for {grid[1:]}")
+    pixels = seg.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    if str(seg.SegmentationType) == "FRACTIONAL":
+        pixels = pixels > int(seg.get("MaximumFractionalValue", 255)) / 2
+    else:
+        pixels = pixels > 0
+    values = _segment_label_values(seg)
+    refs = _frame_refs(seg)
+    if len(refs) != pixels.shape[0]:
+        raise ValueError(f"SEG has {pixels.shape[0]} frames but {len(refs)} per-frame functional groups")
+    out = np.zeros(grid, dtype=np.uint8)
+    for value in sorted(set(values.values()) - {0}):
+        for k, (number, frame) in enumerate(refs):
+            if values.get(number) == value:
+                if not 1 <= frame <= grid[0]:
+                    raise ValueError(f"SEG frame {k + 1} references source frame {frame}, outside 1..{grid[0]}")
+                out[frame - 1][pixels[k]] = value
+    return out if len(shape) == 3 else out[0]

@@ -1,0 +1,258 @@
+"""TID 1500 Measurement Report (Comprehensive SR) for one analysed image: dataset in, dataset out.
+
+`build_sr(source, seg, measurements, ...)` writes what the node measured on `source` from the label map
+encoded in `seg` (see `ercp_node.dicom.seg`):
+
+- observation context: the observer is a device, the algorithm (name, manufacturer, model version);
+- procedure reported: SCT 386718000 "Endoscopic retrograde cholangiopancreatography" (not in CID 100, which
+  is extensible and has no endoscopic procedures);
+- one image-level measurement group (TID 1501): "Quantity" (SCT 246205007) of calculi, unit {count},
+  finding site common bile duct, referencing the source image and SEG segment 3;
+- one planar ROI group (TID 1410) per stone: tracking identifier + UID, finding Calculus, the stone outline
+  as a closed 2D SCOORD POLYLINE on the source image (TID 1410 image region), area (mm2) and largest
+  diameter (SCT Diameter with derivation Maximum, mm); each measurement names SEG segment 3 as its "Source
+  of Measurement" (TID 300), since TID 1410 allows only one of image region / referenced segment;
+- one planar ROI group (TID 1410) for the common bile duct referencing SEG segment 2 (area, mm2);
+- a Qualitative Evaluations container (TID 1500 row 12) with TEXT items: "Research use, not for
+  diagnosis", the model version, and which pixel spacing the millimetre values used.
+
+Outline coordinates: `outline_px` are (x, y) = (column, row) pixel indices of pixel centres, as
+cv2.findContours returns them. DICOM 2D coordinates put the top-left corner of the top-left pixel at (0, 0)
+and its centre at (0.5, 0.5) (PS3.3 C.18.6.1.1), so 0.5 is added.
+
+For cine sources, `measurements["frame"]` (1-based) names the source frame that was measured; the image
+region and the segment references then point at that frame.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from .seg import (
+    CODE_ANATOMICAL_STRUCTURE,
+    CODE_CALCULUS,
+    CODE_CBD,
+    CODE_MORPH_ABNORMAL,
+    derived_uid,
+    seg_frame_number,
+    source_datetime,
+)
+
+__all__ = ["CODE_ERCP", "CODE_XR_PROCEDURE", "SERIES_DESCRIPTION", "build_sr"]
+
+SERIES_DESCRIPTION = "ERCP AI measurements (research use, not for diagnosis)"
+DISCLAIMER = "Research use, not for diagnosis."
+
+CODE_ERCP = hd.sr.CodedConcept("386718000", "SCT", "Endoscopic retrograde cholangiopancreatography")
+# TID 1500 row 4 takes "Procedure reported" from CID 100, which has no endoscopic procedure; pixelmed's
+# DicomSRValidator reports a code outside it as an error. So the report names the CID 100 imaging procedure
+# and ERCP goes into the SR Document General module's Performed Procedure Code Sequence (and the text).
+CODE_XR_PROCEDURE = hd.sr.CodedConcept("43468-8", "LN", "XR unspecified body region")
+CODE_QUANTITY = hd.sr.CodedConcept("246205007", "SCT", "Quantity")
+CODE_AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
+CODE_DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
+CODE_MAXIMUM = hd.sr.CodedConcept("56851009", "SCT", "Maximum")
+CODE_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+CODE_COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+CODE_CALIBRATION_METHOD = hd.sr.CodedConcept("122422", "DCM", "Calibration Method")
+UNIT_COUNT = hd.sr.CodedConcept("{count}", "UCUM", "count")
+UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+UNIT_MM2 = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
+SEGMENT_CBD, SEGMENT_STONE = 2, 3
+
+
+def _frames(source: Dataset, frame: int) -> list[int] | None:
+    """Referenced frame numbers for a reference to `source`: only for multi-frame sources."""
+    n = int(source.get("NumberOfFrames") or 1)
+    if not 1 <= frame <= n:
+        raise ValueError(f"measurements['frame'] = {frame} is outside the source's frames 1..{n}")
+    return [frame] if n > 1 else None
+
+
+def _seg_source_of_measurement(seg: Dataset, segment: int) -> hd.sr.SourceImageForMeasurement:
+    """TID 300 "Source of Measurement" IMAGE item naming one segment of the SEG.
+
+    Referenced Segment Number only: the Image SOP Instance Reference macro (PS3.3 Table 10-3) forbids it
+    together with Referenced Frame Number (dciodvfy enforces this). The measured source frame is named by the
+    group's image region / source image.
+    """
+    item = hd.sr.SourceImageForMeasurement(referenced_sop_class_uid=seg.SOPClassUID,
+                                           referenced_sop_instance_uid=seg.SOPInstanceUID)
+    item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment
+    return item
+
+
+def _closed_outline(outline_px) -> np.ndarray | None:
+    """Closed polyline in DICOM image coordinates, or None if it has fewer than 3 distinct points."""
+    pts = np.asarray(outline_px, dtype=np.float64).reshape(-1, 2)
+    if len(np.unique(pts, axis=0)) < 3:
+        return None
+    pts = pts + 0.5
+    if not np.array_equal(pts[0], pts[-1]):
+        pts = np.vstack([pts, pts[:1]])
+    return pts.astype(np.float32)
+
+
+def _ds_text(x: float) -> str:
+    return f"{float(x):.4g}"
+
+
+def build_sr(
+    source: pydicom.Dataset,
+    seg: pydicom.Dataset,
+    measurements: Mapping,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int = 902,
+    instance_number: int = 1,
+    model_version: str,
+    algorithm_name: str = "ercp-node U-Net",
+    manufacturer: str = "ercp-node",
+) -> pydicom.Dataset:
+    """Comprehensive SR (TID 1500) of `measurements` on `source`, referencing `seg` (see module docstring).
+
+    measurements: {"pixel_spacing_mm": float, "spacing_source": str, "frame": int (1-based, default 1),
+    "stones": [{"area_mm2", "largest_diameter_mm", "outline_px": [[x, y], ...]}, ...],
+    "cbd": {"area_mm2": float} or None}.
+    """
+    if str(seg.StudyInstanceUID) != str(source.StudyInstanceUID):
+        raise ValueError("the SEG is not in the source's study")
+    frame = int(measurements.get("frame", 1) or 1)
+    frames = _frames(source, frame)
+    stones = list(measurements.get("stones") or [])
+    cbd = measurements.get("cbd")
+
+    algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=model_version,
+                                              family=codes.cid7162.ArtificialIntelligence)
+    finding_site = [hd.sr.FindingSite(CODE_CBD)]
+
+    def tracking(kind: str, label: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(uid=derived_uid("sr-tracking", sop_uid, kind), identifier=label)
+
+    def region_source() -> hd.sr.SourceImageForRegion:
+        return hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames)
+
+    def stone_segment_frame() -> hd.sr.ReferencedSegmentationFrame:
+        return _segmentation_frame(seg, source, SEGMENT_STONE, frame, frames)
+
+    groups: list = []
+    for i, stone in enumerate(stones, 1):
+        def measurement(name, value, unit, derivation=None):
+            return hd.sr.Measurement(
+                name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=algorithm,
+                referenced_images=[_seg_source_of_measurement(seg, SEGMENT_STONE)])
+
+        outline = _closed_outline(stone.get("outline_px") or [])
+        reference = (dict(referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline, source_image=region_source()))
+            if outline is not None else dict(referenced_segment=stone_segment_frame()))
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking(f"stone-{i}", f"Stone {i}"),
+            **reference,
+            finding_type=CODE_CALCULUS, finding_category=CODE_MORPH_ABNORMAL, finding_sites=finding_site,
+            algorithm_id=algorithm,
+            measurements=[
+                measurement(CODE_AREA, stone["area_mm2"], UNIT_MM2),
+                measurement(CODE_DIAMETER, stone["largest_diameter_mm"], UNIT_MM, CODE_MAXIMUM),
+            ],
+        ))
+    if cbd is not None:
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking("cbd", "Common bile duct"),
+            referenced_segment=_segmentation_frame(seg, source, SEGMENT_CBD, frame, frames),
+            finding_type=CODE_CBD, finding_category=CODE_ANATOMICAL_STRUCTURE, algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=CODE_AREA, value=float(cbd["area_mm2"]), unit=UNIT_MM2,
+                                            algorithm_id=algorithm)],
+        ))
+
+    # Image-level group (TID 1501), after the TID 1410 groups (TID 1500 lists them in that order; pixelmed's
+    # DicomSRValidator matches groups to the rows in order): the number of stones found in the image.
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking("stone-count", "Bile duct stones"),
+        finding_type=CODE_CALCULUS, finding_category=CODE_MORPH_ABNORMAL, finding_sites=finding_site,
+        algorithm_id=algorithm,
+        measurements=[hd.sr.Measurement(
+            name=CODE_QUANTITY, value=len(stones), unit=UNIT_COUNT, algorithm_id=algorithm,
+            referenced_images=[_seg_source_of_measurement(seg, SEGMENT_STONE)])],
+        source_images=[hd.sr.SourceImageForMeasurementGroup(
+            source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames)],
+    ))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid("device", manufacturer, algorithm_name, model_version), name=algorithm_name,
+            manufacturer_name=manufacturer, model_name=f"{algorithm_name} model {model_version}"[:64]))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=CODE_XR_PROCEDURE,
+        imaging_measurements=groups,
+    )
+    report[0].ContentSequence.append(_qualitative_evaluations(measurements, algorithm_name, model_version))
+
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[source, seg],
+        content=report[0],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        performed_procedure_codes=[CODE_ERCP],
+    )
+    sr.SeriesDescription = SERIES_DESCRIPTION
+    when = source_datetime(source)
+    if when is not None:
+        date, time = when
+        sr.ContentDate = sr.SeriesDate = sr.InstanceCreationDate = date
+        sr.ContentTime = sr.SeriesTime = sr.InstanceCreationTime = time
+    for keyword in ("StudyDescription", "TimezoneOffsetFromUTC", "IssuerOfPatientID", "OtherPatientIDsSequence"):
+        if keyword in source and keyword not in sr:
+            sr.add(copy.deepcopy(source[keyword]))
+    return sr
+
+
+def _segmentation_frame(seg: Dataset, source: Dataset, segment: int, frame: int,
+                        frames: list[int] | None) -> hd.sr.ReferencedSegmentationFrame:
+    """TID 1410 "Referenced Segmentation Frame": the one SEG frame holding `segment` for source `frame`.
+
+    highdicom 0.28 writes both Referenced Frame Number and Referenced Segment Number into this IMAGE item,
+    which PS3.3 Table 10-3 forbids (dciodvfy: "Shall not be present when ReferencedFrameNumber is present");
+    the template asks for a frame, and the SEG frame determines the segment, so the segment number goes.
+    """
+    seg_frame = seg_frame_number(seg, segment, frame)
+    if seg_frame is None:
+        raise ValueError(f"the SEG has no frame of segment {segment} for source frame {frame}")
+    ref = hd.sr.ReferencedSegmentationFrame(
+        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, frame_number=seg_frame,
+        segment_number=segment,
+        source_image=hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID,
+                                                      referenced_frame_numbers=frames))
+    del ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
+    return ref
+
+
+def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_version: str) -> Dataset:
+    spacing = measurements.get("pixel_spacing_mm")
+    method = measurements.get("spacing_source") or "unknown"
+    spacing_text = (f"Pixel spacing {_ds_text(spacing)} mm at the patient, from {method}."
+                    if spacing is not None else f"Pixel spacing: {method}.")
+    container = hd.sr.ContainerContentItem(name=CODE_QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(
+            name=CODE_COMMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            value=f"{DISCLAIMER} Automatic measurements by {algorithm_name}, model version {model_version}."),
+        hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=spacing_text,
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+    ])
+    return container
