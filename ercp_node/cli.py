@@ -36,6 +36,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return run_evaluate(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .node.cli import run_serve
+
+    return run_serve(args)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from .node.cli import run_config_check
+
+    return run_config_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ercp-node", description=__doc__)
     p.add_argument("--version", action="version", version=f"ercp-node {__version__}")
@@ -55,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="Table-1 style report of a model on annotated data")
     add_evaluate_arguments(e)
     e.set_defaults(func=_cmd_evaluate)
+
+    from .node.cli import add_serve_arguments
+
+    sv = sub.add_parser("serve", help="run the DICOM node (C-ECHO/C-STORE SCP, archive, queue)")
+    add_serve_arguments(sv)
+    sv.set_defaults(func=_cmd_serve)
+    cf = sub.add_parser("config", help="configuration tools")
+    cfs = cf.add_subparsers(dest="config_command", required=True)
+    chk = cfs.add_parser("check", help="print the effective configuration; non-zero exit if invalid")
+    add_serve_arguments(chk)
+    chk.set_defaults(func=_cmd_config)
 
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")

@@ -67,6 +67,7 @@ __all__ = [
     "read_seg_labels",
     "seg_frame_number",
     "source_datetime",
+    "stamp_dates",
 ]
 
 SERIES_DESCRIPTION = "ERCP AI segmentation (research use, not for diagnosis)"
@@ -149,6 +150,20 @@ def source_datetime(source: Dataset) -> tuple[str, str] | None:
         rest = adt[8:].split("+")[0].split("-")[0]
         return adt[:8], rest
     return None
+
+
+def stamp_dates(ds: Dataset, source: Dataset) -> None:
+    """Content, series and instance-creation date/time (and highdicom's Contribution DateTime) from the
+    source's acquisition, so that the same input gives the same bytes. No-op when the source has no dates."""
+    when = source_datetime(source)
+    if when is None:
+        return
+    date, time = when
+    ds.ContentDate = ds.SeriesDate = ds.InstanceCreationDate = date
+    ds.ContentTime = ds.SeriesTime = ds.InstanceCreationTime = time
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = date + time
 
 
 def _n_frames(source: Dataset) -> int:
@@ -307,11 +322,7 @@ def _finish(seg: Dataset, source: Dataset, sop_uid: str) -> None:
     for keyword in _PATIENT_STUDY:
         if keyword in source and keyword not in seg:
             seg.add(copy.deepcopy(source[keyword]))
-    when = source_datetime(source)
-    if when is not None:
-        date, time = when
-        seg.ContentDate = seg.SeriesDate = seg.InstanceCreationDate = date
-        seg.ContentTime = seg.SeriesTime = seg.InstanceCreationTime = time
+    stamp_dates(seg, source)
     seg.SeriesDescription = SERIES_DESCRIPTION
     # Type 2C in the General Image module for images without a patient frame; dciodvfy flags it missing.
     seg.PatientOrientation = copy.deepcopy(source.get("PatientOrientation", ""))

@@ -35,25 +35,25 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from .seg import (
-    CODE_ANATOMICAL_STRUCTURE,
     CODE_CALCULUS,
     CODE_CBD,
-    CODE_MORPH_ABNORMAL,
     derived_uid,
     seg_frame_number,
-    source_datetime,
+    stamp_dates,
 )
 
-__all__ = ["CODE_ERCP", "CODE_XR_PROCEDURE", "SERIES_DESCRIPTION", "build_sr"]
+__all__ = ["CODE_ERCP", "CODE_IMAGING_PROCEDURE", "SERIES_DESCRIPTION", "build_sr"]
 
 SERIES_DESCRIPTION = "ERCP AI measurements (research use, not for diagnosis)"
 DISCLAIMER = "Research use, not for diagnosis."
 
 CODE_ERCP = hd.sr.CodedConcept("386718000", "SCT", "Endoscopic retrograde cholangiopancreatography")
 # TID 1500 row 4 takes "Procedure reported" from CID 100, which has no endoscopic procedure; pixelmed's
-# DicomSRValidator reports a code outside it as an error. So the report names the CID 100 imaging procedure
-# and ERCP goes into the SR Document General module's Performed Procedure Code Sequence (and the text).
-CODE_XR_PROCEDURE = hd.sr.CodedConcept("43468-8", "LN", "XR unspecified body region")
+# DicomSRValidator reports a code outside it as an error (although CID 100 is extensible), and its 2022 copy
+# of CID 100 lacks the newer "XR unspecified body region" (LN 43468-8). So the report names CID 100's
+# generic "Imaging procedure", and ERCP goes into the SR Document General module's Performed Procedure Code
+# Sequence (and the comment text).
+CODE_IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 CODE_QUANTITY = hd.sr.CodedConcept("246205007", "SCT", "Quantity")
 CODE_AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
 CODE_DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
@@ -124,6 +124,10 @@ def build_sr(
     """
     if str(seg.StudyInstanceUID) != str(source.StudyInstanceUID):
         raise ValueError("the SEG is not in the source's study")
+    referenced = {str(ref.ReferencedSOPInstanceUID) for series in seg.get("ReferencedSeriesSequence", [])
+                  for ref in series.get("ReferencedInstanceSequence", [])}
+    if str(source.SOPInstanceUID) not in referenced:
+        raise ValueError("the SEG was not derived from this source image")
     frame = int(measurements.get("frame", 1) or 1)
     frames = _frames(source, frame)
     stones = list(measurements.get("stones") or [])
@@ -156,8 +160,7 @@ def build_sr(
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking(f"stone-{i}", f"Stone {i}"),
             **reference,
-            finding_type=CODE_CALCULUS, finding_category=CODE_MORPH_ABNORMAL, finding_sites=finding_site,
-            algorithm_id=algorithm,
+            finding_type=CODE_CALCULUS, finding_sites=finding_site,
             measurements=[
                 measurement(CODE_AREA, stone["area_mm2"], UNIT_MM2),
                 measurement(CODE_DIAMETER, stone["largest_diameter_mm"], UNIT_MM, CODE_MAXIMUM),
@@ -167,22 +170,19 @@ def build_sr(
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking("cbd", "Common bile duct"),
             referenced_segment=_segmentation_frame(seg, source, SEGMENT_CBD, frame, frames),
-            finding_type=CODE_CBD, finding_category=CODE_ANATOMICAL_STRUCTURE, algorithm_id=algorithm,
+            finding_type=CODE_CBD,
             measurements=[hd.sr.Measurement(name=CODE_AREA, value=float(cbd["area_mm2"]), unit=UNIT_MM2,
                                             algorithm_id=algorithm)],
         ))
 
-    # Image-level group (TID 1501), after the TID 1410 groups (TID 1500 lists them in that order; pixelmed's
-    # DicomSRValidator matches groups to the rows in order): the number of stones found in the image.
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking("stone-count", "Bile duct stones"),
-        finding_type=CODE_CALCULUS, finding_category=CODE_MORPH_ABNORMAL, finding_sites=finding_site,
-        algorithm_id=algorithm,
-        measurements=[hd.sr.Measurement(
-            name=CODE_QUANTITY, value=len(stones), unit=UNIT_COUNT, algorithm_id=algorithm,
-            referenced_images=[_seg_source_of_measurement(seg, SEGMENT_STONE)])],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(
-            source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames)],
+    # All stones together: TID 1410 on SEG segment 3 (a TID 1501 image-level group would do, but pixelmed's
+    # DicomSRValidator checks every measurement group against TID 1410 and reports it as missing its ROI).
+    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking("stones", "Bile duct stones"),
+        referenced_segment=stone_segment_frame(),
+        finding_type=CODE_CALCULUS, finding_sites=finding_site,
+        measurements=[hd.sr.Measurement(name=CODE_QUANTITY, value=len(stones), unit=UNIT_COUNT,
+                                        algorithm_id=algorithm)],
     ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -191,7 +191,7 @@ def build_sr(
             manufacturer_name=manufacturer, model_name=f"{algorithm_name} model {model_version}"[:64]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=CODE_XR_PROCEDURE,
+        procedure_reported=CODE_IMAGING_PROCEDURE,
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(_qualitative_evaluations(measurements, algorithm_name, model_version))
@@ -210,11 +210,7 @@ def build_sr(
         performed_procedure_codes=[CODE_ERCP],
     )
     sr.SeriesDescription = SERIES_DESCRIPTION
-    when = source_datetime(source)
-    if when is not None:
-        date, time = when
-        sr.ContentDate = sr.SeriesDate = sr.InstanceCreationDate = date
-        sr.ContentTime = sr.SeriesTime = sr.InstanceCreationTime = time
+    stamp_dates(sr, source)
     for keyword in ("StudyDescription", "TimezoneOffsetFromUTC", "IssuerOfPatientID", "OtherPatientIDsSequence"):
         if keyword in source and keyword not in sr:
             sr.add(copy.deepcopy(source[keyword]))
@@ -238,6 +234,8 @@ def _segmentation_frame(seg: Dataset, source: Dataset, segment: int, frame: int,
         source_image=hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID,
                                                       referenced_frame_numbers=frames))
     del ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
+    # PS3.16 spells DCM 121233 "Source image for segmentation"; highdicom capitalises it (validator warning).
+    ref[1].ConceptNameCodeSequence[0].CodeMeaning = "Source image for segmentation"
     return ref
 
 

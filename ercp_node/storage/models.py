@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -31,3 +31,94 @@ class ModelVersion(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     decision: Mapped[str | None] = mapped_column(Text)  # why it was (not) activated
+
+
+class Instance(Base):
+    """A received image, archived durably. Identity is the SOP Instance UID (a second copy is idempotent)."""
+
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    transfer_syntax: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer, default=1)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Job(Base):
+    """Segmentation of one instance. Output UIDs are made when the job is created and never change, so a
+    retried export or a rerun after a crash sends the same objects."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(Integer, ForeignKey("instances.id"), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued running done failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    started: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    timings: Mapped[dict | None] = mapped_column(JSON)  # stage -> seconds
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    seg_series_uid: Mapped[str] = mapped_column(String(64))
+    seg_sop_uid: Mapped[str] = mapped_column(String(64))
+    sr_series_uid: Mapped[str] = mapped_column(String(64))
+    sr_sop_uid: Mapped[str] = mapped_column(String(64))
+    gsps_series_uid: Mapped[str] = mapped_column(String(64))
+    gsps_sop_uid: Mapped[str] = mapped_column(String(64))
+    summary: Mapped[dict | None] = mapped_column(JSON)  # measurements for status/demo
+
+
+class Output(Base):
+    __tablename__ = "outputs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(Integer, ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # SEG SR GSPS
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Export(Base):
+    """One output to one destination; retried with backoff until delivered."""
+
+    __tablename__ = "exports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_id: Mapped[int] = mapped_column(Integer, ForeignKey("outputs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(200))  # AET@host:port
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending sent failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    last_status: Mapped[str | None] = mapped_column(String(16))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ExportAttempt(Base):
+    __tablename__ = "export_attempts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    export_id: Mapped[int] = mapped_column(Integer, ForeignKey("exports.id"), index=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    status: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float | None] = mapped_column(Float)
+
+
+class IntakeFailure(Base):
+    """A refused or failed C-STORE, for the operator (UIDs only)."""
+
+    __tablename__ = "intake_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(8))
+    reason: Mapped[str] = mapped_column(Text)
