@@ -13,13 +13,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# dcmtk (storescu, dcmdump, dcmcjpeg) and dicom3tools (dciodvfy) are the judges the tests call.
+# dcmtk (storescu, storescp, dcmdump, dcmcjpeg), dicom3tools (dciodvfy) and pixelmed-apps (DicomSRValidator)
+# are the real tools and judges the tests call.
+APT_TOOLS := dcmtk dicom3tools pixelmed-apps
 tools:
-	@if ! command -v dciodvfy >/dev/null || ! command -v dcmdump >/dev/null || ! command -v dcmcjpeg >/dev/null; then \
+	@if ! command -v dciodvfy >/dev/null || ! command -v storescp >/dev/null || ! command -v DicomSRValidator >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TOOLS) >/dev/null; \
 	  else \
-	    echo "need dcmtk and dicom3tools: sudo apt-get install dcmtk dicom3tools" >&2; exit 1; \
+	    echo "need: sudo apt-get install $(APT_TOOLS)" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -48,6 +48,18 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return run_config_check(args)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .node.cli import run_status
+
+    return run_status(args)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .node.cli import run_segment
+
+    return run_segment(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ercp-node", description=__doc__)
     p.add_argument("--version", action="version", version=f"ercp-node {__version__}")
@@ -68,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(e)
     e.set_defaults(func=_cmd_evaluate)
 
-    from .node.cli import add_serve_arguments
+    from .node.cli import add_segment_arguments, add_serve_arguments, add_status_arguments
 
     sv = sub.add_parser("serve", help="run the DICOM node (C-ECHO/C-STORE SCP, archive, queue)")
     add_serve_arguments(sv)
@@ -78,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     chk = cfs.add_parser("check", help="print the effective configuration; non-zero exit if invalid")
     add_serve_arguments(chk)
     chk.set_defaults(func=_cmd_config)
+
+    st = sub.add_parser("status", help="queue, recent jobs, failures, export backlog, active model")
+    add_status_arguments(st)
+    st.set_defaults(func=_cmd_status)
+    sg = sub.add_parser("segment", help="offline: segment files, write SEG/SR and overlay PNGs")
+    add_segment_arguments(sg)
+    sg.set_defaults(func=_cmd_segment)
 
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")

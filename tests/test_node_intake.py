@@ -48,7 +48,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 def node(tmp_path):
     s = Settings()
     s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", _free_port(), str(tmp_path / "node"), "ERCPNODE"
-    n = Node(s).start()
+    n = Node(s, workers=False).start()  # intake only: jobs stay queued
     yield n
     n.stop()
 

@@ -30,7 +30,10 @@ Choices (see docs/dicom-outputs.md for the long form):
       source frame (1..F), so the dimension index values (segment, frame) are unique per SEG frame;
     * the pixel data is re-packed (BINARY frames are bit-packed back to back).
   The result is judged by dciodvfy (no errors, no warnings), and highdicom reads it back
-  (`Segmentation.from_dataset(...).get_pixels_by_source_frame`) as well as `read_seg_labels` here.
+  (`highdicom_segmentation(seg).get_pixels_by_source_frame`) as well as `read_seg_labels` here.
+- highdicom 0.28's reader wants SliceThickness in PixelMeasures, which the standard makes type 1C
+  (volumetric only) and which highdicom's writer leaves out for projection images (an empty value is a
+  dciodvfy error). We write the standard form; `highdicom_segmentation` adds a nominal value to a copy.
   Rejected: (a) a patched source copy with an invented Frame of Reference and plane positions, because the SEG
   would then claim a patient coordinate system that does not exist (viewers would try to match by geometry);
   (b) one SEG per source frame, because one image gets one SEG in the node (one UID stored per job) and a
@@ -325,9 +328,7 @@ def _finish(seg: Dataset, source: Dataset, sop_uid: str) -> None:
     stamp_dates(seg, source)
     seg.SeriesDescription = SERIES_DESCRIPTION
     # Type 2C in the General Image module for images without a patient frame; dciodvfy flags it missing.
-    seg.PatientOrientation = copy.deepcopy(source.get("PatientOrientation", ""))
-    if not seg.PatientOrientation:
-        seg.PatientOrientation = ""
+    seg.PatientOrientation = copy.deepcopy(source.PatientOrientation) if source.get("PatientOrientation") else ""
     dim_uid = derived_uid("seg-dimension-organization", sop_uid)
     for item in seg.DimensionIndexSequence:
         item.DimensionOrganizationUID = dim_uid

@@ -4,21 +4,29 @@
 encoded in `seg` (see `ercp_node.dicom.seg`):
 
 - observation context: the observer is a device, the algorithm (name, manufacturer, model version);
-- procedure reported: SCT 386718000 "Endoscopic retrograde cholangiopancreatography" (not in CID 100, which
-  is extensible and has no endoscopic procedures);
-- one image-level measurement group (TID 1501): "Quantity" (SCT 246205007) of calculi, unit {count},
-  finding site common bile duct, referencing the source image and SEG segment 3;
-- one planar ROI group (TID 1410) per stone: tracking identifier + UID, finding Calculus, the stone outline
-  as a closed 2D SCOORD POLYLINE on the source image (TID 1410 image region), area (mm2) and largest
-  diameter (SCT Diameter with derivation Maximum, mm); each measurement names SEG segment 3 as its "Source
-  of Measurement" (TID 300), since TID 1410 allows only one of image region / referenced segment;
-- one planar ROI group (TID 1410) for the common bile duct referencing SEG segment 2 (area, mm2);
+- procedure: TID 1500's "Procedure reported" must come from CID 100, which has no endoscopic procedure, so
+  it is CID 100's "Imaging procedure" (SCT 363679005); the ERCP itself, SCT 386718000 "Endoscopic
+  retrograde cholangiopancreatography", goes into the Performed Procedure Code Sequence;
+- one planar ROI group (TID 1410) per stone: tracking identifier + UID, finding Calculus in the common bile
+  duct, the stone outline as a closed 2D SCOORD POLYLINE on the source image (the group's image region),
+  area (mm2) and largest diameter (SCT Diameter with derivation Maximum, mm); each measurement names SEG
+  segment 3 as its TID 300 "Source of Measurement", because TID 1410 takes only one of image region /
+  referenced segment. A stone whose outline has fewer than 3 distinct points is referenced by its SEG frame
+  (segment 3) instead of an outline;
+- one planar ROI group (TID 1410) for the common bile duct on its SEG frame (segment 2): area (mm2);
+- one planar ROI group (TID 1410) "Bile duct stones" on the stone SEG frame (segment 3): "Quantity"
+  (SCT 246205007) of calculi, unit {count}. (A TID 1501 image-level group would be the textbook place, but
+  pixelmed's DicomSRValidator checks every measurement group against TID 1410 and reports an error.)
 - a Qualitative Evaluations container (TID 1500 row 12) with TEXT items: "Research use, not for
-  diagnosis", the model version, and which pixel spacing the millimetre values used.
+  diagnosis" with the algorithm and model version, and which pixel spacing the millimetre values used.
+
+Judges: dciodvfy (no errors, no warnings), pixelmed DicomSRValidator (no errors; warnings only for the
+"Source of Measurement" references inside TID 1410, which its TID 300 copy does not list), and highdicom
+reads it back (`hd.sr.srread(...).content.get_planar_roi_measurement_groups()`).
 
 Outline coordinates: `outline_px` are (x, y) = (column, row) pixel indices of pixel centres, as
 cv2.findContours returns them. DICOM 2D coordinates put the top-left corner of the top-left pixel at (0, 0)
-and its centre at (0.5, 0.5) (PS3.3 C.18.6.1.1), so 0.5 is added.
+and its centre at (0.5, 0.5) (PS3.3 C.18.6.1, SCOORD Graphic Data), so 0.5 is added.
 
 For cine sources, `measurements["frame"]` (1-based) names the source frame that was measured; the image
 region and the segment references then point at that frame.

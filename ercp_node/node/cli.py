@@ -49,3 +49,69 @@ def run_config_check(args: argparse.Namespace) -> int:
     s = settings_from_args(args)
     print(json.dumps(s.as_dict(), indent=1))
     return 0
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from ..storage.db import open_database
+    from .status import render, report
+
+    s = settings_from_args(args)
+    _, sessions = open_database(s.db_url())
+    rep = report(sessions)
+    print(json.dumps(rep, indent=1, default=str) if args.json else render(rep))
+    return 0
+
+
+def add_segment_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", default=None, help="model file (default: the shipped model)")
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """Offline: the node's pipeline on files, writing SEG/SR .dcm and an overlay PNG per image."""
+    from pathlib import Path
+
+    import numpy as np
+    import pydicom
+    import cv2
+    from pydicom.uid import generate_uid
+
+    from ..model.inference import SHIPPED, Segmenter
+    from ..phantom.dataset import overlay
+    from .pipeline import analyse_batch, encode
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seg = Segmenter.load(args.model or SHIPPED)
+    failures = 0
+    for f in args.files:
+        try:
+            ds = pydicom.dcmread(f)
+            analysis = analyse_batch([ds], seg)[0]
+            uids = {k: generate_uid() for k in ("seg_series_uid", "seg_sop_uid", "sr_series_uid", "sr_sop_uid")}
+            objects = encode(ds, analysis, uids, seg.version)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next file
+            failures += 1
+            print(f"{f}: FAILED {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
+        for kind, obj in objects.items():
+            obj.save_as(out / f"{stem}.{kind.lower()}.dcm", enforce_file_format=True)
+        frame = analysis.measurements["frame"] - 1
+        labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
+        pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
+        grey = pix.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)
+        if ds.PhotometricInterpretation == "MONOCHROME1":
+            grey = 1 - grey
+        cv2.imwrite(str(out / f"{stem}.overlay.png"), overlay(grey, labels))
+        m = analysis.measurements
+        largest = max((s["largest_diameter_mm"] for s in m["stones"]), default=0.0)
+        print(f"{f}: {len(m['stones'])} stone(s), largest {largest:.1f} {m['units']}; model {seg.version}")
+    return 1 if failures else 0

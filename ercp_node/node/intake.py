@@ -38,6 +38,7 @@ class Intake:
     archive: Path
     sessions: object  # sessionmaker
     min_free_bytes: int = 500 * 2**20
+    on_stored: object = None  # called after a new job is committed (wakes the workers)
 
     def __post_init__(self):
         self.archive.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -117,6 +118,9 @@ class Intake:
                 s.add(new_job(inst.id))
         except IntegrityError:  # the same instance arrived on two associations at once: the first one won
             log.info("instance %s stored concurrently; acknowledged once queued", sop)
+            return
+        if self.on_stored:
+            self.on_stored()
         log.info("archived %s (%s, %d bytes) from %s", sop, ds.SOPClassUID.name, len(raw), calling_ae)
 
     def record_failure(self, calling_ae, sop_uid, status: int, reason: str) -> None:

@@ -1,9 +1,10 @@
-"""The running node: SCP intake now; workers and exporter attach here (see docs/operations.md)."""
+"""The running node: SCP intake, segmentation workers and the exporter, on one database."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -15,19 +16,57 @@ from .intake import Intake
 log = logging.getLogger("ercp_node.service")
 
 
+def load_segmenter(settings: Settings, sessions):
+    """The configured model, else the registry's active one, else the shipped default."""
+    from ..model.inference import SHIPPED, Segmenter
+    from ..model.registry import Registry
+
+    if settings.model.path:
+        return Segmenter.load(settings.model.path)
+    reg = Registry(sessions)
+    active = reg.ensure_shipped()
+    return Segmenter.load(active.path if active is not None and Path(active.path).is_file() else SHIPPED)
+
+
 class Node:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, workers: bool = True):
         self.settings = settings
         n = settings.node
         self.data_dir = Path(n.data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.node_id = f"{socket.gethostname()}:{self.data_dir.resolve()}"[:40]
         self.engine, self.sessions = open_database(settings.db_url())
-        self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20)
+        self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20,
+                             on_stored=self.workers_wake)
         self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size)
         self.server = None
+        self.workers: list = []
+        self.exporter = None
+        self.with_workers = workers
         self.stopped = threading.Event()
 
+    def workers_wake(self) -> None:
+        for w in self.workers:
+            w.wake.set()
+
+    def exporter_wake(self) -> None:
+        if self.exporter is not None:
+            self.exporter.wake.set()
+
     def start(self) -> "Node":
+        if self.with_workers:
+            from .exporter import Exporter
+            from .worker import Worker, requeue_interrupted
+
+            requeue_interrupted(self.sessions, self.node_id)
+            for i in range(self.settings.node.workers):
+                w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
+                           self.settings.node.batch_size)
+                self.workers.append(w)
+                w.start()
+            log.info("model %s on %d worker(s)", self.workers[0].segmenter.version, len(self.workers))
+            self.exporter = Exporter(self)
+            self.exporter.start()
         self.server = scp.start(self.ae, self.settings.node.bind, self.settings.node.port)
         return self
 
@@ -35,6 +74,13 @@ class Node:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        for t in [*self.workers, self.exporter]:
+            if t is not None:
+                t.stop_event.set()
+                t.wake.set()
+        for t in [*self.workers, self.exporter]:
+            if t is not None:
+                t.join(timeout=30)
         self.engine.dispose()
         self.stopped.set()
 

@@ -1,0 +1,60 @@
+"""`ercp-node status`: queue depth, recent jobs with stage timings, failures, export backlog, active model."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+
+from ..storage.models import Export, Instance, IntakeFailure, Job, ModelVersion
+
+
+def report(sessions, recent: int = 10) -> dict:
+    with sessions() as s:
+        states = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        jobs = s.execute(select(Job, Instance.sop_instance_uid).join(Instance, Instance.id == Job.instance_id)
+                         .order_by(Job.id.desc()).limit(recent)).all()
+        failed = s.execute(select(Job, Instance.sop_instance_uid).join(Instance, Instance.id == Job.instance_id)
+                           .where(Job.state == "failed").order_by(Job.id.desc()).limit(recent)).all()
+        intake = list(s.scalars(select(IntakeFailure).order_by(IntakeFailure.id.desc()).limit(recent)))
+        backlog = s.execute(select(Export.destination, func.count(), func.min(Export.next_attempt), func.max(Export.attempts))
+                            .where(Export.state == "pending").group_by(Export.destination)).all()
+        last_errors = dict(s.execute(select(Export.destination, Export.last_error)
+                                     .where(Export.state == "pending", Export.last_error.is_not(None))).all())
+        sent = s.scalar(select(func.count()).select_from(Export).where(Export.state == "sent"))
+        active = s.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+    return {
+        "queue": {k: states.get(k, 0) for k in ("queued", "running", "done", "failed")},
+        "recent_jobs": [{"job": j.id, "sop_instance_uid": uid, "state": j.state, "summary": j.summary,
+                         "timings_s": j.timings, "model": j.model_version} for j, uid in jobs],
+        "failed_jobs": [{"job": j.id, "sop_instance_uid": uid, "error": j.error} for j, uid in failed],
+        "intake_failures": [{"at": f.at.isoformat(), "sop_instance_uid": f.sop_instance_uid, "calling_ae": f.calling_ae,
+                             "status": f.status, "reason": f.reason} for f in intake],
+        "export_backlog": [{"destination": d, "pending": n, "next_attempt": t.isoformat() if t else None,
+                            "max_attempts": a, "last_error": last_errors.get(d)} for d, n, t, a in backlog],
+        "exports_sent": sent,
+        "active_model": None if active is None else {"version": active.version, "decision": active.decision},
+    }
+
+
+def render(rep: dict) -> str:
+    q = rep["queue"]
+    lines = [f"queue: {q['queued']} queued, {q['running']} running, {q['done']} done, {q['failed']} failed",
+             f"active model: {rep['active_model']['version'] if rep['active_model'] else 'none registered'}",
+             f"exports: {rep['exports_sent']} sent; backlog: " +
+             ("none" if not rep["export_backlog"] else "; ".join(
+                 f"{b['destination']} {b['pending']} pending (next {b['next_attempt']}, {b['max_attempts']} tries, "
+                 f"last error: {b['last_error']})" for b in rep["export_backlog"])),
+             "recent jobs:"]
+    for j in rep["recent_jobs"]:
+        t = j["timings_s"] or {}
+        sm = j["summary"] or {}
+        stages = " ".join(f"{k[:-2]} {v * 1000:.0f}ms" for k, v in t.items())
+        lines.append(f"  #{j['job']} {j['state']:7} {j['sop_instance_uid']} stones={sm.get('stones', '-')} "
+                     f"largest={sm.get('largest_stone_mm') or '-'} {stages}")
+    if rep["failed_jobs"]:
+        lines.append("failed jobs:")
+        lines += [f"  #{f['job']} {f['sop_instance_uid']}: {f['error']}" for f in rep["failed_jobs"]]
+    if rep["intake_failures"]:
+        lines.append("refused C-STOREs:")
+        lines += [f"  {f['at']} {f['status']} from {f['calling_ae']} {f['sop_instance_uid']}: {f['reason']}"
+                  for f in rep["intake_failures"]]
+    return "\n".join(lines)

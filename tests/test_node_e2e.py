@@ -1,0 +1,204 @@
+"""End to end on loopback: dcmtk storescu (the C-arm) → ercp-node serve → SEG + SR → dcmtk storescp (the PACS)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import JPEGLSLossless, generate_uid
+from sqlalchemy import func, select
+
+from dicom_judges import dciodvfy_errors
+from ercp_node.cli import main
+from ercp_node.config.settings import Settings, parse_destination
+from ercp_node.node.service import Node
+from ercp_node.storage.models import Export, ExportAttempt, Job
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small untrained U-Net: these tests prove the plumbing, not accuracy (that is evaluate's job)."""
+    import keras
+
+    from ercp_node.model.retrain import save_model
+    from ercp_node.model.unet import build_unet, get_config
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    save_model(build_unet(get_config("default", base_filters=4, input_size=64)), path,
+               {"version": "tiny-test-model", "preset": "default", "loss": "dice+focal"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("carm")
+    assert main(["synth", "--count", "2", "--seed", "50", "--size", "512", "--out", str(root / "rf")]) == 0
+    assert main(["synth", "--count", "1", "--seed", "51", "--size", "512", "--frames", "5", "--modality", "XA",
+                 "--out", str(root / "cine")]) == 0
+    return sorted((root / "rf" / "dicom").glob("*.dcm")) + sorted((root / "cine" / "dicom").glob("*.dcm"))
+
+
+@pytest.fixture()
+def pacs(tmp_path):
+    port, out = _free_port(), tmp_path / "pacs"
+    out.mkdir()
+    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(50):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield port, out, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+def _node(tmp_path, model: Path, pacs_port: int | None) -> Node:
+    s = Settings()
+    s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", _free_port(), str(tmp_path / "node")
+    s.node.ae_title, s.model.path = "ERCPNODE", str(model)
+    s.export.retry_initial_s, s.export.retry_max_s = 0.5, 2.0
+    if pacs_port:
+        s.destinations = [parse_destination(f"PACS@127.0.0.1:{pacs_port}")]
+    return Node(s).start()
+
+
+def _storescu(node: Node, *files: Path) -> None:
+    r = subprocess.run(["storescu", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1", str(node.settings.node.port),
+                        *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _wait(predicate, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _count(node, model, *where):
+    with node.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
+    from ercp_node.dicom.seg import read_seg_labels
+    from ercp_node.model.inference import Segmenter
+    from ercp_node.node.pipeline import frames_of
+
+    port, received, _ = pacs
+    node = _node(tmp_path, tiny_model, port)
+    try:
+        _storescu(node, *images)
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 2 * len(images)), node.settings
+        assert _count(node, Job, Job.state == "done") == len(images)
+        files = sorted(received.iterdir())
+        assert len(files) == 2 * len(images)
+        seg = Segmenter.load(tiny_model)
+        by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in images}
+        for f in files:
+            assert dciodvfy_errors(f) == [], f
+            ds = pydicom.dcmread(f)
+            if ds.Modality == "SEG":
+                src = pydicom.dcmread(by_uid[ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID])
+                assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
+                expected = np.stack(seg.segment(frames_of(src)))
+                got = read_seg_labels(ds, expected.shape)
+                assert np.array_equal(got.reshape(expected.shape), expected)
+        with node.sessions() as s:
+            job = s.scalars(select(Job)).first()
+            assert {"read_s", "decode_s", "inference_s", "measure_s", "encode_s", "archive_s"} <= set(job.timings)
+            assert job.model_version == "tiny-test-model"
+    finally:
+        node.stop()
+    assert main(["status", "--data-dir", str(tmp_path / "node")]) == 0
+
+
+def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images):
+    port = _free_port()  # nothing listens yet: the PACS is down
+    node = _node(tmp_path, tiny_model, port)
+    out = tmp_path / "late-pacs"
+    out.mkdir()
+    try:
+        _storescu(node, images[0])
+        assert _wait(lambda: _count(node, ExportAttempt) >= 2, 60)  # retried with backoff while down
+        assert _count(node, Export, Export.state == "pending") == 2
+        proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert _wait(lambda: _count(node, Export, Export.state == "sent") == 2, 60)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        with node.sessions() as s:
+            job = s.scalars(select(Job)).first()
+            uids = {job.seg_sop_uid, job.sr_sop_uid}
+        assert {pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == uids
+    finally:
+        node.stop()
+
+
+def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pacs):
+    bad = pydicom.dcmread(images[0])
+    bad.SOPInstanceUID = generate_uid()
+    bad.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream"])  # archived fine, undecodable later
+    bad.file_meta.TransferSyntaxUID = JPEGLSLossless
+    bad.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
+    bad_path = tmp_path / "bad.dcm"
+    bad.save_as(bad_path, enforce_file_format=True)
+    node = _node(tmp_path, tiny_model, pacs[0])
+    try:
+        subprocess.run(["storescu", "-xt", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1",
+                        str(node.settings.node.port), str(bad_path)], capture_output=True, timeout=60)
+        _storescu(node, images[1])
+        assert _wait(lambda: _count(node, Job, Job.state.in_(("done", "failed"))) == 2)
+        assert _count(node, Job, Job.state == "failed") == 1 and _count(node, Job, Job.state == "done") == 1
+        with node.sessions() as s:
+            assert "analysis failed" in s.scalars(select(Job).where(Job.state == "failed")).first().error
+    finally:
+        node.stop()
+    rep_dir = tmp_path / "node"
+    assert main(["status", "--data-dir", str(rep_dir), "--json"]) == 0
+
+
+def test_restart_resumes_queued_jobs(tmp_path, tiny_model, images, pacs):
+    s = Settings()
+    s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", _free_port(), str(tmp_path / "node"), "ERCPNODE"
+    s.model.path = str(tiny_model)
+    intake_only = Node(s, workers=False).start()
+    _storescu(intake_only, images[0])
+    intake_only.stop()  # "crash" before any worker ran
+    node = _node(tmp_path, tiny_model, pacs[0])
+    try:
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 2)
+    finally:
+        node.stop()
+
+
+def test_segment_offline(tmp_path, tiny_model, images, capsys):
+    out = tmp_path / "seg"
+    assert main(["segment", str(images[0]), str(images[-1]), "--out", str(out), "--model", str(tiny_model)]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert len([n for n in written if n.endswith(".seg.dcm")]) == 2 and len([n for n in written if n.endswith(".sr.dcm")]) == 2
+    assert len([n for n in written if n.endswith(".overlay.png")]) == 2
+    for p in out.glob("*.dcm"):
+        assert dciodvfy_errors(p) == [], p
+    assert "tiny-test-model" in capsys.readouterr().out
+    assert main(["segment", str(tmp_path / "missing.dcm"), "--out", str(out), "--model", str(tiny_model)]) == 1
