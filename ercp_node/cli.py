@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     d.add_argument("--count", type=int, default=8, help="phantom images to generate (default: 8)")
+    d.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for SEG+SR (default: 300)")
     d.set_defaults(func=_cmd_demo)
     return p
 

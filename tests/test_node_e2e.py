@@ -202,3 +202,19 @@ def test_segment_offline(tmp_path, tiny_model, images, capsys):
         assert dciodvfy_errors(p) == [], p
     assert "tiny-test-model" in capsys.readouterr().out
     assert main(["segment", str(tmp_path / "missing.dcm"), "--out", str(out), "--model", str(tiny_model)]) == 1
+
+
+def test_orthanc_receives_seg_and_sr(tmp_path, tiny_model, images, orthanc):
+    node = _node(tmp_path, tiny_model, None)
+    node.settings.destinations = [parse_destination(f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")]
+    try:
+        _storescu(node, *images[:2])
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 4)
+    finally:
+        node.stop()
+    instances = orthanc.get("/instances")
+    assert len(instances) == 4  # SEG + SR per image, no duplicates
+    tags = [orthanc.get(f"/instances/{i}/simplified-tags") for i in instances]
+    assert sorted(t["Modality"] for t in tags) == ["SEG", "SEG", "SR", "SR"]
+    sources = {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in images[:2]}
+    assert {t["StudyInstanceUID"] for t in tags} == sources  # in the source's study

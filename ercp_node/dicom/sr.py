@@ -189,8 +189,9 @@ def build_sr(
         tracking_identifier=tracking("stones", "Bile duct stones"),
         referenced_segment=stone_segment_frame(),
         finding_type=CODE_CALCULUS, finding_sites=finding_site,
-        measurements=[hd.sr.Measurement(name=CODE_QUANTITY, value=len(stones), unit=UNIT_COUNT,
-                                        algorithm_id=algorithm)],
+        # The count covers every stone; the pipeline lists only the largest individually.
+        measurements=[hd.sr.Measurement(name=CODE_QUANTITY, value=int(measurements.get("stone_count", len(stones))),
+                                        unit=UNIT_COUNT, algorithm_id=algorithm)],
     ))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

@@ -47,10 +47,14 @@ def _outline(component: np.ndarray) -> list[list[float]]:
     return [[float(x), float(y)] for x, y in c]
 
 
+MAX_REPORTED_STONES = 20  # the SR lists the largest 20 individually; the count covers all
+
+
 def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1) -> dict:
     mm, source = spacing(ds)
     scale = mm if mm else 1.0
-    found = stone_components(labels2d, scale)
+    everything = stone_components(labels2d, scale)
+    found = everything[:MAX_REPORTED_STONES]
     n, comp = cv2.connectedComponents((labels2d == 3).astype(np.uint8), connectivity=8)
     for st in found:
         x, y = (int(round(v)) for v in st["centroid_px"])
@@ -59,7 +63,7 @@ def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1) -> dict:
     return {
         "pixel_spacing_mm": mm, "spacing_source": source, "frame": frame,
         "units": "mm" if mm else "px",
-        "stones": found,
+        "stones": found, "stone_count": len(everything),
         "cbd": {"area_mm2": float(np.count_nonzero(np.isin(labels2d, (2, 3)))) * scale**2},
         "scope_present": bool((labels2d == 1).any()),
     }

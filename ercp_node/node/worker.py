@@ -126,7 +126,8 @@ class Worker(threading.Thread):
             paths[kind] = path
         analysis.timings["archive_s"] = time.perf_counter() - t
         stones = analysis.measurements["stones"]
-        summary = {"stones": len(stones), "largest_stone_mm": max((s["largest_diameter_mm"] for s in stones), default=None),
+        summary = {"stones": analysis.measurements["stone_count"],
+                   "largest_stone_mm": max((s["largest_diameter_mm"] for s in stones), default=None),
                    "units": analysis.measurements["units"], "frame": analysis.measurements["frame"]}
         with self.node.sessions.begin() as s:
             for kind, obj in objects.items():
