@@ -130,7 +130,7 @@ def test_read_data_reports_missing_directory(tmp_path):
 def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["retrain", "--data", str(phantom), "--out", str(run), "--base-filters", "4", "--input-size", "64",
-            "--epochs", "2", "--batch-size", "4"]
+            "--epochs", "2", "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
     assert main(args) == 0
     card = json.loads((run / "model.json").read_text())
     assert card["epochs"] == 2 and card["loss"] == "dice+focal" and card["intended_use"].startswith("Research use")
@@ -152,7 +152,8 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--epochs", "0"], "--epochs"),
 ])
 def test_retrain_bad_options(phantom, tmp_path, capsys, args, message):
-    assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), *args]) == 2
+    assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "n"),
+                 *args]) == 2
     assert message in capsys.readouterr().err
 
 
