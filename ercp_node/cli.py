@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import importlib
 import sys
 
 from . import __version__
@@ -12,52 +14,21 @@ class CLIError(Exception):
     """A user error: printed as one clear line, exit status 2."""
 
 
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from .phantom.cli import run_synth
-
-    return run_synth(args)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(args)
+def iso_date(text: str) -> dt.date:
+    """argparse type for YYYY-MM-DD dates."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
 
 
-def _cmd_retrain(args: argparse.Namespace) -> int:
-    from .model.cli import run_retrain
+def _lazy(module: str, function: str):
+    """A sub-command handler imported only when run: `ercp-node status` need not load TensorFlow."""
 
-    return run_retrain(args)
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(module, __package__), function)(args)
 
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .model.cli import run_evaluate
-
-    return run_evaluate(args)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from .node.cli import run_serve
-
-    return run_serve(args)
-
-
-def _cmd_config(args: argparse.Namespace) -> int:
-    from .node.cli import run_config_check
-
-    return run_config_check(args)
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    from .node.cli import run_status
-
-    return run_status(args)
-
-
-def _cmd_segment(args: argparse.Namespace) -> int:
-    from .node.cli import run_segment
-
-    return run_segment(args)
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,40 +40,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate synthetic ERCP cholangiograms with ground truth")
     add_synth_arguments(s)
-    s.set_defaults(func=_cmd_synth)
+    s.set_defaults(func=_lazy(".phantom.cli", "run_synth"))
 
     from .model.cli import add_evaluate_arguments, add_retrain_arguments
 
     r = sub.add_parser("retrain", help="train a model from archived annotations; promote it only if it is better")
     add_retrain_arguments(r)
-    r.set_defaults(func=_cmd_retrain)
+    r.set_defaults(func=_lazy(".model.cli", "run_retrain"))
     e = sub.add_parser("evaluate", help="Table-1 style report of a model on annotated data")
     add_evaluate_arguments(e)
-    e.set_defaults(func=_cmd_evaluate)
+    e.set_defaults(func=_lazy(".model.cli", "run_evaluate"))
 
     from .node.cli import add_segment_arguments, add_serve_arguments, add_status_arguments
 
     sv = sub.add_parser("serve", help="run the DICOM node (C-ECHO/C-STORE SCP, archive, queue)")
     add_serve_arguments(sv)
-    sv.set_defaults(func=_cmd_serve)
+    sv.set_defaults(func=_lazy(".node.cli", "run_serve"))
     cf = sub.add_parser("config", help="configuration tools")
     cfs = cf.add_subparsers(dest="config_command", required=True)
     chk = cfs.add_parser("check", help="print the effective configuration; non-zero exit if invalid")
     add_serve_arguments(chk)
-    chk.set_defaults(func=_cmd_config)
+    chk.set_defaults(func=_lazy(".node.cli", "run_config_check"))
 
     st = sub.add_parser("status", help="queue, recent jobs, failures, export backlog, active model")
     add_status_arguments(st)
-    st.set_defaults(func=_cmd_status)
+    st.set_defaults(func=_lazy(".node.cli", "run_status"))
     sg = sub.add_parser("segment", help="offline: segment files, write SEG/SR and overlay PNGs")
     add_segment_arguments(sg)
-    sg.set_defaults(func=_cmd_segment)
+    sg.set_defaults(func=_lazy(".node.cli", "run_segment"))
 
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     d.add_argument("--count", type=int, default=8, help="phantom images to generate (default: 8)")
     d.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for SEG+SR (default: 300)")
-    d.set_defaults(func=_cmd_demo)
+    d.set_defaults(func=_lazy(".demo", "run_demo"))
     return p
 
 

@@ -9,12 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+from ..cli import iso_date
 
 
 def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,7 +27,7 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--split-date", type=_date, default=None,
+    p.add_argument("--split-date", type=iso_date, default=None,
                    help="first test date (default: the newest ~10%% of dates are the test set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
@@ -50,7 +45,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
-    p.add_argument("--split-date", type=_date, default=None)
+    p.add_argument("--split-date", type=iso_date, default=None)
 
 
 def _validate(args) -> None:

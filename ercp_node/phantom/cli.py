@@ -6,22 +6,17 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
+from ..cli import iso_date
+
 from .dicomio import MODALITIES, TRANSFER_SYNTAXES
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
 
 
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, required=True, help="number of images (DICOM instances)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical bytes")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--start-date", type=_date, default=dt.date(2014, 1, 1), help="first acquisition date")
-    p.add_argument("--end-date", type=_date, default=dt.date(2024, 12, 31), help="last acquisition date")
+    p.add_argument("--start-date", type=iso_date, default=dt.date(2014, 1, 1), help="first acquisition date")
+    p.add_argument("--end-date", type=iso_date, default=dt.date(2024, 12, 31), help="last acquisition date")
     p.add_argument("--size", type=int, default=576, help="image rows = columns, 512–1024 (default 576)")
     p.add_argument("--modality", choices=MODALITIES, default="RF", help="RF (default), XA, SC or DX")
     p.add_argument("--bits", type=int, choices=(8, 12, 16), default=8, help="bits stored (default 8)")
