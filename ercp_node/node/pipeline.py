@@ -30,15 +30,16 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
 
 
 def spacing(ds: pydicom.Dataset) -> tuple[float | None, str]:
-    """mm per pixel at the patient and where it came from (the measurements issue adds scope calibration)."""
-    if "PixelSpacing" in ds:
-        return float(ds.PixelSpacing[0]), "PixelSpacing"
-    if "ImagerPixelSpacing" in ds:
-        mag = float(getattr(ds, "EstimatedRadiographicMagnificationFactor", 0) or 0)
-        if mag > 0:
-            return float(ds.ImagerPixelSpacing[0]) / mag, "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
-        return float(ds.ImagerPixelSpacing[0]), "ImagerPixelSpacing (detector plane, magnification unknown)"
-    return None, "none"
+    """mm per pixel at the patient (row spacing; the phantom and C-arms have square pixels) and its source.
+
+    The same rule the SEG's PixelMeasures uses; the measurements issue adds the scope-based calibration.
+    """
+    from ..dicom.seg import patient_pixel_spacing
+
+    rc, source = patient_pixel_spacing(ds)
+    if source == "ImagerPixelSpacing":
+        source = "ImagerPixelSpacing (detector plane, magnification unknown)"
+    return (rc[0] if rc else None), source
 
 
 def _outline(component: np.ndarray) -> list[list[float]]:
