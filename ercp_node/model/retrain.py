@@ -89,10 +89,17 @@ def _validation_split(samples: list[Sample], fraction: float, seed: int) -> tupl
 
 
 def save_model(model, path: Path, card: dict) -> None:
-    """The weights without optimizer state (smaller; serving needs none), with the card beside them."""
+    """The weights in a float32 build (portable to CPUs without bf16; no optimizer state), card beside them."""
     import keras
 
-    clean = keras.models.clone_model(model)
+    from .unet import UNetConfig, build_unet
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        clean = build_unet(UNetConfig(**card["config"])) if "config" in card else keras.models.clone_model(model)
+    finally:
+        keras.config.set_dtype_policy(previous)
     clean.set_weights(model.get_weights())
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.keras")
