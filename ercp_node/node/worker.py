@@ -89,19 +89,14 @@ class Worker(threading.Thread):
             return
         try:
             analyses = analyse_batch([d for _, d, _, _ in loaded], self.segmenter, self.batch_size)
-        except Exception:  # noqa: BLE001 - one bad image must not fail the batch: retry one by one
-            if len(loaded) > 1:
-                log.warning("batch of %d failed; analysing one by one", len(loaded))
-                analyses = []
-                for job_id, ds, _, _ in loaded:
-                    try:
-                        analyses.append(analyse_batch([ds], self.segmenter, 1)[0])
-                    except Exception as exc:  # noqa: BLE001
-                        analyses.append(exc)
-            else:
-                import sys
-
-                analyses = [sys.exc_info()[1]]
+        except Exception as batch_exc:  # noqa: BLE001 - one bad image must not fail the batch: retry one by one
+            log.warning("batch of %d failed (%s); analysing one by one", len(loaded), batch_exc)
+            analyses = []
+            for _, ds, _, _ in loaded:
+                try:
+                    analyses.append(analyse_batch([ds], self.segmenter, 1)[0])
+                except Exception as exc:  # noqa: BLE001
+                    analyses.append(exc)
         for (job_id, ds, uids, read_s), analysis in zip(loaded, analyses):
             if isinstance(analysis, Exception):
                 self.fail(job_id, f"analysis failed: {type(analysis).__name__}: {analysis}")
