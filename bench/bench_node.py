@@ -92,7 +92,7 @@ def ingest(files: list[Path], repeats: int) -> dict:
             "ratios": {f"ercp-node / {k}": round(node / v, 2) for k, v in med.items() if not k.startswith("ercp")}}
 
 
-def end_to_end(files: list[Path], latency_images: int, model: str | None) -> dict:
+def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 1) -> dict:
     from conftest import free_port
 
     from ercp_node.config.settings import Settings, parse_destination
@@ -111,6 +111,7 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None) -> dic
         s = Settings()
         s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp / "n"), "ERCPNODE"
         s.model.path = model or ""
+        s.node.workers = workers
         s.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", ("SEG", "SR"))]
         node = Node(s).start()
         carm = AE(ae_title="BENCH")
@@ -169,6 +170,8 @@ def main() -> int:
     ap.add_argument("--latency-images", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--workers", type=int, default=1, help="node worker threads")
+    ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "node.json"))
     a = ap.parse_args()
     from ercp_node.phantom.dataset import SynthConfig, generate
@@ -178,10 +181,12 @@ def main() -> int:
         files = sorted((Path(tmp) / "ph" / "dicom").glob("*.dcm"))
         result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                   "files": f"{len(files)} phantom RF 576x576 8-bit explicit VR little endian",
-                  "ingest": ingest(files[: a.count], a.repeats)}
-        print(json.dumps(result["ingest"]["images_per_s_median"], indent=1), flush=True)
+                  "workers": a.workers}
+        if not a.skip_ingest:
+            result["ingest"] = ingest(files[: a.count], a.repeats)
+            print(json.dumps(result["ingest"]["images_per_s_median"], indent=1), flush=True)
         # Intake while the workers are busy: the burst's C-STORE rate vs the idle ingest rate above.
-        result["end_to_end"] = end_to_end(files[: a.latency_images] + files[a.latency_images:], a.latency_images, a.model)
+        result["end_to_end"] = end_to_end(files[: a.latency_images] + files[a.latency_images:], a.latency_images, a.model, a.workers)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
