@@ -182,16 +182,24 @@ def test_registry_activation_and_force(phantom, tmp_path, monkeypatch):
     assert main([*base, "--out", str(tmp_path / "r1")]) == 0
     card1 = json.loads((tmp_path / "r1" / "model.json").read_text())
     assert card1["registry"]["activated"] and card1["registry"]["decision"] == "no active model"
+    active_file = Path(Registry(open_database(sqlite_url(tmp_path / "node"))[1]).active().path)
+    assert active_file.parent == tmp_path / "node" / "models"  # the registry keeps its own copy
+    before = active_file.read_bytes()
+    assert main([*base, "--out", str(tmp_path / "r1"), "--seed", "3"]) == 0  # same run directory again
+    assert active_file.read_bytes() == before
+    card2 = json.loads((tmp_path / "r1" / "model.json").read_text())
+    assert card2["registry"]["compared_with"] == card1["version"]
+    active_before = Registry(open_database(sqlite_url(tmp_path / "node"))[1]).active().version
     assert main([*base, "--out", str(tmp_path / "r2"), "--seed", "3"]) == 0
     card2 = json.loads((tmp_path / "r2" / "model.json").read_text())
-    assert card2["registry"]["compared_with"] == card1["version"]
+    assert card2["registry"]["compared_with"] == active_before
     assert card2["registry"]["active_test_metrics"]["n_images"] == card2["test_metrics"]["n_images"]
     assert main([*base, "--out", str(tmp_path / "r3"), "--force", "new annotation protocol"]) == 0
     card3 = json.loads((tmp_path / "r3" / "model.json").read_text())
     assert card3["registry"]["activated"]
     _, sessions = open_database(sqlite_url(tmp_path / "node"))
     reg = Registry(sessions)
-    assert reg.active().version == card3["version"] and len(reg.all()) == 3
+    assert reg.active().version == card3["version"] and len(reg.all()) == 4
     assert sum(m.active for m in reg.all()) == 1
     db = tmp_path / "node" / "ercp-node.db"
     assert oct(db.stat().st_mode & 0o777) == "0o600"

@@ -103,7 +103,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=_mixed(args.mixed_precision),
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
-                registry=Registry(sessions), force_reason=args.force)
+                registry=Registry(sessions, Path(args.data_dir) / "models"), force_reason=args.force)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

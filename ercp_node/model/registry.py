@@ -45,8 +45,11 @@ def _fmt(v):
 
 
 class Registry:
-    def __init__(self, session_factory):
+    def __init__(self, session_factory, models_dir: Path | None = None):
+        """models_dir: where registered models are copied, so a later run writing to the same output
+        directory can never replace the file of the active model."""
         self.sessions = session_factory
+        self.models_dir = models_dir
 
     def active(self) -> ModelVersion | None:
         with self.sessions() as s:
@@ -67,11 +70,21 @@ class Registry:
         return self.add(path, card, activate=True, decision="shipped default model")
 
     def add(self, path: Path, card: dict, *, activate: bool, decision: str) -> ModelVersion:
+        version = card.get("version", Path(path).stem)
+        if self.models_dir is not None:
+            import shutil
+
+            self.models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            kept = self.models_dir / f"{version}.keras"
+            shutil.copyfile(path, kept)
+            if inference.card_path(path).is_file():
+                shutil.copyfile(inference.card_path(path), inference.card_path(kept))
+            path = kept
         with self.sessions.begin() as s:
             if activate:
                 for mv in s.scalars(select(ModelVersion).where(ModelVersion.active)):
                     mv.active = False
-            mv = ModelVersion(version=card.get("version", Path(path).stem), path=str(Path(path).resolve()),
+            mv = ModelVersion(version=version, path=str(Path(path).resolve()),
                               preset=card.get("preset", "?"), loss=card.get("loss", "?"),
                               data_fingerprint=card.get("data_fingerprint"), split=card.get("split"),
                               metrics=card.get("test_metrics"), active=activate, decision=decision)
