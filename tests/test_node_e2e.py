@@ -16,16 +16,12 @@ from pydicom.uid import JPEGLSLossless, generate_uid
 from sqlalchemy import func, select
 
 from dicom_judges import dciodvfy_errors
+from conftest import free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings, parse_destination
 from ercp_node.node.service import Node
 from ercp_node.storage.models import Export, ExportAttempt, Job
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +50,7 @@ def images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture()
 def pacs(tmp_path):
-    port, out = _free_port(), tmp_path / "pacs"
+    port, out = free_port(), tmp_path / "pacs"
     out.mkdir()
     proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -70,7 +66,7 @@ def pacs(tmp_path):
 
 def _node(tmp_path, model: Path, pacs_port: int | None) -> Node:
     s = Settings()
-    s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", _free_port(), str(tmp_path / "node")
+    s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
     s.node.ae_title, s.model.path = "ERCPNODE", str(model)
     s.export.retry_initial_s, s.export.retry_max_s = 0.5, 2.0
     if pacs_port:
@@ -132,7 +128,7 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
 
 
 def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images):
-    port = _free_port()  # nothing listens yet: the PACS is down
+    port = free_port()  # nothing listens yet: the PACS is down
     node = _node(tmp_path, tiny_model, port)
     out = tmp_path / "late-pacs"
     out.mkdir()
@@ -180,7 +176,7 @@ def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pa
 
 def test_restart_resumes_queued_jobs(tmp_path, tiny_model, images, pacs):
     s = Settings()
-    s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", _free_port(), str(tmp_path / "node"), "ERCPNODE"
+    s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp_path / "node"), "ERCPNODE"
     s.model.path = str(tiny_model)
     intake_only = Node(s, workers=False).start()
     _storescu(intake_only, images[0])

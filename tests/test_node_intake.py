@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import func, select
 
+from conftest import free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings
 from ercp_node.node.service import Node
@@ -21,11 +21,6 @@ from ercp_node.storage.models import Instance, IntakeFailure, Job
 STORESCU_TS = {"explicit": [], "implicit": [], "jpeg-lossless": ["-xs"], "jpeg-ls": ["-xt"], "jpeg2000": ["-xv"],
                "rle": ["-xr"]}
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +42,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture()
 def node(tmp_path):
     s = Settings()
-    s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", _free_port(), str(tmp_path / "node"), "ERCPNODE"
+    s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp_path / "node"), "ERCPNODE"
     n = Node(s, workers=False).start()  # intake only: jobs stay queued
     yield n
     n.stop()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import RESEARCH_USE, __version__
-from ..preprocessing.pipeline import masks_to_source
+from ..preprocessing.pipeline import to_unit_grey
 from .data import Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data, temporal_split
 from .metrics import per_image_metrics, table1_report, table1_markdown
 
@@ -264,9 +264,7 @@ def figure3(prep: Prepared, models: dict, path: Path, n_images: int = 3, tile: i
     rows = []
     for s in chosen:
         pixels, bits, ph = load_pixels(s.image_path, s.frame)
-        grey = pixels.astype(np.float32) / float(2 ** bits - 1)
-        if ph == "MONOCHROME1":
-            grey = 1.0 - grey
+        grey = to_unit_grey(pixels, bits_stored=bits, photometric=ph)
         cells = [cv2.cvtColor((grey * 255).astype(np.uint8), cv2.COLOR_GRAY2BGR), overlay(grey, load_mask(s, pixels.shape[:2]))]
         cells += [overlay(grey, seg.segment([(pixels, bits, ph)])[0]) for seg in segs.values()]
         rows.append(np.hstack([cv2.resize(c, (tile, tile), interpolation=cv2.INTER_AREA) for c in cells]))

@@ -85,6 +85,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from ..model.inference import SHIPPED, Segmenter
     from ..phantom.dataset import overlay
+    from ..preprocessing.pipeline import to_unit_grey
     from .pipeline import analyse_batch, encode
 
     out = Path(args.out)
@@ -107,9 +108,7 @@ def run_segment(args: argparse.Namespace) -> int:
         frame = analysis.measurements["frame"] - 1
         labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
         pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
-        grey = pix.astype(np.float32) / float(2 ** int(ds.BitsStored) - 1)
-        if ds.PhotometricInterpretation == "MONOCHROME1":
-            grey = 1 - grey
+        grey = to_unit_grey(pix, bits_stored=int(ds.BitsStored), photometric=str(ds.PhotometricInterpretation))
         cv2.imwrite(str(out / f"{stem}.overlay.png"), overlay(grey, labels))
         m = analysis.measurements
         largest = max((s["largest_diameter_mm"] for s in m["stones"]), default=0.0)
