@@ -1,0 +1,155 @@
+"""Calibration: millimetres per pixel from the DICOM header and, independently, from the duodenoscope.
+
+Header (PS3.3 C.8.7.1 / C.8.19.6): PixelSpacing is already at the patient; else ImagerPixelSpacing (detector
+plane) ÷ EstimatedRadiographicMagnificationFactor; else ImagerPixelSpacing alone, flagged, because sizes are
+then overstated by the magnification (typically 1.1–1.4 on a C-arm).
+
+Scope: the duodenoscope's insertion tube has a known diameter (Olympus TJF-Q180V 11.3 mm) and lies in the
+duodenum beside the papilla, close to the depth of the distal CBD, so its width in pixels calibrates the image
+where the anatomy is. Its width is the median along its centreline, away from the tip (wider: 13.5 mm and the
+elevator) and from where the scope leaves the mask (field edge) or hides under the duct.
+
+Policy (docs/measurements.md): "auto" uses PixelSpacing when present (a calibrated value), else the scope when it
+was measurable and agrees with the header within `max_disagreement_pct`, else the header; "header" and "scope"
+prefer one source and fall back to the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .centreline import arc_length, longest_path, resample, width_profile
+
+SCOPE, CBD, STONE = 1, 2, 3
+POLICIES = ("auto", "header", "scope")
+
+# Insertion-tube diameters (mm) from Olympus's specifications (distal end 13.5 mm, not used: the tip is
+# excluded). Other scopes: set `scope_diameter_mm`, or add the model in the config's [measure.scopes] table.
+SCOPE_DIAMETERS_MM = {
+    "TJF-Q180V": 11.3,  # the paper's scope
+    "TJF-Q190V": 11.3,
+}
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    policy: str = "auto"
+    scope_model: str = "TJF-Q180V"
+    scope_diameter_mm: float | None = None  # overrides the model's table value
+    scopes: tuple[tuple[str, float], ...] = ()  # extra (model, diameter mm) pairs from the config
+    max_disagreement_pct: float = 20.0  # beyond this, "auto" distrusts the scope measurement
+    min_shaft_samples: int = 20  # centreline pixels of shaft needed for a scope width
+
+    def diameter_mm(self) -> float:
+        if self.scope_diameter_mm:
+            return float(self.scope_diameter_mm)
+        table = {**SCOPE_DIAMETERS_MM, **dict(self.scopes)}
+        if self.scope_model not in table:
+            raise ValueError(f"unknown scope model {self.scope_model!r}; set scope_diameter_mm or use one of "
+                             f"{', '.join(table)}")
+        return float(table[self.scope_model])
+
+
+def header_spacing(pixel_spacing=None, imager_pixel_spacing=None, magnification=None) -> dict:
+    """mm per pixel at the patient from header values (row spacing; C-arm pixels are square)."""
+    if pixel_spacing:
+        return {"mm_per_px": float(pixel_spacing[0]), "source": "PixelSpacing", "flag": None}
+    if imager_pixel_spacing:
+        ips = float(imager_pixel_spacing[0])
+        if magnification and float(magnification) > 0:
+            return {"mm_per_px": ips / float(magnification),
+                    "source": "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", "flag": None}
+        return {"mm_per_px": ips, "source": "ImagerPixelSpacing",
+                "flag": "detector-plane spacing without magnification: sizes overstated"}
+    return {"mm_per_px": None, "source": "none", "flag": "no pixel spacing in the header"}
+
+
+def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> dict:
+    """Width in pixels of the duodenoscope shaft: median of the local width along its centreline.
+
+    Returns {"width_px", "samples", "tip_px", "entry_px", "reason"}; width_px is None with a reason when the
+    scope is absent or too little shaft is visible.
+    """
+    out = {"width_px": None, "samples": 0, "tip_px": None, "entry_px": None, "reason": None}
+    scope = (labels == SCOPE).astype(np.uint8)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(scope, connectivity=8)
+    if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < 200:
+        out["reason"] = "no duodenoscope in the image"
+        return out
+    main = comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    path = longest_path(main)
+    pts, s = resample(path, 1.0)
+    if len(pts) < 3:
+        out["reason"] = "duodenoscope too short to measure"
+        return out
+    # Which end is the tip: the one nearer the duct (the tip faces the papilla); without a duct, the one
+    # farther from the image border (the shaft enters from outside the field).
+    duct = np.isin(labels, (CBD, STONE))
+    ends = pts[[0, -1]]
+    if duct.any():
+        dy, dx = np.nonzero(duct)
+        d = [np.min((dx - e[0]) ** 2 + (dy - e[1]) ** 2) for e in ends]
+        tip_first = d[0] < d[1]
+    else:
+        h, w = labels.shape
+        border = [min(e[0], e[1], w - 1 - e[0], h - 1 - e[1]) for e in ends]
+        tip_first = border[0] > border[1]
+    if tip_first:
+        pts, s = pts[::-1], s[-1] - s[::-1]
+    out["tip_px"], out["entry_px"] = pts[-1].tolist(), pts[0].tolist()
+    # Per-pixel slices hold whole pixel counts; 7-pixel windows give 1/7-pixel resolution to the median.
+    widths = np.convolve(width_profile(main, pts, 1.0), np.ones(7) / 7, mode="same")
+    first = float(np.median(widths[len(widths) // 4: 3 * len(widths) // 4]))  # rough width for the trims
+    # Away from the tip (27 mm rigid tip + elevator ≈ 2.4 shaft diameters; 3 for margin) and from the entry
+    # end (cut by the field edge); away from the duct or anything else lying over the shaft.
+    keep = (s >= 0.5 * first) & (s <= s[-1] - 3.0 * first)
+    other = (labels != SCOPE) & (labels != 0)
+    if other.any():
+        dist_other = cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        near = dist_other[np.clip(np.round(pts[:, 1]).astype(int), 0, labels.shape[0] - 1),
+                          np.clip(np.round(pts[:, 0]).astype(int), 0, labels.shape[1] - 1)]
+        keep &= near > 0.75 * first
+    if keep.sum() < min_shaft_samples:
+        out["reason"] = f"too little duodenoscope shaft visible ({int(keep.sum())} px of centreline)"
+        return out
+    out["width_px"] = float(np.median(widths[keep]))
+    out["samples"] = int(keep.sum())
+    return out
+
+
+def calibrate(header: dict, scope: dict, settings: CalibrationSettings = CalibrationSettings()) -> dict:
+    """Both calibrations, how far they disagree, and the one the measurements use (see module docstring)."""
+    if settings.policy not in POLICIES:
+        raise ValueError(f"calibration policy must be one of {POLICIES}, not {settings.policy!r}")
+    diameter = settings.diameter_mm()
+    scope_mm = diameter / scope["width_px"] if scope.get("width_px") else None
+    head_mm = header.get("mm_per_px")
+    disagreement = (100.0 * (scope_mm - head_mm) / head_mm) if scope_mm and head_mm else None
+    flags = [header["flag"]] if header.get("flag") else []
+    if settings.policy == "header":
+        order = ["header", "scope"]
+    elif settings.policy == "scope":
+        order = ["scope", "header"]
+    elif header.get("source") == "PixelSpacing":
+        order = ["header", "scope"]
+    elif disagreement is not None and abs(disagreement) > settings.max_disagreement_pct:
+        flags.append(f"scope and header disagree by {disagreement:+.0f} %: scope measurement not trusted")
+        order = ["header"]
+    else:
+        order = ["scope", "header"]
+    values = {"header": head_mm, "scope": scope_mm}
+    used = next((o for o in order if values[o]), None)
+    return {
+        "mm_per_px": values[used] if used else None,
+        "used": used or "none",
+        "policy": settings.policy,
+        "header": {"mm_per_px": head_mm, "source": header.get("source"), "flag": header.get("flag")},
+        "scope": {"mm_per_px": scope_mm, "width_px": scope.get("width_px"), "diameter_mm": diameter,
+                  "model": settings.scope_model if not settings.scope_diameter_mm else "configured",
+                  "samples": scope.get("samples", 0), "reason": scope.get("reason")},
+        "disagreement_pct": disagreement,
+        "flags": flags,
+    }

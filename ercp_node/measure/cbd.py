@@ -1,0 +1,117 @@
+"""Common bile duct: centreline, diameter profile, maximum and distal diameter, length, distal angulation and
+distal arm (definitions with a drawing: docs/measurements.md; the phantom's truth uses the same).
+
+- duct = CBD ∪ stone pixels (stones sit in the lumen and distend it), holes filled;
+- centreline = longest path of its skeleton, smoothed, every 1 mm; the papilla is the end nearer the
+  duodenoscope's tip (the scope faces the papilla), or the lower end in the image when no scope is seen;
+- diameter profile = local width (area / length of each 1 mm slice) along the centreline;
+- distal angulation = interior angle at the first bend between the papilla and the point 25 mm further up
+  (Kim 2007, Huang 2021; 180° = straight); the first bend is where that angle is smallest along the duct;
+- distal arm = centreline length papilla → first bend; distal diameter = at the middle of the arm.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from .centreline import interior_angle, longest_path, resample, width_profile
+
+CBD, STONE = 2, 3
+UP_MM = 25.0  # the angle's proximal limb (Kim 2007 measured the CBD axis a few centimetres above the bend)
+MIN_ARM_MM = 8.0  # nearer the papilla the papilla→bend direction is too short to measure an angle on
+LOCAL_MM = 4.0  # a bend is a minimum of the angle within ± this arc length …
+PROMINENCE_DEG = 8.0  # … at least this far below the largest angle between it and the papilla (not a wobble)
+MIN_DUCT_PX = 100
+FRAGMENT_SHARE = 0.15  # a second piece this large (of the main one) makes the duct "fragmented"
+
+
+def _not_measurable(reason: str, area_mm2=None) -> dict:
+    return {"measurable": False, "reason": reason, "area_mm2": area_mm2, "length_mm": None,
+            "max_diameter_mm": None, "distal_diameter_mm": None, "angulation_deg": None, "arm_length_mm": None,
+            "papilla_px": None, "bend_px": None, "centreline_px": [], "profile": None}
+
+
+def duct_mask(labels: np.ndarray) -> np.ndarray:
+    return ndimage.binary_fill_holes(np.isin(labels, (CBD, STONE)))
+
+
+def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) -> dict:
+    """CBD measurements in mm (px when `mm_per_px` is None, with "units": "px"); never raises on odd masks."""
+    scale = mm_per_px or 1.0
+    duct = duct_mask(labels)
+    area_px = int(duct.sum())
+    if area_px < MIN_DUCT_PX:
+        return _not_measurable("no common bile duct segmented")
+    area = area_px * scale**2
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(duct.astype(np.uint8), connectivity=8)
+    sizes = np.sort(stats[1:, cv2.CC_STAT_AREA])[::-1]
+    if len(sizes) > 1 and sizes[1] >= FRAGMENT_SHARE * sizes[0]:
+        return _not_measurable(f"fragmented common bile duct ({int((sizes >= FRAGMENT_SHARE * sizes[0]).sum())} "
+                               "large pieces)", area)
+    main = comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    step = 1.0 / scale  # pixels per mm (1 px when uncalibrated)
+    path = longest_path(main)
+    if len(path) < 3:
+        return _not_measurable("common bile duct too small for a centreline", area)
+    # The papilla is caudal to the hilum: the lower end in a cholangiogram displayed head up (in all 1,500
+    # phantom training images it is ≥ 58 px lower). Only for a duct running nearly horizontally does the
+    # scope's tip, which faces the papilla, decide.
+    drop = path[-1][1] - path[0][1]
+    span = float(np.linalg.norm(path[-1] - path[0]))
+    if scope_tip_px is not None and abs(drop) < 0.2 * span:
+        tip = np.asarray(scope_tip_px, float)
+        papilla_last = np.linalg.norm(path[-1] - tip) < np.linalg.norm(path[0] - tip)
+    else:
+        papilla_last = drop > 0
+    if papilla_last:
+        path = path[::-1]
+    pts, s_px = resample(path, step)
+    s = s_px * scale
+    # 1 mm slices hold whole pixel rows, so single slices jump by a row; a 3 mm running mean keeps the area
+    # and removes that (otherwise the maximum picks the jumps: +0.3 mm on phantom truth masks).
+    raw = width_profile(main, pts, step) * scale
+    widths = np.convolve(np.pad(raw, 1, mode="edge"), np.ones(3) / 3, mode="valid") if len(raw) > 2 else raw
+    length = float(s[-1])
+    out = {"measurable": True, "reason": None, "area_mm2": area, "length_mm": length,
+           "papilla_px": pts[0].tolist(), "centreline_px": pts.round(2).tolist(),
+           "profile": {"s_mm": s.round(2).tolist(), "diameter_mm": widths.round(3).tolist()}}
+    # The end slices also collect the end caps: leave one diameter's worth out of the maximum.
+    inner = (s > 2.0) & (s < length - 2.0)
+    out["max_diameter_mm"] = float(widths[inner].max()) if inner.any() else float(widths.max())
+    if length < MIN_ARM_MM + UP_MM:
+        out.update(angulation_deg=None, arm_length_mm=None, bend_px=None, distal_diameter_mm=None,
+                   reason=f"opacified duct {length:.0f} mm long: too short for the distal angulation")
+        return out
+    # θ(b) = angle papilla – C(b) – C(b + 25 mm) for every candidate bend b; the first bend minimises it.
+    k_up = int(round(UP_MM / (step * scale)))
+    cand = np.nonzero((s >= MIN_ARM_MM) & (np.arange(len(s)) + k_up < len(s)))[0]
+    if len(cand) == 0:
+        out.update(angulation_deg=None, arm_length_mm=None, bend_px=None, distal_diameter_mm=None,
+                   reason="centreline too short for the distal angulation")
+        return out
+    theta = np.array([interior_angle(pts[0], pts[i], pts[i + k_up]) for i in cand])
+    # The FIRST bend: the first clear local minimum of θ from the papilla up (the proximal duct may curve
+    # more, further up); a straight arm wobbles by a few degrees, hence the prominence. Without a clear
+    # minimum the duct has no distinct bend and the smallest θ is reported.
+    w = max(1, int(round(LOCAL_MM / (step * scale))))
+    running_max = np.fmax.accumulate(theta)
+    local = [j for j in range(1, len(theta) - 1)
+             if theta[j] <= np.nanmin(theta[max(0, j - w):j + w + 1]) and running_max[j] - theta[j] >= PROMINENCE_DEG]
+    j = local[0] if local else int(np.nanargmin(theta))
+    b = int(cand[j])
+    arm = float(s[b])
+    mid = (s >= arm / 2 - 3.0) & (s <= arm / 2 + 3.0)  # 6 mm of duct: slice quantisation averages out
+    out.update(angulation_deg=float(theta[j]), arm_length_mm=arm, bend_px=pts[b].tolist(),
+               distal_diameter_mm=float(np.mean(raw[mid])) if mid.any() else None)
+    return out
+
+
+def distance_along(cbd: dict, point_px, mm_per_px: float | None) -> float | None:
+    """Arc length from the papilla (mm) of the centreline point nearest to `point_px`; None without one."""
+    if not cbd.get("measurable") or not cbd.get("centreline_px"):
+        return None
+    c = np.asarray(cbd["centreline_px"])
+    i = int(np.argmin(np.linalg.norm(c - np.asarray(point_px, float), axis=1)))
+    return float(cbd["profile"]["s_mm"][i])

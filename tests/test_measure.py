@@ -1,0 +1,202 @@
+"""Measurements (ercp_node.measure): geometry cases with known answers, phantom truth masks, bad masks."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing, scope_width
+from ercp_node.measure.cbd import measure_cbd
+from ercp_node.measure.report import DifficultyThresholds, MeasureSettings, difficulty, measure_labels
+from ercp_node.measure.stones import feret_px, min_width_px, stones
+from ercp_node.phantom.dataset import SynthConfig, plan, render_image
+
+
+def _polyline(labels, pts, width, value):
+    cv2.polylines(labels, [np.round(np.asarray(pts) * 16).astype(np.int32)], False, value, thickness=int(width),
+                  lineType=cv2.LINE_8, shift=4)
+
+
+def _duct(angle_deg: float, arm_px: float, up_px: float = 150, width: int = 15, size: int = 512):
+    """A two-limb duct: papilla at the bottom, straight arm up to a bend of `angle_deg`, then a straight limb."""
+    labels = np.zeros((size, size), np.uint8)
+    papilla = np.array([250.0, 470.0])
+    bend = papilla + arm_px * np.array([0.0, -1.0])
+    turn = np.radians(180 - angle_deg)
+    top = bend + up_px * np.array([np.sin(turn), -np.cos(turn)])
+    cv2.line(labels, tuple(papilla.astype(int)), tuple(bend.astype(int)), 2, width)
+    cv2.line(labels, tuple(bend.astype(int)), tuple(top.astype(int)), 2, width)
+    return labels, papilla, bend
+
+
+@pytest.mark.parametrize("angle", [100, 120, 135, 150, 170])
+def test_angulation_and_arm_of_a_drawn_duct(angle):
+    labels, papilla, bend = _duct(angle, arm_px=120)
+    m = measure_cbd(labels, 0.25)  # 0.25 mm/px: arm 30 mm, upper limb 37.5 mm
+    assert m["measurable"]
+    assert m["angulation_deg"] == pytest.approx(angle, abs=3)
+    assert m["arm_length_mm"] == pytest.approx(30, abs=2.5)
+    assert np.linalg.norm(np.subtract(m["papilla_px"], papilla)) < 10  # the lower end
+    drawn = int((labels[int(papilla[1]) - 60] == 2).sum())  # OpenCV's thick line is wider than `thickness`
+    assert m["distal_diameter_mm"] == pytest.approx(drawn * 0.25, abs=0.3)
+
+
+def test_papilla_follows_the_scope_tip_when_the_duct_lies_flat():
+    labels = np.zeros((400, 600), np.uint8)
+    cv2.line(labels, (100, 200), (500, 205), 2, 12)
+    m_left = measure_cbd(labels, 0.3, scope_tip_px=[80, 230])
+    m_right = measure_cbd(labels, 0.3, scope_tip_px=[520, 230])
+    assert m_left["papilla_px"][0] < 150 < 450 < m_right["papilla_px"][0]
+
+
+def test_scope_width_is_the_shaft_not_the_tip():
+    labels = np.zeros((576, 576), np.uint8)
+    _polyline(labels, [(0, 500), (150, 420), (300, 300)], 40, 1)  # shaft 40 px, entering at the border
+    cv2.circle(labels, (300, 300), 26, 1, -1)  # a wider tip at the inner end
+    cv2.line(labels, (330, 280), (360, 150), 2, 14)  # the duct beside the tip
+    r = scope_width(labels)
+    assert r["width_px"] == pytest.approx(40, abs=1.0)
+    assert np.linalg.norm(np.subtract(r["tip_px"], (300, 300))) < 30
+
+
+def test_calibration_policies_and_flags():
+    hdr = header_spacing(None, [0.3528, 0.3528], 1.25)
+    assert hdr["mm_per_px"] == pytest.approx(0.28224) and hdr["flag"] is None
+    assert header_spacing([0.2, 0.2], [0.3528, 0.3528], 1.25)["source"] == "PixelSpacing"
+    assert "overstated" in header_spacing(None, [0.3528, 0.3528], None)["flag"]
+    assert header_spacing()["mm_per_px"] is None
+    scope = {"width_px": 40.0, "samples": 100, "reason": None}
+    auto = calibrate(hdr, scope)
+    assert auto["used"] == "scope" and auto["mm_per_px"] == pytest.approx(11.3 / 40)
+    assert auto["disagreement_pct"] == pytest.approx(100 * (11.3 / 40 - 0.28224) / 0.28224)
+    assert calibrate(hdr, scope, CalibrationSettings(policy="header"))["used"] == "header"
+    assert calibrate(header_spacing([0.2, 0.2]), scope)["used"] == "header"  # a calibrated PixelSpacing wins
+    off = calibrate(hdr, {"width_px": 60.0})  # 33 % off: the scope reading is not trusted
+    assert off["used"] == "header" and "disagree" in off["flags"][0]
+    assert calibrate(header_spacing(), {"width_px": None, "reason": "no duodenoscope"})["used"] == "none"
+    assert calibrate(hdr, scope, CalibrationSettings(scope_diameter_mm=12.0))["scope"]["mm_per_px"] == 0.3
+    with pytest.raises(ValueError, match="unknown scope model"):
+        calibrate(hdr, scope, CalibrationSettings(scope_model="XYZ-1"))
+    with pytest.raises(ValueError, match="policy"):
+        calibrate(hdr, scope, CalibrationSettings(policy="guess"))
+
+
+def test_stone_diameters_of_drawn_shapes():
+    disc = np.zeros((100, 100), np.uint8)
+    cv2.circle(disc, (50, 50), 20, 1, -1)  # diameter 41 px
+    assert feret_px(disc) == pytest.approx(41, abs=0.7)
+    assert min_width_px(disc) == pytest.approx(41, abs=1.5)  # OpenCV discs cover more than a 50 % rule
+    bar = np.zeros((100, 100), np.uint8)
+    bar[40:50, 20:80] = 1  # 60 × 10
+    assert min_width_px(bar) == pytest.approx(10, abs=0.8)
+    labels = np.zeros((100, 100), np.uint8)
+    labels[disc > 0] = 3
+    labels[2:4, 2:3] = 3  # a 2-pixel speck is not a stone
+    found = stones(labels, 0.5)
+    assert len(found) == 1 and found[0]["largest_diameter_mm"] == pytest.approx(20.5, abs=0.4)
+
+
+@pytest.fixture(scope="module")
+def phantom_frames():
+    cfg = SynthConfig(count=40, seed=31)
+    out = []
+    for item in plan(cfg):
+        _, (_images, labels, _layers, truths) = render_image(cfg, item)
+        out.append((labels[0], truths[0]))
+    return out
+
+
+def test_truth_masks_give_the_truth(phantom_frames):
+    """On the phantom's own masks the measurements must agree with its geometry (docs/measurements.md)."""
+    cal, maxd, dist, ang, largest, smallest, count_ok = [], [], [], [], [], [], []
+    for labels, truth in phantom_frames:
+        mm = truth["spacing"]["pixel_spacing_at_object_mm"]
+        m = measure_labels(labels, header_spacing(None, [truth["spacing"]["imager_pixel_spacing_mm"]] * 2,
+                                                  truth["spacing"]["magnification"]))
+        json.dumps(m)  # serialisable as it is
+        if m["calibration"]["scope"]["mm_per_px"]:
+            cal.append(m["calibration"]["scope"]["mm_per_px"] / mm - 1)
+        c, tc = m["cbd"], truth["cbd"]
+        if c["measurable"] and tc["max_diameter_mm"]:
+            maxd.append(c["max_diameter_mm"] - tc["max_diameter_mm"])
+        if c["distal_diameter_mm"] and tc["distal_diameter_mm"]:
+            dist.append(c["distal_diameter_mm"] - tc["distal_diameter_mm"])
+        if c["angulation_deg"] and tc["distal_angulation_deg"]:
+            ang.append(c["angulation_deg"] - tc["distal_angulation_deg"])
+        visible = [s for s in truth["stones"] if s["visible"]]
+        count_ok.append(m["stone_count"] == len(visible))
+        for t in visible:
+            near = min(m["stones"], key=lambda s: np.hypot(*np.subtract(s["centroid_px"], t["centroid_px"])))
+            largest.append(near["largest_diameter_mm"] - t["largest_diameter_mm"])
+            smallest.append(near["smallest_diameter_mm"] - t["smallest_diameter_mm"])
+    med = lambda v: float(np.median(np.abs(v)))  # noqa: E731
+    assert len(cal) >= 30 and med(cal) < 0.015 and np.max(np.abs(cal)) < 0.03
+    assert len(maxd) >= 25 and med(maxd) < 0.5
+    assert len(dist) >= 25 and med(dist) < 0.4
+    assert len(ang) >= 25 and med(ang) < 3.0
+    assert len(largest) >= 20 and med(largest) < 0.3 and med(smallest) < 0.3
+    assert all(count_ok)
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("empty", "no common bile duct"),
+    ("scope only", "no common bile duct"),
+    ("fragmented", "fragmented"),
+    ("short", "too short"),
+])
+def test_odd_masks_are_not_measurable_with_a_reason(case, reason):
+    labels = np.zeros((300, 300), np.uint8)
+    if case == "scope only":
+        cv2.line(labels, (0, 250), (200, 150), 1, 35)
+    if case == "fragmented":
+        cv2.line(labels, (100, 280), (100, 180), 2, 10)
+        cv2.line(labels, (130, 150), (200, 20), 2, 10)
+    if case == "short":
+        cv2.line(labels, (100, 200), (100, 120), 2, 10)
+    m = measure_labels(labels, header_spacing(None, [0.35, 0.35], 1.2))
+    assert reason in (m["cbd"]["reason"] or "")
+    assert m["cbd"]["angulation_deg"] is None
+    assert "not assessable" in m["difficulty"]["summary"]
+    if case == "empty":
+        assert m["calibration"]["scope"]["reason"] == "no duodenoscope in the image"
+        assert m["calibration"]["used"] == "header" and m["stone_count"] == 0
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays(np.uint8, st.tuples(st.integers(1, 64), st.integers(1, 64)), elements=st.integers(0, 3)),
+       st.sampled_from([None, 0.3]))
+def test_random_label_maps_never_raise(labels, spacing):
+    m = measure_labels(labels, header_spacing(None, [spacing, spacing] if spacing else None, 1.2))
+    json.dumps(m)
+    assert m["stone_count"] >= len(m["stones"])
+
+
+def test_difficulty_flags_and_summary():
+    t = DifficultyThresholds()
+    cbd = {"angulation_deg": 128.0, "arm_length_mm": 40.0}
+    s = [{"largest_diameter_mm": 16.0, "larger_than_distal_cbd": True},
+         {"largest_diameter_mm": 4.0, "larger_than_distal_cbd": False}]
+    d = difficulty(s, 2, cbd, t)
+    assert d["flags"] == {"stone_ge_10mm": True, "stone_ge_15mm": True, "angulation_le_135": True,
+                          "arm_le_36mm": False, "stone_larger_than_distal_cbd": True, "stone_count_ge_3": False}
+    assert d["summary"].startswith("difficult: largest stone 16.0 mm (≥ 15 mm); distal CBD angulation 128°")
+    easy = difficulty([], 0, {"angulation_deg": 160.0, "arm_length_mm": 45.0}, t)
+    assert not easy["difficult"] and easy["summary"] == "no difficulty flag"
+    custom = difficulty(s[1:], 1, cbd, DifficultyThresholds(large_stone_mm=3.5, angulation_deg=120))
+    assert custom["flags"]["stone_ge_10mm"] and not custom["flags"]["angulation_le_135"]
+    uncal = difficulty([{"largest_diameter_mm": None, "larger_than_distal_cbd": None}], 1, {}, t)
+    assert uncal["flags"]["stone_ge_10mm"] is None and "stone size" in uncal["summary"]
+
+
+def test_measure_settings_reach_the_result():
+    labels, _, _ = _duct(125, arm_px=120)
+    m = measure_labels(labels, header_spacing([0.25, 0.25]), MeasureSettings(
+        thresholds=DifficultyThresholds(angulation_deg=120.0)))
+    assert m["units"] == "mm" and m["calibration"]["used"] == "header"
+    assert m["difficulty"]["flags"]["angulation_le_135"] is False
