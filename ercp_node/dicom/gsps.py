@@ -1,0 +1,465 @@
+"""Grayscale Softcopy Presentation State (GSPS) overlay for PACS viewers that cannot show DICOM SEG.
+
+`build_gsps(source, labels, measurements, ...)` draws what the node found on `source` as vector graphics
+that almost every PACS viewer applies: closed POLYLINE outlines of the duodenoscope, the common bile duct
+and the stones, each structure on its own graphic layer with the paper's colours (scope green, CBD red,
+stones yellow), text labels ("S1 12.3 mm" next to each stone, "angle 128°" at the duct's first bend) and
+a caption in the bottom-left corner: the difficulty summary and "Research use, not for diagnosis - model
+<version>".
+
+Choices (the long form is in docs/dicom-outputs.md, section GSPS):
+
+- Outlines come from the label map (cv2.findContours, RETR_EXTERNAL, simplified with cv2.approxPolyDP at
+  0.7 px), not from `measurements`, so that the overlay shows exactly what the SEG holds. Points are pixel
+  centres, (col + 0.5, row + 0.5) in PIXEL annotation units (PS3.3 C.10.5: 0\\0 is the top-left corner of
+  the top-left pixel). A one-pixel-wide line becomes a closed polyline there and back ([a, b, a]); a single
+  pixel is outlined by its pixel edges, so that nothing in the label map disappears from the overlay.
+- The CBD outline is the duct lumen: label 2 plus the stones that touch it (the pipeline's CBD area counts
+  them as well). Outlining label 2 alone would give every stone inside the duct a red hole outline on top of
+  its yellow one. A stone that does not touch the duct keeps only its own outline.
+- Cine (multi-frame RF/XA): every frame gets its own outlines (one Graphic Annotation item per layer and
+  frame, Referenced Frame Number = that frame), because the structures move between frames and a viewer
+  stepping through the run should see the outline of the frame on screen. The measurement texts go only
+  on the measured frame (`measurements["frame"]`); the caption has no frame number and so applies to all.
+- Stone labels sit beside the stone (right, else left, above, below; the first place that does not overlap
+  an earlier label), anchored at the centroid (anchor not drawn). The angle label is anchored at the bend
+  with a visible anchor line, because the bend is a point, not an outlined object. The caption is in
+  DISPLAY units (bottom edge of the displayed area), so it stays readable at any zoom; it is two text
+  objects (summary, then disclaimer on the bottom line) so that a long summary cannot hide the disclaimer.
+- A stone label and the outline that contains its centroid (on the measured frame) form a Graphic Group,
+  so a viewer that moves or hides groups treats them as one object.
+- Text: Latin-1 repertoire by default (TEXT_REPERTOIRE): the angle reads "angle 128°", the difficulty
+  summary's "≥ ≤" become ">= <=", the dash "-". Every overlay font has these characters, and both dciodvfy
+  and dcmtk's dcmpschk accept them; with "∠ ≥ ≤ —" in UTF-8, dciodvfy is content but dcmpschk 3.6.7 reports
+  errors (it reads ST bytes as Latin-1) and many viewers' overlay fonts lack "∠". TEXT_REPERTOIRE =
+  "unicode" writes them as given. Character set: the source's (copied names must stay valid), else
+  ISO_IR 100 (ISO_IR 192 for "unicode"); a character the set cannot encode is spelled in ASCII.
+- Grey-scale pipeline: highdicom 0.28 copies Modality and VOI LUT from the image for single-frame IODs but
+  expects enhanced functional groups for the RF/XA classes (it treats them as multi-frame), so both are
+  given explicitly: the source's rescale (if any), the source's window (else the full stored range), and a
+  Presentation LUT Shape that keeps MONOCHROME1 images looking as they do without the GSPS (INVERSE, or the
+  source's own Presentation LUT Shape). A GSPS replaces the image's own grey-scale settings when applied,
+  so without these the overlay would change how the image looks (the tests check that dcmtk's dcmp2pgm
+  renders every phantom image identically with and without the GSPS).
+- highdicom 0.28 also fails on single-frame RF/XA (no NumberOfFrames), as for the SEG: it gets a metadata
+  copy with NumberOfFrames = 1 and an empty SharedFunctionalGroupsSequence; the GSPS then references the
+  image without a frame number, as it should for a single-frame instance.
+- Deterministic output: series, instance-creation and presentation-creation date/time come from the
+  source's acquisition (else content, series, study) date/time, as for the SEG and SR.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import cv2
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+
+from .. import __version__
+from .seg import _PATIENT_STUDY, _XRAY_MULTIFRAME, _check_labels, patient_pixel_spacing, source_datetime
+
+__all__ = ["LAYERS", "SERIES_DESCRIPTION", "build_gsps", "outline_polygons"]
+
+SERIES_DESCRIPTION = "ERCP AI overlay (research use, not for diagnosis)"
+CONTENT_LABEL = "ERCP_AI_OVERLAY"
+ALGORITHM_NAME = "ercp-node U-Net"
+DISCLAIMER = "Research use, not for diagnosis"
+EPSILON_PX = 0.7  # approxPolyDP tolerance: below a pixel, so the outline stays on the mask's edge
+
+# (layer name (CS, max 16), order, description, RGB). Drawn bottom to top: scope, duct, stones, caption.
+LAYERS = (
+    ("DUODENOSCOPE", 1, "Duodenoscope outline (AI)", (0, 200, 0)),
+    ("CBD", 2, "Common bile duct outline and angulation (AI)", (255, 0, 0)),
+    ("STONES", 3, "Bile duct stone outlines and sizes (AI)", (255, 255, 0)),
+    ("AI_INFO", 4, "Difficulty summary and disclaimer", (255, 255, 255)),
+)
+
+
+def _layers() -> dict[str, hd.pr.GraphicLayer]:
+    """Fresh layer items per object (datasets are mutable; two outputs must not share them)."""
+    out = {}
+    for name, order, description, rgb in LAYERS:
+        layer = hd.pr.GraphicLayer(layer_name=name, order=order, description=description,
+                                   display_color=hd.color.CIELabColor.from_rgb(*rgb))
+        layer.GraphicLayerRecommendedDisplayGrayscaleValue = 0xFFFF  # white on grey-scale-only displays
+        out[name] = layer
+    return out
+
+
+# "latin-1": texts keep to the Latin-1 repertoire: "∠" is written "angle", "≥" ">=", "≤" "<=", "—" "-", and "°"
+# stays. Every overlay font has these, and dcmtk's presentation-state checker (dcmpschk 3.6.7) accepts them;
+# it reports the 3-byte UTF-8 of "∠ ≥ ≤ —" in ST as an error (it reads ST bytes as Latin-1), while
+# dciodvfy accepts them. "unicode": write them as they are (ISO_IR 192 when the source has no character set).
+TEXT_REPERTOIRE = "latin-1"
+_ASCII = {"∠": "angle", "≥": ">=", "≤": "<=", "—": "-", "–": "-", "°": " deg", "·": "."}
+
+
+# ------------------------------------------------------------------------------------------------- outlines
+def _lumen(frame: np.ndarray) -> np.ndarray:
+    """CBD mask for outlining: label 2 plus the stone components that touch it."""
+    duct = np.isin(frame, (2, 3)).astype(np.uint8)
+    n, comp = cv2.connectedComponents(duct, connectivity=8)
+    keep = np.unique(comp[frame == 2])
+    return np.isin(comp, keep[keep > 0])
+
+
+def outline_polygons(mask: np.ndarray, epsilon: float = EPSILON_PX) -> list[np.ndarray]:
+    """Closed outlines of the external contours of `mask` in DICOM 2D image coordinates (float32, (N, 2),
+    first point repeated at the end), simplified with approxPolyDP(`epsilon`)."""
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    out = []
+    for contour in contours:
+        poly = cv2.approxPolyDP(contour, epsilon, True).reshape(-1, 2)
+        if len(np.unique(poly, axis=0)) >= 2:  # a one-pixel-wide line stays a line: [a, b, a]
+            poly = poly.astype(np.float64) + 0.5
+        else:  # a single pixel: its edges, so that it does not vanish
+            x0, y0 = contour.reshape(-1, 2).min(0).astype(np.float64)
+            poly = np.array([[x0, y0], [x0 + 1, y0], [x0 + 1, y0 + 1], [x0, y0 + 1]])
+        out.append(np.vstack([poly, poly[:1]]).astype(np.float32))
+    return out
+
+
+def _frame_outlines(frame: np.ndarray) -> dict[str, list[np.ndarray]]:
+    masks = {"DUODENOSCOPE": frame == 1, "CBD": _lumen(frame), "STONES": frame == 3}
+    return {name: outline_polygons(mask) if mask.any() else [] for name, mask in masks.items()}
+
+
+# ------------------------------------------------------------------------------------------ measurements
+def _num(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _point(value) -> tuple[float, float] | None:
+    try:
+        x, y = (_num(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (x, y) if x is not None and y is not None else None
+
+
+def _stone_size(stone: Mapping, units: str) -> tuple[float | None, str]:
+    """Largest diameter and its unit. The measure stage leaves *_mm None without a calibration and keeps
+    largest_diameter_px; with units "px", a value in largest_diameter_mm is taken as pixels."""
+    mm, px = _num(stone.get("largest_diameter_mm")), _num(stone.get("largest_diameter_px"))
+    if units == "px":
+        return (px if px is not None else mm), "px"
+    return (mm, units) if mm is not None else (px, "px")
+
+
+def _stone_centre(stone: Mapping) -> tuple[float, float] | None:
+    """Centroid (pixel indices), else the mean of the outline points."""
+    centre = _point(stone.get("centroid_px"))
+    if centre is None:
+        pts = _outline_points(stone)
+        if pts is not None:
+            centre = tuple(pts.mean(0))
+    return centre
+
+
+def _outline_points(stone: Mapping) -> np.ndarray | None:
+    try:
+        pts = np.asarray(stone.get("outline_px") or [], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        return None
+    pts = pts[np.isfinite(pts).all(1)]
+    return pts if len(pts) else None
+
+
+class _Placer:
+    """Bounding boxes for text in PIXEL units: inside the image and, where possible, not overlapping."""
+
+    def __init__(self, rows: int, columns: int):
+        self.rows, self.columns = float(rows), float(columns)
+        self.height = max(12.0, rows / 40.0)  # a typical viewer font at fit-to-window, in image pixels
+        self.boxes: list[tuple[float, float, float, float]] = []
+
+    def size(self, text: str) -> tuple[float, float]:
+        return min(self.columns, 0.62 * self.height * len(text) + 4.0), min(self.rows, self.height * 1.25)
+
+    def fit(self, left: float, top: float, w: float, h: float) -> tuple[float, float, float, float]:
+        left = min(max(left, 0.0), self.columns - w)
+        top = min(max(top, 0.0), self.rows - h)
+        return (left, top, left + w, top + h)
+
+    def place(self, text: str, x: float, y: float, gap: float) -> tuple[float, float, float, float]:
+        """Box for `text` near (x, y) (DICOM coordinates), `gap` pixels away: right, left, above, below."""
+        w, h = self.size(text)
+        candidates = [self.fit(x + gap, y - h / 2, w, h), self.fit(x - gap - w, y - h / 2, w, h),
+                      self.fit(x - w / 2, y - gap - h, w, h), self.fit(x - w / 2, y + gap, w, h)]
+        box = next((b for b in candidates if not any(_overlap(b, o) for o in self.boxes)), candidates[0])
+        self.boxes.append(box)
+        return box
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _contains(poly: np.ndarray, x: float, y: float) -> bool:
+    return cv2.pointPolygonTest(poly.astype(np.float32).reshape(-1, 1, 2), (float(x), float(y)), False) >= 0
+
+
+# ------------------------------------------------------------------------------------------ character set
+def _charset(source: Dataset) -> list[str]:
+    """The source's Specific Character Set (copied names must stay valid), else one that can hold the texts."""
+    value = source.get("SpecificCharacterSet")
+    values = [] if value in (None, "") else ([value] if isinstance(value, str) else [str(v) for v in value])
+    if values:
+        return values
+    return ["ISO_IR 192"] if TEXT_REPERTOIRE == "unicode" else ["ISO_IR 100"]
+
+
+def _encodable(text: str, charsets: list[str]) -> str:
+    """`text` with every character outside TEXT_REPERTOIRE or the (first) character set spelled in ASCII."""
+    first = charsets[0]
+    codec = "ascii" if first in ("", "ISO_IR 6", "ISO 2022 IR 6") else python_encoding.get(first, "ascii")
+    out = []
+    for ch in text:
+        try:
+            if TEXT_REPERTOIRE != "unicode" and ord(ch) > 0xFF:
+                raise UnicodeEncodeError(codec, ch, 0, 1, "outside Latin-1")
+            ch.encode(codec)
+            out.append(ch)
+        except (UnicodeEncodeError, LookupError):
+            out.append(_ASCII.get(ch, "?"))
+    return "".join(out)
+
+
+# ------------------------------------------------------------------------------------ grey-scale pipeline
+def _metadata_copy(source: Dataset) -> Dataset:
+    """Source attributes without pixels; single-frame RF/XA get NumberOfFrames = 1 and an empty shared
+    functional group, which is what highdicom 0.28 reads for these (multi-frame-capable) classes."""
+    meta = Dataset()
+    for elem in source:
+        if elem.tag.group != 0x7FE0:
+            meta.add(copy.deepcopy(elem))
+    if str(source.SOPClassUID) in _XRAY_MULTIFRAME:
+        if "NumberOfFrames" not in meta:
+            meta.NumberOfFrames = 1
+        if "SharedFunctionalGroupsSequence" not in meta:
+            meta.SharedFunctionalGroupsSequence = [Dataset()]
+    return meta
+
+
+def _modality_lut(source: Dataset) -> hd.ModalityLUTTransformation | None:
+    if "RescaleSlope" in source and "RescaleIntercept" in source:
+        return hd.ModalityLUTTransformation(
+            rescale_intercept=float(source.RescaleIntercept), rescale_slope=float(source.RescaleSlope),
+            rescale_type=str(source.get("RescaleType") or "US"))
+    return None
+
+
+def _first(value) -> float | None:
+    """First value of a possibly multi-valued DS, or None if absent or empty."""
+    if value is None or value == "":
+        return None
+    return _num(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+
+
+def _voi_lut(source: Dataset) -> hd.pr.SoftcopyVOILUTTransformation | None:
+    """The source's (first, i.e. default) window, else None when it has a VOI LUT Sequence (the caller copies
+    that), else a window over the full stored range after rescale."""
+    centre, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
+    if centre is not None and width is not None and width >= 1:
+        explanation = source.get("WindowCenterWidthExplanation")
+        if isinstance(explanation, (list, tuple, pydicom.multival.MultiValue)):
+            explanation = explanation[0] if len(explanation) else None
+        return hd.pr.SoftcopyVOILUTTransformation(
+            window_center=centre, window_width=width, window_explanation=str(explanation) if explanation else None,
+            voi_lut_function=str(source.VOILUTFunction) if source.get("VOILUTFunction") else None)
+    if "VOILUTSequence" in source:
+        return None
+    bits = int(source.get("BitsStored") or source.get("BitsAllocated") or 8)
+    lo = -(1 << (bits - 1)) if int(source.get("PixelRepresentation") or 0) else 0
+    slope = float(source.get("RescaleSlope") or 1.0)
+    intercept = float(source.get("RescaleIntercept") or 0.0)
+    return hd.pr.SoftcopyVOILUTTransformation(
+        window_center=intercept + slope * (lo + (1 << (bits - 1))), window_width=abs(slope) * (1 << bits),
+        window_explanation="Full stored range")
+
+
+def _presentation_lut(source: Dataset) -> hd.PresentationLUTTransformation:
+    shape = source.get("PresentationLUTShape")
+    if shape not in ("IDENTITY", "INVERSE"):
+        shape = "INVERSE" if source.get("PhotometricInterpretation") == "MONOCHROME1" else "IDENTITY"
+    return hd.PresentationLUTTransformation(presentation_lut_shape=shape)
+
+
+def _aspect_ratio(source: Dataset) -> list[int] | None:
+    """Presentation pixel aspect ratio (row, column) when the pixels are not square, else None (1:1)."""
+    if source.get("PixelAspectRatio"):
+        ratio = [int(v) for v in source.PixelAspectRatio]
+    else:
+        spacing, _ = patient_pixel_spacing(source)
+        if spacing is None:
+            return None
+        ratio = [round(spacing[0] * 10000), round(spacing[1] * 10000)]
+        g = math.gcd(*ratio) or 1
+        ratio = [v // g for v in ratio]
+    return ratio if len(ratio) == 2 and ratio[0] != ratio[1] and min(ratio) > 0 else None
+
+
+# ------------------------------------------------------------------------------------------------ builder
+def build_gsps(
+    source: pydicom.Dataset,
+    labels: np.ndarray,
+    measurements: Mapping,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    model_version: str,
+    series_number: int = 903,
+    instance_number: int = 1,
+    manufacturer: str = "ercp-node",
+) -> pydicom.Dataset:
+    """GSPS with outlines of `labels` ((H, W), or (F, H, W) for an F-frame source) and the texts of
+    `measurements` (see the module docstring and docs/dicom-outputs.md). Any measurement key may be missing
+    or None; its annotation is then left out. The source is not modified and need not have pixel data."""
+    arr = _check_labels(source, labels)
+    n_frames = arr.shape[0]
+    measurements = measurements or {}
+    frame_value = _num(measurements.get("frame"))
+    frame = 1 if frame_value is None else int(frame_value)
+    if not 1 <= frame <= n_frames:
+        raise ValueError(f"measurements['frame'] = {frame} is outside the source's frames 1..{n_frames}")
+    multi = n_frames > 1
+    charsets = _charset(source)
+    meta = _metadata_copy(source)
+    rows, columns = int(source.Rows), int(source.Columns)
+    units = str(measurements.get("units") or "mm")
+
+    layers = _layers()
+    annotations: list[hd.pr.GraphicAnnotation] = []
+    groups: list[hd.pr.GraphicGroup] = []
+
+    def annotate(layer: str, frame_number: int | None, graphics=(), texts=()):
+        if graphics or texts:
+            annotations.append(hd.pr.GraphicAnnotation(
+                referenced_images=[meta], graphic_layer=layers[layer], referenced_frame_number=frame_number,
+                graphic_objects=list(graphics) or None, text_objects=list(texts) or None))
+
+    placer = _Placer(rows, columns)
+    for f in range(1, n_frames + 1):
+        outlines = _frame_outlines(arr[f - 1])
+        measured = f == frame
+        texts: dict[str, list[hd.pr.TextObject]] = {"CBD": [], "STONES": []}
+        group_of: dict[int, hd.pr.GraphicGroup] = {}  # stone outline index -> its label's group
+        if measured:
+            for i, stone in enumerate(measurements.get("stones") or [], 1):
+                if not isinstance(stone, Mapping):
+                    continue
+                diameter, unit = _stone_size(stone, units)
+                centre = _stone_centre(stone)
+                if diameter is None or centre is None:
+                    continue
+                x = min(max(centre[0] + 0.5, 0.0), float(columns))
+                y = min(max(centre[1] + 0.5, 0.0), float(rows))
+                # The outline drawn for this stone: the first not yet taken that encloses the centroid.
+                k = next((k for k, poly in enumerate(outlines["STONES"])
+                          if k not in group_of and _contains(poly, x, y)), None)
+                pts = outlines["STONES"][k] if k is not None else _outline_points(stone)
+                if pts is not None and k is None:
+                    pts = pts + 0.5
+                radius = float(np.sqrt(((pts - [x, y]) ** 2).sum(1)).max()) if pts is not None else 3.0
+                text = _encodable(f"S{i} {diameter:.1f} {unit}", charsets)
+                group = None
+                if k is not None:
+                    group = hd.pr.GraphicGroup(len(groups) + 1, f"Stone {i}", f"Stone {i}: outline and size")
+                    groups.append(group)
+                    group_of[k] = group
+                texts["STONES"].append(hd.pr.TextObject(
+                    text_value=text, units="PIXEL", bounding_box=placer.place(text, x, y, radius + 3.0),
+                    anchor_point=(x, y), anchor_point_visible=False, text_justification="LEFT",
+                    graphic_group=group))
+            cbd = measurements.get("cbd")
+            if isinstance(cbd, Mapping) and cbd.get("measurable", True) is not False:
+                angle, bend = _num(cbd.get("angulation_deg")), _point(cbd.get("bend_px"))
+                if angle is not None and bend is not None:
+                    x = min(max(bend[0] + 0.5, 0.0), float(columns))
+                    y = min(max(bend[1] + 0.5, 0.0), float(rows))
+                    text = _encodable(f"∠ {angle:.0f}°", charsets)
+                    texts["CBD"].append(hd.pr.TextObject(
+                        text_value=text, units="PIXEL", bounding_box=placer.place(text, x, y, 3 * placer.height),
+                        anchor_point=(x, y), anchor_point_visible=True, text_justification="LEFT"))
+
+        for name in ("DUODENOSCOPE", "CBD", "STONES"):
+            graphics = [hd.pr.GraphicObject(graphic_type="POLYLINE", graphic_data=poly, units="PIXEL",
+                                            graphic_group=group_of.get(k) if name == "STONES" else None)
+                        for k, poly in enumerate(outlines[name])]
+            annotate(name, f if multi else None, graphics, texts.get(name, []))
+
+    # Caption in the bottom-left corner of the display, on all frames (no frame number): the difficulty
+    # summary, and under it the disclaimer as its own text, so that a long summary that a viewer clips or
+    # wraps cannot push the disclaimer out of view.
+    difficulty = measurements.get("difficulty")
+    summary = difficulty.get("summary") if isinstance(difficulty, Mapping) else None
+    caption = [hd.pr.TextObject(  # "—" becomes "-" unless TEXT_REPERTOIRE is "unicode"
+        text_value=_encodable(f"{DISCLAIMER} — model {model_version}"[:1024], charsets), units="DISPLAY",
+        bounding_box=(0.01, 0.955, 0.99, 0.995), text_justification="LEFT")]
+    if isinstance(summary, str) and summary.strip():
+        caption.insert(0, hd.pr.TextObject(
+            text_value=_encodable(summary.strip()[:1024], charsets), units="DISPLAY",
+            bounding_box=(0.01, 0.91, 0.99, 0.95), text_justification="LEFT"))
+    annotate("AI_INFO", None, texts=caption)
+
+    modality_lut = _modality_lut(source)
+    voi = _voi_lut(source)
+    content_description = f"{DISCLAIMER}. Model {model_version}"
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=[meta],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        manufacturer_model_name=ALGORITHM_NAME,
+        software_versions=[__version__, f"model {model_version}"[:64]],
+        device_serial_number="0",
+        content_label=CONTENT_LABEL,
+        content_description=_encodable(content_description[:64], charsets),
+        graphic_annotations=annotations,
+        graphic_layers=list(layers.values()),
+        graphic_groups=groups or None,
+        modality_lut_transformation=modality_lut,
+        voi_lut_transformations=[voi] if voi is not None else None,
+        presentation_lut_transformation=_presentation_lut(source),
+        specific_character_set=charsets if len(charsets) > 1 else charsets[0],
+    )
+    if voi is None:  # the source's VOI LUT Sequence, unchanged
+        item = Dataset()
+        item.VOILUTSequence = copy.deepcopy(source.VOILUTSequence)
+        gsps.SoftcopyVOILUTSequence = [item]
+    _finish(gsps, source)
+    return gsps
+
+
+def _finish(gsps: Dataset, source: Dataset) -> None:
+    for keyword in _PATIENT_STUDY:
+        if keyword in source and keyword not in gsps:
+            gsps.add(copy.deepcopy(source[keyword]))
+    gsps.SeriesDescription = SERIES_DESCRIPTION
+    # General Series: without BodyPartExamined, dciodvfy requires Laterality (type 2C, paired body parts),
+    # and an empty Laterality is a warning for an unpaired part. ERCP images are abdominal.
+    gsps.BodyPartExamined = str(source.get("BodyPartExamined") or "ABDOMEN")
+    ratio = _aspect_ratio(source)
+    for item in gsps.DisplayedAreaSelectionSequence:
+        if ratio is not None:
+            item.PresentationPixelAspectRatio = ratio
+    when = source_datetime(source)
+    if when is not None:
+        date, time = when
+        gsps.SeriesDate = gsps.InstanceCreationDate = gsps.PresentationCreationDate = date
+        gsps.SeriesTime = gsps.InstanceCreationTime = gsps.PresentationCreationTime = time
+        for item in gsps.get("ContributingEquipmentSequence", []):
+            if "ContributionDateTime" in item:
+                item.ContributionDateTime = date + time
