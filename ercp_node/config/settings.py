@@ -6,6 +6,7 @@ Precedence: built-in defaults < TOML file < environment < command-line flags.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -33,6 +34,13 @@ class NodeSettings:
     min_free_disk_mb: int = 500  # C-STORE is refused with 0xA700 below this
     workers: int = 1
     batch_size: int = 8
+    # Association acceptance; empty lists accept any peer. Env: comma-separated.
+    allowed_ae_titles: list[str] = field(default_factory=list)  # calling AE titles
+    allowed_hosts: list[str] = field(default_factory=list)  # peer IP addresses or CIDR networks
+    # DICOM over TLS: cert + key switch the port to TLS only; with a CA, client certificates are required.
+    tls_cert: str = ""  # PEM certificate (chain) of the node
+    tls_key: str = ""  # PEM private key, unencrypted, readable by the node's user only
+    tls_ca: str = ""  # PEM CA bundle that signs the clients' certificates
 
 
 @dataclass
@@ -52,6 +60,8 @@ class Destination:
     host: str
     port: int
     objects: tuple[str, ...] = OBJECTS
+    tls: bool = False  # export over TLS; the node presents node.tls_cert when it has one
+    tls_ca: str = ""  # CA that signed the destination's certificate (empty: the system trust store)
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
@@ -64,6 +74,10 @@ class Settings:
     export: ExportSettings = field(default_factory=ExportSettings)
     destinations: list[Destination] = field(default_factory=list)
 
+    def destination(self, text: str) -> Destination | None:
+        """The configured destination an export row names (rows hold AET@HOST:PORT), if still configured."""
+        return next((d for d in self.destinations if str(d) == text), None)
+
     def db_url(self) -> str:
         from ..storage.db import sqlite_url
 
@@ -71,10 +85,23 @@ class Settings:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["destinations"] = [str(x) + f" ({','.join(x.objects)})" for x in self.destinations]
-        if d["node"]["db_url"]:
-            d["node"]["db_url"] = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", d["node"]["db_url"])  # no secrets
+        d["destinations"] = [str(x) + f" ({','.join(x.objects)})" + (" TLS" if x.tls else "")
+                             for x in self.destinations]
+        d["node"]["db_url"] = mask_url(d["node"]["db_url"])  # TLS entries are paths: key contents are never read here
         return d
+
+
+def mask_url(url: str) -> str:
+    """A database URL without its password (user:password@ and ?password=...)."""
+    if not url:
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparsable: hide everything between the user and the last '@'
+        url = re.sub(r"^([^:/]*://[^:/@]*):.*@", r"\1:***@", url)
+    return re.sub(r"([?&](?:password|passwd|pwd|sslpassword)=)[^&#]*", r"\1***", url, flags=re.I)
 
 
 def parse_destination(text: str, objects=OBJECTS) -> Destination:
@@ -111,9 +138,14 @@ def _coerce(section: str, key: str, value, kind):
             return int(value)
         if kind is float:
             return float(value)
+        if kind is list:  # TOML array, or a comma-separated environment value
+            items = value.split(",") if isinstance(value, str) else list(value)
+            if not all(isinstance(x, str) for x in items):
+                raise ValueError
+            return [x.strip() for x in items if x.strip()]
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+        raise ConfigError(f"{name}: expected {'list of strings' if kind is list else kind.__name__}, got {value!r}") from None
 
 
 def _apply(obj, section: str, values: dict) -> None:
@@ -121,7 +153,7 @@ def _apply(obj, section: str, values: dict) -> None:
     for key, value in values.items():
         if key not in types:
             raise ConfigError(f"unknown setting {section}.{key} (known: {', '.join(types)})")
-        kind = {"int": int, "float": float, "bool": bool}.get(str(types[key]), str)
+        kind = {"int": int, "float": float, "bool": bool, "list[str]": list}.get(str(types[key]), str)
         setattr(obj, key, _coerce(section, key, value, kind))
 
 
@@ -143,8 +175,13 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
                     try:
                         dest = Destination(str(d["ae_title"]), str(d["host"]), int(d["port"]),
                                            tuple(d.get("objects", OBJECTS)))
-                    except (KeyError, TypeError, ValueError):
+                    except (KeyError, TypeError, ValueError, AttributeError):
                         raise ConfigError(f"destination {d!r} needs ae_title, host and an integer port") from None
+                    dest.tls = _coerce("destinations", "tls", d.get("tls", False), bool)
+                    dest.tls_ca = str(d.get("tls_ca", ""))
+                    unknown = set(d) - {"ae_title", "host", "port", "objects", "tls", "tls_ca"}
+                    if unknown:
+                        raise ConfigError(f"destination {dest}: unknown key(s) {', '.join(sorted(unknown))}")
                     _check_destination(dest)
                     s.destinations.append(dest)
             elif section in ("node", "model", "export") and isinstance(values, dict):
@@ -181,3 +218,40 @@ def validate(s: Settings) -> None:
         raise ConfigError("node.min_free_disk_mb must be ≥ 0")
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
+    for t in n.allowed_ae_titles:
+        if not AE_RE.match(t):
+            raise ConfigError(f"node.allowed_ae_titles: {t!r} must be 1–16 printable characters without '\\'")
+    allowed_networks(n.allowed_hosts)
+    _validate_tls(s)
+
+
+def allowed_networks(hosts: list[str]) -> list:
+    """node.allowed_hosts as ip_network objects (a bare address is a /32 or /128)."""
+    nets = []
+    for h in hosts:
+        try:
+            nets.append(ipaddress.ip_network(h, strict=False))
+        except ValueError:
+            raise ConfigError(f"node.allowed_hosts: {h!r} is not an IP address or CIDR network "
+                              "(host names are not accepted: they can be spoofed or change)") from None
+    return nets
+
+
+def _validate_tls(s: Settings) -> None:
+    from ..node import tls
+
+    n = s.node
+    if bool(n.tls_cert) != bool(n.tls_key):
+        raise ConfigError("node.tls_cert and node.tls_key must be set together")
+    if n.tls_ca and not n.tls_cert:
+        raise ConfigError("node.tls_ca (client certificates) needs node.tls_cert and node.tls_key")
+    try:
+        if n.tls_cert:
+            tls.server_context(n.tls_cert, n.tls_key, n.tls_ca)
+        for d in s.destinations:
+            if d.tls_ca and not d.tls:
+                raise ConfigError(f"destination {d}: tls_ca given but tls is off")
+            if d.tls:
+                tls.client_context(d.tls_ca, n.tls_cert, n.tls_key)
+    except tls.ConfigTLSError as exc:
+        raise ConfigError(str(exc)) from None

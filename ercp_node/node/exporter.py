@@ -67,9 +67,9 @@ class Exporter(threading.Thread):
         return done
 
     def send(self, dest: str, rows) -> int:
-        d = parse_destination(dest)
+        d = self.node.settings.destination(dest) or parse_destination(dest)
         t0 = time.perf_counter()
-        assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title)
+        assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=self.tls_args(d))
         if not assoc.is_established:
             for r in rows:
                 self.record(r.id, None, "association failed (destination unreachable or rejected)", time.perf_counter() - t0)
@@ -92,6 +92,15 @@ class Exporter(threading.Thread):
         finally:
             assoc.release()
         return ok
+
+    def tls_args(self, d):
+        """(SSLContext, server host name) for a destination with `tls = true`, else None (plain TCP)."""
+        if not d.tls:
+            return None
+        from .tls import client_context
+
+        n = self.node.settings.node
+        return client_context(d.tls_ca, n.tls_cert, n.tls_key), d.host
 
     def record(self, export_id: int, status: int | None, error: str | None, seconds: float) -> None:
         cfg = self.node.settings.export

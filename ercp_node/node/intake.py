@@ -19,6 +19,7 @@ from pydicom.uid import RE_VALID_UID, generate_uid
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from ..storage.db import private_dir
 from ..storage.models import Instance, IntakeFailure, Job
 
 log = logging.getLogger("ercp_node.intake")
@@ -41,7 +42,7 @@ class Intake:
     on_stored: object = None  # called after a new job is committed (wakes the workers)
 
     def __post_init__(self):
-        self.archive.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.archive)
 
     # ------------------------------------------------------------------------------------------ validation
     @staticmethod
@@ -141,7 +142,7 @@ def new_job(instance_id: int) -> Job:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the target directory, fsync, rename, fsync the directory: all or nothing on disk."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:

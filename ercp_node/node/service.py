@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 from ..config.settings import Settings
-from ..storage.db import open_database
-from . import scp
+from ..storage.db import open_database, private_dir
+from . import scp, tls
 from .intake import Intake
 
 log = logging.getLogger("ercp_node.service")
@@ -33,12 +33,13 @@ class Node:
         self.settings = settings
         n = settings.node
         self.data_dir = Path(n.data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.data_dir)
         self.node_id = f"{socket.gethostname()}:{self.data_dir.resolve()}"[:40]
         self.engine, self.sessions = open_database(settings.db_url())
         self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20,
                              on_stored=self.workers_wake)
-        self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size)
+        self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size,
+                               allowed_ae_titles=n.allowed_ae_titles, allowed_hosts=n.allowed_hosts)
         self.server = None
         self.workers: list = []
         self.exporter = None
@@ -67,7 +68,9 @@ class Node:
             log.info("model %s on %d worker(s)", self.workers[0].segmenter.version, len(self.workers))
             self.exporter = Exporter(self)
             self.exporter.start()
-        self.server = scp.start(self.ae, self.settings.node.bind, self.settings.node.port)
+        n = self.settings.node
+        ssl_context = tls.server_context(n.tls_cert, n.tls_key, n.tls_ca) if n.tls_cert else None
+        self.server = scp.start(self.ae, n.bind, n.port, ssl_context)
         return self
 
     def stop(self) -> None:

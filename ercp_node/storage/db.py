@@ -16,6 +16,20 @@ from sqlalchemy.orm import sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def private_dir(path: str | Path) -> Path:
+    """`mkdir -p` in which every directory created gets mode 0700 (Path.mkdir gives the parents it creates the
+    umask's default, typically 0755). Existing directories are left as the operator made them."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
 def sqlite_url(data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'ercp-node.db'}"
 
@@ -23,7 +37,7 @@ def sqlite_url(data_dir: str | Path) -> str:
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(path.parent)
         if not path.exists():
             # Owner-only from the first byte: the database holds study and instance UIDs.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
