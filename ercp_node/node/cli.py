@@ -78,38 +78,51 @@ def run_segment(args: argparse.Namespace) -> int:
     """Offline: the node's pipeline on files, writing SEG/SR .dcm and an overlay PNG per image."""
     from pathlib import Path
 
-    import numpy as np
-    import pydicom
     import cv2
     from pydicom.uid import generate_uid
 
     from ..model.inference import SHIPPED, Segmenter
     from ..phantom.dataset import overlay
     from ..preprocessing.pipeline import to_unit_grey
+    from ..cli import CLIError
     from .pipeline import analyse_batch, encode
+    from .validation import Refused, check_file
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seg = Segmenter.load(args.model or SHIPPED)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the output directory {out}: {exc.strerror or exc}") from None
+    seg = None
     failures = 0
     for f in args.files:
+        try:  # the node's intake checks first: what the node would refuse is refused here, with the same status
+            ds = check_file(f)
+        except Refused as r:
+            failures += 1
+            print(f"{f}: refused: {r}", file=sys.stderr)
+            continue
+        if seg is None:  # loaded once, and only when a file passes the checks
+            try:
+                seg = Segmenter.load(args.model or SHIPPED)
+            except Exception as exc:  # noqa: BLE001
+                raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:
-            ds = pydicom.dcmread(f)
             analysis = analyse_batch([ds], seg)[0]
             uids = {k: generate_uid() for k in ("seg_series_uid", "seg_sop_uid", "sr_series_uid", "sr_sop_uid")}
             objects = encode(ds, analysis, uids, seg.version)
+            stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
+            for kind, obj in objects.items():
+                obj.save_as(out / f"{stem}.{kind.lower()}.dcm", enforce_file_format=True)
+            frame = analysis.measurements["frame"] - 1
+            labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
+            pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
+            grey = to_unit_grey(pix, bits_stored=int(ds.BitsStored), photometric=str(ds.PhotometricInterpretation))
+            cv2.imwrite(str(out / f"{stem}.overlay.png"), overlay(grey, labels))
         except Exception as exc:  # noqa: BLE001 - report and go on with the next file
             failures += 1
-            print(f"{f}: FAILED {type(exc).__name__}: {exc}", file=sys.stderr)
+            print(f"{f}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
-        for kind, obj in objects.items():
-            obj.save_as(out / f"{stem}.{kind.lower()}.dcm", enforce_file_format=True)
-        frame = analysis.measurements["frame"] - 1
-        labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
-        pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
-        grey = to_unit_grey(pix, bits_stored=int(ds.BitsStored), photometric=str(ds.PhotometricInterpretation))
-        cv2.imwrite(str(out / f"{stem}.overlay.png"), overlay(grey, labels))
         m = analysis.measurements
         largest = max((s["largest_diameter_mm"] for s in m["stones"]), default=0.0)
         print(f"{f}: {len(m['stones'])} stone(s), largest {largest:.1f} {m['units']}; model {seg.version}")

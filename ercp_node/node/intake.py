@@ -1,8 +1,9 @@
 """Durable intake of one received dataset: validate → write atomically + fsync → instance and job rows → commit.
 
 Only after all of that does the SCP answer 0x0000, so a crash at any point loses nothing acknowledged.
-Statuses follow PS3.4 Annex B: 0xA700 out of resources (also: free disk below the floor), 0xA900 data set does
-not match its SOP class, 0xC000 cannot understand.
+Statuses follow PS3.4 Annex B: 0xA700 out of resources (free disk below the floor, a failed write or commit, a
+data set larger than the node takes), 0xA900 data set does not match its SOP class, 0xC000 cannot understand;
+validation.py says which check gives which (docs/conformance.md, "Status codes for bad input").
 """
 
 from __future__ import annotations
@@ -15,23 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import RE_VALID_UID, generate_uid
+from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from ..storage.db import private_dir
 from ..storage.models import Instance, IntakeFailure, Job
 
+# The checks live in validation.py (shared with `ercp-node segment`); the names are re-exported here.
+from .validation import (  # noqa: F401
+    CANNOT_UNDERSTAND, GREYSCALE, MISMATCH, OUT_OF_RESOURCES, SUCCESS, Refused, check_dataset, shown_uid, valid_uid,
+)
+
 log = logging.getLogger("ercp_node.intake")
-
-SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
-GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
-
-
-class Refused(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 @dataclass
@@ -47,55 +44,42 @@ class Intake:
     # ------------------------------------------------------------------------------------------ validation
     @staticmethod
     def inspect(raw: bytes, sop_class_uid: str) -> pydicom.Dataset:
-        """Parse the header (pixel data deferred) and check what segmentation needs; raise Refused."""
-        try:
-            ds = pydicom.dcmread(io.BytesIO(raw), defer_size=1024, force=False)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is "cannot understand"
-            raise Refused(CANNOT_UNDERSTAND, f"not a parsable DICOM data set ({type(exc).__name__})") from None
-        sop_uid = str(getattr(ds, "SOPInstanceUID", ""))
-        if not (0 < len(sop_uid) <= 64 and RE_VALID_UID.match(sop_uid)):
-            raise Refused(MISMATCH, "SOPInstanceUID missing or not a valid UID")
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID"):
-            v = str(getattr(ds, kw, ""))
-            if not (0 < len(v) <= 64 and RE_VALID_UID.match(v)):
-                raise Refused(MISMATCH, f"{kw} missing or not a valid UID")
-        if str(getattr(ds, "SOPClassUID", "")) != sop_class_uid:
-            raise Refused(MISMATCH, f"SOPClassUID {getattr(ds, 'SOPClassUID', None)} differs from the negotiated {sop_class_uid}")
-        missing = [kw for kw in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation",
-                                 "SamplesPerPixel", "PhotometricInterpretation") if kw not in ds]
-        if missing or "PixelData" not in ds:
-            raise Refused(MISMATCH, f"image attributes missing: {', '.join(missing + (['PixelData'] if 'PixelData' not in ds else []))}")
-        if int(ds.SamplesPerPixel) != 1 or str(ds.PhotometricInterpretation) not in GREYSCALE:
-            raise Refused(MISMATCH, f"not a greyscale image ({ds.PhotometricInterpretation}, {ds.SamplesPerPixel} samples)")
-        rows, cols, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
-        if not (16 <= rows <= 8192 and 16 <= cols <= 8192) or bits not in (8, 16):
-            raise Refused(MISMATCH, f"unsupported geometry {cols}x{rows}, {bits} bits allocated")
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        ts = ds.file_meta.TransferSyntaxUID
-        if not ts.is_compressed:
-            expected = rows * cols * frames * bits // 8
-            length = ds["PixelData"].length if hasattr(ds["PixelData"], "length") else len(ds.PixelData)
-            if length < expected:
-                raise Refused(MISMATCH, f"pixel data has {length} bytes, {expected} expected")
-        return ds
+        """Parse the data set and check what segmentation needs (validation.check_dataset); raise Refused."""
+        return check_dataset(raw, sop_class_uid)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.archive).free
 
     # ------------------------------------------------------------------------------------------ storing
     def store(self, raw: bytes, sop_class_uid: str, calling_ae: str | None) -> int:
-        """Archive one C-STORE data set (raw = file meta + data set, as received); returns the DIMSE status."""
+        """Archive one C-STORE data set (raw = file meta + data set, as received); returns the DIMSE status.
+
+        Never raises: every refusal and every unexpected error gets a PS3.4 status, a log line (UIDs, tags and
+        exception types only) and an intake_failures row."""
         try:
             if self.free_bytes() - len(raw) < self.min_free_bytes:
-                raise Refused(OUT_OF_RESOURCES, "free disk space below the configured floor")
+                raise Refused(OUT_OF_RESOURCES, "free disk space below the configured floor (node.min_free_disk_mb)")
             ds = self.inspect(raw, sop_class_uid)
-            self._store(raw, ds, calling_ae)
-            return SUCCESS
         except Refused as r:
             self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason)
             return r.status
+        except MemoryError:
+            self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES, "out of memory while checking")
+            return OUT_OF_RESOURCES
+        except Exception as exc:  # noqa: BLE001 - a data set that breaks the checks is not understood
+            self.record_failure(calling_ae, _uid_or_none(raw), CANNOT_UNDERSTAND,
+                                f"data set could not be checked ({_where(exc)})")
+            return CANNOT_UNDERSTAND
+        try:
+            self._store(raw, ds, calling_ae)
+            return SUCCESS
         except OSError as exc:  # disk full, permissions: nothing was acknowledged, the sender may retry
-            self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES, f"archive write failed: {exc.strerror}")
+            self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES,
+                                f"archive write failed: {exc.strerror or type(exc).__name__}")
+            return OUT_OF_RESOURCES
+        except Exception as exc:  # noqa: BLE001 - database down or locked too long: refuse, the sender retries
+            self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES,
+                                f"could not archive and queue ({_where(exc)}); nothing was acknowledged")
             return OUT_OF_RESOURCES
 
     def _store(self, raw: bytes, ds: pydicom.Dataset, calling_ae: str | None) -> None:
@@ -110,7 +94,7 @@ class Intake:
             with self.sessions.begin() as s:
                 inst = Instance(sop_instance_uid=sop, sop_class_uid=str(ds.SOPClassUID),
                                 study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
-                                modality=str(getattr(ds, "Modality", "")) or None,
+                                modality=str(ds.get("Modality", "") or "")[:16] or None,
                                 transfer_syntax=str(ds.file_meta.TransferSyntaxUID), rows=int(ds.Rows),
                                 columns=int(ds.Columns), frames=int(getattr(ds, "NumberOfFrames", 1) or 1),
                                 path=str(path), size_bytes=len(raw), calling_ae=calling_ae)
@@ -124,12 +108,31 @@ class Intake:
             self.on_stored()
         log.info("archived %s (%s, %d bytes) from %s", sop, ds.SOPClassUID.name, len(raw), calling_ae)
 
+    def record_negotiation(self, calling_ae, rejected_contexts) -> None:
+        """An association whose storage presentation contexts were all rejected: one row, status CTX-RJ."""
+        why = []
+        for cx in rejected_contexts[:8]:
+            sop = shown_uid(cx.abstract_syntax)
+            if cx.result == 0x04:
+                why.append(f"{sop}: none of the transfer syntaxes "
+                           f"{', '.join(shown_uid(t) for t in (cx.transfer_syntax or [])[:4])} is supported")
+            else:
+                why.append(f"{sop}: SOP class not supported")
+        more = f" (+{len(rejected_contexts) - 8} more)" if len(rejected_contexts) > 8 else ""
+        reason = "presentation contexts rejected at negotiation: " + "; ".join(why) + more
+        log.warning("association from %s has no accepted storage context: %s", calling_ae, reason)
+        self._add_failure(calling_ae, None, "CTX-RJ", reason)
+
     def record_failure(self, calling_ae, sop_uid, status: int, reason: str) -> None:
+        reason = "".join(c if c.isprintable() else "?" for c in reason)[:2000]  # one log line, whatever came in
         log.warning("refused C-STORE of %s from %s: 0x%04X %s", sop_uid, calling_ae, status, reason)
+        self._add_failure(calling_ae, sop_uid, f"0x{status:04X}", reason)
+
+    def _add_failure(self, calling_ae, sop_uid, status: str, reason: str) -> None:
         try:
             with self.sessions.begin() as s:
-                s.add(IntakeFailure(calling_ae=calling_ae, sop_instance_uid=sop_uid, status=f"0x{status:04X}",
-                                    reason=reason))
+                s.add(IntakeFailure(calling_ae=None if calling_ae is None else str(calling_ae)[:16],
+                                    sop_instance_uid=sop_uid, status=status, reason=reason))
         except Exception:  # noqa: BLE001 - never let bookkeeping crash the SCP
             log.exception("could not record an intake failure")
 
@@ -164,7 +167,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 def _uid_or_none(raw: bytes) -> str | None:
     try:
         ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-        uid = str(ds.SOPInstanceUID)
-        return uid if RE_VALID_UID.match(uid) and len(uid) <= 64 else None
+        uid = ds.get("SOPInstanceUID")
+        return str(uid) if valid_uid(uid) else None
     except Exception:  # noqa: BLE001
         return None
+
+
+def _where(exc: BaseException) -> str:
+    """Exception type and the innermost frame, not its message (messages may quote data set values)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}" if tb is not None else ""
+    return f"{type(exc).__name__}{where}"

@@ -23,8 +23,18 @@ class Analysis:
 
 
 def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
-    arr = ds.pixel_array
+    """Decoded greyscale frames with their BitsStored and photometric interpretation; a clear ValueError for
+    anything else (intake refuses such data sets, so this guards files read offline or archived before)."""
     n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # noqa: BLE001 - decoder errors name the codec problem, not the image
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        raise ValueError(f"pixel data cannot be decoded ({ts.name if ts else 'no transfer syntax'}): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if arr.dtype not in (np.uint8, np.uint16) or arr.ndim != (2 if n == 1 else 3):
+        raise ValueError(f"decoded pixels are {arr.dtype} {arr.shape}; expected {n} greyscale frame(s) of 8- or "
+                         "16-bit unsigned integers")
     frames = [arr] if n == 1 else list(arr)
     return [(f, int(ds.BitsStored), str(ds.PhotometricInterpretation)) for f in frames]
 

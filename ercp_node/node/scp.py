@@ -80,6 +80,14 @@ def _on_echo(event) -> int:
     return 0x0000
 
 
+def _on_accepted(event) -> None:
+    """An association that proposed storage and got none of it can store nothing here: record why (the SOP
+    classes / transfer syntaxes the node rejected at negotiation)."""
+    assoc = event.assoc
+    if assoc.rejected_contexts and all(str(c.abstract_syntax) == Verification for c in assoc.accepted_contexts):
+        assoc.ae._intake.record_negotiation(assoc.requestor.ae_title, assoc.rejected_contexts)
+
+
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
 REJECT_REASONS = {(0x01, 0x01, 0x03): "calling AE title not recognised (node.allowed_ae_titles)",
                   (0x01, 0x01, 0x07): "called AE title not recognised",
@@ -132,7 +140,7 @@ def _record_rejection(assoc, why: str) -> None:
 
 
 HANDLERS = [(evt.EVT_C_STORE, _on_store), (evt.EVT_C_ECHO, _on_echo), (evt.EVT_REQUESTED, _on_requested),
-            (evt.EVT_REJECTED, _on_rejected)]
+            (evt.EVT_REJECTED, _on_rejected), (evt.EVT_ACCEPTED, _on_accepted)]
 
 
 def start(ae: AE, bind: str, port: int, ssl_context=None):
