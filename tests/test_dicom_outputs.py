@@ -28,7 +28,8 @@ from ercp_node.dicom.seg import (
     read_seg_labels,
     seg_frame_number,
 )
-from ercp_node.dicom.sr import CODE_ERCP, build_sr
+from ercp_node.dicom.sr import CODE_ERCP, FLAG_TEXT, ascii_text, build_sr
+from ercp_node.node.pipeline import measure
 from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
 
@@ -67,32 +68,15 @@ def load(phantom, name: str, index: int = 0) -> tuple[pydicom.Dataset, np.ndarra
     return source, labels[0] if frames == 1 else labels
 
 
-def stone_measurements(labels2d: np.ndarray, spacing: float) -> list[dict]:
-    """What the measure stage will hand over: one entry per connected stone region."""
-    stones = []
-    n, comp = cv2.connectedComponents((labels2d == 3).astype(np.uint8), connectivity=8)
-    for k in range(1, n):
-        region = (comp == k).astype(np.uint8)
-        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        outline = max(contours, key=len).reshape(-1, 2)
-        d = np.sqrt(((outline[:, None, :] - outline[None, :, :]) ** 2).sum(-1)).max() if len(outline) > 1 else 1
-        stones.append(dict(area_mm2=float(region.sum()) * spacing**2, largest_diameter_mm=float(d) * spacing,
-                           outline_px=outline.tolist()))
-    return stones
-
-
 def uids(name: str, kind: str) -> dict:
     return dict(series_uid=derived_uid("test", name, kind, "series"), sop_uid=derived_uid("test", name, kind, "sop"))
 
 
 def make_outputs(source, labels, name):
     seg = build_seg(source, labels, **uids(name, "seg"), model_version=MODEL_VERSION, software_version="0.1.0")
-    spacing, method = patient_pixel_spacing(source)
     frame = 1 if labels.ndim == 2 else 3
     frame_labels = labels if labels.ndim == 2 else labels[frame - 1]
-    measurements = dict(pixel_spacing_mm=spacing[0], spacing_source=method, frame=frame,
-                        stones=stone_measurements(frame_labels, spacing[0]),
-                        cbd=dict(area_mm2=float((frame_labels == 2).sum()) * spacing[0] ** 2))
+    measurements = measure(frame_labels, source, frame)  # the node's measure stage, on the truth masks
     sr = build_sr(source, seg, measurements, **uids(name, "sr"), model_version=MODEL_VERSION)
     return seg, sr, measurements
 
@@ -193,7 +177,9 @@ def test_seg_and_sr(phantom, name, tmp_path):
     groups = report.get_planar_roi_measurement_groups()
     by_id = {g.tracking_identifier: g for g in groups}
     stones = measurements["stones"]
-    assert set(by_id) == {"Bile duct stones", "Common bile duct"} | {f"Stone {i}" for i in range(1, len(stones) + 1)}
+    calibration = {"Calibration"} if measurements["scope_present"] and (labels == 1).any() else set()
+    assert set(by_id) == ({"Bile duct stones", "Common bile duct"} | calibration
+                          | {f"Stone {i}" for i in range(1, len(stones) + 1)})
     count = by_id["Bile duct stones"].get_measurements()[0]
     assert count.name.value == "246205007" and count.unit.value == "{count}" and count.value == len(stones)
     frame = measurements["frame"]
@@ -204,8 +190,34 @@ def test_seg_and_sr(phantom, name, tmp_path):
     assert cbd_ref[0].referenced_sop_instance_uid == seg.SOPInstanceUID
     assert cbd_ref[0].referenced_frame_numbers == [seg_frame_number(seg, 2, frame)]
     assert cbd_ref[1].referenced_sop_instance_uid == source.SOPInstanceUID
-    cbd_area = by_id["Common bile duct"].get_measurements()[0]
-    assert cbd_area.unit.value == "mm2" and cbd_area.value == pytest.approx(measurements["cbd"]["area_mm2"])
+    cbd = measurements["cbd"]
+    def distal(m):
+        return any(site.topographical_modifier == hd.sr.CodedConcept("46053002", "SCT", "Distal")
+                   for site in (m.finding_sites or []))
+
+    got = {(m.name.value, m.derivation.value if m.derivation else None, distal(m)): m
+           for m in by_id["Common bile duct"].get_measurements()}
+    expected = {("42798000", None, False): (cbd["area_mm2"], "mm2"),
+                ("81827009", "56851009", False): (cbd["max_diameter_mm"], "mm"),
+                ("410668003", None, False): (cbd["length_mm"], "mm"),
+                ("81827009", None, True): (cbd["distal_diameter_mm"], "mm"),
+                ("1483009", None, True): (cbd["angulation_deg"], "deg"),
+                ("410668003", None, True): (cbd["arm_length_mm"], "mm")}
+    expected = {k: v for k, v in expected.items() if v[0] is not None}
+    assert set(got) == set(expected)
+    for key, (value, unit) in expected.items():
+        assert got[key].value == pytest.approx(value, rel=1e-6) and got[key].unit.value == unit
+    if calibration:
+        cal = {m.name.meaning: m for m in by_id["Calibration"].get_measurements()}
+        assert cal["Vertical Pixel Spacing"].value == pytest.approx(measurements["pixel_spacing_mm"])
+        if measurements["calibration"]["scope"]["mm_per_px"]:
+            assert cal["Calibration Factor"].value == pytest.approx(measurements["calibration"]["scope"]["mm_per_px"])
+            assert cal["Calibration Object Size"].value == pytest.approx(11.3)
+    texts = [str(i.TextValue) for i in content_items(sr) if i.ValueType == "TEXT"]
+    for key, text in FLAG_TEXT.items():
+        value = measurements["difficulty"]["flags"][key]
+        assert f"{text}: {'not assessable' if value is None else 'yes' if value else 'no'}" in texts
+    assert ascii_text(measurements["difficulty"]["summary"]) in texts
     for i, stone in enumerate(stones, 1):
         group = by_id[f"Stone {i}"]
         region = group.roi
@@ -218,16 +230,20 @@ def test_seg_and_sr(phantom, name, tmp_path):
         assert src_ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         if n_frames > 1:
             assert [int(v) for v in np.atleast_1d(src_ref.ReferencedFrameNumber)] == [frame]
-        area, diameter = group.get_measurements()
+        area, largest, smallest, *distance = group.get_measurements()
         assert area.value == pytest.approx(stone["area_mm2"]) and area.unit.value == "mm2"
-        assert diameter.value == pytest.approx(stone["largest_diameter_mm"]) and diameter.unit.value == "mm"
-        for m in (area, diameter):
+        assert largest.value == pytest.approx(stone["largest_diameter_mm"]) and largest.unit.value == "mm"
+        assert largest.derivation.value == "56851009" and smallest.derivation.value == "255605001"
+        assert smallest.value == pytest.approx(stone["smallest_diameter_mm"])
+        if stone["distance_from_papilla_mm"] is not None:
+            assert distance[0].value == pytest.approx(stone["distance_from_papilla_mm"])
+        for m in (area, largest, smallest, *distance):
             (seg_ref,) = m.referenced_images
             assert seg_ref.referenced_sop_instance_uid == seg.SOPInstanceUID
             assert int(seg_ref.ReferencedSOPSequence[0].ReferencedSegmentNumber) == 3
     texts = [str(i.TextValue) for i in content_items(sr) if i.ValueType == "TEXT"]
     assert any("Research use, not for diagnosis" in t and MODEL_VERSION in t for t in texts), texts
-    assert any(measurements["spacing_source"] in t for t in texts), texts
+    assert any(ascii_text(measurements["spacing_source"]) in t for t in texts), texts
 
 
 def test_outputs_are_deterministic(phantom):

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGLSLossless, generate_uid
+from pydicom.uid import RLELossless, generate_uid
 from sqlalchemy import func, select
 
 from dicom_judges import dciodvfy_errors
@@ -64,13 +64,13 @@ def pacs(tmp_path):
     proc.wait(10)
 
 
-def _node(tmp_path, model: Path, pacs_port: int | None) -> Node:
+def _node(tmp_path, model: Path, pacs_port: int | None, objects=("SEG", "SR")) -> Node:
     s = Settings()
     s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
     s.node.ae_title, s.model.path = "ERCPNODE", str(model)
     s.export.retry_initial_s, s.export.retry_max_s = 0.5, 2.0
     if pacs_port:
-        s.destinations = [parse_destination(f"PACS@127.0.0.1:{pacs_port}")]
+        s.destinations = [parse_destination(f"PACS@127.0.0.1:{pacs_port}", objects)]
     return Node(s).start()
 
 
@@ -100,13 +100,15 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
     from ercp_node.node.pipeline import frames_of
 
     port, received, _ = pacs
-    node = _node(tmp_path, tiny_model, port)
+    node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))
     try:
         _storescu(node, *images)
-        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 2 * len(images)), node.settings
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 3 * len(images)), node.settings
         assert _count(node, Job, Job.state == "done") == len(images)
         files = sorted(received.iterdir())
-        assert len(files) == 2 * len(images)
+        assert len(files) == 3 * len(images)
+        assert sorted(pydicom.dcmread(f, stop_before_pixels=True).Modality for f in files) == (
+            ["PR"] * len(images) + ["SEG"] * len(images) + ["SR"] * len(images))
         seg = Segmenter.load(tiny_model)
         by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in images}
         for f in files:
@@ -154,14 +156,17 @@ def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images)
 def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pacs):
     bad = pydicom.dcmread(images[0])
     bad.SOPInstanceUID = generate_uid()
-    bad.PixelData = encapsulate([b"\xff\xd8 not a JPEG-LS stream"])  # archived fine, undecodable later
-    bad.file_meta.TransferSyntaxUID = JPEGLSLossless
+    # A well-formed RLE header whose one segment decodes to 48 bytes: intake's structure checks pass (the
+    # node cannot decode every image at wire speed), the worker's decode fails.
+    frag = b"\x01\0\0\0" + (64).to_bytes(4, "little") + b"\0" * 56 + b"\x05ABCDEF" * 8
+    bad.PixelData = encapsulate([frag])
+    bad.file_meta.TransferSyntaxUID = RLELossless
     bad.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
     bad_path = tmp_path / "bad.dcm"
     bad.save_as(bad_path, enforce_file_format=True)
     node = _node(tmp_path, tiny_model, pacs[0])
     try:
-        subprocess.run(["storescu", "-xt", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1",
+        subprocess.run(["storescu", "-xr", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1",
                         str(node.settings.node.port), str(bad_path)], capture_output=True, timeout=60)
         _storescu(node, images[1])
         assert _wait(lambda: _count(node, Job, Job.state.in_(("done", "failed"))) == 2)
@@ -205,12 +210,12 @@ def test_orthanc_receives_seg_and_sr(tmp_path, tiny_model, images, orthanc):
     node.settings.destinations = [parse_destination(f"{orthanc.aet}@127.0.0.1:{orthanc.dicom_port}")]
     try:
         _storescu(node, *images[:2])
-        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 4)
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 6)
     finally:
         node.stop()
     instances = orthanc.get("/instances")
-    assert len(instances) == 4  # SEG + SR per image, no duplicates
+    assert len(instances) == 6  # SEG + SR + GSPS per image, no duplicates
     tags = [orthanc.get(f"/instances/{i}/simplified-tags") for i in instances]
-    assert sorted(t["Modality"] for t in tags) == ["SEG", "SEG", "SR", "SR"]
+    assert sorted(t["Modality"] for t in tags) == ["PR", "PR", "SEG", "SEG", "SR", "SR"]
     sources = {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in images[:2]}
     assert {t["StudyInstanceUID"] for t in tags} == sources  # in the source's study

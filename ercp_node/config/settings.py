@@ -55,6 +55,22 @@ class ExportSettings:
 
 
 @dataclass
+class MeasureConfig:
+    """[measure]: calibration policy and difficulty thresholds (docs/measurements.md)."""
+
+    calibration_policy: str = "auto"  # auto | header | scope
+    scope_model: str = "TJF-Q180V"
+    scope_diameter_mm: float = 0.0  # > 0 overrides the model's insertion-tube diameter
+    max_calibration_disagreement_pct: float = 20.0
+    large_stone_mm: float = 10.0
+    very_large_stone_mm: float = 15.0
+    angulation_deg: float = 135.0
+    arm_mm: float = 36.0
+    stone_count: int = 3
+    min_stone_area_px: int = 4
+
+
+@dataclass
 class Destination:
     ae_title: str
     host: str
@@ -72,6 +88,7 @@ class Settings:
     node: NodeSettings = field(default_factory=NodeSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     destinations: list[Destination] = field(default_factory=list)
 
     def destination(self, text: str) -> Destination | None:
@@ -184,10 +201,10 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
                         raise ConfigError(f"destination {dest}: unknown key(s) {', '.join(sorted(unknown))}")
                     _check_destination(dest)
                     s.destinations.append(dest)
-            elif section in ("node", "model", "export") and isinstance(values, dict):
+            elif section in ("node", "model", "export", "measure") and isinstance(values, dict):
                 _apply(getattr(s, section), section, values)
             else:
-                raise ConfigError(f"unknown section [{section}] (known: node, model, export, destinations)")
+                raise ConfigError(f"unknown section [{section}] (known: node, model, export, measure, destinations)")
     env = os.environ if env is None else env
     for name, value in env.items():
         if not name.startswith("ERCP_NODE_"):
@@ -196,7 +213,7 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
         section, _, key = rest.partition("_")
         if section == "destinations":
             s.destinations = [parse_destination(t) for t in value.split(",") if t.strip()]
-        elif section in ("node", "model", "export"):
+        elif section in ("node", "model", "export", "measure"):
             _apply(getattr(s, section), section, {key: value})
     validate(s)
     return s
@@ -223,6 +240,32 @@ def validate(s: Settings) -> None:
             raise ConfigError(f"node.allowed_ae_titles: {t!r} must be 1–16 printable characters without '\\'")
     allowed_networks(n.allowed_hosts)
     _validate_tls(s)
+    try:
+        measure_settings(s).calibration.diameter_mm()
+    except ValueError as exc:
+        raise ConfigError(f"measure.scope_model: {exc}") from None
+    m = s.measure
+    if m.calibration_policy not in ("auto", "header", "scope"):
+        raise ConfigError(f"measure.calibration_policy {m.calibration_policy!r} must be auto, header or scope")
+    if min(m.large_stone_mm, m.very_large_stone_mm, m.angulation_deg, m.arm_mm, m.stone_count,
+           m.max_calibration_disagreement_pct) <= 0 or m.scope_diameter_mm < 0 or m.min_stone_area_px < 1:
+        raise ConfigError("measure: thresholds must be positive (scope_diameter_mm 0 = from scope_model)")
+
+
+def measure_settings(s: Settings):
+    """The [measure] section as ercp_node.measure.report.MeasureSettings."""
+    from ..measure.calibration import CalibrationSettings
+    from ..measure.report import DifficultyThresholds, MeasureSettings
+
+    m = s.measure
+    return MeasureSettings(
+        calibration=CalibrationSettings(policy=m.calibration_policy, scope_model=m.scope_model,
+                                        scope_diameter_mm=m.scope_diameter_mm or None,
+                                        max_disagreement_pct=m.max_calibration_disagreement_pct),
+        thresholds=DifficultyThresholds(large_stone_mm=m.large_stone_mm, very_large_stone_mm=m.very_large_stone_mm,
+                                        angulation_deg=m.angulation_deg, arm_mm=m.arm_mm,
+                                        stone_count=m.stone_count),
+        min_stone_area_px=m.min_stone_area_px)
 
 
 def allowed_networks(hosts: list[str]) -> list:

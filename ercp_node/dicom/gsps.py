@@ -383,7 +383,9 @@ def build_gsps(
                     graphic_group=group))
             cbd = measurements.get("cbd")
             if isinstance(cbd, Mapping) and cbd.get("measurable", True) is not False:
-                angle, bend = _num(cbd.get("angulation_deg")), _point(cbd.get("bend_px"))
+                # at the first bend; a straight distal duct (no bend) gets its angle at the papilla
+                angle = _num(cbd.get("angulation_deg"))
+                bend = _point(cbd.get("bend_px")) or _point(cbd.get("papilla_px"))
                 if angle is not None and bend is not None:
                     x = min(max(bend[0] + 0.5, 0.0), float(columns))
                     y = min(max(bend[1] + 0.5, 0.0), float(rows))

@@ -69,10 +69,41 @@ CODE_MAXIMUM = hd.sr.CodedConcept("56851009", "SCT", "Maximum")
 CODE_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 CODE_COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 CODE_CALIBRATION_METHOD = hd.sr.CodedConcept("122422", "DCM", "Calibration Method")
+CODE_MINIMUM = hd.sr.CodedConcept("255605001", "SCT", "Minimum")
+CODE_LENGTH = hd.sr.CodedConcept("410668003", "SCT", "Length")
+CODE_ANGLE = hd.sr.CodedConcept("1483009", "SCT", "Angle")
+CODE_DISTANCE = hd.sr.CodedConcept("121206", "DCM", "Distance")
+CODE_VERTICAL_PIXEL_SPACING = hd.sr.CodedConcept("111066", "DCM", "Vertical Pixel Spacing")
+CODE_CALIBRATION_OBJECT_SIZE = hd.sr.CodedConcept("122423", "DCM", "Calibration Object Size")
+CODE_ENDOSCOPE = hd.sr.CodedConcept("37270008", "SCT", "Endoscope")
+CODE_DISTAL = hd.sr.CodedConcept("46053002", "SCT", "Distal")
+CODE_CALIBRATION_FACTOR = hd.sr.CodedConcept("122322", "DCM", "Calibration Factor")
+CODE_CALIBRATION_UNCERTAINTY = hd.sr.CodedConcept("113763", "DCM", "Calibration Uncertainty")
+CODE_FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
+# Standard codes only (a private "99…" scheme is legal, but dciodvfy warns on every use of it): the ERCP
+# definitions are told apart by finding site (CBD, with the topographical modifier Distal) and derivation.
+FLAG_TEXT = {
+    "stone_ge_10mm": "Largest stone >= 10 mm",
+    "stone_ge_15mm": "Largest stone >= 15 mm",
+    "angulation_le_135": "Distal CBD angulation <= 135 deg",
+    "arm_le_36mm": "Distal CBD arm <= 36 mm",
+    "stone_larger_than_distal_cbd": "A stone larger than the distal CBD",
+    "stone_count_ge_3": "Three or more stones",
+}
 UNIT_COUNT = hd.sr.CodedConcept("{count}", "UCUM", "count")
+UNIT_DEG = hd.sr.CodedConcept("deg", "UCUM", "degree")
+UNIT_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
+UNIT_MM_PER_PIXEL = hd.sr.CodedConcept("mm/{pixel}", "UCUM", "millimeter per pixel")
+
+
+def ascii_text(text: str) -> str:
+    """SR text in the default repertoire (no Specific Character Set needed): ≥ ≤ ° spelled out."""
+    for a, b in (("≥", ">="), ("≤", "<="), ("°", " deg"), ("±", "+/-"), ("—", "-"), ("∠", "angle ")):
+        text = text.replace(a, b)
+    return text.encode("ascii", "replace").decode()
 UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
 UNIT_MM2 = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
-SEGMENT_CBD, SEGMENT_STONE = 2, 3
+SEGMENT_SCOPE, SEGMENT_CBD, SEGMENT_STONE = 1, 2, 3
 
 
 def _frames(source: Dataset, frame: int) -> list[int] | None:
@@ -154,13 +185,17 @@ def build_sr(
     def stone_segment_frame() -> hd.sr.ReferencedSegmentationFrame:
         return _segmentation_frame(seg, source, SEGMENT_STONE, frame, frames)
 
+    def measurements_of(segment, *items):
+        """TID 300 items for the (name, value, unit, derivation, distal) tuples whose value is known;
+        `distal` puts the finding site "Common bile duct, Distal" on the measurement."""
+        return [hd.sr.Measurement(
+            name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=algorithm,
+            finding_sites=[hd.sr.FindingSite(CODE_CBD, topographical_modifier=CODE_DISTAL)] if distal else None,
+            referenced_images=[_seg_source_of_measurement(seg, segment)])
+            for name, value, unit, derivation, distal in items if value is not None]
+
     groups: list = []
     for i, stone in enumerate(stones, 1):
-        def measurement(name, value, unit, derivation=None):
-            return hd.sr.Measurement(
-                name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=algorithm,
-                referenced_images=[_seg_source_of_measurement(seg, SEGMENT_STONE)])
-
         outline = _closed_outline(stone.get("outline_px") or [])
         reference = (dict(referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline, source_image=region_source()))
@@ -169,18 +204,47 @@ def build_sr(
             tracking_identifier=tracking(f"stone-{i}", f"Stone {i}"),
             **reference,
             finding_type=CODE_CALCULUS, finding_sites=finding_site,
-            measurements=[
-                measurement(CODE_AREA, stone["area_mm2"], UNIT_MM2),
-                measurement(CODE_DIAMETER, stone["largest_diameter_mm"], UNIT_MM, CODE_MAXIMUM),
-            ],
+            measurements=measurements_of(
+                SEGMENT_STONE,
+                (CODE_AREA, stone.get("area_mm2"), UNIT_MM2, None, False),
+                (CODE_DIAMETER, stone.get("largest_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
+                (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
+                # along the CBD centreline from the papilla (docs/measurements.md)
+                (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
         ))
     if cbd is not None:
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking("cbd", "Common bile duct"),
             referenced_segment=_segmentation_frame(seg, source, SEGMENT_CBD, frame, frames),
             finding_type=CODE_CBD,
-            measurements=[hd.sr.Measurement(name=CODE_AREA, value=float(cbd["area_mm2"]), unit=UNIT_MM2,
-                                            algorithm_id=algorithm)],
+            measurements=measurements_of(
+                SEGMENT_CBD,
+                (CODE_AREA, cbd.get("area_mm2"), UNIT_MM2, None, False),
+                (CODE_DIAMETER, cbd.get("max_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
+                (CODE_LENGTH, cbd.get("length_mm"), UNIT_MM, None, False),  # papilla to hilum, centreline
+                (CODE_DIAMETER, cbd.get("distal_diameter_mm"), UNIT_MM, None, True),  # middle of the distal arm
+                (CODE_ANGLE, cbd.get("angulation_deg"), UNIT_DEG, None, True),  # at the first bend
+                (CODE_LENGTH, cbd.get("arm_length_mm"), UNIT_MM, None, True)),  # papilla to first bend
+        ))
+    cal = measurements.get("calibration")
+    if cal and seg_frame_number(seg, SEGMENT_SCOPE, frame) is not None:
+        # On the duodenoscope's SEG frame: the spacing used, the scope's own calibration, its true size, and
+        # how far scope and header disagree (as the calibration's uncertainty).
+        scope = cal.get("scope") or {}
+        used = cal.get("mm_per_px") if cal.get("used") in ("scope", "header") else None
+        disagreement = cal.get("disagreement_pct")
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking("calibration", "Calibration"),
+            referenced_segment=_segmentation_frame(seg, source, SEGMENT_SCOPE, frame, frames),
+            finding_type=CODE_ENDOSCOPE,
+            measurements=measurements_of(
+                SEGMENT_SCOPE,
+                (CODE_VERTICAL_PIXEL_SPACING, used, UNIT_MM, None, False),
+                (CODE_CALIBRATION_FACTOR, scope.get("mm_per_px"), UNIT_MM_PER_PIXEL, None, False),
+                (CODE_CALIBRATION_OBJECT_SIZE, scope.get("diameter_mm") if scope.get("mm_per_px") else None,
+                 UNIT_MM, None, False),
+                (CODE_CALIBRATION_UNCERTAINTY, abs(disagreement) if disagreement is not None else None,
+                 UNIT_PERCENT, None, False)),
         ))
 
     # All stones together: TID 1410 on SEG segment 3 (a TID 1501 image-level group would do, but pixelmed's
@@ -255,11 +319,39 @@ def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_v
                     if spacing is not None else f"Pixel spacing: {method}.")
     container = hd.sr.ContainerContentItem(name=CODE_QUALITATIVE_EVALUATIONS,
                                            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    container.ContentSequence = hd.sr.ContentSequence([
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    items = [
         hd.sr.TextContentItem(
-            name=CODE_COMMENT, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+            name=CODE_COMMENT, relationship_type=contains,
             value=f"{DISCLAIMER} Automatic measurements by {algorithm_name}, model version {model_version}."),
-        hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=spacing_text,
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-    ])
+        hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=ascii_text(spacing_text), relationship_type=contains),
+    ]
+    cal = measurements.get("calibration") or {}
+    if cal.get("header", {}).get("mm_per_px") and cal.get("used") == "scope":
+        items.append(hd.sr.TextContentItem(
+            name=CODE_CALIBRATION_METHOD, relationship_type=contains,
+            value=f"Header spacing {_ds_text(cal['header']['mm_per_px'])} mm from {cal['header']['source']}."))
+    for flag in cal.get("flags") or []:
+        items.append(hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=ascii_text(f"Warning: {flag}."),
+                                           relationship_type=contains))
+    cbd = measurements.get("cbd") or {}
+    if cbd.get("reason"):
+        items.append(hd.sr.TextContentItem(name=CODE_COMMENT, relationship_type=contains,
+                                           value=ascii_text(f"Common bile duct: {cbd['reason']}.")))
+    difficulty = measurements.get("difficulty")
+    if difficulty:
+        # Each flag as a finding (yes / no / not assessable), then the summary line.
+        for key, text in FLAG_TEXT.items():
+            value = difficulty["flags"].get(key)
+            answer = "not assessable" if value is None else "yes" if value else "no"
+            items.append(hd.sr.TextContentItem(name=CODE_FINDING, value=f"{text}: {answer}",
+                                               relationship_type=contains))
+        for stone in measurements.get("stones") or []:
+            if stone.get("larger_than_distal_cbd"):
+                items.append(hd.sr.TextContentItem(
+                    name=CODE_FINDING, relationship_type=contains,
+                    value=f"Stone {stone.get('index', '?')} is larger than the distal CBD."))
+        items.append(hd.sr.TextContentItem(name=CODE_COMMENT, value=ascii_text(difficulty["summary"])[:1024],
+                                           relationship_type=contains))
+    container.ContentSequence = hd.sr.ContentSequence(items)
     return container

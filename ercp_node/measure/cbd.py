@@ -30,7 +30,7 @@ FRAGMENT_SHARE = 0.15  # a second piece this large (of the main one) makes the d
 def _not_measurable(reason: str, area_mm2=None) -> dict:
     return {"measurable": False, "reason": reason, "area_mm2": area_mm2, "length_mm": None,
             "max_diameter_mm": None, "distal_diameter_mm": None, "angulation_deg": None, "arm_length_mm": None,
-            "papilla_px": None, "bend_px": None, "centreline_px": [], "profile": None}
+            "papilla_px": None, "bend_px": None, "distal_bend": None, "centreline_px": [], "profile": None}
 
 
 def duct_mask(labels: np.ndarray) -> np.ndarray:
@@ -93,17 +93,24 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
         return out
     theta = np.array([interior_angle(pts[0], pts[i], pts[i + k_up]) for i in cand])
     # The FIRST bend: the first clear local minimum of θ from the papilla up (the proximal duct may curve
-    # more, further up); a straight arm wobbles by a few degrees, hence the prominence. Without a clear
-    # minimum the duct has no distinct bend and the smallest θ is reported.
+    # more, further up); a straight arm wobbles by a few degrees, hence the prominence.
     w = max(1, int(round(LOCAL_MM / (step * scale))))
     running_max = np.fmax.accumulate(theta)
     local = [j for j in range(1, len(theta) - 1)
              if theta[j] <= np.nanmin(theta[max(0, j - w):j + w + 1]) and running_max[j] - theta[j] >= PROMINENCE_DEG]
-    j = local[0] if local else int(np.nanargmin(theta))
+    if not local:
+        # No distinct bend: a straight distal duct. Its angle is the typical θ over the first 40 mm; it has no
+        # arm (so no short-arm flag), and the distal diameter is taken 5–25 mm above the papilla.
+        near = s[cand] <= MIN_ARM_MM + 40.0
+        distal = (s >= 5.0) & (s <= 25.0)
+        out.update(angulation_deg=float(np.nanmedian(theta[near])), arm_length_mm=None, bend_px=None,
+                   distal_bend=False, distal_diameter_mm=float(np.mean(raw[distal])) if distal.any() else None)
+        return out
+    j = local[0]
     b = int(cand[j])
     arm = float(s[b])
     mid = (s >= arm / 2 - 3.0) & (s <= arm / 2 + 3.0)  # 6 mm of duct: slice quantisation averages out
-    out.update(angulation_deg=float(theta[j]), arm_length_mm=arm, bend_px=pts[b].tolist(),
+    out.update(angulation_deg=float(theta[j]), arm_length_mm=arm, bend_px=pts[b].tolist(), distal_bend=True,
                distal_diameter_mm=float(np.mean(raw[mid])) if mid.any() else None)
     return out
 

@@ -49,7 +49,8 @@ def difficulty(stones: list[dict], count: int, cbd: dict, t: DifficultyThreshold
         "stone_ge_10mm": at_least(largest, t.large_stone_mm),
         "stone_ge_15mm": at_least(largest, t.very_large_stone_mm),
         "angulation_le_135": (ang <= t.angulation_deg) if ang is not None else None,
-        "arm_le_36mm": (arm <= t.arm_mm) if arm is not None else None,
+        # a straight distal duct (no distinct bend) has no short arm
+        "arm_le_36mm": (arm <= t.arm_mm) if arm is not None else (False if cbd.get("distal_bend") is False else None),
         "stone_larger_than_distal_cbd": (True if True in bigger else None if None in bigger else False),
         "stone_count_ge_3": count >= t.stone_count,
     }
@@ -116,3 +117,30 @@ def _spacing_text(cal: dict) -> str:
     if cal["used"] == "header":
         return str(cal["header"]["source"]) + (f" ({cal['header']['flag']})" if cal["header"]["flag"] else "")
     return "none (sizes in pixels)"
+
+
+def summary(m: dict) -> dict:
+    """The few numbers an operator scans for (job summary in the database, `status`, `segment`, the demo)."""
+    cbd, cal = m.get("cbd") or {}, m.get("calibration") or {}
+
+    def r(x, n=1):
+        return None if x is None else round(float(x), n)
+
+    return {"stones": m.get("stone_count", 0), "largest_stone_mm": r(m.get("largest_stone_mm")),
+            "cbd_max_mm": r(cbd.get("max_diameter_mm")), "cbd_distal_mm": r(cbd.get("distal_diameter_mm")),
+            "angulation_deg": r(cbd.get("angulation_deg"), 0), "arm_mm": r(cbd.get("arm_length_mm")),
+            "calibration": cal.get("used"), "calibration_disagreement_pct": r(cal.get("disagreement_pct")),
+            "difficulty": (m.get("difficulty") or {}).get("summary"),
+            "units": m.get("units"), "frame": m.get("frame")}
+
+
+def one_line(s: dict) -> str:
+    """`summary` as one line of text."""
+    def v(x, unit=""):
+        return "-" if x is None else f"{x:g}{unit}"
+
+    return (f"stones {s['stones']}, largest {v(s['largest_stone_mm'], ' mm')}; CBD max {v(s['cbd_max_mm'], ' mm')}, "
+            f"distal {v(s['cbd_distal_mm'], ' mm')}, angulation {v(s['angulation_deg'], '°')}, "
+            f"arm {v(s['arm_mm'], ' mm')}; calibration {s['calibration']}"
+            + (f" ({s['calibration_disagreement_pct']:+g} % vs header)" if s.get("calibration_disagreement_pct") is not None else "")
+            + f"; {s['difficulty']}")

@@ -72,22 +72,28 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--out", required=True)
     p.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    p.add_argument("--config", default=None, help="TOML settings ([measure] thresholds and calibration policy)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    """Offline: the node's pipeline on files, writing SEG/SR .dcm and an overlay PNG per image."""
+    """Offline: the node's pipeline on files, writing SEG/SR/GSPS .dcm, measurements JSON and an overlay PNG."""
     from pathlib import Path
 
     import cv2
     from pydicom.uid import generate_uid
 
+    import json
+
+    from ..config.settings import measure_settings
+    from ..measure.overlay import draw_measurements
+    from ..measure.report import one_line, summary
     from ..model.inference import SHIPPED, Segmenter
-    from ..phantom.dataset import overlay
     from ..preprocessing.pipeline import to_unit_grey
     from ..cli import CLIError
     from .pipeline import analyse_batch, encode
     from .validation import Refused, check_file
 
+    measure = measure_settings(settings_from_args(args))
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -108,8 +114,9 @@ def run_segment(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:
-            analysis = analyse_batch([ds], seg)[0]
-            uids = {k: generate_uid() for k in ("seg_series_uid", "seg_sop_uid", "sr_series_uid", "sr_sop_uid")}
+            analysis = analyse_batch([ds], seg, measure_settings=measure)[0]
+            analysis.measurements["model_version"] = seg.version
+            uids = {f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")}
             objects = encode(ds, analysis, uids, seg.version)
             stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
             for kind, obj in objects.items():
@@ -118,12 +125,11 @@ def run_segment(args: argparse.Namespace) -> int:
             labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
             pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
             grey = to_unit_grey(pix, bits_stored=int(ds.BitsStored), photometric=str(ds.PhotometricInterpretation))
-            cv2.imwrite(str(out / f"{stem}.overlay.png"), overlay(grey, labels))
+            cv2.imwrite(str(out / f"{stem}.overlay.png"), draw_measurements(grey, labels, analysis.measurements))
+            (out / f"{stem}.measurements.json").write_text(json.dumps(analysis.measurements, indent=1))
         except Exception as exc:  # noqa: BLE001 - report and go on with the next file
             failures += 1
             print(f"{f}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        m = analysis.measurements
-        largest = max((s["largest_diameter_mm"] for s in m["stones"]), default=0.0)
-        print(f"{f}: {len(m['stones'])} stone(s), largest {largest:.1f} {m['units']}; model {seg.version}")
+        print(f"{f}: {one_line(summary(analysis.measurements))}; model {seg.version}")
     return 1 if failures else 0

@@ -7,12 +7,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pydicom
 
 from .. import RESEARCH_USE, __version__
-from ..measure.stones import stones as stone_components
 
 
 @dataclass
@@ -39,48 +37,34 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
     return [(f, int(ds.BitsStored), str(ds.PhotometricInterpretation)) for f in frames]
 
 
-def spacing(ds: pydicom.Dataset) -> tuple[float | None, str]:
-    """mm per pixel at the patient (row spacing; the phantom and C-arms have square pixels) and its source.
+def header_calibration(ds: pydicom.Dataset) -> dict:
+    """The header's mm per pixel at the patient (measure.calibration.header_spacing) of a source data set.
 
-    The same rule the SEG's PixelMeasures uses; the measurements issue adds the scope-based calibration.
+    Enhanced XA/XRF keep PixelSpacing in the shared functional groups; the others at the top level.
     """
-    from ..dicom.seg import patient_pixel_spacing
+    from ..measure.calibration import header_spacing
 
-    rc, source = patient_pixel_spacing(ds)
-    if source == "ImagerPixelSpacing":
-        source = "ImagerPixelSpacing (detector plane, magnification unknown)"
-    return (rc[0] if rc else None), source
-
-
-def _outline(component: np.ndarray) -> list[list[float]]:
-    contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    c = max(contours, key=cv2.contourArea).reshape(-1, 2)
-    return [[float(x), float(y)] for x, y in c]
+    pixel = ds.get("PixelSpacing")
+    if not pixel:
+        try:
+            pixel = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+        except (AttributeError, IndexError, KeyError):
+            pixel = None
+    return header_spacing(pixel or None, ds.get("ImagerPixelSpacing") or None,
+                          ds.get("EstimatedRadiographicMagnificationFactor"))
 
 
-MAX_REPORTED_STONES = 20  # the SR lists the largest 20 individually; the count covers all
+def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1, settings=None) -> dict:
+    """All measurements (ercp_node.measure.report) of one frame's label map, with the frame number."""
+    from ..measure.report import MeasureSettings, measure_labels
+
+    out = measure_labels(labels2d, header_calibration(ds), settings or MeasureSettings())
+    out["frame"] = frame
+    return out
 
 
-def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1) -> dict:
-    mm, source = spacing(ds)
-    scale = mm if mm else 1.0
-    everything = stone_components(labels2d, scale)
-    found = everything[:MAX_REPORTED_STONES]
-    n, comp = cv2.connectedComponents((labels2d == 3).astype(np.uint8), connectivity=8)
-    for st in found:
-        x, y = (int(round(v)) for v in st["centroid_px"])
-        lab = comp[min(max(y, 0), comp.shape[0] - 1), min(max(x, 0), comp.shape[1] - 1)]
-        st["outline_px"] = _outline(comp == lab) if lab else []
-    return {
-        "pixel_spacing_mm": mm, "spacing_source": source, "frame": frame,
-        "units": "mm" if mm else "px",
-        "stones": found, "stone_count": len(everything),
-        "cbd": {"area_mm2": float(np.count_nonzero(np.isin(labels2d, (2, 3)))) * scale**2},
-        "scope_present": bool((labels2d == 1).any()),
-    }
-
-
-def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 16) -> list[Analysis]:
+def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 16,
+                  measure_settings=None) -> list[Analysis]:
     """Segment every frame of every data set in shared batches, then measure each image."""
     t0 = time.perf_counter()
     per_ds = [frames_of(ds) for ds in datasets]
@@ -95,7 +79,7 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
         labels = m[0] if len(frames) == 1 else np.stack(m)
         # Cine: report the best-opacified frame (largest duct area); the SEG carries every frame.
         best = int(np.argmax([np.count_nonzero(np.isin(x, (2, 3))) for x in m])) if len(m) > 1 else 0
-        meas = measure(m[best], ds, best + 1)
+        meas = measure(m[best], ds, best + 1, measure_settings)
         meas.update(model_version=segmenter.version, software=f"ercp-node {__version__}", note=RESEARCH_USE)
         out.append(Analysis(labels, meas))
     t3 = time.perf_counter()
@@ -105,15 +89,25 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
     return out
 
 
-def encode(ds: pydicom.Dataset, analysis: Analysis, uids: dict, model_version: str) -> dict[str, pydicom.Dataset]:
-    """SEG and SR for one analysed image; `uids` holds the job's stored series/SOP UIDs."""
+def encode(ds: pydicom.Dataset, analysis: Analysis, uids: dict, model_version: str,
+           kinds: tuple[str, ...] = ("SEG", "SR", "GSPS")) -> dict[str, pydicom.Dataset]:
+    """SEG, SR and GSPS for one analysed image; `uids` holds the job's stored series/SOP UIDs.
+
+    The SEG is always made (the SR references it); SR and GSPS only when in `kinds` (what some destination
+    wants), so a node that sends no GSPS does not spend time on one.
+    """
+    from ..dicom.gsps import build_gsps
     from ..dicom.seg import build_seg
     from ..dicom.sr import build_sr
 
     t = time.perf_counter()
-    seg = build_seg(ds, analysis.labels, series_uid=uids["seg_series_uid"], sop_uid=uids["seg_sop_uid"],
-                    model_version=model_version, software_version=__version__)
-    sr = build_sr(ds, seg, analysis.measurements, series_uid=uids["sr_series_uid"], sop_uid=uids["sr_sop_uid"],
-                  model_version=model_version)
+    out = {"SEG": build_seg(ds, analysis.labels, series_uid=uids["seg_series_uid"], sop_uid=uids["seg_sop_uid"],
+                            model_version=model_version, software_version=__version__)}
+    if "SR" in kinds:
+        out["SR"] = build_sr(ds, out["SEG"], analysis.measurements, series_uid=uids["sr_series_uid"],
+                             sop_uid=uids["sr_sop_uid"], model_version=model_version)
+    if "GSPS" in kinds:
+        out["GSPS"] = build_gsps(ds, analysis.labels, analysis.measurements, series_uid=uids["gsps_series_uid"],
+                                 sop_uid=uids["gsps_sop_uid"], model_version=model_version)
     analysis.timings["encode_s"] = time.perf_counter() - t
-    return {"SEG": seg, "SR": sr}
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
+from ..measure.report import one_line
 from ..storage.models import Export, Instance, IntakeFailure, Job, ModelVersion
 
 
@@ -48,8 +49,11 @@ def render(rep: dict) -> str:
         t = j["timings_s"] or {}
         sm = j["summary"] or {}
         stages = " ".join(f"{k[:-2]} {v * 1000:.0f}ms" for k, v in t.items())
-        lines.append(f"  #{j['job']} {j['state']:7} {j['sop_instance_uid']} stones={sm.get('stones', '-')} "
-                     f"largest={sm.get('largest_stone_mm') or '-'} {stages}")
+        lines.append(f"  #{j['job']} {j['state']:7} {j['sop_instance_uid']} {stages}")
+        if sm.get("difficulty") is not None:
+            lines.append(f"      {one_line(sm)}")
+        elif sm:
+            lines.append(f"      stones {sm.get('stones', '-')}, largest {sm.get('largest_stone_mm') or '-'}")
     if rep["failed_jobs"]:
         lines.append("failed jobs:")
         lines += [f"  #{f['job']} {f['sop_instance_uid']}: {f['error']}" for f in rep["failed_jobs"]]

@@ -16,6 +16,8 @@ from sqlalchemy import select, update
 
 from ..storage.models import Export, Instance, Job, Output
 from .intake import write_atomic
+from ..config.settings import measure_settings
+from ..measure.report import summary as measurement_summary
 from .pipeline import analyse_batch, encode
 
 log = logging.getLogger("ercp_node.worker")
@@ -28,7 +30,7 @@ def _now() -> dt.datetime:
 def requeue_interrupted(sessions, node_id: str) -> int:
     """Jobs this node was running when it stopped go back to the queue (their output UIDs are kept)."""
     with sessions.begin() as s:
-        n = s.execute(update(Job).where(Job.state == "running", Job.worker.like(f"{node_id}/%"))
+        n = s.execute(update(Job).where(Job.state == "running", Job.worker.startswith(f"{node_id}/", autoescape=True))
                       .values(state="queued", worker=None)).rowcount
     if n:
         log.info("requeued %d interrupted job(s)", n)
@@ -36,19 +38,22 @@ def requeue_interrupted(sessions, node_id: str) -> int:
 
 
 def claim(sessions, worker: str, limit: int) -> list[int]:
-    """Atomically take up to `limit` queued jobs; the conditional UPDATE makes each claim exclusive."""
-    with sessions() as s:
-        ids = list(s.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(limit * 2)))
-    taken = []
-    for job_id in ids:
-        with sessions.begin() as s:
-            n = s.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
-                          .values(state="running", worker=worker, started=_now(), attempts=Job.attempts + 1)).rowcount
-        if n == 1:
-            taken.append(job_id)
-            if len(taken) == limit:
-                break
-    return taken
+    """Atomically take up to `limit` queued jobs; the conditional UPDATE makes each claim exclusive (SQLite: one
+    writer at a time; PostgreSQL: the second UPDATE of a row waits for the first and then no longer matches)."""
+    taken: list[int] = []
+    while True:
+        with sessions() as s:
+            ids = list(s.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(limit * 2)))
+        for job_id in ids:
+            with sessions.begin() as s:
+                n = s.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
+                              .values(state="running", worker=worker, started=_now(), attempts=Job.attempts + 1)).rowcount
+            if n == 1:
+                taken.append(job_id)
+                if len(taken) == limit:
+                    return taken
+        if taken or not ids:  # else other workers (other nodes) took every candidate first: look again
+            return taken
 
 
 class Worker(threading.Thread):
@@ -57,6 +62,13 @@ class Worker(threading.Thread):
         self.node, self.segmenter, self.batch_size, self.poll_s = node, segmenter, batch_size, poll_s
         self.stop_event = threading.Event()
         self.wake = threading.Event()
+        self.measure_settings = measure_settings(node.settings)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """SEG and SR are always archived (status and retrain read them); a GSPS only if a destination takes it."""
+        wanted = {kind for dest in self.node.settings.destinations for kind in dest.objects}
+        return ("SEG", "SR") + (("GSPS",) if "GSPS" in wanted else ())
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -75,7 +87,7 @@ class Worker(threading.Thread):
         sessions = self.node.sessions
         with sessions() as s:
             rows = [(j.id, j.instance_id, s.get(Instance, j.instance_id).path,
-                     {k: getattr(j, k) for k in ("seg_series_uid", "seg_sop_uid", "sr_series_uid", "sr_sop_uid")})
+                     {f"{k}_{u}": getattr(j, f"{k}_{u}") for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")})
                     for j in s.scalars(select(Job).where(Job.id.in_(ids)))]
         loaded = []
         for job_id, _, path, uids in rows:
@@ -88,13 +100,14 @@ class Worker(threading.Thread):
         if not loaded:
             return
         try:
-            analyses = analyse_batch([d for _, d, _, _ in loaded], self.segmenter, self.batch_size)
+            analyses = analyse_batch([d for _, d, _, _ in loaded], self.segmenter, self.batch_size,
+                                     self.measure_settings)
         except Exception as batch_exc:  # noqa: BLE001 - one bad image must not fail the batch: retry one by one
             log.warning("batch of %d failed (%s); analysing one by one", len(loaded), batch_exc)
             analyses = []
             for _, ds, _, _ in loaded:
                 try:
-                    analyses.append(analyse_batch([ds], self.segmenter, 1)[0])
+                    analyses.append(analyse_batch([ds], self.segmenter, 1, self.measure_settings)[0])
                 except Exception as exc:  # noqa: BLE001
                     analyses.append(exc)
         for (job_id, ds, uids, read_s), analysis in zip(loaded, analyses):
@@ -103,7 +116,7 @@ class Worker(threading.Thread):
                 continue
             try:
                 analysis.timings["read_s"] = read_s
-                objects = encode(ds, analysis, uids, self.segmenter.version)
+                objects = encode(ds, analysis, uids, self.segmenter.version, self.kinds)
                 self.finish(job_id, ds, objects, analysis)
             except Exception as exc:  # noqa: BLE001
                 log.exception("job %d failed", job_id)
@@ -120,11 +133,13 @@ class Worker(threading.Thread):
             write_atomic(path, buf.getvalue())
             paths[kind] = path
         analysis.timings["archive_s"] = time.perf_counter() - t
-        stones = analysis.measurements["stones"]
-        summary = {"stones": analysis.measurements["stone_count"],
-                   "largest_stone_mm": max((s["largest_diameter_mm"] for s in stones), default=None),
-                   "units": analysis.measurements["units"], "frame": analysis.measurements["frame"]}
+        summary = measurement_summary(analysis.measurements)
         with self.node.sessions.begin() as s:
+            # Only the worker that holds the job may finish it (a job taken away, e.g. requeued, is not finished twice).
+            timings = {k: round(v, 4) for k, v in analysis.timings.items()}
+            if not self._close(s, job_id, state="done", finished=_now(), error=None, timings=timings,
+                               model_version=self.segmenter.version, summary=summary):
+                return
             for kind, obj in objects.items():
                 existing = s.scalar(select(Output).where(Output.sop_instance_uid == str(obj.SOPInstanceUID)))
                 out = existing or Output(job_id=job_id, kind=kind, sop_instance_uid=str(obj.SOPInstanceUID),
@@ -136,15 +151,18 @@ class Worker(threading.Thread):
                         if kind in dest.objects:
                             s.add(Export(output_id=out.id, destination=str(dest), state="pending", attempts=0,
                                          next_attempt=_now()))
-            job = s.get(Job, job_id)
-            job.state, job.finished, job.error = "done", _now(), None
-            job.timings = {k: round(v, 4) for k, v in analysis.timings.items()}
-            job.model_version, job.summary = self.segmenter.version, summary
-        log.info("job %d done: %d stone(s), %s", job_id, summary["stones"], job.timings)
+        log.info("job %d done: %d stone(s), %s", job_id, summary["stones"], timings)
         self.node.exporter_wake()
 
     def fail(self, job_id: int, error: str) -> None:
         log.error("job %d failed: %s", job_id, error)
         with self.node.sessions.begin() as s:
-            job = s.get(Job, job_id)
-            job.state, job.finished, job.error = "failed", _now(), error[:2000]
+            self._close(s, job_id, state="failed", finished=_now(), error=error[:2000])
+
+    def _close(self, s, job_id: int, **values) -> bool:
+        """Conditional UPDATE running → done/failed, only while this worker holds the job."""
+        n = s.execute(update(Job).where(Job.id == job_id, Job.state == "running", Job.worker == self.name)
+                      .values(**values)).rowcount
+        if n != 1:
+            log.warning("job %d is no longer held by %s; its result is discarded", job_id, self.name)
+        return n == 1

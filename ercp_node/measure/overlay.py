@@ -1,0 +1,54 @@
+"""Overlay PNG of one analysed frame: outlines (scope green, CBD red, stones yellow), the CBD centreline with
+the papilla, first bend and angle, stone labels, and the summary lines. Array in, array out."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from ..phantom.dataset import overlay
+from .report import one_line, summary
+
+WHITE, CYAN, YELLOW = (255, 255, 255), (255, 255, 0), (0, 255, 255)
+
+
+def _text(img, text, org, scale, colour):
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def _ascii(text: str) -> str:  # Hershey fonts have no ≥ ≤ °
+    return text.replace("≥", ">=").replace("≤", "<=").replace("°", " deg")
+
+
+def draw_measurements(grey: np.ndarray, labels: np.ndarray, m: dict, note: str = "Research use, not for diagnosis") -> np.ndarray:
+    """grey: (H, W) float in [0, 1]; labels: (H, W) label map; m: measure_labels(...) output."""
+    img = overlay(grey, labels)
+    h, w = labels.shape
+    scale = max(0.35, h / 1400)
+    cbd = m.get("cbd") or {}
+    line = np.asarray(cbd.get("centreline_px") or [], float)
+    if len(line) > 1:
+        cv2.polylines(img, [np.round(line).astype(np.int32)], False, CYAN, 1, cv2.LINE_AA)
+    for key, tag in (("papilla_px", "papilla"), ("bend_px", None)):
+        if cbd.get(key):
+            x, y = (int(round(v)) for v in cbd[key])
+            cv2.circle(img, (x, y), 4, CYAN, -1)
+            label = tag or (f"{cbd['angulation_deg']:.0f} deg" if cbd.get("angulation_deg") is not None else None)
+            if label:
+                _text(img, label, (x + 6, y - 6), scale, CYAN)
+    for st in m.get("stones") or []:
+        x, y = (int(round(v)) for v in st["centroid_px"])
+        size = st.get("largest_diameter_mm")
+        _text(img, f"S{st.get('index', '')}" + (f" {size:.1f}mm" if size is not None else ""), (x + 8, y), scale, YELLOW)
+    lines = [_ascii(one_line(summary(m)))]
+    words, rows = lines[0].split("; "), []
+    for part in words:  # wrap at "; " to fit the width
+        if rows and len(rows[-1]) + len(part) < w / (14 * scale):
+            rows[-1] += "; " + part
+        else:
+            rows.append(part)
+    rows.append(note + (f" - model {m['model_version']}" if m.get("model_version") else ""))
+    for k, row in enumerate(reversed(rows)):
+        _text(img, row, (6, h - 8 - k * int(28 * scale + 6)), scale, WHITE)
+    return img
