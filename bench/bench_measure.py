@@ -1,0 +1,144 @@
+"""Measurement accuracy against the phantom's truth: the real model's masks, and the truth masks themselves.
+
+For each phantom image: DICOM → node pipeline (preprocessing, U-Net, masks on the source grid) → measure_labels
+with the header calibration the node uses; the same measurement on the phantom's own label map; both against
+the geometric truth (truth/*.json). Writes bench/results/measure.json.
+
+    python bench/bench_measure.py                      # 250 fresh phantom images (seed 2027, test dates)
+    python bench/bench_measure.py --data data/test-2026
+
+Matching: a truth stone is found when a measured stone's centroid lies within max(3 mm, half its diameter);
+diameter errors are over found stones. Only truth values the phantom defines (CBD fully in the field) count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ercp_node.measure.report import measure_labels  # noqa: E402
+from ercp_node.model.inference import SHIPPED, Segmenter  # noqa: E402
+from ercp_node.node.pipeline import frames_of, header_calibration  # noqa: E402
+from ercp_node.phantom.dataset import SynthConfig, generate  # noqa: E402
+
+TARGETS = {"stone_largest_mm": 1.0, "cbd_max_mm": 1.0, "cbd_distal_mm": 1.0, "angulation_deg": 5.0,
+           "stone_count_exact_pct": 95.0, "scope_calibration_pct": 3.0}
+
+
+def compare(m: dict, truth: dict) -> dict:
+    """Errors of one image's measurements against its truth frame."""
+    spacing = truth["spacing"]["pixel_spacing_at_object_mm"]
+    out = {"stone_count": m["stone_count"], "stone_count_truth": len([s for s in truth["stones"] if s["visible"]])}
+    scope = m["calibration"]["scope"]["mm_per_px"]
+    out["scope_calibration_pct"] = None if scope is None else 100 * (scope / spacing - 1)
+    out["calibration_used"] = m["calibration"]["used"]
+    out["used_spacing_pct"] = None if m["pixel_spacing_mm"] is None else 100 * (m["pixel_spacing_mm"] / spacing - 1)
+    c, t = m["cbd"], truth["cbd"]
+    for key, tkey in (("max_diameter_mm", "max_diameter_mm"), ("distal_diameter_mm", "distal_diameter_mm"),
+                      ("angulation_deg", "distal_angulation_deg"), ("arm_length_mm", "distal_arm_length_mm")):
+        out[key] = None if c.get(key) is None or t.get(tkey) is None else c[key] - t[tkey]
+    out["cbd_reason"] = c.get("reason")
+    errs, missed = [], 0
+    for s in (s for s in truth["stones"] if s["visible"]):
+        near = [(np.hypot(*np.subtract(f["centroid_px"], s["centroid_px"])) * spacing, f) for f in m["stones"]]
+        d, f = min(near, key=lambda x: x[0]) if near else (np.inf, None)
+        if d <= max(3.0, s["largest_diameter_mm"] / 2) and f["largest_diameter_mm"] is not None:
+            errs.append(f["largest_diameter_mm"] - s["largest_diameter_mm"])
+        else:
+            missed += 1
+    out["stone_largest_err_mm"], out["stones_missed"] = errs, missed
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    def mae(key):
+        v = np.array([r[key] for r in rows if r[key] is not None], float)
+        return {"n": int(len(v)), "median_abs": float(np.median(np.abs(v))) if len(v) else None,
+                "p90_abs": float(np.percentile(np.abs(v), 90)) if len(v) else None,
+                "median_signed": float(np.median(v)) if len(v) else None}
+
+    stone = np.array([e for r in rows for e in r["stone_largest_err_mm"]], float)
+    found = len(stone)
+    return {
+        "images": len(rows),
+        "stone_largest_mm": {"n": found, "median_abs": float(np.median(np.abs(stone))) if found else None,
+                             "p90_abs": float(np.percentile(np.abs(stone), 90)) if found else None,
+                             "missed_truth_stones": int(sum(r["stones_missed"] for r in rows))},
+        "stone_count_exact_pct": float(100.0 * np.mean([r["stone_count"] == r["stone_count_truth"] for r in rows])),
+        "stone_count_within_1_pct": float(100.0 * np.mean([abs(r["stone_count"] - r["stone_count_truth"]) <= 1
+                                                          for r in rows])),
+        "cbd_max_mm": mae("max_diameter_mm"), "cbd_distal_mm": mae("distal_diameter_mm"),
+        "angulation_deg": mae("angulation_deg"), "arm_mm": mae("arm_length_mm"),
+        "scope_calibration_pct": mae("scope_calibration_pct"),
+        "scope_within_3pct": float(100.0 * np.mean([abs(r["scope_calibration_pct"]) <= 3 for r in rows
+                                                    if r["scope_calibration_pct"] is not None])),
+        "calibration_used": {k: sum(r["calibration_used"] == k for r in rows) for k in ("scope", "header", "none")},
+        "used_spacing_pct": mae("used_spacing_pct"),
+        "cbd_not_measurable": int(sum(r["cbd_reason"] is not None and r["max_diameter_mm"] is None for r in rows)),
+    }
+
+
+def verdict(s: dict) -> dict:
+    return {k: bool(v) for k, v in {
+        "stone_largest_mm": s["stone_largest_mm"]["median_abs"] is not None and s["stone_largest_mm"]["median_abs"] <= TARGETS["stone_largest_mm"],
+        "cbd_max_mm": (s["cbd_max_mm"]["median_abs"] or 99) <= TARGETS["cbd_max_mm"],
+        "cbd_distal_mm": (s["cbd_distal_mm"]["median_abs"] or 99) <= TARGETS["cbd_distal_mm"],
+        "angulation_deg": (s["angulation_deg"]["median_abs"] or 99) <= TARGETS["angulation_deg"],
+        "stone_count_exact_pct": s["stone_count_exact_pct"] >= TARGETS["stone_count_exact_pct"],
+        "scope_calibration_pct": (s["scope_calibration_pct"]["median_abs"] or 99) <= TARGETS["scope_calibration_pct"],
+    }.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="phantom data set (default: generate --count images)")
+    ap.add_argument("--count", type=int, default=250)
+    ap.add_argument("--model", default=str(SHIPPED))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "measure.json"))
+    args = ap.parse_args()
+    tmp = None
+    if args.data:
+        data = Path(args.data)
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        data = Path(tmp.name)
+        generate(SynthConfig(count=args.count, seed=2027, start_date=dt.date(2024, 6, 9),
+                             end_date=dt.date(2024, 11, 21)), data, contact_sheet=False)
+    rows = [r for r in csv.DictReader(open(data / "manifest.csv")) if int(r["frames"]) == 1]
+    seg = Segmenter.load(args.model)
+    model_rows, truth_rows, t_measure = [], [], []
+    for r in rows:
+        ds = pydicom.dcmread(data / r["dicom"])
+        truth = json.loads((data / r["truth"]).read_text())["frame_truth"][0]
+        header = header_calibration(ds)
+        pred = seg.segment(frames_of(ds))[0]
+        t = time.perf_counter()
+        model_rows.append(compare(measure_labels(pred, header), truth))
+        t_measure.append(time.perf_counter() - t)
+        truth_rows.append(compare(measure_labels(cv2.imread(str(data / r["mask"]), cv2.IMREAD_UNCHANGED), header), truth))
+    model, on_truth = summarise(model_rows), summarise(truth_rows)
+    result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "data": str(data if args.data else "generated"),
+              "targets": TARGETS, "model_masks": model, "model_meets_target": verdict(model),
+              "truth_masks": on_truth, "truth_meets_target": verdict(on_truth),
+              "measure_ms_median": 1000 * float(np.median(t_measure))}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
