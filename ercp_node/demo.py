@@ -153,8 +153,10 @@ def run_demo(args: argparse.Namespace) -> int:
               f" {iou['duodenoscope']:>9} {iou['cbd']:>7} {iou['stone']:>9} {latency:9.2f}  {m['difficulty']['summary']}")
         grey = src.pixel_array.astype(np.float32) / 255.0
         m["model_version"] = version
-        cv2.imwrite(str(out / "overlays" / f"{r['id']}.png"),
-                    np.hstack([overlay(grey, truth_mask), draw_measurements(grey, pred, m)]))
+        right = draw_measurements(grey, pred, m)
+        left = np.zeros_like(right)
+        left[:grey.shape[0]] = overlay(grey, truth_mask)
+        cv2.imwrite(str(out / "overlays" / f"{r['id']}.png"), np.hstack([left, right]))
     print(f"{len(rows) - missing}/{len(rows)} images came back as SEG + SR + GSPS"
           + (f"; latency median {np.median(lat):.2f} s (all sent at once, so later images queue)" if lat else ""))
     print(f"overlays (left truth, right received SEG; scope green, CBD red, stones yellow): {out / 'overlays'}")

@@ -9,16 +9,25 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
   retrograde cholangiopancreatography", goes into the Performed Procedure Code Sequence;
 - one planar ROI group (TID 1410) per stone: tracking identifier + UID, finding Calculus in the common bile
   duct, the stone outline as a closed 2D SCOORD POLYLINE on the source image (the group's image region),
-  area (mm2) and largest diameter (SCT Diameter with derivation Maximum, mm); each measurement names SEG
-  segment 3 as its TID 300 "Source of Measurement", because TID 1410 takes only one of image region /
-  referenced segment. A stone whose outline has fewer than 3 distinct points is referenced by its SEG frame
-  (segment 3) instead of an outline;
-- one planar ROI group (TID 1410) for the common bile duct on its SEG frame (segment 2): area (mm2);
-- one planar ROI group (TID 1410) "Bile duct stones" on the stone SEG frame (segment 3): "Quantity"
-  (SCT 246205007) of calculi, unit {count}. (A TID 1501 image-level group would be the textbook place, but
-  pixelmed's DicomSRValidator checks every measurement group against TID 1410 and reports an error.)
+  area (mm2), diameter with derivation Maximum and Minimum (mm), DCM Distance = distance from the papilla
+  along the CBD centreline (mm); each measurement names SEG segment 3 as its TID 300 "Source of
+  Measurement", because TID 1410 takes only one of image region / referenced segment. A stone whose outline
+  has fewer than 3 distinct points is referenced by its SEG frame (segment 3) instead;
+- one group for the common bile duct on its SEG frame (segment 2): area, maximum diameter, centreline length,
+  and, with finding site "Common bile duct" + topographical modifier "Distal": diameter (mid-arm), angle
+  (distal angulation, deg) and length (distal arm);
+- one "Calibration" group on the duodenoscope's SEG frame (segment 1), when it has one: Vertical Pixel
+  Spacing used, the scope's Calibration Factor (mm/{pixel}), Calibration Object Size (the scope's diameter)
+  and Calibration Uncertainty (|scope − header| in %);
+- one group "Bile duct stones" on the stone SEG frame (segment 3): "Quantity" (SCT 246205007) of calculi,
+  unit {count}. (A TID 1501 image-level group would be the textbook place, but pixelmed's
+  DicomSRValidator checks every measurement group against TID 1410 and reports an error.)
 - a Qualitative Evaluations container (TID 1500 row 12) with TEXT items: "Research use, not for
-  diagnosis" with the algorithm and model version, and which pixel spacing the millimetre values used.
+  diagnosis" with the algorithm and model version, which pixel spacing the millimetre values used (and the
+  header's when the scope's was used, and calibration warnings), why the CBD was not measurable, each
+  difficulty flag as a DCM "Finding" (yes / no / not assessable) and the summary line. Text is ASCII
+  (≥ → ">=", ° → " deg") so no Specific Character Set is needed.
+Definitions: docs/measurements.md. Standard codes only (see FLAG_TEXT).
 
 Judges: dciodvfy (no errors, no warnings), pixelmed DicomSRValidator (no errors; warnings only for the
 "Source of Measurement" references inside TID 1410, which its TID 300 copy does not list), and highdicom

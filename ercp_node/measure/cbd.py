@@ -96,8 +96,10 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     # more, further up); a straight arm wobbles by a few degrees, hence the prominence.
     w = max(1, int(round(LOCAL_MM / (step * scale))))
     running_max = np.fmax.accumulate(theta)
-    local = [j for j in range(1, len(theta) - 1)
-             if theta[j] <= np.nanmin(theta[max(0, j - w):j + w + 1]) and running_max[j] - theta[j] >= PROMINENCE_DEG]
+    # Clear: well below the largest angle nearer the papilla, or well below straight (a bend close to the
+    # papilla has no straight stretch before it to stand out from).
+    clear = (running_max - theta >= PROMINENCE_DEG) | (theta <= 180.0 - 2 * PROMINENCE_DEG)
+    local = [j for j in range(1, len(theta)) if theta[j] <= np.nanmin(theta[max(0, j - w):j + w + 1]) and clear[j]]
     if not local:
         # No distinct bend: a straight distal duct. Its angle is the typical θ over the first 40 mm; it has no
         # arm (so no short-arm flag), and the distal diameter is taken 5–25 mm above the papilla.

@@ -22,7 +22,9 @@ def _ascii(text: str) -> str:  # Hershey fonts have no ≥ ≤ °
 
 
 def draw_measurements(grey: np.ndarray, labels: np.ndarray, m: dict, note: str = "Research use, not for diagnosis") -> np.ndarray:
-    """grey: (H, W) float in [0, 1]; labels: (H, W) label map; m: measure_labels(...) output."""
+    """grey: (H, W) float in [0, 1]; labels: (H, W) label map; m: measure_labels(...) output.
+
+    Returns an (H + banner, W, 3) BGR image: the annotated frame above a banner with the summary lines."""
     img = overlay(grey, labels)
     h, w = labels.shape
     scale = max(0.35, h / 1400)
@@ -41,14 +43,17 @@ def draw_measurements(grey: np.ndarray, labels: np.ndarray, m: dict, note: str =
         x, y = (int(round(v)) for v in st["centroid_px"])
         size = st.get("largest_diameter_mm")
         _text(img, f"S{st.get('index', '')}" + (f" {size:.1f}mm" if size is not None else ""), (x + 8, y), scale, YELLOW)
-    lines = [_ascii(one_line(summary(m)))]
-    words, rows = lines[0].split("; "), []
-    for part in words:  # wrap at "; " to fit the width
-        if rows and len(rows[-1]) + len(part) < w / (14 * scale):
+    # The summary goes in a banner under the image, not over the anatomy (or the burned-in text).
+    words, rows = _ascii(one_line(summary(m))).split("; "), []
+    per_row = int(w / (9.5 * scale * 2))  # Hershey simplex ≈ 19 px per character at scale 1
+    for part in words:
+        if rows and len(rows[-1]) + len(part) + 2 <= per_row:
             rows[-1] += "; " + part
         else:
             rows.append(part)
     rows.append(note + (f" - model {m['model_version']}" if m.get("model_version") else ""))
-    for k, row in enumerate(reversed(rows)):
-        _text(img, row, (6, h - 8 - k * int(28 * scale + 6)), scale, WHITE)
-    return img
+    step = int(26 * scale + 8)
+    banner = np.zeros((step * len(rows) + 8, w, 3), np.uint8)
+    for k, row in enumerate(rows):
+        cv2.putText(banner, row, (6, step * (k + 1) - 4), cv2.FONT_HERSHEY_SIMPLEX, scale, WHITE, 1, cv2.LINE_AA)
+    return np.vstack([img, banner])
