@@ -219,3 +219,48 @@ def test_orthanc_receives_seg_and_sr(tmp_path, tiny_model, images, orthanc):
     assert sorted(t["Modality"] for t in tags) == ["PR", "PR", "SEG", "SEG", "SR", "SR"]
     sources = {pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID for p in images[:2]}
     assert {t["StudyInstanceUID"] for t in tags} == sources  # in the source's study
+
+
+def _cr_from_dx(dx_path: Path, out: Path) -> Path:
+    """Computed Radiography: the DX phantom file re-labelled as CR (CR Image module attributes are optional;
+    DX-only ones are removed so the data set matches its SOP class)."""
+    ds = pydicom.dcmread(dx_path)
+    for keyword in ("PresentationIntentType", "DetectorType", "ImageLaterality", "AnatomicRegionSequence",
+                    "ViewCodeSequence", "PixelIntensityRelationship", "PixelIntensityRelationshipSign",
+                    "BurnedInAnnotation", "LossyImageCompression"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
+    """DX (MONOCHROME1, 12-bit), CR, SC (MONOCHROME1, 16-bit) and single-frame XA: accepted, segmented, and
+    SEG + SR + GSPS for each arrive at the PACS, dciodvfy-clean."""
+    files = []
+    # (different seeds: the phantom's UIDs are name-based, and a second copy of a SOP instance is not queued)
+    for seed, (name, extra) in enumerate((("dx", ["--modality", "DX", "--bits", "12", "--photometric", "MONOCHROME1"]),
+                                          ("sc", ["--modality", "SC", "--bits", "16", "--photometric", "MONOCHROME1"]),
+                                          ("xa", ["--modality", "XA"])), 52):
+        assert main(["synth", "--count", "1", "--seed", str(seed), "--size", "512", *extra,
+                     "--out", str(tmp_path / name)]) == 0
+        files += sorted((tmp_path / name / "dicom").glob("*.dcm"))
+    files.append(_cr_from_dx(files[0], tmp_path / "cr.dcm"))
+    port, received, _ = pacs
+    node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))
+    try:
+        _storescu(node, *files)
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 3 * len(files)), "not all delivered"
+        assert _count(node, Job, Job.state == "done") == len(files)
+    finally:
+        node.stop()
+    outputs = sorted(received.iterdir())
+    assert len(outputs) == 3 * len(files)
+    sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files}
+    assert sources == {"1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.7",
+                       "1.2.840.10008.5.1.4.1.1.12.1"}
+    for f in outputs:
+        assert dciodvfy_errors(f) == [], f
