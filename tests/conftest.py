@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -57,3 +58,24 @@ def orthanc(tmp_path):
     o = Orthanc(tmp_path / "orthanc")
     yield o
     o.stop()
+
+
+@pytest.fixture(autouse=True)
+def _node_database(monkeypatch):
+    """ERCP_TEST_NODE_DB=postgres: every node a test configures through Settings (without a db_url of its own) uses a
+    fresh PostgreSQL database on the server of ERCP_TEST_DB_URL instead of SQLite in its data dir; .ci/run runs
+    tests/test_node_e2e.py so. Otherwise nothing changes."""
+    if os.environ.get("ERCP_TEST_NODE_DB", "sqlite") == "sqlite":
+        yield None
+        return
+    from stress.harness import pg_admin_url, pg_create, pg_drop
+
+    from ercp_node.config.settings import Settings
+
+    admin = pg_admin_url()
+    if admin is None:
+        pytest.fail("ERCP_TEST_NODE_DB=postgres needs ERCP_TEST_DB_URL=postgresql+psycopg://user:pass@host/db")
+    url = pg_create(admin)
+    monkeypatch.setattr(Settings, "db_url", lambda self: self.node.db_url or url)
+    yield url
+    pg_drop(admin, url)

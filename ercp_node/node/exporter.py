@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pydicom
 from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from ..config.settings import parse_destination
 from ..storage.models import Export, ExportAttempt, Output
@@ -40,6 +42,10 @@ class Exporter(threading.Thread):
         for uid in OUTPUT_CLASSES:
             self.ae.add_requested_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
+        # Several nodes on one database: each sends the outputs its own workers wrote (in its data dir), so that no
+        # two exporters send the same export. Both spellings of the data dir, as the worker writes it and resolved.
+        data_dir = Path(node.settings.node.data_dir)
+        self.own_outputs = sorted({str(data_dir / "outputs") + os.sep, str(data_dir.resolve() / "outputs") + os.sep})
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -56,7 +62,8 @@ class Exporter(threading.Thread):
         with self.node.sessions() as s:
             due = s.execute(select(Export.id, Export.destination, Output.path, Output.sop_instance_uid)
                             .join(Output, Output.id == Export.output_id)
-                            .where(Export.state == "pending", Export.next_attempt <= _now())
+                            .where(Export.state == "pending", Export.next_attempt <= _now(),
+                                   or_(*[Output.path.startswith(p, autoescape=True) for p in self.own_outputs]))
                             .order_by(Export.next_attempt).limit(50)).all()
         by_dest = defaultdict(list)
         for row in due:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import socket
 import threading
 from pathlib import Path
+
+from sqlalchemy.exc import IntegrityError
 
 from ..config.settings import Settings
 from ..storage.db import open_database, private_dir
@@ -24,8 +27,18 @@ def load_segmenter(settings: Settings, sessions):
     if settings.model.path:
         return Segmenter.load(settings.model.path)
     reg = Registry(sessions)
-    active = reg.ensure_shipped()
+    try:
+        active = reg.ensure_shipped()
+    except IntegrityError:  # another node on the same database registered it at the same moment
+        active = reg.active()
     return Segmenter.load(active.path if active is not None and Path(active.path).is_file() else SHIPPED)
+
+
+def node_id(data_dir: Path) -> str:
+    """This node's name in jobs.worker: host and a digest of its data dir, so that two nodes on one database (even
+    on one host) never share it, however long their paths (at most 49 characters; jobs.worker holds 64)."""
+    digest = hashlib.sha256(str(Path(data_dir).resolve()).encode()).hexdigest()[:12]
+    return f"{socket.gethostname()[:36]}:{digest}"
 
 
 class Node:
@@ -34,7 +47,7 @@ class Node:
         n = settings.node
         self.data_dir = Path(n.data_dir)
         private_dir(self.data_dir)
-        self.node_id = f"{socket.gethostname()}:{self.data_dir.resolve()}"[:40]
+        self.node_id = node_id(self.data_dir)
         self.engine, self.sessions = open_database(settings.db_url())
         self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20,
                              on_stored=self.workers_wake)
@@ -59,6 +72,7 @@ class Node:
             from .exporter import Exporter
             from .worker import Worker, requeue_interrupted
 
+            log.info("node id %s (data dir %s)", self.node_id, self.data_dir.resolve())
             requeue_interrupted(self.sessions, self.node_id)
             for i in range(self.settings.node.workers):
                 w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",

@@ -6,6 +6,7 @@ place migrates its database before it serves.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -57,15 +58,38 @@ def make_engine(url: str) -> Engine:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration."""
+    """Bring the schema to the newest migration. Nodes starting together on one database migrate it one after the
+    other (PostgreSQL: an advisory lock held to the end of the migration's transaction; SQLite: a lock file beside
+    the database), so the second finds the schema current instead of creating the same tables again."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with _sqlite_migration_lock(engine), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+MIGRATION_LOCK = 0x65726370  # "ercp"
+
+
+@contextlib.contextmanager
+def _sqlite_migration_lock(engine: Engine):
+    db = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not db or db == ":memory:":
+        yield
+        return
+    import fcntl
+
+    fd = os.open(f"{db}.migrate-lock", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when closed, after the migration committed
+        yield
+    finally:
+        os.close(fd)
 
 
 def open_database(url: str):
