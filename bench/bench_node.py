@@ -92,7 +92,8 @@ def ingest(files: list[Path], repeats: int) -> dict:
             "ratios": {f"ercp-node / {k}": round(node / v, 2) for k, v in med.items() if not k.startswith("ercp")}}
 
 
-def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 1) -> dict:
+def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 1,
+               worker_mode: str = "process") -> dict:
     from conftest import free_port
 
     from ercp_node.config.settings import Settings, parse_destination
@@ -111,7 +112,7 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         s = Settings()
         s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp / "n"), "ERCPNODE"
         s.model.path = model or ""
-        s.node.workers = workers
+        s.node.workers, s.node.worker_mode = workers, worker_mode
         s.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", ("SEG", "SR"))]
         node = Node(s).start()
         carm = AE(ae_title="BENCH")
@@ -149,7 +150,8 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         total = max(max(t for t, _ in pacs.arrived[u].values()) for u in uids) - t0
         node.stop()
         pacs.stop()
-        res["burst"] = {"images": len(uids), "intake_s": round(intake_s, 2), "all_seg_sr_stored_s": round(total, 2),
+        res["burst"] = {"images": len(uids), "intake_s": round(intake_s, 2),
+                        "intake_images_per_s": round(len(uids) / intake_s, 1), "all_seg_sr_stored_s": round(total, 2),
                         "sustained_images_per_s": round(len(uids) / total, 2)}
         seg = Segmenter.load(model or SHIPPED)
         x = np.stack([preprocess(d.pixel_array, size=seg.input_size) for d in datasets[:32]])
@@ -170,7 +172,9 @@ def main() -> int:
     ap.add_argument("--latency-images", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--workers", type=int, default=1, help="node worker threads")
+    ap.add_argument("--workers", type=int, default=1, help="node workers")
+    ap.add_argument("--worker-modes", default="process,thread",
+                    help="comma-separated node.worker_mode values, run one after the other on the same files")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "node.json"))
     a = ap.parse_args()
@@ -186,7 +190,9 @@ def main() -> int:
             result["ingest"] = ingest(files[: a.count], a.repeats)
             print(json.dumps(result["ingest"]["images_per_s_median"], indent=1), flush=True)
         # Intake while the workers are busy: the burst's C-STORE rate vs the idle ingest rate above.
-        result["end_to_end"] = end_to_end(files[: a.latency_images] + files[a.latency_images:], a.latency_images, a.model, a.workers)
+        for mode in a.worker_modes.split(","):
+            result[f"end_to_end_{mode}"] = r = end_to_end(files, a.latency_images, a.model, a.workers, mode)
+            print(mode, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -99,7 +99,7 @@ def run_demo(args: argparse.Namespace) -> int:
     settings.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", KINDS)]
     settings.export.retry_initial_s = 1.0
     node = Node(settings).start()
-    version = node.workers[0].segmenter.version
+    version = node.model_version
     carm = AE(ae_title="DEMOCARM")
     carm.add_requested_context("1.2.840.10008.5.1.4.1.1.12.2", [ExplicitVRLittleEndian])
     sent: dict[str, float] = {}

@@ -264,3 +264,52 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
                        "1.2.840.10008.5.1.4.1.1.12.1"}
     for f in outputs:
         assert dciodvfy_errors(f) == [], f
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_serve_runs_workers_in_processes_that_die_with_it(tmp_path, tiny_model, images, pacs):
+    """`serve` (node.worker_mode = process): SEG+SR arrive; after kill -9 of the node no worker is left behind to
+    race the restarted node for the jobs it requeues."""
+    import os
+    import signal
+    import sys
+
+    port, received, _ = pacs
+    node_port = free_port()
+    env = {**os.environ, "ERCP_NODE_MODEL_PATH": str(tiny_model)}
+    proc = subprocess.Popen([sys.executable, "-m", "ercp_node.cli", "serve", "--bind", "127.0.0.1", "--port",
+                             str(node_port), "--ae-title", "ERCPNODE", "--data-dir", str(tmp_path / "node"),
+                             "--destination", f"PACS@127.0.0.1:{port}"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # the port opens once the worker process has loaded the model
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", node_port)) == 0:
+                    break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert workers, "no worker process"
+        r = subprocess.run(["storescu", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1", str(node_port),
+                            str(images[0]), str(images[1])], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert _wait(lambda: len(list(received.iterdir())) == 6, 120)  # SEG + SR + GSPS each
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        assert _wait(lambda: not any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split()[2]
+                                     for w in workers), 10), "a worker process outlived the node"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

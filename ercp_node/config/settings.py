@@ -34,6 +34,9 @@ class NodeSettings:
     min_free_disk_mb: int = 500  # C-STORE is refused with 0xA700 below this
     workers: int = 1
     batch_size: int = 8
+    # "process": workers in child processes, so inference never holds the SCP's GIL (what `load()` - serve,
+    # demo, config check - defaults to); "thread": in the node's process (the library default, for tests).
+    worker_mode: str = "thread"
     # Association acceptance; empty lists accept any peer. Env: comma-separated.
     allowed_ae_titles: list[str] = field(default_factory=list)  # calling AE titles
     allowed_hosts: list[str] = field(default_factory=list)  # peer IP addresses or CIDR networks
@@ -177,6 +180,7 @@ def _apply(obj, section: str, values: dict) -> None:
 def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
     """Defaults, then the TOML file, then ERCP_NODE_* environment variables; validated."""
     s = Settings()
+    s.node.worker_mode = "process"  # the service's default (see NodeSettings.worker_mode)
     if path:
         try:
             data = tomllib.loads(Path(path).read_text())
@@ -229,6 +233,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node.max_associations must be at least 1")
     if n.pdu_size != 0 and not 4096 <= n.pdu_size <= 4 * 1024 * 1024:
         raise ConfigError("node.pdu_size must be 0 (unlimited) or 4096–4194304 bytes")
+    if n.worker_mode not in ("process", "thread"):
+        raise ConfigError(f"node.worker_mode {n.worker_mode!r} must be process or thread")
     if n.workers < 1 or n.batch_size < 1:
         raise ConfigError("node.workers and node.batch_size must be at least 1")
     if n.min_free_disk_mb < 0:

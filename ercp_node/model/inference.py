@@ -17,6 +17,13 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def card_version(model_path: str | Path) -> str:
+    """A model's version from its card, as Segmenter.version gives it, without loading the model."""
+    path = card_path(model_path)
+    card = json.loads(path.read_text()) if path.is_file() else {}
+    return str(card.get("version", Path(model_path).stem))
+
+
 @dataclass
 class Segmenter:
     """A Keras U-Net plus its card (version, preset, training data, metrics). Thread-unsafe; one per worker."""

@@ -34,6 +34,17 @@ def load_segmenter(settings: Settings, sessions):
     return Segmenter.load(active.path if active is not None and Path(active.path).is_file() else SHIPPED)
 
 
+def model_path(settings: Settings, sessions) -> Path:
+    """The model file load_segmenter loads."""
+    from ..model.inference import SHIPPED
+    from ..model.registry import Registry
+
+    if settings.model.path:
+        return Path(settings.model.path)
+    active = Registry(sessions).active()
+    return Path(active.path) if active is not None and Path(active.path).is_file() else SHIPPED
+
+
 def node_id(data_dir: Path) -> str:
     """This node's name in jobs.worker: host and a digest of its data dir, so that two nodes on one database (even
     on one host) never share it, however long their paths (at most 49 characters; jobs.worker holds 64)."""
@@ -59,6 +70,16 @@ class Node:
         self.with_workers = workers
         self.stopped = threading.Event()
 
+    @property
+    def model_version(self) -> str:
+        """The version the workers run (from the model card; no TensorFlow needed in this process)."""
+        from ..model.inference import card_version
+
+        w = next(iter(self.workers), None)
+        if w is not None and getattr(w, "segmenter", None) is not None:
+            return w.segmenter.version
+        return card_version(model_path(self.settings, self.sessions))
+
     def workers_wake(self) -> None:
         for w in self.workers:
             w.wake.set()
@@ -74,14 +95,35 @@ class Node:
 
             log.info("node id %s (data dir %s)", self.node_id, self.data_dir.resolve())
             requeue_interrupted(self.sessions, self.node_id)
-            for i in range(self.settings.node.workers):
-                w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
-                           self.settings.node.batch_size)
-                self.workers.append(w)
-                w.start()
-            log.info("model %s on %d worker(s)", self.workers[0].segmenter.version, len(self.workers))
+            if self.settings.node.worker_mode == "process":
+                from .workerproc import WorkerProcess
+
+                load_segmenter(self.settings, self.sessions)  # registers the shipped model once, here
+                import multiprocessing as mp
+
+                self._export_ready = mp.get_context("spawn").Event()
+                self.workers = [WorkerProcess(self.settings, f"{self.node_id}/w{i}", self._export_ready)
+                                for i in range(self.settings.node.workers)]
+                for w in self.workers:
+                    w.start()
+                for w in self.workers:  # serve only once the model is loaded (a bad model fails here)
+                    if not w.wait_ready(300):
+                        self.stop()
+                        raise RuntimeError(f"worker process {w.name} did not start (see its log above)")
+                log.info("model %s on %d worker process(es)", self.model_version, len(self.workers))
+            else:
+                for i in range(self.settings.node.workers):
+                    w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
+                               self.settings.node.batch_size)
+                    self.workers.append(w)
+                    w.start()
+                log.info("model %s on %d worker thread(s)", self.model_version, len(self.workers))
             self.exporter = Exporter(self)
             self.exporter.start()
+            if self.settings.node.worker_mode == "process":
+                from .workerproc import bridge
+
+                bridge(self._export_ready, self.exporter.wake, self.exporter.stop_event)
         n = self.settings.node
         ssl_context = tls.server_context(n.tls_cert, n.tls_key, n.tls_ca) if n.tls_cert else None
         self.server = scp.start(self.ae, n.bind, n.port, ssl_context)

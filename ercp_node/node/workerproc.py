@@ -1,0 +1,115 @@
+"""Segmentation workers in their own processes (`node.worker_mode = "process"`, the service default).
+
+Why: inference, measurement and DICOM encoding are CPU-bound Python and TensorFlow work. In the SCP's process
+they hold the GIL against the association threads, so a burst of images slowed intake to a third of its idle
+rate (docs/operations.md). In a separate process the SCP keeps its own interpreter; the operating system shares
+the cores. The queue is the database, so a worker process needs nothing from the SCP but its settings; two
+process-shared events carry the wake-ups (new job → worker, new output → exporter), and both sides still poll.
+
+A worker process dies with its parent (Linux PR_SET_PDEATHSIG, and a parent-pid check as a fallback): after a
+`kill -9` of the node, an orphan must not keep processing jobs that the restarted node requeues.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+from pathlib import Path
+
+log = logging.getLogger("ercp_node.workerproc")
+PR_SET_PDEATHSIG = 1
+
+
+class WorkerHost:
+    """What a Worker needs of its node (settings, database, data dir), inside a worker process."""
+
+    def __init__(self, settings, export_ready):
+        from ..storage.db import open_database
+
+        self.settings = settings
+        self.data_dir = Path(settings.node.data_dir)
+        self.engine, self.sessions = open_database(settings.db_url())
+        self.export_ready = export_ready
+
+    def exporter_wake(self) -> None:
+        """The exporter lives in the SCP's process: tell it through a shared event (it also polls)."""
+        self.export_ready.set()
+
+
+def bridge(source, target: threading.Event, stop) -> threading.Thread:
+    """A daemon thread that turns each `source.set()` (a process-shared event) into `target.set()`."""
+
+    def run():
+        while not stop.is_set():
+            if source.wait(0.5):
+                source.clear()
+                target.set()
+
+    t = threading.Thread(target=run, name="wake-bridge", daemon=True)
+    t.start()
+    return t
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent-pid check below still ends the process
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+        os._exit(0)
+
+
+def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int, log_level: int) -> None:
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us in order
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("highdicom").setLevel(max(log_level, logging.WARNING))  # it narrates every copied module
+    from .service import load_segmenter
+    from .worker import Worker
+
+    host = WorkerHost(settings, export_ready)
+    worker = Worker(host, load_segmenter(settings, host.sessions), name, settings.node.batch_size)
+    worker.start()
+    bridge(wake, worker.wake, stop)  # the intake's "new job" reaches the worker at once, not at its next poll
+    ready.set()
+    while not stop.wait(0.5):
+        if os.getppid() != parent_pid or not worker.is_alive():
+            break
+    worker.stop_event.set()
+    worker.wake.set()
+    worker.join(60)
+    host.engine.dispose()
+
+
+class WorkerProcess:
+    """A Worker thread in a child process; the same stop_event / wake / join surface as a Worker thread."""
+
+    def __init__(self, settings, name: str, export_ready):
+        ctx = mp.get_context("spawn")  # no fork of a process that has threads (and maybe TensorFlow) running
+        self.name = name
+        self.stop_event, self.ready = ctx.Event(), ctx.Event()
+        self.wake = ctx.Event()  # set by the intake (Node.workers_wake), bridged to the worker in the child
+        self.process = ctx.Process(target=_main, name=name, daemon=True,
+                                   args=(settings, name, self.stop_event, self.ready, self.wake, export_ready,
+                                         os.getpid(), logging.getLogger().getEffectiveLevel()))
+
+    def start(self) -> None:
+        self.process.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the model is loaded and the worker polls (or False after `timeout` seconds)."""
+        return self.ready.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.process.join(timeout)
+        if self.process.is_alive():
+            log.warning("worker process %s did not stop in %s s; terminating it", self.name, timeout)
+            self.process.terminate()
+            self.process.join(5)
