@@ -79,3 +79,18 @@ def _node_database(monkeypatch):
     monkeypatch.setattr(Settings, "db_url", lambda self: self.node.db_url or url)
     yield url
     pg_drop(admin, url)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A small untrained U-Net: node tests prove the plumbing, not accuracy (that is evaluate's job)."""
+    import keras
+
+    from ercp_node.model.retrain import save_model
+    from ercp_node.model.unet import build_unet, get_config
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    save_model(build_unet(get_config("default", base_filters=4, input_size=64)), path,
+               {"version": "tiny-test-model", "preset": "default", "loss": "dice+focal"})
+    return path

@@ -461,20 +461,6 @@ def cases(sources, tmp_path_factory) -> list[Case]:
     return cs
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    import keras
-
-    from ercp_node.model.retrain import save_model
-    from ercp_node.model.unet import build_unet, get_config
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    save_model(build_unet(get_config("default", base_filters=4, input_size=64)), path,
-               {"version": "tiny-test-model", "preset": "default", "loss": "dice+focal"})
-    return path
-
-
 class LogCapture(logging.Handler):
     def __init__(self):
         super().__init__(logging.DEBUG)

@@ -25,21 +25,6 @@ from ercp_node.storage.models import Export, ExportAttempt, Job
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A small untrained U-Net: these tests prove the plumbing, not accuracy (that is evaluate's job)."""
-    import keras
-
-    from ercp_node.model.retrain import save_model
-    from ercp_node.model.unet import build_unet, get_config
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    save_model(build_unet(get_config("default", base_filters=4, input_size=64)), path,
-               {"version": "tiny-test-model", "preset": "default", "loss": "dice+focal"})
-    return path
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("carm")
     assert main(["synth", "--count", "2", "--seed", "50", "--size", "512", "--out", str(root / "rf")]) == 0
