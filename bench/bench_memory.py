@@ -3,7 +3,7 @@
 `ercp-node serve` runs as a child process (shipped model, default settings: 1 worker, batches of 8) with a dcmtk
 storescp as its PACS. dcmtk storescu first sends `--first` images (default 50) and the bench waits until they are
 segmented and exported: the RSS then is the reference. Then the remaining images go in one burst (one association).
-The node's RSS is sampled every `--interval` s from /proc/PID/status (VmRSS; psutil is not needed) until every job
+The RSS of the node and its worker processes is sampled every `--interval` s from /proc/PID/status (VmRSS, summed) until every job
 is done and every export sent; the kernel's high-water mark (VmHWM) is read at the end as well.
 
 Writes bench/results/memory.json: RSS after the first batch, peak during the burst, final, VmHWM, the growth
@@ -55,13 +55,32 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def rss(pid: int) -> int:
-    try:
-        import psutil  # noqa: PLC0415 - optional
+def tree(pid: int) -> list[int]:
+    """The process and its descendants (the node's worker processes, node.worker_mode = process)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
 
-        return psutil.Process(pid).memory_info().rss
-    except ImportError:
-        return proc_status(pid)["VmRSS"]
+
+def rss(pid: int) -> int:
+    """Resident memory of the node and its worker processes together (VmRSS from /proc, summed)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            total += proc_status(p)["VmRSS"]
+        except (OSError, KeyError):  # gone meanwhile, or a zombie
+            pass
+    return total
 
 
 def make_images(out: Path, count: int, seed: int = 90, base: int = 10) -> list[Path]:
@@ -189,7 +208,7 @@ def run(count: int = 500, first: int = 50, model: str | None = None, interval: f
         burst_s = time.perf_counter() - t_burst
         time.sleep(2.0)
         rss_final = rss(node_proc.pid)
-        hwm = proc_status(node_proc.pid).get("VmHWM")
+        hwm = sum(proc_status(p).get("VmHWM", 0) for p in tree(node_proc.pid))  # sum of per-process peaks
         sampler.stop_event.set()
         sampler.join()
         final_counts = counts()
@@ -204,7 +223,7 @@ def run(count: int = 500, first: int = 50, model: str | None = None, interval: f
             "setup": {"images": count, "first_batch": first, "image": "phantom RF 512x512 8-bit explicit VR LE",
                       "node": "ercp-node serve, 1 worker, batch 8, SQLite, one storescp destination (SEG+SR)",
                       "model": model or "shipped default", "sample_interval_s": interval,
-                      "rss_source": "psutil" if _has_psutil() else "/proc/PID/status VmRSS"},
+                      "rss_source": "/proc/PID/status VmRSS of the node and its worker processes, summed"},
             "acknowledged": {"first": ok1, "burst": ok2},
             "jobs": final_counts,
             "seconds": {"startup": round(startup_s, 1), "send_first": round(send1, 1),
@@ -228,15 +247,6 @@ def run(count: int = 500, first: int = 50, model: str | None = None, interval: f
                     p.kill()
         if own:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def _has_psutil() -> bool:
-    try:
-        import psutil  # noqa: F401, PLC0415
-
-        return True
-    except ImportError:
-        return False
 
 
 def compact(text: str) -> str:
