@@ -93,15 +93,7 @@ def pacs(tmp_path):
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request):
     """None: the product default (SQLite in the data dir); else a fresh PostgreSQL database, dropped after."""
-    if request.param == "sqlite":
-        yield None
-        return
-    admin = harness.pg_admin_url()
-    if admin is None:
-        pytest.skip("ERCP_TEST_DB_URL not set (postgresql+psycopg://user:pass@host/db; .ci/run sets it)")
-    url = harness.pg_create(admin)
-    yield url
-    harness.pg_drop(admin, url)
+    yield from harness.database(request.param, None)
 
 
 @pytest.fixture(scope="session")

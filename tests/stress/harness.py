@@ -127,6 +127,22 @@ def pg_drop(admin_url: str, url: str) -> None:
     eng.dispose()
 
 
+def database(kind: str, sqlite_url: str | None):
+    """Generator for a fixture: `sqlite_url` for "sqlite", else a fresh PostgreSQL database dropped afterwards
+    (the test is skipped without ERCP_TEST_DB_URL)."""
+    import pytest
+
+    if kind == "sqlite":
+        yield sqlite_url
+        return
+    admin = pg_admin_url()
+    if admin is None:
+        pytest.skip("ERCP_TEST_DB_URL not set (postgresql+psycopg://user:pass@host/db; .ci/run sets it)")
+    url = pg_create(admin)
+    yield url
+    pg_drop(admin, url)
+
+
 # ---------------------------------------------------------------------------------------------- the node
 class NodeProc:
     """`ercp-node serve` as a child process on 127.0.0.1; restartable on the same data dir, port and database."""

@@ -43,15 +43,7 @@ print(json.dumps(got))
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def shared_url(request, tmp_path):
     """One database URL that several nodes share."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'shared.db'}"
-        return
-    admin = harness.pg_admin_url()
-    if admin is None:
-        pytest.skip("ERCP_TEST_DB_URL not set (postgresql+psycopg://user:pass@host/db; .ci/run sets it)")
-    url = harness.pg_create(admin)
-    yield url
-    harness.pg_drop(admin, url)
+    yield from harness.database(request.param, f"sqlite:///{tmp_path / 'shared.db'}")
 
 
 def test_claim_is_exclusive_across_processes(tmp_path, shared_url, report):
