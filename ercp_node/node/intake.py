@@ -83,24 +83,27 @@ class Intake:
             return OUT_OF_RESOURCES
 
     def _store(self, raw: bytes, ds: pydicom.Dataset, calling_ae: str | None) -> None:
+        # SQLAlchemy Core on the engine rather than ORM sessions: the same two rows in one transaction, without
+        # the unit-of-work bookkeeping that cost ~1 ms of the ~7 ms per image (bench/bench_node.py ingest).
         sop = str(ds.SOPInstanceUID)
-        with self.sessions() as s:
-            if s.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop)) is not None:
+        engine = self.sessions.kw["bind"]
+        instances, jobs = Instance.__table__, Job.__table__
+        with engine.connect() as c:
+            if c.execute(select(instances.c.id).where(instances.c.sop_instance_uid == sop)).first() is not None:
                 log.info("instance %s already archived; second copy acknowledged, not queued again", sop)
                 return
         path = self.archive / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{sop}.dcm"
         write_atomic(path, raw)
         try:
-            with self.sessions.begin() as s:
-                inst = Instance(sop_instance_uid=sop, sop_class_uid=str(ds.SOPClassUID),
-                                study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
-                                modality=str(ds.get("Modality", "") or "")[:16] or None,
-                                transfer_syntax=str(ds.file_meta.TransferSyntaxUID), rows=int(ds.Rows),
-                                columns=int(ds.Columns), frames=int(getattr(ds, "NumberOfFrames", 1) or 1),
-                                path=str(path), size_bytes=len(raw), calling_ae=calling_ae)
-                s.add(inst)
-                s.flush()
-                s.add(new_job(inst.id))
+            with engine.begin() as c:
+                inst_id = c.execute(instances.insert().values(
+                    sop_instance_uid=sop, sop_class_uid=str(ds.SOPClassUID),
+                    study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.SeriesInstanceUID),
+                    modality=str(ds.get("Modality", "") or "")[:16] or None,
+                    transfer_syntax=str(ds.file_meta.TransferSyntaxUID), rows=int(ds.Rows),
+                    columns=int(ds.Columns), frames=int(getattr(ds, "NumberOfFrames", 1) or 1),
+                    path=str(path), size_bytes=len(raw), calling_ae=calling_ae).returning(instances.c.id)).scalar_one()
+                c.execute(jobs.insert().values(instance_id=inst_id, **job_values()))
         except IntegrityError:  # the same instance arrived on two associations at once: the first one won
             log.info("instance %s stored concurrently; acknowledged once queued", sop)
             return
@@ -137,10 +140,15 @@ class Intake:
             log.exception("could not record an intake failure")
 
 
+def job_values() -> dict:
+    """A queued job's columns. Output UIDs are made once, here, and stored: retries and reruns resend the very
+    same objects."""
+    return {"state": "queued",
+            **{f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")}}
+
+
 def new_job(instance_id: int) -> Job:
-    """Output UIDs are made once, here, and stored: retries and reruns resend the very same objects."""
-    return Job(instance_id=instance_id, state="queued",
-               **{f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")})
+    return Job(instance_id=instance_id, **job_values())
 
 
 def write_atomic(path: Path, data: bytes) -> None:
