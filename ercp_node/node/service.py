@@ -19,30 +19,27 @@ from .intake import Intake
 log = logging.getLogger("ercp_node.service")
 
 
-def load_segmenter(settings: Settings, sessions):
-    """The configured model, else the registry's active one, else the shipped default."""
-    from ..model.inference import SHIPPED, Segmenter
-    from ..model.registry import Registry
-
-    if settings.model.path:
-        return Segmenter.load(settings.model.path)
-    reg = Registry(sessions)
-    try:
-        active = reg.ensure_shipped()
-    except IntegrityError:  # another node on the same database registered it at the same moment
-        active = reg.active()
-    return Segmenter.load(active.path if active is not None and Path(active.path).is_file() else SHIPPED)
-
-
 def model_path(settings: Settings, sessions) -> Path:
-    """The model file load_segmenter loads."""
+    """The model file the workers run: the configured one, else the registry's active one (on a fresh database
+    the shipped model is registered as active here), else the shipped file. Loads nothing."""
     from ..model.inference import SHIPPED
     from ..model.registry import Registry
 
     if settings.model.path:
         return Path(settings.model.path)
-    active = Registry(sessions).active()
+    reg = Registry(sessions)
+    try:
+        active = reg.ensure_shipped()
+    except IntegrityError:  # another node on the same database registered it at the same moment
+        active = reg.active()
     return Path(active.path) if active is not None and Path(active.path).is_file() else SHIPPED
+
+
+def load_segmenter(settings: Settings, sessions):
+    """The model of model_path(), loaded."""
+    from ..model.inference import Segmenter
+
+    return Segmenter.load(model_path(settings, sessions))
 
 
 def node_id(data_dir: Path) -> str:
@@ -98,7 +95,7 @@ class Node:
             if self.settings.node.worker_mode == "process":
                 from .workerproc import WorkerProcess
 
-                load_segmenter(self.settings, self.sessions)  # registers the shipped model once, here
+                model_path(self.settings, self.sessions)  # registers the shipped model once, here; no TensorFlow
                 import multiprocessing as mp
 
                 self._export_ready = mp.get_context("spawn").Event()
