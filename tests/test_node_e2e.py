@@ -298,3 +298,30 @@ def test_serve_runs_workers_in_processes_that_die_with_it(tmp_path, tiny_model, 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_dead_worker_process_is_replaced_and_its_jobs_requeued(tmp_path, tiny_model, images, pacs, caplog):
+    """kill -9 of one worker process (not the node): the node logs it, requeues what it held and starts a new one;
+    the image sent after, and the one it was working on, both come out."""
+    import logging
+    import os
+    import signal
+
+    s = Settings()
+    s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
+    s.node.ae_title, s.model.path, s.node.worker_mode = "ERCPNODE", str(tiny_model), "process"
+    s.destinations = [parse_destination(f"PACS@127.0.0.1:{pacs[0]}", ("SEG", "SR"))]
+    caplog.set_level(logging.INFO, logger="ercp_node")
+    node = Node(s).start()
+    try:
+        old = node.workers[0]
+        _storescu(node, images[0])
+        os.kill(old.process.pid, signal.SIGKILL)  # at once: it may hold the job by now, or not yet
+        _storescu(node, images[1])
+        assert _wait(lambda: node.workers[0] is not old and node.workers[0].is_alive(), 60)
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 4, 180)
+        assert _count(node, Job, Job.state == "done") == 2
+        assert any("ended unexpectedly" in r.getMessage() and "-9" in r.getMessage() for r in caplog.records)
+    finally:
+        node.stop()
+

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
@@ -66,6 +67,7 @@ class Node:
         self.exporter = None
         self.with_workers = workers
         self.stopped = threading.Event()
+        self._stopping = threading.Event()
 
     @property
     def model_version(self) -> str:
@@ -98,7 +100,9 @@ class Node:
                 model_path(self.settings, self.sessions)  # registers the shipped model once, here; no TensorFlow
                 import multiprocessing as mp
 
-                self._export_ready = mp.get_context("spawn").Event()
+                from .workerproc import WakeSignal
+
+                self._export_ready = WakeSignal(mp.get_context("spawn"))
                 self.workers = [WorkerProcess(self.settings, f"{self.node_id}/w{i}", self._export_ready)
                                 for i in range(self.settings.node.workers)]
                 for w in self.workers:
@@ -108,6 +112,7 @@ class Node:
                         self.stop()
                         raise RuntimeError(f"worker process {w.name} did not start (see its log above)")
                 log.info("model %s on %d worker process(es)", self.model_version, len(self.workers))
+                threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True).start()
             else:
                 for i in range(self.settings.node.workers):
                     w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
@@ -126,7 +131,30 @@ class Node:
         self.server = scp.start(self.ae, n.bind, n.port, ssl_context)
         return self
 
+    def _supervise(self, every_s: float = 1.0, min_gap_s: float = 10.0) -> None:
+        """A worker process that ends on its own (the OOM killer, a crash in native code) is logged, its jobs go
+        back to the queue and a new one takes its place, at most one restart per slot every `min_gap_s`."""
+        from .worker import requeue_worker
+        from .workerproc import WorkerProcess
+
+        last: dict[int, float] = {}
+        while not self._stopping.wait(every_s):
+            for i, w in enumerate(list(self.workers)):
+                if w.is_alive() or self._stopping.is_set() or time.monotonic() - last.get(i, -1e9) < min_gap_s:
+                    continue
+                last[i] = time.monotonic()
+                try:
+                    n = requeue_worker(self.sessions, w.name)
+                    log.error("worker process %s ended unexpectedly (exit code %s); %d job(s) requeued; restarting "
+                              "it", w.name, w.process.exitcode, n)
+                    new = WorkerProcess(self.settings, w.name, self._export_ready)
+                    new.start()
+                    self.workers[i] = new
+                except Exception:  # noqa: BLE001 - try again on the next round
+                    log.exception("restarting worker process %s failed", w.name)
+
     def stop(self) -> None:
+        self._stopping.set()
         if self.server is not None:
             self.server.shutdown()
             self.server = None

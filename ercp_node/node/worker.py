@@ -37,6 +37,14 @@ def requeue_interrupted(sessions, node_id: str) -> int:
     return n
 
 
+def requeue_worker(sessions, worker: str, ids: list[int] | None = None) -> int:
+    """The running jobs of one worker (of those `ids`, if given) go back to the queue: the worker died or its
+    batch hit an unexpected error. attempts counts the tries (claim increments it)."""
+    cond = [Job.state == "running", Job.worker == worker] + ([Job.id.in_(ids)] if ids is not None else [])
+    with sessions.begin() as s:
+        return s.execute(update(Job).where(*cond).values(state="queued", worker=None)).rowcount
+
+
 def claim(sessions, worker: str, limit: int) -> list[int]:
     """Atomically take up to `limit` queued jobs; the conditional UPDATE makes each claim exclusive (SQLite: one
     writer at a time; PostgreSQL: the second UPDATE of a row waits for the first and then no longer matches)."""
@@ -81,7 +89,15 @@ class Worker(threading.Thread):
                 self.wake.wait(self.poll_s)
                 self.wake.clear()
                 continue
-            self.process(ids)
+            try:
+                self.process(ids)
+            except Exception:  # noqa: BLE001 - e.g. the database went away mid-batch: the worker lives on
+                log.exception("batch %s failed outside any one job; requeueing what is still held", ids)
+                try:
+                    requeue_worker(self.node.sessions, self.name, ids)
+                except Exception:  # noqa: BLE001 - a restart requeues them (requeue_interrupted)
+                    log.exception("requeueing %s failed", ids)
+                self.stop_event.wait(self.poll_s)
 
     def process(self, ids: list[int]) -> None:
         sessions = self.node.sessions

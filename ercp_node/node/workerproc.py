@@ -4,10 +4,12 @@ Why: inference, measurement and DICOM encoding are CPU-bound Python and TensorFl
 they hold the GIL against the association threads, so a burst of images slowed intake to a third of its idle
 rate (docs/operations.md). In a separate process the SCP keeps its own interpreter; the operating system shares
 the cores. The queue is the database, so a worker process needs nothing from the SCP but its settings; two
-process-shared events carry the wake-ups (new job → worker, new output → exporter), and both sides still poll.
+process-shared wake signals (WakeSignal, not multiprocessing.Event: see there) carry the wake-ups (new job →
+worker, new output → exporter), and both sides still poll.
 
 A worker process dies with its parent (Linux PR_SET_PDEATHSIG, and a parent-pid check as a fallback): after a
-`kill -9` of the node, an orphan must not keep processing jobs that the restarted node requeues.
+`kill -9` of the node, an orphan must not keep processing jobs that the restarted node requeues. A worker process
+that dies on its own is replaced by the node (Node._supervise), which requeues the jobs it held.
 """
 
 from __future__ import annotations
@@ -18,10 +20,56 @@ import multiprocessing as mp
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 log = logging.getLogger("ercp_node.workerproc")
 PR_SET_PDEATHSIG = 1
+
+
+# Not multiprocessing.Event between the node and its workers: Event.set() waits until every process sleeping in
+# Event.wait() has woken, so after a kill -9 of a waiting worker the next set() (the intake's wake-up in an SCP
+# thread, or Node.stop) blocks for ever. A semaphore's release and a shared byte never wait for anyone.
+class WakeSignal:
+    """Wake-ups from other processes: set() never blocks; wait() returns True once for any number of set()s."""
+
+    def __init__(self, ctx):
+        self._sem = ctx.BoundedSemaphore(1)
+        self._sem.acquire()
+
+    def set(self) -> None:
+        try:
+            self._sem.release()
+        except ValueError:  # already signalled
+            pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._sem.acquire(timeout=timeout)
+
+    def clear(self) -> None:
+        self._sem.acquire(block=False)
+
+
+class SharedFlag:
+    """A sticky flag in shared memory (stop, ready): set() is one write; wait() polls every 50 ms."""
+
+    def __init__(self, ctx):
+        self._value = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float | None = None, alive=None) -> bool:
+        """True once set; False after `timeout` s, or as soon as `alive()` says the setter is gone."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            if (end is not None and time.monotonic() >= end) or (alive is not None and not alive()):
+                return self.is_set()
+            time.sleep(0.05)
+        return True
 
 
 class WorkerHost:
@@ -41,7 +89,7 @@ class WorkerHost:
 
 
 def bridge(source, target: threading.Event, stop) -> threading.Thread:
-    """A daemon thread that turns each `source.set()` (a process-shared event) into `target.set()`."""
+    """A daemon thread that turns each `source.set()` (a WakeSignal) into `target.set()`."""
 
     def run():
         while not stop.is_set():
@@ -91,8 +139,8 @@ class WorkerProcess:
     def __init__(self, settings, name: str, export_ready):
         ctx = mp.get_context("spawn")  # no fork of a process that has threads (and maybe TensorFlow) running
         self.name = name
-        self.stop_event, self.ready = ctx.Event(), ctx.Event()
-        self.wake = ctx.Event()  # set by the intake (Node.workers_wake), bridged to the worker in the child
+        self.stop_event, self.ready = SharedFlag(ctx), SharedFlag(ctx)
+        self.wake = WakeSignal(ctx)  # set by the intake (Node.workers_wake), bridged to the worker in the child
         self.process = ctx.Process(target=_main, name=name, daemon=True,
                                    args=(settings, name, self.stop_event, self.ready, self.wake, export_ready,
                                          os.getpid(), logging.getLogger().getEffectiveLevel()))
@@ -102,7 +150,7 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float) -> bool:
         """True once the model is loaded and the worker polls (or False after `timeout` seconds)."""
-        return self.ready.wait(timeout)
+        return self.ready.wait(timeout, alive=self.process.is_alive)
 
     def is_alive(self) -> bool:
         return self.process.is_alive()
