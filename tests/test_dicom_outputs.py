@@ -258,6 +258,32 @@ def test_outputs_are_deterministic(phantom):
     assert blobs[0] == blobs[2] and blobs[1] == blobs[3]
 
 
+@pytest.mark.parametrize("name", ["rf-explicit", "xa-cine"])
+def test_fast_sr_document_equals_highdicoms_own(phantom, name):
+    """build_sr assembles the document around highdicom's constructor (dicom/sr.comprehensive_sr) for speed; it
+    must give the same bytes and the same parsed content as the plain hd.sr.ComprehensiveSR(...)."""
+    source, labels = load(phantom, name)
+    seg, fast, measurements = make_outputs(source, labels, name)
+    plain = build_sr(source, seg, measurements, **uids(name, "sr"), model_version=MODEL_VERSION, fast=False)
+    blobs = []
+    for ds in (fast, plain):
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        blobs.append(buf.getvalue())
+    assert len(blobs[0]) > 5000 and blobs[0] == blobs[1]
+
+    def walk(items):  # the parsed tree highdicom keeps for sr.content, depth first
+        for i in items:
+            yield i
+            yield from walk(i.get("ContentSequence", []))
+
+    pairs = list(zip(walk(fast.content), walk(plain.content), strict=True))
+    assert len(pairs) > 30
+    for f, p in pairs:  # the fast tree keeps the template classes, subclasses of the generic ones
+        assert isinstance(f, type(p)) and (f.value_type, f.name) == (p.value_type, p.name)
+    assert fast.CurrentRequestedProcedureEvidenceSequence == plain.CurrentRequestedProcedureEvidenceSequence
+
+
 def test_single_frame_source_without_pixels_and_second_image(phantom, tmp_path):
     """Metadata-only source (stop_before_pixels) works; the source is not modified; empty segments stay."""
     root, rows = phantom["rf-jpeg-ls"]

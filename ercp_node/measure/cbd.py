@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from .centreline import interior_angle, longest_path, resample, width_profile
 
@@ -34,7 +33,12 @@ def _not_measurable(reason: str, area_mm2=None) -> dict:
 
 
 def duct_mask(labels: np.ndarray) -> np.ndarray:
-    return ndimage.binary_fill_holes(np.isin(labels, (CBD, STONE)))
+    """CBD ∪ stones with holes filled: what ndimage.binary_fill_holes gives (4-connected background), by an
+    OpenCV flood fill of the background from outside the frame (~20x faster on a 576² frame)."""
+    duct = ((labels == CBD) | (labels == STONE)).astype(np.uint8)
+    padded = np.pad(duct, 1)
+    cv2.floodFill(padded, None, (0, 0), 2, flags=4)
+    return padded[1:-1, 1:-1] != 2
 
 
 def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) -> dict:

@@ -57,10 +57,13 @@ def stones(labels: np.ndarray, mm_per_px: float | None, min_area_px: int = 4) ->
         area = int(stats[i, cv2.CC_STAT_AREA])
         if area < min_area_px:
             continue
-        c = comp == i
+        # The stone's bounding box with a 1-px empty margin: same hull and contour, offset, at a stone's cost.
+        x0, y0, w, h = (int(v) for v in stats[i, :4])
+        c = np.zeros((h + 2, w + 2), bool)
+        c[1:-1, 1:-1] = comp[y0:y0 + h, x0:x0 + w] == i
         feret, width = feret_px(c), min_width_px(c)
         contours, _ = cv2.findContours(c.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
+        outline = max(contours, key=cv2.contourArea).reshape(-1, 2) + (x0 - 1, y0 - 1)
         out.append({"area_px": area, "largest_diameter_px": feret, "smallest_diameter_px": min(width, feret),
                     "area_mm2": area * scale**2 if scale else None,
                     "largest_diameter_mm": feret * scale if scale else None,
