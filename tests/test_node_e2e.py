@@ -325,3 +325,34 @@ def test_a_dead_worker_process_is_replaced_and_its_jobs_requeued(tmp_path, tiny_
     finally:
         node.stop()
 
+
+def test_export_to_a_pacs_that_takes_only_implicit_vr(tmp_path, tiny_model, images):
+    """Outputs go out as stored (explicit VR little endian, streamed from the file); a PACS that accepts only
+    implicit VR little endian (storescp +xi) gets them converted, the same objects."""
+    port, out = free_port(), tmp_path / "pacs"
+    out.mkdir()
+    proc = subprocess.Popen(["storescp", "+xi", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = None
+    try:
+        def listening():
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        assert _wait(listening, 10)
+        node = _node(tmp_path, tiny_model, port)
+        _storescu(node, images[0])
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 2)
+        received = [pydicom.dcmread(f) for f in out.iterdir()]
+        assert sorted(ds.Modality for ds in received) == ["SEG", "SR"]
+        assert {str(ds.file_meta.TransferSyntaxUID) for ds in received} == {"1.2.840.10008.1.2"}
+        with node.sessions() as s:
+            from ercp_node.storage.models import Output
+            stored = {o.sop_instance_uid for o in s.scalars(select(Output))}
+        assert {str(ds.SOPInstanceUID) for ds in received} == stored
+    finally:
+        if node is not None:
+            node.stop()
+        proc.terminate()
+        proc.wait(10)
+
