@@ -7,6 +7,7 @@
    throughput (preprocessed batches of 16 through the U-Net) measured in the same run.
 
 Usage: python bench/bench_node.py [--count 200] [--latency-images 30] [--repeats 3] [--model PATH]
+       [--worker-modes process,thread] [--workers 0,1] [--skip-ingest]
 """
 
 from __future__ import annotations
@@ -92,11 +93,11 @@ def ingest(files: list[Path], repeats: int) -> dict:
             "ratios": {f"ercp-node / {k}": round(node / v, 2) for k, v in med.items() if not k.startswith("ercp")}}
 
 
-def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 1,
+def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 0,
                worker_mode: str = "process") -> dict:
     from conftest import free_port
 
-    from ercp_node.config.settings import Settings, parse_destination
+    from ercp_node.config.settings import Settings, parse_destination, worker_count
     from ercp_node.demo import DemoPACS
     from ercp_node.model.inference import SHIPPED, Segmenter
     from ercp_node.node.service import Node
@@ -113,6 +114,7 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp / "n"), "ERCPNODE"
         s.model.path = model or ""
         s.node.workers, s.node.worker_mode = workers, worker_mode
+        res["workers"] = worker_count(s)
         s.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", ("SEG", "SR"))]
         node = Node(s).start()
         carm = AE(ae_title="BENCH")
@@ -172,7 +174,8 @@ def main() -> int:
     ap.add_argument("--latency-images", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--workers", type=int, default=1, help="node workers")
+    ap.add_argument("--workers", default="0",
+                    help="comma-separated node.workers values, each run in turn (0 = the node's auto default)")
     ap.add_argument("--worker-modes", default="process,thread",
                     help="comma-separated node.worker_mode values, run one after the other on the same files")
     ap.add_argument("--skip-ingest", action="store_true")
@@ -186,13 +189,16 @@ def main() -> int:
         result = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                   "files": f"{len(files)} phantom RF 576x576 8-bit explicit VR little endian",
                   "workers": a.workers}
+        counts = [int(w) for w in a.workers.split(",")]
         if not a.skip_ingest:
             result["ingest"] = ingest(files[: a.count], a.repeats)
             print(json.dumps(result["ingest"]["images_per_s_median"], indent=1), flush=True)
         # Intake while the workers are busy: the burst's C-STORE rate vs the idle ingest rate above.
         for mode in filter(None, a.worker_modes.split(",")):  # "" runs the ingest comparison only
-            result[f"end_to_end_{mode}"] = r = end_to_end(files, a.latency_images, a.model, a.workers, mode)
-            print(mode, json.dumps(r), flush=True)
+            for n in counts:
+                key = f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
+                result[key] = r = end_to_end(files, a.latency_images, a.model, n, mode)
+                print(key, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -32,7 +32,9 @@ class NodeSettings:
     data_dir: str = "ercp-node-data"
     db_url: str = ""  # empty: SQLite in data_dir
     min_free_disk_mb: int = 500  # C-STORE is refused with 0xA700 below this
-    workers: int = 1
+    # Segmentation workers; 0 = auto: in process mode one per CPU core, at most 4 (the post-model stages -
+    # measuring, SEG/SR encoding - are single-threaded Python: 2 processes on 2 cores gave 1.65x one), else 1.
+    workers: int = 0
     batch_size: int = 8
     # "process": workers in child processes, so inference never holds the SCP's GIL (what `load()` - serve,
     # demo, config check - defaults to); "thread": in the node's process (the library default, for tests).
@@ -235,8 +237,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node.pdu_size must be 0 (unlimited) or 4096–4194304 bytes")
     if n.worker_mode not in ("process", "thread"):
         raise ConfigError(f"node.worker_mode {n.worker_mode!r} must be process or thread")
-    if n.workers < 1 or n.batch_size < 1:
-        raise ConfigError("node.workers and node.batch_size must be at least 1")
+    if n.workers < 0 or n.batch_size < 1:
+        raise ConfigError("node.workers must be 0 (auto) or more, node.batch_size at least 1")
     if n.min_free_disk_mb < 0:
         raise ConfigError("node.min_free_disk_mb must be ≥ 0")
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
@@ -304,3 +306,11 @@ def _validate_tls(s: Settings) -> None:
                 tls.client_context(d.tls_ca, n.tls_cert, n.tls_key)
     except tls.ConfigTLSError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def worker_count(settings: Settings) -> int:
+    """node.workers, or for 0 (auto): one worker process per CPU core, at most 4; one worker thread."""
+    n = settings.node
+    if n.workers > 0:
+        return n.workers
+    return min(os.cpu_count() or 1, 4) if n.worker_mode == "process" else 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import IntegrityError
 
-from ..config.settings import Settings
+from ..config.settings import Settings, worker_count
 from ..storage.db import open_database, private_dir
 from . import scp, tls
 from .intake import Intake
@@ -104,7 +104,7 @@ class Node:
 
                 self._export_ready = WakeSignal(mp.get_context("spawn"))
                 self.workers = [WorkerProcess(self.settings, f"{self.node_id}/w{i}", self._export_ready)
-                                for i in range(self.settings.node.workers)]
+                                for i in range(worker_count(self.settings))]
                 for w in self.workers:
                     w.start()
                 for w in self.workers:  # serve only once the model is loaded (a bad model fails here)
@@ -114,7 +114,7 @@ class Node:
                 log.info("model %s on %d worker process(es)", self.model_version, len(self.workers))
                 threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True).start()
             else:
-                for i in range(self.settings.node.workers):
+                for i in range(worker_count(self.settings)):
                     w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)

@@ -116,6 +116,8 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us in order
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("highdicom").setLevel(max(log_level, logging.WARNING))  # it narrates every copied module
+    # Several worker processes may share one GPU: TensorFlow would otherwise reserve all of its memory in the first.
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
     from .service import load_segmenter
     from .worker import Worker
 
