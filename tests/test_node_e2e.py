@@ -315,6 +315,8 @@ def test_a_dead_worker_process_is_replaced_and_its_jobs_requeued(tmp_path, tiny_
     node = Node(s).start()
     try:
         old = node.workers[0]
+        # workers yield the CPU to the SCP (WORKER_NICE)
+        assert _wait(lambda: os.getpriority(os.PRIO_PROCESS, old.process.pid) == min(19, os.nice(0) + 10), 30)
         _storescu(node, images[0])
         os.kill(old.process.pid, signal.SIGKILL)  # at once: it may hold the job by now, or not yet
         _storescu(node, images[1])

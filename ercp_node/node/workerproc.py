@@ -25,6 +25,9 @@ from pathlib import Path
 
 log = logging.getLogger("ercp_node.workerproc")
 PR_SET_PDEATHSIG = 1
+# Workers run at a lower CPU priority than the SCP: a C-arm waits for each C-STORE response, a queued job does not.
+# They still get every cycle the SCP leaves idle, so throughput is unchanged when no images are arriving.
+WORKER_NICE = 10
 
 
 # Not multiprocessing.Event between the node and its workers: Event.set() waits until every process sleeping in
@@ -113,6 +116,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int, log_level: int) -> None:
     _die_with_parent(parent_pid)
+    try:
+        os.nice(WORKER_NICE)
+    except OSError:  # not permitted here: run at the node's priority
+        pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us in order
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("highdicom").setLevel(max(log_level, logging.WARNING))  # it narrates every copied module
