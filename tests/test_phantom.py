@@ -184,6 +184,8 @@ def test_dicom_reads_back_and_is_valid(dataset):
     ["--modality", "SC", "--photometric", "MONOCHROME1", "--bits", "12", "--transfer-syntax", "jpeg2000"],
     ["--modality", "DX", "--bits", "16", "--transfer-syntax", "rle", "--image-intensifier"],
     ["--modality", "RF", "--frames", "6", "--transfer-syntax", "jpeg-ls"],
+    ["--modality", "EXA", "--frames", "5", "--transfer-syntax", "jpeg-ls"],
+    ["--modality", "EXRF", "--image-intensifier", "--photometric", "MONOCHROME1", "--bits", "12"],
 ])
 def test_variants_are_valid_dicom(tmp_path, extra):
     out = tmp_path / "v"

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .anatomy import sample_anatomy
-from .dicomio import DicomInfo, build_dataset, write_dicom
+from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
 from .labelme import layers_to_labelme
 from .render import Options, make_case, render
 
@@ -155,7 +155,9 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         series_number=item.series_number, instance_number=item.instance_number, acquisition_datetime=item.acquired,
         kvp=case.acq["kvp"], tube_current_ma=case.acq["ma"], exposure_time_ms=100.0,
         imager_pixel_spacing_mm=opts.spacing(), magnification=round(case.acq["magnification"], 4),
-        frame_time_ms=66.7)
+        frame_time_ms=66.7, receptor="IMG_INTENSIFIER" if opts.image_intensifier else "DIGITAL_DETECTOR",
+        # Enhanced XA/XRF allow only NO; the burned-in text (date, time, technique, scale) names no patient.
+        burned_in_annotation=cfg.modality not in ENHANCED)
     ds = build_dataset(np.stack(images) if n > 1 else images[0], info, modality=cfg.modality,
                        bits_stored=cfg.bits, photometric=cfg.photometric)
     rel = {"dicom": f"dicom/{item.id}.dcm"}

@@ -1,7 +1,8 @@
 """DICOM writer for the synthetic cholangiogram phantom.
 
-`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of four storage
-classes (RF, XA, SC, DX); `write_dicom` writes it atomically in one of six transfer syntaxes.
+`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of six storage
+classes (RF, XA, SC, DX, Enhanced XA "EXA", Enhanced XRF "EXRF"); `write_dicom` writes it atomically in one of
+six transfer syntaxes.
 
 Design points (the tests hold them):
 - Output is byte-deterministic: no "now", no random UIDs, constant implementation UID/version, and
@@ -12,6 +13,15 @@ Design points (the tests hold them):
   node must cope with that (see docs on highdicom and single-frame RF/XA).
 - RF/XA carry ImagerPixelSpacing + EstimatedRadiographicMagnificationFactor but no PixelSpacing, like real
   C-arms: the pixel spacing at the patient is only an estimate there.
+- Enhanced XA/XRF (PS3.3 A.47/A.48) are always multi-frame objects (NumberOfFrames 1 or more) and say what a
+  mobile C-arm with a flat panel (or image intensifier) knows, in the places the IOD gives it: no Pixel Measures
+  (not in these IODs) and no EstimatedRadiographicMagnificationFactor; ImagerPixelSpacing in the shared X-Ray
+  Frame Pixel Data Properties, the geometry in X-Ray Geometry (DistanceSourceToDetector and
+  DistanceSourceToIsocenter = DistanceSourceToDetector / magnification: the object is assumed at the
+  isocentre), one FrameContent item per frame with its acquisition date/time, one irradiation event, the
+  window in Frame VOI LUT. A mobile C-arm is not linked to the table (CArmPositionerTabletopRelationship NO),
+  so there is no Frame of Reference or isocentre reference system (the table position that dciodvfy asks for
+  is the equipment's reference position, all zeros). BurnedInAnnotation can only be NO there.
 """
 from __future__ import annotations
 
@@ -35,6 +45,8 @@ from pydicom.uid import (
     RE_VALID_UID,
     UID,
     DigitalXRayImageStorageForPresentation,
+    EnhancedXAImageStorage,
+    EnhancedXRFImageStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -55,13 +67,20 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "jpeg2000": JPEG2000Lossless,
     "rle": RLELossless,
 }
-MODALITIES = ("RF", "XA", "SC", "DX")
+MODALITIES = ("RF", "XA", "SC", "DX", "EXA", "EXRF")
+ENHANCED = ("EXA", "EXRF")  # Enhanced XA / Enhanced XRF: multi-frame functional groups, NumberOfFrames always
+MULTI_FRAME = ("RF", "XA", *ENHANCED)  # the classes that take cine runs
 SOP_CLASSES: dict[str, UID] = {
     "RF": XRayRadiofluoroscopicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2
     "XA": XRayAngiographicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1
     "SC": SecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7
     "DX": DigitalXRayImageStorageForPresentation,  # 1.2.840.10008.5.1.4.1.1.1.1
+    "EXA": EnhancedXAImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1.1
+    "EXRF": EnhancedXRFImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2.1
 }
+# The Modality attribute (0008,0060) each class gets.
+MODALITY_VALUES = {"RF": "RF", "XA": "XA", "SC": "OT", "DX": "DX", "EXA": "XA", "EXRF": "RF"}
+RECEPTORS = ("DIGITAL_DETECTOR", "IMG_INTENSIFIER")  # X-Ray Receptor Type (0018,9420), Enhanced XA/XRF
 BITS_STORED = (8, 12, 16)
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
 # Constant (pydicom is pinned) so that the same input gives the same bytes on any machine.
@@ -99,7 +118,13 @@ class DicomInfo:
     image_comments: str = "Synthetic phantom image. Research use, not for diagnosis."
     # PatientOrientation (row direction, column direction), e.g. ('L', 'F'). Empty = unknown (type 2, written
     # empty) for RF/XA/SC; DX requires a value (see _dx) and gets ('L', 'F') (AP view, head up) when empty.
+    # Enhanced XA/XRF have no PatientOrientation (General Image is not in their IODs); not written there.
     patient_orientation: tuple[str, ...] = ()
+    # Enhanced XA/XRF only (the classic classes have no place for them):
+    source_detector_mm: float = 1000.0  # DistanceSourceToDetector (mobile C-arms: about 1 m)
+    receptor: str = "DIGITAL_DETECTOR"  # or "IMG_INTENSIFIER" (round field, older C-arms)
+    device_serial_number: str = "PHANTOM-0001"  # Enhanced General Equipment (type 1)
+    software_versions: str = "ercp-node phantom 1"  # Enhanced General Equipment (type 1); constant
 
     def __post_init__(self) -> None:
         if self.patient_sex not in ("M", "F", "O", ""):
@@ -110,13 +135,15 @@ class DicomInfo:
                 isinstance(value, str) and len(value) <= 64 and RE_VALID_UID.match(value)
             ):
                 raise ValueError(f"{name} is not a valid DICOM UID: {value!r}")
-        for name in ("imager_pixel_spacing_mm", "magnification", "frame_time_ms"):
+        for name in ("imager_pixel_spacing_mm", "magnification", "frame_time_ms", "source_detector_mm"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not isinstance(self.acquisition_datetime, datetime.datetime):
             raise ValueError("acquisition_datetime must be a datetime.datetime")
         if len(self.patient_orientation) not in (0, 2):
             raise ValueError("patient_orientation must be () or (row, column) directions")
+        if self.receptor not in RECEPTORS:
+            raise ValueError(f"receptor must be one of {RECEPTORS}, got {self.receptor!r}")
 
 
 def _ds(x: float) -> str:
@@ -130,6 +157,19 @@ def _date(dt: datetime.datetime) -> str:
 
 def _time(dt: datetime.datetime) -> str:
     return dt.strftime("%H%M%S") + (f".{dt.microsecond:06d}" if dt.microsecond else "")
+
+
+def _datetime(dt: datetime.datetime) -> str:
+    """DT without offset (TimezoneOffsetFromUTC says it for the whole instance)."""
+    return _date(dt) + _time(dt)
+
+
+_UID_NAMESPACE = uuid.UUID("3d0e6c1b-8f4a-4b57-9c62-71e5a0d2f9b4")
+
+
+def _derived_uid(sop_uid: str, what: str) -> str:
+    """A 2.25 UID derived from the instance's UID (same input, same UID: output stays byte-deterministic)."""
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, f'{sop_uid}/{what}').int}"
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -168,7 +208,9 @@ def build_dataset(
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
     if modality in ("RF", "XA") and photometric != "MONOCHROME2":
         # X-Ray Image Module (PS3.3 C.8.7.1.1): Photometric Interpretation enumerated value MONOCHROME2 only.
-        raise ValueError(f"{modality} images must be MONOCHROME2 (PS3.3 C.8.7.1.1); use SC or DX for MONOCHROME1")
+        # (The Enhanced XA/XRF Image module allows MONOCHROME1 with an INVERSE Presentation LUT Shape.)
+        raise ValueError(f"{modality} images must be MONOCHROME2 (PS3.3 C.8.7.1.1); use SC, DX, EXA or EXRF "
+                         "for MONOCHROME1")
     arr = np.asarray(frames)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
@@ -177,8 +219,10 @@ def build_dataset(
     if max(arr.shape[-2:]) > 65535:
         raise ValueError(f"image too large for DICOM Rows/Columns: {arr.shape[-2:]}")
     n_frames = arr.shape[0] if arr.ndim == 3 else 1
-    if n_frames > 1 and modality not in ("RF", "XA"):
-        raise ValueError(f"{modality} is single-frame only; use RF or XA for cine ({n_frames} frames given)")
+    if n_frames > 1 and modality not in MULTI_FRAME:
+        raise ValueError(f"{modality} is single-frame only; use RF, XA, EXA or EXRF for cine "
+                         f"({n_frames} frames given)")
+    enhanced = modality in ENHANCED
 
     pixels = quantise(arr, bits_stored)
     maxval = (1 << bits_stored) - 1
@@ -202,7 +246,7 @@ def build_dataset(
     # General Study / Patient
     ds.StudyDate, ds.StudyTime = date, time
     ds.AccessionNumber = info.accession_number
-    ds.Modality = "OT" if modality == "SC" else modality
+    ds.Modality = MODALITY_VALUES[modality]
     ds.Manufacturer = info.manufacturer
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = info.study_description
@@ -218,23 +262,25 @@ def build_dataset(
     ds.StudyID = info.study_id
     ds.SeriesNumber = info.series_number
     ds.SeriesDate, ds.SeriesTime = date, time
-    # General Image / Acquisition
+    # General Image / Acquisition (Enhanced XA/XRF: Multi-frame Functional Groups and Enhanced XA/XRF Image)
     ds.InstanceNumber = info.instance_number
     ds.ContentDate, ds.ContentTime = date, time
-    ds.AcquisitionDate, ds.AcquisitionTime = date, time
-    ds.PatientOrientation = list(info.patient_orientation) or ""
+    if not enhanced:
+        ds.AcquisitionDate, ds.AcquisitionTime = date, time
+        ds.PatientOrientation = list(info.patient_orientation) or ""
     ds.BurnedInAnnotation = "YES" if info.burned_in_annotation else "NO"
     ds.ImageComments = info.image_comments
     ds.LossyImageCompression = "00"  # only lossless syntaxes are offered
     if info.frame_of_reference_uid is not None:
-        # Frame of Reference module: in the DX IOD (U), not in RF/XA/SC (dciodvfy warns there, no error).
-        # For experiments with tools that insist on one (highdicom SEG for cine); off by default.
+        # Frame of Reference module: in the DX and Enhanced XRF IODs (U), in Enhanced XA only with a C-arm
+        # linked to the table, not in RF/XA/SC (dciodvfy warns there, no error). For experiments with tools
+        # that insist on one (highdicom SEG for cine); off by default.
         ds.FrameOfReferenceUID = info.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
     # Image Pixel
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    if n_frames > 1:
+    if n_frames > 1 or enhanced:
         ds.NumberOfFrames = n_frames
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.BitsAllocated = 8 if bits_stored == 8 else 16
@@ -242,11 +288,13 @@ def build_dataset(
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
     # VOI LUT: full stored range. With the linear window of PS3.3 C.11.2.1.2, centre 2**(b-1) and width 2**b
-    # map 0 -> black/white edge and maxval -> the other edge exactly.
-    ds.WindowCenter = str(1 << (bits_stored - 1))
-    ds.WindowWidth = str(1 << bits_stored)
+    # map 0 -> black/white edge and maxval -> the other edge exactly. (Enhanced: in Frame VOI LUT, see there.)
+    if not enhanced:
+        ds.WindowCenter = str(1 << (bits_stored - 1))
+        ds.WindowWidth = str(1 << bits_stored)
 
-    {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx}[modality](ds, info, modality, photometric, n_frames)
+    writer = {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx, "EXA": _enhanced_xray, "EXRF": _enhanced_xray}
+    writer[modality](ds, info, modality, photometric, n_frames)
 
     data = pixels.astype("<u2" if ds.BitsAllocated == 16 else "u1", copy=False).tobytes()
     ds.add_new(Tag(0x7FE0, 0x0010), "OB" if ds.BitsAllocated == 8 else "OW", data + b"\0" * (len(data) % 2))
@@ -332,6 +380,201 @@ def _dx(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames:
     ds.AcquisitionContextSequence = Sequence()
     _acquisition(ds, info)
     _contrast(ds)
+
+
+def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
+    """Enhanced XA (PS3.3 A.47) / Enhanced XRF (A.48): XA/XRF Series, Enhanced General Equipment, Enhanced
+    Contrast/Bolus, Acquisition Context, Enhanced XA/XRF Image, XA/XRF Acquisition, X-Ray Detector (or Image
+    Intensifier), Multi-frame Functional Groups and Dimension, XA/XRF Multi-frame Presentation (cine).
+
+    A mobile C-arm: positioner CARM, not linked to the table; single plane; one irradiation event per run.
+    """
+    bits = int(ds.BitsStored)
+    flat_panel = info.receptor == "DIGITAL_DETECTOR"
+    ips = float(info.imager_pixel_spacing_mm)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    dt = info.acquisition_datetime
+    frame_ms = float(info.frame_time_ms)
+    # Pulsed exposure: one pulse per frame, never longer than the frame interval.
+    pulse_ms = float(info.exposure_time_ms) if n_frames == 1 else min(float(info.exposure_time_ms), frame_ms)
+    # Value 3 "image flavour" (C.8.19.2.1.1): a run is DYNAMIC, a single image STATIC; value 4: no derived
+    # pixel contrast (no subtraction).
+    image_type = ["ORIGINAL", "PRIMARY", "DYNAMIC" if n_frames > 1 else "STATIC", "NONE"]
+
+    if info.burned_in_annotation:
+        # Enhanced XA/XRF Image module: BurnedInAnnotation has the one enumerated value NO; images with
+        # identifying text in the pixels cannot be encoded in these IODs.
+        raise ValueError("Enhanced XA/XRF allow only BurnedInAnnotation NO (PS3.3 C.8.19.2): pass "
+                         "burned_in_annotation=False (the phantom's burned-in text does not identify the patient)")
+    # Enhanced General Equipment (Manufacturer and model already set, type 1 here)
+    ds.DeviceSerialNumber = info.device_serial_number
+    ds.SoftwareVersions = info.software_versions
+    # Enhanced XA/XRF Image
+    ds.ImageType = image_type
+    ds.PlanesInAcquisition = "SINGLE PLANE"
+    ds.PlaneIdentification = "MONOPLANE"
+    ds.AcquisitionNumber = 1
+    ds.AcquisitionDateTime = _datetime(dt)
+    ds.ContentQualification = "RESEARCH"  # synthetic, not a clinical product image
+    ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+    # XA/XRF Acquisition
+    ds.KVP = _ds(info.kvp)
+    ds.RadiationSetting = "GR"  # spot/cine acquisition dose, not fluoroscopy preview
+    ds.XRayTubeCurrentInmA = float(info.tube_current_ma)
+    ds.ExposureTimeInms = pulse_ms  # (ExposureInmAs only when one of these two is unknown)
+    ds.AveragePulseWidth = _ds(pulse_ms)
+    ds.AcquisitionDuration = (pulse_ms if n_frames == 1 else n_frames * frame_ms) / 1000.0  # seconds
+    ds.RadiationMode = "PULSED"
+    ds.XRayReceptorType = info.receptor
+    ds.DistanceReceptorPlaneToDetectorHousing = None  # type 2: not known
+    ds.PositionerType = "CARM"
+    ds.CArmPositionerTabletopRelationship = "NO"  # mobile C-arm: not linked to the table
+    ds.AcquiredImageAreaDoseProduct = None  # type 2: no dose meter in the phantom
+    field = [_ds(rows * ips), _ds(columns * ips)]
+    if flat_panel:
+        # X-Ray Detector (Digital X-Ray Detector macro): binning 1, the whole panel read out.
+        ds.DetectorType = "SCINTILLATOR"
+        ds.DetectorElementPhysicalSize = [_ds(ips)] * 2
+        ds.DetectorElementSpacing = [_ds(ips)] * 2
+        ds.DetectorActiveShape = "RECTANGLE"
+        ds.DetectorActiveDimensions = field
+        ds.PhysicalDetectorSize = [float(rows * ips), float(columns * ips)]
+    else:
+        # X-Ray Image Intensifier: a round input field the size of the image's shorter side.
+        diameter = min(rows, columns) * ips
+        ds.IntensifierSize = _ds(diameter)
+        ds.IntensifierActiveShape = "ROUND"
+        ds.IntensifierActiveDimensions = [float(diameter)]
+    _enhanced_contrast(ds)
+    ds.AcquisitionContextSequence = Sequence()  # type 2, nothing to say
+
+    # Multi-frame Functional Groups: everything constant over the run is shared.
+    shared = Dataset()
+    anatomy = Dataset()
+    anatomy.AnatomicRegionSequence = Sequence([_code("34707002", "SCT", "Biliary tract")])  # CID 4042
+    anatomy.FrameLaterality = "U"  # unpaired
+    shared.FrameAnatomySequence = Sequence([anatomy])
+    voi = Dataset()
+    voi.WindowCenter = str(1 << (bits - 1))  # full stored range, as the classic classes' VOI LUT module
+    voi.WindowWidth = str(1 << bits)
+    shared.FrameVOILUTSequence = Sequence([voi])
+    usage = Dataset()
+    usage.ContrastBolusAgentNumber = 1
+    usage.ContrastBolusAgentAdministered = "YES"
+    usage.ContrastBolusAgentDetected = "YES"
+    shared.ContrastBolusUsageSequence = Sequence([usage])
+    event = Dataset()
+    event.IrradiationEventUID = _derived_uid(info.sop_uid, "irradiation-event")
+    shared.IrradiationEventIdentificationSequence = Sequence([event])
+    if flat_panel:
+        fov = Dataset()
+        fov.FieldOfViewShape = "RECTANGLE"
+        fov.FieldOfViewDimensionsInFloat = [float(rows * ips), float(columns * ips)]
+        fov.FieldOfViewOrigin = ["0", "0"]  # the whole panel, in detector pixels (row, column)
+        fov.FieldOfViewRotation = "0"
+        fov.FieldOfViewHorizontalFlip = "NO"
+        shared.FieldOfViewSequence = Sequence([fov])
+        detector = Dataset()
+        detector.DetectorActiveTime = _ds(pulse_ms)
+        detector.DetectorActivationOffsetFromExposure = "0"
+        shared.FrameDetectorParametersSequence = Sequence([detector])
+    pixel = Dataset()
+    pixel.FrameType = image_type
+    # Display brightness, already processed: neither LIN nor LOG (LOG would need a Pixel Intensity
+    # Relationship LUT back to linear, which the phantom does not have).
+    pixel.PixelIntensityRelationship = "OTHER"
+    # +1: lower values = less X-ray intensity reached the detector (contrast and metal are dark); MONOCHROME1
+    # stores the inverse.
+    pixel.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME2" else -1
+    pixel.ImagerPixelSpacing = [_ds(ips)] * 2  # at the detector: the only spacing this IOD states
+    pixel.GeometricalProperties = "UNIFORM" if flat_panel else "NON_UNIFORM"
+    if not flat_panel:
+        pixel.GeometricMaximumDistortion = None  # type 2C: pincushion distortion not measured
+    pixel.ImageProcessingApplied = "NONE"
+    shared.FramePixelDataPropertiesSequence = Sequence([pixel])
+    acquisition = Dataset()
+    acquisition.KVP = _ds(info.kvp)
+    acquisition.XRayTubeCurrentInmA = float(info.tube_current_ma)
+    shared.FrameAcquisitionSequence = Sequence([acquisition])
+    collimator = Dataset()  # the beam fills the field: the collimator edges are the image edges
+    if flat_panel:
+        collimator.CollimatorShape = "RECTANGULAR"
+        collimator.CollimatorLeftVerticalEdge, collimator.CollimatorRightVerticalEdge = 0, columns - 1
+        collimator.CollimatorUpperHorizontalEdge, collimator.CollimatorLowerHorizontalEdge = 0, rows - 1
+    else:
+        collimator.CollimatorShape = "CIRCULAR"
+        collimator.CenterOfCircularCollimator = [rows // 2, columns // 2]
+        collimator.RadiusOfCircularCollimator = min(rows, columns) // 2
+    shared.CollimatorShapeSequence = Sequence([collimator])
+    # X-Ray Table Position: the standard asks for it only when the C-arm is linked to the table; dciodvfy
+    # (2022) for every ORIGINAL Enhanced XA. A mobile C-arm knows no table, so the table is at the
+    # equipment's (arbitrary) reference: all zeros.
+    table = Dataset()
+    for keyword in ("TableTopVerticalPosition", "TableTopLongitudinalPosition", "TableTopLateralPosition"):
+        setattr(table, keyword, "0")
+    table.TableHorizontalRotationAngle = 0.0
+    table.TableHeadTiltAngle = 0.0
+    table.TableCradleTiltAngle = 0.0
+    shared.TablePositionSequence = Sequence([table])
+    positioner = Dataset()
+    positioner.PositionerPrimaryAngle = "0"  # a straight AP view
+    positioner.PositionerSecondaryAngle = "0"
+    shared.PositionerPositionSequence = Sequence([positioner])
+    geometry = Dataset()
+    # The object is assumed at the isocentre: magnification = DistanceSourceToDetector / DistanceSourceToIsocenter.
+    geometry.DistanceSourceToIsocenter = float(info.source_detector_mm / info.magnification)
+    geometry.DistanceSourceToDetector = _ds(info.source_detector_mm)
+    shared.XRayGeometrySequence = Sequence([geometry])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+
+    dimension_uid = _derived_uid(info.sop_uid, "dimension-organization")
+    per_frame = []
+    for f in range(n_frames):
+        when = _datetime(dt + datetime.timedelta(milliseconds=f * frame_ms))
+        content = Dataset()
+        content.FrameAcquisitionNumber = 1
+        content.FrameReferenceDateTime = when
+        content.FrameAcquisitionDateTime = when
+        content.FrameAcquisitionDuration = pulse_ms
+        content.DimensionIndexValues = [f + 1]
+        content.TemporalPositionIndex = f + 1
+        item = Dataset()
+        item.FrameContentSequence = Sequence([content])
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    # Multi-frame Dimension: one dimension, time (the frame's temporal position in the run).
+    organization = Dataset()
+    organization.DimensionOrganizationUID = dimension_uid
+    ds.DimensionOrganizationSequence = Sequence([organization])
+    index = Dataset()
+    index.DimensionOrganizationUID = dimension_uid
+    index.DimensionIndexPointer = Tag(0x0020, 0x9128)  # TemporalPositionIndex
+    index.FunctionalGroupPointer = Tag(0x0020, 0x9111)  # FrameContentSequence
+    index.DimensionDescriptionLabel = "Frame time"
+    ds.DimensionIndexSequence = Sequence([index])
+    if n_frames > 1:
+        # XA/XRF Multi-frame Presentation: loop the whole run at the acquisition rate.
+        ds.PreferredPlaybackSequencing = 0  # looping
+        display = Dataset()
+        display.StartTrim = 1
+        display.StopTrim = n_frames
+        display.SkipFrameRangeFlag = "DISPLAY"
+        display.RecommendedDisplayFrameRateInFloat = 1000.0 / frame_ms
+        display.RecommendedViewingMode = "NAT"  # native, not subtracted
+        display.DisplayFilterPercentage = None  # type 2
+        ds.FrameDisplaySequence = Sequence([display])
+
+
+def _enhanced_contrast(ds: Dataset) -> None:
+    """Enhanced Contrast/Bolus: iohexol, diluted, injected into the duct through the ERCP catheter."""
+    agent = _code("109218004", "SCT", "Iohexol")  # CID 12
+    agent.ContrastBolusAgentNumber = 1
+    agent.ContrastBolusAdministrationRouteSequence = Sequence([_code("37737002", "SCT", "Intraluminal route")])
+    agent.ContrastBolusIngredientCodeSequence = Sequence([_code("44588005", "SCT", "Iodine")])  # CID 13
+    agent.ContrastBolusVolume = "20"  # ml
+    agent.ContrastBolusIngredientConcentration = "150"  # mg/ml: 300 mg I/ml diluted 1:1, as often for ERCP
+    agent.ContrastBolusIngredientOpaque = "YES"
+    ds.ContrastBolusAgentSequence = Sequence([agent])
 
 
 def _set_file_meta(ds: Dataset) -> None:
