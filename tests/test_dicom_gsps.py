@@ -1,6 +1,6 @@
 """ercp_node.dicom.gsps: the Grayscale Softcopy Presentation State overlay is dciodvfy-clean (no errors, no
-warnings) for phantom RF single-frame, XA cine, SC MONOCHROME1 12-bit, SC MONOCHROME2 16-bit and DX
-sources; its outlines decode back and cover the label map; its texts carry the measurements; it references
+warnings) for phantom RF single-frame, XA cine, SC MONOCHROME1 12-bit, SC MONOCHROME2 16-bit, DX, Enhanced XA
+and Enhanced XRF cine sources; its outlines decode back and cover the label map; its texts carry the measurements; it references
 the source (and frame); missing measurements or an empty label map give a valid object without them."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from dicom_judges import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings, dc
 
 from ercp_node.dicom import gsps as gsps_module
 from ercp_node.dicom.gsps import LAYERS, build_gsps, outline_polygons
-from ercp_node.dicom.seg import SEGMENTS, derived_uid
+from ercp_node.dicom.seg import SEGMENTS, derived_uid, source_datetime
 from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
 
@@ -33,6 +33,8 @@ CASES = {
     "sc-mono1-12": (dict(modality="SC", photometric="MONOCHROME1", bits=12, seed=4), 1),
     "dx": (dict(modality="DX", bits=12, seed=5), 1),
     "sc-mono2-16": (dict(modality="SC", bits=16, seed=6), 1),
+    "exa": (dict(modality="EXA", bits=12, seed=7), 1),
+    "exrf-cine": (dict(modality="EXRF", seed=8), 5),
 }
 SUMMARY = "difficult: stone ≥ 10 mm, angulation ≤ 135°"
 SUMMARY_LATIN1 = "difficult: stone >= 10 mm, angulation <= 135°"  # TEXT_REPERTOIRE "latin-1" (the default)
@@ -160,8 +162,10 @@ def test_gsps(phantom, name, tmp_path):
     assert "not for diagnosis" in pr.SeriesDescription
     assert MODEL_VERSION in pr.ContentDescription and "not for diagnosis" in pr.ContentDescription
     assert f"model {MODEL_VERSION}" in list(pr.SoftwareVersions)
-    assert pr.PresentationCreationDate == source.AcquisitionDate == pr.SeriesDate
-    assert pr.PresentationCreationTime == source.AcquisitionTime
+    # the acquisition's date/time (AcquisitionDateTime on the enhanced classes)
+    assert (pr.PresentationCreationDate, pr.PresentationCreationTime) == source_datetime(source)
+    assert pr.PresentationCreationDate == source.get("AcquisitionDate", str(source.get("AcquisitionDateTime"))[:8])
+    assert pr.SeriesDate == pr.PresentationCreationDate
 
     # References: the source image only (the whole instance), and per annotation the source (and frame).
     (series,) = pr.ReferencedSeriesSequence
@@ -246,10 +250,11 @@ def test_gsps(phantom, name, tmp_path):
     assert summary.BoundingBoxBottomRightHandCorner[1] <= disclaimer.BoundingBoxTopLeftHandCorner[1]  # above it
     assert pr.SpecificCharacterSet == "ISO_IR 100"
 
-    # Grey-scale pipeline: the source's window, its polarity, its rescale.
+    # Grey-scale pipeline: the source's window (the enhanced classes: in Frame VOI LUT), its polarity, its rescale.
     (voi,) = pr.SoftcopyVOILUTSequence
-    assert float(voi.WindowCenter) == float(source.WindowCenter)
-    assert float(voi.WindowWidth) == float(source.WindowWidth)
+    window = source if "WindowCenter" in source else source.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
+    assert float(voi.WindowCenter) == float(window.WindowCenter)
+    assert float(voi.WindowWidth) == float(window.WindowWidth)
     assert "ReferencedImageSequence" not in voi  # all frames
     assert pr.PresentationLUTShape == ("INVERSE" if source.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY")
     if "RescaleSlope" in source:
@@ -261,8 +266,16 @@ def test_gsps(phantom, name, tmp_path):
     assert [int(v) for v in area.DisplayedAreaBottomRightHandCorner] == [source.Columns, source.Rows]
     # dcmtk renders the image identically with and without the GSPS: the overlay does not change its look.
     image = phantom[name] / "dicom" / "img00000.dcm"
+    plain = image
+    if window is not source:
+        # dcmtk 3.6.7 does not apply the Frame VOI LUT functional group when it renders an image without a
+        # presentation state: the reference is the same image with that window at the top level.
+        plain = tmp_path / "plain.dcm"
+        ref = pydicom.dcmread(image)
+        ref.WindowCenter, ref.WindowWidth = window.WindowCenter, window.WindowWidth
+        ref.save_as(plain, enforce_file_format=True)
     np.testing.assert_array_equal(dcmp2pgm(image, tmp_path / "pr.pgm", tmp_path / "gsps.dcm", frame),
-                                  dcmp2pgm(image, tmp_path / "plain.pgm", frame=frame))
+                                  dcmp2pgm(plain, tmp_path / "plain.pgm", frame=frame))
 
 
 def test_missing_measurements_and_empty_labels(phantom, tmp_path):
@@ -422,3 +435,28 @@ def test_bad_input_is_refused(phantom):
         build_gsps(source, labels, dict(frame=6), **kw)
     with pytest.raises(ValueError, match="frame"):
         build_gsps(source, labels, dict(frame=0), **kw)
+
+
+def test_enhanced_per_frame_windows(phantom, tmp_path):
+    """Enhanced XA/XRF with a window per frame (Frame VOI LUT in the per-frame groups): one Softcopy VOI LUT
+    item per distinct window, each referencing its frames; one window for all frames gives one item."""
+    source, labels, truth = load(phantom, "exrf-cine")
+    shared = source.SharedFunctionalGroupsSequence[0]
+    del shared.FrameVOILUTSequence
+    for f, item in enumerate(source.PerFrameFunctionalGroupsSequence, 1):
+        voi = pydicom.Dataset()
+        voi.WindowCenter, voi.WindowWidth = ("128", "256") if f <= 2 else ("120", "200")
+        item.FrameVOILUTSequence = [voi]
+    measurements = measurements_from_truth(truth, labels[2], 3)
+    pr = write_and_judge(build_gsps(source, labels, measurements, **uids("per-frame-voi"), model_version=MODEL_VERSION),
+                         tmp_path / "voi.dcm")
+    got = {(float(v.WindowCenter), float(v.WindowWidth)): [int(f) for f in np.atleast_1d(
+        v.ReferencedImageSequence[0].ReferencedFrameNumber)] for v in pr.SoftcopyVOILUTSequence}
+    assert got == {(128.0, 256.0): [1, 2], (120.0, 200.0): [3, 4, 5]}
+    for v in pr.SoftcopyVOILUTSequence:
+        assert v.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    for item in source.PerFrameFunctionalGroupsSequence:  # the same window everywhere: one item for all frames
+        item.FrameVOILUTSequence[0].WindowCenter, item.FrameVOILUTSequence[0].WindowWidth = "100", "180"
+    pr = build_gsps(source, labels, measurements, **uids("per-frame-voi"), model_version=MODEL_VERSION)
+    (voi,) = pr.SoftcopyVOILUTSequence
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (100.0, 180.0) and "ReferencedImageSequence" not in voi

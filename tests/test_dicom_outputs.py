@@ -1,5 +1,5 @@
 """ercp_node.dicom.seg / .sr: SEG and TID 1500 SR for every source the phantom makes (RF explicit and
-JPEG-LS, XA, SC, DX, RF and XA cine) are dciodvfy-clean, parsed by dcmdump, decode back to the exact label
+JPEG-LS, XA, SC, DX, RF and XA cine, Enhanced XA and Enhanced XRF single-frame and cine) are dciodvfy-clean, parsed by dcmdump, decode back to the exact label
 map (by our reader and by highdicom's), sit in the source's study in their own series, reference the
 source per frame, and the SR reads back with highdicom with the stone count and references it was given."""
 from __future__ import annotations
@@ -23,10 +23,13 @@ from ercp_node.dicom.seg import (
     SEGMENTS,
     build_seg,
     derived_uid,
+    header_calibration,
+    header_spacing_values,
     highdicom_segmentation,
     patient_pixel_spacing,
     read_seg_labels,
     seg_frame_number,
+    source_datetime,
 )
 from ercp_node.dicom.sr import CODE_ERCP, FLAG_TEXT, ascii_text, build_sr
 from ercp_node.node.pipeline import measure
@@ -43,7 +46,12 @@ CASES = {
     "dx": (dict(modality="DX", bits=12, seed=5), 1),
     "rf-cine": (dict(modality="RF", seed=0), 5),
     "xa-cine": (dict(modality="XA", transfer_syntax="rle", seed=1), 5),
+    "exa": (dict(modality="EXA", seed=6), 1),
+    "exrf": (dict(modality="EXRF", transfer_syntax="jpeg-ls", seed=7), 1),
+    "exa-cine": (dict(modality="EXA", seed=8), 5),
+    "exrf-cine": (dict(modality="EXRF", transfer_syntax="rle", seed=9), 5),
 }
+ENHANCED = ("1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1")  # Enhanced XA, Enhanced XRF
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +107,7 @@ def test_seg_and_sr(phantom, name, tmp_path):
     n_frames = 1 if labels.ndim == 2 else labels.shape[0]
     seg, sr, measurements = make_outputs(source, labels, name)
     seg_path, sr_path = write(seg, tmp_path / "seg.dcm"), write(sr, tmp_path / "sr.dcm")
+    enhanced = source.SOPClassUID in ENHANCED
 
     # Judges: IOD conformance and a full parse by another toolkit.
     for path in (seg_path, sr_path):
@@ -118,8 +127,11 @@ def test_seg_and_sr(phantom, name, tmp_path):
     assert seg.SOPInstanceUID == uids(name, "seg")["sop_uid"] and int(seg.SeriesNumber) == 901
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID"):
         assert seg[kw].value == source[kw].value, kw
-    assert seg.ContentDate == source.AcquisitionDate and seg.ContentTime == source.AcquisitionTime
-    assert seg.PatientOrientation == source.PatientOrientation
+    # the acquisition's date/time (AcquisitionDate/Time; AcquisitionDateTime on the enhanced classes)
+    assert (seg.ContentDate, seg.ContentTime) == source_datetime(source)
+    assert seg.ContentDate + seg.ContentTime == (str(source.AcquisitionDateTime) if enhanced else
+                                                 source.AcquisitionDate + source.AcquisitionTime)
+    assert seg.PatientOrientation == source.get("PatientOrientation", "")
     assert "not for diagnosis" in seg.SeriesDescription
     assert (seg.Rows, seg.Columns) == (source.Rows, source.Columns)
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2, 3]
@@ -138,9 +150,9 @@ def test_seg_and_sr(phantom, name, tmp_path):
         assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         refs.append((int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
                      int(ref.get("ReferencedFrameNumber", 0))))
-    if n_frames == 1:
+    if n_frames == 1 and not enhanced:
         assert refs == [(1, 0), (2, 0), (3, 0)]
-    else:
+    else:  # cine, and every enhanced source (a multi-frame object even with one frame): per source frame
         assert refs == [(s, f) for s in (1, 2, 3) for f in range(1, n_frames + 1)]
         values = [list(map(int, i.FrameContentSequence[0].DimensionIndexValues))
                   for i in seg.PerFrameFunctionalGroupsSequence]
@@ -148,7 +160,7 @@ def test_seg_and_sr(phantom, name, tmp_path):
 
     # highdicom reads the same pixels per source frame (what a highdicom-based consumer would see).
     hseg = highdicom_segmentation(seg)
-    if n_frames == 1:
+    if n_frames == 1 and not enhanced:
         pixels = hseg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1, 2, 3])
     else:
         pixels = hseg.get_pixels_by_source_frame(source.SOPInstanceUID, list(range(1, n_frames + 1)),
@@ -244,6 +256,82 @@ def test_seg_and_sr(phantom, name, tmp_path):
     texts = [str(i.TextValue) for i in content_items(sr) if i.ValueType == "TEXT"]
     assert any("Research use, not for diagnosis" in t and MODEL_VERSION in t for t in texts), texts
     assert any(ascii_text(measurements["spacing_source"]) in t for t in texts), texts
+
+
+@pytest.mark.parametrize("name", ["exa", "exrf-cine"])
+def test_enhanced_spacing_from_functional_groups(phantom, name):
+    """Enhanced XA/XRF state the detector spacing (X-Ray Frame Pixel Data Properties) and the geometry (X-Ray
+    Geometry), not PixelSpacing: the SEG's Pixel Measures and the header calibration are ImagerPixelSpacing x
+    DistanceSourceToIsocenter / DistanceSourceToDetector, i.e. the phantom's spacing at the object."""
+    import json
+
+    from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing
+
+    source, labels = load(phantom, name)
+    root, rows = phantom[name]
+    truth = json.loads((root / rows[0]["truth"]).read_text())["frame_truth"][0]["spacing"]
+    values = header_spacing_values(source)
+    assert values["pixel_spacing"] is None
+    assert values["imager_pixel_spacing"] == pytest.approx((truth["imager_pixel_spacing_mm"],) * 2)
+    assert values["magnification"] == pytest.approx(truth["magnification"], rel=1e-6)
+    assert values["magnification_source"] == "DistanceSourceToDetector/DistanceSourceToIsocenter"
+    spacing, how = patient_pixel_spacing(source)
+    assert spacing == pytest.approx((truth["pixel_spacing_at_object_mm"],) * 2, rel=1e-4)
+    assert how == "ImagerPixelSpacing/(DistanceSourceToDetector/DistanceSourceToIsocenter)"
+    header = header_calibration(source)
+    assert header["mm_per_px"] == pytest.approx(truth["pixel_spacing_at_object_mm"], rel=1e-4)
+    assert header["source"] == "ImagerPixelSpacing/(DistanceSourceToDetector/DistanceSourceToIsocenter)"
+    assert header["flag"] is None
+    # What the measure stage makes of it (policy "header": the header's spacing, whatever the scope says).
+    used = calibrate(header, {"width_px": None}, CalibrationSettings(policy="header"))
+    assert used["used"] == "header" and used["mm_per_px"] == header["mm_per_px"]
+    # Same rule as the classic classes: ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor.
+    classic, _ = load(phantom, "rf-explicit")
+    assert header_calibration(classic) == header_spacing(None, classic.ImagerPixelSpacing,
+                                                         classic.EstimatedRadiographicMagnificationFactor)
+
+
+def test_enhanced_spacing_variants(phantom, tmp_path):
+    """A table-linked C-arm's ObjectPixelSpacingInCenterOfBeam is preferred to the geometry; a frame's own
+    (per-frame) X-Ray Frame Pixel Data Properties win over the shared ones; no spacing at all: none, and the
+    SEG has no Pixel Measures but is still valid."""
+    source, labels = load(phantom, "exrf-cine")
+    ips = float(source.SharedFunctionalGroupsSequence[0].FramePixelDataPropertiesSequence[0].ImagerPixelSpacing[0])
+    shared = source.SharedFunctionalGroupsSequence[0]
+    calibration = pydicom.Dataset()
+    calibration.ObjectPixelSpacingInCenterOfBeam = [ips / 1.25, ips / 1.25]
+    shared.ProjectionPixelCalibrationSequence = [calibration]
+    assert header_spacing_values(source)["magnification"] == pytest.approx(1.25)
+    assert header_calibration(source)["source"] == "ObjectPixelSpacingInCenterOfBeam"
+    assert header_calibration(source)["mm_per_px"] == pytest.approx(ips / 1.25)
+    assert patient_pixel_spacing(source) == (pytest.approx((ips / 1.25,) * 2), "ObjectPixelSpacingInCenterOfBeam")
+    del shared.ProjectionPixelCalibrationSequence
+    own = pydicom.Dataset()
+    own.ImagerPixelSpacing = [0.2, 0.2]
+    source.PerFrameFunctionalGroupsSequence[2].FramePixelDataPropertiesSequence = [own]
+    assert header_spacing_values(source, 3)["imager_pixel_spacing"] == (0.2, 0.2)
+    assert header_spacing_values(source, 2)["imager_pixel_spacing"] == (ips, ips)
+    del shared.FramePixelDataPropertiesSequence, shared.XRayGeometrySequence
+    del source.PerFrameFunctionalGroupsSequence[2].FramePixelDataPropertiesSequence
+    assert patient_pixel_spacing(source) == (None, "none")
+    assert header_calibration(source)["source"] == "none"
+    seg = build_seg(source, labels, **uids("no-spacing", "seg"), model_version=MODEL_VERSION, software_version="0")
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_array_equal(read_seg_labels(seg, labels.shape), labels)
+    path = write(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == [] and dciodvfy_warnings(path) == [], "\n".join(dciodvfy_output(path))
+
+
+@pytest.mark.xfail(strict=True, reason="ercp_node/node/pipeline.header_calibration (not this change's to edit) reads "
+                   "only PixelSpacing / shared Pixel Measures / top-level ImagerPixelSpacing, none of which Enhanced "
+                   "XA/XRF have: it should return ercp_node.dicom.seg.header_calibration(ds, frame). Remove this "
+                   "marker when it does.")
+@pytest.mark.parametrize("name", ["exa", "exrf-cine"])
+def test_pipeline_reports_the_enhanced_header_calibration(phantom, name):
+    source, labels = load(phantom, name)
+    frame_labels = labels if labels.ndim == 2 else labels[0]
+    measured = measure(frame_labels, source, 1)
+    assert measured["calibration"]["header"] == {k: header_calibration(source)[k] for k in ("mm_per_px", "source", "flag")}
 
 
 def test_outputs_are_deterministic(phantom):

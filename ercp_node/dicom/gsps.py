@@ -44,6 +44,11 @@ Choices (the long form is in docs/dicom-outputs.md, section GSPS):
 - highdicom 0.28 also fails on single-frame RF/XA (no NumberOfFrames), as for the SEG: it gets a metadata
   copy with NumberOfFrames = 1 and an empty SharedFunctionalGroupsSequence; the GSPS then references the
   image without a frame number, as it should for a single-frame instance.
+- Enhanced XA/XRF keep the window in the Frame VOI LUT functional group, not at the top level: the GSPS takes
+  it from there (shared, or per frame; frames with different windows get one Softcopy VOI LUT item each,
+  referencing their frames), so that applying the GSPS keeps the image's look there too. Their spacing
+  (for the presentation pixel aspect ratio) comes from `seg.patient_pixel_spacing`, which reads their
+  functional groups. A one-frame enhanced image is referenced as a whole, a run per frame, as for cine.
 - Deterministic output: series, instance-creation and presentation-creation date/time come from the
   source's acquisition (else content, series, study) date/time, as for the SEG and SR.
 """
@@ -61,7 +66,14 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 
 from .. import __version__
-from .seg import _PATIENT_STUDY, _XRAY_MULTIFRAME, _check_labels, patient_pixel_spacing, source_datetime
+from .seg import (
+    _PATIENT_STUDY,
+    _XRAY_MULTIFRAME,
+    _check_labels,
+    _group_item,
+    patient_pixel_spacing,
+    source_datetime,
+)
 
 __all__ = ["LAYERS", "SERIES_DESCRIPTION", "build_gsps", "outline_polygons"]
 
@@ -266,26 +278,54 @@ def _first(value) -> float | None:
     return _num(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
 
 
-def _voi_lut(source: Dataset) -> hd.pr.SoftcopyVOILUTTransformation | None:
-    """The source's (first, i.e. default) window, else None when it has a VOI LUT Sequence (the caller copies
-    that), else a window over the full stored range after rescale."""
-    centre, width = _first(source.get("WindowCenter")), _first(source.get("WindowWidth"))
-    if centre is not None and width is not None and width >= 1:
-        explanation = source.get("WindowCenterWidthExplanation")
-        if isinstance(explanation, (list, tuple, pydicom.multival.MultiValue)):
-            explanation = explanation[0] if len(explanation) else None
-        return hd.pr.SoftcopyVOILUTTransformation(
-            window_center=centre, window_width=width, window_explanation=str(explanation) if explanation else None,
-            voi_lut_function=str(source.VOILUTFunction) if source.get("VOILUTFunction") else None)
-    if "VOILUTSequence" in source:
+def _window(item: Dataset) -> tuple | None:
+    """(centre, width, explanation, function) of the first (default) window in `item`, or None."""
+    centre, width = _first(item.get("WindowCenter")), _first(item.get("WindowWidth"))
+    if centre is None or width is None or width < 1:
         return None
+    explanation = item.get("WindowCenterWidthExplanation")
+    if isinstance(explanation, (list, tuple, pydicom.multival.MultiValue)):
+        explanation = explanation[0] if len(explanation) else None
+    return (centre, width, str(explanation) if explanation else None,
+            str(item.VOILUTFunction) if item.get("VOILUTFunction") else None)
+
+
+def _voi_luts(source: Dataset, meta: Dataset, n_frames: int) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
+    """The source's (first, i.e. default) window, else None when it has a VOI LUT Sequence (the caller copies
+    that), else the Frame VOI LUT functional group's windows (Enhanced XA/XRF: one item for all frames, or,
+    when the frames differ, one per window with the frames it applies to), else a window over the full stored
+    range after rescale."""
+    window = _window(source)
+    if window is None and "VOILUTSequence" in source:
+        return None
+    if window is None and n_frames >= 1 and ("SharedFunctionalGroupsSequence" in source
+                                             or "PerFrameFunctionalGroupsSequence" in source):
+        frames: dict[tuple, list[int]] = {}
+        for f in range(1, n_frames + 1):
+            item = _group_item(source, "FrameVOILUTSequence", f)
+            key = _window(item) if item is not None else None
+            if key is None:
+                frames = {}
+                break
+            frames.setdefault(key, []).append(f)
+        if len(frames) == 1:
+            window = next(iter(frames))
+        elif frames:
+            return [hd.pr.SoftcopyVOILUTTransformation(
+                window_center=c, window_width=w, window_explanation=e, voi_lut_function=fn,
+                referenced_images=hd.ReferencedImageSequence([meta], referenced_frame_number=numbers))
+                for (c, w, e, fn), numbers in frames.items()]
+    if window is not None:
+        centre, width, explanation, function = window
+        return [hd.pr.SoftcopyVOILUTTransformation(window_center=centre, window_width=width,
+                                                   window_explanation=explanation, voi_lut_function=function)]
     bits = int(source.get("BitsStored") or source.get("BitsAllocated") or 8)
     lo = -(1 << (bits - 1)) if int(source.get("PixelRepresentation") or 0) else 0
     slope = float(source.get("RescaleSlope") or 1.0)
     intercept = float(source.get("RescaleIntercept") or 0.0)
-    return hd.pr.SoftcopyVOILUTTransformation(
+    return [hd.pr.SoftcopyVOILUTTransformation(
         window_center=intercept + slope * (lo + (1 << (bits - 1))), window_width=abs(slope) * (1 << bits),
-        window_explanation="Full stored range")
+        window_explanation="Full stored range")]
 
 
 def _presentation_lut(source: Dataset) -> hd.PresentationLUTTransformation:
@@ -415,7 +455,7 @@ def build_gsps(
     annotate("AI_INFO", None, texts=caption)
 
     modality_lut = _modality_lut(source)
-    voi = _voi_lut(source)
+    voi = _voi_luts(source, meta, n_frames)
     content_description = f"{DISCLAIMER}. Model {model_version}"
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[meta],
@@ -433,7 +473,7 @@ def build_gsps(
         graphic_layers=list(layers.values()),
         graphic_groups=groups or None,
         modality_lut_transformation=modality_lut,
-        voi_lut_transformations=[voi] if voi is not None else None,
+        voi_lut_transformations=voi,
         presentation_lut_transformation=_presentation_lut(source),
         specific_character_set=charsets if len(charsets) > 1 else charsets[0],
     )

@@ -31,6 +31,13 @@ Choices (see docs/dicom-outputs.md for the long form):
     * the pixel data is re-packed (BINARY frames are bit-packed back to back).
   The result is judged by dciodvfy (no errors, no warnings), and highdicom reads it back
   (`highdicom_segmentation(seg).get_pixels_by_source_frame`) as well as `read_seg_labels` here.
+- Enhanced XA / Enhanced XRF sources (NumberOfFrames always present, functional groups) hit the same
+  highdicom paths: it reads the source's shared Pixel Measures, which these IODs do not have (their spacing is
+  ImagerPixelSpacing in X-Ray Frame Pixel Data Properties, the magnification in X-Ray Geometry or X-Ray
+  Projection Pixel Calibration). The metadata copy gets NumberOfFrames = 1 and a shared Pixel Measures item
+  with the spacing at the patient (`header_spacing_values`), as for the classic classes; the SEG (whose IOD
+  has Pixel Measures) carries that spacing. A multi-frame enhanced source is extended to all frames as cine
+  is (below), so each SEG frame references its source frame.
 - highdicom 0.28's reader wants SliceThickness in PixelMeasures, which the standard makes type 1C
   (volumetric only) and which highdicom's writer leaves out for projection images (an empty value is a
   dciodvfy error). We write the standard form; `highdicom_segmentation` adds a nominal value to a copy.
@@ -65,6 +72,8 @@ __all__ = [
     "SegmentSpec",
     "build_seg",
     "derived_uid",
+    "header_calibration",
+    "header_spacing_values",
     "highdicom_segmentation",
     "patient_pixel_spacing",
     "read_seg_labels",
@@ -82,6 +91,11 @@ CONTENT_DESCRIPTION = "Duodenoscope, CBD, stones. Research use, not for diagnosi
 _XRAY_MULTIFRAME = {
     "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
     "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
+}
+# Enhanced X-ray classes: always multi-frame (NumberOfFrames type 1), spacing in functional groups.
+_XRAY_ENHANCED = {
+    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image Storage
 }
 TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
 FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
@@ -122,36 +136,129 @@ def derived_uid(*parts: object) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
 
 
+def _group_item(source: Dataset, keyword: str, frame: int = 1) -> Dataset | None:
+    """The item of functional group sequence `keyword` that applies to `frame` (1-based): the frame's own
+    (Per-frame Functional Groups) if it has one, else the shared one; None when neither has it."""
+    groups = []
+    per_frame = source.get("PerFrameFunctionalGroupsSequence") or []
+    if 1 <= frame <= len(per_frame):
+        groups.append(per_frame[frame - 1])
+    groups += list(source.get("SharedFunctionalGroupsSequence") or [])[:1]
+    for group in groups:
+        items = group.get(keyword)
+        if items:
+            return items[0]
+    return None
+
+
+def _pair(value) -> tuple[float, float] | None:
+    """(row, column) of a 2-valued spacing, or None when absent, malformed or not positive."""
+    try:
+        r, c = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (r, c) if r > 0 and c > 0 else None
+
+
+def _positive(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if x > 0 else None
+
+
+def header_spacing_values(source: Dataset, frame: int = 1) -> dict:
+    """The header's spacing wherever the source's IOD keeps it, for `frame`:
+
+    - pixel_spacing: PixelSpacing (at the patient: SC, calibrated DX), else the Pixel Measures functional group;
+    - imager_pixel_spacing: ImagerPixelSpacing (detector plane: RF, XA, DX), else the X-Ray Frame Pixel Data
+      Properties functional group (Enhanced XA/XRF);
+    - magnification and magnification_source: EstimatedRadiographicMagnificationFactor (RF, XA, DX), else
+      ImagerPixelSpacing / ObjectPixelSpacingInCenterOfBeam (X-Ray Projection Pixel Calibration, C-arms linked
+      to the table), else DistanceSourceToDetector / DistanceSourceToIsocenter (X-Ray Geometry: the object
+      assumed at the isocentre). None where the header has none.
+
+    Values are (row, column) tuples in mm or a float; the keys are those of
+    `measure.calibration.header_spacing` plus magnification_source.
+    """
+    pixel = _pair(source.get("PixelSpacing"))
+    if pixel is None:
+        measures = _group_item(source, "PixelMeasuresSequence", frame)
+        pixel = _pair(measures.get("PixelSpacing")) if measures is not None else None
+    imager = _pair(source.get("ImagerPixelSpacing"))
+    if imager is None:
+        properties = _group_item(source, "FramePixelDataPropertiesSequence", frame)
+        imager = _pair(properties.get("ImagerPixelSpacing")) if properties is not None else None
+    magnification, how = _positive(source.get("EstimatedRadiographicMagnificationFactor")), None
+    if magnification is not None:
+        how = "EstimatedRadiographicMagnificationFactor"
+    calibration = _group_item(source, "ProjectionPixelCalibrationSequence", frame)
+    at_object = _pair(calibration.get("ObjectPixelSpacingInCenterOfBeam")) if calibration is not None else None
+    if magnification is None and imager is not None and at_object is not None:
+        magnification, how = imager[0] / at_object[0], "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam"
+    geometry = _group_item(source, "XRayGeometrySequence", frame)
+    if magnification is None and geometry is not None:
+        sid = _positive(geometry.get("DistanceSourceToDetector"))
+        sic = _positive(geometry.get("DistanceSourceToIsocenter"))
+        if sid is not None and sic is not None:
+            magnification, how = sid / sic, "DistanceSourceToDetector/DistanceSourceToIsocenter"
+    return {"pixel_spacing": pixel, "imager_pixel_spacing": imager, "magnification": magnification,
+            "magnification_source": how}
+
+
+def header_calibration(source: Dataset, frame: int = 1) -> dict:
+    """`measure.calibration.header_spacing` of the source's header wherever its IOD keeps the spacing
+    (`header_spacing_values`), with a source label that says where the magnification came from when it is
+    not EstimatedRadiographicMagnificationFactor (Enhanced XA/XRF have none)."""
+    from ..measure.calibration import header_spacing
+
+    values = header_spacing_values(source, frame)
+    out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"])
+    if out["source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
+        out["source"] = _scaled_label(values["magnification_source"])
+    return out
+
+
+def _scaled_label(how: str) -> str:
+    """How the spacing at the patient was had from ImagerPixelSpacing and the magnification `how`."""
+    if how == "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam":
+        return "ObjectPixelSpacingInCenterOfBeam"  # the equipment's own spacing at the object
+    return f"ImagerPixelSpacing/({how})" if "/" in how else f"ImagerPixelSpacing/{how}"
+
+
 def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, str]:
     """(row, column) spacing in mm at the patient, and where it came from.
 
-    PixelSpacing when present (already at the patient, e.g. SC or calibrated DX); otherwise
-    ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor (the detector spacing projected back to the
-    isocentre; an estimate), or ImagerPixelSpacing alone when no magnification is given. (None, "none") if
-    the source carries no spacing at all.
+    PixelSpacing when present (already at the patient, e.g. SC or calibrated DX; or the Pixel Measures
+    functional group); otherwise ImagerPixelSpacing / magnification (the detector spacing projected back to
+    the isocentre; an estimate), the magnification being EstimatedRadiographicMagnificationFactor or, on
+    Enhanced XA/XRF, the ratio of ImagerPixelSpacing to ObjectPixelSpacingInCenterOfBeam or of
+    DistanceSourceToDetector to DistanceSourceToIsocenter (see `header_spacing_values`); or ImagerPixelSpacing
+    alone when no magnification is given. (None, "none") if the source carries no spacing at all.
     """
-    if "PixelSpacing" in source and source.PixelSpacing:
-        r, c = (float(v) for v in source.PixelSpacing)
-        return (r, c), "PixelSpacing"
-    if "ImagerPixelSpacing" in source and source.ImagerPixelSpacing:
-        r, c = (float(v) for v in source.ImagerPixelSpacing)
-        mag = source.get("EstimatedRadiographicMagnificationFactor")
-        if mag is not None and float(mag) > 0:
-            return (r / float(mag), c / float(mag)), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
-        return (r, c), "ImagerPixelSpacing"
+    values = header_spacing_values(source)
+    if values["pixel_spacing"] is not None:
+        return values["pixel_spacing"], "PixelSpacing"
+    imager, mag, how = values["imager_pixel_spacing"], values["magnification"], values["magnification_source"]
+    if imager is not None:
+        if mag is not None:
+            return (imager[0] / mag, imager[1] / mag), _scaled_label(how)
+        return imager, "ImagerPixelSpacing"
     return None, "none"
 
 
 def source_datetime(source: Dataset) -> tuple[str, str] | None:
-    """(DA, TM) of the source's acquisition, else content, series or study date/time; None if none."""
-    for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                 ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
-        if source.get(d):
-            return str(source.get(d)), str(source.get(t) or "")
+    """(DA, TM) of the source's acquisition (AcquisitionDate/Time, else AcquisitionDateTime: the enhanced
+    classes have only that), else content, series or study date/time; None if none."""
+    if source.get("AcquisitionDate"):
+        return str(source.AcquisitionDate), str(source.get("AcquisitionTime") or "")
     adt = str(source.get("AcquisitionDateTime") or "")
     if len(adt) >= 8:
-        rest = adt[8:].split("+")[0].split("-")[0]
-        return adt[:8], rest
+        return adt[:8], adt[8:].split("+")[0].split("-")[0]
+    for d, t in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+        if source.get(d):
+            return str(source.get(d)), str(source.get(t) or "")
     return None
 
 
@@ -203,13 +310,19 @@ def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Data
         # highdicom look for plane positions that do not exist. The SEG is aligned by pixel references instead.
         del meta.FrameOfReferenceUID
         meta.pop("PositionReferenceIndicator", None)
-    if str(source.SOPClassUID) in _XRAY_MULTIFRAME:
+    sop_class = str(source.SOPClassUID)
+    if sop_class in _XRAY_MULTIFRAME or sop_class in _XRAY_ENHANCED:
         meta.NumberOfFrames = 1  # workaround: highdicom reads NumberOfFrames for these classes
-        if "SharedFunctionalGroupsSequence" not in meta:
-            shared = Dataset()
-            if spacing is not None:
-                shared.PixelMeasuresSequence = _pixel_measures(spacing)
-            meta.SharedFunctionalGroupsSequence = [shared]
+        # ... and the shared Pixel Measures, which neither the classic nor the enhanced X-ray IODs have. When
+        # the source has no spacing at all, a placeholder of 1 mm that highdicom needs while it builds the
+        # SEG and that build_seg removes from the result (the SEG then states no spacing).
+        shared = Dataset()
+        if "SharedFunctionalGroupsSequence" in meta and sop_class in _XRAY_ENHANCED:
+            shared = meta.SharedFunctionalGroupsSequence[0]
+        if "PixelMeasuresSequence" not in shared:
+            shared.PixelMeasuresSequence = _pixel_measures(spacing if spacing is not None else (1.0, 1.0))
+        meta.SharedFunctionalGroupsSequence = [shared]
+        meta.pop("PerFrameFunctionalGroupsSequence", None)  # one frame as far as highdicom is concerned
     return meta
 
 
@@ -274,8 +387,11 @@ def build_seg(
         pixel_measures=_pixel_measures(spacing) if spacing is not None else None,
         omit_empty_frames=False,
     )
-    if n > 1:
-        _extend_to_cine(seg, arr)
+    if spacing is None:  # the placeholder of _metadata_copy, or nothing: the SEG states no spacing
+        for group in seg.SharedFunctionalGroupsSequence:
+            group.pop("PixelMeasuresSequence", None)
+    if n > 1 or str(source.SOPClassUID) in _XRAY_ENHANCED:
+        _extend_to_cine(seg, arr)  # enhanced: every SEG frame says which source frame it belongs to
     _finish(seg, source, sop_uid)
     return seg
 
