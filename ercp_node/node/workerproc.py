@@ -125,6 +125,11 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     logging.getLogger("highdicom").setLevel(max(log_level, logging.WARNING))  # it narrates every copied module
     # Several worker processes may share one GPU: TensorFlow would otherwise reserve all of its memory in the first.
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    # The cores are shared out between the worker processes: each one's TensorFlow gets its share of threads
+    # instead of every process spinning up a pool the size of the machine.
+    from ..config.settings import worker_count
+
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // worker_count(settings))))
     from .service import load_segmenter
     from .worker import Worker
 
