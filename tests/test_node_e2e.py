@@ -59,9 +59,9 @@ def _node(tmp_path, model: Path, pacs_port: int | None, objects=("SEG", "SR")) -
     return Node(s).start()
 
 
-def _storescu(node: Node, *files: Path) -> None:
-    r = subprocess.run(["storescu", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1", str(node.settings.node.port),
-                        *map(str, files)], capture_output=True, text=True, timeout=60)
+def _storescu(node: Node, *files: Path, options: tuple[str, ...] = ()) -> None:
+    r = subprocess.run(["storescu", *options, "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1",
+                        str(node.settings.node.port), *map(str, files)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
 
 
@@ -223,13 +223,16 @@ def _cr_from_dx(dx_path: Path, out: Path) -> Path:
 
 
 def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
-    """DX (MONOCHROME1, 12-bit), CR, SC (MONOCHROME1, 16-bit) and single-frame XA: accepted, segmented, and
-    SEG + SR + GSPS for each arrive at the PACS, dciodvfy-clean."""
+    """DX (MONOCHROME1, 12-bit), CR, SC (MONOCHROME1, 16-bit), single-frame XA, Enhanced XA (5-frame run,
+    JPEG-LS) and Enhanced XRF (one frame): accepted, segmented, and SEG + SR + GSPS for each arrive at the
+    PACS, dciodvfy-clean; the SEG of an enhanced image has a frame per segment and source frame."""
     files = []
     # (different seeds: the phantom's UIDs are name-based, and a second copy of a SOP instance is not queued)
     for seed, (name, extra) in enumerate((("dx", ["--modality", "DX", "--bits", "12", "--photometric", "MONOCHROME1"]),
                                           ("sc", ["--modality", "SC", "--bits", "16", "--photometric", "MONOCHROME1"]),
-                                          ("xa", ["--modality", "XA"])), 52):
+                                          ("xa", ["--modality", "XA"]),
+                                          ("exa", ["--modality", "EXA", "--frames", "5", "--transfer-syntax", "jpeg-ls"]),
+                                          ("exrf", ["--modality", "EXRF", "--bits", "12"])), 52):
         assert main(["synth", "--count", "1", "--seed", str(seed), "--size", "512", *extra,
                      "--out", str(tmp_path / name)]) == 0
         files += sorted((tmp_path / name / "dicom").glob("*.dcm"))
@@ -237,7 +240,7 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
     port, received, _ = pacs
     node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))
     try:
-        _storescu(node, *files)
+        _storescu(node, *files, options=("-xt",))  # -xt: JPEG-LS lossless (the EXA run) besides uncompressed
         assert _wait(lambda: _count(node, Export, Export.state == "sent") == 3 * len(files)), "not all delivered"
         assert _count(node, Job, Job.state == "done") == len(files)
     finally:
@@ -246,9 +249,36 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
     assert len(outputs) == 3 * len(files)
     sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files}
     assert sources == {"1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.7",
-                       "1.2.840.10008.5.1.4.1.1.12.1"}
+                       "1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.1.1",
+                       "1.2.840.10008.5.1.4.1.1.12.2.1"}
     for f in outputs:
         assert dciodvfy_errors(f) == [], f
+    frames = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: int(pydicom.dcmread(
+        f, stop_before_pixels=True).get("NumberOfFrames", 1)) for f in files}
+    enhanced = {uid for f in files if (ds := pydicom.dcmread(f, stop_before_pixels=True)).SOPClassUID in (
+        "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1") for uid in [ds.SOPInstanceUID]}
+    seen = set()
+    for f in outputs:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if ds.Modality != "SEG":
+            continue
+        source_uid = ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        assert int(ds.NumberOfFrames) == 3 * frames[source_uid]
+        if source_uid in enhanced:
+            seen.add(source_uid)
+            refs = [int(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                    for i in ds.PerFrameFunctionalGroupsSequence]
+            assert refs == list(range(1, frames[source_uid] + 1)) * 3
+    assert seen == enhanced and sorted(frames[u] for u in enhanced) == [1, 5]
+
+    # The offline command on the same enhanced files: SEG, SR and GSPS, dciodvfy-clean.
+    out = tmp_path / "offline"
+    enhanced_files = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID in enhanced]
+    assert main(["segment", *map(str, enhanced_files), "--out", str(out), "--model", str(tiny_model)]) == 0
+    written = sorted(out.glob("*.dcm"))
+    assert sorted(p.name.split(".")[-2] for p in written) == ["gsps", "gsps", "seg", "seg", "sr", "sr"]
+    for p in written:
+        assert dciodvfy_errors(p) == [], p
 
 
 def _children(pid: int) -> list[int]:
