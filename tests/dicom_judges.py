@@ -38,9 +38,14 @@ KNOWN_FALSE_REPORTS: dict[str, dict[str, str]] = {
 
 
 def _sop_class(path: str | os.PathLike) -> str:
+    """The file's SOP Class UID, or "" when pydicom cannot read it (dciodvfy then judges it unfiltered)."""
     import pydicom  # here, so that the module stays importable for tools without pydicom
 
-    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).get("SOPClassUID", ""))
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:  # noqa: BLE001 - not readable: nothing to filter
+        return ""
+    return str(ds.get("SOPClassUID", ""))
 
 
 def dciodvfy_output(path: str | os.PathLike, *, raw: bool = False) -> list[str]:
