@@ -322,16 +322,19 @@ def test_enhanced_spacing_variants(phantom, tmp_path):
     assert dciodvfy_errors(path) == [] and dciodvfy_warnings(path) == [], "\n".join(dciodvfy_output(path))
 
 
-@pytest.mark.xfail(strict=True, reason="ercp_node/node/pipeline.header_calibration (not this change's to edit) reads "
-                   "only PixelSpacing / shared Pixel Measures / top-level ImagerPixelSpacing, none of which Enhanced "
-                   "XA/XRF have: it should return ercp_node.dicom.seg.header_calibration(ds, frame). Remove this "
-                   "marker when it does.")
 @pytest.mark.parametrize("name", ["exa", "exrf-cine"])
 def test_pipeline_reports_the_enhanced_header_calibration(phantom, name):
     source, labels = load(phantom, name)
     frame_labels = labels if labels.ndim == 2 else labels[0]
     measured = measure(frame_labels, source, 1)
-    assert measured["calibration"]["header"] == {k: header_calibration(source)[k] for k in ("mm_per_px", "source", "flag")}
+    header = measured["calibration"]["header"]
+    assert header == {k: header_calibration(source)[k] for k in ("mm_per_px", "source", "flag")}
+    # Enhanced XA/XRF: detector spacing in the functional groups, magnification from the source distances
+    imager = float(source.SharedFunctionalGroupsSequence[0].FramePixelDataPropertiesSequence[0].ImagerPixelSpacing[0])
+    geometry = source.SharedFunctionalGroupsSequence[0].XRayGeometrySequence[0]
+    expected = imager * float(geometry.DistanceSourceToIsocenter) / float(geometry.DistanceSourceToDetector)
+    assert header["mm_per_px"] == pytest.approx(expected) and header["source"].startswith("ImagerPixelSpacing/(")
+    assert measured["spacing_source"] == header["source"] or measured["calibration"]["used"] == "scope"
 
 
 def test_outputs_are_deterministic(phantom):
