@@ -337,6 +337,20 @@ def test_pipeline_reports_the_enhanced_header_calibration(phantom, name):
     assert measured["spacing_source"] == header["source"] or measured["calibration"]["used"] == "scope"
 
 
+@pytest.mark.parametrize("name", ["rf-explicit", "xa-cine", "dx"])
+def test_part10_bytes_are_what_save_as_writes(phantom, name):
+    """dicom.part10.to_bytes (the worker's and `segment`'s writer) skips pydicom's repeated ambiguous-VR pass:
+    the bytes must be those of ds.save_as, for SEG and SR."""
+    from ercp_node.dicom.part10 import to_bytes
+
+    source, labels = load(phantom, name)
+    first, second = make_outputs(source, labels, name), make_outputs(source, labels, name)
+    for plain, fast in zip(first[:2], second[:2]):
+        buf = io.BytesIO()
+        plain.save_as(buf, enforce_file_format=True)
+        assert to_bytes(fast) == buf.getvalue()
+
+
 def test_outputs_are_deterministic(phantom):
     source, labels = load(phantom, "rf-cine")
     blobs = []

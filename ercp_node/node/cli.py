@@ -91,6 +91,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..model.inference import SHIPPED, Segmenter
     from ..preprocessing.pipeline import to_unit_grey
     from ..cli import CLIError
+    from ..dicom.part10 import to_bytes
     from .pipeline import analyse_batch, encode
     from .validation import Refused, check_file
 
@@ -121,7 +122,7 @@ def run_segment(args: argparse.Namespace) -> int:
             objects = encode(ds, analysis, uids, seg.version)
             stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
             for kind, obj in objects.items():
-                obj.save_as(out / f"{stem}.{kind.lower()}.dcm", enforce_file_format=True)
+                (out / f"{stem}.{kind.lower()}.dcm").write_bytes(to_bytes(obj))
             frame = analysis.measurements["frame"] - 1
             labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
             pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]

@@ -5,7 +5,6 @@ node left running."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 import threading
 import time
@@ -15,6 +14,7 @@ import pydicom
 from sqlalchemy import select, update
 
 from ..storage.models import Export, Instance, Job, Output
+from ..dicom.part10 import to_bytes
 from .intake import write_atomic
 from ..config.settings import measure_settings
 from ..measure.report import summary as measurement_summary
@@ -143,10 +143,8 @@ class Worker(threading.Thread):
         out_dir = Path(self.node.data_dir) / "outputs" / str(ds.StudyInstanceUID)
         paths = {}
         for kind, obj in objects.items():
-            buf = io.BytesIO()
-            obj.save_as(buf, enforce_file_format=True)
             path = out_dir / f"{kind}-{obj.SOPInstanceUID}.dcm"
-            write_atomic(path, buf.getvalue())
+            write_atomic(path, to_bytes(obj))
             paths[kind] = path
         analysis.timings["archive_s"] = time.perf_counter() - t
         summary = measurement_summary(analysis.measurements)
