@@ -46,22 +46,22 @@ def requeue_worker(sessions, worker: str, ids: list[int] | None = None) -> int:
 
 
 def claim(sessions, worker: str, limit: int) -> list[int]:
-    """Atomically take up to `limit` queued jobs; the conditional UPDATE makes each claim exclusive (SQLite: one
-    writer at a time; PostgreSQL: the second UPDATE of a row waits for the first and then no longer matches)."""
-    taken: list[int] = []
+    """Atomically take up to `limit` queued jobs, in one conditional UPDATE ... RETURNING (one commit for the batch).
+    Exclusive: SQLite has one writer at a time; in PostgreSQL a second UPDATE of a row waits for the first and then
+    no longer matches state = 'queued', so each job is returned to one claimer only."""
     while True:
         with sessions() as s:
-            ids = list(s.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(limit * 2)))
-        for job_id in ids:
-            with sessions.begin() as s:
-                n = s.execute(update(Job).where(Job.id == job_id, Job.state == "queued")
-                              .values(state="running", worker=worker, started=_now(), attempts=Job.attempts + 1)).rowcount
-            if n == 1:
-                taken.append(job_id)
-                if len(taken) == limit:
-                    return taken
-        if taken or not ids:  # else other workers (other nodes) took every candidate first: look again
+            ids = list(s.scalars(select(Job.id).where(Job.state == "queued").order_by(Job.id).limit(limit)))
+        if not ids:
+            return []
+        with sessions.begin() as s:
+            taken = sorted(s.scalars(
+                update(Job).where(Job.id.in_(ids), Job.state == "queued")
+                .values(state="running", worker=worker, started=_now(), attempts=Job.attempts + 1)
+                .returning(Job.id).execution_options(synchronize_session=False)))
+        if taken:
             return taken
+        # else other workers (other nodes) took every candidate first: look again
 
 
 class Worker(threading.Thread):
