@@ -2,8 +2,8 @@
 on the same phantom RF images (576², 8-bit) in one process, medians in ms, written to bench/results/stages.json.
 
 Stages: read the archived file, preprocess, U-Net (batches of 16), label maps back on the source grid,
-measurements, SEG, SR (build_sr, and highdicom's plain ComprehensiveSR constructor side by side), GSPS, and
-writing the outputs (serialise + write + fsync). The sum against the U-Net alone says how far a worker can
+measurements, SEG, SR (build_sr, and highdicom's plain ComprehensiveSR constructor side by side), GSPS,
+serialising SEG and SR (dicom.part10.to_bytes) and writing them (write + fsync of file and directory). The sum against the U-Net alone says how far a worker can
 keep up with the raw model on this machine.
 
 Usage: python bench/bench_stages.py [--count 64] [--model PATH] [--out bench/results/stages.json]
@@ -12,7 +12,6 @@ Usage: python bench/bench_stages.py [--count 64] [--model PATH] [--out bench/res
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -38,6 +37,7 @@ def main() -> int:
     from pydicom.uid import generate_uid
 
     from ercp_node.dicom.gsps import build_gsps
+    from ercp_node.dicom.part10 import to_bytes
     from ercp_node.dicom.seg import build_seg
     from ercp_node.dicom.sr import build_sr
     from ercp_node.measure.report import MeasureSettings
@@ -86,16 +86,14 @@ def main() -> int:
                 gsps = timed("gsps", build_gsps, ds, labels, m, series_uid=u["gsps_series"], sop_uid=u["gsps"],
                              model_version=seg_model.version)
 
-                def write(objs):
-                    for obj in objs:
-                        buf = io.BytesIO()
-                        obj.save_as(buf, enforce_file_format=True)
-                        write_atomic(tmp / "out" / f"{obj.SOPInstanceUID}.dcm", buf.getvalue())
-
-                timed("write_seg_sr_fsync", write, (seg, sr))
+                # as the worker does (Worker.finish): serialise, then write + fsync file and directory
+                blobs = [(obj.SOPInstanceUID, timed(f"serialise_{kind}", to_bytes, obj))
+                         for kind, obj in (("seg", seg), ("sr", sr))]
+                timed("write_fsync_seg_sr", lambda: [write_atomic(tmp / "out" / f"{u}.dcm", b) for u, b in blobs])
                 del gsps
     med = {k: round(1000 * statistics.median(v), 2) for k, v in t.items()}
-    worker = ("read", "decode", "preprocess", "unet", "to_source_grid", "measure", "seg", "sr", "write_seg_sr_fsync")
+    worker = ("read", "decode", "preprocess", "unet", "to_source_grid", "measure", "seg", "sr", "serialise_seg",
+              "serialise_sr", "write_fsync_seg_sr")
     total = sum(med[k] for k in worker)
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
