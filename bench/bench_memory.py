@@ -1,6 +1,7 @@
 """Memory under a burst: is the node's resident memory bounded while 500 images arrive at once?
 
-`ercp-node serve` runs as a child process (shipped model, default settings: 1 worker, batches of 8) with a dcmtk
+`ercp-node serve` runs as a child process (shipped model, default settings: one worker process per core up to 4,
+batches of 8) with a dcmtk
 storescp as its PACS. dcmtk storescu first sends `--first` images (default 50) and the bench waits until they are
 segmented and exported: the RSS then is the reference. Then the remaining images go in one burst (one association).
 The RSS of the node and its worker processes is sampled every `--interval` s from /proc/PID/status (VmRSS, summed) until every job
@@ -177,6 +178,9 @@ def run(count: int = 500, first: int = 50, model: str | None = None, interval: f
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         if model:
             env["ERCP_NODE_MODEL_PATH"] = str(model)
+        from ercp_node.config.settings import load, worker_count
+
+        worker_procs = worker_count(load(env=env))  # what serve will start with this environment
         log = open(work / "serve.log", "w")
         node_proc = subprocess.Popen([sys.executable, "-m", "ercp_node.cli", "serve", "--bind", "127.0.0.1",
                                       "--port", str(port), "--ae-title", "ERCPNODE", "--data-dir", str(data),
@@ -221,7 +225,8 @@ def run(count: int = 500, first: int = 50, model: str | None = None, interval: f
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "note": "shared with other jobs: RSS is the node's own, timings are noisy"},
             "setup": {"images": count, "first_batch": first, "image": "phantom RF 512x512 8-bit explicit VR LE",
-                      "node": "ercp-node serve, 1 worker, batch 8, SQLite, one storescp destination (SEG+SR)",
+                      "node": f"ercp-node serve, default node.workers ({worker_procs} worker processes here), batch 8, "
+                              "SQLite, one storescp destination (SEG+SR)",
                       "model": model or "shipped default", "sample_interval_s": interval,
                       "rss_source": "/proc/PID/status VmRSS of the node and its worker processes, summed"},
             "acknowledged": {"first": ok1, "burst": ok2},
