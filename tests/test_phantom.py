@@ -186,6 +186,8 @@ def test_dicom_reads_back_and_is_valid(dataset):
     ["--modality", "RF", "--frames", "6", "--transfer-syntax", "jpeg-ls"],
     ["--modality", "EXA", "--frames", "5", "--transfer-syntax", "jpeg-ls"],
     ["--modality", "EXRF", "--image-intensifier", "--photometric", "MONOCHROME1", "--bits", "12"],
+    ["--modality", "SCMF", "--frames", "5", "--transfer-syntax", "rle"],  # Multi-frame Grayscale Byte SC
+    ["--modality", "SCMF", "--bits", "12"],  # Multi-frame Grayscale Word SC, one frame
 ])
 def test_variants_are_valid_dicom(tmp_path, extra):
     out = tmp_path / "v"
@@ -210,6 +212,7 @@ def test_variants_are_valid_dicom(tmp_path, extra):
     (["--count", "1", "--frames", "3"], "--frames"),
     (["--count", "1", "--frames", "8", "--modality", "SC"], "cine"),
     (["--count", "1", "--photometric", "MONOCHROME1"], "MONOCHROME2"),
+    (["--count", "1", "--modality", "SCMF", "--photometric", "MONOCHROME1"], "MONOCHROME2"),
     (["--count", "1", "--start-date", "2024-01-01", "--end-date", "2023-01-01"], "before"),
     (["--count", "1", "--complexity", "0.8:0.2"], "--complexity"),
     (["--count", "1", "--scope-diameter-mm", "40"], "--scope-diameter-mm"),

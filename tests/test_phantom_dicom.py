@@ -1,4 +1,5 @@
-"""ercp_node.phantom.dicomio: every storage class (RF, XA, SC, DX, Enhanced XA, Enhanced XRF) x bit depth x
+"""ercp_node.phantom.dicomio: every storage class (RF, XA, SC, DX, Enhanced XA, Enhanced XRF, Multi-frame
+Grayscale Byte/Word SC) x bit depth x
 photometric x transfer syntax is read back exactly by pydicom (+pylibjpeg), parsed by dcmdump and judged
 IOD-clean by dciodvfy; output is byte-deterministic; bad input is refused with a clear ValueError."""
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dicom_judges import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings, dc
 
 from ercp_node.phantom import dicomio
 from ercp_node.phantom.dicomio import (
+    ALWAYS_MULTI_FRAME,
     ENHANCED,
     MODALITIES,
     TRANSFER_SYNTAXES,
@@ -33,10 +35,12 @@ INFO = DicomInfo(
     kvp=78.5, tube_current_ma=3.2, exposure_time_ms=12.5, imager_pixel_spacing_mm=0.3528, magnification=1.2,
 )
 # (modality, photometric): RF/XA are MONOCHROME2 only (X-Ray Image module); SC, DX and the enhanced classes
-# take both (Enhanced XA/XRF Image module: MONOCHROME1 with an INVERSE Presentation LUT Shape).
+# take both (Enhanced XA/XRF Image module: MONOCHROME1 with an INVERSE Presentation LUT Shape); Multi-frame
+# Grayscale Byte/Word SC (SCMF: Byte at 8 bits, Word at 12/16) MONOCHROME2 only (A.8.3.4, A.8.4.4).
 VALID = [("RF", "MONOCHROME2"), ("XA", "MONOCHROME2"), ("SC", "MONOCHROME1"), ("SC", "MONOCHROME2"),
          ("DX", "MONOCHROME1"), ("DX", "MONOCHROME2"), ("EXA", "MONOCHROME2"), ("EXRF", "MONOCHROME2"),
-         ("EXRF", "MONOCHROME1")]
+         ("EXRF", "MONOCHROME1"), ("SCMF", "MONOCHROME2")]
+SC_BYTE, SC_WORD = "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3"
 
 
 def info_for(modality: str, info: DicomInfo = INFO) -> DicomInfo:
@@ -74,8 +78,10 @@ def check_file(path: Path, frames: np.ndarray, modality: str, bits: int, photome
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == TRANSFER_SYNTAXES[ts]
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID == INFO.sop_uid  # never a new UID
-    assert ds.SOPClassUID == dicomio.SOP_CLASSES[modality]
-    assert ds.Modality == {"SC": "OT", "EXA": "XA", "EXRF": "RF"}.get(modality, modality)
+    assert ds.SOPClassUID == dicomio.sop_class(modality, bits)
+    if modality == "SCMF":
+        assert ds.SOPClassUID == (SC_BYTE if bits == 8 else SC_WORD)
+    assert ds.Modality == {"SC": "OT", "EXA": "XA", "EXRF": "RF", "SCMF": "OT"}.get(modality, modality)
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (8 if bits == 8 else 16, bits, bits - 1)
     arr = ds.pixel_array.astype(np.int64)
     if photometric == "MONOCHROME1":
@@ -96,8 +102,11 @@ def check_file(path: Path, frames: np.ndarray, modality: str, bits: int, photome
         geometry = shared_item(ds, "XRayGeometrySequence")
         assert float(geometry.DistanceSourceToDetector) / geometry.DistanceSourceToIsocenter == pytest.approx(1.2)
         assert int(ds.NumberOfFrames) == len(ds.PerFrameFunctionalGroupsSequence) == (frames.shape[0] if frames.ndim == 3 else 1)
-    else:
+    else:  # SC, SCMF: the spacing at the patient (no ImagerPixelSpacing in the SC IODs)
         assert float(ds.PixelSpacing[0]) == pytest.approx(0.3528 / 1.2)
+        assert ds.PixelSpacingCalibrationType == "GEOMETRY" and "ImagerPixelSpacing" not in ds
+    if modality == "SCMF":
+        assert int(ds.NumberOfFrames) == (frames.shape[0] if frames.ndim == 3 else 1)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +123,7 @@ def test_single_frame_roundtrip_and_valid(tmp_path, image, modality, photometric
     write_dicom(ds, path, ts)
     check_file(path, image, modality, bits, photometric, ts)
     ds = pydicom.dcmread(path, stop_before_pixels=True)
-    if modality in ENHANCED:  # Multi-frame Functional Groups module: NumberOfFrames type 1, also for one frame
+    if modality in ALWAYS_MULTI_FRAME:  # Multi-frame (Functional Groups) module: NumberOfFrames type 1
         assert ds.NumberOfFrames == 1
     else:
         assert "NumberOfFrames" not in ds  # like real single-frame C-arms
@@ -122,7 +131,7 @@ def test_single_frame_roundtrip_and_valid(tmp_path, image, modality, photometric
 
 
 @pytest.mark.parametrize("ts", list(TRANSFER_SYNTAXES))
-@pytest.mark.parametrize("modality", ["RF", "XA", "EXA", "EXRF"])
+@pytest.mark.parametrize("modality", ["RF", "XA", "EXA", "EXRF", "SCMF"])
 def test_cine(tmp_path, modality, ts):
     frames = np.stack([phantom_image(shift=i) for i in range(5)])
     ds = build_dataset(frames, info_for(modality), modality=modality, bits_stored=12)
@@ -208,7 +217,7 @@ def test_window_and_monochrome1_display(image):
 
 @pytest.mark.parametrize("modality", ["SC", "DX"])
 def test_multiframe_refused_for_single_frame_classes(image, modality):
-    with pytest.raises(ValueError, match="use RF, XA, EXA or EXRF for cine"):
+    with pytest.raises(ValueError, match="use RF, XA, EXA, EXRF or SCMF for cine"):
         build_dataset(np.stack([image, image]), INFO, modality=modality)
     build_dataset(image[None], INFO, modality=modality)  # (1, H, W) is a single frame
 
@@ -219,6 +228,7 @@ def test_multiframe_refused_for_single_frame_classes(image, modality):
     (dict(modality="CT"), "modality"),
     (dict(modality="RF", photometric="MONOCHROME1"), "MONOCHROME2"),
     (dict(modality="XA", photometric="MONOCHROME1"), "MONOCHROME2"),
+    (dict(modality="SCMF", photometric="MONOCHROME1"), "MONOCHROME2"),
 ])
 def test_bad_arguments(image, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -346,4 +356,43 @@ def test_enhanced_byte_deterministic(tmp_path, ts):
     for name in ("a.dcm", "b.dcm"):
         frames = np.stack([phantom_image(shift=i) for i in range(3)])
         write_dicom(build_dataset(frames, info_for("EXA"), modality="EXA", bits_stored=12), tmp_path / name, ts)
+    assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("bits", [8, 12, 16])
+@pytest.mark.parametrize("n", [1, 5])
+def test_multiframe_sc_as_a_workstation_exports_it(tmp_path, bits, n):
+    """Multi-frame Grayscale Byte (8 bits) / Word (12, 16 bits) SC: SC Equipment with ConversionType WSD and the
+    C-arm as capture device, NumberOfFrames always, identity rescale and Presentation LUT, PixelSpacing with its
+    calibration; a run points the Frame Increment Pointer at FrameTime (Cine module), one frame has neither.
+    dciodvfy reports nothing at all (no errors, no warnings)."""
+    frames = np.stack([phantom_image(shift=i) for i in range(n)])
+    path = tmp_path / "scmf.dcm"
+    write_dicom(build_dataset(frames, INFO, modality="SCMF", bits_stored=bits), path)
+    assert [line for line in dciodvfy_output(path, raw=True) if "Error" in line or "Warning" in line] == []
+    ds = pydicom.dcmread(path)
+    assert ds.SOPClassUID == (SC_BYTE if bits == 8 else SC_WORD)
+    assert (ds.BitsAllocated, ds.BitsStored, ds.PhotometricInterpretation) == (8 if bits == 8 else 16, bits, "MONOCHROME2")
+    assert ds.ConversionType == "WSD" and list(ds.ImageType) == ["DERIVED", "SECONDARY"]
+    assert ds.SecondaryCaptureDeviceManufacturerModelName == INFO.model_name
+    assert (ds.PresentationLUTShape, ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType) == ("IDENTITY", 0, 1, "US")
+    assert (float(ds.WindowCenter), float(ds.WindowWidth)) == (2 ** (bits - 1), 2**bits)
+    assert [float(v) for v in ds.PixelSpacing] == [pytest.approx(0.294)] * 2
+    assert ds.BurnedInAnnotation == "YES" and ds.NumberOfFrames == n
+    for keyword in ("ImagerPixelSpacing", "EstimatedRadiographicMagnificationFactor", "ContrastBolusAgent",
+                    "SharedFunctionalGroupsSequence", "FrameOfReferenceUID"):
+        assert keyword not in ds, keyword
+    if n == 1:
+        assert "FrameIncrementPointer" not in ds and "FrameTime" not in ds
+    else:
+        assert ds.FrameIncrementPointer == 0x00181063 and float(ds.FrameTime) == 66.7
+        assert (ds.StartTrim, ds.StopTrim, ds.CineRate) == (1, n, 15)
+    np.testing.assert_array_equal(ds.pixel_array.reshape(frames.shape).astype(np.int64), expected_values(frames, bits))
+
+
+@pytest.mark.parametrize("ts", ["explicit", "jpeg-lossless"])
+def test_multiframe_sc_byte_deterministic(tmp_path, ts):
+    for name in ("a.dcm", "b.dcm"):
+        frames = np.stack([phantom_image(shift=i) for i in range(3)])
+        write_dicom(build_dataset(frames, INFO, modality="SCMF", bits_stored=16), tmp_path / name, ts)
     assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()

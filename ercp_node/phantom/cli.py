@@ -19,12 +19,13 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end-date", type=iso_date, default=dt.date(2024, 12, 31), help="last acquisition date")
     p.add_argument("--size", type=int, default=576, help="image rows = columns, 512–1024 (default 576)")
     p.add_argument("--modality", choices=MODALITIES, default="RF",
-                   help="RF (default), XA, SC, DX, EXA (Enhanced XA) or EXRF (Enhanced XRF)")
+                   help="RF (default), XA, SC, DX, EXA (Enhanced XA), EXRF (Enhanced XRF) or SCMF (Multi-frame "
+                        "Grayscale SC: Byte at --bits 8, Word at 12/16)")
     p.add_argument("--bits", type=int, choices=(8, 12, 16), default=8, help="bits stored (default 8)")
     p.add_argument("--photometric", choices=("MONOCHROME2", "MONOCHROME1"), default="MONOCHROME2")
     p.add_argument("--transfer-syntax", choices=tuple(TRANSFER_SYNTAXES), default="explicit")
     p.add_argument("--frames", type=int, default=1,
-                   help="1 = single image; 5–30 = cine run (RF, XA, EXA, EXRF only)")
+                   help="1 = single image; 5–30 = cine run (RF, XA, EXA, EXRF, SCMF only)")
     p.add_argument("--scope-diameter-mm", type=float, default=11.3, help="duodenoscope insertion tube diameter")
     p.add_argument("--image-intensifier", action="store_true", help="circular image-intensifier field with vignetting")
     p.add_argument("--no-text", action="store_true", help="no burned-in text or scale marker")
@@ -50,9 +51,9 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--frames must be 1 (single image) or 5–30 (cine), got {args.frames}")
     if args.frames > 1 and args.modality not in MULTI_FRAME:
         raise CLIError(f"cine (--frames {args.frames}) is {', '.join(MULTI_FRAME)} only, not {args.modality}")
-    if args.photometric == "MONOCHROME1" and args.modality in ("RF", "XA"):
-        raise CLIError("RF and XA images are MONOCHROME2 by definition (PS3.3 C.8.7.1.1); use --modality SC, DX, "
-                       f"{' or '.join(ENHANCED)}")
+    if args.photometric == "MONOCHROME1" and args.modality in ("RF", "XA", "SCMF"):
+        raise CLIError(f"{args.modality} images are MONOCHROME2 by definition (PS3.3 C.8.7.1.1, A.8.3.4); use "
+                       f"--modality SC, DX, {' or '.join(ENHANCED)}")
     if args.size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
         raise CLIError("jpeg2000 needs images of at least 32 pixels")
     if not 8.0 <= args.scope_diameter_mm <= 16.0:

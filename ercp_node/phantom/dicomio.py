@@ -1,8 +1,9 @@
 """DICOM writer for the synthetic cholangiogram phantom.
 
-`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of six storage
-classes (RF, XA, SC, DX, Enhanced XA "EXA", Enhanced XRF "EXRF"); `write_dicom` writes it atomically in one of
-six transfer syntaxes.
+`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of eight storage
+classes (RF, XA, SC, DX, Enhanced XA "EXA", Enhanced XRF "EXRF", and "SCMF": Multi-frame Grayscale Byte SC at
+8 bits, Multi-frame Grayscale Word SC at 12 or 16 bits); `write_dicom` writes it atomically in one of six
+transfer syntaxes.
 
 Design points (the tests hold them):
 - Output is byte-deterministic: no "now", no random UIDs, constant implementation UID/version, and
@@ -22,6 +23,14 @@ Design points (the tests hold them):
   window in Frame VOI LUT. A mobile C-arm is not linked to the table (CArmPositionerTabletopRelationship NO),
   so there is no Frame of Reference or isocentre reference system (the table position that dciodvfy asks for
   is the equipment's reference position, all zeros). BurnedInAnnotation can only be NO there.
+- Multi-frame Grayscale Byte / Word SC (PS3.3 A.8.3/A.8.4, "SCMF": Byte at 8 bits, Word at 12 or 16 bits
+  stored in 16) are what a workstation writes when it exports a fluoroscopy run (or a single image of it) as
+  secondary capture: SC Equipment with ConversionType WSD and the C-arm as the secondary capture device,
+  NumberOfFrames always (Multi-frame module, type 1), MONOCHROME2 only (A.8.3.4/A.8.4.4), Presentation LUT
+  Shape IDENTITY and the identity rescale (SC Multi-frame Image module). A run points its Frame Increment
+  Pointer at FrameTime, so the Cine module is there (A.8.3.3); a single frame has neither (the pointer is
+  1C, required for more than one frame). The spacing at the patient goes into PixelSpacing with its
+  calibration type and description, as for the single-frame SC: no ImagerPixelSpacing in these IODs.
 """
 from __future__ import annotations
 
@@ -52,6 +61,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
     XRayAngiographicImageStorage,
@@ -67,9 +78,10 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "jpeg2000": JPEG2000Lossless,
     "rle": RLELossless,
 }
-MODALITIES = ("RF", "XA", "SC", "DX", "EXA", "EXRF")
+MODALITIES = ("RF", "XA", "SC", "DX", "EXA", "EXRF", "SCMF")
 ENHANCED = ("EXA", "EXRF")  # Enhanced XA / Enhanced XRF: multi-frame functional groups, NumberOfFrames always
-MULTI_FRAME = ("RF", "XA", *ENHANCED)  # the classes that take cine runs
+MULTI_FRAME = ("RF", "XA", *ENHANCED, "SCMF")  # the classes that take cine runs
+ALWAYS_MULTI_FRAME = (*ENHANCED, "SCMF")  # NumberOfFrames written also for one frame (type 1 in their IODs)
 SOP_CLASSES: dict[str, UID] = {
     "RF": XRayRadiofluoroscopicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2
     "XA": XRayAngiographicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1
@@ -77,9 +89,11 @@ SOP_CLASSES: dict[str, UID] = {
     "DX": DigitalXRayImageStorageForPresentation,  # 1.2.840.10008.5.1.4.1.1.1.1
     "EXA": EnhancedXAImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1.1
     "EXRF": EnhancedXRFImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2.1
+    "SCMF": MultiFrameGrayscaleByteSecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7.2 (8 bits)
 }
+SC_WORD = MultiFrameGrayscaleWordSecondaryCaptureImageStorage  # 1.2.840.10008.5.1.4.1.1.7.3: SCMF at 12/16 bits
 # The Modality attribute (0008,0060) each class gets.
-MODALITY_VALUES = {"RF": "RF", "XA": "XA", "SC": "OT", "DX": "DX", "EXA": "XA", "EXRF": "RF"}
+MODALITY_VALUES = {"RF": "RF", "XA": "XA", "SC": "OT", "DX": "DX", "EXA": "XA", "EXRF": "RF", "SCMF": "OT"}
 RECEPTORS = ("DIGITAL_DETECTOR", "IMG_INTENSIFIER")  # X-Ray Receptor Type (0018,9420), Enhanced XA/XRF
 BITS_STORED = (8, 12, 16)
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
@@ -146,6 +160,13 @@ class DicomInfo:
             raise ValueError(f"receptor must be one of {RECEPTORS}, got {self.receptor!r}")
 
 
+def sop_class(modality: str, bits_stored: int = 8) -> UID:
+    """The SOP Class UID build_dataset writes for `modality` at `bits_stored` (SCMF: Byte at 8, Word above)."""
+    if modality == "SCMF" and bits_stored > 8:
+        return SC_WORD
+    return SOP_CLASSES[modality]
+
+
 def _ds(x: float) -> str:
     """Decimal String of at most 16 characters (the DS limit), deterministic for a given float."""
     return format_number_as_ds(float(x))
@@ -206,6 +227,10 @@ def build_dataset(
         raise ValueError(f"bits_stored must be one of {BITS_STORED}, got {bits_stored!r}")
     if photometric not in PHOTOMETRICS:
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
+    if modality == "SCMF" and photometric != "MONOCHROME2":
+        # Multi-frame Grayscale Byte/Word SC IOD content constraints (PS3.3 A.8.3.4, A.8.4.4).
+        raise ValueError("Multi-frame Grayscale Byte/Word SC images are MONOCHROME2 only (PS3.3 A.8.3.4); use "
+                         "SC, DX, EXA or EXRF for MONOCHROME1")
     if modality in ("RF", "XA") and photometric != "MONOCHROME2":
         # X-Ray Image Module (PS3.3 C.8.7.1.1): Photometric Interpretation enumerated value MONOCHROME2 only.
         # (The Enhanced XA/XRF Image module allows MONOCHROME1 with an INVERSE Presentation LUT Shape.)
@@ -220,7 +245,7 @@ def build_dataset(
         raise ValueError(f"image too large for DICOM Rows/Columns: {arr.shape[-2:]}")
     n_frames = arr.shape[0] if arr.ndim == 3 else 1
     if n_frames > 1 and modality not in MULTI_FRAME:
-        raise ValueError(f"{modality} is single-frame only; use RF, XA, EXA or EXRF for cine "
+        raise ValueError(f"{modality} is single-frame only; use RF, XA, EXA, EXRF or SCMF for cine "
                          f"({n_frames} frames given)")
     enhanced = modality in ENHANCED
 
@@ -237,7 +262,7 @@ def build_dataset(
     date, time = _date(dt), _time(dt)
 
     # SOP Common
-    ds.SOPClassUID = SOP_CLASSES[modality]
+    ds.SOPClassUID = sop_class(modality, bits_stored)
     ds.SOPInstanceUID = info.sop_uid
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     if dt.utcoffset() is not None:
@@ -280,7 +305,7 @@ def build_dataset(
     # Image Pixel
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    if n_frames > 1 or enhanced:
+    if n_frames > 1 or modality in ALWAYS_MULTI_FRAME:
         ds.NumberOfFrames = n_frames
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.BitsAllocated = 8 if bits_stored == 8 else 16
@@ -293,7 +318,8 @@ def build_dataset(
         ds.WindowCenter = str(1 << (bits_stored - 1))
         ds.WindowWidth = str(1 << bits_stored)
 
-    writer = {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx, "EXA": _enhanced_xray, "EXRF": _enhanced_xray}
+    writer = {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx, "EXA": _enhanced_xray, "EXRF": _enhanced_xray,
+              "SCMF": _sc_multiframe}
     writer[modality](ds, info, modality, photometric, n_frames)
 
     data = pixels.astype("<u2" if ds.BitsAllocated == 16 else "u1", copy=False).tobytes()
@@ -355,6 +381,32 @@ def _sc(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames:
     ds.PixelSpacing = [_ds(info.imager_pixel_spacing_mm / info.magnification)] * 2
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+
+
+def _sc_multiframe(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
+    """Multi-frame Grayscale Byte/Word SC (PS3.3 A.8.3/A.8.4) as a workstation exports a fluoroscopy run: SC
+    Equipment (the C-arm as the capture device), SC Image, SC Multi-frame Image, Multi-frame; Cine for a run
+    (Frame Increment Pointer -> FrameTime, so no SC Multi-frame Vector module is needed)."""
+    ds.ConversionType = "WSD"  # "Workstation" (defined term, PS3.3 C.8.6.1): exported from a viewing station
+    ds.SecondaryCaptureDeviceManufacturer = info.manufacturer
+    ds.SecondaryCaptureDeviceManufacturerModelName = info.model_name
+    ds.SecondaryCaptureDeviceSoftwareVersions = info.software_versions
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DateOfSecondaryCapture = ds.ContentDate
+    ds.TimeOfSecondaryCapture = ds.ContentTime
+    # SC Multi-frame Image: grey values are presentation values (identity rescale and Presentation LUT).
+    ds.PresentationLUTShape = "IDENTITY"
+    ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+    ds.PixelSpacing = [_ds(info.imager_pixel_spacing_mm / info.magnification)] * 2
+    ds.PixelSpacingCalibrationType = "GEOMETRY"
+    ds.PixelSpacingCalibrationDescription = "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+    if n_frames > 1:
+        ds.FrameIncrementPointer = Tag(0x0018, 0x1063)  # -> FrameTime (Cine module)
+        ds.FrameTime = _ds(info.frame_time_ms)
+        ds.CineRate = round(1000.0 / info.frame_time_ms)
+        ds.RecommendedDisplayFrameRate = ds.CineRate
+        ds.StartTrim, ds.StopTrim = 1, n_frames
+        ds.PreferredPlaybackSequencing = 0  # looping
 
 
 def _dx(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
