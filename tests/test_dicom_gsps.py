@@ -35,6 +35,8 @@ CASES = {
     "sc-mono2-16": (dict(modality="SC", bits=16, seed=6), 1),
     "exa": (dict(modality="EXA", bits=12, seed=7), 1),
     "exrf-cine": (dict(modality="EXRF", seed=8), 5),
+    "scmf-byte-cine": (dict(modality="SCMF", seed=9), 5),  # Multi-frame Grayscale Byte SC
+    "scmf-word-12": (dict(modality="SCMF", bits=12, seed=10), 1),  # Multi-frame Grayscale Word SC
 }
 SUMMARY = "difficult: stone ≥ 10 mm, angulation ≤ 135°"
 SUMMARY_LATIN1 = "difficult: stone >= 10 mm, angulation <= 135°"  # TEXT_REPERTOIRE "latin-1" (the default)

@@ -1,5 +1,6 @@
 """ercp_node.dicom.seg / .sr: SEG and TID 1500 SR for every source the phantom makes (RF explicit and
-JPEG-LS, XA, SC, DX, RF and XA cine, Enhanced XA and Enhanced XRF single-frame and cine) are dciodvfy-clean, parsed by dcmdump, decode back to the exact label
+JPEG-LS, XA, SC, DX, RF and XA cine, Enhanced XA and Enhanced XRF single-frame and cine, Multi-frame Grayscale
+Byte and Word SC single-frame and cine) are dciodvfy-clean, parsed by dcmdump, decode back to the exact label
 map (by our reader and by highdicom's), sit in the source's study in their own series, reference the
 source per frame, and the SR reads back with highdicom with the stone count and references it was given."""
 from __future__ import annotations
@@ -50,8 +51,14 @@ CASES = {
     "exrf": (dict(modality="EXRF", transfer_syntax="jpeg-ls", seed=7), 1),
     "exa-cine": (dict(modality="EXA", seed=8), 5),
     "exrf-cine": (dict(modality="EXRF", transfer_syntax="rle", seed=9), 5),
+    # Multi-frame Grayscale Byte SC (8 bits) and Word SC (12/16 bits): a workstation's export of a run
+    "scmf-byte": (dict(modality="SCMF", transfer_syntax="jpeg-lossless", seed=10), 1),
+    "scmf-byte-cine": (dict(modality="SCMF", transfer_syntax="rle", seed=11), 5),
+    "scmf-word": (dict(modality="SCMF", bits=16, seed=12), 1),
+    "scmf-word-cine": (dict(modality="SCMF", bits=12, transfer_syntax="jpeg-ls", seed=13), 5),
 }
 ENHANCED = ("1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1")  # Enhanced XA, Enhanced XRF
+SC_MULTIFRAME = ("1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3")  # MF Grayscale Byte SC, Word SC
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +115,7 @@ def test_seg_and_sr(phantom, name, tmp_path):
     seg, sr, measurements = make_outputs(source, labels, name)
     seg_path, sr_path = write(seg, tmp_path / "seg.dcm"), write(sr, tmp_path / "sr.dcm")
     enhanced = source.SOPClassUID in ENHANCED
+    multi_frame_object = enhanced or source.SOPClassUID in SC_MULTIFRAME  # NumberOfFrames even for one frame
 
     # Judges: IOD conformance and a full parse by another toolkit.
     for path in (seg_path, sr_path):
@@ -150,9 +158,9 @@ def test_seg_and_sr(phantom, name, tmp_path):
         assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         refs.append((int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
                      int(ref.get("ReferencedFrameNumber", 0))))
-    if n_frames == 1 and not enhanced:
+    if n_frames == 1 and not multi_frame_object:
         assert refs == [(1, 0), (2, 0), (3, 0)]
-    else:  # cine, and every enhanced source (a multi-frame object even with one frame): per source frame
+    else:  # cine, and every enhanced or multi-frame SC source (a multi-frame object even with one frame)
         assert refs == [(s, f) for s in (1, 2, 3) for f in range(1, n_frames + 1)]
         values = [list(map(int, i.FrameContentSequence[0].DimensionIndexValues))
                   for i in seg.PerFrameFunctionalGroupsSequence]
@@ -160,7 +168,7 @@ def test_seg_and_sr(phantom, name, tmp_path):
 
     # highdicom reads the same pixels per source frame (what a highdicom-based consumer would see).
     hseg = highdicom_segmentation(seg)
-    if n_frames == 1 and not enhanced:
+    if n_frames == 1 and not multi_frame_object:
         pixels = hseg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1, 2, 3])
     else:
         pixels = hseg.get_pixels_by_source_frame(source.SOPInstanceUID, list(range(1, n_frames + 1)),
@@ -335,6 +343,32 @@ def test_pipeline_reports_the_enhanced_header_calibration(phantom, name):
     expected = imager * float(geometry.DistanceSourceToIsocenter) / float(geometry.DistanceSourceToDetector)
     assert header["mm_per_px"] == pytest.approx(expected) and header["source"].startswith("ImagerPixelSpacing/(")
     assert measured["spacing_source"] == header["source"] or measured["calibration"]["used"] == "scope"
+
+
+@pytest.mark.parametrize("name", ["scmf-byte", "scmf-word-cine"])
+def test_pipeline_reports_the_multiframe_sc_header_calibration(phantom, name):
+    """Multi-frame Grayscale Byte/Word SC keep the spacing at the patient in PixelSpacing (no functional groups,
+    no ImagerPixelSpacing): the measure stage's header calibration and the SEG's Pixel Measures are that
+    PixelSpacing, which is the phantom's spacing at the object."""
+    import json
+
+    source, labels = load(phantom, name)
+    root, rows = phantom[name]
+    truth = json.loads((root / rows[0]["truth"]).read_text())["frame_truth"][0]["spacing"]
+    pixel_spacing = float(source.PixelSpacing[0])
+    assert pixel_spacing == pytest.approx(truth["pixel_spacing_at_object_mm"], rel=1e-4)
+    assert header_spacing_values(source) == {"pixel_spacing": (pixel_spacing, pixel_spacing),
+                                             "imager_pixel_spacing": None, "magnification": None,
+                                             "magnification_source": None}
+    frame_labels = labels if labels.ndim == 2 else labels[0]
+    measured = measure(frame_labels, source, 1)
+    header = measured["calibration"]["header"]
+    assert header == {"mm_per_px": pixel_spacing, "source": "PixelSpacing", "flag": None}
+    assert header == {k: header_calibration(source)[k] for k in ("mm_per_px", "source", "flag")}
+    assert measured["spacing_source"] == "PixelSpacing" or measured["calibration"]["used"] == "scope"
+    seg, _, _ = make_outputs(source, labels, name)
+    spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    assert [float(v) for v in spacing] == [pytest.approx(pixel_spacing)] * 2
 
 
 @pytest.mark.parametrize("name", ["rf-explicit", "xa-cine", "dx"])

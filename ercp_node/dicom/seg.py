@@ -38,6 +38,10 @@ Choices (see docs/dicom-outputs.md for the long form):
   with the spacing at the patient (`header_spacing_values`), as for the classic classes; the SEG (whose IOD
   has Pixel Measures) carries that spacing. A multi-frame enhanced source is extended to all frames as cine
   is (below), so each SEG frame references its source frame.
+- Multi-frame Grayscale Byte/Word SC sources (NumberOfFrames always, no functional groups, spacing in
+  PixelSpacing) take the same path: a metadata copy with NumberOfFrames = 1 and a shared Pixel Measures item
+  with their PixelSpacing, then the extension to all frames (also for one frame, as the enhanced classes:
+  they are multi-frame objects, and each SEG frame names its source frame).
 - highdicom 0.28's reader wants SliceThickness in PixelMeasures, which the standard makes type 1C
   (volumetric only) and which highdicom's writer leaves out for projection images (an empty value is a
   dciodvfy error). We write the standard form; `highdicom_segmentation` adds a nominal value to a copy.
@@ -97,6 +101,14 @@ _XRAY_ENHANCED = {
     "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image Storage
     "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image Storage
 }
+# Multi-frame Grayscale SC: NumberOfFrames always (Multi-frame module, type 1), no functional groups, the
+# spacing (if any) in PixelSpacing. highdicom treats them as multi-frame, as RF/XA.
+_SC_MULTIFRAME = {
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image Storage
+}
+# Classes that are multi-frame objects even with one frame: their SEG references every source frame by number.
+_ALWAYS_MULTIFRAME = _XRAY_ENHANCED | _SC_MULTIFRAME
 TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
 FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
 
@@ -311,9 +323,10 @@ def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Data
         del meta.FrameOfReferenceUID
         meta.pop("PositionReferenceIndicator", None)
     sop_class = str(source.SOPClassUID)
-    if sop_class in _XRAY_MULTIFRAME or sop_class in _XRAY_ENHANCED:
+    if sop_class in _XRAY_MULTIFRAME or sop_class in _ALWAYS_MULTIFRAME:
         meta.NumberOfFrames = 1  # workaround: highdicom reads NumberOfFrames for these classes
-        # ... and the shared Pixel Measures, which neither the classic nor the enhanced X-ray IODs have. When
+        # ... and the shared Pixel Measures, which neither the classic X-ray, the enhanced X-ray nor the
+        # multi-frame SC IODs have (the SC ones keep their spacing in PixelSpacing). When
         # the source has no spacing at all, a placeholder of 1 mm that highdicom needs while it builds the
         # SEG and that build_seg removes from the result (the SEG then states no spacing).
         shared = Dataset()
@@ -390,8 +403,8 @@ def build_seg(
     if spacing is None:  # the placeholder of _metadata_copy, or nothing: the SEG states no spacing
         for group in seg.SharedFunctionalGroupsSequence:
             group.pop("PixelMeasuresSequence", None)
-    if n > 1 or str(source.SOPClassUID) in _XRAY_ENHANCED:
-        _extend_to_cine(seg, arr)  # enhanced: every SEG frame says which source frame it belongs to
+    if n > 1 or str(source.SOPClassUID) in _ALWAYS_MULTIFRAME:
+        _extend_to_cine(seg, arr)  # enhanced, multi-frame SC: every SEG frame names its source frame
     _finish(seg, source, sop_uid)
     return seg
 
