@@ -224,15 +224,19 @@ def _cr_from_dx(dx_path: Path, out: Path) -> Path:
 
 def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
     """DX (MONOCHROME1, 12-bit), CR, SC (MONOCHROME1, 16-bit), single-frame XA, Enhanced XA (5-frame run,
-    JPEG-LS) and Enhanced XRF (one frame): accepted, segmented, and SEG + SR + GSPS for each arrive at the
-    PACS, dciodvfy-clean; the SEG of an enhanced image has a frame per segment and source frame."""
+    JPEG-LS), Enhanced XRF (one frame), Multi-frame Grayscale Byte SC (5-frame run, JPEG-LS) and Word SC (one
+    16-bit frame): accepted, segmented, and SEG + SR + GSPS for each arrive at the PACS, dciodvfy-clean; the
+    SEG of an enhanced or multi-frame SC image has a frame per segment and source frame."""
     files = []
     # (different seeds: the phantom's UIDs are name-based, and a second copy of a SOP instance is not queued)
     for seed, (name, extra) in enumerate((("dx", ["--modality", "DX", "--bits", "12", "--photometric", "MONOCHROME1"]),
                                           ("sc", ["--modality", "SC", "--bits", "16", "--photometric", "MONOCHROME1"]),
                                           ("xa", ["--modality", "XA"]),
                                           ("exa", ["--modality", "EXA", "--frames", "5", "--transfer-syntax", "jpeg-ls"]),
-                                          ("exrf", ["--modality", "EXRF", "--bits", "12"])), 52):
+                                          ("exrf", ["--modality", "EXRF", "--bits", "12"]),
+                                          ("scmf-byte", ["--modality", "SCMF", "--frames", "5", "--transfer-syntax",
+                                                         "jpeg-ls"]),
+                                          ("scmf-word", ["--modality", "SCMF", "--bits", "16"])), 52):
         assert main(["synth", "--count", "1", "--seed", str(seed), "--size", "512", *extra,
                      "--out", str(tmp_path / name)]) == 0
         files += sorted((tmp_path / name / "dicom").glob("*.dcm"))
@@ -250,13 +254,15 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
     sources = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID) for f in files}
     assert sources == {"1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.7",
                        "1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.1.1",
-                       "1.2.840.10008.5.1.4.1.1.12.2.1"}
+                       "1.2.840.10008.5.1.4.1.1.12.2.1", "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3"}
     for f in outputs:
         assert dciodvfy_errors(f) == [], f
     frames = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: int(pydicom.dcmread(
         f, stop_before_pixels=True).get("NumberOfFrames", 1)) for f in files}
+    # Multi-frame objects even with one frame: Enhanced XA/XRF, Multi-frame Grayscale Byte/Word SC.
     enhanced = {uid for f in files if (ds := pydicom.dcmread(f, stop_before_pixels=True)).SOPClassUID in (
-        "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1") for uid in [ds.SOPInstanceUID]}
+        "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1", "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3") for uid in [ds.SOPInstanceUID]}
     seen = set()
     for f in outputs:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -269,14 +275,14 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
             refs = [int(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
                     for i in ds.PerFrameFunctionalGroupsSequence]
             assert refs == list(range(1, frames[source_uid] + 1)) * 3
-    assert seen == enhanced and sorted(frames[u] for u in enhanced) == [1, 5]
+    assert seen == enhanced and sorted(frames[u] for u in enhanced) == [1, 1, 5, 5]
 
-    # The offline command on the same enhanced files: SEG, SR and GSPS, dciodvfy-clean.
+    # The offline command on the same enhanced and multi-frame SC files: SEG, SR and GSPS, dciodvfy-clean.
     out = tmp_path / "offline"
     enhanced_files = [f for f in files if pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID in enhanced]
     assert main(["segment", *map(str, enhanced_files), "--out", str(out), "--model", str(tiny_model)]) == 0
     written = sorted(out.glob("*.dcm"))
-    assert sorted(p.name.split(".")[-2] for p in written) == ["gsps", "gsps", "seg", "seg", "sr", "sr"]
+    assert sorted(p.name.split(".")[-2] for p in written) == ["gsps"] * 4 + ["seg"] * 4 + ["sr"] * 4
     for p in written:
         assert dciodvfy_errors(p) == [], p
 
