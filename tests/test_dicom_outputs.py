@@ -497,3 +497,21 @@ def test_sr_template_conformance(phantom, tmp_path):
     lines = (proc.stdout + proc.stderr).splitlines()
     assert any("Found Root Template TID_1500" in line for line in lines), lines
     assert [line for line in lines if line.startswith("Error")] == [], "\n".join(lines)
+
+
+def test_multiframe_sc_without_pixel_spacing(phantom, tmp_path):
+    """A frame grabber's Multi-frame SC with no PixelSpacing: the header calibration says none (the measure stage
+    falls back to the duodenoscope or pixels), the SEG has no Pixel Measures and is still clean and exact."""
+    source, labels = load(phantom, "scmf-byte-cine")
+    for keyword in ("PixelSpacing", "PixelSpacingCalibrationType", "PixelSpacingCalibrationDescription"):
+        del source[keyword]
+    assert patient_pixel_spacing(source) == (None, "none")
+    assert header_calibration(source)["source"] == "none"
+    measured = measure(labels[0], source, 1)
+    assert measured["calibration"]["used"] in ("scope", "none")
+    seg = build_seg(source, labels, **uids("scmf-no-spacing", "seg"), model_version=MODEL_VERSION,
+                    software_version="0")
+    assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    np.testing.assert_array_equal(read_seg_labels(seg, labels.shape), labels)
+    path = write(seg, tmp_path / "seg.dcm")
+    assert dciodvfy_errors(path) == [] and dciodvfy_warnings(path) == [], "\n".join(dciodvfy_output(path))
