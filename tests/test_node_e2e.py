@@ -336,7 +336,8 @@ def test_serve_runs_workers_in_processes_that_die_with_it(tmp_path, tiny_model, 
             proc.kill()
 
 
-def test_a_dead_worker_process_is_replaced_and_its_jobs_requeued(tmp_path, tiny_model, images, pacs, caplog):
+def test_a_dead_worker_process_is_replaced_and_its_jobs_requeued(tmp_path, tiny_model, images, pacs, caplog,
+                                                                _node_database):
     """kill -9 of one worker process (not the node): the node logs it, requeues what it held and starts a new one;
     the image sent after, and the one it was working on, both come out."""
     import logging
@@ -346,6 +347,7 @@ def test_a_dead_worker_process_is_replaced_and_its_jobs_requeued(tmp_path, tiny_
     s = Settings()
     s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
     s.node.ae_title, s.model.path, s.node.worker_mode = "ERCPNODE", str(tiny_model), "process"
+    s.node.db_url = _node_database or ""  # worker processes do not see the fixture's monkeypatch: say it
     s.destinations = [parse_destination(f"PACS@127.0.0.1:{pacs[0]}", ("SEG", "SR"))]
     caplog.set_level(logging.INFO, logger="ercp_node")
     node = Node(s).start()
