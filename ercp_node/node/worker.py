@@ -27,22 +27,24 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def requeue_interrupted(sessions, node_id: str) -> int:
-    """Jobs this node was running when it stopped go back to the queue (their output UIDs are kept)."""
+def _requeue(sessions, *where) -> int:
+    """Running jobs matching `where` go back to the queue (their output UIDs are kept; claim counts attempts)."""
     with sessions.begin() as s:
-        n = s.execute(update(Job).where(Job.state == "running", Job.worker.startswith(f"{node_id}/", autoescape=True))
-                      .values(state="queued", worker=None)).rowcount
+        return s.execute(update(Job).where(Job.state == "running", *where).values(state="queued", worker=None)).rowcount
+
+
+def requeue_interrupted(sessions, node_id: str) -> int:
+    """Jobs this node was running when it stopped go back to the queue."""
+    n = _requeue(sessions, Job.worker.startswith(f"{node_id}/", autoescape=True))
     if n:
         log.info("requeued %d interrupted job(s)", n)
     return n
 
 
 def requeue_worker(sessions, worker: str, ids: list[int] | None = None) -> int:
-    """The running jobs of one worker (of those `ids`, if given) go back to the queue: the worker died or its
-    batch hit an unexpected error. attempts counts the tries (claim increments it)."""
-    cond = [Job.state == "running", Job.worker == worker] + ([Job.id.in_(ids)] if ids is not None else [])
-    with sessions.begin() as s:
-        return s.execute(update(Job).where(*cond).values(state="queued", worker=None)).rowcount
+    """The running jobs of one worker (of those `ids`, if given): the worker died or its batch hit an unexpected
+    error."""
+    return _requeue(sessions, Job.worker == worker, *([Job.id.in_(ids)] if ids is not None else []))
 
 
 def claim(sessions, worker: str, limit: int) -> list[int]:

@@ -96,8 +96,7 @@ def bridge(source, target: threading.Event, stop) -> threading.Thread:
 
     def run():
         while not stop.is_set():
-            if source.wait(0.5):
-                source.clear()
+            if source.wait(0.5):  # takes the signal
                 target.set()
 
     t = threading.Thread(target=run, name="wake-bridge", daemon=True)
