@@ -318,7 +318,7 @@ def comprehensive_sr(content: Dataset, *, evidence: list[Dataset], fast: bool = 
     """hd.sr.ComprehensiveSR(evidence=evidence, content=content, **kwargs), without walking the tree four times.
 
     highdicom's constructor deep-copies the content tree, re-parses the copy and searches the tree three times
-    (referenced instances twice, SCOORD3D once): ~70 % of building one of our SRs (bench/bench_encode.py),
+    (referenced instances twice, SCOORD3D once): ~70 % of building one of our SRs (bench/bench_stages.py),
     linear in its content items. What it derives from the tree is known here: every instance the tree
     references is in `evidence` (source and SEG, one study: all of it goes into the Current Requested Procedure
     Evidence Sequence whether referenced or not) and there is no SCOORD3D. So highdicom builds the document

@@ -37,17 +37,9 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
     return [(f, int(ds.BitsStored), str(ds.PhotometricInterpretation)) for f in frames]
 
 
-def header_calibration(ds: pydicom.Dataset, frame: int = 1) -> dict:
-    """The header's mm per pixel at the patient (measure.calibration.header_spacing) of a source data set, read
-    wherever its IOD keeps the spacing (dicom.seg.header_calibration: top level, or the functional groups of
-    Enhanced XA/XRF, whose ImagerPixelSpacing and source distances give it there)."""
-    from ..dicom.seg import header_calibration as from_header
-
-    return from_header(ds, frame)
-
-
 def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1, settings=None) -> dict:
     """All measurements (ercp_node.measure.report) of one frame's label map, with the frame number."""
+    from ..dicom.seg import header_calibration  # wherever the source's IOD keeps the spacing (Enhanced XA/XRF too)
     from ..measure.report import MeasureSettings, measure_labels
 
     out = measure_labels(labels2d, header_calibration(ds, frame), settings or MeasureSettings())

@@ -49,9 +49,6 @@ class WakeSignal:
     def wait(self, timeout: float | None = None) -> bool:
         return self._sem.acquire(timeout=timeout)
 
-    def clear(self) -> None:
-        self._sem.acquire(block=False)
-
 
 class SharedFlag:
     """A sticky flag in shared memory (stop, ready): set() is one write; wait() polls every 50 ms."""
