@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from ercp_node.model.train import Augment, SegmentationDataset, augment_pair, plot_history, train
+from ercp_node.model.train import ROBUST, Augment, SegmentationDataset, augment_pair, plot_history, train
 from ercp_node.model.unet import UNetConfig
 
 TINY = UNetConfig(input_size=64, base_filters=4, depth=3)
@@ -90,3 +90,58 @@ def test_mixed_precision_bf16_builds_and_trains(tmp_path):
     with pytest.raises(ValueError):
         train(keras.Model(res.model.input, res.model.output), (images, masks), out_dir=tmp_path / "x",
               mixed_precision=True)
+
+
+def test_robust_augmentation_keeps_image_and_mask_together():
+    """Any rotation, flips and zoom move image and mask alike; black corners are background."""
+    _, masks = _toy(1)
+    geo = Augment(hflip=0.5, vflip=0.5, rotate_deg=180.0, gain=0.0, bias=0.0, gamma=0.0, scale=0.3, black_border=True)
+    changed = 0
+    for seed in range(6):
+        img, m = augment_pair(masks[0] / np.float32(3), masks[0], np.random.default_rng(seed), geo)
+        changed += not np.array_equal(m, masks[0])
+        assert (np.abs(img - m / 3) < 0.1).mean() > 0.95
+    assert changed == 6
+    # the full recipe stays in [0, 1] and leaves the mask's label set alone
+    img, m = augment_pair(masks[0] / np.float32(3), masks[0], np.random.default_rng(1), ROBUST)
+    assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
+    assert set(np.unique(m)) <= {0, 1, 2, 3}
+
+
+def test_time_budget_stops_and_keeps_best(tmp_path):
+    images, masks = _toy(6)
+    res = train(TINY, (images, masks), out_dir=tmp_path, epochs=500, batch_size=3, lr=3e-3, time_budget_s=4.0)
+    assert 1 <= res.epochs_done < 500
+    assert (tmp_path / "best.keras").exists()
+
+
+def test_fine_tune_starts_from_given_weights_and_freezes_encoder(tmp_path):
+    images, masks = _toy(6)
+    first = train(TINY, (images, masks), out_dir=tmp_path / "a", epochs=2, batch_size=3, lr=3e-3)
+    init = first.model.get_weights()
+    tuned = train(TINY, (images, masks), out_dir=tmp_path / "b", epochs=1, batch_size=3, lr=3e-3,
+                  init_weights=init, freeze_encoder=True)
+    enc = tuned.model.get_layer("enc0_conv1").get_weights()[0]
+    np.testing.assert_array_equal(enc, first.model.get_layer("enc0_conv1").get_weights()[0])
+    dec = tuned.model.get_layer("dec0_conv1").get_weights()[0]
+    assert not np.array_equal(dec, first.model.get_layer("dec0_conv1").get_weights()[0])
+
+
+def test_init_of_another_grid_or_class_list_is_refused(tmp_path):
+    from ercp_node.model.retrain import load_init
+    from ercp_node.model.unet import build_unet
+
+    other = build_unet(UNetConfig(input_size=32, base_filters=4, depth=3))
+    other.save(tmp_path / "small.keras")
+    with pytest.raises(ValueError, match="takes input"):
+        load_init(tmp_path / "small.keras", TINY)
+    five = build_unet(UNetConfig(input_size=64, base_filters=4, depth=3, n_classes=5))
+    five.save(tmp_path / "five.keras")
+    with pytest.raises(ValueError, match="classes"):
+        load_init(tmp_path / "five.keras", TINY)
+    build_unet(TINY).save(tmp_path / "ok.keras")
+    (tmp_path / "ok.json").write_text(json.dumps({"labels": ["background", "scope", "duct"]}))
+    with pytest.raises(ValueError, match="trained on classes"):
+        load_init(tmp_path / "ok.keras", TINY)
+    with pytest.raises(ValueError, match="not found"):
+        load_init(tmp_path / "missing.keras", TINY)

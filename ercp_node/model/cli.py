@@ -37,6 +37,16 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the node database (default: SQLite in --data-dir)")
     p.add_argument("--force", metavar="REASON", default=None,
                    help="activate the new model even if it is worse; the reason is recorded")
+    p.add_argument("--init", default=None, metavar="active|shipped|PATH",
+                   help="fine-tune: start from the node's active model, the shipped one, or a .keras file "
+                        "(default: from scratch)")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="with --init: train the decoder only (suits 10–50 annotated images)")
+    p.add_argument("--augment", choices=("paper", "robust", "none"), default="paper",
+                   help="paper: flips, ±10° rotation, contrast jitter; robust: any rotation, flips, scale "
+                        "0.7–1.4, intensity curves, blur/sharpen, noise")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="stop training after this many minutes, keeping the best checkpoint")
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +73,10 @@ def _validate(args) -> None:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.lr > 0:
         raise CLIError("--lr must be positive")
+    if getattr(args, "time_budget", None) is not None and not args.time_budget > 0:
+        raise CLIError("--time-budget must be a positive number of minutes")
+    if getattr(args, "freeze_encoder", False) and not getattr(args, "init", None):
+        raise CLIError("--freeze-encoder needs --init (a model whose encoder to keep)")
 
 
 def _mixed(choice: str) -> bool:
@@ -98,16 +112,40 @@ def run_retrain(args: argparse.Namespace) -> int:
         print(f"loss grid: {out / 'loss_grid.md'}  {out / 'loss_grid.json'}  {out / 'figure3.png'}")
         return 0
     _, sessions = open_database(args.db_url or sqlite_url(args.data_dir))
+    registry = Registry(sessions, Path(args.data_dir) / "models")
+    init = _init_path(args.init, registry)
     try:
         retrain(args.data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=_mixed(args.mixed_precision),
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
-                registry=Registry(sessions, Path(args.data_dir) / "models"), force_reason=args.force)
+                registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
+                augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")
     return 0
+
+
+def _init_path(choice: str | None, registry) -> Path | None:
+    """--init active|shipped|PATH → a model file, checked to exist before any data is read."""
+    from ..cli import CLIError
+    from .inference import SHIPPED
+
+    if not choice:
+        return None
+    if choice == "shipped":
+        return SHIPPED
+    if choice == "active":
+        registry.ensure_shipped()
+        active = registry.active()
+        if active is None or not Path(active.path).is_file():
+            raise CLIError("--init active: the node has no active model file")
+        return Path(active.path)
+    path = Path(choice)
+    if not path.is_file():
+        raise CLIError(f"--init {choice}: no such model file (give active, shipped or a .keras path)")
+    return path
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -158,14 +158,46 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
                     split.undated), val_s, cfg, preset, fp, (xt, yt, xv, yv), weights)
 
 
+def load_init(path: str | Path, config) -> tuple[list, dict]:
+    """Weights and card of a model to start from; refused before any training when its input grid, channels or
+    class list differ from the run's."""
+    import keras
+
+    from . import losses  # noqa: F401 - custom losses for deserialisation
+    from .unet import CLASS_NAMES as LABEL_NAMES, build_unet
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--init: model file {path} not found")
+    model = keras.saving.load_model(path, compile=False)
+    card_file = path.with_suffix(".json")
+    card = json.loads(card_file.read_text()) if card_file.is_file() else {}
+    shape = tuple(model.input_shape[1:])
+    want = (config.input_size, config.input_size, config.in_channels)
+    if shape != want:
+        raise ValueError(f"--init: {path} takes input {shape}, this run's preset needs {want}")
+    if int(model.output_shape[-1]) != config.n_classes:
+        raise ValueError(f"--init: {path} has {model.output_shape[-1]} classes, this run has {config.n_classes} "
+                         f"({', '.join(LABEL_NAMES)})")
+    labels = card.get("labels")
+    if labels is not None and list(labels) != list(LABEL_NAMES):
+        raise ValueError(f"--init: {path} was trained on classes {labels}, this run's are {list(LABEL_NAMES)}")
+    reference = build_unet(config)
+    if [w.shape for w in reference.weights] != [w.shape for w in model.weights]:
+        raise ValueError(f"--init: {path} is another architecture than preset config {config.to_dict()}")
+    return model.get_weights(), card
+
+
 def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, batch_size=16, lr=1e-4, seed=0,
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
-              log=print) -> tuple[Path, dict]:
+              init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
+              time_budget_s: float | None = None, log=print) -> tuple[Path, dict]:
     """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card)."""
     import keras
 
     from .inference import Segmenter
-    from .train import train
+    from .train import AUGMENTATIONS, train
+    from .unet import CLASS_NAMES as LABEL_NAMES
 
     out_dir.mkdir(parents=True, exist_ok=True)
     loss_kwargs = {}
@@ -174,10 +206,15 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     if "focal" in loss:
         loss_kwargs.update(alpha=focal_alpha, gamma=focal_gamma)
     xt, yt, xv, yv = prep.arrays
+    init_weights, init_card = (load_init(init, prep.config) if init else (None, {}))
+    if init:
+        log(f"starting from {init} ({init_card.get('version', 'no card')})")
     t0 = time.perf_counter()
     result = train(prep.config, (xt, yt), (xv, yv), out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
-                   mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1)
+                   mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
+                   augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
+                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s)
     elapsed = time.perf_counter() - t0
     best_path = result.paths["best"] if result.paths["best"].is_file() else result.paths["last"]
     best = keras.saving.load_model(best_path, compile=False)
@@ -188,7 +225,10 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "class_weights_eq5": prep.class_weights, "epochs": result.epochs_done, "batch_size": batch_size,
         "learning_rate": lr, "mixed_precision": mixed_precision, "seed": seed, "data": prep.data_dirs,
         "data_fingerprint": prep.fingerprint, "split": prep.split.report(), "validation_images": len(prep.validation),
-        "training_seconds_this_run": round(elapsed, 1),
+        "training_seconds_this_run": round(elapsed, 1), "augment": augment,
+        "init": {"path": str(init), "version": init_card.get("version")} if init else None,
+        "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s,
+        "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
         "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in prep.samples) else
         "Trained on annotated images listed in `data`.", "intended_use": RESEARCH_USE,
@@ -210,7 +250,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             split_date: dt.date | None = None, val_fraction=0.1, seed=0, mixed_precision=False,
             base_filters: int | None = None, input_size: int | None = None, early_stopping: int | None = None,
             focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
-            force_reason: str | None = None, log=print) -> dict:
+            force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
+            augment: str = "paper", time_budget_s: float | None = None, log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +259,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
                    split_date=split_date, val_fraction=val_fraction, seed=seed, log=log)
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
-                                 focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, log=log)
+                                 focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
+                                 freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s, log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))

@@ -32,13 +32,28 @@ from .unet import N_CLASSES, UNetConfig, build_unet, get_config
 
 @dataclass(frozen=True)
 class Augment:
-    """Random, label-preserving changes; geometry applies to image and mask alike (mask: nearest)."""
+    """Random, label-preserving changes; geometry applies to image and mask alike (mask: nearest).
+
+    The defaults are the paper-era recipe; `ROBUST` adds what the phantom cannot vary for a new site (any
+    orientation, scale, intensity curve, blur or sharpening, noise). Parts at 0 draw nothing, so a recipe
+    without them gives the same augmented images as before they existed.
+    """
     hflip: float = 0.5  # probability
     vflip: float = 0.25  # less likely: C-arm images are mostly shown in one orientation
     rotate_deg: float = 10.0  # uniform in +-
     gain: float = 0.1  # contrast about the mean, x in [1-gain, 1+gain]
     bias: float = 0.05  # brightness shift
     gamma: float = 0.15  # gamma in [1-g, 1+g]
+    scale: float = 0.0  # zoom log-uniform in [1 - scale, 1 + 4/3 scale] (0.3: 0.7–1.4); 0: none
+    curve: float = 0.0  # probability of a random S-shaped intensity curve (another display LUT)
+    blur_sharpen: float = 0.0  # probability of a Gaussian blur or an unsharp mask
+    noise: float = 0.0  # maximum SD of added Gaussian noise
+    black_border: bool = False  # rotated/zoomed-out corners black (collimated) instead of reflected
+
+
+ROBUST = Augment(hflip=0.5, vflip=0.5, rotate_deg=180.0, gain=0.25, bias=0.1, gamma=0.4, scale=0.3, curve=0.5,
+                 blur_sharpen=0.5, noise=0.04, black_border=True)
+AUGMENTATIONS = {"paper": Augment(), "robust": ROBUST, "none": None}
 
 
 def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, aug: Augment = Augment()):
@@ -47,18 +62,61 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
         image, mask = image[:, ::-1], mask[:, ::-1]
     if rng.random() < aug.vflip:
         image, mask = image[::-1], mask[::-1]
-    if aug.rotate_deg:
+    if aug.rotate_deg or aug.scale:
         h, w = mask.shape
-        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), rng.uniform(-aug.rotate_deg, aug.rotate_deg), 1.0)
-        # Reflected borders instead of black corners, which would be a shape the real images never have.
-        image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT_101)
-        mask = cv2.warpAffine(np.ascontiguousarray(mask), m, (w, h), flags=cv2.INTER_NEAREST,
-                              borderMode=cv2.BORDER_REFLECT_101)
+        angle = rng.uniform(-aug.rotate_deg, aug.rotate_deg) if aug.rotate_deg else 0.0
+        zoom = float(np.exp(rng.uniform(np.log(1 - aug.scale), np.log(1 + aug.scale * 4 / 3)))) if aug.scale else 1.0
+        m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, zoom)
+        # Reflected borders by default (no black corners); black for the robust recipe, since collimated and
+        # bordered images do have them.
+        border = cv2.BORDER_CONSTANT if aug.black_border else cv2.BORDER_REFLECT_101
+        image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR, borderMode=border,
+                               borderValue=0)
+        mask = cv2.warpAffine(np.ascontiguousarray(mask), m, (w, h), flags=cv2.INTER_NEAREST, borderMode=border,
+                              borderValue=0)
     mean = float(image.mean())
     image = (image - mean) * rng.uniform(1 - aug.gain, 1 + aug.gain) + mean + rng.uniform(-aug.bias, aug.bias)
     image = np.clip(image, 0.0, 1.0) ** rng.uniform(1 - aug.gamma, 1 + aug.gamma)
+    if aug.curve and rng.random() < aug.curve:  # S-curve about a random centre: another display LUT
+        c, k = rng.uniform(0.3, 0.7), rng.uniform(3.0, 10.0)
+        lo, hi = 1 / (1 + np.exp(k * c)), 1 / (1 + np.exp(-k * (1 - c)))
+        image = (1 / (1 + np.exp(-k * (image - c))) - lo) / (hi - lo)
+    if aug.blur_sharpen and rng.random() < aug.blur_sharpen:
+        sigma = rng.uniform(0.5, 1.5)
+        soft = cv2.GaussianBlur(np.ascontiguousarray(image, np.float32), (0, 0), sigma)
+        image = soft if rng.random() < 0.5 else image + rng.uniform(0.3, 1.5) * (image - soft)
+    if aug.noise:
+        image = image + rng.normal(0, rng.uniform(0, aug.noise), image.shape)
+    image = np.clip(image, 0.0, 1.0) if (aug.curve or aug.blur_sharpen or aug.noise) else image
     return image.astype(np.float32), np.ascontiguousarray(mask)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training when the wall-clock budget is spent: at an epoch's end when the next epoch would not fit,
+    or mid-epoch once the budget is over. The best checkpoint so far is what the run keeps."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.stopped_early = float(seconds), False
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self._clock = time.monotonic
+        self.t0 = self._clock()
+        self.epoch_t0 = self.t0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_t0 = self._clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = self._clock()
+        if now - self.t0 + (now - self.epoch_t0) > self.seconds:
+            self.model.stop_training, self.stopped_early = True, True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._clock() - self.t0 > self.seconds:
+            self.model.stop_training, self.stopped_early = True, True
 
 
 class SegmentationDataset(keras.utils.PyDataset):
@@ -169,14 +227,18 @@ def _as_dataset(data, batch_size, augment, shuffle, seed):
 def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, out_dir, loss: str = "dice+focal",
           loss_kwargs: dict | None = None, epochs: int = 40, batch_size: int = 16, lr: float = 1e-4,
           augment: Augment | bool = True, early_stopping: int | None = None, resume: bool = True,
-          mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=()) -> TrainResult:
+          mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=(),
+          init_weights: list | None = None, freeze_encoder: bool = False,
+          time_budget_s: float | None = None) -> TrainResult:
     """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
 
     model: a built keras.Model, or a UNetConfig / preset name to build one. train_data / val_data: a PyDataset
     or an (images, masks) pair (batched by `batch_size`; train augmented and shuffled). early_stopping: patience
     in epochs on the monitored loss (None: off). mixed_precision: build the model under 'mixed_bfloat16'
     (faster on CPUs with AVX-512 BF16/AMX; the softmax and the losses stay float32). resume: continue from
-    out_dir/last.keras if it exists.
+    out_dir/last.keras if it exists. init_weights: start from these weights (fine-tuning; the model is built
+    from the config, so mixed precision still applies); freeze_encoder: the contracting path and the bottleneck
+    keep them. time_budget_s: stop when the wall-clock time is spent, keeping the best checkpoint.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +263,12 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
                 keras.config.set_dtype_policy(previous)
         elif mixed_precision:
             raise ValueError("mixed_precision applies when train() builds the model; pass a config or preset")
+        if init_weights is not None:
+            model.set_weights(init_weights)
+        if freeze_encoder:  # a few site images adapt the decoder; the encoder keeps what the phantom taught
+            for layer in model.layers:
+                if layer.name.startswith(("enc", "bottleneck")):
+                    layer.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
                       loss=make_loss(loss, **(loss_kwargs or {})))
         loss_name = loss
@@ -217,6 +285,8 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     cbs = [_LastCheckpoint(out_dir, history, {"loss": loss_name}), best]
     if early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping))
+    if time_budget_s:
+        cbs.append(TimeBudget(time_budget_s))
     cbs.extend(callbacks)
 
     if initial_epoch < epochs:

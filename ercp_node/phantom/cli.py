@@ -9,6 +9,7 @@ from pathlib import Path
 from ..cli import iso_date
 
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
+from .style import FAMILIES, STYLES
 
 
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,9 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope-diameter-mm", type=float, default=11.3, help="duodenoscope insertion tube diameter")
     p.add_argument("--image-intensifier", action="store_true", help="circular image-intensifier field with vignetting")
     p.add_argument("--no-text", action="store_true", help="no burned-in text or scale marker")
+    p.add_argument("--style", choices=STYLES, default="classic",
+                   help="classic (the original look), random (domain-randomised: scope model, orientation, "
+                        "display chain, distractors drawn per image) or one family: " + ", ".join(FAMILIES))
     p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")
@@ -67,7 +71,7 @@ def config_from_args(args: argparse.Namespace):
     if not 0.0 <= lo <= hi <= 1.0:
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
     opts = Options(size=args.size, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
-                   image_intensifier=args.image_intensifier, burned_in_text=not args.no_text)
+                   image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
                        transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)

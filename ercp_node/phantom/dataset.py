@@ -24,6 +24,7 @@ from .anatomy import sample_anatomy
 from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
 from .labelme import layers_to_labelme
 from .render import Options, make_case, render
+from .style import CLASSIC, sample_style
 
 MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_uid", "acquisition_date",
                    "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
@@ -78,6 +79,13 @@ def _uid(seed: int, *parts) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(map(str, ('ercp-node-phantom', seed, *parts)))).int}"
 
 
+def _uid_space(cfg: "SynthConfig") -> tuple:
+    """What besides the seed makes a data set distinct: data sets of one seed but another modality or style get
+    other UIDs, so both can sit in one PACS. The classic RF set keeps the UIDs it always had."""
+    tag = tuple(t for t in (cfg.modality if cfg.modality != "RF" else "", cfg.options.style if cfg.options.style != CLASSIC else "") if t)
+    return (cfg.seed, *tag)
+
+
 def plan(cfg: SynthConfig) -> list[ImagePlan]:
     """Patients with 1–3 studies (repeats 2 weeks to 13 months apart), 1–4 images each in 1–2 series
     (≈ 2 images/patient, as the paper's 1,668 images of 776 patients)."""
@@ -100,7 +108,7 @@ def plan(cfg: SynthConfig) -> list[ImagePlan]:
             n_img = int(min(1 + rng.poisson(0.9), 4))
             n_series = 1 if n_img < 3 else 2
             c_study = float(rng.uniform(*cfg.complexity))
-            study_uid = _uid(cfg.seed, "study", study)
+            study_uid = _uid(*_uid_space(cfg), "study", study)
             for k in range(n_img):
                 if len(out) >= cfg.count:
                     break
@@ -111,7 +119,8 @@ def plan(cfg: SynthConfig) -> list[ImagePlan]:
                     instance_number=k + 1, acquired=start + dt.timedelta(seconds=int(40 * k + rng.integers(0, 30))),
                     complexity=round(c, 4), study_complexity=round(c_study, 4), patient_id=pid, patient_name=f"PHANTOM^{pid}",
                     birth_date=birth.strftime("%Y%m%d"), sex=sex, study_uid=study_uid,
-                    series_uid=_uid(cfg.seed, "series", study, series), sop_uid=_uid(cfg.seed, "image", len(out)),
+                    series_uid=_uid(*_uid_space(cfg), "series", study, series),
+                    sop_uid=_uid(*_uid_space(cfg), "image", len(out)),
                     accession=f"A{cfg.seed % 1000:03d}{study:07d}"))
             study += 1
         p += 1
@@ -134,9 +143,13 @@ def render_image(cfg: SynthConfig, item: ImagePlan):
     """All frames of one image: (list of float images, list of label maps, list of layers, list of truths)."""
     opts = cfg.options
     anatomy = sample_anatomy(np.random.default_rng([cfg.seed, 1, item.patient_index]))
+    style = rng_style = None
+    if opts.style != CLASSIC:  # its own stream: the anatomy, stones and dose draws stay the classic ones
+        rng_style = np.random.default_rng([cfg.seed, 5, item.index])
+        style = sample_style(rng_style, opts.style)
     case = make_case(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
                      np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts,
-                     stone_complexity=item.study_complexity)
+                     stone_complexity=item.study_complexity, style=style, rng_style=rng_style)
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
@@ -177,6 +190,7 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         acquisition_datetime=item.acquired.isoformat(), modality=cfg.modality, frames=n,
         generator="ercp-node phantom", note="Synthetic phantom. Research use, not for diagnosis.",
         label_values={"background": 0, "duodenoscope": 1, "CBD": 2, "stone": 3},
+        **({"style": case.acq["style"].to_dict()} if "style" in case.acq else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))
     row = dict(id=item.id, index=item.index, patient_id=item.patient_id, study_uid=item.study_uid,

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 
 from . import anatomy as A
-from .geometry import chord, ellipsoid, polygon_mask, smooth_curve, solid_from_footprint, tangents, tube, tubes_by_distance
+from .geometry import chord, ellipsoid, polygon_mask, resample, smooth_curve, solid_from_footprint, tangents, tube, tubes_by_distance
+from .style import Style
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
@@ -34,6 +35,7 @@ class Options:
     frames: int = 1  # > 1: cine run
     image_intensifier: bool = False  # circular field with vignetting (older C-arms); flat panel by default
     burned_in_text: bool = True
+    style: str = "classic"  # phantom.style.STYLES: classic, random or one family
 
     def spacing(self) -> float:
         return self.imager_spacing_mm if self.imager_spacing_mm else round(203.2 / self.size, 4)
@@ -42,10 +44,13 @@ class Options:
 class Frame:
     """Maps case millimetres to pixels for one frame (pose + per-structure motion)."""
 
-    def __init__(self, size: int, mm_per_px: float, rot_deg: float, shift_mm: np.ndarray):
+    def __init__(self, size: int, mm_per_px: float, rot_deg: float, shift_mm: np.ndarray, mirror: bool = False):
         self.size, self.s = size, mm_per_px
         c, s = np.cos(np.radians(rot_deg)), np.sin(np.radians(rot_deg))
+        self.rot_deg, self.mirror = float(rot_deg), bool(mirror)
         self.R = np.array([[c, -s], [s, c]])
+        if mirror:  # C-arm image flip: mirror x before the rotation
+            self.R = self.R @ np.array([[-1.0, 0.0], [0.0, 1.0]])
         self.shift = np.asarray(shift_mm, float)
         self.centre = (size - 1) / 2.0
 
@@ -54,13 +59,20 @@ class Frame:
         return p @ self.R.T / self.s + self.centre
 
     def angle(self, deg: float) -> float:
+        if self.mirror:
+            return 180.0 - deg + self.rot_deg
         return deg + np.degrees(np.arctan2(self.R[1, 0], self.R[0, 0]))
 
 
 # --------------------------------------------------------------------------------------------- case
 def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
-              complexity: float, opts: Options, stone_complexity: float | None = None) -> A.Case:
-    """One image's case; the stones come from the study's stream so every image of a study shows them."""
+              complexity: float, opts: Options, stone_complexity: float | None = None,
+              style: Style | None = None, rng_style: np.random.Generator | None = None) -> A.Case:
+    """One image's case; the stones come from the study's stream so every image of a study shows them.
+
+    `style` (with its own stream `rng_style`) changes what is not the label: scope model, orientation, display
+    chain, distractors; without it the case is the classic phantom's, draw for draw.
+    """
     cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
     stones = A.sample_stones(rng_study, cbd0, arm_len, complexity if stone_complexity is None else stone_complexity)
     cbd = A.distend(cbd0, stones)
@@ -101,8 +113,70 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     acq["magnification"] = float(rng.uniform(*opts.magnification))
     acq["pose"] = (float(rng.uniform(-12, 12)), rng.uniform(-10, 10, 2))
     acq["scope_motion"] = rng.normal(0, 2.0, 2)
-    return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), opts.scope_diameter_mm, opts.tip_width_mm,
+    scope_d, tip_w = opts.scope_diameter_mm, opts.tip_width_mm
+    if style is not None:
+        scope_d, tip_w = style.scope.diameter_mm, style.scope.tip_width_mm
+        _apply_style(style, rng_style, acq, spine, ribs, gas, stones, devices, ducts, (tip_centre, tip_dir),
+                     half_fov, complexity)
+    return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
+
+
+def _apply_style(style: Style, rng: np.random.Generator, acq: dict, spine: dict, ribs: list, gas: list,
+                 stones: list, devices: dict, ducts: A.Ducts, tip, half_fov: float, complexity: float) -> None:
+    """Everything a style changes in a case, drawn from the style's own stream (in place)."""
+    acq["style"] = style
+    acq["pose"] = (style.rotate_deg + float(rng.uniform(-12, 12)), rng.uniform(-10, 10, 2))
+    acq["mirror"] = style.mirror
+    acq["image_intensifier"] = style.image_intensifier
+    acq["photons"] *= style.dose_scale
+    acq["mu_contrast"] *= style.contrast_scale
+    acq["gamma"], acq["unsharp"] = style.gamma, style.unsharp
+    acq["detector_blur_px"] += style.extra_blur_px
+    spine["present"] = style.spine
+    del ribs[style.ribs:]
+    if style.gas_clusters > 8:
+        for _ in range(style.gas_clusters - 8):
+            c = rng.uniform(-1.1, 1.1, 2) * half_fov
+            gas.append((*c, rng.uniform(6, 25), rng.uniform(4, 15), rng.uniform(0, 180), rng.uniform(5, 30)))
+    for st in stones:  # calcified stones are denser than the contrast they displace: dark, not light
+        if rng.random() < style.calcified_share:
+            st.mu_ratio = float(rng.uniform(1.15, 2.0))
+    cbd = ducts.cbd
+    extras: dict = {}
+    if style.duodenal_contrast:  # contrast spilt into the duodenum about the papilla: dark, not labelled
+        c = cbd.points[0] + rng.normal(0, 8, 2)
+        extras["duodenal_contrast"] = [(*(c + rng.normal(0, 6, 2)), rng.uniform(6, 20), rng.uniform(4, 10),
+                                        rng.uniform(0, 180), rng.uniform(0.2, 0.7)) for _ in range(int(rng.integers(1, 4)))]
+    bubbles = []
+    for _ in range(style.bubbles):  # air bubbles: round lucent defects in the duct that are not stones
+        s_b = rng.uniform(0.2, 0.95) * cbd.s[-1]
+        i = min(int(np.searchsorted(cbd.s, s_b)), len(cbd.s) - 1)
+        r = float(min(rng.uniform(1.0, 4.0), cbd.radii[i] * 0.8))
+        centre = cbd.points[i] + rng.normal(0, 0.3 * cbd.radii[i], 2)
+        if all(np.linalg.norm(centre - st.centre) > r + st.largest_mm / 2 + 1.0 for st in stones) and \
+                all(np.linalg.norm(centre - b[0]) > r + b[1] + 0.5 for b in bubbles):
+            bubbles.append((centre, r))
+    extras["bubbles"] = bubbles
+    if style.plastic_stent or style.metal_stent:  # from the duodenum through the papilla up the duct
+        length = rng.uniform(0.45, 0.9) * cbd.s[-1]
+        path = cbd.points[cbd.s <= length]
+        out = cbd.points[0] - (cbd.points[4] - cbd.points[0]) / max(np.linalg.norm(cbd.points[4] - cbd.points[0]), 1e-6) * 8
+        if style.plastic_stent:
+            extras["plastic_stent"] = dict(path=np.vstack([[out], path]), radius=float(rng.choice([1.15, 1.7])))
+        else:
+            extras["metal_stent"] = dict(path=path, radius=float(min(rng.uniform(3.5, 5.0), cbd.radii.max())),
+                                         cell_mm=float(rng.uniform(4, 8)))
+    if style.drain:  # nasobiliary drain: up the duct, out through the papilla and away to the edge
+        length = rng.uniform(0.6, 0.95) * cbd.s[-1]
+        path = cbd.points[cbd.s <= length][::-1]
+        away = A._unit(rng.uniform(0, 360)) * 2 * half_fov
+        pts = np.vstack([path[::4], [cbd.points[0] + away * 0.2, cbd.points[0] + away * 0.6, cbd.points[0] + away]])
+        extras["drain"] = resample(pts, 0.5)[0]
+    extras["markers"] = [(str(rng.choice(["L", "R", "arrow", "circle", "cross"])), rng.uniform(0.05, 0.95, 2),
+                          float(rng.uniform(0, 360))) for _ in range(style.markers)]
+    extras["text_at"] = [rng.uniform(0.02, 0.8, 2) for _ in range(4)] if style.text_anywhere else None
+    acq["extras"] = extras
 
 
 # --------------------------------------------------------------------------------------------- drawing
@@ -126,7 +200,9 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     t = frame_index / max(n - 1, 1)
     breath = np.array([0.0, acq["breathing_mm"] * np.sin(2 * np.pi * frame_index / 12.0)]) if n > 1 else np.zeros(2)
     rot, shift = acq["pose"]
-    fr = Frame(size, spacing, rot, shift)
+    fr = Frame(size, spacing, rot, shift, acq.get("mirror", False))
+    style: Style | None = acq.get("style")
+    extras = acq.get("extras", {})
     mm = 1.0 / spacing  # px per mm
     shape = (size, size)
     L = np.zeros(shape, np.float32)  # line integral of attenuation (dimensionless)
@@ -147,7 +223,7 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     axis = np.array([np.sin(np.radians(sp["tilt"])), np.cos(np.radians(sp["tilt"]))])
     bone = np.zeros(shape, np.float32)
     half = sp["width"] / 2
-    for k in range(-5, 6):
+    for k in range(-5, 6) if sp.get("present", True) else ():
         c_mm = np.array([sp["x"], 0.0]) + axis * (k * 34.0 + sp["phase"])
         (cx, cy), = fr.px(c_mm)
         ang = np.radians(fr.angle(-sp["tilt"]))
@@ -209,11 +285,18 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (px, py), = fr.px(bl["centre"], breath)
         ang = np.radians(fr.angle(bl["angle"]))
         stone_chord += ellipsoid(shape, px, py, bl["a"] * mm, bl["b"] * mm, bl["b"] * mm, ang)
+    for centre, r in extras.get("bubbles", ()):  # air: displaces all the contrast, labelled nothing
+        (px, py), = fr.px(centre, breath)
+        stone_chord += ellipsoid(shape, px, py, r * mm, r * mm, r * mm)
     # The stone (or balloon) displaces contrast; it cannot displace more than is there.
     contrast = np.maximum(duct - stone_chord, 0.0) if n == 1 else np.maximum(duct - stone_chord * (duct > 0), 0.0)
     # Endoscopists dilute contrast in a dilated duct so stones are not drowned: less iodine per mm there.
     mu_c = acq["mu_contrast"] * float(np.clip(10.0 / (2 * d.cbd.radii.max()), 0.5, 1.0))
     L += mu_c * contrast / mm
+    for cx, cy, a, b, ang, density in extras.get("duodenal_contrast", ()):  # spilt contrast, not a duct
+        (px, py), = fr.px([cx, cy], breath)
+        ellipsoid(shape, px, py, a * mm, b * mm, min(a, b) * mm, np.radians(fr.angle(ang)), out=L,
+                  scale=density * mu_c / mm)
 
     # Duodenoscope.
     metal = np.zeros(shape, np.float32)  # path length × attenuation, already dimensionless
@@ -221,6 +304,9 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     if case.scope is not None:
         motion = acq["scope_motion"] * np.sin(2 * np.pi * frame_index / 9.0) if n > 1 else np.zeros(2)
         sc = case.scope
+        look = style.scope if style is not None else None
+        k_tube, k_braid, k_rings, k_wires, k_channel, k_tip = (
+            (look.tube / 0.030, look.braid, look.rings, look.wires, look.channel, look.tip_metal) if look else (1, 1, 1, 1, 1, 1))
         sp_px = fr.px(sc.points, motion)
         r = case.scope_diameter_mm / 2 * mm
         arc = np.zeros(shape, np.float32)
@@ -229,22 +315,26 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         shell = outer - inner
         bending = (arc > sc.s[-1] - 40.0) & (outer > 0)
         rings = (np.cos(2 * np.pi * arc / 3.2) > 0.3) & bending
-        metal += 0.030 * outer / mm + 0.30 * shell / mm + 0.25 * shell / mm * rings
+        metal += 0.030 * k_tube * outer / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
         nrm = tangents(sc.points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
-        for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
-            _wire(metal, fr.px(sc.points + nrm * off * case.scope_diameter_mm / 2, motion), 0.6 * mm, MU_STEEL * 0.6)
+        if k_wires:
+            for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
+                _wire(metal, fr.px(sc.points + nrm * off * case.scope_diameter_mm / 2, motion), 0.6 * mm,
+                      MU_STEEL * 0.6 * k_wires)
         ch = tube(shape, fr.px(sc.points + nrm * 0.25 * case.scope_diameter_mm / 2, motion), 2.1 * mm)
-        metal -= 0.025 * ch / mm  # air-filled working channel
+        metal -= 0.025 * k_channel * ch / mm  # air-filled working channel
         tip_c, tip_d = case.scope_tip
         (tx, ty), = fr.px(tip_c, motion)
         tang = np.radians(fr.angle(float(np.degrees(np.arctan2(tip_d[1], tip_d[0])))))
-        tl, tw = opts.tip_length_mm / 2 * mm, case.tip_width_mm / 2 * mm
-        tip = ellipsoid(shape, tx, ty, tl, tw, tw, tang, p=3)
-        metal += 0.05 * tip / mm
-        ellipsoid(shape, tx, ty, tl * 0.75, tw * 0.55, tw * 0.5, tang, p=4, out=metal, scale=MU_STEEL * 0.6 / mm)
-        for f, w in ((0.45, 0.25), (-0.5, 0.3)):  # lens housing, elevator
+        tl = (look.tip_length_mm if look else opts.tip_length_mm) / 2 * mm
+        tw = case.tip_width_mm / 2 * mm
+        tip = ellipsoid(shape, tx, ty, tl, tw, tw, tang, p=look.tip_squareness if look else 3)
+        metal += 0.05 * k_tube * tip / mm
+        ellipsoid(shape, tx, ty, tl * 0.75, tw * 0.55, tw * 0.5, tang, p=4, out=metal, scale=MU_STEEL * 0.6 * k_tip / mm)
+        parts = ((look.lens_at, 0.25), (look.elevator_at, 0.3)) if look else ((0.45, 0.25), (-0.5, 0.3))
+        for f, w in parts:  # lens housing, elevator
             ex, ey = tx + np.cos(tang) * f * tl, ty + np.sin(tang) * f * tl
-            ellipsoid(shape, ex, ey, w * tl, 0.35 * tw, 0.3 * tw, tang, out=metal, scale=MU_STEEL / mm)
+            ellipsoid(shape, ex, ey, w * tl, 0.35 * tw, 0.3 * tw, tang, out=metal, scale=MU_STEEL * k_tip / mm)
         scope_lbl = (outer > 0) | (tip > 0)
 
     # Devices: guidewire, catheter, basket, balloon markers, clips, ECG leads.
@@ -277,11 +367,30 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         ellipsoid(shape, px, py, 4.5 * mm, 4.5 * mm, 0.6 * mm, 0.0, out=metal, scale=-MU_STEEL / mm)
         ellipsoid(shape, px, py, 2.0 * mm, 2.0 * mm, 1.5 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
         _wire(metal, fr.px(lead["wire"]), 0.7 * mm, MU_STEEL * 0.7)
+    if "plastic_stent" in extras:  # 7–10 Fr plastic stent: a radiopaque-loaded tube with a lumen
+        st = extras["plastic_stent"]
+        sp_px_ = fr.px(st["path"], breath)
+        wall = tube(shape, sp_px_, st["radius"] * mm) - tube(shape, sp_px_, st["radius"] * 0.55 * mm)
+        metal += 0.09 * wall / mm
+    if "metal_stent" in extras:  # self-expanding metal stent: a wire mesh over the duct
+        st = extras["metal_stent"]
+        path = st["path"]
+        nrm_s = tangents(path) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
+        arc_s = np.arange(len(path)) * A.STEP_MM
+        for phase in np.linspace(0, 2 * np.pi, 4, endpoint=False):
+            for sign in (-1, 1):
+                off = np.sin(sign * 2 * np.pi * arc_s / st["cell_mm"] + phase)[:, None] * st["radius"]
+                _wire(metal, fr.px(path + nrm_s * off, breath), 0.25 * mm + 0.6, MU_STEEL * 0.35)
+    if "drain" in extras:
+        d_px = fr.px(extras["drain"], breath)
+        metal += 0.06 * (tube(shape, d_px, 1.0 * mm) - tube(shape, d_px, 0.55 * mm)) / mm
     L += metal
 
     image, field = _detector(L, acq, rng, size)
     if opts.burned_in_text:
         _burn_in(image, acq, frame_index, n, spacing)
+    if extras.get("markers"):
+        _markers(image, extras["markers"], style)
 
     # Annotation layers, each the structure's whole visible footprint; drawn in priority order
     # (scope < CBD < stone) they give the label map. Nothing is annotated where the collimator hides it.
@@ -318,9 +427,15 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     primary = cv2.GaussianBlur(primary, (0, 0), acq["focal_blur_px"])
     field = np.ones((h, w), bool)
     gain = np.ones((h, w), np.float32)
+    style: Style | None = acq.get("style")
     left, right, top, bottom = (int(f * w) for f in acq["collimator"])
     coll = np.ones((h, w), np.float32)
-    if any((left, right, top, bottom)):
+    if style is not None and style.collimator != "blades":
+        left = right = top = bottom = 0
+        coll = _collimator(style, h, w, acq)
+        if style.collimator != "none":
+            field &= coll > 0.5
+    elif any((left, right, top, bottom)):
         coll[:, :left] = coll[:, w - right:] = 0.03
         coll[:top, :] = coll[h - bottom:, :] = 0.03
         coll = cv2.GaussianBlur(coll, (0, 0), 2.0)  # penumbra of the blades
@@ -338,31 +453,83 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     low = expected < 20
     counts[low] = rng.poisson(expected[low])
     counts = cv2.GaussianBlur(counts, (0, 0), acq["detector_blur_px"])
-    p = -np.log(np.maximum(counts, 0.5) / np.float32(acq["photons"]))
+    if style is not None and style.display == "linear":
+        # Linear (transmission) display: no logarithm; dense regions crowd into the dark end.
+        p = -(np.maximum(counts, 0.5) / np.float32(acq["photons"]))
+    else:
+        p = -np.log(np.maximum(counts, 0.5) / np.float32(acq["photons"]))
     sample = p[::3, ::3][field[::3, ::3]]  # a strided sample gives the same percentiles at a ninth of the cost
-    lo, hi = (float(v) for v in (np.percentile(sample, [0.5, 99.0]) if sample.size else (p.min(), p.max())))
+    pct = [style.window_lo_pct, style.window_hi_pct] if style is not None else [0.5, 99.0]
+    lo, hi = (float(v) for v in (np.percentile(sample, pct) if sample.size else (p.min(), p.max())))
     v = np.maximum((p - lo) / max(hi - lo, 1e-6), 0.0)
     # Soft knee above 80 % of the window: dense contrast and metal keep some grey levels, so a filling
     # defect inside a densely opacified duct stays visible instead of clipping to black.
-    knee = np.float32(0.8)
-    v = np.where(v < knee, v, knee + (1 - knee) * np.tanh((v - knee) / (1 - knee)))
+    knee = np.float32(style.knee if style is not None else 0.8)
+    if knee < 0.999:
+        v = np.where(v < knee, v, knee + (1 - knee) * np.tanh((v - knee) / (1 - knee)))
+    else:
+        v = np.minimum(v, 1.0)
     img = (1.0 - v) ** np.float32(acq["gamma"])
     if acq["unsharp"] > 0:
-        img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), 3.0))
+        sigma = style.unsharp_sigma_px if style is not None else 3.0
+        img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), sigma))
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    if style is not None and style.border_px > 0:  # black frame a video grabber or the display leaves
+        b = int(round(style.border_px * w))
+        field[:b], field[h - b:], field[:, :b], field[:, w - b:] = False, False, False, False
     img[~field] = 0.0
     return img, field
+
+
+def _collimator(style: Style, h: int, w: int, acq: dict) -> np.ndarray:
+    """Transmission of an iris (circle) or octagonal collimator, or none; 3 % through the leaves."""
+    coll = np.ones((h, w), np.float32)
+    if style.collimator == "none":
+        return coll
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    x, y = (xx - (w - 1) / 2) / (w / 2), (yy - (h - 1) / 2) / (h / 2)
+    k = style.collimator_size * (1.0 + 0.4 * (style.collimator == "octagon"))
+    if style.collimator == "iris":
+        inside = x * x + y * y <= k * k * (1.0 if not acq["image_intensifier"] else 0.92)
+    else:
+        inside = (np.abs(x) + np.abs(y) <= k) & (np.abs(x) <= 0.97) & (np.abs(y) <= 0.97)
+    coll[~inside] = 0.03
+    return cv2.GaussianBlur(coll, (0, 0), 2.0)
+
+
+def _markers(img: np.ndarray, markers: list, style: Style | None) -> None:
+    """Burned-in orientation letters, arrows and circles a radiographer or a viewer leaves on the image."""
+    h, w = img.shape
+    k = w / 576 * (style.text_scale if style is not None else 1.0)
+    ink = np.zeros((h, w), np.uint8)
+    for kind, (fx, fy), ang in markers:
+        x, y = int(fx * w), int(fy * h)
+        if kind in ("L", "R"):
+            cv2.putText(ink, kind, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 1.2 * k, 255, max(1, int(2 * k)), cv2.LINE_AA)
+        elif kind == "arrow":
+            dx, dy = np.cos(np.radians(ang)) * 40 * k, np.sin(np.radians(ang)) * 40 * k
+            cv2.arrowedLine(ink, (x, y), (int(x + dx), int(y + dy)), 255, max(1, int(2 * k)), cv2.LINE_AA, tipLength=0.3)
+        elif kind == "circle":
+            cv2.circle(ink, (x, y), int(14 * k), 255, max(1, int(k)), cv2.LINE_AA)
+        else:
+            cv2.drawMarker(ink, (x, y), 255, cv2.MARKER_CROSS, int(20 * k), max(1, int(k)))
+    np.maximum(img, ink.astype(np.float32) / 255.0, out=img)
 
 
 def _burn_in(img: np.ndarray, acq: dict, frame_index: int, n: int, spacing: float) -> None:
     """White overlay text and a scale marker, as a C-arm burns them into the pixels."""
     h, w = img.shape
-    k = w / 576
+    style: Style | None = acq.get("style")
+    k = w / 576 * (style.text_scale if style is not None else 1.0)
     fs, th = 0.45 * k, max(1, int(round(k)))
     ink = np.zeros((h, w), np.uint8)  # OpenCV draws text on 8-bit images only
-    lines = [((8, int(20 * k)), acq.get("date_text", "")), ((8, int(40 * k)), acq.get("time_text", "")),
-             ((w - int(150 * k), int(20 * k)), f"{acq['kvp']:.0f} kV {acq['ma']:.1f} mA"),
-             ((8, h - int(12 * k)), "FLUORO  ERCP" + (f"  F {frame_index + 1}/{n}" if n > 1 else ""))]
+    at = [(8, int(20 * k)), (8, int(40 * k)), (w - int(150 * k), int(20 * k)), (8, h - int(12 * k))]
+    text_at = acq.get("extras", {}).get("text_at")
+    if text_at is not None:  # text blocks anywhere, as other vendors place them
+        at = [(int(fx * w), int(fy * h) + int(20 * k)) for fx, fy in text_at]
+    texts = [acq.get("date_text", ""), acq.get("time_text", ""), f"{acq['kvp']:.0f} kV {acq['ma']:.1f} mA",
+             "FLUORO  ERCP" + (f"  F {frame_index + 1}/{n}" if n > 1 else "")]
+    lines = list(zip(at, texts))
     for (x, y), text in lines:
         if text:
             cv2.putText(ink, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, fs, 255, th, cv2.LINE_AA)

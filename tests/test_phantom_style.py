@@ -1,0 +1,126 @@
+"""Domain-randomised phantom styles: labels still exact under any orientation and look, distractors unlabelled,
+classic unchanged, UIDs distinct per style."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+
+from ercp_node.cli import main
+from ercp_node.phantom.anatomy import sample_anatomy
+from ercp_node.phantom.dataset import SynthConfig, generate, plan
+from ercp_node.phantom.render import Options, make_case, render
+from ercp_node.phantom.style import FAMILIES, STYLES, sample_style
+
+
+def _rows(root: Path) -> list[dict]:
+    with open(root / "manifest.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def styled(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("styled")
+    assert main(["synth", "--count", "16", "--seed", "5", "--style", "random", "--out", str(out), "--workers", "2"]) == 0
+    return out
+
+
+def test_random_style_truth_agrees_with_masks(styled):
+    """Rotation, mirroring, collimators and scope models move the truth and the masks together."""
+    families, mirrored, scopes = set(), 0, []
+    for r in _rows(styled):
+        record = json.loads((styled / r["truth"]).read_text())
+        truth, style = record["frame_truth"][0], record["style"]
+        families.add(style["family"])
+        mirrored += style["mirror"]
+        mask = cv2.imread(str(styled / r["mask"]), cv2.IMREAD_UNCHANGED)
+        n, comp = cv2.connectedComponents((mask == 3).astype(np.uint8), connectivity=8)
+        visible = [s for s in truth["stones"] if s["visible"]]
+        inside = [s for s in visible if comp[int(round(s["centroid_px"][1])), int(round(s["centroid_px"][0]))] > 0]
+        # A stone hidden by a collimator leaf has no mask; every one in the field is where the truth says.
+        assert n - 1 <= len(visible) and len(inside) >= n - 1, r["id"]
+        # The scope label is the style's scope model: shaft width from the distance-map ridge.
+        assert truth["scope"]["shaft_diameter_mm"] == pytest.approx(style["scope"]["diameter_mm"])
+        scope = np.pad((mask == 1).astype(np.uint8), 1)
+        d = cv2.distanceTransform(scope, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        ridge = (d >= cv2.dilate(d, np.ones((3, 3), np.uint8))) & (d > 3)
+        if ridge.sum() > 50:
+            spacing = truth["spacing"]["pixel_spacing_at_object_mm"]
+            scopes.append(abs((2 * np.median(d[ridge]) - 1) * spacing - style["scope"]["diameter_mm"]) / spacing)
+        # The papilla (centreline start) lies on the duct label when it is in the field.
+        x, y = (int(round(v)) for v in truth["cbd"]["papilla_px"])
+        if 0 <= x < mask.shape[1] and 0 <= y < mask.shape[0] and mask[y, x] != 0:
+            assert mask[y, x] in (1, 2, 3)
+    assert len(families) >= 3 and 0 < mirrored < 16
+    assert len(scopes) >= 8 and np.median(scopes) <= 2.0, scopes
+
+
+def test_distractors_change_the_image_not_the_labels():
+    """Bubbles, stents, drains, spilt contrast and markers are drawn but labelled nothing."""
+    opts = Options()
+    anatomy = sample_anatomy(np.random.default_rng([1, 1, 0]))
+    base = sample_style(np.random.default_rng(3), "random")
+    plain = dataclasses.replace(base, bubbles=0, plastic_stent=False, metal_stent=False, drain=False,
+                                duodenal_contrast=False, markers=0)
+    busy = dataclasses.replace(plain, bubbles=4, metal_stent=True, drain=True, duodenal_contrast=True, markers=3)
+
+    def draw(style):
+        case = make_case(anatomy, np.random.default_rng(2), np.random.default_rng(3), 0.3, opts, style=style,
+                         rng_style=np.random.default_rng(4))
+        image, labels, _, _ = render(case, opts, 0, np.random.default_rng(5))
+        return image, labels, case
+
+    img_a, lab_a, _ = draw(plain)
+    img_b, lab_b, case_b = draw(busy)
+    assert case_b.acq["extras"]["bubbles"] and "metal_stent" in case_b.acq["extras"]
+    np.testing.assert_array_equal(lab_a, lab_b)
+    assert np.abs(img_a - img_b).mean() > 0.005
+
+
+def test_classic_style_is_the_phantom_as_it_was(tmp_path):
+    """The classic style takes no draw from the style stream: the same bytes as a config that never heard of it."""
+    generate(SynthConfig(count=3, seed=9), tmp_path / "a", workers=1)
+    generate(SynthConfig(count=3, seed=9, options=Options(style="classic")), tmp_path / "b", workers=1)
+    for name in ("dicom/img00000.dcm", "masks/img00001.png", "truth/img00002.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "style" not in json.loads((tmp_path / "a" / "truth/img00000.json").read_text())
+
+
+def test_uids_differ_by_modality_and_style():
+    """Data sets of one seed with another modality or style can share a PACS."""
+    uids = {}
+    for modality, style in (("RF", "classic"), ("XA", "classic"), ("RF", "random"), ("RF", "lowdose")):
+        items = plan(SynthConfig(count=3, seed=4, modality=modality, options=Options(style=style)))
+        uids[(modality, style)] = {u for it in items for u in (it.study_uid, it.series_uid, it.sop_uid)}
+    sets = list(uids.values())
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            assert not sets[i] & sets[j]
+
+
+def test_style_is_deterministic_and_families_differ(tmp_path):
+    for style in ("lowdose", "flatpanel"):
+        for run in ("a", "b"):
+            generate(SynthConfig(count=2, seed=1, options=Options(style=style)), tmp_path / f"{style}-{run}", workers=1)
+        assert (tmp_path / f"{style}-a/dicom/img00000.dcm").read_bytes() == \
+            (tmp_path / f"{style}-b/dicom/img00000.dcm").read_bytes()
+    low = json.loads((tmp_path / "lowdose-a/truth/img00000.json").read_text())["style"]
+    flat = json.loads((tmp_path / "flatpanel-a/truth/img00000.json").read_text())["style"]
+    assert low["family"] == "lowdose" and low["dose_scale"] < 0.35 and low["extra_blur_px"] >= 0.6
+    assert flat["family"] == "flatpanel" and flat["display"] == "linear" and flat["unsharp"] >= 0.6
+    ds = pydicom.dcmread(tmp_path / "lowdose-a/dicom/img00000.dcm")
+    assert ds.Rows == 576
+    assert set(STYLES) == {"classic", "random", *FAMILIES}
+
+
+def test_unknown_style_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--style", "vendor-x", "--out", str(tmp_path / "x")])
+    assert "--style" in capsys.readouterr().err
