@@ -243,12 +243,35 @@ def test_bad_date_is_an_argparse_error(tmp_path, capsys):
     ({"label": "stone", "points": [[1, 1], [90, 1], [5, 5]]}, "outside"),
     ({"label": "CBD", "points": [[1, 1], [5, 1]]}, "at least 3"),
     ({"label": "CBD", "points": [[1, 1], [5, 1], [3, 3]], "shape_type": "circle"}, "polygon only"),
+    ({"label": "duodenoscope", "points": [[1, 1], [9, 9], [5, 5]]}, "zero area"),
+    ({"label": "stone", "points": [[20, 20], [26, 20], [23, 26]]}, "outside any CBD"),
 ])
 def test_bad_labelme_is_refused_with_reason(shape, reason):
     with pytest.raises(LabelmeError, match=reason):
         labelme_to_mask({"imageHeight": 32, "imageWidth": 32, "shapes": [shape]})
 
 
+def test_stone_inside_the_duct_is_accepted():
+    doc = {"imageHeight": 32, "imageWidth": 32, "shapes": [
+        {"label": "CBD", "points": [[4, 2], [12, 2], [12, 30], [4, 30]]},
+        {"label": "stone", "points": [[6, 10], [10, 10], [8, 14]]}]}
+    mask = labelme_to_mask(doc)
+    assert (mask == 3).sum() > 4 and (mask == 2).sum() > 100
+
+
 def test_options_default_spacing():
     assert Options().spacing() == 0.3528
     assert Options(size=1024).spacing() == pytest.approx(203.2 / 1024, abs=1e-4)
+
+
+def test_one_pixel_wide_components_give_readable_polygons():
+    """A sliver of scope at a collimator edge is outlined with a box, never a zero-area polygon the reader refuses."""
+    from ercp_node.phantom.labelme import mask_to_polygons
+
+    m = np.zeros((32, 32), np.uint8)
+    m[5, 5] = m[6, 4] = m[7, 3] = 1
+    m[10:14, 20] = 1
+    doc = {"imageHeight": 32, "imageWidth": 32,
+           "shapes": [{"label": "duodenoscope", "points": p} for p in mask_to_polygons(m)]}
+    back = labelme_to_mask(doc) == 1
+    assert back[m == 1].all() and back.sum() <= 16

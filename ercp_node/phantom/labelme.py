@@ -25,7 +25,9 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.5) -> list[list[list[f
         c = c.reshape(-1, 2).astype(np.float64)
         if len(c) >= 8:
             c = cv2.approxPolyDP(c.astype(np.float32), epsilon, True).reshape(-1, 2).astype(np.float64)
-        if len(c) < 3:  # one- or two-pixel component: outline its pixels' centres with a tiny box
+        x, y = c[:, 0], c[:, 1]
+        flat = len(c) >= 3 and abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 1e-6
+        if len(c) < 3 or flat:  # one-pixel-wide component: outline its pixels' centres with a tiny box
             x0, y0 = c.min(0) - 0.4
             x1, y1 = c.max(0) + 0.4
             c = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
@@ -66,10 +68,26 @@ def labelme_to_mask(doc: dict, shape: tuple[int, int] | None = None) -> np.ndarr
             raise LabelmeError(f"shape {i} ({label}): a polygon needs at least 3 finite points")
         if (pts < -0.5).any() or (pts[:, 0] > w - 0.5).any() or (pts[:, 1] > h - 0.5).any():
             raise LabelmeError(f"shape {i} ({label}): polygon lies outside the {w}x{h} image")
+        x, y = pts[:, 0], pts[:, 1]
+        if 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) < 0.05:
+            raise LabelmeError(f"shape {i} ({label}): polygon has (near) zero area")
         by_label[label].append(pts)
     for label, value in LABEL_VALUES.items():
         for p in by_label[label]:  # one call per polygon: overlapping polygons must not cancel out
             cv2.fillPoly(out, [np.round(p * 16).astype(np.int32)], value, cv2.LINE_8, 4)
+    stone_label, duct_label = "stone", "CBD"
+    if by_label[stone_label]:
+        # Label convention: a stone is a calculus in the duct (drawn over the CBD); one outside it is a mistake.
+        duct = np.zeros((h, w), np.uint8)
+        for p in by_label[duct_label]:
+            cv2.fillPoly(duct, [np.round(p * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        duct = cv2.dilate(duct, np.ones((5, 5), np.uint8))
+        for j, p in enumerate(by_label[stone_label]):
+            stone = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(stone, [np.round(p * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+            if not (stone & duct).any():
+                raise LabelmeError(f"stone polygon {j + 1} lies outside any {duct_label} polygon (the label "
+                                   "convention puts stones in the duct)")
     return out
 
 
