@@ -1,0 +1,78 @@
+"""Cross-domain check: models side by side on phantom test sets of each style family.
+
+Each data set is a phantom directory (synth output). For every model and set: the Table-1 IoU per structure
+(per image on its own grid, mean over images) and the share of images whose stone count from the predicted
+mask equals the truth's visible stones (the count the SR reports, same component rule as the node's measure
+stage). Writes bench/results/robustness.json (or --out).
+
+    python bench/bench_robustness.py --model ercp_node/model/weights/default.keras --model data/runs/x/model.keras \
+        --data data/test-2026 data/test-rnd data/test-intensifier ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ercp_node.measure.stones import stones  # noqa: E402
+from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
+from ercp_node.model.inference import Segmenter  # noqa: E402
+from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
+
+
+def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
+    per_image, exact, t_model = [], [], 0.0
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        frames = [load_pixels(s.image_path, s.frame) for s in chunk]
+        t = time.perf_counter()
+        preds = seg.segment(frames, batch)
+        t_model += time.perf_counter() - t
+        truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
+        per_image += per_image_metrics(truths, preds)
+        for truth, pred in zip(truths, preds):
+            exact.append(len(stones(pred, None)) == len(stones(truth, None)))
+    report = table1_report(per_image)
+    return {"n": len(samples), "scope_iou": report["structures"]["duodenoscope"]["iou_mean"], "cbd_iou": report["structures"]["cbd"]["iou_mean"],
+            "stone_iou": report["structures"]["stone"]["iou_mean"], "stone_count_exact_pct": round(100 * float(np.mean(exact)), 1),
+            "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1), "table1": report}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", required=True, help="model .keras (repeat to compare)")
+    ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/robustness.json"))
+    args = ap.parse_args(argv)
+    results = {}
+    for model in args.model:
+        seg = Segmenter.load(model)
+        rows = {}
+        for d in args.data:
+            samples, problems = read_data([d])
+            samples = samples[: args.limit] if args.limit else samples
+            rows[Path(d).name] = evaluate(seg, samples)
+            r = rows[Path(d).name]
+            print(f"{seg.version:50s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
+                  f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
+                  f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
+        results[seg.version] = {"path": model, "sets": rows}
+    out = {"bench": "robustness", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+           "data": args.data, "models": results}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
