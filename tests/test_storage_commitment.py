@@ -188,6 +188,24 @@ def test_report_on_the_same_association_committed_and_failed(node, carm, sources
     assert carm.reports.empty()
 
 
+def test_an_instance_whose_archived_file_is_gone_is_not_committed(node, carm, sources):
+    """Committed means row and file: an archived file lost or cut short after intake (a disk fault, an operator's
+    rm) fails with 0x0112 although its row is there."""
+    a = carm.associate(node)
+    carm.store(a, sources[0], sources[1])
+    with node.sessions() as s:
+        paths = {i.sop_instance_uid: Path(i.path) for i in s.scalars(select(Instance))}
+    paths[uid_of(sources[0])].unlink()
+    lost, cut = uid_of(sources[0]), uid_of(sources[1])
+    with open(paths[cut], "r+b") as fh:
+        fh.truncate(1000)
+    txn = generate_uid()
+    assert carm.ask(a, txn, [(RF, lost), (RF, cut)]).Status == 0x0000
+    r = carm.report()
+    a.release()
+    assert r["event_type"] == 2 and refs(r["info"], "FailedSOPSequence") == [(RF, lost, 0x0112), (RF, cut, 0x0112)]
+
+
 def test_report_on_a_new_association_when_the_carm_released(tmp_path, carm, sources):
     n = Node(_settings(tmp_path / "node", carm, report_delay_s=1.0), workers=False).start()
     try:
