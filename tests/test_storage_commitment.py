@@ -226,6 +226,28 @@ def test_report_on_a_new_association_when_the_carm_released(tmp_path, carm, sour
         n.stop()
 
 
+def test_carm_releasing_right_after_the_response_gets_a_clean_release_and_the_report(node, carm, sources):
+    """No report delay: the report races the C-arm's A-RELEASE. Whichever wins, the release is answered (not
+    aborted after a timeout) and the report arrives, on the requesting association or a new one."""
+    a = carm.associate(node)
+    carm.store(a, sources[0])
+    a.release()
+    for k in range(5):
+        a = carm.associate(node)
+        txn = generate_uid()
+        assert carm.ask(a, txn, [(RF, uid_of(sources[0]))]).Status == 0x0000
+        t0 = time.monotonic()
+        a.release()
+        assert a.is_released and not a.is_aborted and time.monotonic() - t0 < 3.0
+        r = carm.report()
+        assert r["info"].TransactionUID == txn and r["event_type"] == 1, r
+        _wait_recorded(node, k + 1)
+        while not carm.reports.empty():  # a report the C-arm took on the old association may come again: same content
+            again = carm.report()
+            assert again["info"].TransactionUID == txn and again["event_type"] == 1
+    assert _count(node, CommitmentRequest, CommitmentRequest.state == "reported") == 5
+
+
 def test_undelivered_report_is_retried_until_the_carm_listens(tmp_path, sources):
     carm = CArm()
     carm.stop()  # the C-arm's SCP is down when the report is due

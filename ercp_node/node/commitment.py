@@ -23,12 +23,17 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
+from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_role
+from pynetdicom.dimse_primitives import N_EVENT_REPORT
+from pynetdicom.dsutils import encode
+from pynetdicom.pdu_primitives import A_RELEASE
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -329,8 +334,8 @@ class Commitments:
         msg_id = req_id % 65535 + 1
         status, via, error = None, None, None
         assoc = self.live.get(req_id)
-        if assoc is not None and assoc.is_established and not assoc.acse.is_release_requested():
-            status, error = self._send(assoc, ds, out.event_type, msg_id)
+        if assoc is not None and assoc.is_established:
+            status, error = self._send_same(assoc, ds, out.event_type, msg_id)
             via = "same-association"
         if status is None:
             addr = self.peers.get(row.calling_ae)
@@ -361,6 +366,47 @@ class Commitments:
                  row.transaction_uid, row.calling_ae, via, len(out.committed), len(out.failed), status)
         return 1
 
+    def _send_same(self, assoc, ds: Dataset, event_type: int, msg_id: int) -> tuple[int | None, str | None]:
+        """N-EVENT-REPORT on the association the request came on (the node is its acceptor). pynetdicom's
+        send_n_event_report would wait for the response even when the C-arm has meanwhile asked to release (it
+        ignores P-DATA then): both sides would stall until a timeout and the association end in an abort. Here
+        the wait also watches for an A-RELEASE request or any other message from the C-arm; then the reactor
+        gets the association back (it answers the release as usual) and the report goes on a new association.
+        Uses pynetdicom 3.0's reactor pause, DIMSE queue and DUL peek, as its own send_* methods do."""
+        cx = next((c for c in assoc.accepted_contexts if str(c.abstract_syntax) == SOP_CLASS), None)
+        if cx is None:
+            return None, "no Storage Commitment presentation context on the requesting association"
+        ts = cx.transfer_syntax[0]
+        req = N_EVENT_REPORT()
+        req.MessageID, req.EventTypeID = msg_id, event_type
+        req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = UID(SOP_CLASS), UID(WELL_KNOWN_INSTANCE)
+        req.EventInformation = BytesIO(encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated))
+        deadline = time.monotonic() + self.cfg.response_timeout_s
+        assoc._reactor_checkpoint.clear()  # noqa: SLF001 - pause the reactor (it may still be sending the N-ACTION response)
+        try:
+            while not assoc._is_paused:  # noqa: SLF001
+                if time.monotonic() > deadline:
+                    return None, "requesting association busy"
+                time.sleep(0.0005)
+            if not assoc.is_established or _release_requested(assoc):
+                return None, "requesting association released before the report"
+            assoc.dimse.send_msg(req, cx.context_id)
+            while time.monotonic() < deadline:
+                _, msg = assoc.dimse.peek_msg()
+                if msg is not None:
+                    if isinstance(msg, N_EVENT_REPORT) and msg.MessageIDBeingRespondedTo == msg_id:
+                        assoc.dimse.get_msg(block=False)
+                        return int(msg.Status), None
+                    return None, "the requester sent another message instead of answering the report"
+                if not assoc.is_established or not assoc.dul.is_alive() or _release_requested(assoc):
+                    return None, "requesting association released or aborted before answering the report"
+                time.sleep(0.002)
+            return None, "no N-EVENT-REPORT response on the requesting association"
+        except Exception as exc:  # noqa: BLE001
+            return None, f"N-EVENT-REPORT failed ({type(exc).__name__})"
+        finally:
+            assoc._reactor_checkpoint.set()  # noqa: SLF001
+
     def _send(self, assoc, ds: Dataset, event_type: int, msg_id: int) -> tuple[int | None, str | None]:
         try:
             assoc.dimse_timeout = self.cfg.response_timeout_s
@@ -384,6 +430,12 @@ class Commitments:
         finally:
             if assoc.is_established:
                 assoc.release()
+
+
+def _release_requested(assoc) -> bool:
+    """An A-RELEASE request waiting for the reactor (peeked, not taken: the reactor answers it)."""
+    p = assoc.dul.peek_next_pdu()
+    return isinstance(p, A_RELEASE) and p.result is None
 
 
 def _file_has_size(path: str, size: int) -> bool:
