@@ -26,6 +26,7 @@ from conftest import free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Settings, load
 from ercp_node.node.service import Node
+from ercp_node.node.status import report
 from ercp_node.storage.models import CommitmentRequest, Instance, IntakeFailure
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
@@ -163,7 +164,7 @@ def _wait_recorded(node, n: int = 1, timeout: float = 10.0) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reports
-def test_report_on_the_same_association_committed_and_failed(node, carm, sources):
+def test_report_on_the_same_association_committed_and_failed(node, carm, sources, capsys):
     a = carm.associate(node)
     carm.store(a, sources[0], sources[1])
     held = [(RF, uid_of(sources[0])), (RF, uid_of(sources[1]))]
@@ -186,6 +187,13 @@ def test_report_on_the_same_association_committed_and_failed(node, carm, sources
     assert (row.state, row.reported_via, row.event_type, row.last_status) == ("reported", "same-association", 2, "0x0000")
     assert row.result["committed"] == 2 and len(row.result["failed"]) == 3
     assert carm.reports.empty()
+    rep = report(node.sessions)["storage_commitment"]
+    assert (rep["pending"], rep["reported"]) == (0, 1)
+    assert rep["recent"][0]["committed"] == 2 and rep["recent"][0]["failed"] == 3
+    capsys.readouterr()
+    assert main(["status", "--data-dir", node.settings.node.data_dir]) == 0
+    assert (f"{txn} from CARM: 5 instance(s), reported: 2 committed, 3 failed, via same-association"
+            in capsys.readouterr().out)
 
 
 def test_an_instance_whose_archived_file_is_gone_is_not_committed(node, carm, sources):
@@ -280,6 +288,7 @@ RESTART_SCRIPT = """
 import signal, sys
 from ercp_node.config.settings import load
 from ercp_node.node.service import Node
+from ercp_node.node.status import report
 Node(load(sys.argv[1]), workers=False).start()
 print("ready", flush=True)
 signal.pause()
