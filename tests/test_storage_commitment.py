@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from io import BytesIO
 import queue
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pydicom.filewriter
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -387,6 +389,50 @@ def test_malformed_requests_are_refused_with_ps37_statuses(node, carm, sources):
     assert "Referenced SOP Sequence" in got["item without SOP Instance UID"][1]
     assert _count(node, CommitmentRequest) == 1  # only the good one was recorded
     assert _count(node, IntakeFailure, IntakeFailure.reason.like("storage commitment N-ACTION refused%")) == len(MALFORMED)
+    assert archive_state(node) == before
+
+
+def _raw_n_action(assoc, payload: bytes) -> int:
+    """An N-ACTION whose Action Information is the given bytes, not an encoded data set (pynetdicom's
+    send_n_action only sends data sets): the DIMSE message is sent as its send_* methods do."""
+    from pynetdicom.dimse_primitives import N_ACTION
+
+    req = N_ACTION()
+    req.MessageID, req.ActionTypeID = 77, 1
+    req.RequestedSOPClassUID, req.RequestedSOPInstanceUID = StorageCommitmentPushModel, WELL_KNOWN
+    req.ActionInformation = BytesIO(payload)
+    cx = next(c for c in assoc.accepted_contexts if c.abstract_syntax == StorageCommitmentPushModel)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(req, cx.context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return rsp.Status
+
+
+def test_action_information_that_is_not_a_data_set_is_refused(node, carm, sources):
+    a = carm.associate(node)
+    carm.store(a, sources[0])
+    before = archive_state(node)
+    good = Dataset()
+    good.TransactionUID = generate_uid()
+    good.ReferencedSOPSequence = [_ref(RF, uid_of(sources[0]))]
+    from pydicom.filebase import DicomBytesIO
+
+    ts = next(c for c in a.accepted_contexts if c.abstract_syntax == StorageCommitmentPushModel).transfer_syntax[0]
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, ts.is_implicit_VR  # as the negotiated context says
+    pydicom.filewriter.write_dataset(buf, good)
+    whole = buf.getvalue()
+    assert _raw_n_action(a, whole) == 0x0000  # the helper itself works: the intact bytes are accepted
+    assert carm.report()["event_type"] == 1
+    for payload in (b"not a data set at all", whole[: len(whole) // 2], whole[:-3], b"\x08\x00\x95\x11UI\xff\x00"):
+        assert _raw_n_action(a, payload) == 0x0115, payload
+    a.release()
+    assert _count(node, CommitmentRequest) == 1
     assert archive_state(node) == before
 
 

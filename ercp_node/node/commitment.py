@@ -115,6 +115,29 @@ def parse_request(action_type_id, requested_instance_uid, info: Dataset | None) 
         raise Refused(INVALID_ARGUMENT_VALUE, f"Action Information could not be read ({type(exc).__name__})") from None
 
 
+def decode_action_information(raw: bytes, transfer_syntax) -> Dataset:
+    """The N-ACTION's Action Information as a data set, checked as strictly as a C-STORE data set's structure
+    (validation._parse: truncated or lying lengths, elements out of order, bytes after the last element, another
+    encoding than the context's, broken sequences), since pydicom alone reads a cut value short without a word."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+
+    from .validation import Refused as Invalid, _parse
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SOP_CLASS, WELL_KNOWN_INSTANCE
+    meta.TransferSyntaxUID = UID(str(transfer_syntax))
+    buf = DicomBytesIO()
+    buf.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    try:
+        ds = _parse(buf.getvalue() + raw)
+    except Invalid as r:
+        raise Refused(INVALID_ARGUMENT_VALUE, f"Action Information: {r.reason}") from None
+    return ds
+
+
 def event_information(transaction_uid: str, committed: list[list[str]], failed: list[list], retrieve_ae: str) -> Dataset:
     """N-EVENT-REPORT Event Information (PS3.4 J.3.3.1.1): committed instances in the Referenced SOP Sequence,
     the others in the Failed SOP Sequence with their Failure Reason."""
@@ -176,11 +199,8 @@ class Commitments:
             if calling not in self.peers:
                 raise Refused(NOT_AUTHORISED, f"calling AE title {calling!r} may not request storage commitment "
                                               "(not in commitment.peers)")
-            try:
-                info = event.action_information if req.ActionInformation is not None else None
-            except Exception as exc:  # noqa: BLE001 - bytes that are not a data set
-                raise Refused(INVALID_ARGUMENT_VALUE,
-                              f"Action Information could not be decoded ({type(exc).__name__})") from None
+            raw = req.ActionInformation.getvalue() if req.ActionInformation is not None else b""
+            info = decode_action_information(raw, event.context.transfer_syntax) if raw else None
             txn, items = parse_request(req.ActionTypeID, req.RequestedSOPInstanceUID, info)
             req_id = self.record(calling, txn, items)
         except Refused as r:
