@@ -12,6 +12,7 @@ import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -304,9 +305,10 @@ def _start_node_process(config: Path) -> subprocess.Popen:
     return p
 
 
-def test_node_killed_between_request_and_report_still_reports(tmp_path, carm, sources):
-    s = _settings(tmp_path / "node", carm, report_delay_s=3.0)
+def _node_config(tmp_path: Path, carm: CArm, **commitment) -> tuple[Settings, Path]:
+    s = _settings(tmp_path / "node", carm, **commitment)
     config = tmp_path / "node.toml"
+    c = s.commitment
     config.write_text(f"""[node]
 ae_title = "ERCPNODE"
 bind = "127.0.0.1"
@@ -314,11 +316,17 @@ port = {s.node.port}
 data_dir = "{s.node.data_dir}"
 db_url = "{s.db_url()}"
 [commitment]
-peers = ["{s.commitment.peers[0]}"]
-report_delay_s = 3.0
-response_timeout_s = 5.0
-retry_initial_s = 0.5
+peers = ["{c.peers[0]}"]
+report_delay_s = {c.report_delay_s}
+response_timeout_s = {c.response_timeout_s}
+retry_initial_s = {c.retry_initial_s}
+retry_max_s = {c.retry_max_s}
 """)
+    return s, config
+
+
+def test_node_killed_between_request_and_report_still_reports(tmp_path, carm, sources):
+    s, config = _node_config(tmp_path, carm, report_delay_s=3.0)
     proc = _start_node_process(config)
     try:
         a = carm.associate(s.node)
@@ -336,9 +344,44 @@ retry_initial_s = 0.5
         assert refs(r["info"], "ReferencedSOPSequence") == [(RF, uid_of(sources[2]))]
         assert refs(r["info"], "FailedSOPSequence") == [never + (0x0112,)]
     finally:
-        proc.send_signal(signal.SIGTERM)
         proc.kill()
         proc.wait(10)
+
+
+def test_node_killed_while_waiting_for_the_report_response_resends_at_once(tmp_path, sources):
+    """Killed while the C-arm had the report and had not answered: the restarted node sends it again at once,
+    not after its claim's lease (3 × response_timeout_s + 5 s = 50 s here)."""
+    entered, unblock = threading.Event(), threading.Event()
+    seen: queue.Queue = queue.Queue()
+
+    def slow_then_fine(event):
+        seen.put(event.event_information.TransactionUID)
+        if not entered.is_set():
+            entered.set()
+            unblock.wait(60)  # the first report is never answered while the node lives
+        return 0x0000, None
+
+    carm = CArm()
+    carm.server.unbind(evt.EVT_N_EVENT_REPORT, carm._on_new)
+    carm.server.bind(evt.EVT_N_EVENT_REPORT, slow_then_fine)
+    s, config = _node_config(tmp_path, carm, response_timeout_s=15.0)
+    proc = _start_node_process(config)
+    try:
+        a = carm.associate(s.node)
+        carm.store(a, sources[0])
+        txn = generate_uid()
+        assert carm.ask(a, txn, [(RF, uid_of(sources[0]))]).Status == 0x0000
+        a.release()
+        assert entered.wait(20) and seen.get(timeout=1) == txn
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        proc = _start_node_process(config)
+        assert seen.get(timeout=10) == txn  # well within the 50 s lease
+    finally:
+        unblock.set()
+        proc.kill()
+        proc.wait(10)
+        carm.stop()
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -173,8 +173,9 @@ class Outcome:
 class Commitments:
     """The N-ACTION handler's logic and the reporter thread of one node."""
 
-    def __init__(self, sessions, ae_title: str, settings, storage_classes=()):
+    def __init__(self, sessions, ae_title: str, settings, storage_classes=(), node_id: str = ""):
         self.sessions = sessions
+        self.node_id = node_id[:64]
         self.engine = sessions.kw["bind"]
         self.ae_title = ae_title
         self.cfg = settings  # CommitmentSettings
@@ -288,6 +289,7 @@ class Commitments:
 
     # ------------------------------------------------------------------------------------------ reporter
     def start(self) -> "Commitments":
+        self.resume()
         self.thread = threading.Thread(target=self.run, name="commitment-reporter", daemon=True)
         self.thread.start()
         return self
@@ -297,6 +299,17 @@ class Commitments:
         self.wake.set()
         if self.thread is not None:
             self.thread.join(timeout=2 * self.cfg.response_timeout_s + 5)
+
+    def resume(self) -> int:
+        """Reports this node was sending when it stopped (claimed, lease not yet over) are due at once; pending
+        requests nobody claimed are due anyway."""
+        with self.engine.begin() as c:
+            n = c.execute(update(CommitmentRequest).where(CommitmentRequest.state == "pending",
+                                                          CommitmentRequest.claimed_by == self.node_id)
+                          .values(next_attempt=_now(), claimed_by=None)).rowcount
+        if n:
+            log.info("%d interrupted storage commitment report(s) resumed", n)
+        return n
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -343,7 +356,7 @@ class Commitments:
             r = c.execute(update(CommitmentRequest).where(CommitmentRequest.id == req_id,
                                                           CommitmentRequest.state == "pending",
                                                           CommitmentRequest.attempts == attempts)
-                          .values(attempts=attempts + 1, next_attempt=lease))
+                          .values(attempts=attempts + 1, next_attempt=lease, claimed_by=self.node_id))
         return r.rowcount == 1
 
     def report(self, req_id: int, attempt: int) -> int:
@@ -357,7 +370,7 @@ class Commitments:
         if assoc is not None and assoc.is_established:
             status, error = self._send_same(assoc, ds, out.event_type, msg_id)
             via = "same-association"
-        if status is None:
+        if status is None and not self.stop_event.is_set():  # stopping: the next start reports it
             addr = self.peers.get(row.calling_ae)
             if addr is None:
                 error = f"no return address for {row.calling_ae} (commitment.peers)"
@@ -367,7 +380,7 @@ class Commitments:
         if status is not None:
             self.live.pop(req_id, None)
         with self.engine.begin() as c:
-            values = dict(last_status=None if status is None else f"0x{status:04X}", last_error=error)
+            values = dict(last_status=None if status is None else f"0x{status:04X}", last_error=error, claimed_by=None)
             if status is not None:
                 values.update(state="reported", reported_at=_now(), reported_via=via, event_type=out.event_type,
                               result={"committed": len(out.committed),

@@ -61,7 +61,8 @@ class Node:
         self.engine, self.sessions = open_database(settings.db_url())
         self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20,
                              on_stored=self.workers_wake)
-        self.commitments = Commitments(self.sessions, n.ae_title, settings.commitment, scp.STORAGE_CLASSES)
+        self.commitments = Commitments(self.sessions, n.ae_title, settings.commitment, scp.STORAGE_CLASSES,
+                                       self.node_id)
         self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size,
                                allowed_ae_titles=n.allowed_ae_titles, allowed_hosts=n.allowed_hosts,
                                commitments=self.commitments)

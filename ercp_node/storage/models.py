@@ -142,6 +142,7 @@ class CommitmentRequest(Base):
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     next_attempt: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # node id sending it now (lease: next_attempt)
     reported_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     reported_via: Mapped[str | None] = mapped_column(String(16))  # same-association | new-association
     event_type: Mapped[int | None] = mapped_column(Integer)  # 1 all committed, 2 some failed

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("received_at", TZ, nullable=False),
         sa.Column("next_attempt", TZ, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("claimed_by", sa.String(64)),
         sa.Column("reported_at", TZ),
         sa.Column("reported_via", sa.String(16)),
         sa.Column("event_type", sa.Integer),
