@@ -233,29 +233,28 @@ class Commitments:
         anything else: a new row with duplicate_of set, reported as failed with 0x0131."""
         due = _now() + dt.timedelta(seconds=self.cfg.report_delay_s)
         for _ in range(2):
-            with self.sessions.begin() as s:
-                first = s.scalars(select(CommitmentRequest).where(CommitmentRequest.transaction_uid == txn,
-                                                                  CommitmentRequest.duplicate_of.is_(None))).first()
-                if first is not None and first.calling_ae == calling and first.instances == items:
-                    log.info("storage commitment %s from %s requested again: reported again", txn, calling)
-                    first.state, first.next_attempt, first.attempts = "pending", due, 0
-                    return first.id
-                row = CommitmentRequest(transaction_uid=txn, calling_ae=calling, instances=items, state="pending",
-                                        next_attempt=due, attempts=0,
-                                        duplicate_of=None if first is None else first.id)
-                s.add(row)
-                try:
+            try:
+                with self.sessions.begin() as s:
+                    first = s.scalars(select(CommitmentRequest).where(
+                        CommitmentRequest.transaction_uid == txn, CommitmentRequest.duplicate_of.is_(None))).first()
+                    if first is not None and first.calling_ae == calling and first.instances == items:
+                        log.info("storage commitment %s from %s requested again: reported again", txn, calling)
+                        first.state, first.next_attempt, first.attempts = "pending", due, 0
+                        return first.id
+                    row = CommitmentRequest(transaction_uid=txn, calling_ae=calling, instances=items, state="pending",
+                                            next_attempt=due, attempts=0,
+                                            duplicate_of=None if first is None else first.id)
+                    s.add(row)
                     s.flush()
-                except IntegrityError:  # the same new transaction UID on two associations at once
-                    s.rollback()
-                    continue
-                if first is not None:
-                    log.warning("storage commitment transaction UID %s from %s reused for other instances: "
-                                "all %d reported failed (0x0131); the first request is unchanged", txn, calling,
-                                len(items))
-                else:
-                    log.info("storage commitment %s from %s: %d instance(s) requested", txn, calling, len(items))
-                return row.id
+                    row_id = row.id
+            except IntegrityError:  # the same new transaction UID on two associations at once: look again
+                continue
+            if first is not None:
+                log.warning("storage commitment transaction UID %s from %s reused for other instances: all %d "
+                            "reported failed (0x0131); the first request is unchanged", txn, calling, len(items))
+            else:
+                log.info("storage commitment %s from %s: %d instance(s) requested", txn, calling, len(items))
+            return row_id
         raise RuntimeError("transaction UID inserted concurrently twice")
 
     # ------------------------------------------------------------------------------------------ evaluation
@@ -377,7 +376,7 @@ class Commitments:
             else:
                 status, err2 = self._send_new(row.calling_ae, addr, ds, out.event_type, msg_id)
                 via, error = "new-association", "; ".join(e for e in (error, err2) if e) or None
-        if status is not None:
+        if status is not None and self.live.get(req_id) is assoc:  # not the association of a repeated request
             self.live.pop(req_id, None)
         with self.engine.begin() as c:
             values = dict(last_status=None if status is None else f"0x{status:04X}", last_error=error, claimed_by=None)
