@@ -412,6 +412,7 @@ MALFORMED = {
     "Transaction UID not a UID": (lambda: _bad([_ref(RF, "1.2.3.5")], txn="abc"), 1, WELL_KNOWN, 0x0115),
     "Action Type ID 2": (lambda: _bad([_ref(RF, "1.2.3.5")]), 2, WELL_KNOWN, 0x0123),
     "not the well-known instance": (lambda: _bad([_ref(RF, "1.2.3.5")]), 1, "1.2.3.6", 0x0117),
+    "10001 instances": (lambda: _bad([_ref(RF, f"1.2.3.{k + 1}") for k in range(10001)]), 1, WELL_KNOWN, 0x0213),
 }
 
 
