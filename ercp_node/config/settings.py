@@ -60,6 +60,33 @@ class ExportSettings:
 
 
 @dataclass
+class CommitmentSettings:
+    """[commitment]: Storage Commitment Push Model SCP (docs/operations.md, "Storage commitment")."""
+
+    # Calling AE titles that may ask for storage commitment, each with the address the node opens a new
+    # association to when the report cannot go back on the requesting one: "AET@HOST:PORT". Env: comma-separated.
+    peers: list[str] = field(default_factory=list)
+    report_delay_s: float = 0.0  # wait this long after an N-ACTION before answering (C-STOREs still in flight)
+    response_timeout_s: float = 30.0  # association / N-EVENT-REPORT response timeout per report attempt
+    retry_initial_s: float = 5.0  # an undelivered report is retried with backoff, doubling up to retry_max_s
+    retry_max_s: float = 600.0
+
+    def return_addresses(self) -> dict[str, tuple[str, int]]:
+        """peers as {calling AE title: (host, port)}; raises ConfigError on a malformed entry or a repeated AE."""
+        out: dict[str, tuple[str, int]] = {}
+        for p in self.peers:
+            m = DEST_RE.match(p.strip())
+            if not m or not AE_RE.match(m["ae"].strip()) or not 1 <= int(m["port"]) <= 65535:
+                raise ConfigError(f"commitment.peers: {p!r} is not AET@HOST:PORT (AE title 1–16 printable "
+                                  "characters without '\\', port 1–65535)")
+            ae = m["ae"].strip()
+            if ae in out:
+                raise ConfigError(f"commitment.peers: AE title {ae!r} is listed twice")
+            out[ae] = (m["host"], int(m["port"]))
+        return out
+
+
+@dataclass
 class MeasureConfig:
     """[measure]: calibration policy and difficulty thresholds (docs/measurements.md)."""
 
@@ -94,6 +121,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
     destinations: list[Destination] = field(default_factory=list)
 
     def destination(self, text: str) -> Destination | None:
@@ -207,10 +235,11 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
                         raise ConfigError(f"destination {dest}: unknown key(s) {', '.join(sorted(unknown))}")
                     _check_destination(dest)
                     s.destinations.append(dest)
-            elif section in ("node", "model", "export", "measure") and isinstance(values, dict):
+            elif section in ("node", "model", "export", "measure", "commitment") and isinstance(values, dict):
                 _apply(getattr(s, section), section, values)
             else:
-                raise ConfigError(f"unknown section [{section}] (known: node, model, export, measure, destinations)")
+                raise ConfigError(f"unknown section [{section}] (known: node, model, export, measure, commitment, "
+                                  "destinations)")
     env = os.environ if env is None else env
     for name, value in env.items():
         if not name.startswith("ERCP_NODE_"):
@@ -219,7 +248,7 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
         section, _, key = rest.partition("_")
         if section == "destinations":
             s.destinations = [parse_destination(t) for t in value.split(",") if t.strip()]
-        elif section in ("node", "model", "export", "measure"):
+        elif section in ("node", "model", "export", "measure", "commitment"):
             _apply(getattr(s, section), section, {key: value})
     validate(s)
     return s
@@ -247,6 +276,11 @@ def validate(s: Settings) -> None:
         if not AE_RE.match(t):
             raise ConfigError(f"node.allowed_ae_titles: {t!r} must be 1–16 printable characters without '\\'")
     allowed_networks(n.allowed_hosts)
+    c = s.commitment
+    c.return_addresses()
+    if c.report_delay_s < 0 or c.response_timeout_s <= 0 or not 0 < c.retry_initial_s <= c.retry_max_s:
+        raise ConfigError("commitment: report_delay_s must be ≥ 0, response_timeout_s > 0, "
+                          "0 < retry_initial_s ≤ retry_max_s")
     _validate_tls(s)
     try:
         measure_settings(s).calibration.diameter_mm()

@@ -53,8 +53,9 @@ TRANSFER_SYNTAXES = [
 
 
 def build_ae(ae_title: str, intake: Intake, *, max_associations: int = 10, pdu_size: int = 131072,
-             allowed_ae_titles=(), allowed_hosts=()) -> AE:
-    """`allowed_hosts`: IP addresses or CIDR networks (strings or ipaddress networks); empty: any peer."""
+             allowed_ae_titles=(), allowed_hosts=(), commitments=None) -> AE:
+    """`allowed_hosts`: IP addresses or CIDR networks (strings or ipaddress networks); empty: any peer.
+    `commitments` (node.commitment.Commitments): also Storage Commitment Push Model SCP."""
     ae = AE(ae_title=ae_title)
     ae.maximum_associations = max_associations
     ae.maximum_pdu_size = pdu_size
@@ -64,6 +65,11 @@ def build_ae(ae_title: str, intake: Intake, *, max_associations: int = 10, pdu_s
     for uid in STORAGE_CLASSES:
         ae.add_supported_context(UID(uid), TRANSFER_SYNTAXES)
     ae._intake = intake  # noqa: SLF001 - handlers reach the intake through the event's AE
+    ae._commitments = commitments  # noqa: SLF001
+    if commitments is not None:
+        from .commitment import SOP_CLASS, TRANSFER_SYNTAXES as COMMITMENT_SYNTAXES
+
+        ae.add_supported_context(SOP_CLASS, COMMITMENT_SYNTAXES)
     return ae
 
 
@@ -74,6 +80,13 @@ def _on_store(event) -> int:
         event.assoc.ae._intake.record_failure(event.assoc.requestor.ae_title, None, 0xC000, f"undecodable: {exc}")
         return 0xC000
     return event.assoc.ae._intake.store(raw, str(event.context.abstract_syntax), event.assoc.requestor.ae_title)
+
+
+def _on_n_action(event):
+    commitments = getattr(event.assoc.ae, "_commitments", None)
+    if commitments is None:  # not negotiated without it; answer rather than raise
+        return 0x0110, None
+    return commitments.on_n_action(event)
 
 
 def _on_echo(event) -> int:
@@ -140,7 +153,7 @@ def _record_rejection(assoc, why: str) -> None:
 
 
 HANDLERS = [(evt.EVT_C_STORE, _on_store), (evt.EVT_C_ECHO, _on_echo), (evt.EVT_REQUESTED, _on_requested),
-            (evt.EVT_REJECTED, _on_rejected), (evt.EVT_ACCEPTED, _on_accepted)]
+            (evt.EVT_REJECTED, _on_rejected), (evt.EVT_ACCEPTED, _on_accepted), (evt.EVT_N_ACTION, _on_n_action)]
 
 
 def start(ae: AE, bind: str, port: int, ssl_context=None):

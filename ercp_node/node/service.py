@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from ..config.settings import Settings, worker_count
 from ..storage.db import open_database, private_dir
 from . import scp, tls
+from .commitment import Commitments
 from .intake import Intake
 
 log = logging.getLogger("ercp_node.service")
@@ -60,8 +61,11 @@ class Node:
         self.engine, self.sessions = open_database(settings.db_url())
         self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20,
                              on_stored=self.workers_wake)
+        self.commitments = Commitments(self.sessions, n.ae_title, settings.commitment, scp.STORAGE_CLASSES,
+                                       self.node_id)
         self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size,
-                               allowed_ae_titles=n.allowed_ae_titles, allowed_hosts=n.allowed_hosts)
+                               allowed_ae_titles=n.allowed_ae_titles, allowed_hosts=n.allowed_hosts,
+                               commitments=self.commitments)
         self.server = None
         self.workers: list = []
         self.exporter = None
@@ -126,6 +130,7 @@ class Node:
                 from .workerproc import bridge
 
                 bridge(self._export_ready, self.exporter.wake, self.exporter.stop_event)
+        self.commitments.start()  # also reports what a previous run of the node left pending
         n = self.settings.node
         ssl_context = tls.server_context(n.tls_cert, n.tls_key, n.tls_ca) if n.tls_cert else None
         self.server = scp.start(self.ae, n.bind, n.port, ssl_context)
@@ -158,6 +163,7 @@ class Node:
         if self.server is not None:
             self.server.shutdown()
             self.server = None
+        self.commitments.stop()
         for t in [*self.workers, self.exporter]:
             if t is not None:
                 t.stop_event.set()

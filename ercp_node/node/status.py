@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ..measure.report import one_line
-from ..storage.models import Export, Instance, IntakeFailure, Job, ModelVersion
+from ..storage.models import CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion
 
 
 def report(sessions, recent: int = 10) -> dict:
@@ -22,6 +22,9 @@ def report(sessions, recent: int = 10) -> dict:
                                      .where(Export.state == "pending", Export.last_error.is_not(None))).all())
         sent = s.scalar(select(func.count()).select_from(Export).where(Export.state == "sent"))
         active = s.scalars(select(ModelVersion).where(ModelVersion.active)).first()
+        commit_states = dict(s.execute(select(CommitmentRequest.state, func.count())
+                                       .group_by(CommitmentRequest.state)).all())
+        commits = list(s.scalars(select(CommitmentRequest).order_by(CommitmentRequest.id.desc()).limit(recent)))
     return {
         "queue": {k: states.get(k, 0) for k in ("queued", "running", "done", "failed")},
         "recent_jobs": [{"job": j.id, "sop_instance_uid": uid, "state": j.state, "summary": j.summary,
@@ -33,6 +36,14 @@ def report(sessions, recent: int = 10) -> dict:
                             "max_attempts": a, "last_error": last_errors.get(d)} for d, n, t, a in backlog],
         "exports_sent": sent,
         "active_model": None if active is None else {"version": active.version, "decision": active.decision},
+        "storage_commitment": {
+            "pending": commit_states.get("pending", 0), "reported": commit_states.get("reported", 0),
+            "recent": [{"transaction_uid": c.transaction_uid, "calling_ae": c.calling_ae, "state": c.state,
+                        "instances": len(c.instances), "duplicate": c.duplicate_of is not None,
+                        "attempts": c.attempts, "reported_via": c.reported_via, "event_type": c.event_type,
+                        "committed": (c.result or {}).get("committed"),
+                        "failed": len((c.result or {}).get("failed", [])) if c.result else None,
+                        "last_error": c.last_error} for c in commits]},
     }
 
 
@@ -57,6 +68,14 @@ def render(rep: dict) -> str:
     if rep["failed_jobs"]:
         lines.append("failed jobs:")
         lines += [f"  #{f['job']} {f['sop_instance_uid']}: {f['error']}" for f in rep["failed_jobs"]]
+    sc = rep["storage_commitment"]
+    if sc["pending"] or sc["reported"]:
+        lines.append(f"storage commitment (SCP): {sc['pending']} pending, {sc['reported']} reported")
+        for c in sc["recent"]:
+            done = (f"{c['committed']} committed, {c['failed']} failed, via {c['reported_via']}"
+                    if c["state"] == "reported" else f"{c['attempts']} attempt(s), last error: {c['last_error']}")
+            lines.append(f"  {c['transaction_uid']} from {c['calling_ae']}: {c['instances']} instance(s)"
+                         f"{' (reused transaction UID)' if c['duplicate'] else ''}, {c['state']}: {done}")
     if rep["intake_failures"]:
         lines.append("refused C-STOREs:")
         lines += [f"  {f['at']} {f['status']} from {f['calling_ae']} {f['sop_instance_uid']}: {f['reason']}"

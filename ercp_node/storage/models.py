@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -122,3 +122,30 @@ class IntakeFailure(Base):
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(Text)
+
+
+class CommitmentRequest(Base):
+    """A Storage Commitment Push Model request (N-ACTION) from a C-arm, kept until its N-EVENT-REPORT was
+    delivered, so a node restarted in between still reports. `instances`: [[SOP Class UID, SOP Instance UID], ...]
+    as requested. A request that reuses a transaction UID for other instances is kept too (`duplicate_of` names
+    the first one) and reported as failed with reason 0x0131; the first request stays as it was."""
+
+    __tablename__ = "commitment_requests"
+    __table_args__ = (Index("uq_commitment_transaction", "transaction_uid", unique=True,
+                            sqlite_where=text("duplicate_of IS NULL"), postgresql_where=text("duplicate_of IS NULL")),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    transaction_uid: Mapped[str] = mapped_column(String(64))
+    duplicate_of: Mapped[int | None] = mapped_column(Integer, ForeignKey("commitment_requests.id"))
+    calling_ae: Mapped[str] = mapped_column(String(16))
+    instances: Mapped[list] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending reported
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    next_attempt: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # node id sending it now (lease: next_attempt)
+    reported_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    reported_via: Mapped[str | None] = mapped_column(String(16))  # same-association | new-association
+    event_type: Mapped[int | None] = mapped_column(Integer)  # 1 all committed, 2 some failed
+    result: Mapped[dict | None] = mapped_column(JSON)  # {"committed": n, "failed": [[uid, reason], ...]}
+    last_status: Mapped[str | None] = mapped_column(String(16))  # the requester's N-EVENT-REPORT response status
+    last_error: Mapped[str | None] = mapped_column(Text)
