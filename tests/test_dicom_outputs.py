@@ -152,8 +152,19 @@ def test_seg_and_sr(phantom, name, tmp_path):
     assert int(seg.NumberOfFrames) == 3 * n_frames
     pixel_spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     np.testing.assert_allclose([float(v) for v in pixel_spacing], patient_pixel_spacing(source)[0], rtol=1e-6)
+    # What OHIF 3.x's SEG loader reads without a fallback (issue 13): a shared Plane Orientation (the
+    # identity of a projection grid; no Frame of Reference, no Plane Position), ReferencedSeriesSequence naming
+    # the source series and instance, and Rows/Columns equal to the source (above).
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert "FrameOfReferenceUID" not in seg and "PlanePositionSequence" not in shared
+    (ref_series,) = seg.ReferencedSeriesSequence
+    assert ref_series.SeriesInstanceUID == source.SeriesInstanceUID
+    assert [(r.ReferencedSOPClassUID, r.ReferencedSOPInstanceUID) for r in ref_series.ReferencedInstanceSequence] \
+        == [(source.SOPClassUID, source.SOPInstanceUID)]
     refs = []
     for item in seg.PerFrameFunctionalGroupsSequence:
+        assert "PlaneOrientationSequence" not in item  # shared only: OHIF reads the shared group
         ref = item.DerivationImageSequence[0].SourceImageSequence[0]
         assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         refs.append((int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
