@@ -294,6 +294,9 @@ def test_seg_and_sr(phantom, name, tmp_path):
     for i, stone in enumerate(stones, 1):
         group = by_id[f"Stone {i}"]
         assert group.finding_type == hd.sr.CodedConcept("56381008", "SCT", "Calculus")
+        assert not group.finding_sites  # on the measurements: OHIF shows a group's site by its code value
+        for m in group.get_measurements():
+            assert [site.value for site in m.finding_sites] == [hd.sr.CodedConcept("79741001", "SCT", "Common bile duct")]
         region = group.roi
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         assert region.value[0].tolist() == region.value[-1].tolist()  # closed outline

@@ -12,7 +12,7 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
   has none. So each group is a TID 1410 planar ROI whose image region (a 2D SCOORD on the source image, and
   frame for cine) shows where its values were measured, and each measurement names its SEG segment as its
   TID 300 "Source of Measurement":
-    * "Stone i": finding Calculus in the common bile duct, the closed outline (POLYLINE; a 2-point sliver as
+    * "Stone i": finding Calculus (each measurement's finding site: the common bile duct), the closed outline (POLYLINE; a 2-point sliver as
       its line, a 1-pixel stone as a POINT): area (mm2), diameter with derivation Maximum and Minimum (mm),
       DCM Distance = distance from the papilla along the CBD centreline (mm);
     * "Common bile duct": the centreline (open POLYLINE, papilla to hilum): area and centreline length;
@@ -226,13 +226,18 @@ def build_sr(
     def region_source() -> hd.sr.SourceImageForRegion:
         return hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames)
 
-    def measurements_of(segment, *items):
+    def measurements_of(segment, *items, in_cbd: bool = False):
         """TID 300 items for the (name, value, unit, derivation, distal) tuples whose value is known;
-        `distal` puts the finding site "Common bile duct, Distal" on the measurement."""
+        `distal` puts the finding site "Common bile duct, Distal" on the measurement, `in_cbd` the finding site
+        "Common bile duct" on the others. (On the measurement, not the group: OHIF labels a group's finding
+        site with its code value, "363698007: Common bile duct".)"""
+        def sites(distal: bool):
+            if distal:
+                return [hd.sr.FindingSite(CODE_CBD, topographical_modifier=CODE_DISTAL)]
+            return finding_site if in_cbd else None
         return [measurement(
             name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=algorithm,
-            finding_sites=[hd.sr.FindingSite(CODE_CBD, topographical_modifier=CODE_DISTAL)] if distal else None,
-            referenced_images=[_seg_source_of_measurement(seg, segment)])
+            finding_sites=sites(distal), referenced_images=[_seg_source_of_measurement(seg, segment)])
             for name, value, unit, derivation, distal in items if value is not None]
 
     # OHIF 3.x (extensions/cornerstone-dicom-sr, docs/dicom-outputs.md) makes one measurement per measurement
@@ -249,9 +254,9 @@ def build_sr(
         return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points, source_image=region_source())
 
     def group(kind: str, label: str, drawn: hd.sr.ImageRegion | None, finding_type, segment: int, items,
-              sites=None) -> None:
+              in_cbd: bool = False) -> None:
         """One TID 1410 group drawn as `drawn`; without a drawing, its measurements go to `loose`."""
-        values = measurements_of(segment, *items)
+        values = measurements_of(segment, *items, in_cbd=in_cbd)
         if not values:
             return
         if drawn is None:
@@ -260,7 +265,7 @@ def build_sr(
             return
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking(kind, label), referenced_region=drawn, finding_type=finding_type,
-            finding_sites=sites, measurements=values))
+            measurements=values))
 
     for i, stone in enumerate(stones, 1):
         group(f"stone-{i}", f"Stone {i}", _stone_region(stone.get("outline_px") or [], region),
@@ -270,7 +275,7 @@ def build_sr(
                   (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
                   # along the CBD centreline from the papilla (docs/measurements.md)
                   (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
-              sites=finding_site)
+              in_cbd=True)
     if cbd is not None:
         line = hd.sr.GraphicTypeValues.POLYLINE
 
