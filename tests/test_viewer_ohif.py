@@ -123,8 +123,14 @@ class Page:
     def js(self, script: str, arg=None):
         return self.page.evaluate(script, arg)
 
-    def wait(self, predicate: str, timeout_s: float = 90, arg=None) -> None:
-        self.page.wait_for_function(predicate, arg=arg, timeout=timeout_s * 1000)
+    def wait(self, predicate: str, timeout_s: float = 90, arg=None, what: str = "") -> None:
+        """Wait until `predicate` holds in the page; on a timeout, fail with what the console said."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        try:
+            self.page.wait_for_function(predicate, arg=arg, timeout=timeout_s * 1000)
+        except PlaywrightTimeout:
+            pytest.fail(f"OHIF never got there: {what or predicate}\nconsole errors:\n" + "\n".join(self.errors))
 
     def skip_tour(self) -> None:
         button = self.page.get_by_text("Skip all")
@@ -234,7 +240,9 @@ def sample(shot: np.ndarray, page_xy) -> np.ndarray:
 def load_seg(page: Page, seg_uid: str) -> str:
     """Double-click the SEG in the study browser, answer "Yes" to OHIF's prompt; the segmentation id."""
     page.page.get_by_text("ERCP AI segmentation").first.dblclick()
-    page.page.get_by_role("button", name="Yes").click(timeout=60_000)
+    page.wait("() => [...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Yes')",
+              timeout_s=60, what="the SEG's 'open this Segmentation?' prompt")
+    page.page.get_by_role("button", name="Yes").click()
     page.wait("(uid) => { const s = window.services.segmentationService.getSegmentation(uid);"
               " return s && Object.keys(s.segments).length === 3 && s.representationData.Labelmap; }", arg=seg_uid)
     page.settle(3)
@@ -357,7 +365,11 @@ def sr_groups(sr: pydicom.Dataset) -> list[dict]:
         for group in container.ContentSequence:
             items = list(group.ContentSequence)
             tracking = next(i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeValue == "112039")
-            scoord = next(i for i in items if i.ValueType == "SCOORD")
+            scoord = next((i for i in items if i.ValueType == "SCOORD"), None)
+            if scoord is None:  # what OHIF cannot show (the test still lets OHIF try, for its errors)
+                out.append({"tracking": str(tracking), "type": None, "points": np.zeros((0, 2)), "sop": None,
+                            "frame": None, "nums": []})
+                continue
             ref = scoord.ContentSequence[0].ReferencedSOPSequence[0]
             out.append({"tracking": str(tracking), "type": scoord.GraphicType,
                         "points": np.asarray(scoord.GraphicData, float).reshape(-1, 2),
@@ -374,7 +386,7 @@ def check_sr(page: Page, files: dict, sr_uid: str, shots: Path, name: str) -> li
     page.page.get_by_text("ERCP AI measurements").first.dblclick()
     page.wait("(uid) => { const ds = window.services.displaySetService.getDisplaySetByUID(uid);"
               " return ds.isLoaded && ds.measurements && ds.measurements.every(m => m.loaded); }",
-              arg=sr_uid, timeout_s=60)
+              arg=sr_uid, timeout_s=60, what="every SR measurement group loaded as an annotation")
     page.settle(3)
     state = page.js(SR_STATE, sr_uid)
     assert sorted(m["tracking"] for m in state) == sorted(g["tracking"] for g in groups)
