@@ -334,6 +334,12 @@ def test_ohif_shows_seg_and_sr(viewer, node_outputs, name):
                 if frame > 1:  # where this frame's mask differs from frame 1's: the overlay follows
                     problems += check_overlay(page, shot, labels[frame - 1], f"cine frame {frame}",
                                               changed_from=labels[0])
+        # ---- the segment list a user sees (OHIF's segmentation panel), named as in the SEG
+        page.page.locator("[data-cy=panelSegmentation-btn]").first.click()
+        for s in SEGMENTS:
+            page.page.get_by_text(s.label, exact=True).first.wait_for(state="visible", timeout=30_000)
+        page.settle(2)
+        page.screenshot(shots / "seg-panel.png")  # docs/figures/ohif-seg.png is the DX one
         # ---- SR: every measurement group an annotation, on the right image and frame, drawn where the SR says
         problems += check_sr(page, files, sets["SR"]["uid"], shots, name)
         page.settle(1)
