@@ -24,7 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -237,6 +236,18 @@ def sample(shot: np.ndarray, page_xy) -> np.ndarray:
     return np.median(shot[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3), axis=0)
 
 
+def until_drawn(check, page: Page, attempts: int = 4) -> list[str]:
+    """Run a screenshot check until it finds no problem, at most `attempts` times 2 s apart (SwiftShader renders
+    on a shared CPU: a screenshot can come before the frame is painted); the last attempt's problems."""
+    for attempt in range(attempts):
+        problems = check()
+        if not problems:
+            return []
+        if attempt < attempts - 1:
+            page.settle(2)
+    return problems
+
+
 def load_seg(page: Page, seg_uid: str) -> str:
     """Double-click the SEG in the study browser, answer "Yes" to OHIF's prompt; the segmentation id."""
     page.page.get_by_text("ERCP AI segmentation").first.dblclick()
@@ -321,19 +332,19 @@ def test_ohif_shows_seg_and_sr(viewer, node_outputs, name):
         # ---- SEG on screen: each segment in its colour on its own mask; on the cine, frame by frame
         current = page.js(CURRENT)
         assert current["n"] == n_frames
-        shot = page.screenshot(shots / "seg.png")
         frame = frame_of(current["imageId"])
-        problems += check_overlay(page, shot, labels[frame - 1], f"frame {frame}")
+        problems += until_drawn(lambda: check_overlay(page, page.screenshot(shots / "seg.png"), labels[frame - 1],
+                                                      f"frame {frame}"), page)
         if n_frames > 1:
             for k in range(n_frames):
                 assert page.js(SET_INDEX, k) == k
-                page.settle(1.5)
                 frame = frame_of(page.js(CURRENT)["imageId"])
                 assert frame == k + 1
-                shot = page.screenshot(shots / f"seg-frame-{frame}.png")
+                page.settle(1)
                 if frame > 1:  # where this frame's mask differs from frame 1's: the overlay follows
-                    problems += check_overlay(page, shot, labels[frame - 1], f"cine frame {frame}",
-                                              changed_from=labels[0])
+                    problems += until_drawn(lambda: check_overlay(
+                        page, page.screenshot(shots / f"seg-frame-{frame}.png"), labels[frame - 1],
+                        f"cine frame {frame}", changed_from=labels[0]), page)
         # ---- the segment list a user sees (OHIF's segmentation panel), named as in the SEG
         page.page.locator("[data-cy=panelSegmentation-btn]").first.click()
         for s in SEGMENTS:
@@ -406,6 +417,11 @@ def check_sr(page: Page, files: dict, sr_uid: str, shots: Path, name: str) -> li
         assert labels[:len(g["nums"])] == g["nums"], (labels, g["nums"])  # code meanings, not code values
         assert all(not str(label)[:1].isdigit() for label in labels), labels
     # On screen: the SR viewport shows the measured frame; the drawn outlines/lines lie where the SR says.
+    return problems + until_drawn(lambda: sr_on_screen(page, groups, shots, name), page)
+
+
+def sr_on_screen(page: Page, groups: list[dict], shots: Path, name: str) -> list[str]:
+    problems = []
     shot = page.screenshot(shots / "sr.png")
     current = page.js(CURRENT)
     on_screen = [g for g in groups if g["frame"] == frame_of(current["imageId"])]
