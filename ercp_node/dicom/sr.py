@@ -12,9 +12,9 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
   has none. So each group is a TID 1410 planar ROI whose image region (a 2D SCOORD on the source image, and
   frame for cine) shows where its values were measured, and each measurement names its SEG segment as its
   TID 300 "Source of Measurement":
-    * "Stone i": finding Calculus (each measurement's finding site: the common bile duct), the closed outline (POLYLINE; a 2-point sliver as
-      its line, a 1-pixel stone as a POINT): area (mm2), diameter with derivation Maximum and Minimum (mm),
-      DCM Distance = distance from the papilla along the CBD centreline (mm);
+    * "Stone i": finding Calculus (each measurement's finding site: the common bile duct), the closed
+      outline (POLYLINE; a 2-point sliver as its line, a 1-pixel stone as a POINT): area (mm2), diameter with
+      derivation Maximum and Minimum (mm), DCM Distance = distance from the papilla along the centreline (mm);
     * "Common bile duct": the centreline (open POLYLINE, papilla to hilum): area and centreline length;
     * "CBD maximum diameter" / "Distal CBD diameter": the line across the duct where it was measured (2-point
       POLYLINE): diameter (Maximum; or finding site "Common bile duct" + topographical modifier "Distal");
@@ -27,8 +27,9 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
   Spacing used, the scope's Calibration Factor (mm/{pixel}), Calibration Object Size (the scope's diameter)
   and Calibration Uncertainty (|scope - header| in %), e.g. "0.262791 mm/{pixel} (from the duodenoscope's
   width)"; a CBD value without its geometry (never from `measure`) goes there too;
-- in the same Qualitative Evaluations container, TEXT items: "Research use, not for diagnosis" with the algorithm and model version, which pixel spacing the millimetre values used (and the
-  header's when the scope's was used, and calibration warnings), why the CBD was not measurable, each
+- in the same Qualitative Evaluations container, TEXT items: "Research use, not for diagnosis" with the
+  algorithm and model version, which pixel spacing the millimetre values used (and the header's when the
+  scope's was used, and calibration warnings), why the CBD was not measurable, each
   difficulty flag as a DCM "Finding" (yes / no / not assessable) and the summary line. Text is ASCII
   (≥ → ">=", ° → " deg") so no Specific Character Set is needed.
 Definitions: docs/measurements.md. Standard codes only (see FLAG_TEXT).
@@ -88,7 +89,6 @@ CODE_ANGLE = hd.sr.CodedConcept("1483009", "SCT", "Angle")
 CODE_DISTANCE = hd.sr.CodedConcept("121206", "DCM", "Distance")
 CODE_VERTICAL_PIXEL_SPACING = hd.sr.CodedConcept("111066", "DCM", "Vertical Pixel Spacing")
 CODE_CALIBRATION_OBJECT_SIZE = hd.sr.CodedConcept("122423", "DCM", "Calibration Object Size")
-CODE_ENDOSCOPE = hd.sr.CodedConcept("37270008", "SCT", "Endoscope")
 CODE_DISTAL = hd.sr.CodedConcept("46053002", "SCT", "Distal")
 CODE_CALIBRATION_FACTOR = hd.sr.CodedConcept("122322", "DCM", "Calibration Factor")
 CODE_CALIBRATION_UNCERTAINTY = hd.sr.CodedConcept("113763", "DCM", "Calibration Uncertainty")
@@ -298,8 +298,8 @@ def build_sr(
     cal = measurements.get("calibration")
     if cal and seg_frame_number(seg, SEGMENT_SCOPE, frame) is not None:
         # The spacing used, the scope's own calibration, its true size, and how far scope and header disagree
-        # (as the calibration's uncertainty); each names the duodenoscope's segment as its source. Nothing to
-        # draw (the scope's width is a median over its shaft), so plain measurements.
+        # (as the calibration's uncertainty). Nothing to draw (the scope's width is a median over its shaft),
+        # so TEXT in the Qualitative Evaluations.
         scope = cal.get("scope") or {}
         used = cal.get("mm_per_px") if cal.get("used") in ("scope", "header") else None
         disagreement = cal.get("disagreement_pct")
