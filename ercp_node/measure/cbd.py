@@ -136,9 +136,10 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
         out.update(angulation_deg=angle, arm_length_mm=None, bend_px=None,
                    distal_bend=False, distal_diameter_mm=float(np.mean(raw[distal])) if distal.any() else None)
         # drawn: the candidate whose angle is nearest the median, and the diameter at the middle of 5-25 mm
-        k = int(np.flatnonzero(near)[np.nanargmin(np.abs(theta[near] - angle))])
-        i = int(cand[k])
-        out["angle_px"] = [pts[0].round(2).tolist(), pts[i].round(2).tolist(), pts[i + k_up].round(2).tolist()]
+        if np.isfinite(angle):
+            k = int(np.flatnonzero(near)[np.nanargmin(np.abs(theta[near] - angle))])
+            i = int(cand[k])
+            out["angle_px"] = [pts[0].round(2).tolist(), pts[i].round(2).tolist(), pts[i + k_up].round(2).tolist()]
         if out["distal_diameter_mm"] is not None:
             out["distal_diameter_line_px"] = _across(pts, int(np.argmin(np.abs(s - 15.0))),
                                                      out["distal_diameter_mm"] / scale)
