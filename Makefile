@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test tools bench clean
+.PHONY: demo test tools ohif bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # dcmtk (storescu, storescp, dcmdump, dcmcjpeg), dicom3tools (dciodvfy) and pixelmed-apps (DicomSRValidator)
-# are the real tools and judges the tests call.
-APT_TOOLS := dcmtk dicom3tools pixelmed-apps orthanc
+# are the real tools and judges the tests call; orthanc-dicomweb, chromium and npm serve the OHIF viewer test.
+APT_TOOLS := dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb chromium npm
 tools:
-	@if ! command -v dciodvfy >/dev/null || ! command -v storescp >/dev/null || ! command -v DicomSRValidator >/dev/null || ! command -v Orthanc >/dev/null; then \
+	@if ! command -v dciodvfy >/dev/null || ! command -v storescp >/dev/null || ! command -v DicomSRValidator >/dev/null || ! command -v Orthanc >/dev/null \
+	    || ! command -v chromium >/dev/null || ! command -v npm >/dev/null || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TOOLS) >/dev/null; \
 	  else \
@@ -25,14 +26,24 @@ tools:
 	  fi; \
 	fi
 
+# OHIF (the built viewer: the npm package @ohif/app's dist/) for tests/test_viewer_ohif.py, unpacked into the
+# gitignored .ohif/ (npm pack checks the registry's integrity hash; nothing is built or run by npm).
+OHIF_VERSION := 3.13.2
+OHIF_DIST    := .ohif/package/dist/index.html
+$(OHIF_DIST):
+	rm -rf .ohif && mkdir -p .ohif
+	cd .ohif && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null && tar xzf ohif-app-$(OHIF_VERSION).tgz && rm ohif-app-$(OHIF_VERSION).tgz
+	test -f $@
+ohif: tools $(OHIF_DIST)
+
 demo: $(STAMP) tools
 	$(VENV)/bin/ercp-node demo
 
-test: $(STAMP) tools
+test: $(STAMP) tools ohif
 	$(PY) -m pytest -q
 
 bench: $(STAMP) tools
 	$(PY) bench/bench_phantom.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache .ohif test-artefacts

@@ -458,11 +458,39 @@ def _finish(seg: Dataset, source: Dataset, sop_uid: str) -> None:
     seg.SeriesDescription = SERIES_DESCRIPTION
     # Type 2C in the General Image module for images without a patient frame; dciodvfy flags it missing.
     seg.PatientOrientation = copy.deepcopy(source.PatientOrientation) if source.get("PatientOrientation") else ""
+    _add_plane_orientation(seg)
     dim_uid = derived_uid("seg-dimension-organization", sop_uid)
     for item in seg.DimensionIndexSequence:
         item.DimensionOrganizationUID = dim_uid
     for item in seg.DimensionOrganizationSequence:
         item.DimensionOrganizationUID = dim_uid
+
+
+# The row and column directions of a projection image's pixel grid, stated as a patient-plane orientation. The
+# sources have no Frame of Reference, so this names no position in a patient coordinate system (the SEG has no
+# Plane Position and no Frame of Reference either); it only says "rows run along x, columns along y", which is
+# how every projection image's pixels are laid out.
+PROJECTION_ORIENTATION = ("1", "0", "0", "0", "1", "0")
+
+
+def _add_plane_orientation(seg: Dataset) -> None:
+    """A shared Plane Orientation (Patient) functional group, when highdicom wrote none.
+
+    highdicom leaves it out when the source has no Frame of Reference (projection images), and the SEG IOD
+    then makes it optional (C.7.6.16.2.4: required if Frame of Reference UID is present, may be present
+    otherwise). OHIF 3.x's SEG loader (cornerstone3D's labelmap adapter, `checkOrientation`) reads
+    SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient with no fallback and
+    stops ("Loading SEG..." forever) when it is absent. The identity orientation matches what OHIF assumes for
+    a source image without ImageOrientationPatient, so the SEG frames are laid over the source pixels 1:1.
+    """
+    for group in seg.SharedFunctionalGroupsSequence:
+        if "PlaneOrientationSequence" in group:
+            return
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = list(PROJECTION_ORIENTATION)
+    if "SharedFunctionalGroupsSequence" not in seg or not seg.SharedFunctionalGroupsSequence:
+        seg.SharedFunctionalGroupsSequence = [Dataset()]
+    seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [orientation]
 
 
 # --------------------------------------------------------------------------------------------- decoding

@@ -7,30 +7,35 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
 - procedure: TID 1500's "Procedure reported" must come from CID 100, which has no endoscopic procedure, so
   it is CID 100's "Imaging procedure" (SCT 363679005); the ERCP itself, SCT 386718000 "Endoscopic
   retrograde cholangiopancreatography", goes into the Performed Procedure Code Sequence;
-- one planar ROI group (TID 1410) per stone: tracking identifier + UID, finding Calculus in the common bile
-  duct, the stone outline as a closed 2D SCOORD POLYLINE on the source image (the group's image region),
-  area (mm2), diameter with derivation Maximum and Minimum (mm), DCM Distance = distance from the papilla
-  along the CBD centreline (mm); each measurement names SEG segment 3 as its TID 300 "Source of
-  Measurement", because TID 1410 takes only one of image region / referenced segment. A stone whose outline
-  has fewer than 3 distinct points is referenced by its SEG frame (segment 3) instead;
-- one group for the common bile duct on its SEG frame (segment 2): area, maximum diameter, centreline length,
-  and, with finding site "Common bile duct" + topographical modifier "Distal": diameter (mid-arm), angle
-  (distal angulation, deg) and length (distal arm);
-- one "Calibration" group on the duodenoscope's SEG frame (segment 1), when it has one: Vertical Pixel
+- every measurement group is drawable: OHIF 3.x (its cornerstone-dicom-sr extension) makes one annotation
+  per group (tracking UID) from the group's first SCOORD and stops showing the whole document when a group
+  has none. So each group is a TID 1410 planar ROI whose image region (a 2D SCOORD on the source image, and
+  frame for cine) shows where its values were measured, and each measurement names its SEG segment as its
+  TID 300 "Source of Measurement":
+    * "Stone i": finding Calculus (each measurement's finding site: the common bile duct), the closed
+      outline (POLYLINE; a 2-point sliver as its line, a 1-pixel stone as a POINT): area (mm2), diameter with
+      derivation Maximum and Minimum (mm), DCM Distance = distance from the papilla along the centreline (mm);
+    * "Common bile duct": the centreline (open POLYLINE, papilla to hilum): area and centreline length;
+    * "CBD maximum diameter" / "Distal CBD diameter": the line across the duct where it was measured (2-point
+      POLYLINE): diameter (Maximum; or finding site "Common bile duct" + topographical modifier "Distal");
+    * "Distal CBD angulation": papilla, bend, point 25 mm up (3-point POLYLINE): angle (deg), distal;
+    * "Distal CBD arm": the centreline papilla -> first bend: length (mm), distal;
+  (geometry from `measure.cbd`: *_line_px, angle_px, arm_px, centreline_px);
+- values with nothing to draw, in the Qualitative Evaluations container (TID 1500 row 12 takes TEXT, and a
+  TID 300 NUM directly under Imaging Measurements is not in the template) as TEXT named by the same codes:
+  "Quantity" of bile duct stones (the count), and, when the duodenoscope is segmented, the Vertical Pixel
   Spacing used, the scope's Calibration Factor (mm/{pixel}), Calibration Object Size (the scope's diameter)
-  and Calibration Uncertainty (|scope − header| in %);
-- one group "Bile duct stones" on the stone SEG frame (segment 3): "Quantity" (SCT 246205007) of calculi,
-  unit {count}. (A TID 1501 image-level group would be the textbook place, but pixelmed's
-  DicomSRValidator checks every measurement group against TID 1410 and reports an error.)
-- a Qualitative Evaluations container (TID 1500 row 12) with TEXT items: "Research use, not for
-  diagnosis" with the algorithm and model version, which pixel spacing the millimetre values used (and the
-  header's when the scope's was used, and calibration warnings), why the CBD was not measurable, each
+  and Calibration Uncertainty (|scope - header| in %), e.g. "0.262791 mm/{pixel} (from the duodenoscope's
+  width)"; a CBD value without its geometry (never from `measure`) goes there too;
+- in the same Qualitative Evaluations container, TEXT items: "Research use, not for diagnosis" with the
+  algorithm and model version, which pixel spacing the millimetre values used (and the header's when the
+  scope's was used, and calibration warnings), why the CBD was not measurable, each
   difficulty flag as a DCM "Finding" (yes / no / not assessable) and the summary line. Text is ASCII
   (≥ → ">=", ° → " deg") so no Specific Character Set is needed.
 Definitions: docs/measurements.md. Standard codes only (see FLAG_TEXT).
 
-Judges: dciodvfy (no errors, no warnings), pixelmed DicomSRValidator (no errors; warnings only for the
-"Source of Measurement" references inside TID 1410, which its TID 300 copy does not list), and highdicom
+Judges: dciodvfy (no errors, no warnings), pixelmed DicomSRValidator (no errors, no warnings), OHIF 3.13
+(tests/test_viewer_ohif.py: every group drawn, no console errors), and highdicom
 reads it back (`hd.sr.srread(...).content.get_planar_roi_measurement_groups()`).
 
 Outline coordinates: `outline_px` are (x, y) = (column, row) pixel indices of pixel centres, as
@@ -84,7 +89,6 @@ CODE_ANGLE = hd.sr.CodedConcept("1483009", "SCT", "Angle")
 CODE_DISTANCE = hd.sr.CodedConcept("121206", "DCM", "Distance")
 CODE_VERTICAL_PIXEL_SPACING = hd.sr.CodedConcept("111066", "DCM", "Vertical Pixel Spacing")
 CODE_CALIBRATION_OBJECT_SIZE = hd.sr.CodedConcept("122423", "DCM", "Calibration Object Size")
-CODE_ENDOSCOPE = hd.sr.CodedConcept("37270008", "SCT", "Endoscope")
 CODE_DISTAL = hd.sr.CodedConcept("46053002", "SCT", "Distal")
 CODE_CALIBRATION_FACTOR = hd.sr.CodedConcept("122322", "DCM", "Calibration Factor")
 CODE_CALIBRATION_UNCERTAINTY = hd.sr.CodedConcept("113763", "DCM", "Calibration Uncertainty")
@@ -134,6 +138,35 @@ def _seg_source_of_measurement(seg: Dataset, segment: int) -> hd.sr.SourceImageF
                                            referenced_sop_instance_uid=seg.SOPInstanceUID)
     item.ReferencedSOPSequence[0].ReferencedSegmentNumber = segment
     return item
+
+
+def _image_points(points_px) -> np.ndarray | None:
+    """(x, y) pixel-centre indices as DICOM 2D image coordinates (+ 0.5, PS3.3 C.18.6.1), or None if empty."""
+    if points_px is None:
+        return None
+    pts = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
+    return (pts + 0.5).astype(np.float32) if len(pts) else None
+
+
+def _stone_region(outline_px, region) -> "hd.sr.ImageRegion | None":
+    """The stone's image region: its closed outline; a stone of two distinct outline points (a sliver) the line
+    between them, of one point that POINT; None without any point."""
+    outline = _closed_outline(outline_px)
+    if outline is not None:
+        return region(hd.sr.GraphicTypeValues.POLYLINE, outline)
+    pts = np.unique(np.asarray(outline_px, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(pts) == 2:
+        return region(hd.sr.GraphicTypeValues.POLYLINE, (pts + 0.5).astype(np.float32))
+    if len(pts) == 1:
+        return region(hd.sr.GraphicTypeValues.POINT, (pts + 0.5).astype(np.float32))
+    return None
+
+
+def _placeholder_group(tracking, region) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A group that only lets highdicom build the report when nothing was drawn; never written."""
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking("placeholder", "placeholder"),
+        referenced_region=region(hd.sr.GraphicTypeValues.POINT, np.array([[0.5, 0.5]], np.float32)))
 
 
 def _closed_outline(outline_px) -> np.ndarray | None:
@@ -193,81 +226,93 @@ def build_sr(
     def region_source() -> hd.sr.SourceImageForRegion:
         return hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames)
 
-    def stone_segment_frame() -> hd.sr.ReferencedSegmentationFrame:
-        return _segmentation_frame(seg, source, SEGMENT_STONE, frame, frames)
-
-    def measurements_of(segment, *items):
+    def measurements_of(segment, *items, in_cbd: bool = False):
         """TID 300 items for the (name, value, unit, derivation, distal) tuples whose value is known;
-        `distal` puts the finding site "Common bile duct, Distal" on the measurement."""
+        `distal` puts the finding site "Common bile duct, Distal" on the measurement, `in_cbd` the finding site
+        "Common bile duct" on the others. (On the measurement, not the group: OHIF labels a group's finding
+        site with its code value, "363698007: Common bile duct".)"""
+        def sites(distal: bool):
+            if distal:
+                return [hd.sr.FindingSite(CODE_CBD, topographical_modifier=CODE_DISTAL)]
+            return finding_site if in_cbd else None
         return [measurement(
             name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=algorithm,
-            finding_sites=[hd.sr.FindingSite(CODE_CBD, topographical_modifier=CODE_DISTAL)] if distal else None,
-            referenced_images=[_seg_source_of_measurement(seg, segment)])
+            finding_sites=sites(distal), referenced_images=[_seg_source_of_measurement(seg, segment)])
             for name, value, unit, derivation, distal in items if value is not None]
 
+    # OHIF 3.x (extensions/cornerstone-dicom-sr, docs/dicom-outputs.md) makes one measurement per measurement
+    # group and draws the group's first SCOORD; a group without one stops the whole document from showing. So
+    # every group here has an image region on the source image (and frame) that shows where its values were
+    # measured. Values with nothing to draw (stone count, calibration) go into the Qualitative Evaluations
+    # container as TEXT items named by the same codes (TID 1500 row 12 takes CODE and TEXT only; a TID 300
+    # measurement straight under Imaging Measurements is not in the template, and a TID 1501 group would be a
+    # measurement group without a drawing again).
     groups: list = []
+    loose: list[tuple] = []  # (name, value, unit, what) for the Qualitative Evaluations
+
+    def region(graphic_type: hd.sr.GraphicTypeValues, points) -> hd.sr.ImageRegion:
+        return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points, source_image=region_source())
+
+    def group(kind: str, label: str, drawn: hd.sr.ImageRegion | None, finding_type, segment: int, items,
+              in_cbd: bool = False) -> None:
+        """One TID 1410 group drawn as `drawn`; without a drawing, its measurements go to `loose`."""
+        values = measurements_of(segment, *items, in_cbd=in_cbd)
+        if not values:
+            return
+        if drawn is None:
+            loose.extend((name, value, unit, f"{label}, not drawn") for name, value, unit, _, _ in items
+                         if value is not None)
+            return
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking(kind, label), referenced_region=drawn, finding_type=finding_type,
+            measurements=values))
+
     for i, stone in enumerate(stones, 1):
-        outline = _closed_outline(stone.get("outline_px") or [])
-        reference = (dict(referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline, source_image=region_source()))
-            if outline is not None else dict(referenced_segment=stone_segment_frame()))
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking(f"stone-{i}", f"Stone {i}"),
-            **reference,
-            finding_type=CODE_CALCULUS, finding_sites=finding_site,
-            measurements=measurements_of(
-                SEGMENT_STONE,
-                (CODE_AREA, stone.get("area_mm2"), UNIT_MM2, None, False),
-                (CODE_DIAMETER, stone.get("largest_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
-                (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
-                # along the CBD centreline from the papilla (docs/measurements.md)
-                (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
-        ))
+        group(f"stone-{i}", f"Stone {i}", _stone_region(stone.get("outline_px") or [], region),
+              CODE_CALCULUS, SEGMENT_STONE, (
+                  (CODE_AREA, stone.get("area_mm2"), UNIT_MM2, None, False),
+                  (CODE_DIAMETER, stone.get("largest_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
+                  (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
+                  # along the CBD centreline from the papilla (docs/measurements.md)
+                  (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
+              in_cbd=True)
     if cbd is not None:
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking("cbd", "Common bile duct"),
-            referenced_segment=_segmentation_frame(seg, source, SEGMENT_CBD, frame, frames),
-            finding_type=CODE_CBD,
-            measurements=measurements_of(
-                SEGMENT_CBD,
-                (CODE_AREA, cbd.get("area_mm2"), UNIT_MM2, None, False),
-                (CODE_DIAMETER, cbd.get("max_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
-                (CODE_LENGTH, cbd.get("length_mm"), UNIT_MM, None, False),  # papilla to hilum, centreline
-                (CODE_DIAMETER, cbd.get("distal_diameter_mm"), UNIT_MM, None, True),  # middle of the distal arm
-                (CODE_ANGLE, cbd.get("angulation_deg"), UNIT_DEG, None, True),  # at the first bend
-                (CODE_LENGTH, cbd.get("arm_length_mm"), UNIT_MM, None, True)),  # papilla to first bend
-        ))
+        line = hd.sr.GraphicTypeValues.POLYLINE
+
+        def drawn(points, n_min: int = 2) -> hd.sr.ImageRegion | None:
+            pts = _image_points(points)
+            return region(line, pts) if pts is not None and len(pts) >= n_min else None
+
+        # The duct along its centreline (papilla to hilum): its area and length.
+        group("cbd", "Common bile duct", drawn(cbd.get("centreline_px")), CODE_CBD, SEGMENT_CBD, (
+            (CODE_AREA, cbd.get("area_mm2"), UNIT_MM2, None, False),
+            (CODE_LENGTH, cbd.get("length_mm"), UNIT_MM, None, False)))  # papilla to hilum, centreline
+        group("cbd-max-diameter", "CBD maximum diameter", drawn(cbd.get("max_diameter_line_px")), CODE_CBD,
+              SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("max_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),))
+        group("cbd-distal-diameter", "Distal CBD diameter", drawn(cbd.get("distal_diameter_line_px")), CODE_CBD,
+              SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("distal_diameter_mm"), UNIT_MM, None, True),))  # mid-arm
+        group("cbd-angulation", "Distal CBD angulation", drawn(cbd.get("angle_px"), 3), CODE_CBD, SEGMENT_CBD,
+              ((CODE_ANGLE, cbd.get("angulation_deg"), UNIT_DEG, None, True),))  # papilla, bend, 25 mm up
+        group("cbd-arm", "Distal CBD arm", drawn(cbd.get("arm_px")), CODE_CBD, SEGMENT_CBD,
+              ((CODE_LENGTH, cbd.get("arm_length_mm"), UNIT_MM, None, True),))  # papilla to first bend
     cal = measurements.get("calibration")
     if cal and seg_frame_number(seg, SEGMENT_SCOPE, frame) is not None:
-        # On the duodenoscope's SEG frame: the spacing used, the scope's own calibration, its true size, and
-        # how far scope and header disagree (as the calibration's uncertainty).
+        # The spacing used, the scope's own calibration, its true size, and how far scope and header disagree
+        # (as the calibration's uncertainty). Nothing to draw (the scope's width is a median over its shaft),
+        # so TEXT in the Qualitative Evaluations.
         scope = cal.get("scope") or {}
         used = cal.get("mm_per_px") if cal.get("used") in ("scope", "header") else None
         disagreement = cal.get("disagreement_pct")
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking("calibration", "Calibration"),
-            referenced_segment=_segmentation_frame(seg, source, SEGMENT_SCOPE, frame, frames),
-            finding_type=CODE_ENDOSCOPE,
-            measurements=measurements_of(
-                SEGMENT_SCOPE,
-                (CODE_VERTICAL_PIXEL_SPACING, used, UNIT_MM, None, False),
-                (CODE_CALIBRATION_FACTOR, scope.get("mm_per_px"), UNIT_MM_PER_PIXEL, None, False),
-                (CODE_CALIBRATION_OBJECT_SIZE, scope.get("diameter_mm") if scope.get("mm_per_px") else None,
-                 UNIT_MM, None, False),
-                (CODE_CALIBRATION_UNCERTAINTY, abs(disagreement) if disagreement is not None else None,
-                 UNIT_PERCENT, None, False)),
-        ))
-
-    # All stones together: TID 1410 on SEG segment 3 (a TID 1501 image-level group would do, but pixelmed's
-    # DicomSRValidator checks every measurement group against TID 1410 and reports it as missing its ROI).
-    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking("stones", "Bile duct stones"),
-        referenced_segment=stone_segment_frame(),
-        finding_type=CODE_CALCULUS, finding_sites=finding_site,
-        # The count covers every stone; the pipeline lists only the largest individually.
-        measurements=[measurement(name=CODE_QUANTITY, value=int(measurements.get("stone_count", len(stones))),
-                                        unit=UNIT_COUNT, algorithm_id=algorithm)],
-    ))
+        loose.extend(item for item in (
+            (CODE_VERTICAL_PIXEL_SPACING, used, UNIT_MM, "pixel spacing used for the mm values"),
+            (CODE_CALIBRATION_FACTOR, scope.get("mm_per_px"), UNIT_MM_PER_PIXEL, "from the duodenoscope's width"),
+            (CODE_CALIBRATION_OBJECT_SIZE, scope.get("diameter_mm") if scope.get("mm_per_px") else None,
+             UNIT_MM, "duodenoscope diameter"),
+            (CODE_CALIBRATION_UNCERTAINTY, abs(disagreement) if disagreement is not None else None,
+             UNIT_PERCENT, "duodenoscope vs header spacing")) if item[1] is not None)
+    # All stones together (the count covers every stone; the pipeline lists only the largest individually).
+    loose.insert(0, (CODE_QUANTITY, int(measurements.get("stone_count", len(stones))), UNIT_COUNT,
+                     "bile duct stones"))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -276,9 +321,16 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CODE_IMAGING_PROCEDURE,
-        imaging_measurements=groups,
+        # highdicom wants at least one group; the container's content is set below either way
+        imaging_measurements=groups or [_placeholder_group(tracking, region)],
     )
-    report[0].ContentSequence.append(_qualitative_evaluations(measurements, algorithm_name, model_version))
+    k = next(k for k, item in enumerate(report[0].ContentSequence)
+             if item.ConceptNameCodeSequence[0].CodeValue == "126010")  # Imaging Measurements
+    if groups:
+        report[0].ContentSequence[k].ContentSequence = hd.sr.ContentSequence([item for g in groups for item in g])
+    else:  # nothing drawn (no stones, no duct): no Imaging Measurements, the count is in the evaluations
+        del report[0].ContentSequence[k]
+    report[0].ContentSequence.append(_qualitative_evaluations(measurements, algorithm_name, model_version, loose))
 
     sr = comprehensive_sr(
         report[0],
@@ -339,29 +391,14 @@ def comprehensive_sr(content: Dataset, *, evidence: list[Dataset], fast: bool = 
     return sr
 
 
-def _segmentation_frame(seg: Dataset, source: Dataset, segment: int, frame: int,
-                        frames: list[int] | None) -> hd.sr.ReferencedSegmentationFrame:
-    """TID 1410 "Referenced Segmentation Frame": the one SEG frame holding `segment` for source `frame`.
-
-    highdicom 0.28 writes both Referenced Frame Number and Referenced Segment Number into this IMAGE item,
-    which PS3.3 Table 10-3 forbids (dciodvfy: "Shall not be present when ReferencedFrameNumber is present");
-    the template asks for a frame, and the SEG frame determines the segment, so the segment number goes.
-    """
-    seg_frame = seg_frame_number(seg, segment, frame)
-    if seg_frame is None:
-        raise ValueError(f"the SEG has no frame of segment {segment} for source frame {frame}")
-    ref = hd.sr.ReferencedSegmentationFrame(
-        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID, frame_number=seg_frame,
-        segment_number=segment,
-        source_image=hd.sr.SourceImageForSegmentation(source.SOPClassUID, source.SOPInstanceUID,
-                                                      referenced_frame_numbers=frames))
-    del ref[0].ReferencedSOPSequence[0].ReferencedSegmentNumber
-    # PS3.16 spells DCM 121233 "Source image for segmentation"; highdicom capitalises it (validator warning).
-    ref[1].ConceptNameCodeSequence[0].CodeMeaning = "Source image for segmentation"
-    return ref
+def value_text(value: float, unit: hd.sr.CodedConcept, what: str) -> str:
+    """TEXT of a value with nothing to draw: "<value> <UCUM unit> (<what>)", the value to 6 significant digits."""
+    number = str(int(value)) if unit == UNIT_COUNT else f"{float(value):.6g}"
+    return f"{number} {unit.value} ({what})"
 
 
-def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_version: str) -> Dataset:
+def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_version: str,
+                             values: list[tuple] = ()) -> Dataset:
     spacing = measurements.get("pixel_spacing_mm")
     method = measurements.get("spacing_source") or "unknown"
     spacing_text = (f"Pixel spacing {_ds_text(spacing)} mm at the patient, from {method}."
@@ -375,6 +412,8 @@ def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_v
             value=f"{DISCLAIMER} Automatic measurements by {algorithm_name}, model version {model_version}."),
         hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=ascii_text(spacing_text), relationship_type=contains),
     ]
+    items += [hd.sr.TextContentItem(name=name, value=ascii_text(value_text(value, unit, what)),
+                                    relationship_type=contains) for name, value, unit, what in values]
     cal = measurements.get("calibration") or {}
     if cal.get("header", {}).get("mm_per_px") and cal.get("used") == "scope":
         items.append(hd.sr.TextContentItem(

@@ -8,6 +8,11 @@ distal arm (definitions with a drawing: docs/measurements.md; the phantom's trut
 - distal angulation = interior angle at the first bend between the papilla and the point 25 mm further up
   (Kim 2007, Huang 2021; 180° = straight); the first bend is where that angle is smallest along the duct;
 - distal arm = centreline length papilla → first bend; distal diameter = at the middle of the arm.
+
+Where each value was measured is kept with it, in pixel coordinates, so that a viewer can draw it (the SR's
+image regions, docs/dicom-outputs.md): `max_diameter_line_px` and `distal_diameter_line_px` (a line across the
+duct, perpendicular to the centreline, as long as the diameter, centred on the centreline), `angle_px`
+(papilla, vertex, proximal point: the three points of the angle) and `arm_px` (the centreline papilla → bend).
 """
 
 from __future__ import annotations
@@ -29,7 +34,23 @@ FRAGMENT_SHARE = 0.15  # a second piece this large (of the main one) makes the d
 def _not_measurable(reason: str, area_mm2=None) -> dict:
     return {"measurable": False, "reason": reason, "area_mm2": area_mm2, "length_mm": None,
             "max_diameter_mm": None, "distal_diameter_mm": None, "angulation_deg": None, "arm_length_mm": None,
-            "papilla_px": None, "bend_px": None, "distal_bend": None, "centreline_px": [], "profile": None}
+            "papilla_px": None, "bend_px": None, "distal_bend": None, "centreline_px": [], "profile": None,
+            **_NO_GEOMETRY}
+
+
+# Where the values were measured (pixel coordinates, see module docstring); None where the value is None.
+_NO_GEOMETRY = {"max_diameter_line_px": None, "distal_diameter_line_px": None, "angle_px": None, "arm_px": None}
+
+
+def _across(pts: np.ndarray, i: int, width_px: float) -> list[list[float]]:
+    """The line across the duct at centreline point i: perpendicular to the centreline there, `width_px` long,
+    centred on the centreline (the diameter profile is area / length of a slice, so it has no endpoints of its
+    own: this is where it was measured and how wide it is)."""
+    a, b = pts[max(0, i - 1)], pts[min(len(pts) - 1, i + 1)]
+    t = b - a
+    n = np.array([-t[1], t[0]]) / (np.linalg.norm(t) or 1.0)
+    half = n * width_px / 2.0
+    return [(pts[i] - half).round(2).tolist(), (pts[i] + half).round(2).tolist()]
 
 
 def duct_mask(labels: np.ndarray) -> np.ndarray:
@@ -84,6 +105,8 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     # The end slices also collect the end caps: leave one diameter's worth out of the maximum.
     inner = (s > 2.0) & (s < length - 2.0)
     out["max_diameter_mm"] = float(widths[inner].max()) if inner.any() else float(widths.max())
+    i_max = int(np.flatnonzero(inner)[np.argmax(widths[inner])]) if inner.any() else int(np.argmax(widths))
+    out.update(_NO_GEOMETRY, max_diameter_line_px=_across(pts, i_max, out["max_diameter_mm"] / scale))
     if length < MIN_ARM_MM + UP_MM:
         out.update(angulation_deg=None, arm_length_mm=None, bend_px=None, distal_diameter_mm=None,
                    reason=f"opacified duct {length:.0f} mm long: too short for the distal angulation")
@@ -109,8 +132,17 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
         # arm (so no short-arm flag), and the distal diameter is taken 5–25 mm above the papilla.
         near = s[cand] <= MIN_ARM_MM + 40.0
         distal = (s >= 5.0) & (s <= 25.0)
-        out.update(angulation_deg=float(np.nanmedian(theta[near])), arm_length_mm=None, bend_px=None,
+        angle = float(np.nanmedian(theta[near]))
+        out.update(angulation_deg=angle, arm_length_mm=None, bend_px=None,
                    distal_bend=False, distal_diameter_mm=float(np.mean(raw[distal])) if distal.any() else None)
+        # drawn: the candidate whose angle is nearest the median, and the diameter at the middle of 5-25 mm
+        if np.isfinite(angle):
+            k = int(np.flatnonzero(near)[np.nanargmin(np.abs(theta[near] - angle))])
+            i = int(cand[k])
+            out["angle_px"] = [pts[0].round(2).tolist(), pts[i].round(2).tolist(), pts[i + k_up].round(2).tolist()]
+        if out["distal_diameter_mm"] is not None:
+            out["distal_diameter_line_px"] = _across(pts, int(np.argmin(np.abs(s - 15.0))),
+                                                     out["distal_diameter_mm"] / scale)
         return out
     j = local[0]
     b = int(cand[j])
@@ -118,6 +150,11 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     mid = (s >= arm / 2 - 3.0) & (s <= arm / 2 + 3.0)  # 6 mm of duct: slice quantisation averages out
     out.update(angulation_deg=float(theta[j]), arm_length_mm=arm, bend_px=pts[b].tolist(), distal_bend=True,
                distal_diameter_mm=float(np.mean(raw[mid])) if mid.any() else None)
+    out["angle_px"] = [pts[0].round(2).tolist(), pts[b].round(2).tolist(), pts[b + k_up].round(2).tolist()]
+    out["arm_px"] = pts[:b + 1].round(2).tolist()
+    if out["distal_diameter_mm"] is not None:
+        out["distal_diameter_line_px"] = _across(pts, int(np.argmin(np.abs(s - arm / 2))),
+                                                 out["distal_diameter_mm"] / scale)
     return out
 
 
