@@ -262,16 +262,20 @@ def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, 
 
 def source_datetime(source: Dataset) -> tuple[str, str] | None:
     """(DA, TM) of the source's acquisition (AcquisitionDate/Time, else AcquisitionDateTime: the enhanced
-    classes have only that), else content, series or study date/time; None if none."""
-    if source.get("AcquisitionDate"):
-        return str(source.AcquisitionDate), str(source.get("AcquisitionTime") or "")
+    classes have only that), else content, series or study date/time; None if none. The time is never empty
+    (ContentTime is Type 1): a date without its time takes the time of the next pair on the same date, else
+    midnight (000000)."""
     adt = str(source.get("AcquisitionDateTime") or "")
-    if len(adt) >= 8:
-        return adt[:8], adt[8:].split("+")[0].split("-")[0]
-    for d, t in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
-        if source.get(d):
-            return str(source.get(d)), str(source.get(t) or "")
-    return None
+    adt = (adt[:8], adt[8:].split("+")[0].split("-")[0]) if len(adt) >= 8 else ("", "")
+    pairs = [(str(source.get(d) or ""), str(source.get(t) or ""))
+             for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                          ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))]
+    pairs.insert(1, adt)
+    dated = [(d, t) for d, t in pairs if d]
+    if not dated:
+        return None
+    date = dated[0][0]
+    return date, next((t for d, t in dated if d == date and t), "000000")
 
 
 def stamp_dates(ds: Dataset, source: Dataset) -> None:
