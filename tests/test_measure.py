@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing, scope_width
 from ercp_node.measure.cbd import measure_cbd
-from ercp_node.measure.report import DifficultyThresholds, MeasureSettings, difficulty, measure_labels
+from ercp_node.measure.report import FLAGS, DifficultyThresholds, MeasureSettings, difficulty, measure_labels
 from ercp_node.measure.stones import feret_px, min_width_px, stones
 from ercp_node.phantom.dataset import SynthConfig, plan, render_image
 
@@ -183,15 +183,15 @@ def test_difficulty_flags_and_summary():
     s = [{"largest_diameter_mm": 16.0, "larger_than_distal_cbd": True},
          {"largest_diameter_mm": 4.0, "larger_than_distal_cbd": False}]
     d = difficulty(s, 2, cbd, t)
-    assert d["flags"] == {"stone_ge_10mm": True, "stone_ge_15mm": True, "angulation_le_135": True,
-                          "arm_le_36mm": False, "stone_larger_than_distal_cbd": True, "stone_count_ge_3": False}
+    assert d["flags"] == {"large_stone": True, "very_large_stone": True, "sharp_distal_angulation": True,
+                          "short_distal_arm": False, "stone_larger_than_distal_cbd": True, "several_stones": False}
     assert d["summary"].startswith("difficult: largest stone 16.0 mm (≥ 15 mm); distal CBD angulation 128°")
     easy = difficulty([], 0, {"angulation_deg": 160.0, "arm_length_mm": 45.0}, t)
     assert not easy["difficult"] and easy["summary"] == "no difficulty flag"
     custom = difficulty(s[1:], 1, cbd, DifficultyThresholds(large_stone_mm=3.5, angulation_deg=120))
-    assert custom["flags"]["stone_ge_10mm"] and not custom["flags"]["angulation_le_135"]
+    assert custom["flags"]["large_stone"] and not custom["flags"]["sharp_distal_angulation"]
     uncal = difficulty([{"largest_diameter_mm": None, "larger_than_distal_cbd": None}], 1, {}, t)
-    assert uncal["flags"]["stone_ge_10mm"] is None and "stone size" in uncal["summary"]
+    assert uncal["flags"]["large_stone"] is None and "stone size" in uncal["summary"]
 
 
 def test_measure_settings_reach_the_result():
@@ -199,4 +199,27 @@ def test_measure_settings_reach_the_result():
     m = measure_labels(labels, header_spacing([0.25, 0.25]), MeasureSettings(
         thresholds=DifficultyThresholds(angulation_deg=120.0)))
     assert m["units"] == "mm" and m["calibration"]["used"] == "header"
-    assert m["difficulty"]["flags"]["angulation_le_135"] is False
+    assert m["difficulty"]["flags"]["sharp_distal_angulation"] is False
+
+
+def test_flags_state_the_thresholds_applied():
+    """Flag names carry no number; the rules (what the SR states) carry the configured thresholds."""
+    cbd = {"angulation_deg": 128.0, "arm_length_mm": 40.0}
+    stones = [{"largest_diameter_mm": 11.0, "larger_than_distal_cbd": False}] * 4
+    default = difficulty(stones, 4, cbd, DifficultyThresholds())
+    assert default["criteria"] == {
+        "large_stone": "Largest stone ≥ 10 mm", "very_large_stone": "Largest stone ≥ 15 mm",
+        "sharp_distal_angulation": "Distal CBD angulation ≤ 135°", "short_distal_arm": "Distal CBD arm ≤ 36 mm",
+        "stone_larger_than_distal_cbd": "A stone larger than the distal CBD", "several_stones": "Three or more stones"}
+    assert set(default["criteria"]) == set(default["flags"]) == set(FLAGS)
+    assert not any(ch.isdigit() for name in FLAGS for ch in name)
+    t = DifficultyThresholds(large_stone_mm=12.5, very_large_stone_mm=20, angulation_deg=120, arm_mm=30, stone_count=5)
+    custom = difficulty(stones, 4, cbd, t)
+    assert custom["criteria"] == {
+        "large_stone": "Largest stone ≥ 12.5 mm", "very_large_stone": "Largest stone ≥ 20 mm",
+        "sharp_distal_angulation": "Distal CBD angulation ≤ 120°", "short_distal_arm": "Distal CBD arm ≤ 30 mm",
+        "stone_larger_than_distal_cbd": "A stone larger than the distal CBD", "several_stones": "Five or more stones"}
+    assert custom["flags"]["large_stone"] is False and custom["flags"]["sharp_distal_angulation"] is False
+    assert custom["flags"]["several_stones"] is False and default["flags"]["several_stones"] is True
+    assert difficulty(stones, 4, cbd, DifficultyThresholds(stone_count=12))["criteria"]["several_stones"] == \
+        "12 or more stones"

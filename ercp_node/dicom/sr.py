@@ -27,7 +27,7 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
   header's when the scope's was used, and calibration warnings), why the CBD was not measurable, each
   difficulty flag as a DCM "Finding" (yes / no / not assessable) and the summary line. Text is ASCII
   (≥ → ">=", ° → " deg") so no Specific Character Set is needed.
-Definitions: docs/measurements.md. Standard codes only (see FLAG_TEXT).
+Definitions: docs/measurements.md. Standard codes only.
 
 Judges: dciodvfy (no errors, no warnings), pixelmed DicomSRValidator (no errors; warnings only for the
 "Source of Measurement" references inside TID 1410, which its TID 300 copy does not list), and highdicom
@@ -91,14 +91,6 @@ CODE_CALIBRATION_UNCERTAINTY = hd.sr.CodedConcept("113763", "DCM", "Calibration 
 CODE_FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 # Standard codes only (a private "99…" scheme is legal, but dciodvfy warns on every use of it): the ERCP
 # definitions are told apart by finding site (CBD, with the topographical modifier Distal) and derivation.
-FLAG_TEXT = {
-    "stone_ge_10mm": "Largest stone >= 10 mm",
-    "stone_ge_15mm": "Largest stone >= 15 mm",
-    "angulation_le_135": "Distal CBD angulation <= 135 deg",
-    "arm_le_36mm": "Distal CBD arm <= 36 mm",
-    "stone_larger_than_distal_cbd": "A stone larger than the distal CBD",
-    "stone_count_ge_3": "Three or more stones",
-}
 UNIT_COUNT = hd.sr.CodedConcept("{count}", "UCUM", "count")
 UNIT_DEG = hd.sr.CodedConcept("deg", "UCUM", "degree")
 UNIT_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
@@ -389,11 +381,11 @@ def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_v
                                            value=ascii_text(f"Common bile duct: {cbd['reason']}.")))
     difficulty = measurements.get("difficulty")
     if difficulty:
-        # Each flag as a finding (yes / no / not assessable), then the summary line.
-        for key, text in FLAG_TEXT.items():
+        # Each flag as a finding: the rule with the threshold applied, yes / no / not assessable; then the summary.
+        for key, text in difficulty["criteria"].items():
             value = difficulty["flags"].get(key)
             answer = "not assessable" if value is None else "yes" if value else "no"
-            items.append(hd.sr.TextContentItem(name=CODE_FINDING, value=f"{text}: {answer}",
+            items.append(hd.sr.TextContentItem(name=CODE_FINDING, value=ascii_text(f"{text}: {answer}"),
                                                relationship_type=contains))
         for stone in measurements.get("stones") or []:
             if stone.get("larger_than_distal_cbd"):
