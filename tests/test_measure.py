@@ -10,10 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 
 from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing, scope_width
 from ercp_node.measure.cbd import measure_cbd
-from ercp_node.measure.report import FLAGS, DifficultyThresholds, MeasureSettings, difficulty, measure_labels
+from ercp_node.measure.report import (
+    FLAGS,
+    MAX_REPORTED_STONES,
+    DifficultyThresholds,
+    MeasureSettings,
+    difficulty,
+    measure_labels,
+)
 from ercp_node.measure.stones import feret_px, min_width_px, stones
 from ercp_node.phantom.dataset import SynthConfig, plan, render_image
 
@@ -119,7 +127,7 @@ def test_truth_masks_give_the_truth(phantom_frames):
         mm = truth["spacing"]["pixel_spacing_at_object_mm"]
         m = measure_labels(labels, header_spacing(None, [truth["spacing"]["imager_pixel_spacing_mm"]] * 2,
                                                   truth["spacing"]["magnification"]))
-        json.dumps(m)  # serialisable as it is
+        json.dumps(m, allow_nan=False)  # strict JSON as it is: a NaN or an infinity raises
         if m["calibration"]["scope"]["mm_per_px"]:
             cal.append(m["calibration"]["scope"]["mm_per_px"] / mm - 1)
         c, tc = m["cbd"], truth["cbd"]
@@ -173,8 +181,13 @@ def test_odd_masks_are_not_measurable_with_a_reason(case, reason):
        st.sampled_from([None, 0.3]))
 def test_random_label_maps_never_raise(labels, spacing):
     m = measure_labels(labels, header_spacing(None, [spacing, spacing] if spacing else None, 1.2))
-    json.dumps(m)
-    assert m["stone_count"] >= len(m["stones"])
+    json.dumps(m, allow_nan=False)  # strict JSON: a NaN or an infinity raises
+    # the count, by another implementation: 8-connected stone components of at least min_stone_area_px pixels
+    components, n = ndimage.label(labels == 3, structure=np.ones((3, 3), int))
+    sizes = np.bincount(components.ravel())[1:]
+    expected = int(np.count_nonzero(sizes >= MeasureSettings().min_stone_area_px))
+    assert m["stone_count"] == expected
+    assert len(m["stones"]) == min(expected, MAX_REPORTED_STONES)
 
 
 def test_difficulty_flags_and_summary():

@@ -79,7 +79,7 @@ def _count(node, model, *where):
         return s.scalar(select(func.count()).select_from(model).where(*where))
 
 
-def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
+def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
     from ercp_node.dicom.seg import read_seg_labels
     from ercp_node.model.inference import Segmenter
     from ercp_node.node.pipeline import frames_of
@@ -111,7 +111,18 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
             assert job.model_version == "tiny-test-model"
     finally:
         node.stop()
+    capsys.readouterr()
     assert main(["status", "--data-dir", str(tmp_path / "node")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    n = len(images)
+    assert out[0] == f"queue: 0 queued, 0 running, {n} done, 0 failed", out
+    assert out[2] == f"exports: {3 * n} sent; backlog: none", out
+    assert out[3] == "recent jobs:", out
+    jobs = [line.split() for line in out[4:] if line.startswith("  #")]
+    assert sorted(j[2] for j in jobs) == sorted(by_uid) and all(j[1] == "done" for j in jobs), out
+    assert all({"inference", "encode"} <= {w for w in j[3::2]} for j in jobs), out  # stage timings, "<stage> <n>ms"
+    summaries = [line.strip() for line in out[4:] if line.startswith("      ")]
+    assert len(summaries) == n and all(x.startswith("stones ") and "calibration" in x for x in summaries), out
 
 
 def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images):
@@ -138,7 +149,7 @@ def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images)
         node.stop()
 
 
-def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pacs):
+def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pacs, capsys):
     bad = pydicom.dcmread(images[0])
     bad.SOPInstanceUID = generate_uid()
     # A well-formed RLE header whose one segment decodes to 48 bytes: intake's structure checks pass (the
@@ -161,7 +172,13 @@ def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pa
     finally:
         node.stop()
     rep_dir = tmp_path / "node"
+    capsys.readouterr()
     assert main(["status", "--data-dir", str(rep_dir), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["queue"] == {"queued": 0, "running": 0, "done": 1, "failed": 1}
+    (failed,) = rep["failed_jobs"]
+    assert failed["sop_instance_uid"] == bad.SOPInstanceUID and "analysis failed" in failed["error"]
+    assert {j["state"] for j in rep["recent_jobs"]} == {"done", "failed"} and len(rep["recent_jobs"]) == 2
 
 
 def test_restart_resumes_queued_jobs(tmp_path, tiny_model, images, pacs):
