@@ -12,11 +12,12 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from ..labels import LABELS
 from ..storage.models import ModelVersion
 from . import inference
 
 log = logging.getLogger("ercp_node.registry")
-STRUCTURES = ("duodenoscope", "cbd", "stone")
+STRUCTURES = tuple(label.name for label in LABELS)  # "duodenoscope", "cbd", "stone"
 
 
 @dataclass
