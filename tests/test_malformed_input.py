@@ -34,7 +34,10 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, generate_uid
 from pynetdicom import AE, _config
 from sqlalchemy import func, select
 
-from conftest import free_port
+# tests/ is on sys.path (rootdir mode)
+from helpers import count as _count
+from helpers import free_port, synth
+
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings
 from ercp_node.node.service import Node
@@ -441,10 +444,7 @@ def sources(tmp_path_factory) -> dict[str, Path]:
             "good": ["--count", "12"]}
     out = {}
     for i, (k, extra) in enumerate(spec.items()):
-        args = ["synth", "--count", "1", "--seed", str(70 + i), "--size", "512", "--out", str(root / k),
-                "--workers", "1", *extra]
-        assert main(args) == 0
-        files = sorted((root / k / "dicom").glob("*.dcm"))
+        files = synth(root / k, *extra, seed=70 + i)
         out[k] = files[0]
         if k == "good":
             out.update({f"good{j}": f for j, f in enumerate(files)})
@@ -561,11 +561,6 @@ def good_image(port: int, sources: dict, k: int, tmp: Path) -> int:
     p = tmp / f"good-{k}.dcm"
     ds.save_as(p, enforce_file_format=True)
     return storescu(port, p, EXPLICIT)[1]
-
-
-def _count(node, model, *where):
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def _last_failure(node):

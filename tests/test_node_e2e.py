@@ -13,10 +13,14 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless, generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+# tests/ is on sys.path (rootdir mode)
 from dicom_judges import dciodvfy_errors
-from conftest import free_port
+from helpers import count as _count
+from helpers import free_port, storescu, synth
+from helpers import wait_until as _wait
+
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings, parse_destination
 from ercp_node.node.service import Node
@@ -27,10 +31,7 @@ from ercp_node.storage.models import Export, ExportAttempt, Job
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("carm")
-    assert main(["synth", "--count", "2", "--seed", "50", "--size", "512", "--out", str(root / "rf")]) == 0
-    assert main(["synth", "--count", "1", "--seed", "51", "--size", "512", "--frames", "5", "--modality", "XA",
-                 "--out", str(root / "cine")]) == 0
-    return sorted((root / "rf" / "dicom").glob("*.dcm")) + sorted((root / "cine" / "dicom").glob("*.dcm"))
+    return synth(root / "rf", count=2, seed=50) + synth(root / "cine", "--frames", "5", "--modality", "XA", seed=51)
 
 
 @pytest.fixture()
@@ -60,23 +61,8 @@ def _node(tmp_path, model: Path, pacs_port: int | None, objects=("SEG", "SR")) -
 
 
 def _storescu(node: Node, *files: Path, options: tuple[str, ...] = ()) -> None:
-    r = subprocess.run(["storescu", *options, "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1",
-                        str(node.settings.node.port), *map(str, files)], capture_output=True, text=True, timeout=60)
+    r = storescu(node, *files, flags=options)
     assert r.returncode == 0, r.stderr
-
-
-def _wait(predicate, timeout=120.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def _count(node, model, *where):
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
@@ -254,9 +240,7 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
                                           ("scmf-byte", ["--modality", "SCMF", "--frames", "5", "--transfer-syntax",
                                                          "jpeg-ls"]),
                                           ("scmf-word", ["--modality", "SCMF", "--bits", "16"])), 52):
-        assert main(["synth", "--count", "1", "--seed", str(seed), "--size", "512", *extra,
-                     "--out", str(tmp_path / name)]) == 0
-        files += sorted((tmp_path / name / "dicom").glob("*.dcm"))
+        files += synth(tmp_path / name, *extra, seed=seed)
     files.append(_cr_from_dx(files[0], tmp_path / "cr.dcm"))
     port, received, _ = pacs
     node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))
