@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import iso_date
+from ..cliutil import iso_date
 
 
 def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args) -> None:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .losses import LOSSES
     from .unet import PRESETS
 
@@ -74,7 +74,7 @@ def _mixed(choice: str) -> bool:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .retrain import retrain
 
     _validate(args)
@@ -111,7 +111,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .data import read_data, temporal_split
     from .inference import SHIPPED, Segmenter
     from .metrics import table1_markdown
