@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 
 def one_run(tmp: Path, files: list[Path], groups: int, db_url: str | None) -> dict:
-    from conftest import Orthanc
+    from helpers import Orthanc
 
     from stress import harness
 

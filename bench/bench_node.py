@@ -50,7 +50,7 @@ def storescu_time(port: int, files: list[Path], aec: str) -> float:
 
 
 def ingest(files: list[Path], repeats: int) -> dict:
-    from conftest import Orthanc, free_port
+    from helpers import Orthanc, free_port
 
     from ercp_node.config.settings import Settings
     from ercp_node.node.service import Node
@@ -95,7 +95,7 @@ def ingest(files: list[Path], repeats: int) -> dict:
 
 def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 0,
                worker_mode: str = "process") -> dict:
-    from conftest import free_port
+    from helpers import free_port
 
     from ercp_node.config.settings import Settings, parse_destination, worker_count
     from ercp_node.demo import DemoPACS

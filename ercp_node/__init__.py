@@ -1,5 +1,3 @@
 """ercp-node: an open DICOM node for AI-assisted ERCP. Research use, not for diagnosis."""
 
 __version__ = "0.1.0"
-
-RESEARCH_USE = "Research use, not for diagnosis."

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import sys
 
 from . import __version__
-
-
-class CLIError(Exception):
-    """A user error: printed as one clear line, exit status 2."""
-
-
-def iso_date(text: str) -> dt.date:
-    """argparse type for YYYY-MM-DD dates."""
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date in YYYY-MM-DD form: {text!r}") from None
+from .cliutil import CLIError, iso_date  # noqa: F401 - iso_date: still imported from here by phantom/cli.py
 
 
 def _lazy(module: str, function: str):

@@ -25,7 +25,7 @@ import pydicom
 from pynetdicom import AE, evt
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from . import RESEARCH_USE
+from .text import RESEARCH_USE_SENTENCE
 
 KINDS = ("SEG", "SR", "GSPS")
 from .measure.overlay import draw_measurements
@@ -160,5 +160,5 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"{len(rows) - missing}/{len(rows)} images came back as SEG + SR + GSPS"
           + (f"; latency median {np.median(lat):.2f} s (all sent at once, so later images queue)" if lat else ""))
     print(f"overlays (left truth, right received SEG; scope green, CBD red, stones yellow): {out / 'overlays'}")
-    print(f"{RESEARCH_USE} Model {version}; the phantom is synthetic.")
+    print(f"{RESEARCH_USE_SENTENCE} Model {version}; the phantom is synthetic.")
     return 1 if missing else 0

@@ -32,7 +32,7 @@ from ercp_node.dicom.seg import (
     seg_frame_number,
     source_datetime,
 )
-from ercp_node.dicom.sr import CODE_ERCP, FLAG_TEXT, ascii_text, build_sr
+from ercp_node.dicom.sr import CODE_ERCP, ascii_text, build_sr
 from ercp_node.node.pipeline import measure
 from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
@@ -287,9 +287,9 @@ def test_seg_and_sr(phantom, name, tmp_path):
             assert float(text_by_code["122322"][0].split()[0]) == pytest.approx(cal["scope"]["mm_per_px"], rel=1e-5)
             assert text_by_code["122423"] == ["11.3 mm (duodenoscope diameter)"]
     texts = [str(i.TextValue) for i in content_items(sr) if i.ValueType == "TEXT"]
-    for key, text in FLAG_TEXT.items():
+    for key, text in measurements["difficulty"]["criteria"].items():
         value = measurements["difficulty"]["flags"][key]
-        assert f"{text}: {'not assessable' if value is None else 'yes' if value else 'no'}" in texts
+        assert ascii_text(f"{text}: {'not assessable' if value is None else 'yes' if value else 'no'}") in texts
     assert ascii_text(measurements["difficulty"]["summary"]) in texts
     for i, stone in enumerate(stones, 1):
         group = by_id[f"Stone {i}"]

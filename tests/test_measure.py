@@ -10,10 +10,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 
 from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing, scope_width
 from ercp_node.measure.cbd import measure_cbd
-from ercp_node.measure.report import DifficultyThresholds, MeasureSettings, difficulty, measure_labels
+from ercp_node.measure.report import (
+    FLAGS,
+    MAX_REPORTED_STONES,
+    DifficultyThresholds,
+    MeasureSettings,
+    difficulty,
+    measure_labels,
+)
 from ercp_node.measure.stones import feret_px, min_width_px, stones
 from ercp_node.phantom.dataset import SynthConfig, plan, render_image
 
@@ -119,7 +127,7 @@ def test_truth_masks_give_the_truth(phantom_frames):
         mm = truth["spacing"]["pixel_spacing_at_object_mm"]
         m = measure_labels(labels, header_spacing(None, [truth["spacing"]["imager_pixel_spacing_mm"]] * 2,
                                                   truth["spacing"]["magnification"]))
-        json.dumps(m)  # serialisable as it is
+        json.dumps(m, allow_nan=False)  # strict JSON as it is: a NaN or an infinity raises
         if m["calibration"]["scope"]["mm_per_px"]:
             cal.append(m["calibration"]["scope"]["mm_per_px"] / mm - 1)
         c, tc = m["cbd"], truth["cbd"]
@@ -173,8 +181,13 @@ def test_odd_masks_are_not_measurable_with_a_reason(case, reason):
        st.sampled_from([None, 0.3]))
 def test_random_label_maps_never_raise(labels, spacing):
     m = measure_labels(labels, header_spacing(None, [spacing, spacing] if spacing else None, 1.2))
-    json.dumps(m)
-    assert m["stone_count"] >= len(m["stones"])
+    json.dumps(m, allow_nan=False)  # strict JSON: a NaN or an infinity raises
+    # the count, by another implementation: 8-connected stone components of at least min_stone_area_px pixels
+    components, n = ndimage.label(labels == 3, structure=np.ones((3, 3), int))
+    sizes = np.bincount(components.ravel())[1:]
+    expected = int(np.count_nonzero(sizes >= MeasureSettings().min_stone_area_px))
+    assert m["stone_count"] == expected
+    assert len(m["stones"]) == min(expected, MAX_REPORTED_STONES)
 
 
 def test_difficulty_flags_and_summary():
@@ -183,15 +196,15 @@ def test_difficulty_flags_and_summary():
     s = [{"largest_diameter_mm": 16.0, "larger_than_distal_cbd": True},
          {"largest_diameter_mm": 4.0, "larger_than_distal_cbd": False}]
     d = difficulty(s, 2, cbd, t)
-    assert d["flags"] == {"stone_ge_10mm": True, "stone_ge_15mm": True, "angulation_le_135": True,
-                          "arm_le_36mm": False, "stone_larger_than_distal_cbd": True, "stone_count_ge_3": False}
+    assert d["flags"] == {"large_stone": True, "very_large_stone": True, "sharp_distal_angulation": True,
+                          "short_distal_arm": False, "stone_larger_than_distal_cbd": True, "several_stones": False}
     assert d["summary"].startswith("difficult: largest stone 16.0 mm (≥ 15 mm); distal CBD angulation 128°")
     easy = difficulty([], 0, {"angulation_deg": 160.0, "arm_length_mm": 45.0}, t)
     assert not easy["difficult"] and easy["summary"] == "no difficulty flag"
     custom = difficulty(s[1:], 1, cbd, DifficultyThresholds(large_stone_mm=3.5, angulation_deg=120))
-    assert custom["flags"]["stone_ge_10mm"] and not custom["flags"]["angulation_le_135"]
+    assert custom["flags"]["large_stone"] and not custom["flags"]["sharp_distal_angulation"]
     uncal = difficulty([{"largest_diameter_mm": None, "larger_than_distal_cbd": None}], 1, {}, t)
-    assert uncal["flags"]["stone_ge_10mm"] is None and "stone size" in uncal["summary"]
+    assert uncal["flags"]["large_stone"] is None and "stone size" in uncal["summary"]
 
 
 def test_measure_settings_reach_the_result():
@@ -199,4 +212,27 @@ def test_measure_settings_reach_the_result():
     m = measure_labels(labels, header_spacing([0.25, 0.25]), MeasureSettings(
         thresholds=DifficultyThresholds(angulation_deg=120.0)))
     assert m["units"] == "mm" and m["calibration"]["used"] == "header"
-    assert m["difficulty"]["flags"]["angulation_le_135"] is False
+    assert m["difficulty"]["flags"]["sharp_distal_angulation"] is False
+
+
+def test_flags_state_the_thresholds_applied():
+    """Flag names carry no number; the rules (what the SR states) carry the configured thresholds."""
+    cbd = {"angulation_deg": 128.0, "arm_length_mm": 40.0}
+    stones = [{"largest_diameter_mm": 11.0, "larger_than_distal_cbd": False}] * 4
+    default = difficulty(stones, 4, cbd, DifficultyThresholds())
+    assert default["criteria"] == {
+        "large_stone": "Largest stone ≥ 10 mm", "very_large_stone": "Largest stone ≥ 15 mm",
+        "sharp_distal_angulation": "Distal CBD angulation ≤ 135°", "short_distal_arm": "Distal CBD arm ≤ 36 mm",
+        "stone_larger_than_distal_cbd": "A stone larger than the distal CBD", "several_stones": "Three or more stones"}
+    assert set(default["criteria"]) == set(default["flags"]) == set(FLAGS)
+    assert not any(ch.isdigit() for name in FLAGS for ch in name)
+    t = DifficultyThresholds(large_stone_mm=12.5, very_large_stone_mm=20, angulation_deg=120, arm_mm=30, stone_count=5)
+    custom = difficulty(stones, 4, cbd, t)
+    assert custom["criteria"] == {
+        "large_stone": "Largest stone ≥ 12.5 mm", "very_large_stone": "Largest stone ≥ 20 mm",
+        "sharp_distal_angulation": "Distal CBD angulation ≤ 120°", "short_distal_arm": "Distal CBD arm ≤ 30 mm",
+        "stone_larger_than_distal_cbd": "A stone larger than the distal CBD", "several_stones": "Five or more stones"}
+    assert custom["flags"]["large_stone"] is False and custom["flags"]["sharp_distal_angulation"] is False
+    assert custom["flags"]["several_stones"] is False and default["flags"]["several_stones"] is True
+    assert difficulty(stones, 4, cbd, DifficultyThresholds(stone_count=12))["criteria"]["several_stones"] == \
+        "12 or more stones"

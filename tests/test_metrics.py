@@ -53,7 +53,7 @@ def test_table1_report_and_markdown():
     assert st["iou_mean"] == pytest.approx(100.0) and st["iou_sd"] is None
     cbd = rep["structures"]["cbd"]
     assert cbd["n_evaluated"] == 0 and cbd["iou_mean"] is None and cbd["dataset_iou"] is None
-    json.dumps(rep)  # plain JSON, no NaN
+    json.dumps(rep, allow_nan=False)  # strict JSON: a NaN (e.g. the SD of one value) raises
     md = M.table1_markdown({"DL+CFL": rep})
     lines = md.splitlines()
     assert lines[0] == ("| loss | scope IoU | scope P | scope R | CBD IoU | CBD P | CBD R | stone mIoU | stone P "

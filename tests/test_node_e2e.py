@@ -13,10 +13,14 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless, generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+# tests/ is on sys.path (rootdir mode)
 from dicom_judges import dciodvfy_errors
-from conftest import free_port
+from helpers import count as _count
+from helpers import free_port, storescu, synth
+from helpers import wait_until as _wait
+
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings, parse_destination
 from ercp_node.node.service import Node
@@ -27,10 +31,7 @@ from ercp_node.storage.models import Export, ExportAttempt, Job
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("carm")
-    assert main(["synth", "--count", "2", "--seed", "50", "--size", "512", "--out", str(root / "rf")]) == 0
-    assert main(["synth", "--count", "1", "--seed", "51", "--size", "512", "--frames", "5", "--modality", "XA",
-                 "--out", str(root / "cine")]) == 0
-    return sorted((root / "rf" / "dicom").glob("*.dcm")) + sorted((root / "cine" / "dicom").glob("*.dcm"))
+    return synth(root / "rf", count=2, seed=50) + synth(root / "cine", "--frames", "5", "--modality", "XA", seed=51)
 
 
 @pytest.fixture()
@@ -60,26 +61,11 @@ def _node(tmp_path, model: Path, pacs_port: int | None, objects=("SEG", "SR")) -
 
 
 def _storescu(node: Node, *files: Path, options: tuple[str, ...] = ()) -> None:
-    r = subprocess.run(["storescu", *options, "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1",
-                        str(node.settings.node.port), *map(str, files)], capture_output=True, text=True, timeout=60)
+    r = storescu(node, *files, flags=options)
     assert r.returncode == 0, r.stderr
 
 
-def _wait(predicate, timeout=120.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def _count(node, model, *where):
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
-
-
-def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
+def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
     from ercp_node.dicom.seg import read_seg_labels
     from ercp_node.model.inference import Segmenter
     from ercp_node.node.pipeline import frames_of
@@ -111,7 +97,18 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs):
             assert job.model_version == "tiny-test-model"
     finally:
         node.stop()
+    capsys.readouterr()
     assert main(["status", "--data-dir", str(tmp_path / "node")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    n = len(images)
+    assert out[0] == f"queue: 0 queued, 0 running, {n} done, 0 failed", out
+    assert out[2] == f"exports: {3 * n} sent; backlog: none", out
+    assert out[3] == "recent jobs:", out
+    jobs = [line.split() for line in out[4:] if line.startswith("  #")]
+    assert sorted(j[2] for j in jobs) == sorted(by_uid) and all(j[1] == "done" for j in jobs), out
+    assert all({"inference", "encode"} <= {w for w in j[3::2]} for j in jobs), out  # stage timings, "<stage> <n>ms"
+    summaries = [line.strip() for line in out[4:] if line.startswith("      ")]
+    assert len(summaries) == n and all(x.startswith("stones ") and "calibration" in x for x in summaries), out
 
 
 def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images):
@@ -138,7 +135,7 @@ def test_pacs_outage_is_retried_with_the_same_uids(tmp_path, tiny_model, images)
         node.stop()
 
 
-def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pacs):
+def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pacs, capsys):
     bad = pydicom.dcmread(images[0])
     bad.SOPInstanceUID = generate_uid()
     # A well-formed RLE header whose one segment decodes to 48 bytes: intake's structure checks pass (the
@@ -161,7 +158,13 @@ def test_a_failed_job_does_not_block_the_others(tmp_path, tiny_model, images, pa
     finally:
         node.stop()
     rep_dir = tmp_path / "node"
+    capsys.readouterr()
     assert main(["status", "--data-dir", str(rep_dir), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["queue"] == {"queued": 0, "running": 0, "done": 1, "failed": 1}
+    (failed,) = rep["failed_jobs"]
+    assert failed["sop_instance_uid"] == bad.SOPInstanceUID and "analysis failed" in failed["error"]
+    assert {j["state"] for j in rep["recent_jobs"]} == {"done", "failed"} and len(rep["recent_jobs"]) == 2
 
 
 def test_restart_resumes_queued_jobs(tmp_path, tiny_model, images, pacs):
@@ -237,9 +240,7 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
                                           ("scmf-byte", ["--modality", "SCMF", "--frames", "5", "--transfer-syntax",
                                                          "jpeg-ls"]),
                                           ("scmf-word", ["--modality", "SCMF", "--bits", "16"])), 52):
-        assert main(["synth", "--count", "1", "--seed", str(seed), "--size", "512", *extra,
-                     "--out", str(tmp_path / name)]) == 0
-        files += sorted((tmp_path / name / "dicom").glob("*.dcm"))
+        files += synth(tmp_path / name, *extra, seed=seed)
     files.append(_cr_from_dx(files[0], tmp_path / "cr.dcm"))
     port, received, _ = pacs
     node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))

@@ -10,9 +10,13 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from conftest import free_port
+# tests/ is on sys.path (rootdir mode)
+import helpers
+from helpers import count as _count
+from helpers import free_port, synth
+
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings
 from ercp_node.node.service import Node
@@ -29,13 +33,8 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("src")
     files = {}
     for i, ts in enumerate(STORESCU_TS):
-        out = root / ts
-        assert main(["synth", "--count", "1", "--seed", str(30 + i), "--size", "512", "--out", str(out),
-                     "--transfer-syntax", ts, "--workers", "1"]) == 0
-        files[ts] = next((out / "dicom").glob("*.dcm"))
-    assert main(["synth", "--count", "1", "--seed", "40", "--size", "512", "--frames", "5", "--modality", "XA",
-                 "--out", str(root / "cine"), "--workers", "1"]) == 0
-    files["cine"] = next((root / "cine" / "dicom").glob("*.dcm"))
+        (files[ts],) = synth(root / ts, "--transfer-syntax", ts, seed=30 + i)
+    (files["cine"],) = synth(root / "cine", "--frames", "5", "--modality", "XA", seed=40)
     return files
 
 
@@ -49,13 +48,7 @@ def node(tmp_path):
 
 
 def storescu(node: Node, path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-v", "-aet", "CARM", "-aec", "ERCPNODE", *extra, "127.0.0.1",
-                           str(node.settings.node.port), str(path)], capture_output=True, text=True, timeout=60)
-
-
-def _count(node, model, *where):
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
+    return helpers.storescu(node, path, flags=("-v", *extra))
 
 
 def test_echoscu(node):

@@ -21,9 +21,12 @@ from types import SimpleNamespace
 
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from conftest import free_port
+# tests/ is on sys.path (rootdir mode)
+from helpers import count as _count
+from helpers import free_port, storescu, synth, wait_until
+
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Settings, load, validate
 from ercp_node.node.scp import peer_allowed
@@ -68,8 +71,7 @@ def pki(tmp_path_factory) -> SimpleNamespace:
 def sources(tmp_path_factory) -> list[Path]:
     """Two phantom RF images, each with a distinctive patient name and ID."""
     root = tmp_path_factory.mktemp("src")
-    assert main(["synth", "--count", "2", "--seed", "70", "--size", "512", "--out", str(root), "--workers", "1"]) == 0
-    files = sorted((root / "dicom").glob("*.dcm"))
+    files = synth(root, count=2, seed=70)
     assert len(files) == 2
     for f, (name, pid) in zip(files, PATIENTS):
         ds = pydicom.dcmread(f)
@@ -109,19 +111,8 @@ def echoscu(node: Node, *flags: str, aet: str = "CARM") -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
 
 
-def storescu(node: Node, *files: Path, flags=(), aet: str = "CARM") -> subprocess.CompletedProcess:
-    return subprocess.run(["storescu", "-aet", aet, "-aec", "ERCPNODE", *flags, "127.0.0.1",
-                           str(node.settings.node.port), *map(str, files)],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-
-
 def _out(r: subprocess.CompletedProcess) -> str:
     return (r.stdout + r.stderr).lower()
-
-
-def _count(node, model, *where):
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def _rejections(node) -> list[IntakeFailure]:
@@ -159,6 +150,8 @@ def test_peer_outside_allowed_hosts_is_rejected(make_node, sources):
     r = echoscu(node)
     assert r.returncode != 0 and "rejected permanent" in _out(r) and "calling ae title not recognized" in _out(r)
     assert storescu(node, sources[0]).returncode != 0 and _count(node, Instance) == 0
+    # recorded by the acceptor after its A-ASSOCIATE-RJ: may land just after the SCU left
+    assert wait_until(lambda: len(_rejections(node)) == 2, 10, 0.05), _rejections(node)
     rows = _rejections(node)
     assert len(rows) == 2 and all(x.calling_ae == "CARM" and "allowed_hosts" in x.reason for x in rows)
     time.sleep(0.5)

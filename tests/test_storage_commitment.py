@@ -25,7 +25,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, XRayRadiofluoroscopicImageStorage
 from sqlalchemy import func, select
 
-from conftest import free_port
+from helpers import count, free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Settings, load
 from ercp_node.node.service import Node
@@ -154,15 +154,10 @@ def archive_state(node: Node) -> dict:
     return {"files": files, "rows": sorted(rows)}
 
 
-def _count(node, model, *where):
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
-
-
 def _wait_recorded(node, n: int = 1, timeout: float = 10.0) -> None:
     """The node records a report as delivered once the C-arm's response is back, just after the C-arm saw it."""
     end = time.time() + timeout
-    while time.time() < end and _count(node, CommitmentRequest, CommitmentRequest.state == "reported") < n:
+    while time.time() < end and count(node, CommitmentRequest, CommitmentRequest.state == "reported") < n:
         time.sleep(0.05)
 
 
@@ -256,7 +251,7 @@ def test_carm_releasing_right_after_the_response_gets_a_clean_release_and_the_re
         while not carm.reports.empty():  # a report the C-arm took on the old association may come again: same content
             again = carm.report()
             assert again["info"].TransactionUID == txn and again["event_type"] == 1
-    assert _count(node, CommitmentRequest, CommitmentRequest.state == "reported") == 5
+    assert count(node, CommitmentRequest, CommitmentRequest.state == "reported") == 5
 
 
 def test_undelivered_report_is_retried_until_the_carm_listens(tmp_path, sources):
@@ -269,7 +264,7 @@ def test_undelivered_report_is_retried_until_the_carm_listens(tmp_path, sources)
         assert carm.ask(a, generate_uid(), [(RF, uid_of(sources[0]))]).Status == 0x0000
         a.release()
         end = time.time() + 20
-        while time.time() < end and _count(n, CommitmentRequest, CommitmentRequest.attempts >= 2) == 0:
+        while time.time() < end and count(n, CommitmentRequest, CommitmentRequest.attempts >= 2) == 0:
             time.sleep(0.2)
         with n.sessions() as s:
             row = s.scalars(select(CommitmentRequest)).one()
@@ -431,8 +426,8 @@ def test_malformed_requests_are_refused_with_ps37_statuses(node, carm, sources):
     assert {k: v[0] for k, v in got.items()} == {k: v[3] for k, v in MALFORMED.items()}
     assert all(comment for _, comment in got.values()), got  # each refusal says why
     assert "Referenced SOP Sequence" in got["item without SOP Instance UID"][1]
-    assert _count(node, CommitmentRequest) == 1  # only the good one was recorded
-    assert _count(node, IntakeFailure, IntakeFailure.reason.like("storage commitment N-ACTION refused%")) == len(MALFORMED)
+    assert count(node, CommitmentRequest) == 1  # only the good one was recorded
+    assert count(node, IntakeFailure, IntakeFailure.reason.like("storage commitment N-ACTION refused%")) == len(MALFORMED)
     assert archive_state(node) == before
 
 
@@ -476,7 +471,7 @@ def test_action_information_that_is_not_a_data_set_is_refused(node, carm, source
     for payload in (b"not a data set at all", whole[: len(whole) // 2], whole[:-3], b"\x08\x00\x95\x11UI\xff\x00"):
         assert _raw_n_action(a, payload) == 0x0115, payload
     a.release()
-    assert _count(node, CommitmentRequest) == 1
+    assert count(node, CommitmentRequest) == 1
     assert archive_state(node) == before
 
 
@@ -490,7 +485,7 @@ def test_calling_ae_not_allowed_is_refused(node, carm, sources):
     time.sleep(1.0)
     other.release()
     assert st.Status == 0x0124 and "OTHERCARM" in st.ErrorComment
-    assert _count(node, CommitmentRequest) == 0 and carm.reports.empty()
+    assert count(node, CommitmentRequest) == 0 and carm.reports.empty()
     with node.sessions() as s:
         f = s.scalars(select(IntakeFailure)).one()
     assert (f.calling_ae, f.status) == ("OTHERCARM", "0x0124")

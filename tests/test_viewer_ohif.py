@@ -31,7 +31,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import Orthanc
+from helpers import Orthanc
 from ohif_server import OHIF_DIST, OHIF_VERSION, OhifServer
 
 from ercp_node.dicom.seg import SEGMENTS, read_seg_labels

@@ -246,10 +246,16 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
             continue
         rest = name[len("ERCP_NODE_"):].lower()
         section, _, key = rest.partition("_")
-        if section == "destinations":
+        if section == "destinations" and not key:
             s.destinations = [parse_destination(t) for t in value.split(",") if t.strip()]
-        elif section in ("node", "model", "export", "measure", "commitment"):
-            _apply(getattr(s, section), section, {key: value})
+        elif section in ("node", "model", "export", "measure", "commitment") and key:
+            try:
+                _apply(getattr(s, section), section, {key: value})
+            except ConfigError as exc:
+                raise ConfigError(f"environment variable {name}: {exc}") from None
+        else:  # a typo must not be ignored silently (the TOML file refuses it too)
+            raise ConfigError(f"unknown environment variable {name} (known: ERCP_NODE_<SECTION>_<KEY> with section "
+                              "NODE, MODEL, EXPORT, MEASURE or COMMITMENT, and ERCP_NODE_DESTINATIONS)")
     validate(s)
     return s
 

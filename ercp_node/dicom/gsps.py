@@ -66,6 +66,8 @@ from pydicom.charset import python_encoding
 from pydicom.dataset import Dataset
 
 from .. import __version__
+from ..labels import BY_VALUE, CBD, DUCT, SCOPE, STONE
+from ..text import RESEARCH_USE, SPELLED, series_description
 from .seg import (
     _PATIENT_STUDY,
     _XRAY_MULTIFRAME,
@@ -77,17 +79,18 @@ from .seg import (
 
 __all__ = ["LAYERS", "SERIES_DESCRIPTION", "build_gsps", "outline_polygons"]
 
-SERIES_DESCRIPTION = "ERCP AI overlay (research use, not for diagnosis)"
+SERIES_DESCRIPTION = series_description("overlay")
 CONTENT_LABEL = "ERCP_AI_OVERLAY"
 ALGORITHM_NAME = "ercp-node U-Net"
-DISCLAIMER = "Research use, not for diagnosis"
+DISCLAIMER = RESEARCH_USE
 EPSILON_PX = 0.7  # approxPolyDP tolerance: below a pixel, so the outline stays on the mask's edge
 
 # (layer name (CS, max 16), order, description, RGB). Drawn bottom to top: scope, duct, stones, caption.
+# Names and colours of the structures' layers: ercp_node.labels.
 LAYERS = (
-    ("DUODENOSCOPE", 1, "Duodenoscope outline (AI)", (0, 200, 0)),
-    ("CBD", 2, "Common bile duct outline and angulation (AI)", (255, 0, 0)),
-    ("STONES", 3, "Bile duct stone outlines and sizes (AI)", (255, 255, 0)),
+    (BY_VALUE[SCOPE].layer, 1, "Duodenoscope outline (AI)", BY_VALUE[SCOPE].rgb),
+    (BY_VALUE[CBD].layer, 2, "Common bile duct outline and angulation (AI)", BY_VALUE[CBD].rgb),
+    (BY_VALUE[STONE].layer, 3, "Bile duct stone outlines and sizes (AI)", BY_VALUE[STONE].rgb),
     ("AI_INFO", 4, "Difficulty summary and disclaimer", (255, 255, 255)),
 )
 
@@ -108,15 +111,14 @@ def _layers() -> dict[str, hd.pr.GraphicLayer]:
 # it reports the 3-byte UTF-8 of "∠ ≥ ≤ —" in ST as an error (it reads ST bytes as Latin-1), while
 # dciodvfy accepts them. "unicode": write them as they are (ISO_IR 192 when the source has no character set).
 TEXT_REPERTOIRE = "latin-1"
-_ASCII = {"∠": "angle", "≥": ">=", "≤": "<=", "—": "-", "–": "-", "°": " deg", "·": "."}
 
 
 # ------------------------------------------------------------------------------------------------- outlines
 def _lumen(frame: np.ndarray) -> np.ndarray:
-    """CBD mask for outlining: label 2 plus the stone components that touch it."""
-    duct = np.isin(frame, (2, 3)).astype(np.uint8)
+    """CBD mask for outlining: the CBD label plus the stone components that touch it."""
+    duct = np.isin(frame, DUCT).astype(np.uint8)
     n, comp = cv2.connectedComponents(duct, connectivity=8)
-    keep = np.unique(comp[frame == 2])
+    keep = np.unique(comp[frame == CBD])
     return np.isin(comp, keep[keep > 0])
 
 
@@ -138,7 +140,8 @@ def outline_polygons(mask: np.ndarray, epsilon: float = EPSILON_PX) -> list[np.n
 
 
 def _frame_outlines(frame: np.ndarray) -> dict[str, list[np.ndarray]]:
-    masks = {"DUODENOSCOPE": frame == 1, "CBD": _lumen(frame), "STONES": frame == 3}
+    masks = {BY_VALUE[SCOPE].layer: frame == SCOPE, BY_VALUE[CBD].layer: _lumen(frame),
+             BY_VALUE[STONE].layer: frame == STONE}
     return {name: outline_polygons(mask) if mask.any() else [] for name, mask in masks.items()}
 
 
@@ -243,7 +246,7 @@ def _encodable(text: str, charsets: list[str]) -> str:
             ch.encode(codec)
             out.append(ch)
         except (UnicodeEncodeError, LookupError):
-            out.append(_ASCII.get(ch, "?"))
+            out.append(SPELLED.get(ch, "?"))
     return "".join(out)
 
 

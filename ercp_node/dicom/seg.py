@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import copy
 import uuid
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -69,6 +68,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
+
+from ..text import RESEARCH_USE, series_description
+from .codes import SEGMENTS, SegmentSpec
 
 __all__ = [
     "SEGMENTS",
@@ -86,9 +88,9 @@ __all__ = [
     "stamp_dates",
 ]
 
-SERIES_DESCRIPTION = "ERCP AI segmentation (research use, not for diagnosis)"
+SERIES_DESCRIPTION = series_description("segmentation")
 CONTENT_LABEL = "ERCP_AI_SEG"
-CONTENT_DESCRIPTION = "Duodenoscope, CBD, stones. Research use, not for diagnosis"
+CONTENT_DESCRIPTION = f"Duodenoscope, CBD, stones. {RESEARCH_USE}"
 
 # Classic (non-enhanced) X-ray SOP classes whose IOD allows NumberOfFrames: highdicom treats them as
 # multi-frame even when a single-frame instance has no NumberOfFrames.
@@ -113,30 +115,6 @@ TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
 FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
 
 
-@dataclass(frozen=True)
-class SegmentSpec:
-    value: int  # label value in the label map = segment number
-    label: str
-    category: hd.sr.CodedConcept
-    type: hd.sr.CodedConcept
-    rgb: tuple[int, int, int]
-    anatomic_region: hd.sr.CodedConcept | None = None
-
-
-CODE_CBD = hd.sr.CodedConcept("79741001", "SCT", "Common bile duct")
-CODE_CALCULUS = hd.sr.CodedConcept("56381008", "SCT", "Calculus")
-CODE_ENDOSCOPE = hd.sr.CodedConcept("37270008", "SCT", "Endoscope")
-CODE_ANATOMICAL_STRUCTURE = hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure")
-CODE_MORPH_ABNORMAL = hd.sr.CodedConcept("49755003", "SCT", "Morphologically Abnormal Structure")
-CODE_PHYSICAL_OBJECT = hd.sr.CodedConcept("260787004", "SCT", "Physical object")
-
-# Paint order for decoding is the order of the label values: scope < CBD < stone (a stone inside the duct
-# wins over the duct, the duct over the scope).
-SEGMENTS: tuple[SegmentSpec, ...] = (
-    SegmentSpec(1, "Duodenoscope", CODE_PHYSICAL_OBJECT, CODE_ENDOSCOPE, (0, 200, 0)),  # green
-    SegmentSpec(2, "Common bile duct", CODE_ANATOMICAL_STRUCTURE, CODE_CBD, (255, 0, 0)),  # red
-    SegmentSpec(3, "Bile duct stone", CODE_MORPH_ABNORMAL, CODE_CALCULUS, (255, 255, 0), CODE_CBD),  # yellow
-)
 _LABEL_BY_TYPE = {s.type.value: s.value for s in SEGMENTS}
 
 _UID_NAMESPACE = uuid.UUID("0b8f3a52-7c1e-4b8a-9d0e-2f6a1c5e4d73")
@@ -262,16 +240,20 @@ def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, 
 
 def source_datetime(source: Dataset) -> tuple[str, str] | None:
     """(DA, TM) of the source's acquisition (AcquisitionDate/Time, else AcquisitionDateTime: the enhanced
-    classes have only that), else content, series or study date/time; None if none."""
-    if source.get("AcquisitionDate"):
-        return str(source.AcquisitionDate), str(source.get("AcquisitionTime") or "")
+    classes have only that), else content, series or study date/time; None if none. The time is never empty
+    (ContentTime is Type 1): a date without its time takes the time of the next pair on the same date, else
+    midnight (000000)."""
     adt = str(source.get("AcquisitionDateTime") or "")
-    if len(adt) >= 8:
-        return adt[:8], adt[8:].split("+")[0].split("-")[0]
-    for d, t in (("ContentDate", "ContentTime"), ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
-        if source.get(d):
-            return str(source.get(d)), str(source.get(t) or "")
-    return None
+    adt = (adt[:8], adt[8:].split("+")[0].split("-")[0]) if len(adt) >= 8 else ("", "")
+    pairs = [(str(source.get(d) or ""), str(source.get(t) or ""))
+             for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                          ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))]
+    pairs.insert(1, adt)
+    dated = [(d, t) for d, t in pairs if d]
+    if not dated:
+        return None
+    date = dated[0][0]
+    return date, next((t for d, t in dated if d == date and t), "000000")
 
 
 def stamp_dates(ds: Dataset, source: Dataset) -> None:

@@ -32,7 +32,7 @@ encoded in `seg` (see `ercp_node.dicom.seg`):
   scope's was used, and calibration warnings), why the CBD was not measurable, each
   difficulty flag as a DCM "Finding" (yes / no / not assessable) and the summary line. Text is ASCII
   (≥ → ">=", ° → " deg") so no Specific Character Set is needed.
-Definitions: docs/measurements.md. Standard codes only (see FLAG_TEXT).
+Definitions: docs/measurements.md. Standard codes only.
 
 Judges: dciodvfy (no errors, no warnings), pixelmed DicomSRValidator (no errors, no warnings), OHIF 3.13
 (tests/test_viewer_ohif.py: every group drawn, no console errors), and highdicom
@@ -56,67 +56,50 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from .seg import (
+from ..labels import CBD as SEGMENT_CBD
+from ..labels import SCOPE as SEGMENT_SCOPE
+from ..labels import STONE as SEGMENT_STONE
+from ..text import RESEARCH_USE_SENTENCE, ascii_text, series_description
+from .codes import (
+    CODE_ANGLE,
+    CODE_AREA,
     CODE_CALCULUS,
+    CODE_CALIBRATION_FACTOR,
+    CODE_CALIBRATION_METHOD,
+    CODE_CALIBRATION_OBJECT_SIZE,
+    CODE_CALIBRATION_UNCERTAINTY,
     CODE_CBD,
+    CODE_COMMENT,
+    CODE_DIAMETER,
+    CODE_DISTAL,
+    CODE_DISTANCE,
+    CODE_ENDOSCOPE,
+    CODE_ERCP,
+    CODE_FINDING,
+    CODE_IMAGING_PROCEDURE,
+    CODE_LENGTH,
+    CODE_MAXIMUM,
+    CODE_MINIMUM,
+    CODE_QUALITATIVE_EVALUATIONS,
+    CODE_QUANTITY,
+    CODE_VERTICAL_PIXEL_SPACING,
+    UNIT_COUNT,
+    UNIT_DEG,
+    UNIT_MM,
+    UNIT_MM2,
+    UNIT_MM_PER_PIXEL,
+    UNIT_PERCENT,
+)
+from .seg import (
     derived_uid,
     seg_frame_number,
     stamp_dates,
 )
 
-__all__ = ["CODE_ERCP", "CODE_IMAGING_PROCEDURE", "SERIES_DESCRIPTION", "build_sr"]
+__all__ = ["CODE_ERCP", "CODE_IMAGING_PROCEDURE", "SERIES_DESCRIPTION", "ascii_text", "build_sr"]
 
-SERIES_DESCRIPTION = "ERCP AI measurements (research use, not for diagnosis)"
-DISCLAIMER = "Research use, not for diagnosis."
-
-CODE_ERCP = hd.sr.CodedConcept("386718000", "SCT", "Endoscopic retrograde cholangiopancreatography")
-# TID 1500 row 4 takes "Procedure reported" from CID 100, which has no endoscopic procedure; pixelmed's
-# DicomSRValidator reports a code outside it as an error (although CID 100 is extensible), and its 2022 copy
-# of CID 100 lacks the newer "XR unspecified body region" (LN 43468-8). So the report names CID 100's
-# generic "Imaging procedure", and ERCP goes into the SR Document General module's Performed Procedure Code
-# Sequence (and the comment text).
-CODE_IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
-CODE_QUANTITY = hd.sr.CodedConcept("246205007", "SCT", "Quantity")
-CODE_AREA = hd.sr.CodedConcept("42798000", "SCT", "Area")
-CODE_DIAMETER = hd.sr.CodedConcept("81827009", "SCT", "Diameter")
-CODE_MAXIMUM = hd.sr.CodedConcept("56851009", "SCT", "Maximum")
-CODE_QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
-CODE_COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
-CODE_CALIBRATION_METHOD = hd.sr.CodedConcept("122422", "DCM", "Calibration Method")
-CODE_MINIMUM = hd.sr.CodedConcept("255605001", "SCT", "Minimum")
-CODE_LENGTH = hd.sr.CodedConcept("410668003", "SCT", "Length")
-CODE_ANGLE = hd.sr.CodedConcept("1483009", "SCT", "Angle")
-CODE_DISTANCE = hd.sr.CodedConcept("121206", "DCM", "Distance")
-CODE_VERTICAL_PIXEL_SPACING = hd.sr.CodedConcept("111066", "DCM", "Vertical Pixel Spacing")
-CODE_CALIBRATION_OBJECT_SIZE = hd.sr.CodedConcept("122423", "DCM", "Calibration Object Size")
-CODE_DISTAL = hd.sr.CodedConcept("46053002", "SCT", "Distal")
-CODE_CALIBRATION_FACTOR = hd.sr.CodedConcept("122322", "DCM", "Calibration Factor")
-CODE_CALIBRATION_UNCERTAINTY = hd.sr.CodedConcept("113763", "DCM", "Calibration Uncertainty")
-CODE_FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
-# Standard codes only (a private "99…" scheme is legal, but dciodvfy warns on every use of it): the ERCP
-# definitions are told apart by finding site (CBD, with the topographical modifier Distal) and derivation.
-FLAG_TEXT = {
-    "stone_ge_10mm": "Largest stone >= 10 mm",
-    "stone_ge_15mm": "Largest stone >= 15 mm",
-    "angulation_le_135": "Distal CBD angulation <= 135 deg",
-    "arm_le_36mm": "Distal CBD arm <= 36 mm",
-    "stone_larger_than_distal_cbd": "A stone larger than the distal CBD",
-    "stone_count_ge_3": "Three or more stones",
-}
-UNIT_COUNT = hd.sr.CodedConcept("{count}", "UCUM", "count")
-UNIT_DEG = hd.sr.CodedConcept("deg", "UCUM", "degree")
-UNIT_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
-UNIT_MM_PER_PIXEL = hd.sr.CodedConcept("mm/{pixel}", "UCUM", "millimeter per pixel")
-
-
-def ascii_text(text: str) -> str:
-    """SR text in the default repertoire (no Specific Character Set needed): ≥ ≤ ° spelled out."""
-    for a, b in (("≥", ">="), ("≤", "<="), ("°", " deg"), ("±", "+/-"), ("—", "-"), ("∠", "angle ")):
-        text = text.replace(a, b)
-    return text.encode("ascii", "replace").decode()
-UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
-UNIT_MM2 = hd.sr.CodedConcept("mm2", "UCUM", "square millimeter")
-SEGMENT_SCOPE, SEGMENT_CBD, SEGMENT_STONE = 1, 2, 3
+SERIES_DESCRIPTION = series_description("measurements")
+DISCLAIMER = RESEARCH_USE_SENTENCE
 
 
 def _frames(source: Dataset, frame: int) -> list[int] | None:
@@ -428,11 +411,11 @@ def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_v
                                            value=ascii_text(f"Common bile duct: {cbd['reason']}.")))
     difficulty = measurements.get("difficulty")
     if difficulty:
-        # Each flag as a finding (yes / no / not assessable), then the summary line.
-        for key, text in FLAG_TEXT.items():
+        # Each flag as a finding: the rule with the threshold applied, yes / no / not assessable; then the summary.
+        for key, text in difficulty["criteria"].items():
             value = difficulty["flags"].get(key)
             answer = "not assessable" if value is None else "yes" if value else "no"
-            items.append(hd.sr.TextContentItem(name=CODE_FINDING, value=f"{text}: {answer}",
+            items.append(hd.sr.TextContentItem(name=CODE_FINDING, value=ascii_text(f"{text}: {answer}"),
                                                relationship_type=contains))
         for stone in measurements.get("stones") or []:
             if stone.get("larger_than_distal_cbd"):

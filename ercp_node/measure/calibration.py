@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..labels import CBD, SCOPE, STONE
 from .centreline import arc_length, longest_path, resample, width_profile
-
-SCOPE, CBD, STONE = 1, 2, 3
 POLICIES = ("auto", "header", "scope")
 
 # Insertion-tube diameters (mm) from Olympus's specifications (distal end 13.5 mm, not used: the tip is

@@ -20,9 +20,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..labels import CBD, STONE
 from .centreline import interior_angle, longest_path, resample, width_profile
 
-CBD, STONE = 2, 3
 UP_MM = 25.0  # the angle's proximal limb (Kim 2007 measured the CBD axis a few centimetres above the bend)
 MIN_ARM_MM = 8.0  # nearer the papilla the papilla→bend direction is too short to measure an angle on
 LOCAL_MM = 4.0  # a bend is a minimum of the angle within ± this arc length …

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from ..phantom.dataset import overlay
+from ..text import RESEARCH_USE, ascii_text
 from .report import one_line, summary
 
 WHITE, CYAN, YELLOW = (255, 255, 255), (255, 255, 0), (0, 255, 255)
@@ -17,11 +18,7 @@ def _text(img, text, org, scale, colour):
     cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
 
 
-def _ascii(text: str) -> str:  # Hershey fonts have no ≥ ≤ °
-    return text.replace("≥", ">=").replace("≤", "<=").replace("°", " deg")
-
-
-def draw_measurements(grey: np.ndarray, labels: np.ndarray, m: dict, note: str = "Research use, not for diagnosis") -> np.ndarray:
+def draw_measurements(grey: np.ndarray, labels: np.ndarray, m: dict, note: str = RESEARCH_USE) -> np.ndarray:
     """grey: (H, W) float in [0, 1]; labels: (H, W) label map; m: measure_labels(...) output.
 
     Returns an (H + banner, W, 3) BGR image: the annotated frame above a banner with the summary lines."""
@@ -44,7 +41,7 @@ def draw_measurements(grey: np.ndarray, labels: np.ndarray, m: dict, note: str =
         size = st.get("largest_diameter_mm")
         _text(img, f"S{st.get('index', '')}" + (f" {size:.1f}mm" if size is not None else ""), (x + 8, y), scale, YELLOW)
     # The summary goes in a banner under the image, not over the anatomy (or the burned-in text).
-    words, rows = _ascii(one_line(summary(m))).split("; "), []
+    words, rows = ascii_text(one_line(summary(m))).split("; "), []  # Hershey fonts are ASCII only
     per_row = int(w / (9.5 * scale * 2))  # Hershey simplex ≈ 19 px per character at scale 1
     for part in words:
         if rows and len(rows[-1]) + len(part) + 2 <= per_row:

@@ -36,8 +36,28 @@ class MeasureSettings:
     min_stone_area_px: int = 4
 
 
+# Flags named by what they mean; the thresholds they apply are configurable ([measure]), so a flag's name
+# never carries a number: `criteria(thresholds)` states each rule as applied.
+FLAGS = ("large_stone", "very_large_stone", "sharp_distal_angulation", "short_distal_arm",
+         "stone_larger_than_distal_cbd", "several_stones")
+_COUNT_WORDS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
+
+
+def criteria(t: DifficultyThresholds) -> dict[str, str]:
+    """Each flag's rule in words, with the threshold applied (the SR states these next to yes / no)."""
+    count = _COUNT_WORDS[t.stone_count] if 0 <= t.stone_count < len(_COUNT_WORDS) else str(t.stone_count)
+    return {
+        "large_stone": f"Largest stone ≥ {t.large_stone_mm:g} mm",
+        "very_large_stone": f"Largest stone ≥ {t.very_large_stone_mm:g} mm",
+        "sharp_distal_angulation": f"Distal CBD angulation ≤ {t.angulation_deg:g}°",
+        "short_distal_arm": f"Distal CBD arm ≤ {t.arm_mm:g} mm",
+        "stone_larger_than_distal_cbd": "A stone larger than the distal CBD",
+        "several_stones": f"{count} or more stones",
+    }
+
+
 def difficulty(stones: list[dict], count: int, cbd: dict, t: DifficultyThresholds) -> dict:
-    """Flags (True / False / None = not assessable), the reasons, and a one-line summary."""
+    """Flags (True / False / None = not assessable), the rules applied, the reasons, and a one-line summary."""
     largest = stones[0]["largest_diameter_mm"] if stones else None
     ang, arm = cbd.get("angulation_deg"), cbd.get("arm_length_mm")
     bigger = [s["larger_than_distal_cbd"] for s in stones]
@@ -46,35 +66,35 @@ def difficulty(stones: list[dict], count: int, cbd: dict, t: DifficultyThreshold
         return (value >= limit) if value is not None else (False if not stones else None)
 
     flags = {
-        "stone_ge_10mm": at_least(largest, t.large_stone_mm),
-        "stone_ge_15mm": at_least(largest, t.very_large_stone_mm),
-        "angulation_le_135": (ang <= t.angulation_deg) if ang is not None else None,
+        "large_stone": at_least(largest, t.large_stone_mm),
+        "very_large_stone": at_least(largest, t.very_large_stone_mm),
+        "sharp_distal_angulation": (ang <= t.angulation_deg) if ang is not None else None,
         # a straight distal duct (no distinct bend) has no short arm
-        "arm_le_36mm": (arm <= t.arm_mm) if arm is not None else (False if cbd.get("distal_bend") is False else None),
+        "short_distal_arm": (arm <= t.arm_mm) if arm is not None else (False if cbd.get("distal_bend") is False else None),
         "stone_larger_than_distal_cbd": (True if True in bigger else None if None in bigger else False),
-        "stone_count_ge_3": count >= t.stone_count,
+        "several_stones": count >= t.stone_count,
     }
     reasons = []
-    if flags["stone_ge_10mm"]:
-        limit = t.very_large_stone_mm if flags["stone_ge_15mm"] else t.large_stone_mm
+    if flags["large_stone"]:
+        limit = t.very_large_stone_mm if flags["very_large_stone"] else t.large_stone_mm
         reasons.append(f"largest stone {largest:.1f} mm (≥ {limit:g} mm)")
-    if flags["angulation_le_135"]:
+    if flags["sharp_distal_angulation"]:
         reasons.append(f"distal CBD angulation {ang:.0f}° (≤ {t.angulation_deg:g}°)")
-    if flags["arm_le_36mm"]:
+    if flags["short_distal_arm"]:
         reasons.append(f"distal CBD arm {arm:.1f} mm (≤ {t.arm_mm:g} mm)")
     if flags["stone_larger_than_distal_cbd"]:
         reasons.append("stone larger than the distal CBD")
-    if flags["stone_count_ge_3"]:
+    if flags["several_stones"]:
         reasons.append(f"{count} stones (≥ {t.stone_count})")
-    unknown = [name for name, key in (("stone size", "stone_ge_10mm"), ("angulation", "angulation_le_135"),
-                                      ("distal arm", "arm_le_36mm"),
+    unknown = [name for name, key in (("stone size", "large_stone"), ("angulation", "sharp_distal_angulation"),
+                                      ("distal arm", "short_distal_arm"),
                                       ("stone vs distal CBD", "stone_larger_than_distal_cbd")) if flags[key] is None]
     difficult = bool(reasons)
     summary = ("difficult: " + "; ".join(reasons)) if difficult else "no difficulty flag"
     if unknown:
         summary += "; not assessable: " + ", ".join(unknown)
-    return {"difficult": difficult, "flags": flags, "reasons": reasons, "not_assessable": unknown,
-            "summary": summary}
+    return {"difficult": difficult, "flags": flags, "criteria": criteria(t), "reasons": reasons,
+            "not_assessable": unknown, "summary": summary}
 
 
 def measure_labels(labels: np.ndarray, header: dict, settings: MeasureSettings = MeasureSettings()) -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-STONE = 3
+from ..labels import STONE
 
 
 def feret_px(component: np.ndarray) -> float:

@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import iso_date
+from ..cliutil import iso_date
 
 
 def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _validate(args) -> None:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .losses import LOSSES
     from .unet import PRESETS
 
@@ -88,7 +88,7 @@ def _mixed(choice: str) -> bool:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .retrain import retrain
 
     _validate(args)
@@ -129,7 +129,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 def _init_path(choice: str | None, registry) -> Path | None:
     """--init active|shipped|PATH → a model file, checked to exist before any data is read."""
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .inference import SHIPPED
 
     if not choice:
@@ -149,7 +149,7 @@ def _init_path(choice: str | None, registry) -> Path | None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .data import read_data, temporal_split
     from .inference import SHIPPED, Segmenter
     from .metrics import table1_markdown

@@ -18,13 +18,13 @@ import cv2
 import numpy as np
 import pydicom
 
+from ..labels import CBD, LABELS, SCOPE, STONE
 from ..phantom.labelme import LabelmeError, labelme_to_mask
 from ..preprocessing.pipeline import preprocess, resize_labels
 
-# SNOMED CT codes of the three segments (DESIGN.md) and label words accepted from viewers' SEGs.
-SEGMENT_CODES = {"37270008": 1, "79741001": 2, "56381008": 3}
-SEGMENT_WORDS = {1: ("duodenoscope", "scope", "endoscope"), 2: ("cbd", "bile duct", "common bile duct"),
-                 3: ("stone", "calculus", "calculi")}
+# SNOMED CT codes of the three segments and label words accepted from viewers' SEGs (ercp_node.labels).
+SEGMENT_CODES = {label.type.value: label.value for label in LABELS}
+SEGMENT_WORDS = {label.value: label.words for label in LABELS}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
@@ -221,7 +221,7 @@ def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     else:
         m = np.zeros(shape, np.uint8)
         cache: dict[str, np.ndarray] = {}
-        for label in (1, 2, 3):  # paint order = priority: scope < CBD < stone
+        for label in (SCOPE, CBD, STONE):  # paint order = priority: scope < CBD < stone
             for path, i, lab in sample.seg_frames:
                 if lab == label:
                     if path not in cache:

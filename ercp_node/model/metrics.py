@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-STRUCTURES = {"duodenoscope": 1, "cbd": 2, "stone": 3}
-_TABLE_NAMES = {"duodenoscope": "scope", "cbd": "CBD", "stone": "stone"}
+from ..labels import LABELS
+
+STRUCTURES = {label.name: label.value for label in LABELS}  # "duodenoscope", "cbd", "stone"
+_TABLE_NAMES = {label.name: label.short for label in LABELS}
 
 
 def image_metrics(truth: np.ndarray, pred: np.ndarray) -> dict:

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from ..labels import LABELS
 from ..storage.models import ModelVersion
 from . import inference
 
 log = logging.getLogger("ercp_node.registry")
-STRUCTURES = ("duodenoscope", "cbd", "stone")
+STRUCTURES = tuple(label.name for label in LABELS)  # "duodenoscope", "cbd", "stone"
 
 
 @dataclass
@@ -91,3 +93,22 @@ class Registry:
             s.add(mv)
         log.info("model %s registered, %s: %s", mv.version, "active" if activate else "not active", decision)
         return mv
+
+
+def model_path(configured: str | Path | None, sessions) -> Path:
+    """The model file the node's workers run: `configured` (node setting model.path), else the registry's
+    active one (on a fresh database the shipped model is registered as active here), else the shipped file.
+    Loads nothing."""
+    if configured:
+        return Path(configured)
+    reg = Registry(sessions)
+    try:
+        active = reg.ensure_shipped()
+    except IntegrityError:  # another node on the same database registered it at the same moment
+        active = reg.active()
+    return Path(active.path) if active is not None and Path(active.path).is_file() else inference.SHIPPED
+
+
+def load_segmenter(configured: str | Path | None, sessions) -> inference.Segmenter:
+    """The model of model_path(), loaded."""
+    return inference.Segmenter.load(model_path(configured, sessions))

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import RESEARCH_USE, __version__
+from .. import __version__
+from ..labels import STONE
+from ..text import RESEARCH_USE_SENTENCE
 from ..preprocessing.pipeline import to_unit_grey
 from .data import Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data, temporal_split
 from .metrics import per_image_metrics, table1_report, table1_markdown
@@ -231,7 +233,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
         "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in prep.samples) else
-        "Trained on annotated images listed in `data`.", "intended_use": RESEARCH_USE,
+        "Trained on annotated images listed in `data`.", "intended_use": RESEARCH_USE_SENTENCE,
         "history": result.history,
     }
     model_path = out_dir / "model.keras"
@@ -300,7 +302,7 @@ def figure3(prep: Prepared, models: dict, path: Path, n_images: int = 3, tile: i
     scored = []
     for s in test[: 60]:
         pixels, _, _ = load_pixels(s.image_path, s.frame)
-        scored.append((int(cv2.connectedComponents((load_mask(s, pixels.shape[:2]) == 3).astype(np.uint8))[0]) - 1, s))
+        scored.append((int(cv2.connectedComponents((load_mask(s, pixels.shape[:2]) == STONE).astype(np.uint8))[0]) - 1, s))
     chosen = [s for _, s in sorted(scored, key=lambda t: -t[0])[:n_images]]
     segs = {name: Segmenter.load(p) for name, p in models.items()}
     rows = []

@@ -15,8 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import keras
 from keras import layers
 
-CLASS_NAMES = ("background", "duodenoscope", "cbd", "stone")
-N_CLASSES = len(CLASS_NAMES)
+from ..labels import CLASS_NAMES, N_CLASSES  # noqa: F401 - CLASS_NAMES: the output channels, by name
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args):
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from ..config.settings import ConfigError, load, parse_destination, validate
 
     try:
@@ -90,7 +90,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..measure.report import one_line, summary
     from ..model.inference import SHIPPED, Segmenter
     from ..preprocessing.pipeline import to_unit_grey
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from ..dicom.part10 import to_bytes
     from .pipeline import analyse_batch, encode
     from .validation import Refused, check_file

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 
-from .. import RESEARCH_USE, __version__
+from .. import __version__
+from ..labels import DUCT
+from ..text import RESEARCH_USE_SENTENCE
 
 
 @dataclass
@@ -62,9 +64,9 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
         k += len(frames)
         labels = m[0] if len(frames) == 1 else np.stack(m)
         # Cine: report the best-opacified frame (largest duct area); the SEG carries every frame.
-        best = int(np.argmax([np.count_nonzero(np.isin(x, (2, 3))) for x in m])) if len(m) > 1 else 0
+        best = int(np.argmax([np.count_nonzero(np.isin(x, DUCT)) for x in m])) if len(m) > 1 else 0
         meas = measure(m[best], ds, best + 1, measure_settings)
-        meas.update(model_version=segmenter.version, software=f"ercp-node {__version__}", note=RESEARCH_USE)
+        meas.update(model_version=segmenter.version, software=f"ercp-node {__version__}", note=RESEARCH_USE_SENTENCE)
         out.append(Analysis(labels, meas))
     t3 = time.perf_counter()
     share = 1.0 / max(len(datasets), 1)

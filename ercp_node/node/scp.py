@@ -21,35 +21,9 @@ from pydicom.uid import UID
 
 from ..storage.models import IntakeFailure
 from .intake import Intake
+from .validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
 log = logging.getLogger("ercp_node.scp")
-
-STORAGE_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.12.2": "X-Ray Radiofluoroscopic Image Storage",
-    "1.2.840.10008.5.1.4.1.1.12.2.1": "Enhanced XRF Image Storage",
-    "1.2.840.10008.5.1.4.1.1.12.1": "X-Ray Angiographic Image Storage",
-    "1.2.840.10008.5.1.4.1.1.12.1.1": "Enhanced XA Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
-}
-TRANSFER_SYNTAXES = [
-    "1.2.840.10008.1.2",  # implicit VR little endian
-    "1.2.840.10008.1.2.1",  # explicit VR little endian
-    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
-    "1.2.840.10008.1.2.4.50",  # JPEG baseline
-    "1.2.840.10008.1.2.4.51",  # JPEG extended
-    "1.2.840.10008.1.2.4.57",  # JPEG lossless, process 14
-    "1.2.840.10008.1.2.4.70",  # JPEG lossless SV1
-    "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
-    "1.2.840.10008.1.2.4.81",  # JPEG-LS near-lossless
-    "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
-    "1.2.840.10008.1.2.4.91",  # JPEG 2000
-    "1.2.840.10008.1.2.5",  # RLE lossless
-]
 
 
 def build_ae(ae_title: str, intake: Intake, *, max_associations: int = 10, pdu_size: int = 131072,

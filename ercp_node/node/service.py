@@ -10,38 +10,14 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
-
 from ..config.settings import Settings, worker_count
+from ..model.registry import load_segmenter, model_path
 from ..storage.db import open_database, private_dir
 from . import scp, tls
 from .commitment import Commitments
 from .intake import Intake
 
 log = logging.getLogger("ercp_node.service")
-
-
-def model_path(settings: Settings, sessions) -> Path:
-    """The model file the workers run: the configured one, else the registry's active one (on a fresh database
-    the shipped model is registered as active here), else the shipped file. Loads nothing."""
-    from ..model.inference import SHIPPED
-    from ..model.registry import Registry
-
-    if settings.model.path:
-        return Path(settings.model.path)
-    reg = Registry(sessions)
-    try:
-        active = reg.ensure_shipped()
-    except IntegrityError:  # another node on the same database registered it at the same moment
-        active = reg.active()
-    return Path(active.path) if active is not None and Path(active.path).is_file() else SHIPPED
-
-
-def load_segmenter(settings: Settings, sessions):
-    """The model of model_path(), loaded."""
-    from ..model.inference import Segmenter
-
-    return Segmenter.load(model_path(settings, sessions))
 
 
 def node_id(data_dir: Path) -> str:
@@ -81,7 +57,7 @@ class Node:
         w = next(iter(self.workers), None)
         if w is not None and getattr(w, "segmenter", None) is not None:
             return w.segmenter.version
-        return card_version(model_path(self.settings, self.sessions))
+        return card_version(model_path(self.settings.model.path, self.sessions))
 
     def workers_wake(self) -> None:
         for w in self.workers:
@@ -101,7 +77,7 @@ class Node:
             if self.settings.node.worker_mode == "process":
                 from .workerproc import WorkerProcess
 
-                model_path(self.settings, self.sessions)  # registers the shipped model once, here; no TensorFlow
+                model_path(self.settings.model.path, self.sessions)  # registers the shipped model once, here; no TensorFlow
                 import multiprocessing as mp
 
                 from .workerproc import WakeSignal
@@ -119,7 +95,7 @@ class Node:
                 threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True).start()
             else:
                 for i in range(worker_count(self.settings)):
-                    w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
+                    w = Worker(self, load_segmenter(self.settings.model.path, self.sessions), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()

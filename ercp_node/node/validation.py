@@ -31,6 +31,7 @@ import struct
 from pathlib import Path
 
 import pydicom
+from pydicom import uid
 from pydicom.dataelem import RawDataElement
 from pydicom.uid import RE_VALID_UID, UID
 
@@ -53,24 +54,35 @@ PHOTOMETRIC_SAMPLES = {"MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "
 # although their X-Ray Image Module says MONOCHROME2: the pipeline reads it correctly.
 _XRAY = (GREYSCALE, (8, 16), (0,))
 IOD_PIXELS = {
-    "1.2.840.10008.5.1.4.1.1.12.2": _XRAY,  # RF (C.8.7.1.1)
-    "1.2.840.10008.5.1.4.1.1.12.1": _XRAY,  # XA
-    "1.2.840.10008.5.1.4.1.1.12.2.1": _XRAY,  # Enhanced XRF (C.8.19.2)
-    "1.2.840.10008.5.1.4.1.1.12.1.1": _XRAY,  # Enhanced XA
-    "1.2.840.10008.5.1.4.1.1.1.1": _XRAY,  # DX for presentation (C.8.11.3)
-    "1.2.840.10008.5.1.4.1.1.1.1.1": _XRAY,  # DX for processing
-    "1.2.840.10008.5.1.4.1.1.7.2": (("MONOCHROME2",), (8,), (0,)),  # MF Grayscale Byte SC (C.8.6.3)
-    "1.2.840.10008.5.1.4.1.1.7.3": (("MONOCHROME2",), (16,), (0,)),  # MF Grayscale Word SC
-    "1.2.840.10008.5.1.4.1.1.7": None,  # Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.1": None,  # CR
+    uid.XRayRadiofluoroscopicImageStorage: _XRAY,  # RF (C.8.7.1.1)
+    uid.XRayAngiographicImageStorage: _XRAY,  # XA
+    uid.EnhancedXRFImageStorage: _XRAY,  # Enhanced XRF (C.8.19.2)
+    uid.EnhancedXAImageStorage: _XRAY,  # Enhanced XA
+    uid.DigitalXRayImageStorageForPresentation: _XRAY,  # DX for presentation (C.8.11.3)
+    uid.DigitalXRayImageStorageForProcessing: _XRAY,  # DX for processing
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage: (("MONOCHROME2",), (8,), (0,)),  # (C.8.6.3)
+    uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage: (("MONOCHROME2",), (16,), (0,)),
+    uid.SecondaryCaptureImageStorage: None,  # Secondary Capture
+    uid.ComputedRadiographyImageStorage: None,  # CR
 }
 
-NATIVE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99")
-JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70",
-        "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
-J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
-RLE = "1.2.840.10008.1.2.5"
-DEFLATED = "1.2.840.10008.1.2.1.99"
+NATIVE = (uid.ImplicitVRLittleEndian, uid.ExplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian)
+JPEG = (uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit, uid.JPEGLossless, uid.JPEGLosslessSV1, uid.JPEGLSLossless,
+        uid.JPEGLSNearLossless)
+J2K = (uid.JPEG2000Lossless, uid.JPEG2000)
+RLE = uid.RLELossless
+DEFLATED = uid.DeflatedExplicitVRLittleEndian
+
+# What the node accepts at association negotiation: the SCP offers exactly these contexts (scp.py), and
+# `check_file` applies the same lists to files read offline.
+STORAGE_CLASSES = (
+    uid.XRayRadiofluoroscopicImageStorage, uid.EnhancedXRFImageStorage, uid.XRayAngiographicImageStorage,
+    uid.EnhancedXAImageStorage, uid.SecondaryCaptureImageStorage,
+    uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage, uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.DigitalXRayImageStorageForPresentation, uid.DigitalXRayImageStorageForProcessing,
+    uid.ComputedRadiographyImageStorage,
+)
+TRANSFER_SYNTAXES = [*NATIVE, *JPEG, *J2K, RLE]
 
 ITEM, SEQ_DELIMITER = 0xFFFEE000, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
@@ -347,8 +359,6 @@ def _check_encapsulated(value: bytes, ts: UID, rows: int, cols: int, frames: int
 # ---------------------------------------------------------------------------------------------- files
 def check_file(path: str | Path) -> pydicom.Dataset:
     """`check_dataset` for a file on disk, with the association negotiation's checks in front of it."""
-    from .scp import STORAGE_CLASSES, TRANSFER_SYNTAXES
-
     path = Path(path)
     try:
         size = path.stat().st_size

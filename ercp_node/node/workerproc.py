@@ -126,11 +126,11 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     from ..config.settings import worker_count
 
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, (os.cpu_count() or 1) // worker_count(settings))))
-    from .service import load_segmenter
+    from ..model.registry import load_segmenter
     from .worker import Worker
 
     host = WorkerHost(settings, export_ready)
-    worker = Worker(host, load_segmenter(settings, host.sessions), name, settings.node.batch_size)
+    worker = Worker(host, load_segmenter(settings.model.path, host.sessions), name, settings.node.batch_size)
     worker.start()
     bridge(wake, worker.wake, stop)  # the intake's "new job" reaches the worker at once, not at its next poll
     ready.set()

@@ -6,7 +6,7 @@ import argparse
 import datetime as dt
 from pathlib import Path
 
-from ..cli import iso_date
+from ..cliutil import iso_date
 
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, STYLES
@@ -39,7 +39,7 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .dataset import SynthConfig
     from .render import Options
 
@@ -78,7 +78,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from .dataset import generate, stderr_progress
 
     cfg = config_from_args(args)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Orthanc
+# tests/ is on sys.path (rootdir mode)
+from helpers import Orthanc
 
 from . import harness
 

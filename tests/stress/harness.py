@@ -28,6 +28,9 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
+# tests/ is on sys.path (rootdir mode, and the benches put it there)
+from helpers import free_port  # noqa: F401 - harness.free_port, for the stress tests and benches
+
 STORE_RESPONSE = re.compile(r"Received Store Response \((?P<status>[^)]*)\)")
 SENDING = re.compile(r"Sending file: (?P<path>.+?)\s*$")
 
@@ -76,12 +79,6 @@ def sop_uid(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- waiting
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -1,0 +1,109 @@
+"""Helpers shared by the tests, tests/stress and the benches (import them as `from helpers import ...`; tests/ is
+on sys.path in pytest's rootdir mode, and the benches put it there): free loopback ports, a real Orthanc PACS,
+dcmtk's storescu against a node, phantom images made through the `synth` command, row counts of the node's
+database, waiting for a condition. Fixtures stay in conftest.py; nothing imports conftest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Debian's orthanc-dicomweb package (the viewer test serves DICOMweb to OHIF through it)
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+
+
+class Orthanc:
+    """A real Orthanc on free loopback ports (DICOM and REST), storage under `root`; `dicomweb` loads the
+    DICOMweb plugin."""
+
+    def __init__(self, root, dicomweb: bool = False):
+        self.dicom_port, self.http_port, self.aet = free_port(), free_port(), "ORTHANC"
+        root.mkdir(parents=True, exist_ok=True)
+        cfg = {"Name": "ercp-node-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
+               "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+               "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+               "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "Plugins": [], "StableAge": 1,
+               "ConcurrentJobs": 1, "HttpThreadsCount": 4}
+        if dicomweb:
+            if not os.path.exists(DICOMWEB_PLUGIN):
+                raise RuntimeError(f"{DICOMWEB_PLUGIN} missing: apt-get install orthanc-dicomweb (make tools)")
+            cfg["Plugins"] = [DICOMWEB_PLUGIN]
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False,
+                               "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
+            cfg["HttpThreadsCount"] = 8
+        (root / "orthanc.json").write_text(json.dumps(cfg))
+        self.log = open(root / "orthanc.log", "w")
+        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(root / "orthanc.json")], stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        end = time.time() + 30
+        while time.time() < end:
+            try:
+                self.get("/system")
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            return json.loads(r.read())
+
+    def upload(self, path) -> dict:
+        """POST one DICOM file to Orthanc's REST API (/instances); its answer (ID, Status)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances", data=open(path, "rb").read(),
+                                     headers={"Content-Type": "application/dicom"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(20)
+        self.log.close()
+
+
+def storescu(node, *files: Path, flags=(), aet: str = "CARM", aec: str = "ERCPNODE",
+             timeout: float = 60) -> subprocess.CompletedProcess:
+    """dcmtk storescu of `files` to a node on 127.0.0.1 (a Node, or its port), calling AE `aet`."""
+    port = node if isinstance(node, int) else node.settings.node.port
+    return subprocess.run(["storescu", "-aet", aet, "-aec", aec, *flags, "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def synth(out: Path, *args: str, count: int = 1, seed: int = 0, size: int = 512) -> list[Path]:
+    """Phantom images made by `ercp-node synth` (one worker) into `out`; their DICOM files, sorted."""
+    from ercp_node.cli import main
+
+    assert main(["synth", "--count", str(count), "--seed", str(seed), "--size", str(size), "--out", str(out),
+                 "--workers", "1", *args]) == 0
+    return sorted((out / "dicom").glob("*.dcm"))
+
+
+def count(node, model, *where) -> int:
+    """Rows of `model` (an ercp_node.storage.models class) in the node's database matching `where`."""
+    from sqlalchemy import func, select
+
+    with node.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+def wait_until(predicate, timeout: float = 120.0, interval: float = 0.2) -> bool:
+    """True as soon as `predicate()` is true; False after `timeout` seconds."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
