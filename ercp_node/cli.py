@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(e)
     e.set_defaults(func=_lazy(".model.cli", "run_evaluate"))
 
-    from .node.cli import add_segment_arguments, add_serve_arguments, add_status_arguments
+    from .node.cli import add_resend_arguments, add_segment_arguments, add_serve_arguments, add_status_arguments
 
     sv = sub.add_parser("serve", help="run the DICOM node (C-ECHO/C-STORE SCP, archive, queue)")
     add_serve_arguments(sv)
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="queue, recent jobs, failures, export backlog, active model")
     add_status_arguments(st)
     st.set_defaults(func=_lazy(".node.cli", "run_status"))
+    rs = sub.add_parser("resend", help="send failed (dead-lettered) exports again, with the same UIDs")
+    add_resend_arguments(rs)
+    rs.set_defaults(func=_lazy(".node.cli", "run_resend"))
     sg = sub.add_parser("segment", help="offline: segment files, write SEG/SR and overlay PNGs")
     add_segment_arguments(sg)
     sg.set_defaults(func=_lazy(".node.cli", "run_segment"))
