@@ -15,9 +15,9 @@ $(STAMP): pyproject.toml
 
 # dcmtk (storescu, storescp, dcmdump, dcmcjpeg), dicom3tools (dciodvfy) and pixelmed-apps (DicomSRValidator)
 # are the real tools and judges the tests call.
-APT_TOOLS := dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb chromium systemd
+APT_TOOLS := dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb orthanc-python socat chromium systemd
 tools:
-	@if ! command -v dciodvfy >/dev/null || ! command -v storescp >/dev/null || ! command -v DicomSRValidator >/dev/null || ! command -v Orthanc >/dev/null || ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so >/dev/null 2>&1; then \
+	@if ! command -v dciodvfy >/dev/null || ! command -v storescp >/dev/null || ! command -v DicomSRValidator >/dev/null || ! command -v Orthanc >/dev/null || ! command -v chromium >/dev/null || ! command -v systemd-analyze >/dev/null || ! ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/orthanc/plugins/libOrthancPython.so >/dev/null 2>&1 || ! command -v socat >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TOOLS) >/dev/null; \
 	  else \

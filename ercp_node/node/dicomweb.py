@@ -13,7 +13,11 @@ import requests
 
 def session_for(d) -> requests.Session:
     s = requests.Session()
-    s.verify = d.tls_ca or True
+    if d.tls_ca:
+        # Session.verify alone loses to REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment (requests merges the
+        # environment's bundle per request over the session's): the destination's CA is passed with every request.
+        request = s.request
+        s.request = lambda method, url, **kw: request(method, url, **{**kw, "verify": d.tls_ca})
     if d.auth == "basic":
         s.auth = (d.username, d.secret())
     elif d.auth == "bearer":
