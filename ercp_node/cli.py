@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_arguments(sg)
     sg.set_defaults(func=_lazy(".node.cli", "run_segment"))
 
+    from .doctor import add_doctor_arguments
+
+    dr = sub.add_parser("doctor", help="versions, devices (CPU/GPU), model, DICOM tools, configuration problems")
+    add_doctor_arguments(dr)
+    dr.set_defaults(func=_lazy(".doctor", "run_doctor"))
+
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")
     d.add_argument("--count", type=int, default=8, help="phantom images to generate (default: 8)")
