@@ -228,3 +228,40 @@ def test_status_page_in_headless_chromium(served, tmp_path):
 
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[1] == 1280 and img.std() > 10  # a rendered page, not a blank one
+
+
+def test_serve_with_http_port_in_process_mode_and_sigterm(tmp_path, tiny_model):
+    """`ercp-node serve --http-port` as an operator runs it (worker processes): /health turns 200 once the model
+    is loaded in every worker, and SIGTERM stops the node, its HTTP port included."""
+    import signal
+    import sys
+
+    http_port, port = free_port(), free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), ERCP_NODE_NODE_WORKERS="1",
+               ERCP_NODE_MODEL_PATH=str(tiny_model), TF_CPP_MIN_LOG_LEVEL="2")
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "ercp-node"), "serve", "--bind", "127.0.0.1",
+                             "--port", str(port), "--data-dir", str(tmp_path / "node"), "--http-port", str(http_port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{http_port}"
+        assert _wait(lambda: proc.poll() is None and _get_quiet(base + "/health") == 200, 180), \
+            (tmp_path / "serve.log").read_text()[-3000:]
+        h = json.loads(_get(base + "/health")[2])
+        assert h["checks"]["workers"] == {"ok": True, "alive": 1, "configured": 1}
+        assert _get(base + "/metrics")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert _get_quiet(base + "/health") is None  # the HTTP port closed with the node
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def _get_quiet(url: str):
+    try:
+        return _get(url)[0]
+    except OSError:
+        return None
