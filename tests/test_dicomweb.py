@@ -110,7 +110,8 @@ class OrthancWeb:
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("carm")
-    assert main(["synth", "--count", "2", "--seed", "73", "--size", "512", "--out", str(root)]) == 0
+    assert main(["synth", "--count", "2", "--seed", "73", "--size", "512", "--out", str(root),
+                 "--workers", "1"]) == 0  # no fork of a process whose threads (nodes, TensorFlow) may hold locks
     return sorted((root / "dicom").glob("*.dcm"))
 
 

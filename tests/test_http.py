@@ -31,7 +31,8 @@ PATIENT_NAME, PATIENT_ID = "SENTINEL^PATIENTNAME", "SENTINELPID4711"
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("carm")
-    assert main(["synth", "--count", "2", "--seed", "71", "--size", "512", "--out", str(root)]) == 0
+    assert main(["synth", "--count", "2", "--seed", "71", "--size", "512", "--out", str(root),
+                 "--workers", "1"]) == 0  # no fork of a process whose threads (nodes, TensorFlow) may hold locks
     files = sorted((root / "dicom").glob("*.dcm"))
     for f in files:  # names and IDs that must never reach the page or the metrics
         ds = pydicom.dcmread(f)

@@ -198,11 +198,10 @@ class Exporter(threading.Thread):
             attempts = e.attempts
         sop = getattr(row, "sop_instance_uid", None)
         metrics = getattr(self.node, "metrics", None)
-        if metrics is not None:
-            metrics.export_attempt(dest, error is None)
-            if error is None and getattr(row, "received_at", None) is not None:
-                received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.timezone.utc)
-                metrics.delivered(dest, (now - received).total_seconds())
+        if metrics is not None and error is None and getattr(row, "received_at", None) is not None:
+            # attempts and failures are counted from export_attempts at scrape time; the latency is observed here
+            received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=dt.timezone.utc)
+            metrics.delivered(dest, (now - received).total_seconds())
         if error is None:
             self.audit("export", sop_instance_uid=sop, destination=dest, outcome="sent",
                        detail={"export": export_id, "attempts": attempts, "status": f"0x{status:04X}"})

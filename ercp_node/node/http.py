@@ -50,9 +50,6 @@ class Metrics:
     def delivered(self, destination: str, seconds: float) -> None:
         self.latency.labels(destination).observe(max(seconds, 0.0))
 
-    def export_attempt(self, destination: str, ok: bool) -> None:  # counted from export_attempts at scrape time
-        pass
-
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
