@@ -174,6 +174,22 @@ def test_status_page_has_the_banner_jobs_destinations_and_no_patient_data(served
     img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape[1] == 192
     assert _get(base + "/thumb/999.png")[0] == 404
+    # the phantom RF images declare BurnedInAnnotation YES (they print text): masks only, no image pixel - every
+    # grey pixel is the flat background; declared NO, the image shows under the masks
+    from ercp_node.node.http import MASK_BACKGROUND, thumbnail
+
+    grey = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2])
+    assert set(np.unique(img[grey])) == {MASK_BACKGROUND}
+    with node.sessions() as s:
+        from ercp_node.storage.models import Instance, Job
+
+        path = s.execute(select(Instance.path).join(Job, Job.instance_id == Instance.id).where(Job.id == 1)).scalar_one()
+    ds = pydicom.dcmread(path)
+    ds.BurnedInAnnotation = "NO"
+    ds.save_as(path)
+    img = cv2.imdecode(np.frombuffer(thumbnail(node, 1), np.uint8), cv2.IMREAD_COLOR)
+    grey = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2])
+    assert len(set(np.unique(img[grey])) - {MASK_BACKGROUND}) > 20
 
 
 def test_token_is_required_off_loopback_and_checked(tmp_path, tiny_model):

@@ -56,6 +56,7 @@ class Exporter(threading.Thread):
         # two exporters send the same export. Both spellings of the data dir, as the worker writes it and resolved.
         data_dir = Path(node.settings.node.data_dir)
         self.own_outputs = sorted({str(data_dir / "outputs") + os.sep, str(data_dir.resolve() / "outputs") + os.sep})
+        self._checked_unconfigured = -1e9
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -91,7 +92,11 @@ class Exporter(threading.Thread):
         return len(gone)
 
     def cycle(self) -> int:
-        self.stop_unconfigured()
+        # At start, then once a minute: the destinations are fixed for the process, so new rows always name one of
+        # them; this catches rows left from an earlier configuration without scanning the backlog every poll.
+        if time.monotonic() - self._checked_unconfigured >= 60:
+            self._checked_unconfigured = time.monotonic()
+            self.stop_unconfigured()
         with self.node.sessions() as s:
             due = s.execute(select(Export.id, Export.destination, Output.path, Output.sop_instance_uid,
                                    Instance.received_at)

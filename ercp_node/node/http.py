@@ -7,7 +7,8 @@ basic auth with the token as the password (what a browser prompts for); anything
 Bound to anything but loopback, the token is required (refused at start without one).
 
 Nothing served carries patient names or IDs: the page and the metrics are built from the database, which holds
-UIDs, AE titles and measurements only; the thumbnails are the image with the overlay, downscaled, without text."""
+UIDs, AE titles and measurements only; a thumbnail shows the image with the overlay only when the source declares
+BurnedInAnnotation NO, else the masks alone (pixels can carry printed names)."""
 
 from __future__ import annotations
 
@@ -229,10 +230,12 @@ def model_card(node) -> dict:
 
 
 COLOURS = {1: (0, 200, 0), 2: (0, 0, 230), 3: (0, 230, 230)}  # BGR: scope green, CBD red, stones yellow
+MASK_BACKGROUND = 40
 
 
 def thumbnail(node, job_id: int, width: int = 192) -> bytes | None:
-    """The job's source frame with its SEG painted over, downscaled, as PNG (no text: nothing but pixels)."""
+    """The job's source frame with its SEG painted over, downscaled, as PNG; the masks alone when the source may
+    have burned-in annotation (anything but BurnedInAnnotation NO)."""
     import cv2
     import numpy as np
     import pydicom
@@ -259,13 +262,21 @@ def thumbnail(node, job_id: int, width: int = 192) -> bytes | None:
             continue
         lab = labels_of.get(int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)) or 0
         label_map[(masks[i] > 0) & (label_map < lab)] = lab  # stone > CBD > scope
-    pix, bits, photometric = load_pixels(row[0], frame or 0)
-    grey = (to_unit_grey(pix, bits_stored=bits, photometric=photometric) * 255).clip(0, 255).astype(np.uint8)
-    img = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
-    over = img.copy()
-    for lab, colour in COLOURS.items():
-        over[label_map == lab] = colour
-    img = cv2.addWeighted(img, 0.55, over, 0.45, 0)
+    # Pixels may carry burned-in text (names, IDs: many fluoroscopy systems print them): the image itself is drawn
+    # only when the source says BurnedInAnnotation NO; otherwise the masks alone, on a flat grey.
+    burned = pydicom.dcmread(row[0], stop_before_pixels=True, specific_tags=["BurnedInAnnotation"])
+    if str(burned.get("BurnedInAnnotation", "") or "").upper() == "NO":
+        pix, bits, photometric = load_pixels(row[0], frame or 0)
+        grey = (to_unit_grey(pix, bits_stored=bits, photometric=photometric) * 255).clip(0, 255).astype(np.uint8)
+        img = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+        over = img.copy()
+        for lab, colour in COLOURS.items():
+            over[label_map == lab] = colour
+        img = cv2.addWeighted(img, 0.55, over, 0.45, 0)
+    else:
+        img = np.full((*label_map.shape, 3), MASK_BACKGROUND, np.uint8)
+        for lab, colour in COLOURS.items():
+            img[label_map == lab] = colour
     h = max(1, round(img.shape[0] * width / img.shape[1]))
     ok, png = cv2.imencode(".png", cv2.resize(img, (width, h), interpolation=cv2.INTER_AREA))
     return png.tobytes() if ok else None
