@@ -110,7 +110,7 @@ class Exporter(threading.Thread):
         done = 0
         for name, rows in by_dest.items():
             d = self.node.settings.destination(name)
-            if d is None:  # left the configuration since stop_unconfigured: the next cycle stops them
+            if d is None:  # left the settings at run time (tests): stop_unconfigured marks them within a minute
                 continue
             done += self.send_dicomweb(d, rows) if d.kind == "dicomweb" else self.send(d, rows)
         return done
