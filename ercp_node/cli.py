@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_arguments(e)
     e.set_defaults(func=_lazy(".model.cli", "run_evaluate"))
 
-    from .node.cli import add_segment_arguments, add_serve_arguments, add_status_arguments
+    from .node.cli import add_resend_arguments, add_segment_arguments, add_serve_arguments, add_status_arguments
 
     sv = sub.add_parser("serve", help="run the DICOM node (C-ECHO/C-STORE SCP, archive, queue)")
     add_serve_arguments(sv)
@@ -53,9 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="queue, recent jobs, failures, export backlog, active model")
     add_status_arguments(st)
     st.set_defaults(func=_lazy(".node.cli", "run_status"))
+    rs = sub.add_parser("resend", help="send failed (dead-lettered) exports again, with the same UIDs")
+    add_resend_arguments(rs)
+    rs.set_defaults(func=_lazy(".node.cli", "run_resend"))
     sg = sub.add_parser("segment", help="offline: segment files, write SEG/SR and overlay PNGs")
     add_segment_arguments(sg)
     sg.set_defaults(func=_lazy(".node.cli", "run_segment"))
+
+    from .doctor import add_doctor_arguments
+
+    dr = sub.add_parser("doctor", help="versions, devices (CPU/GPU), model, DICOM tools, configuration problems")
+    add_doctor_arguments(dr)
+    dr.set_defaults(func=_lazy(".doctor", "run_doctor"))
 
     d = sub.add_parser("demo", help="run the main job on embedded defaults")
     d.add_argument("--out", default="demo-out", help="output directory (default: demo-out)")

@@ -46,6 +46,12 @@ class NodeSettings:
     tls_cert: str = ""  # PEM certificate (chain) of the node
     tls_key: str = ""  # PEM private key, unencrypted, readable by the node's user only
     tls_ca: str = ""  # PEM CA bundle that signs the clients' certificates
+    # HTTP: status page, /health, /metrics (0 = off). Bound to loopback unless configured; anywhere else a token
+    # file is required (requests without the token get 401).
+    http_port: int = 0
+    http_bind: str = "127.0.0.1"
+    http_token_file: str = ""
+    audit_log: str = ""  # JSON lines audit trail; empty: <data_dir>/audit.jsonl
 
 
 @dataclass
@@ -57,6 +63,10 @@ class ModelSettings:
 class ExportSettings:
     retry_initial_s: float = 5.0
     retry_max_s: float = 600.0
+    # Dead-letter: an export is `failed` after this many attempts or this age (hours since it was made or resent),
+    # whichever comes first; 0 switches that limit off. `ercp-node resend` queues failed exports again.
+    max_attempts: int = 50
+    max_age_h: float = 72.0
 
 
 @dataclass
@@ -104,15 +114,69 @@ class MeasureConfig:
 
 @dataclass
 class Destination:
-    ae_title: str
-    host: str
-    port: int
+    """Where outputs go. `name` is what export rows store: a configured `[destinations.NAME]`, or for an unnamed
+    one (`--destination`, `ERCP_NODE_DESTINATIONS`, the older `[[destinations]]` array) its address AET@HOST:PORT.
+    kind "dimse": C-STORE to ae_title@host:port (TLS with `tls`); kind "dicomweb": STOW-RS to `url` (https, basic or
+    bearer auth; the secrets are read from files, never kept in the configuration)."""
+
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
     objects: tuple[str, ...] = OBJECTS
     tls: bool = False  # export over TLS; the node presents node.tls_cert when it has one
     tls_ca: str = ""  # CA that signed the destination's certificate (empty: the system trust store)
+    name: str = ""  # empty: the address (an unnamed destination)
+    kind: str = "dimse"  # dimse | dicomweb
+    url: str = ""  # dicomweb: the service's base URL (STOW-RS posts to <url>/studies)
+    auth: str = "none"  # dicomweb: none | basic | bearer
+    username: str = ""  # dicomweb basic auth
+    password_file: str = ""  # dicomweb basic auth: file holding the password
+    token_file: str = ""  # dicomweb bearer auth: file holding the token
+    timeout_s: float = 30.0
+
+    def __post_init__(self):
+        if not self.name:
+            self.name = self.address
+
+    @property
+    def address(self) -> str:
+        return self.url if self.kind == "dicomweb" else f"{self.ae_title}@{self.host}:{self.port}"
+
+    @property
+    def named(self) -> bool:
+        return self.name != self.address
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return self.name
+
+    def describe(self) -> str:
+        """One line for `config check` and the status page: no secrets, only where they are read from."""
+        what = f"{self.name}: {self.kind} {self.address}" if self.named else f"{self.address} ({self.kind})"
+        extra = [",".join(self.objects)]
+        if self.kind == "dimse" and self.tls:
+            extra.append("TLS" + (f" CA {self.tls_ca}" if self.tls_ca else ""))
+        if self.kind == "dicomweb" and self.auth != "none":
+            extra.append(f"{self.auth} auth from {self.token_file or self.password_file}")
+        return f"{what} [{'; '.join(extra)}]"
+
+    def secret(self) -> str:
+        """The password or token, read from its file now (ConfigError naming the key if it cannot be read)."""
+        key = "token_file" if self.auth == "bearer" else "password_file"
+        path = getattr(self, key)
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"destinations.{self.name}.{key}: cannot read {path}: "
+                              f"{exc.strerror or type(exc).__name__}") from None
+        if not value:
+            raise ConfigError(f"destinations.{self.name}.{key}: {path} is empty")
+        return value
+
+
+DEST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEST_KINDS = ("dimse", "dicomweb")
+DEST_KEYS = {"kind", "ae_title", "host", "port", "objects", "tls", "tls_ca", "url", "auth", "username",
+             "password_file", "token_file", "timeout_s"}
 
 
 @dataclass
@@ -124,9 +188,12 @@ class Settings:
     commitment: CommitmentSettings = field(default_factory=CommitmentSettings)
     destinations: list[Destination] = field(default_factory=list)
 
-    def destination(self, text: str) -> Destination | None:
-        """The configured destination an export row names (rows hold AET@HOST:PORT), if still configured."""
-        return next((d for d in self.destinations if str(d) == text), None)
+    def destination(self, name: str) -> Destination | None:
+        """The configured destination an export row names, or None when it is no longer configured (its exports
+        stop; nothing is ever sent to an address parsed from the row). Rows written before destinations had names
+        hold the address AET@HOST:PORT: a configured DIMSE destination with that address is theirs."""
+        return (next((d for d in self.destinations if d.name == name), None)
+                or next((d for d in self.destinations if d.kind == "dimse" and d.address == name), None))
 
     def db_url(self) -> str:
         from ..storage.db import sqlite_url
@@ -135,8 +202,7 @@ class Settings:
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["destinations"] = [str(x) + f" ({','.join(x.objects)})" + (" TLS" if x.tls else "")
-                             for x in self.destinations]
+        d["destinations"] = [x.describe() for x in self.destinations]
         d["node"]["db_url"] = mask_url(d["node"]["db_url"])  # TLS entries are paths: key contents are never read here
         return d
 
@@ -155,6 +221,7 @@ def mask_url(url: str) -> str:
 
 
 def parse_destination(text: str, objects=OBJECTS) -> Destination:
+    """An unnamed DIMSE destination from AET@HOST:PORT (`--destination`, ERCP_NODE_DESTINATIONS); plain TCP."""
     m = DEST_RE.match(text.strip())
     if not m:
         raise ConfigError(f"destination {text!r} is not AET@HOST:PORT")
@@ -163,14 +230,107 @@ def parse_destination(text: str, objects=OBJECTS) -> Destination:
     return dest
 
 
+def named_destination(name: str, values) -> Destination:
+    """[destinations.NAME] from the TOML file; every error names the key."""
+    key = f"destinations.{name}"
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key} must be a table ([destinations.{name}] with kind, ae_title/host/port or url)")
+    if not DEST_NAME_RE.match(name):
+        raise ConfigError(f"{key}: the name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+                          "or digit")
+    unknown = set(values) - DEST_KEYS
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(DEST_KEYS))})")
+    kind = str(values.get("kind", "dimse"))
+    if kind not in DEST_KINDS:
+        raise ConfigError(f"{key}.kind: unknown destination kind {kind!r} (known: {', '.join(DEST_KINDS)})")
+    d = Destination(name=name, kind=kind)
+    for k, v in values.items():
+        if k == "kind":
+            continue
+        if k == "objects":
+            if not isinstance(v, list) or not all(isinstance(o, str) for o in v):
+                raise ConfigError(f"{key}.objects: expected a list of strings, got {v!r}")
+            d.objects = tuple(v)
+            continue
+        kt = {"port": int, "tls": bool, "timeout_s": float}.get(k, str)
+        if kt is str and not isinstance(v, str):
+            raise ConfigError(f"{key}.{k}: expected a string, got {v!r}")
+        setattr(d, k, _coerce("destinations", f"{name}.{k}", v, kt))
+    if kind == "dimse":
+        wrong = sorted(set(values) & {"url", "auth", "username", "password_file", "token_file"})
+        if wrong:
+            raise ConfigError(f"{key}: {', '.join(wrong)} belong(s) to kind = \"dicomweb\"; this one is dimse")
+        for k in ("ae_title", "host", "port"):
+            if k not in values:
+                raise ConfigError(f"{key}.{k} is required for a DIMSE destination")
+    else:
+        wrong = sorted(set(values) & {"ae_title", "host", "port", "tls"})
+        if wrong:
+            raise ConfigError(f"{key}: {', '.join(wrong)} belong(s) to kind = \"dimse\"; a dicomweb destination "
+                              "has a url (https:// uses TLS)")
+        if "url" not in values:
+            raise ConfigError(f"{key}.url is required for a DICOMweb destination")
+    _check_destination(d)
+    return d
+
+
 def _check_destination(d: Destination) -> None:
-    if not AE_RE.match(d.ae_title):
-        raise ConfigError(f"destination AE title {d.ae_title!r} must be 1–16 printable characters without '\\'")
-    if not 1 <= d.port <= 65535:
-        raise ConfigError(f"destination port {d.port} must be within 1–65535")
+    key = f"destinations.{d.name}" if d.named else f"destination {d.address}"
+    if d.kind == "dimse":
+        if not AE_RE.match(d.ae_title):
+            raise ConfigError(f"{key}.ae_title {d.ae_title!r} must be 1–16 printable characters without '\\'")
+        if not d.host:
+            raise ConfigError(f"{key}.host must not be empty")
+        if not 1 <= d.port <= 65535:
+            raise ConfigError(f"{key}.port {d.port} must be within 1–65535")
+        if d.tls_ca and not d.tls:
+            raise ConfigError(f"{key}.tls_ca given but tls is off")
+    else:
+        _check_dicomweb(d, key)
+    if d.timeout_s <= 0:
+        raise ConfigError(f"{key}.timeout_s must be > 0")
     bad = [o for o in d.objects if o not in OBJECTS]
     if bad or not d.objects:
-        raise ConfigError(f"destination {d} objects must be a non-empty subset of {', '.join(OBJECTS)}, got {list(d.objects)}")
+        raise ConfigError(f"{key}.objects must be a non-empty subset of {', '.join(OBJECTS)}, got {list(d.objects)}")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _check_dicomweb(d: Destination, key: str) -> None:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(d.url)
+    if not u.scheme or "://" not in d.url:
+        raise ConfigError(f"{key}.url {d.url!r} has no scheme: write https://host/path (http:// only on loopback)")
+    if u.scheme not in ("https", "http"):
+        raise ConfigError(f"{key}.url {d.url!r}: scheme {u.scheme!r} is not https or http")
+    if not u.hostname:
+        raise ConfigError(f"{key}.url {d.url!r} has no host")
+    if u.username or u.password:
+        raise ConfigError(f"{key}.url must not carry credentials: use auth with username and password_file")
+    if d.auth not in ("none", "basic", "bearer"):
+        raise ConfigError(f"{key}.auth {d.auth!r} must be none, basic or bearer")
+    if u.scheme == "http" and (d.auth != "none" or u.hostname not in LOOPBACK_HOSTS):
+        raise ConfigError(f"{key}.url {d.url!r}: plain http is refused except to loopback without credentials; "
+                          "use https")
+    if d.tls_ca and u.scheme != "https":
+        raise ConfigError(f"{key}.tls_ca given but the url is not https")
+    if d.auth == "basic":
+        if not d.username or not d.password_file:
+            raise ConfigError(f"{key}: auth = \"basic\" needs username and password_file")
+        if d.token_file:
+            raise ConfigError(f"{key}.token_file belongs to auth = \"bearer\"")
+    elif d.auth == "bearer":
+        if not d.token_file:
+            raise ConfigError(f"{key}.token_file is required with auth = \"bearer\"")
+        if d.username or d.password_file:
+            raise ConfigError(f"{key}: username/password_file belong to auth = \"basic\"")
+    elif d.username or d.password_file or d.token_file:
+        raise ConfigError(f"{key}: credentials given but auth is \"none\" (set auth = \"basic\" or \"bearer\")")
+    if d.auth != "none":
+        d.secret()  # readable and not empty, now rather than at the first export
 
 
 def _coerce(section: str, key: str, value, kind):
@@ -213,16 +373,27 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
     s.node.worker_mode = "process"  # the service's default (see NodeSettings.worker_mode)
     if path:
         try:
-            data = tomllib.loads(Path(path).read_text())
+            text = Path(path).read_text()
         except FileNotFoundError:
             raise ConfigError(f"configuration file {path} not found") from None
+        except OSError as exc:
+            raise ConfigError(f"configuration file {path}: {exc.strerror or type(exc).__name__}") from None
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
+            dup = _duplicate_destination(text)
+            if dup:
+                raise ConfigError(f"destinations.{dup}: two destinations with one name ({path})") from None
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         for section, values in data.items():
             if section == "destinations":
+                if isinstance(values, dict):  # [destinations.NAME] tables
+                    for name, d in values.items():
+                        s.destinations.append(named_destination(name, d))
+                    continue
                 if not isinstance(values, list):
-                    raise ConfigError("destinations must be an array of tables ([[destinations]])")
-                for d in values:
+                    raise ConfigError("destinations must be [destinations.NAME] tables (or the older [[destinations]])")
+                for d in values:  # [[destinations]]: unnamed DIMSE destinations, named by their address
                     try:
                         dest = Destination(str(d["ae_title"]), str(d["host"]), int(d["port"]),
                                            tuple(d.get("objects", OBJECTS)))
@@ -260,8 +431,30 @@ def load(path: str | Path | None = None, env: dict | None = None) -> Settings:
     return s
 
 
+def _duplicate_destination(text: str) -> str | None:
+    """The name of a [destinations.NAME] table declared twice (tomllib's error only gives a line number)."""
+    seen = set()
+    for m in re.finditer(r'^\s*\[\s*destinations\s*\.\s*(?:"([^"]+)"|([A-Za-z0-9_.-]+))\s*\]', text, re.M):
+        name = m[1] or m[2]
+        if name.lower() in seen:
+            return name
+        seen.add(name.lower())
+    return None
+
+
+def validate_destinations(destinations: list[Destination]) -> None:
+    seen: dict[str, Destination] = {}
+    for d in destinations:
+        other = seen.get(d.name.lower())
+        if other is not None:
+            key = f"destinations.{d.name}" if d.named else f"destination {d.name}"
+            raise ConfigError(f"{key}: two destinations with one name (names are case-insensitive)")
+        seen[d.name.lower()] = d
+
+
 def validate(s: Settings) -> None:
     n = s.node
+    validate_destinations(s.destinations)
     if not AE_RE.match(n.ae_title):
         raise ConfigError(f"node.ae_title {n.ae_title!r} must be 1–16 printable characters without '\\'")
     if not 1 <= n.port <= 65535:
@@ -278,6 +471,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node.min_free_disk_mb must be ≥ 0")
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
+    if s.export.max_attempts < 0 or s.export.max_age_h < 0:
+        raise ConfigError("export.max_attempts and export.max_age_h must be ≥ 0 (0: no limit)")
     for t in n.allowed_ae_titles:
         if not AE_RE.match(t):
             raise ConfigError(f"node.allowed_ae_titles: {t!r} must be 1–16 printable characters without '\\'")
@@ -287,6 +482,7 @@ def validate(s: Settings) -> None:
     if c.report_delay_s < 0 or c.response_timeout_s <= 0 or not 0 < c.retry_initial_s <= c.retry_max_s:
         raise ConfigError("commitment: report_delay_s must be ≥ 0, response_timeout_s > 0, "
                           "0 < retry_initial_s ≤ retry_max_s")
+    _validate_http(s)
     _validate_tls(s)
     try:
         measure_settings(s).calibration.diameter_mm()
@@ -328,6 +524,27 @@ def allowed_networks(hosts: list[str]) -> list:
     return nets
 
 
+def _validate_http(s: Settings) -> None:
+    n = s.node
+    if not 0 <= n.http_port <= 65535:
+        raise ConfigError(f"node.http_port {n.http_port} must be 0 (off) or within 1–65535")
+    if n.http_port and n.http_port == n.port and n.http_bind in (n.bind, "0.0.0.0", "::"):
+        raise ConfigError(f"node.http_port {n.http_port} is the DICOM port (node.port)")
+    try:
+        ip = ipaddress.ip_address(n.http_bind)
+    except ValueError:
+        if n.http_bind != "localhost":
+            raise ConfigError(f"node.http_bind {n.http_bind!r} must be an IP address (127.0.0.1 by default)") from None
+        ip = ipaddress.ip_address("127.0.0.1")
+    if n.http_token_file:
+        from ..node.http import read_token
+
+        read_token(n.http_token_file)  # readable, long enough: now, not at the first request
+    elif n.http_port and not ip.is_loopback:
+        raise ConfigError(f"node.http_token_file is required when node.http_bind is {n.http_bind} (not loopback): "
+                          "the status page and /metrics are never served unauthenticated beyond this host")
+
+
 def _validate_tls(s: Settings) -> None:
     from ..node import tls
 
@@ -340,8 +557,7 @@ def _validate_tls(s: Settings) -> None:
         if n.tls_cert:
             tls.server_context(n.tls_cert, n.tls_key, n.tls_ca)
         for d in s.destinations:
-            if d.tls_ca and not d.tls:
-                raise ConfigError(f"destination {d}: tls_ca given but tls is off")
+            _check_destination(d)
             if d.tls:
                 tls.client_context(d.tls_ca, n.tls_cert, n.tls_key)
     except tls.ConfigTLSError as exc:

@@ -91,6 +91,18 @@ class Registry:
                               data_fingerprint=card.get("data_fingerprint"), split=card.get("split"),
                               metrics=card.get("test_metrics"), active=activate, decision=decision)
             s.add(mv)
+            # Audit: every registration with its decision (promotion or not) in the same transaction; the JSON line
+            # goes beside the data dir's models/ when the registry has one.
+            from ..storage.audit import Audit
+
+            audit = Audit(self.sessions, None if self.models_dir is None else Path(self.models_dir).parent / "audit.jsonl")
+            event = audit.values("model-promotion" if activate else "model-registered", outcome=version[:32],
+                                 detail={"version": version, "active": activate, "decision": decision,
+                                         "loss": card.get("loss"), "data_fingerprint": card.get("data_fingerprint")})
+            from ..storage.models import AuditEvent
+
+            s.execute(AuditEvent.__table__.insert(), event)
+        audit.line(event)
         log.info("model %s registered, %s: %s", mv.version, "active" if activate else "not active", decision)
         return mv
 

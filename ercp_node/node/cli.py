@@ -15,7 +15,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bind", default=None, help="address to listen on (default from config: 0.0.0.0)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--destination", action="append", default=None, metavar="AET@HOST:PORT",
-                   help="PACS to send SEG/SR/GSPS to (repeatable)")
+                   help="PACS to send SEG/SR/GSPS to (repeatable; unnamed, plain TCP; replaces the configured ones)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="serve the status page, /health and /metrics on this port (node.http_port; 0 = off)")
 
 
 def settings_from_args(args):
@@ -24,7 +26,8 @@ def settings_from_args(args):
 
     try:
         s = load(getattr(args, "config", None))
-        for flag, key in (("ae_title", "ae_title"), ("port", "port"), ("bind", "bind"), ("data_dir", "data_dir")):
+        for flag, key in (("ae_title", "ae_title"), ("port", "port"), ("bind", "bind"), ("data_dir", "data_dir"),
+                          ("http_port", "http_port")):
             if getattr(args, flag, None) is not None:
                 setattr(s.node, key, getattr(args, flag))
         if getattr(args, "destination", None):
@@ -135,3 +138,31 @@ def run_segment(args: argparse.Namespace) -> int:
             continue
         print(f"{f}: {one_line(summary(analysis.measurements))}; model {seg.version}")
     return 1 if failures else 0
+
+
+def add_resend_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="TOML configuration file (its destinations are checked)")
+    p.add_argument("--data-dir", default=None)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--job", type=int, default=None, metavar="ID", help="the failed exports of this job")
+    g.add_argument("--destination", dest="resend_destination", default=None, metavar="NAME",
+                   help="the failed or unconfigured exports to this destination")
+    g.add_argument("--all-failed", action="store_true", help="every failed export")
+
+
+def run_resend(args: argparse.Namespace) -> int:
+    """Queue failed (dead-lettered) or unconfigured exports again: the same stored objects, so the same UIDs."""
+    from ..cli import CLIError
+    from ..storage.db import open_database
+    from .resend import resend
+
+    s = settings_from_args(args)
+    _, sessions = open_database(s.db_url())
+    try:
+        n, skipped = resend(sessions, s, job=args.job, destination=args.resend_destination,
+                            all_failed=args.all_failed)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"{n} export(s) queued again" + (f"; {skipped} left as they are: their destination is not configured "
+                                           "(see `ercp-node config check`)" if skipped else ""))
+    return 0 if n or not skipped else 1

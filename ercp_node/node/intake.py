@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..storage.db import private_dir
-from ..storage.models import Instance, IntakeFailure, Job
+from ..storage.models import AuditEvent, Instance, IntakeFailure, Job
 
 # The checks live in validation.py (shared with `ercp-node segment`); the names are re-exported here.
 from .validation import (  # noqa: F401
@@ -32,6 +32,7 @@ log = logging.getLogger("ercp_node.intake")
 _FIND_INSTANCE = select(Instance.__table__.c.id).where(Instance.__table__.c.sop_instance_uid == bindparam("sop"))
 _INSERT_INSTANCE = Instance.__table__.insert().returning(Instance.__table__.c.id)
 _INSERT_JOB = Job.__table__.insert()
+_INSERT_AUDIT = AuditEvent.__table__.insert()
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Intake:
     sessions: object  # sessionmaker
     min_free_bytes: int = 500 * 2**20
     on_stored: object = None  # called after a new job is committed (wakes the workers)
+    audit: object = None  # storage.audit.Audit: a `received` event in the intake's transaction, refusals after
 
     def __post_init__(self):
         private_dir(self.archive)
@@ -54,7 +56,7 @@ class Intake:
         return shutil.disk_usage(self.archive).free
 
     # ------------------------------------------------------------------------------------------ storing
-    def store(self, raw: bytes, sop_class_uid: str, calling_ae: str | None) -> int:
+    def store(self, raw: bytes, sop_class_uid: str, calling_ae: str | None, peer: str | None = None) -> int:
         """Archive one C-STORE data set (raw = file meta + data set, as received); returns the DIMSE status.
 
         Never raises: every refusal and every unexpected error gets a PS3.4 status, a log line (UIDs, tags and
@@ -64,28 +66,28 @@ class Intake:
                 raise Refused(OUT_OF_RESOURCES, "free disk space below the configured floor (node.min_free_disk_mb)")
             ds = self.inspect(raw, sop_class_uid)
         except Refused as r:
-            self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason)
+            self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason, peer)
             return r.status
         except MemoryError:
-            self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES, "out of memory while checking")
+            self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES, "out of memory while checking", peer)
             return OUT_OF_RESOURCES
         except Exception as exc:  # noqa: BLE001 - a data set that breaks the checks is not understood
             self.record_failure(calling_ae, _uid_or_none(raw), CANNOT_UNDERSTAND,
-                                f"data set could not be checked ({_where(exc)})")
+                                f"data set could not be checked ({_where(exc)})", peer)
             return CANNOT_UNDERSTAND
         try:
-            self._store(raw, ds, calling_ae)
+            self._store(raw, ds, calling_ae, peer)
             return SUCCESS
         except OSError as exc:  # disk full, permissions: nothing was acknowledged, the sender may retry
             self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES,
-                                f"archive write failed: {exc.strerror or type(exc).__name__}")
+                                f"archive write failed: {exc.strerror or type(exc).__name__}", peer)
             return OUT_OF_RESOURCES
         except Exception as exc:  # noqa: BLE001 - database down or locked too long: refuse, the sender retries
             self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES,
-                                f"could not archive and queue ({_where(exc)}); nothing was acknowledged")
+                                f"could not archive and queue ({_where(exc)}); nothing was acknowledged", peer)
             return OUT_OF_RESOURCES
 
-    def _store(self, raw: bytes, ds: pydicom.Dataset, calling_ae: str | None) -> None:
+    def _store(self, raw: bytes, ds: pydicom.Dataset, calling_ae: str | None, peer: str | None = None) -> None:
         # SQLAlchemy Core on the engine rather than ORM sessions: the same two rows in one transaction, without
         # the unit-of-work bookkeeping that cost ~1 ms of the ~7 ms per image (bench/bench_node.py ingest); the
         # statements are built once (_FIND, _INSERT_*), each image only binds its values.
@@ -97,6 +99,9 @@ class Intake:
                 return
         path = self.archive / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{sop}.dcm"
         write_atomic(path, raw)
+        audit = None if self.audit is None else self.audit.values(
+            "received", calling_ae=calling_ae, peer=peer, sop_instance_uid=sop, outcome="0x0000",
+            detail={"sop_class": str(ds.SOPClassUID), "study_uid": str(ds.StudyInstanceUID)})
         try:
             with engine.begin() as c:
                 inst_id = c.execute(_INSERT_INSTANCE, dict(
@@ -107,14 +112,18 @@ class Intake:
                     columns=int(ds.Columns), frames=int(getattr(ds, "NumberOfFrames", 1) or 1),
                     path=str(path), size_bytes=len(raw), calling_ae=calling_ae)).scalar_one()
                 c.execute(_INSERT_JOB, dict(instance_id=inst_id, **job_values()))
+                if audit is not None:  # in the same transaction: an acknowledged image always has its audit row
+                    c.execute(_INSERT_AUDIT, audit)
         except IntegrityError:  # the same instance arrived on two associations at once: the first one won
             log.info("instance %s stored concurrently; acknowledged once queued", sop)
             return
+        if audit is not None:
+            self.audit.line(audit)
         if self.on_stored:
             self.on_stored()
         log.info("archived %s (%s, %d bytes) from %s", sop, ds.SOPClassUID.name, len(raw), calling_ae)
 
-    def record_negotiation(self, calling_ae, rejected_contexts) -> None:
+    def record_negotiation(self, calling_ae, rejected_contexts, peer: str | None = None) -> None:
         """An association whose storage presentation contexts were all rejected: one row, status CTX-RJ."""
         why = []
         for cx in rejected_contexts[:8]:
@@ -127,20 +136,23 @@ class Intake:
         more = f" (+{len(rejected_contexts) - 8} more)" if len(rejected_contexts) > 8 else ""
         reason = "presentation contexts rejected at negotiation: " + "; ".join(why) + more
         log.warning("association from %s has no accepted storage context: %s", calling_ae, reason)
-        self._add_failure(calling_ae, None, "CTX-RJ", reason)
+        self._add_failure(calling_ae, None, "CTX-RJ", reason, peer)
 
-    def record_failure(self, calling_ae, sop_uid, status: int, reason: str) -> None:
+    def record_failure(self, calling_ae, sop_uid, status: int, reason: str, peer: str | None = None) -> None:
         reason = "".join(c if c.isprintable() else "?" for c in reason)[:2000]  # one log line, whatever came in
         log.warning("refused C-STORE of %s from %s: 0x%04X %s", sop_uid, calling_ae, status, reason)
-        self._add_failure(calling_ae, sop_uid, f"0x{status:04X}", reason)
+        self._add_failure(calling_ae, sop_uid, f"0x{status:04X}", reason, peer)
 
-    def _add_failure(self, calling_ae, sop_uid, status: str, reason: str) -> None:
+    def _add_failure(self, calling_ae, sop_uid, status: str, reason: str, peer: str | None = None) -> None:
         try:
             with self.sessions.begin() as s:
                 s.add(IntakeFailure(calling_ae=None if calling_ae is None else str(calling_ae)[:16],
                                     sop_instance_uid=sop_uid, status=status, reason=reason))
         except Exception:  # noqa: BLE001 - never let bookkeeping crash the SCP
             log.exception("could not record an intake failure")
+        if self.audit is not None:
+            self.audit.record("refused", calling_ae=calling_ae, peer=peer, sop_instance_uid=sop_uid, outcome=status,
+                              detail={"reason": reason[:500]})
 
 
 def job_values() -> dict:

@@ -53,7 +53,8 @@ def _on_store(event) -> int:
     except Exception as exc:  # noqa: BLE001 - a data set pynetdicom cannot even re-encode
         event.assoc.ae._intake.record_failure(event.assoc.requestor.ae_title, None, 0xC000, f"undecodable: {exc}")
         return 0xC000
-    return event.assoc.ae._intake.store(raw, str(event.context.abstract_syntax), event.assoc.requestor.ae_title)
+    return event.assoc.ae._intake.store(raw, str(event.context.abstract_syntax), event.assoc.requestor.ae_title,
+                                        event.assoc.requestor.address)
 
 
 def _on_n_action(event):
@@ -72,7 +73,7 @@ def _on_accepted(event) -> None:
     classes / transfer syntaxes the node rejected at negotiation)."""
     assoc = event.assoc
     if assoc.rejected_contexts and all(str(c.abstract_syntax) == Verification for c in assoc.accepted_contexts):
-        assoc.ae._intake.record_negotiation(assoc.requestor.ae_title, assoc.rejected_contexts)
+        assoc.ae._intake.record_negotiation(assoc.requestor.ae_title, assoc.rejected_contexts, assoc.requestor.address)
 
 
 REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
@@ -98,8 +99,8 @@ def _on_requested(event) -> None:
     assoc = event.assoc
     if peer_allowed(assoc.requestor.address, getattr(assoc.ae, "_allowed_networks", None)):
         return
+    _record_rejection(assoc, "peer address not in node.allowed_hosts")  # recorded before the peer learns of it
     assoc.acse.send_reject(REJECTED_PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
-    _record_rejection(assoc, "peer address not in node.allowed_hosts")
     assoc.kill()  # as pynetdicom does after its own rejections: waits until the A-ASSOCIATE-RJ went out
 
 
@@ -124,6 +125,9 @@ def _record_rejection(assoc, why: str) -> None:
                                 reason=f"association rejected: {why}; peer {peer}"))
     except Exception:  # noqa: BLE001 - never let bookkeeping crash the SCP
         log.exception("could not record a rejected association")
+    if getattr(intake, "audit", None) is not None:
+        intake.audit.record("association-rejected", calling_ae=calling, peer=peer, outcome="ASSOC-RJ",
+                            detail={"reason": why})
 
 
 HANDLERS = [(evt.EVT_C_STORE, _on_store), (evt.EVT_C_ECHO, _on_echo), (evt.EVT_REQUESTED, _on_requested),

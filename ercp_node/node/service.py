@@ -35,10 +35,15 @@ class Node:
         private_dir(self.data_dir)
         self.node_id = node_id(self.data_dir)
         self.engine, self.sessions = open_database(settings.db_url())
+        from ..storage.audit import Audit
+
+        self.audit = Audit(self.sessions, n.audit_log or self.data_dir / "audit.jsonl", self.node_id)
         self.intake = Intake(self.data_dir / "archive", self.sessions, n.min_free_disk_mb * 2**20,
-                             on_stored=self.workers_wake)
+                             on_stored=self.workers_wake, audit=self.audit)
         self.commitments = Commitments(self.sessions, n.ae_title, settings.commitment, scp.STORAGE_CLASSES,
                                        self.node_id)
+        self.metrics = None
+        self.http = None
         self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size,
                                allowed_ae_titles=n.allowed_ae_titles, allowed_hosts=n.allowed_hosts,
                                commitments=self.commitments)
@@ -110,6 +115,18 @@ class Node:
         n = self.settings.node
         ssl_context = tls.server_context(n.tls_cert, n.tls_key, n.tls_ca) if n.tls_cert else None
         self.server = scp.start(self.ae, n.bind, n.port, ssl_context)
+        self.audit.record("node-started", detail={"ae_title": n.ae_title, "port": n.port, "destinations":
+                                                  [d.describe() for d in self.settings.destinations]})
+        if n.http_port:
+            from .http import HttpServer, Metrics, read_token
+
+            self.metrics = Metrics(self)
+            token = read_token(n.http_token_file) if n.http_token_file else None
+            try:
+                self.http = HttpServer(self, n.http_bind, n.http_port, token).start()
+            except RuntimeError:
+                self.stop()
+                raise
         return self
 
     def _supervise(self, every_s: float = 1.0, min_gap_s: float = 10.0) -> None:
@@ -136,6 +153,9 @@ class Node:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None

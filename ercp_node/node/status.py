@@ -1,17 +1,20 @@
-"""`ercp-node status`: queue depth, recent jobs with stage timings, failures, export backlog, active model."""
+"""`ercp-node status` (and the status page): queue depth, recent jobs with stage timings and latency, failures,
+exports per destination (pending, sent, failed = dead-lettered, unconfigured), failed exports with their reasons,
+refused C-STOREs and associations, active model. UIDs only: no patient names or IDs."""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 
 from ..measure.report import one_line
-from ..storage.models import CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion
+from ..storage.models import CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion, Output
 
 
 def report(sessions, recent: int = 10) -> dict:
     with sessions() as s:
         states = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-        jobs = s.execute(select(Job, Instance.sop_instance_uid).join(Instance, Instance.id == Job.instance_id)
+        jobs = s.execute(select(Job, Instance.sop_instance_uid, Instance.received_at)
+                         .join(Instance, Instance.id == Job.instance_id)
                          .order_by(Job.id.desc()).limit(recent)).all()
         failed = s.execute(select(Job, Instance.sop_instance_uid).join(Instance, Instance.id == Job.instance_id)
                            .where(Job.state == "failed").order_by(Job.id.desc()).limit(recent)).all()
@@ -21,20 +24,34 @@ def report(sessions, recent: int = 10) -> dict:
         last_errors = dict(s.execute(select(Export.destination, Export.last_error)
                                      .where(Export.state == "pending", Export.last_error.is_not(None))).all())
         sent = s.scalar(select(func.count()).select_from(Export).where(Export.state == "sent"))
+        by_dest = s.execute(select(Export.destination, Export.state, func.count())
+                            .group_by(Export.destination, Export.state)).all()
+        dead = s.execute(select(Export, Output.kind, Output.sop_instance_uid, Output.job_id)
+                         .join(Output, Output.id == Export.output_id)
+                         .where(Export.state.in_(("failed", "unconfigured"))).order_by(Export.id.desc())
+                         .limit(recent)).all()
         active = s.scalars(select(ModelVersion).where(ModelVersion.active)).first()
         commit_states = dict(s.execute(select(CommitmentRequest.state, func.count())
                                        .group_by(CommitmentRequest.state)).all())
         commits = list(s.scalars(select(CommitmentRequest).order_by(CommitmentRequest.id.desc()).limit(recent)))
+    destinations: dict[str, dict] = {}
+    for d, state, n in by_dest:
+        destinations.setdefault(d, {k: 0 for k in EXPORT_STATES})[state] = n
     return {
         "queue": {k: states.get(k, 0) for k in ("queued", "running", "done", "failed")},
         "recent_jobs": [{"job": j.id, "sop_instance_uid": uid, "state": j.state, "summary": j.summary,
-                         "timings_s": j.timings, "model": j.model_version} for j, uid in jobs],
+                         "timings_s": j.timings, "model": j.model_version,
+                         "latency_s": _seconds(received, j.finished)} for j, uid, received in jobs],
         "failed_jobs": [{"job": j.id, "sop_instance_uid": uid, "error": j.error} for j, uid in failed],
         "intake_failures": [{"at": f.at.isoformat(), "sop_instance_uid": f.sop_instance_uid, "calling_ae": f.calling_ae,
                              "status": f.status, "reason": f.reason} for f in intake],
         "export_backlog": [{"destination": d, "pending": n, "next_attempt": t.isoformat() if t else None,
                             "max_attempts": a, "last_error": last_errors.get(d)} for d, n, t, a in backlog],
         "exports_sent": sent,
+        "exports_by_destination": destinations,
+        "failed_exports": [{"export": e.id, "job": job, "kind": kind, "sop_instance_uid": uid, "destination": e.destination,
+                            "state": e.state, "attempts": e.attempts, "error": e.last_error}
+                           for e, kind, uid, job in dead],
         "active_model": None if active is None else {"version": active.version, "decision": active.decision},
         "storage_commitment": {
             "pending": commit_states.get("pending", 0), "reported": commit_states.get("reported", 0),
@@ -47,6 +64,17 @@ def report(sessions, recent: int = 10) -> dict:
     }
 
 
+EXPORT_STATES = ("pending", "sent", "failed", "unconfigured")
+
+
+def _seconds(start, end) -> float | None:
+    if start is None or end is None:
+        return None
+    if start.tzinfo is None or end.tzinfo is None:
+        start, end = start.replace(tzinfo=None), end.replace(tzinfo=None)
+    return round((end - start).total_seconds(), 3)
+
+
 def render(rep: dict) -> str:
     q = rep["queue"]
     lines = [f"queue: {q['queued']} queued, {q['running']} running, {q['done']} done, {q['failed']} failed",
@@ -55,7 +83,14 @@ def render(rep: dict) -> str:
              ("none" if not rep["export_backlog"] else "; ".join(
                  f"{b['destination']} {b['pending']} pending (next {b['next_attempt']}, {b['max_attempts']} tries, "
                  f"last error: {b['last_error']})" for b in rep["export_backlog"])),
-             "recent jobs:"]
+             "exports by destination: " + ("none" if not rep["exports_by_destination"] else "; ".join(
+                 f"{d} " + ", ".join(f"{n} {k}" for k, n in c.items() if n)
+                 for d, c in sorted(rep["exports_by_destination"].items())))]
+    if rep["failed_exports"]:
+        lines.append("failed exports (ercp-node resend --job ID | --destination NAME | --all-failed):")
+        lines += [f"  export {f['export']} job #{f['job']} {f['kind']} {f['sop_instance_uid']} -> {f['destination']}: "
+                  f"{f['state']} after {f['attempts']} tries: {f['error']}" for f in rep["failed_exports"]]
+    lines.append("recent jobs:")
     for j in rep["recent_jobs"]:
         t = j["timings_s"] or {}
         sm = j["summary"] or {}

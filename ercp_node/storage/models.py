@@ -89,13 +89,16 @@ class Output(Base):
 
 
 class Export(Base):
-    """One output to one destination; retried with backoff until delivered."""
+    """One output to one destination; retried with backoff until delivered, or until export.max_attempts /
+    export.max_age_h make it `failed` (the dead-letter; `ercp-node resend` queues it again). `unconfigured`: its
+    destination left the configuration, so it is not sent anywhere (resend once it is configured again)."""
 
     __tablename__ = "exports"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     output_id: Mapped[int] = mapped_column(Integer, ForeignKey("outputs.id"), index=True)
-    destination: Mapped[str] = mapped_column(String(200))  # AET@host:port
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending sent failed
+    destination: Mapped[str] = mapped_column(String(200), index=True)  # the destination's name
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending sent failed unconfigured
+    created: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=_now)  # or last resend
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     last_status: Mapped[str | None] = mapped_column(String(16))
@@ -149,3 +152,20 @@ class CommitmentRequest(Base):
     result: Mapped[dict | None] = mapped_column(JSON)  # {"committed": n, "failed": [[uid, reason], ...]}
     last_status: Mapped[str | None] = mapped_column(String(16))  # the requester's N-EVENT-REPORT response status
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditEvent(Base):
+    """Who sent what and when, each export, each refusal, each model promotion. Append-only (the database refuses
+    UPDATE and DELETE); also written as JSON lines (ercp_node.storage.audit). UIDs, AE titles and addresses only."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
+    event: Mapped[str] = mapped_column(String(32), index=True)  # received refused association-rejected export ...
+    node: Mapped[str | None] = mapped_column(String(64))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    peer: Mapped[str | None] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    destination: Mapped[str | None] = mapped_column(String(200))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[dict | None] = mapped_column(JSON)

@@ -152,6 +152,8 @@ class NodeProc:
         self.env = {**os.environ,
                     "ERCP_NODE_EXPORT_RETRY_INITIAL_S": str(retry_initial_s),
                     "ERCP_NODE_EXPORT_RETRY_MAX_S": str(retry_max_s),
+                    # the outages here are longer than 50 of these sub-second retries: no dead-letter by count
+                    "ERCP_NODE_EXPORT_MAX_ATTEMPTS": "0",
                     "ERCP_NODE_NODE_WORKERS": str(workers), "ERCP_NODE_NODE_BATCH_SIZE": str(batch_size),
                     "ERCP_NODE_NODE_MAX_ASSOCIATIONS": str(max_associations),
                     "ERCP_NODE_NODE_MIN_FREE_DISK_MB": "50",

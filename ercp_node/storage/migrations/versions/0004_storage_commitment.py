@@ -1,13 +1,13 @@
 """Storage commitment requests (Push Model SCP): new table only.
 
 Revision ID: 0004
-Revises: 0002 (re-chained onto the newest revision at merge)
+Revises: 0003
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
