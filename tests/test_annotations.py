@@ -189,6 +189,13 @@ def test_own_segs_are_never_ground_truth(node, images, tmp_path):
     assert storescu(node, tmp_path / "own-other-uid.dcm") == C000
     _assert_refused(node, other.SOPInstanceUID, "0xC000", "own automatic segmentation")
     assert _count(node, Annotation) == before
+    # edited in place, keeping the output's UID: refused (a correction needs a new UID), the output unchanged
+    edited = pydicom.dcmread(own_path)
+    edited.PixelData = bytes(len(edited.PixelData))
+    edited.save_as(tmp_path / "own-edited.dcm", enforce_file_format=True)
+    assert storescu(node, tmp_path / "own-edited.dcm") == A900
+    _assert_refused(node, edited.SOPInstanceUID, "0xA900", "needs a new SOP Instance UID")
+    assert _archive_digest(node) == digest and _count(node, Annotation) == before
     samples, _ = read_archive(node.sessions)
     rf2_uid = str(pydicom.dcmread(images["rf2"], stop_before_pixels=True).SOPInstanceUID)
     assert not any(s.image_path == str(_archived(node, pydicom.dcmread(images["rf2"]))) for s in samples), rf2_uid

@@ -18,8 +18,9 @@ images (docs/conformance.md, "Segmentations (annotations) received"):
   segment that is not duodenoscope, CBD or stone, a LABELMAP SEG; and the node's own automatic SEG (Manufacturer
   ercp-node, every segment AUTOMATIC) under a UID the node did not make: uncorrected model output is never
   ground truth.
-- 0x0000 without an annotation: the node's own output coming back under its own UID (it already holds it, as
-  an output); a second copy of an annotation already kept.
+- 0x0000 without an annotation: the node's own output coming back under its own UID with its pixels unchanged
+  (it already holds it, as an output; other pixels under that UID: 0xA900, a correction needs a new UID); a
+  second copy of an annotation already kept.
 """
 
 from __future__ import annotations
@@ -140,8 +141,17 @@ def resolve(conn, ds: pydicom.Dataset) -> tuple[str, list[str]]:
     """Against the database (a Core connection): ("output", []) for the node's own output UID coming back,
     ("again", []) for an annotation already kept, ("new", source UIDs) for one to keep; raise Refused."""
     sop = str(ds.SOPInstanceUID)
-    if conn.execute(select(Output.id).where(Output.sop_instance_uid == sop)).first() is not None \
-            or conn.execute(select(Job.id).where(Job.seg_sop_uid == sop)).first() is not None:
+    output = conn.execute(select(Output.path).where(Output.sop_instance_uid == sop)).first()
+    if output is not None:
+        try:
+            ours = pydicom.dcmread(output.path).PixelData
+        except Exception:  # noqa: BLE001 - the output file is the node's; unreadable, it cannot be compared
+            ours = None
+        if ours is not None and ours != ds.PixelData:
+            raise Refused(MISMATCH, "SOPInstanceUID of the node's own output SEG with other segmentation pixels: a "
+                                    "corrected SEG needs a new SOP Instance UID (the output is kept as it is)")
+        return "output", []
+    if conn.execute(select(Job.id).where(Job.seg_sop_uid == sop)).first() is not None:
         return "output", []
     if own_automatic(ds):
         raise Refused(CANNOT_UNDERSTAND, "the node's own automatic segmentation (Manufacturer ercp-node, every "

@@ -143,7 +143,7 @@ class Intake:
                     sop_instance_uid=sop, sop_class_uid=str(ds.SOPClassUID), study_uid=str(ds.StudyInstanceUID),
                     series_uid=str(ds.SeriesInstanceUID), source_uids=sources, path=str(path), size_bytes=len(raw),
                     calling_ae=None if calling_ae is None else str(calling_ae)[:16], received_at=_now()))
-        except IntegrityError:  # the same SEG on two associations at once: the first one won, same bytes
+        except IntegrityError:  # the same SEG on two associations at once: the first row stands
             log.info("annotation %s stored concurrently; acknowledged once kept", sop)
             return
         log.info("kept annotation %s for %s from %s (%d bytes)", sop, ", ".join(sources), calling_ae, len(raw))
