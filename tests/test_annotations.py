@@ -164,6 +164,10 @@ def test_corrected_seg_is_kept_as_an_annotation_and_read_back_exactly(node, imag
     for f in range(5):
         assert np.array_equal(load_mask(by_frame[f], cine_fixed[f].shape), cine_fixed[f]), f
     assert _count(node, IntakeFailure) == 0
+    from ercp_node.node.status import render, report
+
+    assert report(node.sessions)["annotations"]["kept"] == 3
+    assert "annotations (corrected SEGs): 3 kept" in render(report(node.sessions))
 
 
 def _archived(node: Node, ds: pydicom.Dataset) -> Path:

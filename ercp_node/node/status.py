@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ..measure.report import one_line
-from ..storage.models import CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion
+from ..storage.models import Annotation, CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion
 
 
 def report(sessions, recent: int = 10) -> dict:
@@ -25,6 +25,7 @@ def report(sessions, recent: int = 10) -> dict:
         commit_states = dict(s.execute(select(CommitmentRequest.state, func.count())
                                        .group_by(CommitmentRequest.state)).all())
         commits = list(s.scalars(select(CommitmentRequest).order_by(CommitmentRequest.id.desc()).limit(recent)))
+        annotations = s.execute(select(func.count(), func.max(Annotation.received_at))).one()
     return {
         "queue": {k: states.get(k, 0) for k in ("queued", "running", "done", "failed")},
         "recent_jobs": [{"job": j.id, "sop_instance_uid": uid, "state": j.state, "summary": j.summary,
@@ -35,6 +36,8 @@ def report(sessions, recent: int = 10) -> dict:
         "export_backlog": [{"destination": d, "pending": n, "next_attempt": t.isoformat() if t else None,
                             "max_attempts": a, "last_error": last_errors.get(d)} for d, n, t, a in backlog],
         "exports_sent": sent,
+        "annotations": {"kept": annotations[0],
+                        "newest": annotations[1].isoformat() if annotations[1] is not None else None},
         "active_model": None if active is None else {"version": active.version, "decision": active.decision},
         "storage_commitment": {
             "pending": commit_states.get("pending", 0), "reported": commit_states.get("reported", 0),
@@ -56,6 +59,9 @@ def render(rep: dict) -> str:
                  f"{b['destination']} {b['pending']} pending (next {b['next_attempt']}, {b['max_attempts']} tries, "
                  f"last error: {b['last_error']})" for b in rep["export_backlog"])),
              "recent jobs:"]
+    if rep["annotations"]["kept"]:  # corrected SEGs sent back (retrain --from-archive reads them)
+        lines.insert(3, f"annotations (corrected SEGs): {rep['annotations']['kept']} kept, newest "
+                        f"{rep['annotations']['newest']}")
     for j in rep["recent_jobs"]:
         t = j["timings_s"] or {}
         sm = j["summary"] or {}
