@@ -277,3 +277,36 @@ def test_retrain_from_archive_arguments(tmp_path, capsys):
     # an archive without corrections: a clear error, before any training
     assert main(["retrain", "--data-dir", str(tmp_path / "node"), "--from-archive", "--out", str(tmp_path / "m")]) == 2
     assert "no usable training data in archive:sqlite:///" in capsys.readouterr().err
+
+
+def test_retrain_from_archive_trains_on_the_corrections(tmp_path):
+    """`ercp-node retrain --from-archive` end to end: a node (no workers) archives phantom images, each gets a
+    correction (its truth mask as a SEG, sent by storescu), and a tiny model is trained on the archive alone."""
+    import csv
+    import json
+
+    assert main(["synth", "--count", "8", "--seed", "80", "--size", "512", "--workers", "1",
+                 "--out", str(tmp_path / "ph")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "ph" / "manifest.csv")))
+    s = Settings()
+    s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
+    s.node.ae_title = "ERCPNODE"
+    n = Node(s, workers=False).start()
+    try:
+        for k, row in enumerate(rows):
+            src = pydicom.dcmread(tmp_path / "ph" / row["dicom"])
+            truth = cv2.imread(str(tmp_path / "ph" / row["mask"]), cv2.IMREAD_UNCHANGED)
+            assert storescu(n, tmp_path / "ph" / row["dicom"], aet="CARM") == OK
+            corrected(src, truth, tmp_path / f"c{k}.dcm")
+            assert storescu(n, tmp_path / f"c{k}.dcm") == OK
+        assert _count(n, Annotation) == len(rows)
+    finally:
+        n.stop()
+    out = tmp_path / "run"
+    assert main(["retrain", "--data-dir", s.node.data_dir, "--from-archive", "--out", str(out), "--epochs", "1",
+                 "--base-filters", "4", "--input-size", "64", "--batch-size", "4", "--mixed-precision", "off"]) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["data"] == [f"archive:{s.db_url()}"]
+    split = card["split"]
+    assert split["train"]["images"] + card["validation_images"] + split["test"]["images"] + \
+        split["dropped_after_split_of_train_patients"] == len(rows)
