@@ -321,12 +321,16 @@ def build_cases(src: dict[str, Path]) -> list[Case]:
     # --- SOP class ----------------------------------------------------------------------------------------------------------------
     for uid, name in (("1.2.840.10008.5.1.4.1.1.2", "CT"), ("1.2.840.10008.5.1.4.1.1.4", "MR"),
                       ("1.2.840.10008.5.1.4.1.1.6.1", "US"), ("1.2.840.10008.5.1.4.1.1.88.11", "Basic Text SR"),
-                      ("1.2.840.10008.5.1.4.1.1.104.1", "Encapsulated PDF"), ("1.2.840.10008.5.1.4.1.1.66.4", "SEG"),
+                      ("1.2.840.10008.5.1.4.1.1.104.1", "Encapsulated PDF"),
                       ("1.2.840.10008.5.1.4.1.1.481.2", "RT Dose"), ("1.2.840.10008.5.1.4.1.1.12.3", "XA Bi-plane (retired)"),
                       ("1.2.840.10008.5.1.4.1.1.3.1", "US multi-frame"), ("1.2.3.4.5.6.7.8", "made-up UID")):
         d = _fresh(rf8, SOPClassUID=uid)
         add(f"unknown SOP class: {name}", "SOP class", part10(d), NEG,
             sender="raw" if name == "made-up UID" else "auto")
+    # Segmentation Storage is negotiated (corrections come back as annotations, tests/test_annotations.py); an image
+    # labelled SEG contradicts the Segmentation IOD. `segment` takes images only: not supported there.
+    add("RF image labelled SEG", "SOP class", part10(_fresh(rf8, SOPClassUID="1.2.840.10008.5.1.4.1.1.66.4")), A900,
+        offline=NEG)
     d = _fresh(rf8, SOPClassUID="1.2.840.10008.5.1.4.1.1.2")
     add("CT data set on an RF context", "SOP class", meta_bytes(RF, d.SOPInstanceUID, EXPLICIT) + body(d), A900,
         sender="raw")

@@ -13,8 +13,11 @@ from ..cliutil import iso_date
 
 
 def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR",
+    p.add_argument("--data", nargs="+", default=[], metavar="DIR",
                    help="phantom output, labelme JSON + images, and/or DICOM SEG + source images")
+    p.add_argument("--from-archive", action="store_true",
+                   help="also (or only) the node's archive: each archived image with its newest correction (SEGs "
+                        "sent back to the node; --data-dir / --db-url say which node)")
     p.add_argument("--out", default=None, help="run directory (default: models/<timestamp>)")
     p.add_argument("--preset", default="default", help="U-Net preset: default or paper")
     p.add_argument("--base-filters", type=int, default=None, help="override the preset's base filters")
@@ -75,6 +78,8 @@ def _validate(args) -> None:
         raise CLIError("--lr must be positive")
     if getattr(args, "time_budget", None) is not None and not args.time_budget > 0:
         raise CLIError("--time-budget must be a positive number of minutes")
+    if hasattr(args, "from_archive") and not args.data and not args.from_archive:
+        raise CLIError("give --data DIR... and/or --from-archive")
     if getattr(args, "freeze_encoder", False) and not getattr(args, "init", None):
         raise CLIError("--freeze-encoder needs --init (a model whose encoder to keep)")
 
@@ -97,13 +102,16 @@ def run_retrain(args: argparse.Namespace) -> int:
     if args.force is not None and not args.force.strip():
         raise CLIError("--force needs a reason, e.g. --force 'new annotation protocol'")
     from ..storage.db import open_database, sqlite_url
+    from .data import ArchiveSource
     from .registry import Registry
+
+    data = list(args.data) + ([ArchiveSource(args.db_url or sqlite_url(args.data_dir))] if args.from_archive else [])
 
     if args.loss_grid:
         from .retrain import loss_grid
 
         try:
-            loss_grid(args.data, out, preset=args.preset, base_filters=args.base_filters, input_size=args.input_size,
+            loss_grid(data, out, preset=args.preset, base_filters=args.base_filters, input_size=args.input_size,
                       split_date=args.split_date, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, mixed_precision=_mixed(args.mixed_precision), early_stopping=args.early_stopping,
                       focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command)
@@ -115,7 +123,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     registry = Registry(sessions, Path(args.data_dir) / "models")
     init = _init_path(args.init, registry)
     try:
-        retrain(args.data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
+        retrain(data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=_mixed(args.mixed_precision),
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,

@@ -148,6 +148,22 @@ def _segment_label(item) -> int | None:
     return None
 
 
+def _seg_paint(p) -> tuple[pydicom.Dataset, dict[tuple[str, int], list]]:
+    """A SEG file and what it paints: (source SOP Instance UID, 0-based frame) -> [(path, SEG frame, label)]."""
+    seg = pydicom.dcmread(str(p))
+    labels = {int(s.SegmentNumber): _segment_label(s) for s in seg.SegmentSequence}
+    unknown = [n for n, v in labels.items() if v is None]
+    if unknown:
+        raise ValueError(f"segment(s) {unknown} are not duodenoscope, CBD or stone")
+    paint: dict[tuple[str, int], list] = defaultdict(list)
+    for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
+        frame = int(getattr(ref, "ReferencedFrameNumber", 1) or 1) - 1
+        paint[(str(ref.ReferencedSOPInstanceUID), frame)].append((str(p), i, labels[number]))
+    return seg, paint
+
+
 def read_seg_dir(root: Path) -> tuple[list[Sample], list[Problem]]:
     """DICOM SEG objects with their source images, as a PACS holds them after a clinician corrected them."""
     samples, problems = [], []
@@ -164,17 +180,7 @@ def read_seg_dir(root: Path) -> tuple[list[Sample], list[Problem]]:
             by_uid[str(ds.SOPInstanceUID)] = (str(p), ds)
     for p in segs:
         try:
-            seg = pydicom.dcmread(str(p))
-            labels = {int(s.SegmentNumber): _segment_label(s) for s in seg.SegmentSequence}
-            unknown = [n for n, v in labels.items() if v is None]
-            if unknown:
-                raise ValueError(f"segment(s) {unknown} are not duodenoscope, CBD or stone")
-            paint: dict[tuple[str, int], list] = defaultdict(list)
-            for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
-                number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-                ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
-                frame = int(getattr(ref, "ReferencedFrameNumber", 1) or 1) - 1
-                paint[(str(ref.ReferencedSOPInstanceUID), frame)].append((str(p), i, labels[number]))
+            seg, paint = _seg_paint(p)
         except Exception as exc:  # noqa: BLE001 - report any malformed SEG and go on
             problems.append(Problem(str(p), f"unusable SEG ({type(exc).__name__}: {exc})"))
             continue
@@ -191,10 +197,78 @@ def read_seg_dir(root: Path) -> tuple[list[Sample], list[Problem]]:
     return samples, problems
 
 
-def read_data(dirs) -> tuple[list[Sample], list[Problem]]:
-    """Read every directory as phantom output (has manifest.csv), labelme files and/or DICOM SEGs."""
+@dataclass(frozen=True)
+class ArchiveSource:
+    """The node's archive as training data (`retrain --from-archive`): given to `read_data` among the dirs."""
+
+    db_url: str
+
+    def __str__(self) -> str:
+        return f"archive:{self.db_url}"
+
+
+def read_archive(sessions) -> tuple[list[Sample], list[Problem]]:
+    """Each archived image with its newest correction: the annotations (SEGs sent back to the node, checked on
+    arrival by node/annotations.py) decoded as `read_seg_dir` decodes SEG directories; for every source image only
+    the newest annotation that references it (received_at, then arrival order) paints its mask. Patient and date
+    come from the source image. The node's own outputs are never read here."""
+    from sqlalchemy import select
+
+    from ..storage.models import Annotation, Instance
+
     samples, problems = [], []
-    for d in map(Path, dirs):
+    with sessions() as s:
+        annotations = s.execute(select(Annotation.path, Annotation.source_uids)
+                                .order_by(Annotation.received_at.desc(), Annotation.id.desc())).all()
+        newest: dict[str, str] = {}
+        for path, uids in annotations:
+            for uid in uids:
+                newest.setdefault(uid, path)
+        images = dict(s.execute(select(Instance.sop_instance_uid, Instance.path)
+                                .where(Instance.sop_instance_uid.in_(list(newest)))).all()) if newest else {}
+    decoded: dict[str, tuple] = {}
+    for uid in sorted(newest):
+        path = newest[uid]
+        if uid not in images:
+            problems.append(Problem(path, f"source image {uid} is no longer in the archive"))
+            continue
+        if path not in decoded:
+            try:
+                decoded[path] = _seg_paint(path)
+            except Exception as exc:  # noqa: BLE001 - report it and go on
+                decoded[path] = None
+                problems.append(Problem(path, f"unusable SEG ({type(exc).__name__}: {exc})"))
+        if decoded[path] is None:
+            continue
+        seg, paint = decoded[path]
+        try:
+            ds = pydicom.dcmread(images[uid], stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001
+            problems.append(Problem(images[uid], f"archived image unreadable ({type(exc).__name__})"))
+            continue
+        if (int(seg.Rows), int(seg.Columns)) != (int(ds.Rows), int(ds.Columns)):
+            problems.append(Problem(path, f"SEG is {seg.Columns}x{seg.Rows}, source {uid} is {ds.Columns}x{ds.Rows}"))
+            continue
+        for (ref, frame), items in sorted(paint.items()):
+            if ref == uid:
+                samples.append(Sample(f"{images[uid]}#{frame}", str(getattr(ds, "PatientID", "")), _dicom_date(ds),
+                                      "seg", images[uid], frame, seg_frames=items))
+    return samples, problems
+
+
+def read_data(dirs) -> tuple[list[Sample], list[Problem]]:
+    """Read every directory as phantom output (has manifest.csv), labelme files and/or DICOM SEGs; an
+    ArchiveSource as the node's archive (`read_archive`)."""
+    samples, problems = [], []
+    for d in dirs:
+        if isinstance(d, ArchiveSource):
+            from ..storage.db import open_database
+
+            s, p = read_archive(open_database(d.db_url)[1])
+            samples += s
+            problems += p
+            continue
+        d = Path(d)
         if not d.is_dir():
             problems.append(Problem(str(d), "not a directory"))
             continue

@@ -21,9 +21,10 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from ..storage.db import private_dir
-from ..storage.models import AuditEvent, Instance, IntakeFailure, Job
+from ..storage.models import Annotation, AuditEvent, Instance, IntakeFailure, Job, _now
 
 # The checks live in validation.py (shared with `ercp-node segment`); the names are re-exported here.
+from .annotations import SEG_STORAGE, check_seg, resolve
 from .validation import (  # noqa: F401
     CANNOT_UNDERSTAND, GREYSCALE, MISMATCH, OUT_OF_RESOURCES, SUCCESS, Refused, check_dataset, shown_uid, valid_uid,
 )
@@ -61,10 +62,11 @@ class Intake:
 
         Never raises: every refusal and every unexpected error gets a PS3.4 status, a log line (UIDs, tags and
         exception types only) and an intake_failures row."""
+        annotation = str(sop_class_uid) == SEG_STORAGE  # a correction coming back (annotations.py)
         try:
             if self.free_bytes() - len(raw) < self.min_free_bytes:
                 raise Refused(OUT_OF_RESOURCES, "free disk space below the configured floor (node.min_free_disk_mb)")
-            ds = self.inspect(raw, sop_class_uid)
+            ds = check_seg(raw, sop_class_uid) if annotation else self.inspect(raw, sop_class_uid)
         except Refused as r:
             self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason, peer)
             return r.status
@@ -76,8 +78,14 @@ class Intake:
                                 f"data set could not be checked ({_where(exc)})", peer)
             return CANNOT_UNDERSTAND
         try:
-            self._store(raw, ds, calling_ae, peer)
+            if annotation:
+                self._store_annotation(raw, ds, calling_ae)
+            else:
+                self._store(raw, ds, calling_ae, peer)
             return SUCCESS
+        except Refused as r:  # an annotation whose references do not resolve in the archive
+            self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason)
+            return r.status
         except OSError as exc:  # disk full, permissions: nothing was acknowledged, the sender may retry
             self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES,
                                 f"archive write failed: {exc.strerror or type(exc).__name__}", peer)
@@ -122,6 +130,32 @@ class Intake:
         if self.on_stored:
             self.on_stored()
         log.info("archived %s (%s, %d bytes) from %s", sop, ds.SOPClassUID.name, len(raw), calling_ae)
+
+    def _store_annotation(self, raw: bytes, ds: pydicom.Dataset, calling_ae: str | None) -> None:
+        """Keep a received SEG as an annotation (file + annotations row), or raise Refused (annotations.resolve)."""
+        sop = str(ds.SOPInstanceUID)
+        engine = self.sessions.kw["bind"]
+        with engine.connect() as c:
+            what, sources = resolve(c, ds)
+        if what == "output":
+            log.info("SEG %s from %s is the node's own output; acknowledged, not kept as an annotation", sop,
+                     calling_ae)
+            return
+        if what == "again":
+            log.info("annotation %s already kept; second copy acknowledged", sop)
+            return
+        path = self.archive / "annotations" / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{sop}.dcm"
+        write_atomic(path, raw)
+        try:
+            with engine.begin() as c:
+                c.execute(Annotation.__table__.insert(), dict(
+                    sop_instance_uid=sop, sop_class_uid=str(ds.SOPClassUID), study_uid=str(ds.StudyInstanceUID),
+                    series_uid=str(ds.SeriesInstanceUID), source_uids=sources, path=str(path), size_bytes=len(raw),
+                    calling_ae=None if calling_ae is None else str(calling_ae)[:16], received_at=_now()))
+        except IntegrityError:  # the same SEG on two associations at once: the first row stands
+            log.info("annotation %s stored concurrently; acknowledged once kept", sop)
+            return
+        log.info("kept annotation %s for %s from %s (%d bytes)", sop, ", ".join(sources), calling_ae, len(raw))
 
     def record_negotiation(self, calling_ae, rejected_contexts, peer: str | None = None) -> None:
         """An association whose storage presentation contexts were all rejected: one row, status CTX-RJ."""

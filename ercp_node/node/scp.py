@@ -1,5 +1,6 @@
-"""C-ECHO / C-STORE SCP (pynetdicom) for the X-ray image SOP classes a C-arm sends; everything else is refused
-at association negotiation.
+"""C-ECHO / C-STORE SCP (pynetdicom) for the X-ray image SOP classes a C-arm sends, and for Segmentation Storage
+(a viewer's corrections, kept as annotations: annotations.py); everything else is refused at association
+negotiation.
 
 Association acceptance: with `node.allowed_ae_titles` set, pynetdicom's `require_calling_aet` rejects any other
 calling AE title; with `node.allowed_hosts` set, the EVT_REQUESTED handler rejects peers from other addresses.
@@ -20,6 +21,7 @@ from pynetdicom.sop_class import Verification
 from pydicom.uid import UID
 
 from ..storage.models import IntakeFailure
+from .annotations import SEG_STORAGE
 from .intake import Intake
 from .validation import STORAGE_CLASSES, TRANSFER_SYNTAXES
 
@@ -38,6 +40,7 @@ def build_ae(ae_title: str, intake: Intake, *, max_associations: int = 10, pdu_s
     ae.add_supported_context(Verification)
     for uid in STORAGE_CLASSES:
         ae.add_supported_context(UID(uid), TRANSFER_SYNTAXES)
+    ae.add_supported_context(UID(SEG_STORAGE), TRANSFER_SYNTAXES)  # corrections coming back (annotations.py)
     ae._intake = intake  # noqa: SLF001 - handlers reach the intake through the event's AE
     ae._commitments = commitments  # noqa: SLF001
     if commitments is not None:

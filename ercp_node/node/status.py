@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ..measure.report import one_line
-from ..storage.models import CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion, Output
+from ..storage.models import Annotation, CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion, Output
 
 
 def report(sessions, recent: int = 10) -> dict:
@@ -34,6 +34,7 @@ def report(sessions, recent: int = 10) -> dict:
         commit_states = dict(s.execute(select(CommitmentRequest.state, func.count())
                                        .group_by(CommitmentRequest.state)).all())
         commits = list(s.scalars(select(CommitmentRequest).order_by(CommitmentRequest.id.desc()).limit(recent)))
+        annotations = s.execute(select(func.count(), func.max(Annotation.received_at))).one()
     destinations: dict[str, dict] = {}
     for d, state, n in by_dest:
         destinations.setdefault(d, {k: 0 for k in EXPORT_STATES})[state] = n
@@ -52,6 +53,8 @@ def report(sessions, recent: int = 10) -> dict:
         "failed_exports": [{"export": e.id, "job": job, "kind": kind, "sop_instance_uid": uid, "destination": e.destination,
                             "state": e.state, "attempts": e.attempts, "error": e.last_error}
                            for e, kind, uid, job in dead],
+        "annotations": {"kept": annotations[0],
+                        "newest": annotations[1].isoformat() if annotations[1] is not None else None},
         "active_model": None if active is None else {"version": active.version, "decision": active.decision},
         "storage_commitment": {
             "pending": commit_states.get("pending", 0), "reported": commit_states.get("reported", 0),
@@ -90,6 +93,9 @@ def render(rep: dict) -> str:
         lines.append("failed exports (ercp-node resend --job ID | --destination NAME | --all-failed):")
         lines += [f"  export {f['export']} job #{f['job']} {f['kind']} {f['sop_instance_uid']} -> {f['destination']}: "
                   f"{f['state']} after {f['attempts']} tries: {f['error']}" for f in rep["failed_exports"]]
+    if rep["annotations"]["kept"]:  # corrected SEGs sent back (retrain --from-archive reads them)
+        lines.append(f"annotations (corrected SEGs): {rep['annotations']['kept']} kept, newest "
+                     f"{rep['annotations']['newest']}")
     lines.append("recent jobs:")
     for j in rep["recent_jobs"]:
         t = j["timings_s"] or {}

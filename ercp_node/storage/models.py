@@ -169,3 +169,21 @@ class AuditEvent(Base):
     destination: Mapped[str | None] = mapped_column(String(200))
     outcome: Mapped[str | None] = mapped_column(String(32))
     detail: Mapped[dict | None] = mapped_column(JSON)
+
+
+class Annotation(Base):
+    """A Segmentation received over C-STORE that references archived images: a clinician's correction, kept as
+    training data (`ercp-node retrain --from-archive`), never re-exported and never queued for segmentation.
+    `source_uids`: the SOP Instance UIDs of the archived images its frames are derived from."""
+
+    __tablename__ = "annotations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64))
+    source_uids: Mapped[list] = mapped_column(JSON)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
