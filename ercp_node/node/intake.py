@@ -84,7 +84,7 @@ class Intake:
                 self._store(raw, ds, calling_ae, peer)
             return SUCCESS
         except Refused as r:  # an annotation whose references do not resolve in the archive
-            self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason)
+            self.record_failure(calling_ae, _uid_or_none(raw), r.status, r.reason, peer)
             return r.status
         except OSError as exc:  # disk full, permissions: nothing was acknowledged, the sender may retry
             self.record_failure(calling_ae, _uid_or_none(raw), OUT_OF_RESOURCES,
