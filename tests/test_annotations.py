@@ -16,9 +16,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from conftest import free_port
+from helpers import count, free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings
 from ercp_node.dicom.seg import build_seg, read_seg_labels
@@ -53,9 +53,9 @@ def node(tmp_path_factory, tiny_model, images):
         for key in ("rf1", "rf2", "cine"):
             assert storescu(n, images[key]) == OK
         end = time.time() + 180
-        while _count(n, Job, Job.state == "done") < 3 and time.time() < end:
+        while count(n, Job, Job.state == "done") < 3 and time.time() < end:
             time.sleep(0.3)
-        assert _count(n, Job, Job.state == "done") == 3
+        assert count(n, Job, Job.state == "done") == 3
         yield n
     finally:
         n.stop()
@@ -67,11 +67,6 @@ def storescu(node: Node, path: Path, aet: str = "VIEWER") -> int | str:
     m = re.search(r"Received Store Response \(([^)]*)\)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
     return DCMTK_STATUS.get(m.group(1), m.group(1))
-
-
-def _count(node, model, *where) -> int:
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(model).where(*where))
 
 
 def _own_seg(node: Node, source: Path) -> Path:
@@ -114,7 +109,7 @@ def test_corrected_seg_is_kept_as_an_annotation_and_read_back_exactly(node, imag
     own_path = _own_seg(node, images["rf1"])
     own = pydicom.dcmread(own_path)
     model_labels = read_seg_labels(own, (rf1.Rows, rf1.Columns))
-    instances, jobs, outputs, exports = (_count(node, m) for m in (Instance, Job, Output, Export))
+    instances, jobs, outputs, exports = (count(node, m) for m in (Instance, Job, Output, Export))
 
     # the correction: the node's SEG with its false stones erased and a real one added, sent by storescu (the tiny
     # untrained model's labels are noise; what matters is that the mask differs from the node's own)
@@ -128,10 +123,10 @@ def test_corrected_seg_is_kept_as_an_annotation_and_read_back_exactly(node, imag
     assert row.calling_ae == "VIEWER" and row.received_at is not None
     assert pydicom.dcmread(row.path) == pydicom.dcmread(tmp_path / "fixed.dcm")  # the data set as sent
     # an annotation, not an image or an output: nothing queued, nothing to export
-    assert (instances, jobs, outputs, exports) == tuple(_count(node, m) for m in (Instance, Job, Output, Export))
+    assert (instances, jobs, outputs, exports) == tuple(count(node, m) for m in (Instance, Job, Output, Export))
     # a second copy is idempotent
     assert storescu(node, tmp_path / "fixed.dcm") == OK
-    assert _count(node, Annotation) == 1
+    assert count(node, Annotation) == 1
 
     # the reader of `retrain --from-archive` gives exactly that mask, dated and identified from the source
     samples, problems = read_archive(node.sessions)
@@ -163,7 +158,7 @@ def test_corrected_seg_is_kept_as_an_annotation_and_read_back_exactly(node, imag
     assert sorted(by_frame) == [0, 1, 2, 3, 4]
     for f in range(5):
         assert np.array_equal(load_mask(by_frame[f], cine_fixed[f].shape), cine_fixed[f]), f
-    assert _count(node, IntakeFailure) == 0
+    assert count(node, IntakeFailure) == 0
     from ercp_node.node.status import render, report
 
     assert report(node.sessions)["annotations"]["kept"] == 3
@@ -179,11 +174,11 @@ def test_own_segs_are_never_ground_truth(node, images, tmp_path):
     """The node's SEG coming back under its own UID: acknowledged (the node holds it as an output), no annotation.
     The same automatic SEG under another UID (e.g. from `ercp-node segment`): refused 0xC000, recorded."""
     own_path = _own_seg(node, images["rf2"])
-    before = _count(node, Annotation)
-    failures = _count(node, IntakeFailure)
+    before = count(node, Annotation)
+    failures = count(node, IntakeFailure)
     digest = _archive_digest(node)
     assert storescu(node, own_path) == OK
-    assert _count(node, Annotation) == before and _count(node, IntakeFailure) == failures
+    assert count(node, Annotation) == before and count(node, IntakeFailure) == failures
     assert _archive_digest(node) == digest
 
     other = pydicom.dcmread(own_path)
@@ -192,14 +187,14 @@ def test_own_segs_are_never_ground_truth(node, images, tmp_path):
     other.save_as(tmp_path / "own-other-uid.dcm", enforce_file_format=True)
     assert storescu(node, tmp_path / "own-other-uid.dcm") == C000
     _assert_refused(node, other.SOPInstanceUID, "0xC000", "own automatic segmentation")
-    assert _count(node, Annotation) == before
+    assert count(node, Annotation) == before
     # edited in place, keeping the output's UID: refused (a correction needs a new UID), the output unchanged
     edited = pydicom.dcmread(own_path)
     edited.PixelData = bytes(len(edited.PixelData))
     edited.save_as(tmp_path / "own-edited.dcm", enforce_file_format=True)
     assert storescu(node, tmp_path / "own-edited.dcm") == A900
     _assert_refused(node, edited.SOPInstanceUID, "0xA900", "needs a new SOP Instance UID")
-    assert _archive_digest(node) == digest and _count(node, Annotation) == before
+    assert _archive_digest(node) == digest and count(node, Annotation) == before
     samples, _ = read_archive(node.sessions)
     rf2_uid = str(pydicom.dcmread(images["rf2"], stop_before_pixels=True).SOPInstanceUID)
     assert not any(s.image_path == str(_archived(node, pydicom.dcmread(images["rf2"]))) for s in samples), rf2_uid
@@ -260,14 +255,14 @@ def _bad_cases(images, tmp_path) -> list[tuple[str, Path, int, str]]:
 def test_bad_segs_are_refused_with_a_status_and_a_reason(node, images, tmp_path):
     names = {str(pydicom.dcmread(images[k], stop_before_pixels=True).PatientName) for k in ("rf1", "cine")}
     for name, path, status, reason in _bad_cases(images, tmp_path):
-        digest, annotations = _archive_digest(node), _count(node, Annotation)
+        digest, annotations = _archive_digest(node), count(node, Annotation)
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         assert storescu(node, path) == status, name
         _assert_refused(node, str(ds.SOPInstanceUID), f"0x{status:04X}", reason)
         with node.sessions() as s:
             last = s.scalars(select(IntakeFailure).order_by(IntakeFailure.id.desc())).first()
         assert not any(n and n in last.reason for n in names), last.reason  # UIDs only, no patient data
-        assert _count(node, Annotation) == annotations, name
+        assert count(node, Annotation) == annotations, name
         assert _archive_digest(node) == digest, name  # nothing archived is lost or overwritten
 
 
@@ -299,7 +294,7 @@ def test_retrain_from_archive_trains_on_the_corrections(tmp_path):
             assert storescu(n, tmp_path / "ph" / row["dicom"], aet="CARM") == OK
             corrected(src, truth, tmp_path / f"c{k}.dcm")
             assert storescu(n, tmp_path / f"c{k}.dcm") == OK
-        assert _count(n, Annotation) == len(rows)
+        assert count(n, Annotation) == len(rows)
     finally:
         n.stop()
     out = tmp_path / "run"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -15,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from conftest import free_port
+from helpers import free_port, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import Destination, Settings
 from ercp_node.node.service import Node
@@ -37,15 +36,6 @@ def images(tmp_path_factory) -> list[Path]:
     return files
 
 
-def _wait(predicate, timeout=120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _storescu(port, *files, aet="CARM"):
     return subprocess.run(["storescu", "-aet", aet, "-aec", "ERCPNODE", "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=60)
@@ -57,7 +47,7 @@ def test_audit_trail_of_intake_refusals_exports_and_promotions(tmp_path, tiny_mo
     pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(pacs_port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait(lambda: socket.socket().connect_ex(("127.0.0.1", pacs_port)) == 0, 10)
+        assert wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", pacs_port)) == 0, 10)
         s = Settings()
         s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
         s.node.ae_title, s.model.path, s.node.allowed_ae_titles = "ERCPNODE", str(tiny_model), ["CARM"]
@@ -74,7 +64,7 @@ def test_audit_trail_of_intake_refusals_exports_and_promotions(tmp_path, tiny_mo
                 with node.sessions() as db:
                     return db.scalars(select(Export.state)).all() == ["sent"]
 
-            assert _wait(sent)
+            assert wait_until(sent)
             from ercp_node.model.registry import Registry
 
             Registry(node.sessions, Path(s.node.data_dir) / "models").add(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port
+from helpers import free_port
 from ercp_node.config.settings import ConfigError, load
 
 ROOT = Path(__file__).resolve().parents[1]

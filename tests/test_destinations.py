@@ -11,11 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from conftest import free_port
+from helpers import count, free_port, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, load, parse_destination
 from ercp_node.node.service import Node
@@ -132,23 +131,9 @@ def _storescu(port: int, *files: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def _wait(predicate, timeout=120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _exports(node) -> list[tuple[str, str]]:
     with node.sessions() as s:
         return sorted(s.execute(select(Export.destination, Export.state)).all())
-
-
-def _count(node, *where) -> int:
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(Export).where(*where))
 
 
 def _storescp(port: int, out: Path) -> subprocess.Popen:
@@ -168,7 +153,7 @@ def test_exports_name_their_destination_and_go_to_it(tmp_path, tiny_model, image
     node = Node(_settings(tmp_path, tiny_model, [dest])).start()
     try:
         _storescu(node.settings.node.port, *images)
-        assert _wait(lambda: _count(node, Export.state == "sent") == 2 * len(images))
+        assert wait_until(lambda: count(node, Export, Export.state == "sent") == 2 * len(images))
         assert {d for d, _ in _exports(node)} == {"PACS"}  # the name, not an address
         with node.sessions() as s:
             uids = set(s.scalars(select(Output.sop_instance_uid)))
@@ -188,7 +173,7 @@ def test_removed_destination_stops_its_exports_and_nothing_goes_to_its_old_addre
     node = Node(s).start()
     try:
         _storescu(s.node.port, images[0])
-        assert _wait(lambda: _count(node, Export.attempts >= 1) == 2)
+        assert wait_until(lambda: count(node, Export, Export.attempts >= 1) == 2)
     finally:
         node.stop()
     # restart without SECURE, and with a plain receiver at its old address and a legacy-style row for it
@@ -203,9 +188,9 @@ def test_removed_destination_stops_its_exports_and_nothing_goes_to_its_old_addre
         caplog.set_level(logging.ERROR, logger="ercp_node.exporter")
         node.start()
         try:
-            assert _wait(lambda: _count(node, Export.state == "unconfigured") == 3, 30)
+            assert wait_until(lambda: count(node, Export, Export.state == "unconfigured") == 3, 30)
             time.sleep(1.5)  # several exporter cycles
-            assert _count(node, Export.state != "unconfigured") == 0
+            assert count(node, Export, Export.state != "unconfigured") == 0
         finally:
             node.stop()
         assert list(received.iterdir()) == []  # nothing sent to the old address
@@ -233,8 +218,8 @@ def test_dead_letter_status_and_resend_with_the_same_uids(tmp_path, tiny_model, 
     node = Node(s).start()
     try:
         _storescu(s.node.port, *images)
-        assert _wait(lambda: _count(node, Export.state == "failed") == 2 * len(images), 60)
-        assert _count(node, Export.state != "failed") == 0
+        assert wait_until(lambda: count(node, Export, Export.state == "failed") == 2 * len(images), 60)
+        assert count(node, Export, Export.state != "failed") == 0
         with node.sessions() as db:
             assert set(db.scalars(select(Export.attempts))) == {3}
             uids = set(db.scalars(select(Output.sop_instance_uid)))
@@ -257,7 +242,7 @@ def test_dead_letter_status_and_resend_with_the_same_uids(tmp_path, tiny_model, 
     s2.node.port, s2.model.path, s2.node.worker_mode = free_port(), str(tiny_model), "thread"
     node = Node(s2).start()
     try:
-        assert _wait(lambda: _count(node, Export.state == "sent") == 2 * len(images), 60)
+        assert wait_until(lambda: count(node, Export, Export.state == "sent") == 2 * len(images), 60)
     finally:
         node.stop()
     at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
@@ -272,7 +257,7 @@ def test_dead_letter_by_age(tmp_path, tiny_model, images):
     node = Node(s).start()
     try:
         _storescu(s.node.port, images[0])
-        assert _wait(lambda: _count(node, Export.state == "failed") == 1, 60)
+        assert wait_until(lambda: count(node, Export, Export.state == "failed") == 1, 60)
         with node.sessions() as db:
             e = db.scalars(select(Export)).one()
             assert e.attempts >= 2 and "association failed" in e.last_error

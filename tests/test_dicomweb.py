@@ -13,11 +13,10 @@ import urllib.request
 import ssl
 from pathlib import Path
 
-import pydicom
 import pytest
 from sqlalchemy import func, select, update
 
-from conftest import free_port
+from helpers import free_port, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import Destination, Settings, validate
 from ercp_node.node.service import Node
@@ -115,15 +114,6 @@ def images(tmp_path_factory) -> list[Path]:
     return sorted((root / "dicom").glob("*.dcm"))
 
 
-def _wait(predicate, timeout=120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _node(tmp_path, model, dest: Destination, **export) -> Node:
     s = Settings()
     s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
@@ -162,14 +152,14 @@ def test_stow_rs_with_basic_auth_over_https_and_resend_keeps_one_instance(tmp_pa
     node = _node(tmp_path, tiny_model, dest)
     try:
         _push(node, *images)
-        assert _wait(lambda: _states(node) == {"sent": 3 * len(images)}), _states(node)
+        assert wait_until(lambda: _states(node) == {"sent": 3 * len(images)}), _states(node)
         with node.sessions() as s:
             uids = sorted(s.scalars(select(Output.sop_instance_uid)))
         assert sorted(pacs.sop_uids()) == uids
         # sent again (as after a crash between the PACS's answer and the commit, or a resend): same objects
         with node.sessions.begin() as s:
             s.execute(update(Export).values(state="pending", attempts=0))
-        assert _wait(lambda: _states(node) == {"sent": 3 * len(images)})
+        assert wait_until(lambda: _states(node) == {"sent": 3 * len(images)})
         with node.sessions() as s:
             assert s.scalar(select(func.count()).select_from(ExportAttempt)) == 6 * len(images)
         assert sorted(pacs.sop_uids()) == uids  # one instance per UID
@@ -190,13 +180,13 @@ def test_stow_rs_with_bearer_token_and_failures(tmp_path, pki, tiny_model, image
     node = _node(tmp_path, tiny_model, dest, max_attempts=0)
     try:
         _push(node, images[0])
-        assert _wait(lambda: _states(node).get("pending") == 1 and _attempts(node) >= 2)
+        assert wait_until(lambda: _states(node).get("pending") == 1 and _attempts(node) >= 2)
         with node.sessions() as s:
             err = s.scalars(select(Export.last_error)).one()
         assert "403" in err or "401" in err, err
         assert "not-the-token" not in err and pacs.sop_uids() == []
         token.write_text(TOKEN + "\n")  # rotated: read at the next send, no restart
-        assert _wait(lambda: _states(node) == {"sent": 1})
+        assert wait_until(lambda: _states(node) == {"sent": 1})
         with node.sessions() as s:
             uid = s.scalars(select(Output.sop_instance_uid).where(Output.kind == "SEG")).one()
         assert pacs.sop_uids() == [uid]
@@ -204,7 +194,7 @@ def test_stow_rs_with_bearer_token_and_failures(tmp_path, pki, tiny_model, image
         node.settings.destinations[0].tls_ca = str(pki / "other.pem")
         with node.sessions.begin() as s:
             s.execute(update(Export).values(state="pending", attempts=0))
-        assert _wait(lambda: _last_error(node) is not None and "SSL" in _last_error(node)), _last_error(node)
+        assert wait_until(lambda: _last_error(node) is not None and "SSL" in _last_error(node)), _last_error(node)
     finally:
         node.stop()
         pacs.stop()

@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from conftest import free_port
+from helpers import free_port, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, validate
 from ercp_node.node.service import Node
@@ -62,15 +62,6 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
         return e.code, dict(e.headers), e.read()
 
 
-def _wait(predicate, timeout=120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _settings(tmp_path, model) -> Settings:
     s = Settings()
     s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
@@ -103,7 +94,7 @@ def served(tmp_path_factory, tiny_model, images):
             return (db.scalar(select(func.count()).select_from(Export).where(Export.state == "sent")) == 4
                     and db.scalar(select(func.count()).select_from(Export).where(Export.state == "failed")) == 2)
 
-    assert _wait(settled)
+    assert wait_until(settled)
     yield node, f"http://127.0.0.1:{s.node.http_port}"
     node.stop()
     proc.terminate()
@@ -262,7 +253,7 @@ def test_serve_with_http_port_in_process_mode_and_sigterm(tmp_path, tiny_model):
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{http_port}"
-        assert _wait(lambda: proc.poll() is None and _get_quiet(base + "/health") == 200, 180), \
+        assert wait_until(lambda: proc.poll() is None and _get_quiet(base + "/health") == 200, 180), \
             (tmp_path / "serve.log").read_text()[-3000:]
         h = json.loads(_get(base + "/health")[2])
         assert h["checks"]["workers"] == {"ok": True, "alive": 1, "configured": 1}

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel, XRayRadiofluoroscopicImageStorage
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from helpers import count, free_port
 from ercp_node.cli import main
