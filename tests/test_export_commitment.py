@@ -1,0 +1,167 @@
+"""Storage Commitment toward the PACS (SCU role, issue 16 part 2), against real peers on loopback: Orthanc's
+storage commitment SCP reports on a new association to the node's AE; a dcmtk storescp offers no commitment, so
+its exports are never committed, are sent again with the same SOP Instance UIDs and end in the dead-letter."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from ercp_node.cli import main
+from ercp_node.config.settings import ConfigError, Destination, Settings, load
+from ercp_node.node.service import Node
+from ercp_node.storage.models import AuditEvent, Export, ExportAttempt, Output
+from helpers import Orthanc, free_port
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("carm")
+    assert main(["synth", "--count", "1", "--seed", "71", "--size", "512", "--out", str(root),
+                 "--workers", "1"]) == 0
+    return sorted((root / "dicom").glob("*.dcm"))
+
+
+def _settings(tmp_path, model, dest: Destination, port: int, **export) -> Settings:
+    s = Settings()
+    s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", port, str(tmp_path / "node")
+    s.node.ae_title, s.model.path, s.node.worker_mode = "ERCPNODE", str(model), "thread"
+    s.export.retry_initial_s, s.export.retry_max_s = 0.2, 0.4
+    for k, v in export.items():
+        setattr(s.export, k, v)
+    s.destinations = [dest]
+    return s
+
+
+def _storescu(port: int, *files: Path) -> None:
+    r = subprocess.run(["storescu", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1", str(port), *map(str, files)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+
+
+def _wait(predicate, timeout=120.0) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _count(node, *where) -> int:
+    with node.sessions() as s:
+        return s.scalar(select(func.count()).select_from(Export).where(*where))
+
+
+def _config(tmp_path, s: Settings, dest: Destination) -> Path:
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\ndata_dir = "{s.node.data_dir}"\n[destinations.{dest.name}]\nae_title = "{dest.ae_title}"\n'
+                   f'host = "127.0.0.1"\nport = {dest.port}\nobjects = ["SEG", "SR"]\ncommitment = true\n')
+    return cfg
+
+
+def test_outputs_end_committed_at_orthanc(tmp_path, tiny_model, images, capsys):
+    if shutil.which("Orthanc") is None:
+        pytest.fail("Orthanc is not installed (apt-get install orthanc)")
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", port)})
+    try:
+        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        s = _settings(tmp_path, tiny_model, dest, port)
+        node = Node(s).start()
+        try:
+            _storescu(port, *images)
+            n = 2 * len(images)
+            assert _wait(lambda: _count(node, Export.state == "committed") == n, 120), \
+                (_count(node, Export.state == "sent"), orthanc.log.name)
+            with node.sessions() as db:
+                uids = set(db.scalars(select(Output.sop_instance_uid)))
+                txns = set(db.scalars(select(Export.commit_txn)))
+                assert db.scalar(select(func.count()).select_from(ExportAttempt)
+                                 .where(ExportAttempt.status == "committed")) == n
+                assert db.scalar(select(func.count()).select_from(AuditEvent)
+                                 .where(AuditEvent.event == "export-committed")) >= 1
+            assert len(txns) == 1 and None not in txns  # one N-ACTION for the batch of one association
+            assert _count(node, Export.attempts != 1) == 0  # nothing sent twice
+        finally:
+            node.stop()
+        at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
+        assert at_pacs == uids
+        assert main(["status", "--config", str(_config(tmp_path, s, dest))]) == 0
+        out = capsys.readouterr().out
+        assert f"PACS {n} committed" in out, out
+    finally:
+        orthanc.stop()
+
+
+def _storescp(port: int, out: Path) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    raise RuntimeError("storescp did not start")
+
+
+def test_pacs_without_commitment_is_not_committed_and_gets_the_same_uids_again(tmp_path, tiny_model, images,
+                                                                              capsys):
+    """storescp acknowledges every C-STORE but rejects the Storage Commitment presentation context: each export
+    is commit-failed with that reason, sent again (the same SOP Instance UID each time) and dead-lettered after
+    export.max_attempts; `status` shows why."""
+    pacs_port = free_port()
+    received = tmp_path / "received"
+    proc = _storescp(pacs_port, received)
+    try:
+        dest = Destination("PACS", "127.0.0.1", pacs_port, ("SEG", "SR"), name="PACS", commitment=True)
+        s = _settings(tmp_path, tiny_model, dest, free_port(), max_attempts=3)
+        node = Node(s).start()
+        try:
+            _storescu(s.node.port, *images)
+            n = 2 * len(images)
+            assert _wait(lambda: _count(node, Export.state == "failed") == n, 120), \
+                _count(node, Export.state == "commit-failed")
+            with node.sessions() as db:
+                uids = set(db.scalars(select(Output.sop_instance_uid)))
+                assert set(db.scalars(select(Export.attempts))) == {3}
+                errors = set(db.scalars(select(Export.last_error)))
+                assert db.scalar(select(func.count()).select_from(ExportAttempt)
+                                 .where(ExportAttempt.status == "commit-failed")) == 3 * n
+        finally:
+            node.stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert len(errors) == 1 and "does not offer Storage Commitment" in errors.pop()
+    got = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in received.iterdir()]
+    assert len(got) == 3 * n and set(got) == uids  # three times each, always the same UIDs
+    assert main(["status", "--config", str(_config(tmp_path, s, dest))]) == 0
+    out = capsys.readouterr().out
+    assert f"PACS {n} failed" in out and "does not offer Storage Commitment" in out, out
+
+
+def test_commitment_setting(tmp_path):
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[destinations.PACS]\nae_title = "P"\nhost = "h"\nport = 104\ncommitment = true\n'
+                   '[export]\ncommitment_timeout_s = 30\n')
+    s = load(cfg, env={})
+    assert s.destinations[0].commitment and s.export.commitment_timeout_s == 30
+    assert "storage commitment" in s.destinations[0].describe()
+    cfg.write_text('[destinations.web]\nkind = "dicomweb"\nurl = "http://127.0.0.1/dw"\ncommitment = true\n')
+    with pytest.raises(ConfigError, match="commitment"):
+        load(cfg, env={})
+    cfg.write_text('[destinations.PACS]\nae_title = "P"\nhost = "h"\nport = 104\ncommitment = "maybe"\n')
+    with pytest.raises(ConfigError, match="commitment"):
+        load(cfg, env={})
+    cfg.write_text('[export]\ncommitment_timeout_s = 0\n')
+    with pytest.raises(ConfigError, match="commitment_timeout_s"):
+        load(cfg, env={})
