@@ -28,9 +28,10 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 class Orthanc:
     """A real Orthanc on free loopback ports (DICOM and REST), storage under `root`; `dicomweb` loads the
     DICOMweb plugin. `modalities`: {name: (AE title, host, port)} Orthanc knows - its storage commitment SCP
-    sends its N-EVENT-REPORT on a new association to the modality whose AE title asked."""
+    sends its N-EVENT-REPORT on a new association to the modality whose AE title asked. `lua`: a Lua script
+    Orthanc runs (LuaScripts), e.g. a ReceivedInstanceFilter."""
 
-    def __init__(self, root, dicomweb: bool = False, modalities: dict | None = None):
+    def __init__(self, root, dicomweb: bool = False, modalities: dict | None = None, lua: str = ""):
         self.dicom_port, self.http_port, self.aet = free_port(), free_port(), "ORTHANC"
         root.mkdir(parents=True, exist_ok=True)
         cfg = {"Name": "ercp-node-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
@@ -40,6 +41,9 @@ class Orthanc:
                "ConcurrentJobs": 1, "HttpThreadsCount": 4}
         if modalities:
             cfg["DicomModalities"] = {name: list(m) for name, m in modalities.items()}
+        if lua:
+            (root / "script.lua").write_text(lua)
+            cfg["LuaScripts"] = [str(root / "script.lua")]
         if dicomweb:
             if not os.path.exists(DICOMWEB_PLUGIN):
                 raise RuntimeError(f"{DICOMWEB_PLUGIN} missing: apt-get install orthanc-dicomweb (make tools)")

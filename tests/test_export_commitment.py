@@ -165,3 +165,81 @@ def test_commitment_setting(tmp_path):
     cfg.write_text('[export]\ncommitment_timeout_s = 0\n')
     with pytest.raises(ConfigError, match="commitment_timeout_s"):
         load(cfg, env={})
+
+
+# Orthanc acknowledges the first C-STORE of each SR (0x0000) but keeps nothing of it: a PACS that loses what it
+# acknowledged. The second arrival of the same SOP Instance UID is kept.
+DROP_FIRST_SR = """
+dropped = {}
+function ReceivedInstanceFilter(dicom, origin, info)
+  if dicom.Modality == 'SR' and not dropped[dicom.SOPInstanceUID] then
+    dropped[dicom.SOPInstanceUID] = true
+    return false
+  end
+  return true
+end
+"""
+
+
+def test_an_output_the_pacs_acknowledged_but_does_not_hold_is_sent_again_and_then_committed(tmp_path, tiny_model,
+                                                                                          images, capsys):
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", port)}, lua=DROP_FIRST_SR)
+    try:
+        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        s = _settings(tmp_path, tiny_model, dest, port)
+        node = Node(s).start()
+        try:
+            _storescu(port, *images)
+            n = 2 * len(images)
+            assert _wait(lambda: _count(node, Export.state == "committed") == n, 120), \
+                (_count(node, Export.state == "commit-failed"), _count(node, Export.state == "sent"))
+            with node.sessions() as db:
+                rows = db.execute(select(Output.kind, Output.sop_instance_uid, Export.attempts, Export.id)
+                                  .join(Export, Export.output_id == Output.id)).all()
+                uids = {r.sop_instance_uid for r in rows}
+                history = {r.kind: [(a.status, a.error) for a in db.scalars(
+                    select(ExportAttempt).where(ExportAttempt.export_id == r.id).order_by(ExportAttempt.id))]
+                    for r in rows}
+        finally:
+            node.stop()
+        assert {r.kind: r.attempts for r in rows} == {"SEG": 1, "SR": 2}
+        assert [st for st, _ in history["SEG"]] == ["0x0000", "committed"]
+        assert [st for st, _ in history["SR"]] == ["0x0000", "commit-failed", "0x0000", "committed"], history
+        assert "failure reason 0x0112 (no such object instance)" in history["SR"][1][1]
+        at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
+        assert at_pacs == uids  # the SR kept at the second try is the same SOP Instance
+    finally:
+        orthanc.stop()
+
+
+def test_no_report_within_the_timeout_is_sent_again_then_dead_lettered(tmp_path, tiny_model, images, capsys):
+    """Orthanc commits but cannot reach the node (its return address names a port where nothing listens): no
+    report within export.commitment_timeout_s, so each export is sent again with a new Transaction UID and,
+    after export.max_attempts, dead-lettered with the reason."""
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", free_port())})
+    try:
+        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        s = _settings(tmp_path, tiny_model, dest, port, commitment_timeout_s=2.0, max_attempts=2)
+        node = Node(s).start()
+        try:
+            _storescu(port, *images)
+            n = 2 * len(images)
+            assert _wait(lambda: _count(node, Export.state == "failed") == n, 120)
+            with node.sessions() as db:
+                assert set(db.scalars(select(Export.attempts))) == {2}
+                errors = set(db.scalars(select(Export.last_error)))
+                txns = db.scalars(select(ExportAttempt.id).where(ExportAttempt.status == "commit-failed")).all()
+                uids = set(db.scalars(select(Output.sop_instance_uid)))
+        finally:
+            node.stop()
+        assert errors == {"no storage commitment report within 2 s (export.commitment_timeout_s)"}
+        assert len(txns) == 2 * n
+        at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
+        assert at_pacs == uids  # sent twice, still the same instances
+        assert main(["status", "--config", str(_config(tmp_path, s, dest))]) == 0
+        out = capsys.readouterr().out
+        assert f"PACS {n} failed" in out and "no storage commitment report within 2 s" in out, out
+    finally:
+        orthanc.stop()
