@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from conftest import free_port
+from helpers import free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import Destination, Settings
 from ercp_node.node.service import Node
