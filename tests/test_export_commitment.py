@@ -243,3 +243,27 @@ def test_no_report_within_the_timeout_is_sent_again_then_dead_lettered(tmp_path,
         assert f"PACS {n} failed" in out and "no storage commitment report within 2 s" in out, out
     finally:
         orthanc.stop()
+
+
+def test_migration_0006_adds_and_removes_the_commitment_columns(tmp_path):
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import create_engine, inspect, text
+
+    from ercp_node.storage.db import MIGRATIONS, sqlite_url
+
+    engine = create_engine(sqlite_url(tmp_path))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        conn.execute(text("INSERT INTO exports (id, output_id, destination, state, attempts, next_attempt) "
+                          "VALUES (1, 1, 'PACS', 'sent', 1, '2026-01-01 10:01:00')"))
+        command.upgrade(cfg, "0006")
+        assert {"commit_txn", "commit_due"} <= {c["name"] for c in inspect(conn).get_columns("exports")}
+        assert conn.execute(text("SELECT state, commit_txn, commit_due FROM exports")).one() == ("sent", None, None)
+        command.downgrade(cfg, "0005")
+        assert not {"commit_txn", "commit_due"} & {c["name"] for c in inspect(conn).get_columns("exports")}
+        assert conn.execute(text("SELECT state FROM exports")).scalar() == "sent"
+    engine.dispose()
