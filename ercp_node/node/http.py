@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select, text
+from sqlalchemy import or_, func, select, text
 
 from ..storage.models import Export, ExportAttempt, Instance, IntakeFailure, Job, Output
 
@@ -72,6 +72,8 @@ class _DatabaseCollector:
                                 .group_by(Export.destination, Export.state)).all()
             attempts = s.execute(select(Export.destination, ExportAttempt.error.is_(None), func.count())
                                  .join(Export, Export.id == ExportAttempt.export_id)
+                                 .where(or_(ExportAttempt.status.is_(None),  # C-STOREs, not commitment outcomes
+                                            ExportAttempt.status.not_in(("committed", "commit-failed"))))
                                  .group_by(Export.destination, ExportAttempt.error.is_(None))).all()
         c = CounterMetricFamily("ercp_node_received", "Images received and acknowledged (C-STORE 0x0000)")
         c.add_metric([], received)
