@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from conftest import free_port
+from helpers import free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, validate
 from ercp_node.node.service import Node
