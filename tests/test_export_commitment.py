@@ -165,6 +165,9 @@ def test_commitment_setting(tmp_path):
     cfg.write_text('[export]\ncommitment_timeout_s = 0\n')
     with pytest.raises(ConfigError, match="commitment_timeout_s"):
         load(cfg, env={})
+    cfg.write_text('[export]\ncommitment_timeout_s = 30\ncommitment_wait_s = 30\n')
+    with pytest.raises(ConfigError, match="commitment_wait_s"):
+        load(cfg, env={})
 
 
 # Orthanc acknowledges the first C-STORE of each SR (0x0000) but keeps nothing of it: a PACS that loses what it
@@ -267,3 +270,78 @@ def test_migration_0006_adds_and_removes_the_commitment_columns(tmp_path):
         assert not {"commit_txn", "commit_due"} & {c["name"] for c in inspect(conn).get_columns("exports")}
         assert conn.execute(text("SELECT state FROM exports")).scalar() == "sent"
     engine.dispose()
+
+
+class SameAssociationPacs:
+    """A PACS played by pynetdicom: stores SEG and SR, and answers a storage commitment request only on the
+    requesting association, 0.3 s after the N-ACTION response (it knows no return address)."""
+
+    def __init__(self):
+        import threading
+
+        from pynetdicom import AE, evt
+
+        from ercp_node.node.commitment import SOP_CLASS, TRANSFER_SYNTAXES
+        from ercp_node.node.export_commitment import KIND_CLASSES
+
+        self.port, self.held, self.reports = free_port(), {}, []
+        self.threading = threading
+        ae = AE(ae_title="SAMEPACS")
+        for uid in KIND_CLASSES.values():
+            ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        ae.add_supported_context(SOP_CLASS, TRANSFER_SYNTAXES)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=[
+            (evt.EVT_C_STORE, self._store), (evt.EVT_N_ACTION, self._action)])
+
+    def _store(self, event):
+        self.held[str(event.request.AffectedSOPInstanceUID)] = str(event.request.AffectedSOPClassUID)
+        return 0x0000
+
+    def _action(self, event):
+        info = event.action_information
+        self.threading.Thread(target=self._report, args=(event.assoc, info), daemon=True).start()
+        return 0x0000, None
+
+    def _report(self, assoc, info):
+        import time as _t
+
+        from pydicom.dataset import Dataset
+
+        from ercp_node.node.commitment import SOP_CLASS, WELL_KNOWN_INSTANCE
+
+        _t.sleep(0.3)
+        ds = Dataset()
+        ds.TransactionUID = info.TransactionUID
+        ds.ReferencedSOPSequence = [i for i in info.ReferencedSOPSequence if str(i.ReferencedSOPInstanceUID) in self.held]
+        assoc._reactor_checkpoint.clear()  # noqa: SLF001 - send from this thread while the reactor rests
+        try:
+            while not assoc._is_paused and assoc.is_established:  # noqa: SLF001
+                _t.sleep(0.001)
+            rsp, _ = assoc.send_n_event_report(ds, 1, SOP_CLASS, WELL_KNOWN_INSTANCE)
+            self.reports.append(int(rsp.Status) if "Status" in rsp else None)
+        finally:
+            assoc._reactor_checkpoint.set()  # noqa: SLF001
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def test_report_on_the_requesting_association_with_commitment_wait(tmp_path, tiny_model, images):
+    pacs = SameAssociationPacs()
+    try:
+        dest = Destination("SAMEPACS", "127.0.0.1", pacs.port, ("SEG", "SR"), name="PACS", commitment=True)
+        s = _settings(tmp_path, tiny_model, dest, free_port(), commitment_wait_s=10.0)
+        node = Node(s).start()
+        try:
+            _storescu(s.node.port, *images)
+            n = 2 * len(images)
+            assert _wait(lambda: _count(node, Export.state == "committed") == n, 120), \
+                (_count(node, Export.state == "sent"), pacs.reports)
+            assert _count(node, Export.attempts != 1) == 0
+            with node.sessions() as db:
+                uids = set(db.scalars(select(Output.sop_instance_uid)))
+        finally:
+            node.stop()
+        assert pacs.reports == [0x0000] and set(pacs.held) == uids
+    finally:
+        pacs.stop()

@@ -70,6 +70,9 @@ class ExportSettings:
     # Destinations with `commitment = true`: an output C-STOREd there but not reported committed (Storage
     # Commitment N-EVENT-REPORT) within this many seconds of the request is sent again with the same UIDs.
     commitment_timeout_s: float = 600.0
+    # ...and the exporter keeps its association open up to this long after the N-ACTION response for a PACS that
+    # reports on the requesting association (0: release at once; the report then comes on a new association).
+    commitment_wait_s: float = 0.0
 
 
 @dataclass
@@ -479,8 +482,9 @@ def validate(s: Settings) -> None:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
     if s.export.max_attempts < 0 or s.export.max_age_h < 0:
         raise ConfigError("export.max_attempts and export.max_age_h must be ≥ 0 (0: no limit)")
-    if s.export.commitment_timeout_s <= 0:
-        raise ConfigError("export.commitment_timeout_s must be > 0")
+    if s.export.commitment_timeout_s <= 0 or not 0 <= s.export.commitment_wait_s < s.export.commitment_timeout_s:
+        raise ConfigError("export.commitment_timeout_s must be > 0 and export.commitment_wait_s within "
+                          "0 ≤ wait < commitment_timeout_s")
     for t in n.allowed_ae_titles:
         if not AE_RE.match(t):
             raise ConfigError(f"node.allowed_ae_titles: {t!r} must be 1–16 printable characters without '\\'")

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..storage.models import Export, ExportAttempt, Output
 from .commitment import REQUEST_COMMIT, SOP_CLASS, WELL_KNOWN_INSTANCE
@@ -89,9 +90,23 @@ def ask(exporter, assoc, d, rows) -> None:
             error = f"storage commitment N-ACTION failed ({type(exc).__name__}: {exc})"
     if error is None:
         log.info("storage commitment %s asked of %s for %d output(s)", txn, d.name, len(rows))
+        _wait_on(node, assoc, txn, node.settings.export.commitment_wait_s)
         return
     log.warning("storage commitment %s for %d output(s) to %s: %s", txn, len(rows), d.name, error)
     fail(node, [(i, error) for i in ids], txn=txn)
+
+
+def _wait_on(node, assoc, txn: str, seconds: float) -> None:
+    """Keep the association open up to `seconds` while exports of `txn` still wait: a report the PACS sends on
+    it is answered by its reactor (the EVT_N_EVENT_REPORT handler bound in Exporter.send)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and assoc.is_established:
+        with node.sessions() as s:
+            waiting = s.scalar(select(func.count()).select_from(Export).where(Export.commit_txn == txn,
+                                                                              Export.state == "sent"))
+        if not waiting:
+            return
+        time.sleep(0.05)
 
 
 def fail(node, failures: list[tuple[int, str]], txn: str | None = None) -> int:
