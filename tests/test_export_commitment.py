@@ -345,3 +345,63 @@ def test_report_on_the_requesting_association_with_commitment_wait(tmp_path, tin
         assert pacs.reports == [0x0000] and set(pacs.held) == uids
     finally:
         pacs.stop()
+
+
+def _report_to_node(node, calling: str, txn: str, uids: list[tuple[str, str]]) -> int | None:
+    """An N-EVENT-REPORT (all committed) on a new association to the node, as a PACS sends it: calling AE
+    `calling`, proposing the SCP role for Storage Commitment."""
+    from pydicom.dataset import Dataset
+    from pynetdicom import AE, build_role
+
+    from ercp_node.node.commitment import SOP_CLASS, TRANSFER_SYNTAXES, WELL_KNOWN_INSTANCE
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(SOP_CLASS, TRANSFER_SYNTAXES)
+    assoc = ae.associate("127.0.0.1", node.settings.node.port, ae_title="ERCPNODE",
+                         ext_neg=[build_role(SOP_CLASS, scp_role=True)])
+    assert assoc.is_established
+    try:
+        ds = Dataset()
+        ds.TransactionUID = txn
+        items = []
+        for cls, inst in uids:
+            item = Dataset()
+            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = cls, inst
+            items.append(item)
+        ds.ReferencedSOPSequence = items
+        rsp, _ = assoc.send_n_event_report(ds, 1, SOP_CLASS, WELL_KNOWN_INSTANCE)
+        return int(rsp.Status) if "Status" in rsp else None
+    finally:
+        assoc.release()
+
+
+def test_a_report_counts_only_from_the_destinations_ae_title(tmp_path, tiny_model, images):
+    """Orthanc cannot reach the node (wrong return port), so its exports wait `sent`; a report naming their
+    Transaction UID from another AE title is refused (0x0124) and changes nothing; from the destination's AE
+    title (on a new association, SCP role proposed) it commits them."""
+    from ercp_node.node.export_commitment import KIND_CLASSES
+
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", free_port())})
+    try:
+        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        node = Node(_settings(tmp_path, tiny_model, dest, port, commitment_timeout_s=3600)).start()
+        try:
+            _storescu(port, *images)
+            n = 2 * len(images)
+            assert _wait(lambda: _count(node, Export.state == "sent", Export.commit_txn.is_not(None)) == n, 120)
+            with node.sessions() as db:
+                rows = db.execute(select(Export.commit_txn, Output.kind, Output.sop_instance_uid)
+                                  .join(Output, Output.id == Export.output_id)).all()
+            txn = rows[0].commit_txn
+            refs = [(KIND_CLASSES[r.kind], r.sop_instance_uid) for r in rows]
+            assert _report_to_node(node, "INTRUDER", txn, refs) == 0x0124
+            assert _count(node, Export.state == "sent") == n
+            assert _report_to_node(node, orthanc.aet, txn, refs) == 0x0000
+            assert _count(node, Export.state == "committed") == n
+            assert _report_to_node(node, orthanc.aet, "1.2.3.999", refs) == 0x0000  # unknown transaction: ignored
+            assert _count(node, Export.state == "committed") == n
+        finally:
+            node.stop()
+    finally:
+        orthanc.stop()
