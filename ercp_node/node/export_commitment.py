@@ -70,7 +70,7 @@ def ask(exporter, assoc, d, rows) -> None:
                                .where(Export.id.in_(ids))).all())
         for e in s.scalars(select(Export).where(Export.id.in_(ids))):
             e.commit_txn, e.commit_due = txn, due
-    refs = [(KIND_CLASSES[kinds[r.id]], r.sop_instance_uid) for r in rows]
+    refs = [(KIND_CLASSES.get(kinds[r.id]) or _sop_class(r.path), r.sop_instance_uid) for r in rows]
     error = None
     if not any(str(c.abstract_syntax) == SOP_CLASS for c in assoc.accepted_contexts):
         error = ("the PACS does not offer Storage Commitment (presentation context for 1.2.840.10008.1.20.1 "
@@ -94,6 +94,12 @@ def ask(exporter, assoc, d, rows) -> None:
         return
     log.warning("storage commitment %s for %d output(s) to %s: %s", txn, len(rows), d.name, error)
     fail(node, [(i, error) for i in ids], txn=txn)
+
+
+def _sop_class(path: str) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
 
 
 def _wait_on(node, assoc, txn: str, seconds: float) -> None:
