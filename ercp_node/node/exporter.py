@@ -4,7 +4,11 @@ or export.max_age_h make the export `failed` (the dead-letter; `ercp-node resend
 and its status is recorded; the objects (and so their UIDs) never change between tries.
 
 Export rows name their destination; the address, TLS settings and credentials come from the configuration at each
-send. An export whose destination is no longer configured becomes `unconfigured` and is sent nowhere."""
+send. An export whose destination is no longer configured becomes `unconfigured` and is sent nowhere.
+
+A DIMSE destination with `commitment = true` is also asked for Storage Commitment after the C-STOREs of each
+association (export_commitment.py): its exports go `sent` -> `committed`, or `commit-failed` and are sent again
+(same objects) until committed or dead-lettered."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def report(sessions, recent: int = 10) -> dict:
                             .where(Export.state == "pending").group_by(Export.destination)).all()
         last_errors = dict(s.execute(select(Export.destination, Export.last_error)
                                      .where(Export.state == "pending", Export.last_error.is_not(None))).all())
-        sent = s.scalar(select(func.count()).select_from(Export).where(Export.state == "sent"))
+        sent = s.scalar(select(func.count()).select_from(Export)  # committed ones were sent too
+                       .where(Export.state.in_(("sent", "committed"))))
         by_dest = s.execute(select(Export.destination, Export.state, func.count())
                             .group_by(Export.destination, Export.state)).all()
         dead = s.execute(select(Export, Output.kind, Output.sop_instance_uid, Output.job_id)
