@@ -119,8 +119,6 @@ def fail(node, failures: list[tuple[int, str]], txn: str | None = None) -> int:
     """Exports not committed: `commit-failed` and due to be sent again after the backoff, or `failed` (the
     dead-letter) once export.max_attempts / max_age_h are reached. Only exports still `sent` under `txn` (when
     given) change. Returns how many changed."""
-    from .exporter import backoff
-
     cfg = node.settings.export
     now = _now()
     changed = 0
@@ -134,7 +132,9 @@ def fail(node, failures: list[tuple[int, str]], txn: str | None = None) -> int:
             dead = (cfg.max_attempts and e.attempts >= cfg.max_attempts) or (cfg.max_age_h and age_h >= cfg.max_age_h)
             e.state = "failed" if dead else "commit-failed"
             e.last_error = error
-            e.next_attempt = now + dt.timedelta(seconds=backoff(e.attempts, cfg.retry_initial_s, cfg.retry_max_s))
+            # exporter.backoff (not imported: the exporter imports this module)
+            wait = min(cfg.retry_initial_s * 2 ** max(e.attempts - 1, 0), cfg.retry_max_s)
+            e.next_attempt = now + dt.timedelta(seconds=wait)
             s.add(ExportAttempt(export_id=export_id, status="commit-failed", error=error, seconds=None))
             changed += 1
             if dead:
