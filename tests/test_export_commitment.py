@@ -18,7 +18,7 @@ from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, load
 from ercp_node.node.service import Node
 from ercp_node.storage.models import AuditEvent, Export, ExportAttempt, Output
-from helpers import Orthanc, free_port
+from helpers import Orthanc, count, free_port, storescu, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +41,12 @@ def _settings(tmp_path, model, dest: Destination, port: int, **export) -> Settin
 
 
 def _storescu(port: int, *files: Path) -> None:
-    r = subprocess.run(["storescu", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1", str(port), *map(str, files)],
-                       capture_output=True, text=True, timeout=60)
+    r = storescu(port, *files)
     assert r.returncode == 0, r.stderr
 
 
-def _wait(predicate, timeout=120.0) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
-def _count(node, *where) -> int:
-    with node.sessions() as s:
-        return s.scalar(select(func.count()).select_from(Export).where(*where))
+def _exports(node, *where) -> int:
+    return count(node, Export, *where)
 
 
 def _config(tmp_path, s: Settings, dest: Destination) -> Path:
@@ -79,8 +68,8 @@ def test_outputs_end_committed_at_orthanc(tmp_path, tiny_model, images, capsys):
         try:
             _storescu(port, *images)
             n = 2 * len(images)
-            assert _wait(lambda: _count(node, Export.state == "committed") == n, 120), \
-                (_count(node, Export.state == "sent"), orthanc.log.name)
+            assert wait_until(lambda: _exports(node, Export.state == "committed") == n, 120), \
+                (_exports(node, Export.state == "sent"), orthanc.log.name)
             with node.sessions() as db:
                 uids = set(db.scalars(select(Output.sop_instance_uid)))
                 txns = set(db.scalars(select(Export.commit_txn)))
@@ -89,7 +78,7 @@ def test_outputs_end_committed_at_orthanc(tmp_path, tiny_model, images, capsys):
                 assert db.scalar(select(func.count()).select_from(AuditEvent)
                                  .where(AuditEvent.event == "export-committed")) >= 1
             assert len(txns) == 1 and None not in txns  # one N-ACTION for the batch of one association
-            assert _count(node, Export.attempts != 1) == 0  # nothing sent twice
+            assert _exports(node, Export.attempts != 1) == 0  # nothing sent twice
         finally:
             node.stop()
         at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
@@ -128,8 +117,8 @@ def test_pacs_without_commitment_is_not_committed_and_gets_the_same_uids_again(t
         try:
             _storescu(s.node.port, *images)
             n = 2 * len(images)
-            assert _wait(lambda: _count(node, Export.state == "failed") == n, 120), \
-                _count(node, Export.state == "commit-failed")
+            assert wait_until(lambda: _exports(node, Export.state == "failed") == n, 120), \
+                _exports(node, Export.state == "commit-failed")
             with node.sessions() as db:
                 uids = set(db.scalars(select(Output.sop_instance_uid)))
                 assert set(db.scalars(select(Export.attempts))) == {3}
@@ -195,8 +184,8 @@ def test_an_output_the_pacs_acknowledged_but_does_not_hold_is_sent_again_and_the
         try:
             _storescu(port, *images)
             n = 2 * len(images)
-            assert _wait(lambda: _count(node, Export.state == "committed") == n, 120), \
-                (_count(node, Export.state == "commit-failed"), _count(node, Export.state == "sent"))
+            assert wait_until(lambda: _exports(node, Export.state == "committed") == n, 120), \
+                (_exports(node, Export.state == "commit-failed"), _exports(node, Export.state == "sent"))
             with node.sessions() as db:
                 rows = db.execute(select(Output.kind, Output.sop_instance_uid, Export.attempts, Export.id)
                                   .join(Export, Export.output_id == Output.id)).all()
@@ -229,7 +218,7 @@ def test_no_report_within_the_timeout_is_sent_again_then_dead_lettered(tmp_path,
         try:
             _storescu(port, *images)
             n = 2 * len(images)
-            assert _wait(lambda: _count(node, Export.state == "failed") == n, 120)
+            assert wait_until(lambda: _exports(node, Export.state == "failed") == n, 120)
             with node.sessions() as db:
                 assert set(db.scalars(select(Export.attempts))) == {2}
                 errors = set(db.scalars(select(Export.last_error)))
@@ -326,7 +315,7 @@ class SameAssociationPacs:
         self.server.shutdown()
 
 
-def test_report_on_the_requesting_association_with_commitment_wait(tmp_path, tiny_model, images):
+def test_report_on_the_requesting_association_with_commitmentwait_until(tmp_path, tiny_model, images):
     pacs = SameAssociationPacs()
     try:
         dest = Destination("SAMEPACS", "127.0.0.1", pacs.port, ("SEG", "SR"), name="PACS", commitment=True)
@@ -335,9 +324,9 @@ def test_report_on_the_requesting_association_with_commitment_wait(tmp_path, tin
         try:
             _storescu(s.node.port, *images)
             n = 2 * len(images)
-            assert _wait(lambda: _count(node, Export.state == "committed") == n, 120), \
-                (_count(node, Export.state == "sent"), pacs.reports)
-            assert _count(node, Export.attempts != 1) == 0
+            assert wait_until(lambda: _exports(node, Export.state == "committed") == n, 120), \
+                (_exports(node, Export.state == "sent"), pacs.reports)
+            assert _exports(node, Export.attempts != 1) == 0
             with node.sessions() as db:
                 uids = set(db.scalars(select(Output.sop_instance_uid)))
         finally:
@@ -389,18 +378,18 @@ def test_a_report_counts_only_from_the_destinations_ae_title(tmp_path, tiny_mode
         try:
             _storescu(port, *images)
             n = 2 * len(images)
-            assert _wait(lambda: _count(node, Export.state == "sent", Export.commit_txn.is_not(None)) == n, 120)
+            assert wait_until(lambda: _exports(node, Export.state == "sent", Export.commit_txn.is_not(None)) == n, 120)
             with node.sessions() as db:
                 rows = db.execute(select(Export.commit_txn, Output.kind, Output.sop_instance_uid)
                                   .join(Output, Output.id == Export.output_id)).all()
             txn = rows[0].commit_txn
             refs = [(KIND_CLASSES[r.kind], r.sop_instance_uid) for r in rows]
             assert _report_to_node(node, "INTRUDER", txn, refs) == 0x0124
-            assert _count(node, Export.state == "sent") == n
+            assert _exports(node, Export.state == "sent") == n
             assert _report_to_node(node, orthanc.aet, txn, refs) == 0x0000
-            assert _count(node, Export.state == "committed") == n
+            assert _exports(node, Export.state == "committed") == n
             assert _report_to_node(node, orthanc.aet, "1.2.3.999", refs) == 0x0000  # unknown transaction: ignored
-            assert _count(node, Export.state == "committed") == n
+            assert _exports(node, Export.state == "committed") == n
         finally:
             node.stop()
     finally:
