@@ -394,3 +394,40 @@ def test_a_report_counts_only_from_the_destinations_ae_title(tmp_path, tiny_mode
             node.stop()
     finally:
         orthanc.stop()
+
+
+def test_an_export_whose_request_never_went_out_is_sent_and_asked_again(tmp_path, tiny_model, images):
+    """The rows as a node killed between the PACS's C-STORE response and its N-ACTION leaves them (state `sent`,
+    no transaction, the commitment due time written with the `sent`): after a restart they are sent again once
+    due, asked, and committed - same SOP Instance UIDs at Orthanc, none new."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", port)})
+    try:
+        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        s = _settings(tmp_path, tiny_model, dest, port)
+        n = 2 * len(images)
+        node = Node(s).start()
+        try:
+            _storescu(port, *images)
+            assert wait_until(lambda: _exports(node, Export.state == "committed") == n, 120)
+        finally:
+            node.stop()
+        with node.sessions.begin() as db:
+            db.execute(update(Export).values(state="sent", commit_txn=None,
+                                             commit_due=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
+        node = Node(s).start()
+        try:
+            assert wait_until(lambda: _exports(node, Export.state == "committed") == n, 60)
+            assert _exports(node, Export.attempts != 2) == 0  # each sent once more
+            with node.sessions() as db:
+                uids = set(db.scalars(select(Output.sop_instance_uid)))
+        finally:
+            node.stop()
+        at_pacs = {orthanc.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in orthanc.get("/instances")}
+        assert at_pacs == uids
+    finally:
+        orthanc.stop()

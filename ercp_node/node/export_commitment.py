@@ -146,10 +146,11 @@ def fail(node, failures: list[tuple[int, str]], txn: str | None = None) -> int:
 
 
 def expire(node) -> int:
-    """Exports `sent` with a commitment asked whose report is overdue: commit-failed (sent again)."""
+    """Exports `sent` to a commitment destination whose report is overdue (or whose request never went out):
+    commit-failed (sent again)."""
     timeout = node.settings.export.commitment_timeout_s
     with node.sessions() as s:
-        due = s.scalars(select(Export.id).where(Export.state == "sent", Export.commit_txn.is_not(None),
+        due = s.scalars(select(Export.id).where(Export.state == "sent", Export.commit_due.is_not(None),
                                                 Export.commit_due <= _now())).all()
     if not due:
         return 0

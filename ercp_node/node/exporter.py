@@ -219,7 +219,12 @@ class Exporter(threading.Thread):
             s.add(ExportAttempt(export_id=export_id, status=e.last_status, error=error, seconds=round(seconds, 4)))
             if error is None:
                 e.state = "sent"
-                e.commit_txn = e.commit_due = None  # asked again (export_commitment.ask) where the destination wants it
+                # storage commitment (export_commitment.ask sets the transaction next): due from now on, so that an
+                # export whose N-ACTION never went out (node killed right after the C-STORE) is sent again too
+                d = self.node.settings.destination(dest)
+                e.commit_txn = None
+                e.commit_due = (now + dt.timedelta(seconds=cfg.commitment_timeout_s)
+                                if d is not None and d.kind == "dimse" and d.commitment else None)
             else:
                 created = e.created if e.created is None or e.created.tzinfo else e.created.replace(tzinfo=dt.timezone.utc)
                 age_h = (now - created).total_seconds() / 3600 if created is not None else 0.0
