@@ -27,9 +27,11 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 class Orthanc:
     """A real Orthanc on free loopback ports (DICOM and REST), storage under `root`; `dicomweb` loads the
-    DICOMweb plugin."""
+    DICOMweb plugin. `modalities`: {name: (AE title, host, port)} Orthanc knows - its storage commitment SCP
+    sends its N-EVENT-REPORT on a new association to the modality whose AE title asked. `lua`: a Lua script
+    Orthanc runs (LuaScripts), e.g. a ReceivedInstanceFilter."""
 
-    def __init__(self, root, dicomweb: bool = False):
+    def __init__(self, root, dicomweb: bool = False, modalities: dict | None = None, lua: str = ""):
         self.dicom_port, self.http_port, self.aet = free_port(), free_port(), "ORTHANC"
         root.mkdir(parents=True, exist_ok=True)
         cfg = {"Name": "ercp-node-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
@@ -37,6 +39,11 @@ class Orthanc:
                "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
                "DicomAlwaysAllowStore": True, "DicomAlwaysAllowEcho": True, "Plugins": [], "StableAge": 1,
                "ConcurrentJobs": 1, "HttpThreadsCount": 4}
+        if modalities:
+            cfg["DicomModalities"] = {name: list(m) for name, m in modalities.items()}
+        if lua:
+            (root / "script.lua").write_text(lua)
+            cfg["LuaScripts"] = [str(root / "script.lua")]
         if dicomweb:
             if not os.path.exists(DICOMWEB_PLUGIN):
                 raise RuntimeError(f"{DICOMWEB_PLUGIN} missing: apt-get install orthanc-dicomweb (make tools)")
@@ -60,6 +67,11 @@ class Orthanc:
     def get(self, path: str):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             return json.loads(r.read())
+
+    def delete(self, path: str) -> None:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", method="DELETE")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
 
     def upload(self, path) -> dict:
         """POST one DICOM file to Orthanc's REST API (/instances); its answer (ID, Status)."""

@@ -67,6 +67,12 @@ class ExportSettings:
     # whichever comes first; 0 switches that limit off. `ercp-node resend` queues failed exports again.
     max_attempts: int = 50
     max_age_h: float = 72.0
+    # Destinations with `commitment = true`: an output C-STOREd there but not reported committed (Storage
+    # Commitment N-EVENT-REPORT) within this many seconds of the request is sent again with the same UIDs.
+    commitment_timeout_s: float = 600.0
+    # ...and the exporter keeps its association open up to this long after the N-ACTION response for a PACS that
+    # reports on the requesting association (0: release at once; the report then comes on a new association).
+    commitment_wait_s: float = 0.0
 
 
 @dataclass
@@ -133,6 +139,7 @@ class Destination:
     password_file: str = ""  # dicomweb basic auth: file holding the password
     token_file: str = ""  # dicomweb bearer auth: file holding the token
     timeout_s: float = 30.0
+    commitment: bool = False  # dimse: ask for Storage Commitment after each C-STORE (exports end `committed`)
 
     def __post_init__(self):
         if not self.name:
@@ -155,6 +162,8 @@ class Destination:
         extra = [",".join(self.objects)]
         if self.kind == "dimse" and self.tls:
             extra.append("TLS" + (f" CA {self.tls_ca}" if self.tls_ca else ""))
+        if self.kind == "dimse" and self.commitment:
+            extra.append("storage commitment")
         if self.kind == "dicomweb" and self.auth != "none":
             extra.append(f"{self.auth} auth from {self.token_file or self.password_file}")
         return f"{what} [{'; '.join(extra)}]"
@@ -176,7 +185,7 @@ class Destination:
 DEST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 DEST_KINDS = ("dimse", "dicomweb")
 DEST_KEYS = {"kind", "ae_title", "host", "port", "objects", "tls", "tls_ca", "url", "auth", "username",
-             "password_file", "token_file", "timeout_s"}
+             "password_file", "token_file", "timeout_s", "commitment"}
 
 
 @dataclass
@@ -253,7 +262,7 @@ def named_destination(name: str, values) -> Destination:
                 raise ConfigError(f"{key}.objects: expected a list of strings, got {v!r}")
             d.objects = tuple(v)
             continue
-        kt = {"port": int, "tls": bool, "timeout_s": float}.get(k, str)
+        kt = {"port": int, "tls": bool, "timeout_s": float, "commitment": bool}.get(k, str)
         if kt is str and not isinstance(v, str):
             raise ConfigError(f"{key}.{k}: expected a string, got {v!r}")
         setattr(d, k, _coerce("destinations", f"{name}.{k}", v, kt))
@@ -265,7 +274,7 @@ def named_destination(name: str, values) -> Destination:
             if k not in values:
                 raise ConfigError(f"{key}.{k} is required for a DIMSE destination")
     else:
-        wrong = sorted(set(values) & {"ae_title", "host", "port", "tls"})
+        wrong = sorted(set(values) & {"ae_title", "host", "port", "tls", "commitment"})
         if wrong:
             raise ConfigError(f"{key}: {', '.join(wrong)} belong(s) to kind = \"dimse\"; a dicomweb destination "
                               "has a url (https:// uses TLS)")
@@ -473,6 +482,9 @@ def validate(s: Settings) -> None:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
     if s.export.max_attempts < 0 or s.export.max_age_h < 0:
         raise ConfigError("export.max_attempts and export.max_age_h must be ≥ 0 (0: no limit)")
+    if s.export.commitment_timeout_s <= 0 or not 0 <= s.export.commitment_wait_s < s.export.commitment_timeout_s:
+        raise ConfigError("export.commitment_timeout_s must be > 0 and export.commitment_wait_s within "
+                          "0 ≤ wait < commitment_timeout_s")
     for t in n.allowed_ae_titles:
         if not AE_RE.match(t):
             raise ConfigError(f"node.allowed_ae_titles: {t!r} must be 1–16 printable characters without '\\'")

@@ -4,7 +4,11 @@ or export.max_age_h make the export `failed` (the dead-letter; `ercp-node resend
 and its status is recorded; the objects (and so their UIDs) never change between tries.
 
 Export rows name their destination; the address, TLS settings and credentials come from the configuration at each
-send. An export whose destination is no longer configured becomes `unconfigured` and is sent nowhere."""
+send. An export whose destination is no longer configured becomes `unconfigured` and is sent nowhere.
+
+A DIMSE destination with `commitment = true` is also asked for Storage Commitment after the C-STOREs of each
+association (export_commitment.py): its exports go `sent` -> `committed`, or `commit-failed` and are sent again
+(same objects) until committed or dead-lettered."""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE, _config as pynetdicom_config
+from pynetdicom import AE, evt, _config as pynetdicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import or_, select, update
 
@@ -32,6 +36,9 @@ OUTPUT_CLASSES = ["1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
 # send_c_store(path) streams the file as it lies on disk (no decode, no re-encode: a few ms per SR with hundreds
 # of content items instead of ~40); process-wide, but the node sends nothing else by path.
 pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
+
+
+RETRYING = ("pending", "commit-failed")  # the states the exporter sends from
 
 
 def _now() -> dt.datetime:
@@ -51,6 +58,12 @@ class Exporter(threading.Thread):
         for uid in OUTPUT_CLASSES:  # one context per transfer syntax: the PACS may accept both, and the file's wins
             for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
                 self.ae.add_requested_context(uid, ts)
+        from pynetdicom import build_context
+
+        from .commitment import SOP_CLASS as COMMITMENT, TRANSFER_SYNTAXES as COMMITMENT_SYNTAXES
+
+        # destinations with `commitment = true`: also Storage Commitment Push Model, as its SCU (default role)
+        self.commit_contexts = self.ae.requested_contexts + [build_context(COMMITMENT, COMMITMENT_SYNTAXES)]
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 30
         # Several nodes on one database: each sends the outputs its own workers wrote (in its data dir), so that no
         # two exporters send the same export. Both spellings of the data dir, as the worker writes it and resolved.
@@ -77,12 +90,12 @@ class Exporter(threading.Thread):
         `unconfigured`, one log line per destination. They are sent nowhere - never to an address read from the row."""
         with self.node.sessions() as s:
             names = s.scalars(select(Export.destination).distinct().join(Output, Output.id == Export.output_id)
-                              .where(Export.state == "pending", self._own())).all()
+                              .where(Export.state.in_(RETRYING), self._own())).all()
         gone = [n for n in names if self.node.settings.destination(n) is None]
         for name in gone:
             with self.node.sessions.begin() as s:
                 n = s.execute(update(Export).where(
-                    Export.state == "pending", Export.destination == name,
+                    Export.state.in_(RETRYING), Export.destination == name,
                     Export.output_id.in_(select(Output.id).where(self._own())))
                     .values(state="unconfigured", last_error=f"destination {name!r} is not in the configuration")
                     .execution_options(synchronize_session=False)).rowcount
@@ -97,12 +110,16 @@ class Exporter(threading.Thread):
         if time.monotonic() - self._checked_unconfigured >= 60:
             self._checked_unconfigured = time.monotonic()
             self.stop_unconfigured()
+        from .export_commitment import expire
+
+        expire(self.node)  # commitment reports overdue: commit-failed, sent again below once due
         with self.node.sessions() as s:
             due = s.execute(select(Export.id, Export.destination, Output.path, Output.sop_instance_uid,
                                    Instance.received_at)
                             .join(Output, Output.id == Export.output_id)
                             .join(Job, Job.id == Output.job_id).join(Instance, Instance.id == Job.instance_id)
-                            .where(Export.state == "pending", Export.next_attempt <= _now(), self._own())
+                            .where(Export.state.in_(RETRYING), Export.next_attempt <= _now(),
+                                   self._own())
                             .order_by(Export.next_attempt).limit(50)).all()
         by_dest = defaultdict(list)
         for row in due:
@@ -133,13 +150,17 @@ class Exporter(threading.Thread):
 
     def send(self, d, rows) -> int:
         t0 = time.perf_counter()
-        assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=self.tls_args(d))
+        from .export_commitment import ask, on_report
+
+        handlers = [(evt.EVT_N_EVENT_REPORT, lambda event: on_report(self.node, event))] if d.commitment else []
+        assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=self.tls_args(d),
+                                  evt_handlers=handlers, contexts=self.commit_contexts if d.commitment else None)
         if not assoc.is_established:
             for r in rows:
                 self.record(r.id, None, "association failed (destination unreachable or rejected)",
                             time.perf_counter() - t0, d.name, r)
             return 0
-        ok = 0
+        ok, stored = 0, []
         try:
             for r in rows:
                 t = time.perf_counter()
@@ -152,9 +173,16 @@ class Exporter(threading.Thread):
                 if code is not None and (code == 0 or 0xB000 <= code <= 0xBFFF):  # success or warning
                     ok += 1
                     self.record(r.id, code, None, time.perf_counter() - t, d.name, r)
+                    stored.append(r)
                 else:
                     self.record(r.id, code, "no response" if code is None else f"status 0x{code:04X}",
                                 time.perf_counter() - t, d.name, r)
+            if d.commitment and stored and assoc.is_established:
+                ask(self, assoc, d, stored)  # the report comes on this association or on a new one to the node
+            elif d.commitment and stored:
+                from .export_commitment import fail
+
+                fail(self.node, [(r.id, "association lost before storage commitment was asked") for r in stored])
         finally:
             assoc.release()
         return ok
@@ -191,6 +219,12 @@ class Exporter(threading.Thread):
             s.add(ExportAttempt(export_id=export_id, status=e.last_status, error=error, seconds=round(seconds, 4)))
             if error is None:
                 e.state = "sent"
+                # storage commitment (export_commitment.ask sets the transaction next): due from now on, so that an
+                # export whose N-ACTION never went out (node killed right after the C-STORE) is sent again too
+                d = self.node.settings.destination(dest)
+                e.commit_txn = None
+                e.commit_due = (now + dt.timedelta(seconds=cfg.commitment_timeout_s)
+                                if d is not None and d.kind == "dimse" and d.commitment else None)
             else:
                 created = e.created if e.created is None or e.created.tzinfo else e.created.replace(tzinfo=dt.timezone.utc)
                 age_h = (now - created).total_seconds() / 3600 if created is not None else 0.0

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import func, select, text
+from sqlalchemy import or_, func, select, text
 
 from ..storage.models import Export, ExportAttempt, Instance, IntakeFailure, Job, Output
 
@@ -72,6 +72,8 @@ class _DatabaseCollector:
                                 .group_by(Export.destination, Export.state)).all()
             attempts = s.execute(select(Export.destination, ExportAttempt.error.is_(None), func.count())
                                  .join(Export, Export.id == ExportAttempt.export_id)
+                                 .where(or_(ExportAttempt.status.is_(None),  # C-STOREs, not commitment outcomes
+                                            ExportAttempt.status.not_in(("committed", "commit-failed"))))
                                  .group_by(Export.destination, ExportAttempt.error.is_(None))).all()
         c = CounterMetricFamily("ercp_node_received", "Images received and acknowledged (C-STORE 0x0000)")
         c.add_metric([], received)
@@ -172,6 +174,7 @@ def page(node) -> str:
         d = configured.get(name)
         where = _e(d.describe()) if d else "<b>not configured</b> (its exports are stopped)"
         dests.append(f"<tr><td>{_e(name)}</td><td>{where}</td><td>{c.get('pending', 0)}</td><td>{c.get('sent', 0)}</td>"
+                     f"<td>{c.get('committed', 0)}</td><td>{c.get('commit-failed', 0)}</td>"
                      f"<td>{c.get('failed', 0)}</td><td>{c.get('unconfigured', 0)}</td></tr>")
     failures = [f"<tr><td>job {f['job']}</td><td>{_e(f['error'])}</td></tr>" for f in rep["failed_jobs"]]
     failures += [f"<tr><td>export {f['export']} ({_e(f['kind'])} to {_e(f['destination'])}, {_e(f['state'])}, "
@@ -197,8 +200,8 @@ th {{ background: #eee; }} .uid {{ font: 11px monospace; }} .ok {{ color: #080; 
 <p id="health">health: <b class="{'ok' if ok else 'bad'}">{'ok' if ok else 'UNHEALTHY'}</b> {checks}</p>
 <p>queue: {q['queued']} queued, {q['running']} running, {q['done']} done, {q['failed']} failed</p>
 <h2>Destinations</h2>
-<table id="destinations"><tr><th>name</th><th>where</th><th>pending (backlog)</th><th>sent</th><th>failed</th><th>unconfigured</th></tr>
-{''.join(dests) or '<tr><td colspan=6>none configured</td></tr>'}</table>
+<table id="destinations"><tr><th>name</th><th>where</th><th>pending (backlog)</th><th>sent</th><th>committed</th><th>commit-failed (sent again)</th><th>failed</th><th>unconfigured</th></tr>
+{''.join(dests) or '<tr><td colspan=8>none configured</td></tr>'}</table>
 <h2>Recent jobs</h2>
 <table id="jobs"><tr><th>job</th><th>state</th><th>latency</th><th>stones</th><th>largest stone (mm)</th><th>SOP Instance UID</th><th>overlay</th></tr>
 {''.join(rows) or '<tr><td colspan=7>no jobs yet</td></tr>'}</table>
@@ -216,7 +219,7 @@ Metrics: <a href="metrics">/metrics</a>, health: <a href="health">/health</a>.</
 def model_card(node) -> dict:
     from .service import model_path
 
-    path = model_path(node.settings, node.sessions)
+    path = model_path(node.settings.model.path, node.sessions)
     card_file = path.with_suffix(".json")
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
     out = {"version": card.get("version", path.stem), "file": path.name}

@@ -46,7 +46,9 @@ def build_ae(ae_title: str, intake: Intake, *, max_associations: int = 10, pdu_s
     if commitments is not None:
         from .commitment import SOP_CLASS, TRANSFER_SYNTAXES as COMMITMENT_SYNTAXES
 
-        ae.add_supported_context(SOP_CLASS, COMMITMENT_SYNTAXES)
+        # scp_role: a PACS the exporter asked for commitment (node.export_commitment) opens a new association to
+        # send its N-EVENT-REPORT and proposes the SCP role for it (PS3.4 J.3.3); a C-arm asking proposes none
+        ae.add_supported_context(SOP_CLASS, COMMITMENT_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -65,6 +67,16 @@ def _on_n_action(event):
     if commitments is None:  # not negotiated without it; answer rather than raise
         return 0x0110, None
     return commitments.on_n_action(event)
+
+
+def _on_n_event_report(event):
+    """A storage commitment report from a PACS the exporter asked (node.export_commitment)."""
+    node = getattr(event.assoc.ae, "_export_node", None)
+    if node is None:
+        return 0x0110, None
+    from .export_commitment import on_report
+
+    return on_report(node, event)
 
 
 def _on_echo(event) -> int:
@@ -134,7 +146,8 @@ def _record_rejection(assoc, why: str) -> None:
 
 
 HANDLERS = [(evt.EVT_C_STORE, _on_store), (evt.EVT_C_ECHO, _on_echo), (evt.EVT_REQUESTED, _on_requested),
-            (evt.EVT_REJECTED, _on_rejected), (evt.EVT_ACCEPTED, _on_accepted), (evt.EVT_N_ACTION, _on_n_action)]
+            (evt.EVT_REJECTED, _on_rejected), (evt.EVT_ACCEPTED, _on_accepted), (evt.EVT_N_ACTION, _on_n_action),
+            (evt.EVT_N_EVENT_REPORT, _on_n_event_report)]
 
 
 def start(ae: AE, bind: str, port: int, ssl_context=None):

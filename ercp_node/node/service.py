@@ -47,6 +47,7 @@ class Node:
         self.ae = scp.build_ae(n.ae_title, self.intake, max_associations=n.max_associations, pdu_size=n.pdu_size,
                                allowed_ae_titles=n.allowed_ae_titles, allowed_hosts=n.allowed_hosts,
                                commitments=self.commitments)
+        self.ae._export_node = self  # noqa: SLF001 - storage commitment reports for exports (export_commitment.py)
         self.server = None
         self.workers: list = []
         self.exporter = None

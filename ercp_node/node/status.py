@@ -1,5 +1,6 @@
 """`ercp-node status` (and the status page): queue depth, recent jobs with stage timings and latency, failures,
-exports per destination (pending, sent, failed = dead-lettered, unconfigured), failed exports with their reasons,
+exports per destination (pending, sent, committed and commit-failed where the PACS is asked for storage
+commitment, failed = dead-lettered, unconfigured), failed exports with their reasons,
 refused C-STOREs and associations, active model. UIDs only: no patient names or IDs."""
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ def report(sessions, recent: int = 10) -> dict:
                             .where(Export.state == "pending").group_by(Export.destination)).all()
         last_errors = dict(s.execute(select(Export.destination, Export.last_error)
                                      .where(Export.state == "pending", Export.last_error.is_not(None))).all())
-        sent = s.scalar(select(func.count()).select_from(Export).where(Export.state == "sent"))
+        sent = s.scalar(select(func.count()).select_from(Export)  # committed ones were sent too
+                       .where(Export.state.in_(("sent", "committed"))))
         by_dest = s.execute(select(Export.destination, Export.state, func.count())
                             .group_by(Export.destination, Export.state)).all()
         dead = s.execute(select(Export, Output.kind, Output.sop_instance_uid, Output.job_id)
                          .join(Output, Output.id == Export.output_id)
-                         .where(Export.state.in_(("failed", "unconfigured"))).order_by(Export.id.desc())
+                         .where(Export.state.in_(("failed", "unconfigured", "commit-failed")))
+                         .order_by(Export.id.desc())
                          .limit(recent)).all()
         active = s.scalars(select(ModelVersion).where(ModelVersion.active)).first()
         commit_states = dict(s.execute(select(CommitmentRequest.state, func.count())
@@ -67,7 +70,7 @@ def report(sessions, recent: int = 10) -> dict:
     }
 
 
-EXPORT_STATES = ("pending", "sent", "failed", "unconfigured")
+EXPORT_STATES = ("pending", "sent", "committed", "commit-failed", "failed", "unconfigured")
 
 
 def _seconds(start, end) -> float | None:
@@ -90,7 +93,8 @@ def render(rep: dict) -> str:
                  f"{d} " + ", ".join(f"{n} {k}" for k, n in c.items() if n)
                  for d, c in sorted(rep["exports_by_destination"].items())))]
     if rep["failed_exports"]:
-        lines.append("failed exports (ercp-node resend --job ID | --destination NAME | --all-failed):")
+        lines.append("failed exports (failed: ercp-node resend --job ID | --destination NAME | --all-failed; "
+                     "commit-failed: not committed by the PACS, sent again):")
         lines += [f"  export {f['export']} job #{f['job']} {f['kind']} {f['sop_instance_uid']} -> {f['destination']}: "
                   f"{f['state']} after {f['attempts']} tries: {f['error']}" for f in rep["failed_exports"]]
     if rep["annotations"]["kept"]:  # corrected SEGs sent back (retrain --from-archive reads them)

@@ -97,12 +97,16 @@ class Export(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     output_id: Mapped[int] = mapped_column(Integer, ForeignKey("outputs.id"), index=True)
     destination: Mapped[str] = mapped_column(String(200), index=True)  # the destination's name
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending sent failed unconfigured
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # pending sent committed commit-failed failed unconfigured
     created: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=_now)  # or last resend
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     last_status: Mapped[str | None] = mapped_column(String(16))
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Storage commitment (destinations with `commitment = true`): the Transaction UID of the latest N-ACTION for
+    # this export and when its report is due; state sent -> committed | commit-failed (sent again).
+    commit_txn: Mapped[str | None] = mapped_column(String(64), index=True)
+    commit_due: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ExportAttempt(Base):
