@@ -69,7 +69,7 @@ def diagnose(args) -> dict:
     rep["tools"] = {t: shutil.which(t) for t in TOOLS}
     settings = None
     try:
-        from .cli import CLIError
+        from .cliutil import CLIError
 
         settings = settings_from_args(args)
         rep["configuration"] = "valid"

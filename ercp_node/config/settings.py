@@ -549,7 +549,6 @@ def _validate_http(s: Settings) -> None:
             raise ConfigError(f"node.http_bind {n.http_bind!r} must be an IP address (127.0.0.1 by default)") from None
         ip = ipaddress.ip_address("127.0.0.1")
     if n.http_token_file:
-        from ..node.http import read_token
 
         read_token(n.http_token_file)  # readable, long enough: now, not at the first request
     elif n.http_port and not ip.is_loopback:
@@ -582,3 +581,14 @@ def worker_count(settings: Settings) -> int:
     if n.workers > 0:
         return n.workers
     return min(os.cpu_count() or 1, 4) if n.worker_mode == "process" else 1
+
+
+def read_token(path: str) -> str:
+    """The status page's bearer token from its file (config owns reading its secrets: no import of node/)."""
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"node.http_token_file: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(token) < 16:
+        raise ConfigError(f"node.http_token_file: the token in {path} must be at least 16 characters")
+    return token

@@ -152,7 +152,7 @@ def add_resend_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_resend(args: argparse.Namespace) -> int:
     """Queue failed (dead-lettered) or unconfigured exports again: the same stored objects, so the same UIDs."""
-    from ..cli import CLIError
+    from ..cliutil import CLIError
     from ..storage.db import open_database
     from .resend import resend
 

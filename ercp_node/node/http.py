@@ -13,7 +13,6 @@ BurnedInAnnotation NO, else the masks alone (pixels can carry printed names)."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hmac
 import html
 import json
@@ -217,7 +216,7 @@ Metrics: <a href="metrics">/metrics</a>, health: <a href="health">/health</a>.</
 
 
 def model_card(node) -> dict:
-    from .service import model_path
+    from ..model.registry import model_path
 
     path = model_path(node.settings.model.path, node.sessions)
     card_file = path.with_suffix(".json")
@@ -286,18 +285,6 @@ def thumbnail(node, job_id: int, width: int = 192) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------------------- app
-def read_token(path: str) -> str:
-    from ..config.settings import ConfigError
-
-    try:
-        token = Path(path).read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"node.http_token_file: cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    if len(token) < 16:
-        raise ConfigError(f"node.http_token_file: the token in {path} must be at least 16 characters")
-    return token
-
-
 def authorised(header: str | None, token: str) -> bool:
     if not header:
         return False

@@ -119,7 +119,8 @@ class Node:
         self.audit.record("node-started", detail={"ae_title": n.ae_title, "port": n.port, "destinations":
                                                   [d.describe() for d in self.settings.destinations]})
         if n.http_port:
-            from .http import HttpServer, Metrics, read_token
+            from ..config.settings import read_token
+            from .http import HttpServer, Metrics
 
             self.metrics = Metrics(self)
             token = read_token(n.http_token_file) if n.http_token_file else None
