@@ -315,11 +315,11 @@ class SameAssociationPacs:
         self.server.shutdown()
 
 
-def test_report_on_the_requesting_association_with_commitmentwait_until(tmp_path, tiny_model, images):
+def test_report_on_the_requesting_association_with_commitment_wait(tmp_path, tiny_model, images):
     pacs = SameAssociationPacs()
     try:
         dest = Destination("SAMEPACS", "127.0.0.1", pacs.port, ("SEG", "SR"), name="PACS", commitment=True)
-        s = _settings(tmp_path, tiny_model, dest, free_port(), commitment_wait_s=10.0)
+        s = _settings(tmp_path, tiny_model, dest, free_port(), commitment_wait_s=30.0)  # room for a loaded CI machine
         node = Node(s).start()
         try:
             _storescu(s.node.port, *images)

@@ -587,7 +587,7 @@ DOCUMENTED = {
     "colour": (12, 1, 0, 7, 4, 0),
     "geometry": (13, 1, 0, 4, 8, 0),
     "bit depth": (11, 0, 0, 8, 3, 0),
-    "SOP class": (15, 0, 0, 5, 0, 10),
+    "SOP class": (15, 0, 0, 6, 0, 9),
     "private tags": (6, 4, 1, 0, 1, 0),
     "bad UIDs": (14, 0, 0, 14, 0, 0),
     "huge elements": (6, 0, 1, 1, 4, 0),
