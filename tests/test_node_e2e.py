@@ -103,11 +103,12 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
     n = len(images)
     assert out[0] == f"queue: 0 queued, 0 running, {n} done, 0 failed", out
     assert out[2] == f"exports: {3 * n} sent; backlog: none", out
-    assert out[3] == "recent jobs:", out
-    jobs = [line.split() for line in out[4:] if line.startswith("  #")]
+    assert out[3].startswith("exports by destination: ") and out[3].endswith(f" {3 * n} sent"), out
+    assert out[4] == "recent jobs:", out
+    jobs = [line.split() for line in out[5:] if line.startswith("  #")]
     assert sorted(j[2] for j in jobs) == sorted(by_uid) and all(j[1] == "done" for j in jobs), out
     assert all({"inference", "encode"} <= {w for w in j[3::2]} for j in jobs), out  # stage timings, "<stage> <n>ms"
-    summaries = [line.strip() for line in out[4:] if line.startswith("      ")]
+    summaries = [line.strip() for line in out[5:] if line.startswith("      ")]
     assert len(summaries) == n and all(x.startswith("stones ") and "calibration" in x for x in summaries), out
 
 
