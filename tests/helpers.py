@@ -119,3 +119,16 @@ def wait_until(predicate, timeout: float = 120.0, interval: float = 0.2) -> bool
             return True
         time.sleep(interval)
     return False
+
+
+def storescp(port: int, out: Path, aet: str = "PACS") -> subprocess.Popen:
+    """dcmtk's storescp as a PACS on 127.0.0.1:port writing what it receives under `out`; returns once it listens."""
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["storescp", "-aet", aet, "-od", str(out), "+uf", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    raise RuntimeError("storescp did not start")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from helpers import count, free_port, wait_until
+from helpers import count, free_port, storescp, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, load, parse_destination
 from ercp_node.node.service import Node
@@ -136,18 +135,6 @@ def _exports(node) -> list[tuple[str, str]]:
         return sorted(s.execute(select(Export.destination, Export.state)).all())
 
 
-def _storescp(port: int, out: Path) -> subprocess.Popen:
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    raise RuntimeError("storescp did not start")
-
-
 def test_exports_name_their_destination_and_go_to_it(tmp_path, tiny_model, images, orthanc):
     dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS")
     node = Node(_settings(tmp_path, tiny_model, [dest])).start()
@@ -178,7 +165,7 @@ def test_removed_destination_stops_its_exports_and_nothing_goes_to_its_old_addre
         node.stop()
     # restart without SECURE, and with a plain receiver at its old address and a legacy-style row for it
     received = tmp_path / "received"
-    proc = _storescp(old_port, received)
+    proc = storescp(old_port, received)
     try:
         s2 = _settings(tmp_path, tiny_model, [])
         node = Node(s2)

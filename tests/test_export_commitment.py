@@ -5,9 +5,6 @@ its exports are never committed, are sent again with the same SOP Instance UIDs 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -18,7 +15,7 @@ from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, load
 from ercp_node.node.service import Node
 from ercp_node.storage.models import AuditEvent, Export, ExportAttempt, Output
-from helpers import Orthanc, count, free_port, storescu, wait_until
+from helpers import Orthanc, count, free_port, storescp, storescu, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +87,6 @@ def test_outputs_end_committed_at_orthanc(tmp_path, tiny_model, images, capsys):
         orthanc.stop()
 
 
-def _storescp(port: int, out: Path) -> subprocess.Popen:
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    raise RuntimeError("storescp did not start")
-
-
 def test_pacs_without_commitment_is_not_committed_and_gets_the_same_uids_again(tmp_path, tiny_model, images,
                                                                               capsys):
     """storescp acknowledges every C-STORE but rejects the Storage Commitment presentation context: each export
@@ -109,7 +94,7 @@ def test_pacs_without_commitment_is_not_committed_and_gets_the_same_uids_again(t
     export.max_attempts; `status` shows why."""
     pacs_port = free_port()
     received = tmp_path / "received"
-    proc = _storescp(pacs_port, received)
+    proc = storescp(pacs_port, received)
     try:
         dest = Destination("PACS", "127.0.0.1", pacs_port, ("SEG", "SR"), name="PACS", commitment=True)
         s = _settings(tmp_path, tiny_model, dest, free_port(), max_attempts=3)

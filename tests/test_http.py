@@ -8,9 +8,7 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -19,7 +17,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from helpers import free_port, wait_until
+from helpers import free_port, storescp, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, validate
 from ercp_node.node.service import Node
@@ -39,18 +37,6 @@ def images(tmp_path_factory) -> list[Path]:
         ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
         ds.save_as(f)
     return files
-
-
-def _storescp(port: int, out: Path) -> subprocess.Popen:
-    out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
-        time.sleep(0.1)
-    raise RuntimeError("storescp did not start")
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -76,7 +62,7 @@ def served(tmp_path_factory, tiny_model, images):
     """One node with a storescp destination and a dead one, two images pushed and exported."""
     tmp = tmp_path_factory.mktemp("served")
     pacs_port = free_port()
-    proc = _storescp(pacs_port, tmp / "pacs")
+    proc = storescp(pacs_port, tmp / "pacs")
     s = _settings(tmp, tiny_model)
     s.export.max_attempts = 2
     s.node.allowed_ae_titles = ["CARM"]  # STRANGER is refused (the page lists it)
