@@ -116,14 +116,13 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     scope_d, tip_w = opts.scope_diameter_mm, opts.tip_width_mm
     if style is not None:
         scope_d, tip_w = style.scope.diameter_mm, style.scope.tip_width_mm
-        _apply_style(style, rng_style, acq, spine, ribs, gas, stones, devices, ducts, (tip_centre, tip_dir),
-                     half_fov, complexity)
+        _apply_style(style, rng_style, acq, spine, ribs, gas, stones, ducts, half_fov)
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
 
 
 def _apply_style(style: Style, rng: np.random.Generator, acq: dict, spine: dict, ribs: list, gas: list,
-                 stones: list, devices: dict, ducts: A.Ducts, tip, half_fov: float, complexity: float) -> None:
+                 stones: list, ducts: A.Ducts, half_fov: float) -> None:
     """Everything a style changes in a case, drawn from the style's own stream (in place)."""
     acq["style"] = style
     acq["pose"] = (style.rotate_deg + float(rng.uniform(-12, 12)), rng.uniform(-10, 10, 2))
