@@ -16,13 +16,15 @@ $(STAMP): pyproject.toml
 # dcmtk (storescu, storescp, dcmdump, dcmcjpeg), dicom3tools (dciodvfy) and pixelmed-apps (DicomSRValidator)
 # are the real tools and judges the tests call; orthanc-dicomweb, chromium and npm serve the OHIF viewer test,
 # orthanc-python and socat the STOW-RS export tests, systemd the unit check.
-APT_TOOLS := dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb orthanc-python socat chromium npm systemd
+APT_TOOLS := dcmtk dicom3tools pixelmed-apps orthanc orthanc-dicomweb orthanc-python socat chromium systemd
+# npm only where no npm is there: Debian's npm conflicts with the nodejs of NodeSource (which brings its own npm).
+APT_NPM   := $$(command -v npm >/dev/null || echo npm)
 tools:
 	@if ! command -v dciodvfy >/dev/null || ! command -v storescp >/dev/null || ! command -v DicomSRValidator >/dev/null || ! command -v Orthanc >/dev/null \
 	    || ! command -v chromium >/dev/null || ! command -v npm >/dev/null || ! command -v systemd-analyze >/dev/null || ! command -v socat >/dev/null \
 	    || ! ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/share/orthanc/plugins/libOrthancPython.so >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TOOLS) >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TOOLS) $(APT_NPM) >/dev/null; \
 	  else \
 	    echo "need: sudo apt-get install $(APT_TOOLS)" >&2; exit 1; \
 	  fi; \
