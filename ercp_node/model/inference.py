@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..preprocessing.pipeline import masks_to_source, preprocess
+from ..preprocessing.pipeline import masks_to_source, preprocess_native, resize_labels, to_grid
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
 
@@ -21,7 +21,17 @@ def card_version(model_path: str | Path) -> str:
     """A model's version from its card, as Segmenter.version gives it, without loading the model."""
     path = card_path(model_path)
     card = json.loads(path.read_text()) if path.is_file() else {}
-    return str(card.get("version", Path(model_path).stem))
+    version = str(card.get("version", Path(model_path).stem))
+    stones = stone_net_path(model_path, card)
+    if stones is not None and stones.is_file():
+        version += "+" + card_version(stones)
+    return version
+
+
+def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
+    """The cascade's second stage named by a model's card (`stone_net`, a file beside the model), if any."""
+    name = card.get("stone_net")
+    return Path(model_path).parent / name if name else None
 
 
 @dataclass
@@ -30,9 +40,10 @@ class Segmenter:
 
     model: object
     card: dict
+    stones: object = None  # stonenet.StoneNet: the cascade's second stage, or None (the paper's single stage)
 
     @classmethod
-    def load(cls, path: str | Path = SHIPPED) -> "Segmenter":
+    def load(cls, path: str | Path = SHIPPED, cascade: bool = True) -> "Segmenter":
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -43,11 +54,21 @@ class Segmenter:
         model = keras.saving.load_model(path, compile=False)
         card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
         card.setdefault("version", path.stem)
-        return cls(model, card)
+        stones = None
+        sp = stone_net_path(path, card) if cascade else None
+        if sp is not None:
+            if not sp.is_file():
+                raise FileNotFoundError(f"model card {card_path(path)} names stone net {sp}, which is not there")
+            from .stonenet import StoneNet
+
+            stones = StoneNet.load(sp)
+        return cls(model, card, stones)
 
     @property
     def version(self) -> str:
-        return str(self.card.get("version", "unknown"))
+        """The first stage's version, + the stone net's when the cascade runs (both go into SEG and SR)."""
+        base = str(self.card.get("version", "unknown"))
+        return base + ("+" + str(self.stones.card.get("version", "stones")) if self.stones is not None else "")
 
     @property
     def input_size(self) -> int:
@@ -62,6 +83,16 @@ class Segmenter:
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid]."""
         size = self.input_size
-        x = np.stack([preprocess(p, bits_stored=b, photometric=ph, size=size) for p, b, ph in frames])
-        probs = self.probabilities(x, batch_size)
-        return [masks_to_source(pr, np.shape(p)[:2]).astype(np.uint8) for pr, (p, _, _) in zip(probs, frames)]
+        natives = [preprocess_native(p, bits_stored=b, photometric=ph) for p, b, ph in frames]
+        probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
+        if self.stones is None:
+            return [masks_to_source(pr, np.shape(p)[:2]).astype(np.uint8) for pr, (p, _, _) in zip(probs, frames)]
+        out = []
+        grid = self.stones.config.grid
+        for pr, native, (p, _, _) in zip(probs, natives, frames):
+            # Second stage on the stone grid: the first stage's labels there, stones replaced around the duct.
+            coarse = masks_to_source(pr, (grid, grid)).astype(np.uint8)
+            labels, _ = self.stones.refine(to_grid(native, grid)[..., 0], coarse)
+            shape = tuple(np.shape(p)[:2])
+            out.append(labels if shape == (grid, grid) else resize_labels(labels, shape).astype(np.uint8))
+        return out

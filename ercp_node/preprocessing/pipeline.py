@@ -163,11 +163,21 @@ def masks_to_source(prob_or_labels: np.ndarray, shape: tuple[int, int]) -> np.nd
 def preprocess(pixels: np.ndarray, *, bits_stored: int = 8, photometric: str = "MONOCHROME2",
                size: int = MODEL_SIZE) -> np.ndarray:
     """One stored frame (H, W) -> float32 (size, size, 1) model input in [0, 1]."""
+    return to_grid(preprocess_native(pixels, bits_stored=bits_stored, photometric=photometric), size)
+
+
+def to_grid(native: np.ndarray, size: int) -> np.ndarray:
+    """preprocess_native's output -> float32 (size, size, 1) in [0, 1] (one frame can feed several grids)."""
+    x = np.clip(resize_to_grid(native, size), 0.0, 1.0)  # interpolation may overshoot by an ulp
+    return x[..., None].astype(np.float32)
+
+
+def preprocess_native(pixels: np.ndarray, *, bits_stored: int = 8, photometric: str = "MONOCHROME2") -> np.ndarray:
+    """Every preprocessing step except the resize: float (H, W) on the source grid."""
     raw = _as_2d(pixels)
     if bits_stored == 8 and raw.dtype == np.uint16 and int(raw.max(initial=0)) > 255:
         raise ValueError("uint16 pixels above 255 with bits_stored=8: pass the DICOM BitsStored")
     raw = stored_values(raw, bits_stored)
     x = to_unit_grey(median_filter(raw), bits_stored=bits_stored, photometric=photometric)
     x = equalize_hist(saturation_stretch(x), bins=2 ** min(bits_stored, 12))
-    x = np.clip(resize_to_grid(sharpen(x), size), 0.0, 1.0)  # interpolation may overshoot by an ulp
-    return x[..., None].astype(np.float32)
+    return sharpen(x)

@@ -1,0 +1,141 @@
+"""Stones: the paper's single 256 stage against the cascade (256 stage + stone net on the 576 grid), side by side.
+
+For each path and phantom test set: Table 1's IoU per structure (per image, mean over images), stone IoU per truth
+stone by size (< 4 mm, 4–10 mm, > 10 mm; the truth stone's component against the predicted components touching
+it, 0 when missed), detection rate by size, stone count exact (components, the node's rule) and within one,
+largest-stone diameter error (mm, at the truth's spacing, so only the mask's error counts), and ms per image
+(preprocessing + both stages, batch 16, this machine). Writes bench/results/stones.json (or --out).
+
+    python bench/bench_stones.py --model ercp_node/model/weights/default.keras \
+        --stones data/runs/stones-v1/best.keras --data data/test-2026 data/test-rnd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ercp_node.labels import STONE  # noqa: E402
+from ercp_node.measure.stones import stones as stone_components  # noqa: E402
+from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
+from ercp_node.model.inference import Segmenter  # noqa: E402
+from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
+
+BINS = (("lt4mm", 0.0, 4.0), ("4to10mm", 4.0, 10.0), ("gt10mm", 10.0, 1e9))
+
+
+def truth_of(sample) -> dict:
+    root = Path(sample.mask_path).parents[1]
+    truth = json.loads((root / "truth" / (Path(sample.image_path).stem + ".json")).read_text())
+    return truth["frame_truth"][min(sample.frame, len(truth["frame_truth"]) - 1)]
+
+
+def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict) -> list[tuple[float, float]]:
+    """[(truth largest diameter mm, IoU)] for each visible truth stone."""
+    n_t, comp_t = cv2.connectedComponents((truth_mask == STONE).astype(np.uint8), connectivity=8)
+    _, comp_p = cv2.connectedComponents((pred == STONE).astype(np.uint8), connectivity=8)
+    out = []
+    for st in ft["stones"]:
+        if not st.get("visible", True):
+            continue
+        x, y = (int(round(v)) for v in st["centroid_px"])
+        h, w = truth_mask.shape
+        cid = comp_t[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
+        if cid == 0:
+            continue  # a stone whose centroid is off its own mask (concave outline): left out
+        t = comp_t == cid
+        ids = np.unique(comp_p[t])
+        p = np.isin(comp_p, ids[ids > 0])
+        union = int((t | p).sum())
+        out.append((float(st["largest_diameter_mm"]), float((t & p).sum()) / union if union else 0.0))
+    return out
+
+
+def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
+    per_image, exact, within1, stone_rows, largest_err, t_model = [], [], [], [], [], 0.0
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        frames = [load_pixels(s.image_path, s.frame) for s in chunk]
+        t = time.perf_counter()
+        preds = seg.segment(frames, batch)
+        t_model += time.perf_counter() - t
+        truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
+        per_image += per_image_metrics(truths, preds)
+        for s, truth, pred in zip(chunk, truths, preds):
+            ft = truth_of(s)
+            n_true, n_pred = len(stone_components(truth, None)), len(stone_components(pred, None))
+            exact.append(n_true == n_pred)
+            within1.append(abs(n_true - n_pred) <= 1)
+            stone_rows += per_stone(truth, pred, ft)
+            vis = [st["largest_diameter_mm"] for st in ft["stones"] if st.get("visible", True)]
+            found = stone_components(pred, ft["spacing"]["pixel_spacing_at_object_mm"])
+            if vis and found:
+                largest_err.append(found[0]["largest_diameter_mm"] - max(vis))
+    report = table1_report(per_image)
+    by_size = {}
+    for name, lo, hi in BINS:
+        ious = [iou for d, iou in stone_rows if lo <= d < hi]
+        by_size[name] = {"n": len(ious), "iou_mean": round(100 * float(np.mean(ious)), 1) if ious else None,
+                         "detected_pct": round(100 * float(np.mean([v > 0 for v in ious])), 1) if ious else None}
+    err = np.abs(largest_err)
+    s = report["structures"]
+    return {"n": len(samples), "scope_iou": s["duodenoscope"]["iou_mean"], "cbd_iou": s["cbd"]["iou_mean"],
+            "stone_iou": s["stone"]["iou_mean"], "stone_iou_by_size": by_size,
+            "stone_count_exact_pct": round(100 * float(np.mean(exact)), 1),
+            "stone_count_within1_pct": round(100 * float(np.mean(within1)), 1),
+            "largest_stone_mm": {"n": len(err), "mae": round(float(err.mean()), 2) if len(err) else None,
+                                 "median_abs": round(float(np.median(err)), 2) if len(err) else None},
+            "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="first-stage model .keras (its card may name a stone net)")
+    ap.add_argument("--stones", default=None, help="stone net .keras for the cascade (default: the card's)")
+    ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/stones.json"))
+    args = ap.parse_args(argv)
+    single = Segmenter.load(args.model, cascade=False)
+    cascade = Segmenter.load(args.model)
+    if args.stones:
+        from ercp_node.model.stonenet import StoneNet
+
+        cascade = Segmenter(cascade.model, cascade.card, StoneNet.load(args.stones))
+    if cascade.stones is None:
+        ap.error("no stone net: give --stones or a model whose card names one")
+    results = {}
+    for d in args.data:
+        samples, _ = read_data([d])
+        samples = samples[: args.limit] if args.limit else samples
+        rows = {}
+        # Interleaved per set, so both paths see the same machine load.
+        for name, seg in (("paper-256", single), ("cascade-576", cascade)):
+            r = rows[name] = evaluate(seg, samples)
+            b = r["stone_iou_by_size"]
+            print(f"{Path(d).name:16s} {name:12s} n={r['n']:4d} scope {r['scope_iou']:5.1f} CBD {r['cbd_iou']:5.1f} "
+                  f"stone {r['stone_iou'] or float('nan'):5.1f} (<4 {b['lt4mm']['iou_mean']}, 4-10 {b['4to10mm']['iou_mean']},"
+                  f" >10 {b['gt10mm']['iou_mean']}) count exact {r['stone_count_exact_pct']:5.1f} % "
+                  f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img", flush=True)
+        results[Path(d).name] = rows
+    out = {"bench": "stones", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
+           "first_stage": single.version, "cascade": cascade.version, "data": args.data, "limit": args.limit,
+           "sets": results}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

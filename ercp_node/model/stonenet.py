@@ -1,0 +1,361 @@
+"""Second stage of the cascade: stones (and their centres) at the source's resolution, in a crop around the duct.
+
+The paper's net sees a 576-pixel frame resized to 256, where a 2–4 mm stone is 3–5 pixels. Here the 256 model
+finds the scope and the duct; this net then looks at the duct's neighbourhood on the STONE_GRID (576 × 576, the
+phantom's and a typical fluoroscopy frame's matrix: a source of 512–1024 pixels is resampled to it) and gives
+
+  channel 0, 1  softmax: background, stone
+  channel 2     sigmoid: a heat map that peaks at each stone's centre (CenterNet-style Gaussian)
+
+The centre map is what splits touching stones: a stone mask component holding two peaks is two stones, cut
+along the watershed between them (a one-pixel line of duct), so every reader of the label map (count, sizes,
+SEG, SR outlines) sees them apart. No threshold on shape or size decides it.
+
+Trained on patches (nnU-Net-style foreground oversampling: most patches centred on a stone or on the duct),
+applied fully convolutionally to the whole crop. Pure Keras 3 (keras.ops in the loss), any backend.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+from keras import layers, ops
+
+from ..labels import CBD, STONE
+from .unet import _conv_block
+
+STONE_GRID = 576  # side of the square grid the stone net works on
+_PKG = "ercp_node"
+
+
+@dataclass(frozen=True)
+class StoneNetConfig:
+    grid: int = STONE_GRID
+    patch: int = 128  # training patch side (38 mm at 0.3 mm/px: a duct's width plus context)
+    base_filters: int = 16
+    depth: int = 3  # 0.47 M parameters (1.9 MB): with the first stage's 8 MB, under the 15 MB weight budget
+    margin_px: int = 16  # the crop: the coarse duct (and stones) dilated by this, on the stone grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_stone_net(cfg: StoneNetConfig = StoneNetConfig()) -> keras.Model:
+    """A U-Net of any input size (multiple of 2**depth) → (H, W, 3): p(background), p(stone), centre map."""
+    inputs = keras.Input((None, None, 1), name="image")
+    x, skips = inputs, []
+    for level in range(cfg.depth):
+        x = _conv_block(x, cfg.base_filters * 2 ** level, True, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, cfg.base_filters * 2 ** cfg.depth, True, "bottleneck")
+    for level in reversed(range(cfg.depth)):
+        f = cfg.base_filters * 2 ** level
+        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", name=f"up{level}")(x)
+        x = layers.Concatenate(name=f"skip{level}")([skips[level], x])
+        x = _conv_block(x, f, True, f"dec{level}")
+    seg = layers.Activation("softmax", dtype="float32", name="stone_probs")(layers.Conv2D(2, 1, name="seg_logits")(x))
+    # Bias -4: a centre is rare (one pixel per stone); start near p = 0.02 as CenterNet does.
+    centre = layers.Activation("sigmoid", dtype="float32", name="centre")(
+        layers.Conv2D(1, 1, bias_initializer=keras.initializers.Constant(-4.0), name="centre_logits")(x))
+    out = layers.Concatenate(dtype="float32", name="stone_out")([seg, centre])
+    return keras.Model(inputs, out, name=f"stonenet_b{cfg.base_filters}_d{cfg.depth}")
+
+
+@keras.saving.register_keras_serializable(package=_PKG)
+class StoneNetLoss(keras.losses.Loss):
+    """y_true (B, H, W, 2): stone mask, centre heat map (1 at each centre pixel). y_pred: the net's 3 channels.
+
+    cross-entropy + soft Dice (over the whole batch: patches without a stone are common) on the stone channel,
+    plus CenterNet's penalty-reduced focal loss on the centre map, normalised by the number of centres.
+    """
+
+    def __init__(self, centre_weight=1.0, name="stone_net_loss", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.centre_weight = float(centre_weight)
+
+    def call(self, y_true, y_pred):
+        eps = keras.config.epsilon()
+        y, heat = y_true[..., 0], y_true[..., 1]
+        p = ops.clip(y_pred[..., 1], eps, 1.0 - eps)
+        c = ops.clip(y_pred[..., 2], eps, 1.0 - eps)
+        ce = -ops.mean(y * ops.log(p) + (1.0 - y) * ops.log(1.0 - p))
+        dice = 1.0 - (2.0 * ops.sum(y * p) + 1.0) / (ops.sum(y) + ops.sum(p) + 1.0)
+        pos = ops.cast(heat >= 0.999, p.dtype)
+        focal = -(pos * (1.0 - c) ** 2 * ops.log(c) + (1.0 - pos) * (1.0 - heat) ** 4 * c ** 2 * ops.log(1.0 - c))
+        centre = ops.sum(focal) / ops.maximum(ops.sum(pos), 1.0)
+        total = ce + dice + self.centre_weight * centre
+        return ops.zeros_like(y_pred[:, 0, 0, 0]) + total  # one value per batch element (all the same)
+
+    def get_config(self):
+        return {**super().get_config(), "centre_weight": self.centre_weight}
+
+
+# ------------------------------------------------------------------------------------------------ inference
+def _quantised_box(mask: np.ndarray, margin: int, q: int = 32) -> tuple[int, int, int, int] | None:
+    """Bounding box (y0, y1, x0, x1) of mask dilated by `margin`, grown to multiples of q (fewer distinct shapes
+    for the backend), clipped to the frame where possible."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return None
+    h, w = mask.shape
+    out = []
+    for lo, hi, n in ((ys.min() - margin, ys.max() + 1 + margin, h), (xs.min() - margin, xs.max() + 1 + margin, w)):
+        lo, hi = max(0, int(lo)), min(n, int(hi))
+        size = min(int(math.ceil((hi - lo) / q) * q), (n // q) * q if n >= q else q)
+        lo = max(0, min(lo - (size - (hi - lo)) // 2, n - size))
+        out += [lo, lo + size]
+    return out[0], out[1], out[2], out[3]
+
+
+def peaks(centre: np.ndarray, mask: np.ndarray, threshold: float = 0.3, size: int = 5) -> np.ndarray:
+    """(k, 2) row, col of local maxima of the centre map above `threshold` inside `mask`."""
+    local_max = centre >= cv2.dilate(centre, np.ones((size, size), np.uint8))
+    return np.argwhere(local_max & (centre > threshold) & mask)
+
+
+def split_touching(stone: np.ndarray, centre: np.ndarray, threshold: float = 0.3) -> tuple[np.ndarray, int]:
+    """Cut components holding several centre peaks along watershed lines; → (stone mask, number of cuts)."""
+    from skimage.segmentation import watershed
+
+    n, comp = cv2.connectedComponents(stone.astype(np.uint8), connectivity=8)
+    pk = peaks(centre, stone, threshold)
+    if len(pk) < 2:
+        return stone, 0
+    owner = comp[pk[:, 0], pk[:, 1]]
+    ids, counts = np.unique(owner, return_counts=True)
+    out, cuts = stone.copy(), 0
+    for cid in ids[counts >= 2]:
+        region = comp == cid
+        markers = np.zeros(stone.shape, np.int32)
+        for k, (r, c) in enumerate(pk[owner == cid], 1):
+            markers[r, c] = k
+        # Flood the inverted centre map from the peaks; the lines where floods meet become duct.
+        lab = watershed(-centre, markers, mask=region, watershed_line=True)
+        out[region & (lab == 0)] = False
+        cuts += int(counts[ids == cid][0]) - 1
+    return out, cuts
+
+
+@dataclass
+class StoneNet:
+    model: keras.Model
+    card: dict
+
+    @classmethod
+    def load(cls, path: str | Path) -> "StoneNet":
+        path = Path(path)
+        model = keras.saving.load_model(path, compile=False)
+        card_p = path.with_suffix(".json")
+        card = json.loads(card_p.read_text()) if card_p.is_file() else {}
+        return cls(model, card)
+
+    @property
+    def config(self) -> StoneNetConfig:
+        return replace(StoneNetConfig(), **{k: v for k, v in self.card.get("config", {}).items()
+                                            if k in StoneNetConfig.__dataclass_fields__})
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """(H, W) float image, H and W multiples of 2**depth → (H, W, 3)."""
+        x = np.asarray(image, np.float32)[None, ..., None]
+        # A direct call, not predict(): crops differ in shape, and a call does not retrace per shape.
+        return np.asarray(keras.ops.convert_to_numpy(self.model(x, training=False)))[0]
+
+    def refine(self, image: np.ndarray, coarse: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, dict]:
+        """Stone grid image (G, G) in [0, 1] and the first stage's labels on it → labels with the stones
+        replaced by this net's (only in the duct's neighbourhood), touching stones cut apart; and what it did."""
+        cfg = self.config
+        duct = (coarse == CBD) | (coarse == STONE)
+        box = _quantised_box(duct, cfg.margin_px)
+        if box is None:  # no duct found: nowhere to look for stones; the first stage's answer stands
+            return coarse, {"stage2": False}
+        y0, y1, x0, x1 = box
+        q = 2 ** cfg.depth
+        crop = image[y0:y1, x0:x1]
+        ph, pw = (-crop.shape[0]) % q, (-crop.shape[1]) % q
+        if ph or pw:  # a frame smaller than the quantum: pad with black
+            crop = np.pad(crop, ((0, ph), (0, pw)))
+        out = self.predict(crop)[: y1 - y0, : x1 - x0]
+        k = 2 * cfg.margin_px + 1
+        allowed = cv2.dilate(duct.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[y0:y1, x0:x1] > 0
+        stone = (out[..., 1] > threshold) & allowed
+        stone, cuts = split_touching(stone, out[..., 2] * allowed)
+        labels = coarse.copy()
+        sub = labels[y0:y1, x0:x1]
+        sub[sub == STONE] = CBD  # a stone of the first stage that this net does not confirm is duct
+        sub[stone] = STONE
+        return labels, {"stage2": True, "box": [int(v) for v in box], "cuts": cuts}
+
+
+# ------------------------------------------------------------------------------------------------ training data
+def stone_targets(truth: dict, frame: int = 0) -> np.ndarray:
+    """(k, 3) x, y, largest diameter in px of the visible stones of one frame (the phantom's truth JSON)."""
+    ft = truth["frame_truth"][min(frame, len(truth["frame_truth"]) - 1)]
+    spacing = float(ft["spacing"]["pixel_spacing_at_object_mm"])
+    rows = [(s["centroid_px"][0], s["centroid_px"][1], s["largest_diameter_mm"] / spacing)
+            for s in ft["stones"] if s.get("visible", True)]
+    return np.asarray(rows, np.float32).reshape(-1, 3)
+
+
+def heat_map(shape, centres: np.ndarray) -> np.ndarray:
+    """Max of Gaussians (sigma ≈ 0.15 × diameter, 1–5 px) at the centres, exactly 1 at each centre pixel."""
+    h, w = shape
+    heat = np.zeros((h, w), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for x, y, d in centres:
+        r, c = int(round(y)), int(round(x))
+        if not (0 <= r < h and 0 <= c < w):
+            continue
+        s = float(np.clip(0.15 * d, 1.0, 5.0))
+        y0, y1, x0, x1 = max(0, r - 3 * int(s) - 3), min(h, r + 3 * int(s) + 4), max(0, c - 3 * int(s) - 3), min(w, c + 3 * int(s) + 4)
+        g = np.exp(-((yy[y0:y1, x0:x1] - y) ** 2 + (xx[y0:y1, x0:x1] - x) ** 2) / (2 * s * s))
+        heat[y0:y1, x0:x1] = np.maximum(heat[y0:y1, x0:x1], g)
+        heat[r, c] = 1.0
+    return heat
+
+
+class StonePatches(keras.utils.PyDataset):
+    """Augmented training patches from cached stone-grid images.
+
+    images (N, G, G) uint8 (preprocessed × 255), labels (N, G, G) uint8 (0, CBD, STONE), centres [(k, 3)].
+    Patch centres: `p_stone` on a stone (± a quarter patch), `p_duct` on a duct pixel, the rest anywhere.
+    Geometry (any rotation, mirror, zoom 0.75–1.33) moves image, mask and centres together; intensity changes
+    are the robust recipe of the first stage (train.ROBUST).
+    """
+
+    def __init__(self, images, labels, centres, *, patch=128, batch_size=16, steps=200, seed=0,
+                 p_stone=0.5, p_duct=0.35, augment=True, **kw):
+        super().__init__(**kw)
+        self.images, self.labels, self.centres = images, labels, centres
+        self.patch, self.batch_size, self.steps, self.seed = patch, batch_size, steps, seed
+        self.p_stone, self.p_duct, self.augment, self.epoch = p_stone, p_duct, augment, 0
+        self.with_stones = [i for i, c in enumerate(centres) if len(c)]
+        self.duct_px = [np.argwhere(lab == CBD)[::7] for lab in labels]  # subsampled: sampling, not geometry
+
+    def __len__(self):
+        return self.steps
+
+    def on_epoch_end(self):
+        self.epoch += 1
+
+    def _centre(self, rng):
+        u = rng.random()
+        if u < self.p_stone and self.with_stones:
+            i = int(rng.choice(self.with_stones))
+            x, y, _ = self.centres[i][int(rng.integers(len(self.centres[i])))]
+            j = rng.uniform(-self.patch / 4, self.patch / 4, 2)
+            return i, float(x + j[0]), float(y + j[1])
+        i = int(rng.integers(len(self.images)))
+        if u < self.p_stone + self.p_duct and len(self.duct_px[i]):
+            r, c = self.duct_px[i][int(rng.integers(len(self.duct_px[i])))]
+            return i, float(c), float(r)
+        g = self.images.shape[1]
+        return i, float(rng.uniform(0, g)), float(rng.uniform(0, g))
+
+    def sample(self, rng):
+        from .train import ROBUST, augment_pair
+
+        i, cx, cy = self._centre(rng)
+        P = self.patch
+        angle = rng.uniform(-180, 180) if self.augment else 0.0
+        zoom = float(np.exp(rng.uniform(np.log(0.75), np.log(1.33)))) if self.augment else 1.0
+        m = cv2.getRotationMatrix2D((cx, cy), angle, zoom)
+        m[:, 2] += (P / 2 - cx, P / 2 - cy)
+        if self.augment and rng.random() < 0.5:  # mirror about the patch's vertical axis
+            m = np.array([[-1, 0, P - 1], [0, 1, 0]], np.float64) @ np.vstack([m, [0, 0, 1]])
+        img = cv2.warpAffine(self.images[i], m, (P, P), flags=cv2.INTER_LINEAR, borderValue=0).astype(np.float32) / 255
+        lab = cv2.warpAffine(self.labels[i], m, (P, P), flags=cv2.INTER_NEAREST, borderValue=0)
+        c = self.centres[i]
+        pts = np.c_[c[:, :2], np.ones(len(c))] @ m.T if len(c) else np.zeros((0, 2))
+        cen = np.c_[pts, c[:, 2] * zoom] if len(c) else np.zeros((0, 3), np.float32)
+        if self.augment:
+            intensity = replace(ROBUST, hflip=0.0, vflip=0.0, rotate_deg=0.0, scale=0.0)
+            img, lab = augment_pair(img, lab, rng, intensity)
+        return img, np.stack([(lab == STONE).astype(np.float32), heat_map((P, P), cen)], -1)
+
+    def __getitem__(self, idx):
+        rng = np.random.default_rng((self.seed, self.epoch, idx))
+        xs, ys = zip(*(self.sample(rng) for _ in range(self.batch_size)))
+        return np.stack(xs)[..., None], np.stack(ys)
+
+
+def cache_stone_grid(samples, out: Path, grid: int = STONE_GRID) -> Path:
+    """Preprocess phantom samples once onto the stone grid: images, labels (CBD/stone) and centres (npz)."""
+    from ..preprocessing.pipeline import preprocess, resize_labels
+    from .data import load_mask, load_pixels
+
+    imgs, labs, cens, keys = [], [], [], []
+    for s in samples:
+        pixels, bits, photometric = load_pixels(s.image_path, s.frame)
+        mask = load_mask(s, pixels.shape[:2])
+        truth = json.loads((Path(s.mask_path).parents[1] / "truth" / (Path(s.image_path).stem + ".json")).read_text())
+        cen = stone_targets(truth, s.frame)
+        sy, sx = grid / mask.shape[0], grid / mask.shape[1]
+        cen[:, 0] *= sx
+        cen[:, 1] *= sy
+        cen[:, 2] *= (sx + sy) / 2
+        lab = resize_labels(mask, (grid, grid))
+        lab = np.where(lab == STONE, STONE, np.where(lab == CBD, CBD, 0)).astype(np.uint8)
+        imgs.append((preprocess(pixels, bits_stored=bits, photometric=photometric, size=grid)[..., 0] * 255).round().astype(np.uint8))
+        labs.append(lab)
+        cens.append(cen)
+        keys.append(s.key)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, images=np.stack(imgs), labels=np.stack(labs), keys=np.array(keys),
+             centres=np.array(cens, dtype=object), allow_pickle=True)
+    return out
+
+
+def load_cache(path: Path):
+    z = np.load(path, allow_pickle=True)
+    return z["images"], z["labels"], list(z["centres"]), list(z["keys"])
+
+
+def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *, minutes: float = 60.0,
+                    steps: int = 200, batch_size: int = 16, lr: float = 1e-3, cfg: StoneNetConfig = StoneNetConfig(),
+                    seed: int = 0, resume: bool = True) -> dict:
+    """Train (or resume) for a wall-clock budget; keeps last.keras, best.keras (val loss) and state.json."""
+    from .train import TimeBudget
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, labels, centres, _ = load_cache(train_cache)
+    state_p = out_dir / "state.json"
+    state = json.loads(state_p.read_text()) if resume and state_p.is_file() else {"epochs": 0, "history": {}, "seconds": 0.0}
+    if resume and (out_dir / "last.keras").is_file():
+        model = keras.saving.load_model(out_dir / "last.keras")
+    else:
+        model = build_stone_net(cfg)
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss=StoneNetLoss())
+    train_ds = StonePatches(images, labels, centres, patch=cfg.patch, batch_size=batch_size, steps=steps,
+                            seed=seed + state["epochs"])
+    val_ds = None
+    if val_cache is not None:
+        vi, vl, vc, _ = load_cache(val_cache)
+        val_ds = StonePatches(vi, vl, vc, patch=cfg.patch, batch_size=batch_size, steps=max(8, steps // 10),
+                              seed=12345, augment=False)
+    budget = TimeBudget(minutes * 60)
+
+    class Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for k, v in (logs or {}).items():
+                state["history"].setdefault(k, []).append(float(v))
+            state["epochs"] = epoch + 1
+            self.model.save(out_dir / "last.keras")
+            best = min(state["history"].get("val_loss", state["history"]["loss"]))
+            if (logs or {}).get("val_loss", logs.get("loss")) <= best:
+                self.model.save(out_dir / "best.keras")
+            state_p.write_text(json.dumps(state, indent=1))
+
+    t0 = time.monotonic()
+    model.fit(train_ds, validation_data=val_ds, epochs=state["epochs"] + 10_000, initial_epoch=state["epochs"],
+              callbacks=[budget, Keep()], verbose=2)
+    state["seconds"] = state.get("seconds", 0.0) + time.monotonic() - t0
+    state["config"] = cfg.to_dict()
+    state_p.write_text(json.dumps(state, indent=1))
+    return state

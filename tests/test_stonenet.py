@@ -1,0 +1,128 @@
+"""The cascade's second stage: stone net, its loss, its patches, touching-stone splitting and the Segmenter wiring."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from ercp_node.labels import CBD, SCOPE, STONE
+from ercp_node.model.inference import Segmenter, card_version
+from ercp_node.model.stonenet import (StoneNet, StoneNetConfig, StoneNetLoss, StonePatches, build_stone_net,
+                                      heat_map, peaks, split_touching)
+
+
+def _disc(shape, centre, r):
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= r * r
+
+
+def test_two_touching_stones_are_cut_apart_where_the_centre_map_has_two_peaks():
+    shape = (64, 96)
+    stone = _disc(shape, (36, 32), 10) | _disc(shape, (55, 32), 10)  # overlapping: one component
+    assert cv2.connectedComponents(stone.astype(np.uint8), connectivity=8)[0] - 1 == 1
+    centre = heat_map(shape, np.array([[36, 32, 20], [55, 32, 20]], np.float32))
+    cut, cuts = split_touching(stone, centre)
+    assert cuts == 1
+    n, comp = cv2.connectedComponents(cut.astype(np.uint8), connectivity=8)
+    assert n - 1 == 2
+    assert comp[32, 36] != comp[32, 55] and comp[32, 36] and comp[32, 55]
+    assert stone.sum() - cut.sum() < 25  # a one-pixel line, not a bite
+
+
+def test_one_stone_with_one_peak_is_left_whole():
+    shape = (64, 64)
+    stone = _disc(shape, (32, 32), 12)
+    cut, cuts = split_touching(stone, heat_map(shape, np.array([[32, 32, 24]], np.float32)))
+    assert cuts == 0 and np.array_equal(cut, stone)
+
+
+def test_heat_map_peaks_at_each_centre_and_peaks_finds_them():
+    h = heat_map((40, 40), np.array([[10, 12, 8], [30, 25, 30]], np.float32))
+    assert h[12, 10] == 1.0 and h[25, 30] == 1.0 and h.max() == 1.0
+    assert 0 < h[12, 13] < 1 and h[0, 39] == 0
+    assert sorted(map(tuple, peaks(h, np.ones_like(h, bool)))) == [(12, 10), (25, 30)]
+
+
+def test_loss_prefers_the_truth_and_is_finite():
+    y = np.zeros((2, 16, 16, 2), np.float32)
+    y[0, 4:8, 4:8, 0] = 1
+    y[0, 6, 6, 1] = 1
+    good = np.stack([1 - y[..., 0], y[..., 0], np.clip(y[..., 1], 0.01, 0.99)], -1)
+    bad = good[..., [1, 0, 2]]
+    loss = StoneNetLoss()
+    lg, lb = (float(keras.ops.convert_to_numpy(loss(y, p))) for p in (good, bad))
+    assert np.isfinite(lg) and lg < lb
+
+
+def test_patches_keep_centres_on_their_stones_through_augmentation():
+    g = 96
+    lab = np.zeros((2, g, g), np.uint8)
+    lab[:, 30:70, 40:60] = CBD
+    lab[0][_disc((g, g), (50, 40), 5)] = STONE
+    lab[0][_disc((g, g), (50, 60), 4)] = STONE
+    img = np.where(lab > 0, 60, 180).astype(np.uint8)
+    cen = [np.array([[50, 40, 10], [50, 60, 8]], np.float32), np.zeros((0, 3), np.float32)]
+    ds = StonePatches(img, lab, cen, patch=32, batch_size=8, steps=3, seed=1)
+    for k in range(3):
+        x, y = ds[k]
+        assert x.shape == (8, 32, 32, 1) and y.shape == (8, 32, 32, 2)
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        peak = y[..., 1] >= 0.999
+        assert peak.sum() > 0 and y[..., 0][peak].all()  # every centre pixel lies on its stone
+    x0, _ = ds[0]
+    assert np.array_equal(x0, ds[0][0])  # reproducible per (seed, epoch, index)
+
+
+@pytest.fixture(scope="module")
+def stone_net(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    cfg = StoneNetConfig(base_filters=4, depth=2, margin_px=8, grid=64)
+    path = tmp_path_factory.mktemp("stones") / "stones.keras"
+    build_stone_net(cfg).save(path)
+    path.with_suffix(".json").write_text(json.dumps({"version": "tiny-stones", "config": cfg.to_dict()}))
+    return path
+
+
+def test_refine_changes_stones_only_around_the_duct(stone_net):
+    net = StoneNet.load(stone_net)
+    g = net.config.grid
+    coarse = np.zeros((g, g), np.uint8)
+    coarse[:20, :20] = SCOPE
+    coarse[30:50, 40:46] = CBD
+    coarse[38:41, 42:44] = STONE
+    img = np.random.default_rng(0).random((g, g)).astype(np.float32)
+    labels, info = net.refine(img, coarse)
+    assert info["stage2"] and labels.shape == coarse.shape
+    allowed = cv2.dilate((coarse >= CBD).astype(np.uint8), np.ones((17, 17), np.uint8)) > 0
+    assert not ((labels == STONE) & ~allowed).any()
+    assert np.array_equal(labels[coarse == SCOPE] == SCOPE, ~((labels == STONE)[coarse == SCOPE]))
+    assert set(np.unique(labels[coarse == STONE])) <= {CBD, STONE}  # an unconfirmed stone is duct
+    nothing, info = net.refine(img, np.zeros((g, g), np.uint8))
+    assert not info["stage2"] and not nothing.any()  # no duct: nothing to look at
+
+
+def test_segmenter_runs_the_cascade_named_by_the_card(tiny_model, stone_net, tmp_path):
+    import shutil
+
+    model = tmp_path / "m.keras"
+    shutil.copy(tiny_model, model)
+    shutil.copy(stone_net, tmp_path / "m-stones.keras")
+    shutil.copy(stone_net.with_suffix(".json"), tmp_path / "m-stones.json")
+    card = json.loads(tiny_model.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**card, "stone_net": "m-stones.keras"}))
+    seg = Segmenter.load(model)
+    assert seg.stones is not None and seg.version == "tiny-test-model+tiny-stones" == card_version(model)
+    assert Segmenter.load(model, cascade=False).version == "tiny-test-model"
+    rng = np.random.default_rng(1)
+    frames = [(rng.integers(0, 4096, (80, 100), dtype=np.uint16), 12, "MONOCHROME2"),
+              (rng.integers(0, 256, (64, 64), dtype=np.uint8), 8, "MONOCHROME1")]
+    out = seg.segment(frames)
+    assert [o.shape for o in out] == [(80, 100), (64, 64)] and all(o.dtype == np.uint8 for o in out)
+    assert all(o.max() <= STONE for o in out)
+    (tmp_path / "m-stones.keras").unlink()
+    with pytest.raises(FileNotFoundError, match="stone net"):
+        Segmenter.load(model)
