@@ -30,11 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_arguments(s)
     s.set_defaults(func=_lazy(".phantom.cli", "run_synth"))
 
-    from .model.cli import add_evaluate_arguments, add_retrain_arguments
+    from .model.cli import add_evaluate_arguments, add_retrain_arguments, add_train_stones_arguments
 
     r = sub.add_parser("retrain", help="train a model from archived annotations; promote it only if it is better")
     add_retrain_arguments(r)
     r.set_defaults(func=_lazy(".model.cli", "run_retrain"))
+    ts = sub.add_parser("train-stones", help="train the cascade's stone net (576 grid, stone centres) on annotations")
+    add_train_stones_arguments(ts)
+    ts.set_defaults(func=_lazy(".model.cli", "run_train_stones"))
     e = sub.add_parser("evaluate", help="Table-1 style report of a model on annotated data")
     add_evaluate_arguments(e)
     e.set_defaults(func=_lazy(".model.cli", "run_evaluate"))

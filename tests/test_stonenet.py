@@ -126,3 +126,27 @@ def test_segmenter_runs_the_cascade_named_by_the_card(tiny_model, stone_net, tmp
     (tmp_path / "m-stones.keras").unlink()
     with pytest.raises(FileNotFoundError, match="stone net"):
         Segmenter.load(model)
+
+
+def test_train_stones_command_trains_exports_and_attaches(tiny_model, tmp_path):
+    """`ercp-node train-stones` on phantom output: cache, a short run, stones.keras + card, attached to a model."""
+    import shutil
+
+    from ercp_node.cli import main
+    from tests.helpers import synth
+
+    synth(tmp_path / "ph", count=6, seed=5, size=512)
+    model = tmp_path / "m.keras"
+    shutil.copy(tiny_model, model)
+    shutil.copy(tiny_model.with_suffix(".json"), model.with_suffix(".json"))
+    run = tmp_path / "run"
+    assert main(["train-stones", "--data", str(tmp_path / "ph"), "--out", str(run), "--minutes", "2", "--epochs", "1", "--steps", "2",
+                 "--batch-size", "2", "--val-every", "3", "--version", "stones-test", "--attach", str(model)]) == 0
+    card = json.loads((run / "stones.json").read_text())
+    assert card["version"] == "stones-test" and card["synthetic_only"] and card["epochs"] == 1
+    assert card["train_images"] + card["val_images"] == 6
+    z = np.load(run / "cache-train.npz", allow_pickle=True)
+    assert z["images"].shape[1:] == (576, 576) and z["images"].dtype == np.uint8
+    seg = Segmenter.load(model)
+    assert seg.version == "tiny-test-model+stones-test"
+    assert (tmp_path / "m-stones.keras").is_file()

@@ -52,6 +52,70 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop training after this many minutes, keeping the best checkpoint")
 
 
+def add_train_stones_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                   help="phantom output (per-stone centres from its truth), labelme JSON + images, DICOM SEG + images")
+    p.add_argument("--out", required=True, help="run directory (cache, checkpoints, stones.keras + card); resumable")
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget (default 60)")
+    p.add_argument("--steps", type=int, default=200, help="batches per epoch")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs in all (default: the budget decides)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--val-every", type=int, default=20, metavar="N",
+                   help="every Nth patient (by a hash of the ID) is held out for validation")
+    p.add_argument("--init", default=None, metavar="PATH", help="fine-tune from this stone net (.keras)")
+    p.add_argument("--version", default=None, help="version string for the card (default: stonenet-<date>)")
+    p.add_argument("--attach", default=None, metavar="MODEL",
+                   help="afterwards, copy the stone net beside this first-stage model and name it in its card")
+
+
+def run_train_stones(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from .data import fingerprint, read_data
+    from .stonenet import StoneNetConfig, attach, cache_stone_grid, export_stone_net, train_stone_net
+
+    samples, problems = read_data(args.data)
+    for p in problems:
+        print(f"skipped: {p}", file=sys.stderr)
+    if not samples:
+        print("error: no usable training images", file=sys.stderr)
+        return 2
+
+    def held_out(s) -> bool:
+        return int(hashlib.sha256(s.group.encode()).hexdigest(), 16) % args.val_every == 0
+
+    train = [s for s in samples if not held_out(s)]
+    val = [s for s in samples if held_out(s)] or None
+    out = Path(args.out)
+    caches = {}
+    for name, part in (("train", train), ("val", val)):
+        if part:
+            caches[name] = out / f"cache-{name}.npz"
+            if not caches[name].is_file():
+                print(f"caching {len(part)} {name} images on the stone grid …", flush=True)
+                cache_stone_grid(part, caches[name])
+    cfg = StoneNetConfig()
+    state = train_stone_net(caches["train"], caches.get("val"), out, minutes=args.minutes, steps=args.steps,
+                            batch_size=args.batch_size, lr=args.lr, cfg=cfg,
+                            init=Path(args.init) if args.init else None, epochs=args.epochs)
+    hist = state["history"]
+    card = {"version": args.version or f"stonenet-{dt.date.today():%Y.%m.%d}", "kind": "stone net (cascade stage 2)",
+            "config": cfg.to_dict(), "data": [str(d) for d in args.data], "fingerprint": fingerprint(samples),
+            "train_images": len(train), "val_images": len(val or []), "epochs": state["epochs"],
+            "steps_per_epoch": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+            "train_seconds": round(state.get("seconds", 0.0)), "init": args.init,
+            "best_val_loss": min(hist["val_loss"]) if hist.get("val_loss") else None,
+            "synthetic_only": all(s.source == "phantom" for s in samples),
+            "note": "Research use, not for diagnosis."}
+    best = out / ("best.keras" if (out / "best.keras").is_file() else "last.keras")
+    path = export_stone_net(best, out / "stones.keras", card)
+    print(f"stone net: {path} ({card['epochs']} epochs, best val loss {card['best_val_loss']})")
+    if args.attach:
+        print(f"attached beside {args.attach}: {attach(path, Path(args.attach))}")
+    return 0
+
+
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, nargs="+", metavar="DIR")
     p.add_argument("--model", default=None, help="model file (.keras); default: the shipped model")

@@ -203,6 +203,23 @@ def stone_targets(truth: dict, frame: int = 0) -> np.ndarray:
     return np.asarray(rows, np.float32).reshape(-1, 3)
 
 
+def mask_centres(mask: np.ndarray) -> np.ndarray:
+    """(k, 3) centroid x, y and bounding-circle diameter (px) of each stone component of a label map: the centres
+    of annotations that carry no per-stone truth (labelme, SEG; their touching stones count as one)."""
+    n, _, stats, cents = cv2.connectedComponentsWithStats((mask == STONE).astype(np.uint8), connectivity=8)
+    rows = [(cents[i][0], cents[i][1], float(np.hypot(stats[i, 2], stats[i, 3]))) for i in range(1, n)]
+    return np.asarray(rows, np.float32).reshape(-1, 3)
+
+
+def sample_centres(sample, mask: np.ndarray) -> np.ndarray:
+    """Per-stone centres of a training sample: the phantom's truth JSON (touching stones apart), else the mask's."""
+    if sample.source == "phantom" and sample.mask_path:
+        truth = Path(sample.mask_path).parents[1] / "truth" / (Path(sample.image_path).stem + ".json")
+        if truth.is_file():
+            return stone_targets(json.loads(truth.read_text()), sample.frame)
+    return mask_centres(mask)
+
+
 def heat_map(shape, centres: np.ndarray) -> np.ndarray:
     """Max of Gaussians (sigma ≈ 0.15 × diameter, 1–5 px) at the centres, exactly 1 at each centre pixel."""
     h, w = shape
@@ -294,8 +311,7 @@ def cache_stone_grid(samples, out: Path, grid: int = STONE_GRID) -> Path:
     for s in samples:
         pixels, bits, photometric = load_pixels(s.image_path, s.frame)
         mask = load_mask(s, pixels.shape[:2])
-        truth = json.loads((Path(s.mask_path).parents[1] / "truth" / (Path(s.image_path).stem + ".json")).read_text())
-        cen = stone_targets(truth, s.frame)
+        cen = sample_centres(s, mask)
         sy, sx = grid / mask.shape[0], grid / mask.shape[1]
         cen[:, 0] *= sx
         cen[:, 1] *= sy
@@ -319,8 +335,9 @@ def load_cache(path: Path):
 
 def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *, minutes: float = 60.0,
                     steps: int = 200, batch_size: int = 16, lr: float = 1e-3, cfg: StoneNetConfig = StoneNetConfig(),
-                    seed: int = 0, resume: bool = True) -> dict:
-    """Train (or resume) for a wall-clock budget; keeps last.keras, best.keras (val loss) and state.json."""
+                    seed: int = 0, resume: bool = True, init: Path | None = None, epochs: int | None = None) -> dict:
+    """Train (or resume) for a wall-clock budget and at most `epochs` epochs in all; keeps last.keras, best.keras
+    (val loss) and state.json."""
     from .train import TimeBudget
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +348,8 @@ def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *,
         model = keras.saving.load_model(out_dir / "last.keras")
     else:
         model = build_stone_net(cfg)
+        if init is not None:  # fine-tuning at a site: start from a trained stone net of the same architecture
+            model.set_weights(keras.saving.load_model(init, compile=False).get_weights())
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=StoneNetLoss())
     train_ds = StonePatches(images, labels, centres, patch=cfg.patch, batch_size=batch_size, steps=steps,
                             seed=seed + state["epochs"])
@@ -353,9 +372,35 @@ def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *,
             state_p.write_text(json.dumps(state, indent=1))
 
     t0 = time.monotonic()
-    model.fit(train_ds, validation_data=val_ds, epochs=state["epochs"] + 10_000, initial_epoch=state["epochs"],
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs if epochs is not None else state["epochs"] + 10_000, initial_epoch=state["epochs"],
               callbacks=[budget, Keep()], verbose=2)
     state["seconds"] = state.get("seconds", 0.0) + time.monotonic() - t0
     state["config"] = cfg.to_dict()
     state_p.write_text(json.dumps(state, indent=1))
     return state
+
+
+def export_stone_net(weights: Path, path: Path, card: dict) -> Path:
+    """A float32 copy without optimizer state (what ships), its card beside it."""
+    cfg = replace(StoneNetConfig(), **card.get("config", {}))
+    clean = build_stone_net(cfg)
+    clean.set_weights(keras.saving.load_model(weights, compile=False).get_weights())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean.save(path)
+    path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
+    return path
+
+
+def attach(stone_net: Path, model: Path) -> Path:
+    """Copy a stone net beside a first-stage model as <model>-stones.keras and name it in the model's card."""
+    import shutil
+
+    dest = model.with_name(model.stem + "-stones.keras")
+    if stone_net.resolve() != dest.resolve():
+        shutil.copyfile(stone_net, dest)
+        shutil.copyfile(stone_net.with_suffix(".json"), dest.with_suffix(".json"))
+    card_p = model.with_suffix(".json")
+    card = json.loads(card_p.read_text()) if card_p.is_file() else {"version": model.stem}
+    card["stone_net"] = dest.name
+    card_p.write_text(json.dumps(card, indent=1, default=str))
+    return dest
