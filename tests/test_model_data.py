@@ -217,3 +217,39 @@ def test_loss_grid_tiny(phantom, tmp_path):
     assert len(rep["reports"]) == 9
     fig = cv2.imread(str(out / "figure3.png"))
     assert fig is not None and fig.shape[1] == 6 * 256
+
+
+def test_retrain_carries_the_stone_net_of_the_model_it_replaces(phantom, tmp_path, monkeypatch, tiny_model):
+    """A retrained first stage keeps the active model's stone net (cascade stage 2): copied beside the new model,
+    named in its card, part of its test score, and kept with it by the registry; --stone-net none drops it."""
+    import shutil
+
+    import keras
+
+    import ercp_node.model.inference as inference
+    from ercp_node.model.registry import Registry
+    from ercp_node.model.stonenet import StoneNetConfig, attach, build_stone_net
+    from ercp_node.storage.db import open_database, sqlite_url
+
+    shipped = tmp_path / "shipped" / "default.keras"
+    shipped.parent.mkdir()
+    shutil.copy(tiny_model, shipped)
+    shutil.copy(tiny_model.with_suffix(".json"), shipped.with_suffix(".json"))
+    keras.utils.set_random_seed(0)
+    cfg = StoneNetConfig(base_filters=4, depth=2, grid=64)
+    net = tmp_path / "net.keras"
+    build_stone_net(cfg).save(net)
+    net.with_suffix(".json").write_text(json.dumps({"version": "tiny-stones", "config": cfg.to_dict()}))
+    attach(net, shipped)
+    monkeypatch.setattr(inference, "SHIPPED", shipped)
+    base = ["retrain", "--data", str(phantom), "--base-filters", "4", "--input-size", "64", "--epochs", "1",
+            "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
+    assert main([*base, "--out", str(tmp_path / "r1"), "--force", "test"]) == 0
+    card = json.loads((tmp_path / "r1" / "model.json").read_text())
+    assert card["stone_net"] == "model-stones.keras" and (tmp_path / "r1" / "model-stones.keras").is_file()
+    active = Registry(open_database(sqlite_url(tmp_path / "node"))[1]).active()
+    assert active.version == card["version"]
+    assert inference.Segmenter.load(active.path).version == card["version"] + "+tiny-stones"
+    assert main([*base, "--out", str(tmp_path / "r2"), "--stone-net", "none"]) == 0
+    assert "stone_net" not in json.loads((tmp_path / "r2" / "model.json").read_text())
+    assert main([*base, "--out", str(tmp_path / "r3"), "--stone-net", str(tmp_path / "missing.keras")]) == 2

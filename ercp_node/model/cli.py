@@ -50,6 +50,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                         "0.7–1.4, intensity curves, blur/sharpen, noise")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes, keeping the best checkpoint")
+    p.add_argument("--stone-net", default="carry", metavar="carry|none|PATH",
+                   help="the cascade's second stage for the new model: carry the --init model's (else the active "
+                        "one's) stone net along (default), none (the paper's single stage), or a stone net file")
 
 
 def add_train_stones_arguments(p: argparse.ArgumentParser) -> None:
@@ -186,17 +189,43 @@ def run_retrain(args: argparse.Namespace) -> int:
     _, sessions = open_database(args.db_url or sqlite_url(args.data_dir))
     registry = Registry(sessions, Path(args.data_dir) / "models")
     init = _init_path(args.init, registry)
+    stone_net = _stone_net_path(args.stone_net, init, registry)
     try:
         retrain(data, out, preset=args.preset, loss=args.loss, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, split_date=args.split_date, seed=args.seed, mixed_precision=_mixed(args.mixed_precision),
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
                 registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
-                augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None)
+                augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
+                stone_net=stone_net)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")
     return 0
+
+
+def _stone_net_path(choice: str, init: Path | None, registry) -> Path | None:
+    """--stone-net carry|none|PATH → the stone net file to carry, checked before any data is read."""
+    import json as _json
+
+    from ..cliutil import CLIError
+    from .inference import card_path, stone_net_path
+
+    if choice == "none":
+        return None
+    if choice != "carry":
+        if not Path(choice).is_file():
+            raise CLIError(f"--stone-net: {choice} not found")
+        return Path(choice)
+    source = init
+    if source is None:
+        registry.ensure_shipped()
+        active = registry.active()
+        source = Path(active.path) if active is not None else None
+    if source is None or not card_path(source).is_file():
+        return None
+    path = stone_net_path(source, _json.loads(card_path(source).read_text()))
+    return path if path is not None and path.is_file() else None
 
 
 def _init_path(choice: str | None, registry) -> Path | None:

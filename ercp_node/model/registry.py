@@ -81,6 +81,11 @@ class Registry:
             shutil.copyfile(path, kept)
             if inference.card_path(path).is_file():
                 shutil.copyfile(inference.card_path(path), inference.card_path(kept))
+            stones = inference.stone_net_path(path, card)
+            if stones is not None and stones.is_file():  # the cascade's second stage travels with its model
+                from .stonenet import attach
+
+                attach(stones, kept)
             path = kept
         with self.sessions.begin() as s:
             if activate:

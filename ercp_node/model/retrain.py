@@ -193,8 +193,11 @@ def load_init(path: str | Path, config) -> tuple[list, dict]:
 def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, batch_size=16, lr=1e-4, seed=0,
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
               init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
-              time_budget_s: float | None = None, log=print) -> tuple[Path, dict]:
-    """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card)."""
+              time_budget_s: float | None = None, stone_net: Path | None = None, log=print) -> tuple[Path, dict]:
+    """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card).
+
+    `stone_net`: the cascade's second stage to carry along (copied beside the new model, named in its card, and
+    part of the test score), so the new model is compared with the active one as the node would run it."""
     import keras
 
     from .inference import Segmenter
@@ -238,8 +241,15 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     }
     model_path = out_dir / "model.keras"
     save_model(best, model_path, card)
+    stones = None
+    if stone_net is not None:
+        from .stonenet import StoneNet, attach
+
+        card["stone_net"] = attach(Path(stone_net), model_path).name
+        stones = StoneNet.load(model_path.parent / card["stone_net"])
+        log(f"carrying the stone net {stones.card.get('version')} along (cascade stage 2)")
     log(f"evaluating {paper_name(loss)} on {len(prep.split.test)} frozen test images")
-    report, per_image = evaluate_samples(Segmenter(best, card), prep.split.test, batch_size)
+    report, per_image = evaluate_samples(Segmenter(best, card, stones), prep.split.test, batch_size)
     card["test_metrics"] = report
     card["test_table"] = table1_markdown({paper_name(loss): report}, "loss")
     model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
@@ -253,7 +263,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             base_filters: int | None = None, input_size: int | None = None, early_stopping: int | None = None,
             focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
             force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
-            augment: str = "paper", time_budget_s: float | None = None, log=print) -> dict:
+            augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
+            log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +273,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
-                                 freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s, log=log)
+                                 freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s,
+                                 stone_net=stone_net, log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
