@@ -47,7 +47,7 @@ Choices (the long form is in docs/dicom-outputs.md, section GSPS):
 - Enhanced XA/XRF keep the window in the Frame VOI LUT functional group, not at the top level: the GSPS takes
   it from there (shared, or per frame; frames with different windows get one Softcopy VOI LUT item each,
   referencing their frames), so that applying the GSPS keeps the image's look there too. Their spacing
-  (for the presentation pixel aspect ratio) comes from `seg.patient_pixel_spacing`, which reads their
+  (for the presentation pixel aspect ratio) comes from `source.patient_pixel_spacing`, which reads their
   functional groups. A one-frame enhanced image is referenced as a whole, a run per frame, as for cine.
 - Deterministic output: series, instance-creation and presentation-creation date/time come from the
   source's acquisition (else content, series, study) date/time, as for the SEG and SR.
@@ -68,11 +68,11 @@ from pydicom.dataset import Dataset
 from .. import __version__
 from ..labels import BY_VALUE, CBD, DUCT, SCOPE, STONE
 from ..text import RESEARCH_USE, SPELLED, series_description
-from .seg import (
-    _PATIENT_STUDY,
-    _XRAY_MULTIFRAME,
-    _check_labels,
-    _group_item,
+from .source import (
+    XRAY_MULTIFRAME,
+    check_labels,
+    copy_patient_study,
+    group_item,
     patient_pixel_spacing,
     source_datetime,
 )
@@ -258,7 +258,7 @@ def _metadata_copy(source: Dataset) -> Dataset:
     for elem in source:
         if elem.tag.group != 0x7FE0:
             meta.add(copy.deepcopy(elem))
-    if str(source.SOPClassUID) in _XRAY_MULTIFRAME:
+    if str(source.SOPClassUID) in XRAY_MULTIFRAME:
         if "NumberOfFrames" not in meta:
             meta.NumberOfFrames = 1
         if "SharedFunctionalGroupsSequence" not in meta:
@@ -305,7 +305,7 @@ def _voi_luts(source: Dataset, meta: Dataset, n_frames: int) -> list[hd.pr.Softc
                                              or "PerFrameFunctionalGroupsSequence" in source):
         frames: dict[tuple, list[int]] = {}
         for f in range(1, n_frames + 1):
-            item = _group_item(source, "FrameVOILUTSequence", f)
+            item = group_item(source, "FrameVOILUTSequence", f)
             key = _window(item) if item is not None else None
             if key is None:
                 frames = {}
@@ -368,7 +368,7 @@ def build_gsps(
     """GSPS with outlines of `labels` ((H, W), or (F, H, W) for an F-frame source) and the texts of
     `measurements` (see the module docstring and docs/dicom-outputs.md). Any measurement key may be missing
     or None; its annotation is then left out. The source is not modified and need not have pixel data."""
-    arr = _check_labels(source, labels)
+    arr = check_labels(source, labels)
     n_frames = arr.shape[0]
     measurements = measurements or {}
     frame_value = _num(measurements.get("frame"))
@@ -489,9 +489,7 @@ def build_gsps(
 
 
 def _finish(gsps: Dataset, source: Dataset) -> None:
-    for keyword in _PATIENT_STUDY:
-        if keyword in source and keyword not in gsps:
-            gsps.add(copy.deepcopy(source[keyword]))
+    copy_patient_study(gsps, source)
     gsps.SeriesDescription = SERIES_DESCRIPTION
     # General Series: without BodyPartExamined, dciodvfy requires Laterality (type 2C, paired body parts),
     # and an empty Laterality is a warning for an unpaired part. ERCP images are abdominal.

@@ -35,7 +35,7 @@ Choices (see docs/dicom-outputs.md for the long form):
   highdicom paths: it reads the source's shared Pixel Measures, which these IODs do not have (their spacing is
   ImagerPixelSpacing in X-Ray Frame Pixel Data Properties, the magnification in X-Ray Geometry or X-Ray
   Projection Pixel Calibration). The metadata copy gets NumberOfFrames = 1 and a shared Pixel Measures item
-  with the spacing at the patient (`header_spacing_values`), as for the classic classes; the SEG (whose IOD
+  with the spacing at the patient (`source.header_spacing_values`), as for the classic classes; the SEG (whose IOD
   has Pixel Measures) carries that spacing. A multi-frame enhanced source is extended to all frames as cine
   is (below), so each SEG frame references its source frame.
 - Multi-frame Grayscale Byte/Word SC sources (NumberOfFrames always, no functional groups, spacing in
@@ -57,7 +57,6 @@ Choices (see docs/dicom-outputs.md for the long form):
 from __future__ import annotations
 
 import copy
-import uuid
 
 import highdicom as hd
 import numpy as np
@@ -71,223 +70,28 @@ from pydicom.valuerep import format_number_as_ds
 
 from ..text import RESEARCH_USE, series_description
 from .codes import SEGMENTS, SegmentSpec
+from .source import ALWAYS_MULTIFRAME, XRAY_ENHANCED, XRAY_MULTIFRAME, check_labels, copy_patient_study, \
+    derived_uid, patient_pixel_spacing, stamp_dates
 
 __all__ = [
     "SEGMENTS",
     "SERIES_DESCRIPTION",
     "SegmentSpec",
     "build_seg",
-    "derived_uid",
-    "header_calibration",
-    "header_spacing_values",
     "highdicom_segmentation",
-    "patient_pixel_spacing",
     "read_seg_labels",
     "seg_frame_number",
-    "source_datetime",
-    "stamp_dates",
 ]
 
 SERIES_DESCRIPTION = series_description("segmentation")
 CONTENT_LABEL = "ERCP_AI_SEG"
 CONTENT_DESCRIPTION = f"Duodenoscope, CBD, stones. {RESEARCH_USE}"
 
-# Classic (non-enhanced) X-ray SOP classes whose IOD allows NumberOfFrames: highdicom treats them as
-# multi-frame even when a single-frame instance has no NumberOfFrames.
-_XRAY_MULTIFRAME = {
-    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
-    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
-}
-# Enhanced X-ray classes: always multi-frame (NumberOfFrames type 1), spacing in functional groups.
-_XRAY_ENHANCED = {
-    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image Storage
-    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image Storage
-}
-# Multi-frame Grayscale SC: NumberOfFrames always (Multi-frame module, type 1), no functional groups, the
-# spacing (if any) in PixelSpacing. highdicom treats them as multi-frame, as RF/XA.
-_SC_MULTIFRAME = {
-    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image Storage
-}
-# Classes that are multi-frame objects even with one frame: their SEG references every source frame by number.
-_ALWAYS_MULTIFRAME = _XRAY_ENHANCED | _SC_MULTIFRAME
 TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
 FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
 
 
 _LABEL_BY_TYPE = {s.type.value: s.value for s in SEGMENTS}
-
-_UID_NAMESPACE = uuid.UUID("0b8f3a52-7c1e-4b8a-9d0e-2f6a1c5e4d73")
-
-
-def derived_uid(*parts: object) -> str:
-    """Deterministic 2.25 UID from a name-based UUID of `parts` (same parts -> same UID)."""
-    name = "/".join(map(str, ("ercp-node", *parts)))
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
-
-
-def _group_item(source: Dataset, keyword: str, frame: int = 1) -> Dataset | None:
-    """The item of functional group sequence `keyword` that applies to `frame` (1-based): the frame's own
-    (Per-frame Functional Groups) if it has one, else the shared one; None when neither has it."""
-    groups = []
-    per_frame = source.get("PerFrameFunctionalGroupsSequence") or []
-    if 1 <= frame <= len(per_frame):
-        groups.append(per_frame[frame - 1])
-    groups += list(source.get("SharedFunctionalGroupsSequence") or [])[:1]
-    for group in groups:
-        items = group.get(keyword)
-        if items:
-            return items[0]
-    return None
-
-
-def _pair(value) -> tuple[float, float] | None:
-    """(row, column) of a 2-valued spacing, or None when absent, malformed or not positive."""
-    try:
-        r, c = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (r, c) if r > 0 and c > 0 else None
-
-
-def _positive(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if x > 0 else None
-
-
-def header_spacing_values(source: Dataset, frame: int = 1) -> dict:
-    """The header's spacing wherever the source's IOD keeps it, for `frame`:
-
-    - pixel_spacing: PixelSpacing (at the patient: SC, calibrated DX), else the Pixel Measures functional group;
-    - imager_pixel_spacing: ImagerPixelSpacing (detector plane: RF, XA, DX), else the X-Ray Frame Pixel Data
-      Properties functional group (Enhanced XA/XRF);
-    - magnification and magnification_source: EstimatedRadiographicMagnificationFactor (RF, XA, DX), else
-      ImagerPixelSpacing / ObjectPixelSpacingInCenterOfBeam (X-Ray Projection Pixel Calibration, C-arms linked
-      to the table), else DistanceSourceToDetector / DistanceSourceToIsocenter (X-Ray Geometry: the object
-      assumed at the isocentre). None where the header has none.
-
-    Values are (row, column) tuples in mm or a float; the keys are those of
-    `measure.calibration.header_spacing` plus magnification_source.
-    """
-    pixel = _pair(source.get("PixelSpacing"))
-    if pixel is None:
-        measures = _group_item(source, "PixelMeasuresSequence", frame)
-        pixel = _pair(measures.get("PixelSpacing")) if measures is not None else None
-    imager = _pair(source.get("ImagerPixelSpacing"))
-    if imager is None:
-        properties = _group_item(source, "FramePixelDataPropertiesSequence", frame)
-        imager = _pair(properties.get("ImagerPixelSpacing")) if properties is not None else None
-    magnification, how = _positive(source.get("EstimatedRadiographicMagnificationFactor")), None
-    if magnification is not None:
-        how = "EstimatedRadiographicMagnificationFactor"
-    calibration = _group_item(source, "ProjectionPixelCalibrationSequence", frame)
-    at_object = _pair(calibration.get("ObjectPixelSpacingInCenterOfBeam")) if calibration is not None else None
-    if magnification is None and imager is not None and at_object is not None:
-        magnification, how = imager[0] / at_object[0], "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam"
-    geometry = _group_item(source, "XRayGeometrySequence", frame)
-    if magnification is None and geometry is not None:
-        sid = _positive(geometry.get("DistanceSourceToDetector"))
-        sic = _positive(geometry.get("DistanceSourceToIsocenter"))
-        if sid is not None and sic is not None:
-            magnification, how = sid / sic, "DistanceSourceToDetector/DistanceSourceToIsocenter"
-    return {"pixel_spacing": pixel, "imager_pixel_spacing": imager, "magnification": magnification,
-            "magnification_source": how}
-
-
-def header_calibration(source: Dataset, frame: int = 1) -> dict:
-    """`measure.calibration.header_spacing` of the source's header wherever its IOD keeps the spacing
-    (`header_spacing_values`), with a source label that says where the magnification came from when it is
-    not EstimatedRadiographicMagnificationFactor (Enhanced XA/XRF have none)."""
-    from ..measure.calibration import header_spacing
-
-    values = header_spacing_values(source, frame)
-    out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"])
-    if out["source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
-        out["source"] = _scaled_label(values["magnification_source"])
-    return out
-
-
-def _scaled_label(how: str) -> str:
-    """How the spacing at the patient was had from ImagerPixelSpacing and the magnification `how`."""
-    if how == "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam":
-        return "ObjectPixelSpacingInCenterOfBeam"  # the equipment's own spacing at the object
-    return f"ImagerPixelSpacing/({how})" if "/" in how else f"ImagerPixelSpacing/{how}"
-
-
-def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, str]:
-    """(row, column) spacing in mm at the patient, and where it came from.
-
-    PixelSpacing when present (already at the patient, e.g. SC or calibrated DX; or the Pixel Measures
-    functional group); otherwise ImagerPixelSpacing / magnification (the detector spacing projected back to
-    the isocentre; an estimate), the magnification being EstimatedRadiographicMagnificationFactor or, on
-    Enhanced XA/XRF, the ratio of ImagerPixelSpacing to ObjectPixelSpacingInCenterOfBeam or of
-    DistanceSourceToDetector to DistanceSourceToIsocenter (see `header_spacing_values`); or ImagerPixelSpacing
-    alone when no magnification is given. (None, "none") if the source carries no spacing at all.
-    """
-    values = header_spacing_values(source)
-    if values["pixel_spacing"] is not None:
-        return values["pixel_spacing"], "PixelSpacing"
-    imager, mag, how = values["imager_pixel_spacing"], values["magnification"], values["magnification_source"]
-    if imager is not None:
-        if mag is not None:
-            return (imager[0] / mag, imager[1] / mag), _scaled_label(how)
-        return imager, "ImagerPixelSpacing"
-    return None, "none"
-
-
-def source_datetime(source: Dataset) -> tuple[str, str] | None:
-    """(DA, TM) of the source's acquisition (AcquisitionDate/Time, else AcquisitionDateTime: the enhanced
-    classes have only that), else content, series or study date/time; None if none. The time is never empty
-    (ContentTime is Type 1): a date without its time takes the time of the next pair on the same date, else
-    midnight (000000)."""
-    adt = str(source.get("AcquisitionDateTime") or "")
-    adt = (adt[:8], adt[8:].split("+")[0].split("-")[0]) if len(adt) >= 8 else ("", "")
-    pairs = [(str(source.get(d) or ""), str(source.get(t) or ""))
-             for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                          ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))]
-    pairs.insert(1, adt)
-    dated = [(d, t) for d, t in pairs if d]
-    if not dated:
-        return None
-    date = dated[0][0]
-    return date, next((t for d, t in dated if d == date and t), "000000")
-
-
-def stamp_dates(ds: Dataset, source: Dataset) -> None:
-    """Content, series and instance-creation date/time (and highdicom's Contribution DateTime) from the
-    source's acquisition, so that the same input gives the same bytes. No-op when the source has no dates."""
-    when = source_datetime(source)
-    if when is None:
-        return
-    date, time = when
-    ds.ContentDate = ds.SeriesDate = ds.InstanceCreationDate = date
-    ds.ContentTime = ds.SeriesTime = ds.InstanceCreationTime = time
-    for item in ds.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = date + time
-
-
-def _n_frames(source: Dataset) -> int:
-    return int(source.get("NumberOfFrames") or 1)
-
-
-def _check_labels(source: Dataset, labels: np.ndarray) -> np.ndarray:
-    """Labels as (F, H, W) uint8, checked against the source grid and the label values."""
-    arr = np.asarray(labels)
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"labels must be an integer label map, got dtype {arr.dtype}")
-    n = _n_frames(source)
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    if arr.ndim != 3 or arr.shape != (n, source.Rows, source.Columns):
-        raise ValueError(f"labels shape {np.asarray(labels).shape} does not match the source grid "
-                         f"({n} frame(s) of {source.Rows} x {source.Columns})")
-    if arr.size and (arr.min() < 0 or arr.max() > len(SEGMENTS)):
-        raise ValueError(f"label values must be 0..{len(SEGMENTS)}, got {arr.min()}..{arr.max()}")
-    return arr.astype(np.uint8, copy=False)
 
 
 def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Dataset:
@@ -305,14 +109,14 @@ def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Data
         del meta.FrameOfReferenceUID
         meta.pop("PositionReferenceIndicator", None)
     sop_class = str(source.SOPClassUID)
-    if sop_class in _XRAY_MULTIFRAME or sop_class in _ALWAYS_MULTIFRAME:
+    if sop_class in XRAY_MULTIFRAME or sop_class in ALWAYS_MULTIFRAME:
         meta.NumberOfFrames = 1  # workaround: highdicom reads NumberOfFrames for these classes
         # ... and the shared Pixel Measures, which neither the classic X-ray, the enhanced X-ray nor the
         # multi-frame SC IODs have (the SC ones keep their spacing in PixelSpacing). When
         # the source has no spacing at all, a placeholder of 1 mm that highdicom needs while it builds the
         # SEG and that build_seg removes from the result (the SEG then states no spacing).
         shared = Dataset()
-        if "SharedFunctionalGroupsSequence" in meta and sop_class in _XRAY_ENHANCED:
+        if "SharedFunctionalGroupsSequence" in meta and sop_class in XRAY_ENHANCED:
             shared = meta.SharedFunctionalGroupsSequence[0]
         if "PixelMeasuresSequence" not in shared:
             shared.PixelMeasuresSequence = _pixel_measures(spacing if spacing is not None else (1.0, 1.0))
@@ -359,7 +163,7 @@ def build_seg(
     The caller owns the UIDs (stored with the job, so a retry resends the same object). The source is not
     modified; it need not have its pixel data loaded (`stop_before_pixels` is fine).
     """
-    arr = _check_labels(source, labels)
+    arr = check_labels(source, labels)
     n = arr.shape[0]
     spacing, _ = patient_pixel_spacing(source)
     meta = _metadata_copy(source, spacing)
@@ -385,7 +189,7 @@ def build_seg(
     if spacing is None:  # the placeholder of _metadata_copy, or nothing: the SEG states no spacing
         for group in seg.SharedFunctionalGroupsSequence:
             group.pop("PixelMeasuresSequence", None)
-    if n > 1 or str(source.SOPClassUID) in _ALWAYS_MULTIFRAME:
+    if n > 1 or str(source.SOPClassUID) in ALWAYS_MULTIFRAME:
         _extend_to_cine(seg, arr)  # enhanced, multi-frame SC: every SEG frame names its source frame
     _finish(seg, source, sop_uid)
     return seg
@@ -421,21 +225,8 @@ def _extend_to_cine(seg: Dataset, arr: np.ndarray) -> None:
     seg.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
 
 
-# Attributes of the Patient and General Study modules copied from the source when present (highdicom
-# copies the core ones; this makes sure nothing the source had is lost, e.g. issuer or other IDs).
-_PATIENT_STUDY = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
-    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "IssuerOfAccessionNumberSequence", "StudyDescription", "TimezoneOffsetFromUTC",
-)
-
-
 def _finish(seg: Dataset, source: Dataset, sop_uid: str) -> None:
-    for keyword in _PATIENT_STUDY:
-        if keyword in source and keyword not in seg:
-            seg.add(copy.deepcopy(source[keyword]))
+    copy_patient_study(seg, source)
     stamp_dates(seg, source)
     seg.SeriesDescription = SERIES_DESCRIPTION
     # Type 2C in the General Image module for images without a patient frame; dciodvfy flags it missing.

@@ -89,11 +89,8 @@ from .codes import (
     UNIT_MM_PER_PIXEL,
     UNIT_PERCENT,
 )
-from .seg import (
-    derived_uid,
-    seg_frame_number,
-    stamp_dates,
-)
+from .seg import seg_frame_number
+from .source import derived_uid, stamp_dates
 
 __all__ = ["CODE_ERCP", "CODE_IMAGING_PROCEDURE", "SERIES_DESCRIPTION", "ascii_text", "build_sr"]
 
