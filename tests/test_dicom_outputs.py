@@ -20,13 +20,8 @@ import pytest
 # tests/ is on sys.path (rootdir mode)
 from dicom_judges import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings, dcmdump_ok
 
-from ercp_node.dicom.seg import (
-    SEGMENTS,
-    build_seg,
-    highdicom_segmentation,
-    read_seg_labels,
-    seg_frame_number,
-)
+from ercp_node.dicom.seg import SEGMENTS, build_seg
+from ercp_node.dicom.segread import highdicom_segmentation, read_seg_labels, seg_frame_number
 from ercp_node.dicom.source import (
     derived_uid,
     header_calibration,

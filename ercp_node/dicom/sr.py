@@ -89,7 +89,7 @@ from .codes import (
     UNIT_MM_PER_PIXEL,
     UNIT_PERCENT,
 )
-from .seg import seg_frame_number
+from .segread import seg_frame_number
 from .source import derived_uid, stamp_dates
 
 __all__ = ["CODE_ERCP", "CODE_IMAGING_PROCEDURE", "SERIES_DESCRIPTION", "ascii_text", "build_sr"]
