@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from ercp_node.measure.report import measure_labels  # noqa: E402
 from ercp_node.model.inference import SHIPPED, Segmenter  # noqa: E402
-from ercp_node.dicom.seg import header_calibration  # noqa: E402
+from ercp_node.dicom.source import header_calibration  # noqa: E402
 from ercp_node.node.pipeline import frames_of  # noqa: E402
 from ercp_node.phantom.dataset import SynthConfig, generate  # noqa: E402
 

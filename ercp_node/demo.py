@@ -84,7 +84,7 @@ def _source_uid(ds) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     from .config.settings import load, parse_destination
-    from .dicom.seg import read_seg_labels
+    from .dicom.segread import read_seg_labels
     from .node.service import Node
 
     out = Path(args.out)

@@ -21,7 +21,8 @@ from sqlalchemy import select
 from helpers import count, free_port
 from ercp_node.cli import main
 from ercp_node.config.settings import Settings
-from ercp_node.dicom.seg import build_seg, read_seg_labels
+from ercp_node.dicom.seg import build_seg
+from ercp_node.dicom.segread import read_seg_labels
 from ercp_node.model.data import ArchiveSource, load_mask, read_archive, read_data
 from ercp_node.node.service import Node
 from ercp_node.storage.models import Annotation, Export, Instance, IntakeFailure, Job, Output

@@ -21,7 +21,8 @@ from dicom_judges import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings, dc
 
 from ercp_node.dicom import gsps as gsps_module
 from ercp_node.dicom.gsps import LAYERS, build_gsps, outline_polygons
-from ercp_node.dicom.seg import SEGMENTS, derived_uid, source_datetime
+from ercp_node.dicom.seg import SEGMENTS
+from ercp_node.dicom.source import derived_uid, source_datetime
 from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
 

@@ -20,16 +20,13 @@ import pytest
 # tests/ is on sys.path (rootdir mode)
 from dicom_judges import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings, dcmdump_ok
 
-from ercp_node.dicom.seg import (
-    SEGMENTS,
-    build_seg,
+from ercp_node.dicom.seg import SEGMENTS, build_seg
+from ercp_node.dicom.segread import highdicom_segmentation, read_seg_labels, seg_frame_number
+from ercp_node.dicom.source import (
     derived_uid,
     header_calibration,
     header_spacing_values,
-    highdicom_segmentation,
     patient_pixel_spacing,
-    read_seg_labels,
-    seg_frame_number,
     source_datetime,
 )
 from ercp_node.dicom.sr import CODE_ERCP, ascii_text, build_sr

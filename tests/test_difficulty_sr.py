@@ -15,7 +15,8 @@ import pytest
 from dicom_judges import dciodvfy_errors, dciodvfy_output
 
 from ercp_node.config.settings import load, measure_settings
-from ercp_node.dicom.seg import build_seg, derived_uid
+from ercp_node.dicom.seg import build_seg
+from ercp_node.dicom.source import derived_uid
 from ercp_node.dicom.sr import build_sr
 from ercp_node.node.pipeline import measure
 from ercp_node.phantom.dataset import SynthConfig, generate

@@ -10,8 +10,8 @@ import highdicom as hd
 
 import ercp_node
 from ercp_node import labels as L
-from ercp_node.dicom import codes, gsps, seg, sr
-from ercp_node.model import data, metrics, registry, unet
+from ercp_node.dicom import codes, gsps, seg, segread, sr
+from ercp_node.model import metrics, registry, unet
 from ercp_node.text import RESEARCH_USE, SPELLED, ascii_text
 
 PACKAGE = Path(ercp_node.__file__).parent
@@ -36,12 +36,13 @@ def test_every_package_uses_it():
     assert seg.SEGMENTS is codes.SEGMENTS and seg.SEGMENTS[2].anatomic_region == codes.CODE_CBD
     assert [(name, rgb) for name, _, _, rgb in gsps.LAYERS[:3]] == [(x.layer, x.rgb) for x in L.LABELS]
     assert isinstance(codes.CODE_CALCULUS, hd.sr.CodedConcept) and sr.CODE_ERCP is codes.CODE_ERCP
-    # model: output channels, metrics, registry, SEG reader
+    # model: output channels, metrics, registry
     assert unet.CLASS_NAMES == L.CLASS_NAMES and unet.UNetConfig().n_classes == L.N_CLASSES
     assert metrics.STRUCTURES == {"duodenoscope": 1, "cbd": 2, "stone": 3}
     assert registry.STRUCTURES == ("duodenoscope", "cbd", "stone")
-    assert data.SEGMENT_CODES == {"37270008": 1, "79741001": 2, "56381008": 3}
-    assert data.SEGMENT_WORDS[L.CBD] == ("cbd", "bile duct", "common bile duct")
+    # the one SEG reader (training data, annotations, thumbnails, read_seg_labels)
+    assert segread.SEGMENT_CODES == {"37270008": 1, "79741001": 2, "56381008": 3}
+    assert segread.SEGMENT_WORDS[L.CBD] == ("cbd", "bile duct", "common bile duct")
 
 
 def test_the_phantom_agrees_until_it_uses_it():

@@ -104,6 +104,33 @@ def test_seg_reader_round_trips_and_reports_missing_source(tmp_path):
     assert np.array_equal(load_mask(samples[0], truth.shape), truth)
 
 
+def test_seg_training_reader_is_the_seg_reader(tmp_path):
+    """Training data decodes a SEG as dicom/segread.py does everywhere: segments by code, else by the words of
+    their label (an unknown code named "the bile duct" is the CBD), FRACTIONAL at half the maximum value."""
+    from ercp_node.dicom.segread import read_seg_labels
+
+    assert main(["synth", "--count", "1", "--seed", "6", "--size", "512", "--modality", "SC", "--out",
+                 str(tmp_path / "sc")]) == 0
+    src = pydicom.dcmread(tmp_path / "sc" / "dicom" / "img00000.dcm")
+    truth = cv2.imread(str(tmp_path / "sc" / "masks" / "img00000.png"), cv2.IMREAD_UNCHANGED)
+    algo = hd.AlgorithmIdentificationSequence(name="test", version="1", family=codes.cid7162.ArtificialIntelligence)
+    other = hd.sr.CodedConcept("123037004", "SCT", "Body structure")  # no structure of ours
+    descs = [hd.seg.SegmentDescription(n, label, other, other, hd.seg.SegmentAlgorithmTypeValues.MANUAL, algo)
+             for n, label in ((1, "my scope"), (2, "the bile duct"), (3, "calculi"))]
+    occupancy = {1: 0.3, 2: 0.9, 3: 0.9}  # the scope below half: not the scope
+    frac = np.stack([(truth == v) * occupancy[v] for v in (1, 2, 3)], -1).astype(np.float32)[None]
+    d = tmp_path / "pacs"
+    d.mkdir()
+    shutil.copy(tmp_path / "sc" / "dicom" / "img00000.dcm", d / "src.dcm")
+    hd.seg.Segmentation([src], frac, hd.seg.SegmentationTypeValues.FRACTIONAL, descs, hd.UID(), 100, hd.UID(), 1,
+                        "ercp-node tests", "test", "1", "0").save_as(d / "seg.dcm")
+    samples, problems = read_seg_dir(d)
+    assert len(samples) == 1 and not problems
+    mask = load_mask(samples[0], truth.shape)
+    assert np.array_equal(mask, read_seg_labels(pydicom.dcmread(d / "seg.dcm"), truth.shape))
+    assert np.array_equal(mask, np.where(truth == 1, 0, truth))
+
+
 def _sample(key, patient, date):
     return Sample(key, patient, date, "phantom", key)
 

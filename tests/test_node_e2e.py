@@ -66,7 +66,7 @@ def _storescu(node: Node, *files: Path, options: tuple[str, ...] = ()) -> None:
 
 
 def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
-    from ercp_node.dicom.seg import read_seg_labels
+    from ercp_node.dicom.segread import read_seg_labels
     from ercp_node.model.inference import Segmenter
     from ercp_node.node.pipeline import frames_of
 

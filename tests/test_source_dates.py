@@ -14,7 +14,8 @@ import pytest
 from dicom_judges import dciodvfy_errors, dciodvfy_output
 
 from ercp_node.dicom.gsps import build_gsps
-from ercp_node.dicom.seg import build_seg, derived_uid, source_datetime
+from ercp_node.dicom.seg import build_seg
+from ercp_node.dicom.source import derived_uid, source_datetime
 from ercp_node.dicom.sr import build_sr
 from ercp_node.node.pipeline import measure
 from ercp_node.phantom.dataset import SynthConfig, generate

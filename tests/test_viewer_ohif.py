@@ -34,7 +34,8 @@ import pytest
 from helpers import Orthanc
 from ohif_server import OHIF_DIST, OHIF_VERSION, OhifServer
 
-from ercp_node.dicom.seg import SEGMENTS, read_seg_labels
+from ercp_node.dicom.seg import SEGMENTS
+from ercp_node.dicom.segread import read_seg_labels
 
 REPO = Path(__file__).resolve().parent.parent
 ARTEFACTS = Path(os.environ.get("ERCP_TEST_ARTEFACTS", REPO / "test-artefacts")) / "viewer"

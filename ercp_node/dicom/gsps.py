@@ -47,7 +47,7 @@ Choices (the long form is in docs/dicom-outputs.md, section GSPS):
 - Enhanced XA/XRF keep the window in the Frame VOI LUT functional group, not at the top level: the GSPS takes
   it from there (shared, or per frame; frames with different windows get one Softcopy VOI LUT item each,
   referencing their frames), so that applying the GSPS keeps the image's look there too. Their spacing
-  (for the presentation pixel aspect ratio) comes from `seg.patient_pixel_spacing`, which reads their
+  (for the presentation pixel aspect ratio) comes from `source.patient_pixel_spacing`, which reads their
   functional groups. A one-frame enhanced image is referenced as a whole, a run per frame, as for cine.
 - Deterministic output: series, instance-creation and presentation-creation date/time come from the
   source's acquisition (else content, series, study) date/time, as for the SEG and SR.
@@ -68,11 +68,11 @@ from pydicom.dataset import Dataset
 from .. import __version__
 from ..labels import BY_VALUE, CBD, DUCT, SCOPE, STONE
 from ..text import RESEARCH_USE, SPELLED, series_description
-from .seg import (
-    _PATIENT_STUDY,
-    _XRAY_MULTIFRAME,
-    _check_labels,
-    _group_item,
+from .source import (
+    XRAY_MULTIFRAME,
+    check_labels,
+    copy_patient_study,
+    group_item,
     patient_pixel_spacing,
     source_datetime,
 )
@@ -258,7 +258,7 @@ def _metadata_copy(source: Dataset) -> Dataset:
     for elem in source:
         if elem.tag.group != 0x7FE0:
             meta.add(copy.deepcopy(elem))
-    if str(source.SOPClassUID) in _XRAY_MULTIFRAME:
+    if str(source.SOPClassUID) in XRAY_MULTIFRAME:
         if "NumberOfFrames" not in meta:
             meta.NumberOfFrames = 1
         if "SharedFunctionalGroupsSequence" not in meta:
@@ -305,7 +305,7 @@ def _voi_luts(source: Dataset, meta: Dataset, n_frames: int) -> list[hd.pr.Softc
                                              or "PerFrameFunctionalGroupsSequence" in source):
         frames: dict[tuple, list[int]] = {}
         for f in range(1, n_frames + 1):
-            item = _group_item(source, "FrameVOILUTSequence", f)
+            item = group_item(source, "FrameVOILUTSequence", f)
             key = _window(item) if item is not None else None
             if key is None:
                 frames = {}
@@ -368,84 +368,121 @@ def build_gsps(
     """GSPS with outlines of `labels` ((H, W), or (F, H, W) for an F-frame source) and the texts of
     `measurements` (see the module docstring and docs/dicom-outputs.md). Any measurement key may be missing
     or None; its annotation is then left out. The source is not modified and need not have pixel data."""
-    arr = _check_labels(source, labels)
+    arr = check_labels(source, labels)
     n_frames = arr.shape[0]
     measurements = measurements or {}
+    frame = _measured_frame(measurements, n_frames)
+    drawing = _Drawing(_metadata_copy(source), int(source.Rows), int(source.Columns), _charset(source))
+    for f in range(1, n_frames + 1):
+        _draw_frame(drawing, arr[f - 1], f if n_frames > 1 else None, measurements if f == frame else None)
+    drawing.annotate("AI_INFO", None, texts=_caption(measurements, model_version, drawing.charsets))
+    gsps = _presentation_state(source, drawing, n_frames, series_uid=series_uid, sop_uid=sop_uid,
+                               model_version=model_version, series_number=series_number,
+                               instance_number=instance_number, manufacturer=manufacturer)
+    _finish(gsps, source)
+    return gsps
+
+
+def _measured_frame(measurements: Mapping, n_frames: int) -> int:
+    """The 1-based frame the measurement texts go on (`measurements["frame"]`, default 1)."""
     frame_value = _num(measurements.get("frame"))
     frame = 1 if frame_value is None else int(frame_value)
     if not 1 <= frame <= n_frames:
         raise ValueError(f"measurements['frame'] = {frame} is outside the source's frames 1..{n_frames}")
-    multi = n_frames > 1
-    charsets = _charset(source)
-    meta = _metadata_copy(source)
-    rows, columns = int(source.Rows), int(source.Columns)
-    units = str(measurements.get("units") or "mm")
+    return frame
 
-    layers = _layers()
-    annotations: list[hd.pr.GraphicAnnotation] = []
-    groups: list[hd.pr.GraphicGroup] = []
 
-    def annotate(layer: str, frame_number: int | None, graphics=(), texts=()):
+class _Drawing:
+    """What the GSPS draws: graphic annotations per layer (and frame), graphic groups, and where texts go."""
+
+    def __init__(self, meta: Dataset, rows: int, columns: int, charsets: list[str]):
+        self.meta, self.rows, self.columns, self.charsets = meta, rows, columns, charsets
+        self.layers = _layers()
+        self.annotations: list[hd.pr.GraphicAnnotation] = []
+        self.groups: list[hd.pr.GraphicGroup] = []
+        self.placer = _Placer(rows, columns)
+
+    def annotate(self, layer: str, frame_number: int | None, graphics=(), texts=()) -> None:
         if graphics or texts:
-            annotations.append(hd.pr.GraphicAnnotation(
-                referenced_images=[meta], graphic_layer=layers[layer], referenced_frame_number=frame_number,
+            self.annotations.append(hd.pr.GraphicAnnotation(
+                referenced_images=[self.meta], graphic_layer=self.layers[layer], referenced_frame_number=frame_number,
                 graphic_objects=list(graphics) or None, text_objects=list(texts) or None))
 
-    placer = _Placer(rows, columns)
-    for f in range(1, n_frames + 1):
-        outlines = _frame_outlines(arr[f - 1])
-        measured = f == frame
-        texts: dict[str, list[hd.pr.TextObject]] = {"CBD": [], "STONES": []}
-        group_of: dict[int, hd.pr.GraphicGroup] = {}  # stone outline index -> its label's group
-        if measured:
-            for i, stone in enumerate(measurements.get("stones") or [], 1):
-                if not isinstance(stone, Mapping):
-                    continue
-                diameter, unit = _stone_size(stone, units)
-                centre = _stone_centre(stone)
-                if diameter is None or centre is None:
-                    continue
-                x = min(max(centre[0] + 0.5, 0.0), float(columns))
-                y = min(max(centre[1] + 0.5, 0.0), float(rows))
-                # The outline drawn for this stone: the first not yet taken that encloses the centroid.
-                k = next((k for k, poly in enumerate(outlines["STONES"])
-                          if k not in group_of and _contains(poly, x, y)), None)
-                pts = outlines["STONES"][k] if k is not None else _outline_points(stone)
-                if pts is not None and k is None:
-                    pts = pts + 0.5
-                radius = float(np.sqrt(((pts - [x, y]) ** 2).sum(1)).max()) if pts is not None else 3.0
-                text = _encodable(f"S{i} {diameter:.1f} {unit}", charsets)
-                group = None
-                if k is not None:
-                    group = hd.pr.GraphicGroup(len(groups) + 1, f"Stone {i}", f"Stone {i}: outline and size")
-                    groups.append(group)
-                    group_of[k] = group
-                texts["STONES"].append(hd.pr.TextObject(
-                    text_value=text, units="PIXEL", bounding_box=placer.place(text, x, y, radius + 3.0),
-                    anchor_point=(x, y), anchor_point_visible=False, text_justification="LEFT",
-                    graphic_group=group))
-            cbd = measurements.get("cbd")
-            if isinstance(cbd, Mapping) and cbd.get("measurable", True) is not False:
-                # at the first bend; a straight distal duct (no bend) gets its angle at the papilla
-                angle = _num(cbd.get("angulation_deg"))
-                bend = _point(cbd.get("bend_px")) or _point(cbd.get("papilla_px"))
-                if angle is not None and bend is not None:
-                    x = min(max(bend[0] + 0.5, 0.0), float(columns))
-                    y = min(max(bend[1] + 0.5, 0.0), float(rows))
-                    text = _encodable(f"∠ {angle:.0f}°", charsets)
-                    texts["CBD"].append(hd.pr.TextObject(
-                        text_value=text, units="PIXEL", bounding_box=placer.place(text, x, y, 3 * placer.height),
-                        anchor_point=(x, y), anchor_point_visible=True, text_justification="LEFT"))
+    def clamp(self, point: tuple[float, float]) -> tuple[float, float]:
+        """Pixel indices (x, y) as DICOM image coordinates of the pixel centre, kept inside the image."""
+        return (min(max(point[0] + 0.5, 0.0), float(self.columns)),
+                min(max(point[1] + 0.5, 0.0), float(self.rows)))
 
-        for name in ("DUODENOSCOPE", "CBD", "STONES"):
-            graphics = [hd.pr.GraphicObject(graphic_type="POLYLINE", graphic_data=poly, units="PIXEL",
-                                            graphic_group=group_of.get(k) if name == "STONES" else None)
-                        for k, poly in enumerate(outlines[name])]
-            annotate(name, f if multi else None, graphics, texts.get(name, []))
 
-    # Caption in the bottom-left corner of the display, on all frames (no frame number): the difficulty
-    # summary, and under it the disclaimer as its own text, so that a long summary that a viewer clips or
-    # wraps cannot push the disclaimer out of view.
+def _draw_frame(drawing: _Drawing, labels: np.ndarray, frame_number: int | None,
+                measurements: Mapping | None) -> None:
+    """Outlines of one frame's structures, one annotation per layer; with `measurements` (the measured frame)
+    also the stone sizes and the angle."""
+    outlines = _frame_outlines(labels)
+    texts: dict[str, list[hd.pr.TextObject]] = {"CBD": [], "STONES": []}
+    group_of: dict[int, hd.pr.GraphicGroup] = {}  # stone outline index -> its label's group
+    if measurements is not None:
+        texts["STONES"] = _stone_texts(drawing, measurements, outlines["STONES"], group_of)
+        texts["CBD"] = _angle_texts(drawing, measurements.get("cbd"))
+    for name in ("DUODENOSCOPE", "CBD", "STONES"):
+        graphics = [hd.pr.GraphicObject(graphic_type="POLYLINE", graphic_data=poly, units="PIXEL",
+                                        graphic_group=group_of.get(k) if name == "STONES" else None)
+                    for k, poly in enumerate(outlines[name])]
+        drawing.annotate(name, frame_number, graphics, texts.get(name, []))
+
+
+def _stone_texts(drawing: _Drawing, measurements: Mapping, outlines: list[np.ndarray],
+                 group_of: dict[int, hd.pr.GraphicGroup]) -> list[hd.pr.TextObject]:
+    """"S<i> <diameter> <unit>" beside each measured stone; a label and the outline that contains its centroid
+    form a graphic group (recorded in `group_of`, outline index -> group)."""
+    units = str(measurements.get("units") or "mm")
+    texts = []
+    for i, stone in enumerate(measurements.get("stones") or [], 1):
+        if not isinstance(stone, Mapping):
+            continue
+        diameter, unit = _stone_size(stone, units)
+        centre = _stone_centre(stone)
+        if diameter is None or centre is None:
+            continue
+        x, y = drawing.clamp(centre)
+        # The outline drawn for this stone: the first not yet taken that encloses the centroid.
+        k = next((k for k, poly in enumerate(outlines) if k not in group_of and _contains(poly, x, y)), None)
+        pts = outlines[k] if k is not None else _outline_points(stone)
+        if pts is not None and k is None:
+            pts = pts + 0.5
+        radius = float(np.sqrt(((pts - [x, y]) ** 2).sum(1)).max()) if pts is not None else 3.0
+        text = _encodable(f"S{i} {diameter:.1f} {unit}", drawing.charsets)
+        group = None
+        if k is not None:
+            group = hd.pr.GraphicGroup(len(drawing.groups) + 1, f"Stone {i}", f"Stone {i}: outline and size")
+            drawing.groups.append(group)
+            group_of[k] = group
+        texts.append(hd.pr.TextObject(
+            text_value=text, units="PIXEL", bounding_box=drawing.placer.place(text, x, y, radius + 3.0),
+            anchor_point=(x, y), anchor_point_visible=False, text_justification="LEFT", graphic_group=group))
+    return texts
+
+
+def _angle_texts(drawing: _Drawing, cbd) -> list[hd.pr.TextObject]:
+    """The distal angulation at the duct's first bend (a straight distal duct, no bend: at the papilla), with a
+    visible anchor line; none when the duct was not measurable or the angle is unknown."""
+    if not (isinstance(cbd, Mapping) and cbd.get("measurable", True) is not False):
+        return []
+    angle = _num(cbd.get("angulation_deg"))
+    bend = _point(cbd.get("bend_px")) or _point(cbd.get("papilla_px"))
+    if angle is None or bend is None:
+        return []
+    x, y = drawing.clamp(bend)
+    text = _encodable(f"∠ {angle:.0f}°", drawing.charsets)
+    return [hd.pr.TextObject(
+        text_value=text, units="PIXEL", bounding_box=drawing.placer.place(text, x, y, 3 * drawing.placer.height),
+        anchor_point=(x, y), anchor_point_visible=True, text_justification="LEFT")]
+
+
+def _caption(measurements: Mapping, model_version: str, charsets: list[str]) -> list[hd.pr.TextObject]:
+    """Caption in the bottom-left corner of the display, on all frames (no frame number): the difficulty
+    summary, and under it the disclaimer as its own text, so that a long summary that a viewer clips or wraps
+    cannot push the disclaimer out of view."""
     difficulty = measurements.get("difficulty")
     summary = difficulty.get("summary") if isinstance(difficulty, Mapping) else None
     caption = [hd.pr.TextObject(  # "—" becomes "-" unless TEXT_REPERTOIRE is "unicode"
@@ -455,13 +492,19 @@ def build_gsps(
         caption.insert(0, hd.pr.TextObject(
             text_value=_encodable(summary.strip()[:1024], charsets), units="DISPLAY",
             bounding_box=(0.01, 0.91, 0.99, 0.95), text_justification="LEFT"))
-    annotate("AI_INFO", None, texts=caption)
+    return caption
 
-    modality_lut = _modality_lut(source)
-    voi = _voi_luts(source, meta, n_frames)
+
+def _presentation_state(source: Dataset, drawing: _Drawing, n_frames: int, *, series_uid: str, sop_uid: str,
+                        model_version: str, series_number: int, instance_number: int,
+                        manufacturer: str) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """highdicom's GSPS of the drawing, with the source's grey-scale pipeline (modality LUT, VOI LUT or the
+    source's VOI LUT Sequence, presentation LUT), so that applying it keeps the image's look."""
+    voi = _voi_luts(source, drawing.meta, n_frames)
+    charsets = drawing.charsets
     content_description = f"{DISCLAIMER}. Model {model_version}"
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=[meta],
+        referenced_images=[drawing.meta],
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
@@ -472,10 +515,10 @@ def build_gsps(
         device_serial_number="0",
         content_label=CONTENT_LABEL,
         content_description=_encodable(content_description[:64], charsets),
-        graphic_annotations=annotations,
-        graphic_layers=list(layers.values()),
-        graphic_groups=groups or None,
-        modality_lut_transformation=modality_lut,
+        graphic_annotations=drawing.annotations,
+        graphic_layers=list(drawing.layers.values()),
+        graphic_groups=drawing.groups or None,
+        modality_lut_transformation=_modality_lut(source),
         voi_lut_transformations=voi,
         presentation_lut_transformation=_presentation_lut(source),
         specific_character_set=charsets if len(charsets) > 1 else charsets[0],
@@ -484,14 +527,11 @@ def build_gsps(
         item = Dataset()
         item.VOILUTSequence = copy.deepcopy(source.VOILUTSequence)
         gsps.SoftcopyVOILUTSequence = [item]
-    _finish(gsps, source)
     return gsps
 
 
 def _finish(gsps: Dataset, source: Dataset) -> None:
-    for keyword in _PATIENT_STUDY:
-        if keyword in source and keyword not in gsps:
-            gsps.add(copy.deepcopy(source[keyword]))
+    copy_patient_study(gsps, source)
     gsps.SeriesDescription = SERIES_DESCRIPTION
     # General Series: without BodyPartExamined, dciodvfy requires Laterality (type 2C, paired body parts),
     # and an empty Laterality is a warning for an unpaired part. ERCP images are abdominal.

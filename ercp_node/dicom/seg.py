@@ -1,10 +1,11 @@
-"""DICOM Segmentation (SEG) encoder and decoder for the node's label maps: dataset in, dataset out.
+"""DICOM Segmentation (SEG) encoder for the node's label maps: dataset in, dataset out.
 
 `build_seg(source, labels, ...)` turns a uint8 label map on the source grid (0 background, 1 duodenoscope,
 2 common bile duct, 3 stone) into a BINARY, uncompressed Segmentation with three segments, in the source's
 study and in its own series, pixel-aligned with the source at its original resolution and with a
-DerivationImageSequence per frame. `read_seg_labels(seg, shape)` decodes such a SEG (or another tool's
-SEG of the same structures) back into a label map.
+DerivationImageSequence per frame. `segread.read_seg_labels(seg, shape)` decodes such a SEG (or another
+tool's SEG of the same structures) back into a label map; what is read from the source's header is in
+`source`.
 
 Choices (see docs/dicom-outputs.md for the long form):
 
@@ -30,12 +31,12 @@ Choices (see docs/dicom-outputs.md for the long form):
       source frame (1..F), so the dimension index values (segment, frame) are unique per SEG frame;
     * the pixel data is re-packed (BINARY frames are bit-packed back to back).
   The result is judged by dciodvfy (no errors, no warnings), and highdicom reads it back
-  (`highdicom_segmentation(seg).get_pixels_by_source_frame`) as well as `read_seg_labels` here.
+  (`highdicom_segmentation(seg).get_pixels_by_source_frame`) as well as `segread.read_seg_labels`.
 - Enhanced XA / Enhanced XRF sources (NumberOfFrames always present, functional groups) hit the same
   highdicom paths: it reads the source's shared Pixel Measures, which these IODs do not have (their spacing is
   ImagerPixelSpacing in X-Ray Frame Pixel Data Properties, the magnification in X-Ray Geometry or X-Ray
   Projection Pixel Calibration). The metadata copy gets NumberOfFrames = 1 and a shared Pixel Measures item
-  with the spacing at the patient (`header_spacing_values`), as for the classic classes; the SEG (whose IOD
+  with the spacing at the patient (`source.header_spacing_values`), as for the classic classes; the SEG (whose IOD
   has Pixel Measures) carries that spacing. A multi-frame enhanced source is extended to all frames as cine
   is (below), so each SEG frame references its source frame.
 - Multi-frame Grayscale Byte/Word SC sources (NumberOfFrames always, no functional groups, spacing in
@@ -44,7 +45,7 @@ Choices (see docs/dicom-outputs.md for the long form):
   they are multi-frame objects, and each SEG frame names its source frame).
 - highdicom 0.28's reader wants SliceThickness in PixelMeasures, which the standard makes type 1C
   (volumetric only) and which highdicom's writer leaves out for projection images (an empty value is a
-  dciodvfy error). We write the standard form; `highdicom_segmentation` adds a nominal value to a copy.
+  dciodvfy error). We write the standard form; `segread.highdicom_segmentation` adds a nominal value to a copy.
   Rejected: (a) a patched source copy with an invented Frame of Reference and plane positions, because the SEG
   would then claim a patient coordinate system that does not exist (viewers would try to match by geometry);
   (b) one SEG per source frame, because one image gets one SEG in the node (one UID stored per job) and a
@@ -57,7 +58,6 @@ Choices (see docs/dicom-outputs.md for the long form):
 from __future__ import annotations
 
 import copy
-import uuid
 
 import highdicom as hd
 import numpy as np
@@ -71,223 +71,22 @@ from pydicom.valuerep import format_number_as_ds
 
 from ..text import RESEARCH_USE, series_description
 from .codes import SEGMENTS, SegmentSpec
+from .source import ALWAYS_MULTIFRAME, XRAY_ENHANCED, XRAY_MULTIFRAME, check_labels, copy_patient_study, \
+    derived_uid, patient_pixel_spacing, stamp_dates
 
 __all__ = [
     "SEGMENTS",
     "SERIES_DESCRIPTION",
     "SegmentSpec",
     "build_seg",
-    "derived_uid",
-    "header_calibration",
-    "header_spacing_values",
-    "highdicom_segmentation",
-    "patient_pixel_spacing",
-    "read_seg_labels",
-    "seg_frame_number",
-    "source_datetime",
-    "stamp_dates",
 ]
 
 SERIES_DESCRIPTION = series_description("segmentation")
 CONTENT_LABEL = "ERCP_AI_SEG"
 CONTENT_DESCRIPTION = f"Duodenoscope, CBD, stones. {RESEARCH_USE}"
 
-# Classic (non-enhanced) X-ray SOP classes whose IOD allows NumberOfFrames: highdicom treats them as
-# multi-frame even when a single-frame instance has no NumberOfFrames.
-_XRAY_MULTIFRAME = {
-    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
-    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
-}
-# Enhanced X-ray classes: always multi-frame (NumberOfFrames type 1), spacing in functional groups.
-_XRAY_ENHANCED = {
-    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image Storage
-    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image Storage
-}
-# Multi-frame Grayscale SC: NumberOfFrames always (Multi-frame module, type 1), no functional groups, the
-# spacing (if any) in PixelSpacing. highdicom treats them as multi-frame, as RF/XA.
-_SC_MULTIFRAME = {
-    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image Storage
-}
-# Classes that are multi-frame objects even with one frame: their SEG references every source frame by number.
-_ALWAYS_MULTIFRAME = _XRAY_ENHANCED | _SC_MULTIFRAME
 TEMPORAL_POSITION_INDEX = Tag(0x0020, 0x9128)
 FRAME_CONTENT_SEQUENCE = Tag(0x0020, 0x9111)
-
-
-_LABEL_BY_TYPE = {s.type.value: s.value for s in SEGMENTS}
-
-_UID_NAMESPACE = uuid.UUID("0b8f3a52-7c1e-4b8a-9d0e-2f6a1c5e4d73")
-
-
-def derived_uid(*parts: object) -> str:
-    """Deterministic 2.25 UID from a name-based UUID of `parts` (same parts -> same UID)."""
-    name = "/".join(map(str, ("ercp-node", *parts)))
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
-
-
-def _group_item(source: Dataset, keyword: str, frame: int = 1) -> Dataset | None:
-    """The item of functional group sequence `keyword` that applies to `frame` (1-based): the frame's own
-    (Per-frame Functional Groups) if it has one, else the shared one; None when neither has it."""
-    groups = []
-    per_frame = source.get("PerFrameFunctionalGroupsSequence") or []
-    if 1 <= frame <= len(per_frame):
-        groups.append(per_frame[frame - 1])
-    groups += list(source.get("SharedFunctionalGroupsSequence") or [])[:1]
-    for group in groups:
-        items = group.get(keyword)
-        if items:
-            return items[0]
-    return None
-
-
-def _pair(value) -> tuple[float, float] | None:
-    """(row, column) of a 2-valued spacing, or None when absent, malformed or not positive."""
-    try:
-        r, c = (float(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (r, c) if r > 0 and c > 0 else None
-
-
-def _positive(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if x > 0 else None
-
-
-def header_spacing_values(source: Dataset, frame: int = 1) -> dict:
-    """The header's spacing wherever the source's IOD keeps it, for `frame`:
-
-    - pixel_spacing: PixelSpacing (at the patient: SC, calibrated DX), else the Pixel Measures functional group;
-    - imager_pixel_spacing: ImagerPixelSpacing (detector plane: RF, XA, DX), else the X-Ray Frame Pixel Data
-      Properties functional group (Enhanced XA/XRF);
-    - magnification and magnification_source: EstimatedRadiographicMagnificationFactor (RF, XA, DX), else
-      ImagerPixelSpacing / ObjectPixelSpacingInCenterOfBeam (X-Ray Projection Pixel Calibration, C-arms linked
-      to the table), else DistanceSourceToDetector / DistanceSourceToIsocenter (X-Ray Geometry: the object
-      assumed at the isocentre). None where the header has none.
-
-    Values are (row, column) tuples in mm or a float; the keys are those of
-    `measure.calibration.header_spacing` plus magnification_source.
-    """
-    pixel = _pair(source.get("PixelSpacing"))
-    if pixel is None:
-        measures = _group_item(source, "PixelMeasuresSequence", frame)
-        pixel = _pair(measures.get("PixelSpacing")) if measures is not None else None
-    imager = _pair(source.get("ImagerPixelSpacing"))
-    if imager is None:
-        properties = _group_item(source, "FramePixelDataPropertiesSequence", frame)
-        imager = _pair(properties.get("ImagerPixelSpacing")) if properties is not None else None
-    magnification, how = _positive(source.get("EstimatedRadiographicMagnificationFactor")), None
-    if magnification is not None:
-        how = "EstimatedRadiographicMagnificationFactor"
-    calibration = _group_item(source, "ProjectionPixelCalibrationSequence", frame)
-    at_object = _pair(calibration.get("ObjectPixelSpacingInCenterOfBeam")) if calibration is not None else None
-    if magnification is None and imager is not None and at_object is not None:
-        magnification, how = imager[0] / at_object[0], "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam"
-    geometry = _group_item(source, "XRayGeometrySequence", frame)
-    if magnification is None and geometry is not None:
-        sid = _positive(geometry.get("DistanceSourceToDetector"))
-        sic = _positive(geometry.get("DistanceSourceToIsocenter"))
-        if sid is not None and sic is not None:
-            magnification, how = sid / sic, "DistanceSourceToDetector/DistanceSourceToIsocenter"
-    return {"pixel_spacing": pixel, "imager_pixel_spacing": imager, "magnification": magnification,
-            "magnification_source": how}
-
-
-def header_calibration(source: Dataset, frame: int = 1) -> dict:
-    """`measure.calibration.header_spacing` of the source's header wherever its IOD keeps the spacing
-    (`header_spacing_values`), with a source label that says where the magnification came from when it is
-    not EstimatedRadiographicMagnificationFactor (Enhanced XA/XRF have none)."""
-    from ..measure.calibration import header_spacing
-
-    values = header_spacing_values(source, frame)
-    out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"])
-    if out["source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
-        out["source"] = _scaled_label(values["magnification_source"])
-    return out
-
-
-def _scaled_label(how: str) -> str:
-    """How the spacing at the patient was had from ImagerPixelSpacing and the magnification `how`."""
-    if how == "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam":
-        return "ObjectPixelSpacingInCenterOfBeam"  # the equipment's own spacing at the object
-    return f"ImagerPixelSpacing/({how})" if "/" in how else f"ImagerPixelSpacing/{how}"
-
-
-def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, str]:
-    """(row, column) spacing in mm at the patient, and where it came from.
-
-    PixelSpacing when present (already at the patient, e.g. SC or calibrated DX; or the Pixel Measures
-    functional group); otherwise ImagerPixelSpacing / magnification (the detector spacing projected back to
-    the isocentre; an estimate), the magnification being EstimatedRadiographicMagnificationFactor or, on
-    Enhanced XA/XRF, the ratio of ImagerPixelSpacing to ObjectPixelSpacingInCenterOfBeam or of
-    DistanceSourceToDetector to DistanceSourceToIsocenter (see `header_spacing_values`); or ImagerPixelSpacing
-    alone when no magnification is given. (None, "none") if the source carries no spacing at all.
-    """
-    values = header_spacing_values(source)
-    if values["pixel_spacing"] is not None:
-        return values["pixel_spacing"], "PixelSpacing"
-    imager, mag, how = values["imager_pixel_spacing"], values["magnification"], values["magnification_source"]
-    if imager is not None:
-        if mag is not None:
-            return (imager[0] / mag, imager[1] / mag), _scaled_label(how)
-        return imager, "ImagerPixelSpacing"
-    return None, "none"
-
-
-def source_datetime(source: Dataset) -> tuple[str, str] | None:
-    """(DA, TM) of the source's acquisition (AcquisitionDate/Time, else AcquisitionDateTime: the enhanced
-    classes have only that), else content, series or study date/time; None if none. The time is never empty
-    (ContentTime is Type 1): a date without its time takes the time of the next pair on the same date, else
-    midnight (000000)."""
-    adt = str(source.get("AcquisitionDateTime") or "")
-    adt = (adt[:8], adt[8:].split("+")[0].split("-")[0]) if len(adt) >= 8 else ("", "")
-    pairs = [(str(source.get(d) or ""), str(source.get(t) or ""))
-             for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
-                          ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))]
-    pairs.insert(1, adt)
-    dated = [(d, t) for d, t in pairs if d]
-    if not dated:
-        return None
-    date = dated[0][0]
-    return date, next((t for d, t in dated if d == date and t), "000000")
-
-
-def stamp_dates(ds: Dataset, source: Dataset) -> None:
-    """Content, series and instance-creation date/time (and highdicom's Contribution DateTime) from the
-    source's acquisition, so that the same input gives the same bytes. No-op when the source has no dates."""
-    when = source_datetime(source)
-    if when is None:
-        return
-    date, time = when
-    ds.ContentDate = ds.SeriesDate = ds.InstanceCreationDate = date
-    ds.ContentTime = ds.SeriesTime = ds.InstanceCreationTime = time
-    for item in ds.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = date + time
-
-
-def _n_frames(source: Dataset) -> int:
-    return int(source.get("NumberOfFrames") or 1)
-
-
-def _check_labels(source: Dataset, labels: np.ndarray) -> np.ndarray:
-    """Labels as (F, H, W) uint8, checked against the source grid and the label values."""
-    arr = np.asarray(labels)
-    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise ValueError(f"labels must be an integer label map, got dtype {arr.dtype}")
-    n = _n_frames(source)
-    if arr.ndim == 2:
-        arr = arr[np.newaxis]
-    if arr.ndim != 3 or arr.shape != (n, source.Rows, source.Columns):
-        raise ValueError(f"labels shape {np.asarray(labels).shape} does not match the source grid "
-                         f"({n} frame(s) of {source.Rows} x {source.Columns})")
-    if arr.size and (arr.min() < 0 or arr.max() > len(SEGMENTS)):
-        raise ValueError(f"label values must be 0..{len(SEGMENTS)}, got {arr.min()}..{arr.max()}")
-    return arr.astype(np.uint8, copy=False)
 
 
 def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Dataset:
@@ -305,14 +104,14 @@ def _metadata_copy(source: Dataset, spacing: tuple[float, float] | None) -> Data
         del meta.FrameOfReferenceUID
         meta.pop("PositionReferenceIndicator", None)
     sop_class = str(source.SOPClassUID)
-    if sop_class in _XRAY_MULTIFRAME or sop_class in _ALWAYS_MULTIFRAME:
+    if sop_class in XRAY_MULTIFRAME or sop_class in ALWAYS_MULTIFRAME:
         meta.NumberOfFrames = 1  # workaround: highdicom reads NumberOfFrames for these classes
         # ... and the shared Pixel Measures, which neither the classic X-ray, the enhanced X-ray nor the
         # multi-frame SC IODs have (the SC ones keep their spacing in PixelSpacing). When
         # the source has no spacing at all, a placeholder of 1 mm that highdicom needs while it builds the
         # SEG and that build_seg removes from the result (the SEG then states no spacing).
         shared = Dataset()
-        if "SharedFunctionalGroupsSequence" in meta and sop_class in _XRAY_ENHANCED:
+        if "SharedFunctionalGroupsSequence" in meta and sop_class in XRAY_ENHANCED:
             shared = meta.SharedFunctionalGroupsSequence[0]
         if "PixelMeasuresSequence" not in shared:
             shared.PixelMeasuresSequence = _pixel_measures(spacing if spacing is not None else (1.0, 1.0))
@@ -359,7 +158,7 @@ def build_seg(
     The caller owns the UIDs (stored with the job, so a retry resends the same object). The source is not
     modified; it need not have its pixel data loaded (`stop_before_pixels` is fine).
     """
-    arr = _check_labels(source, labels)
+    arr = check_labels(source, labels)
     n = arr.shape[0]
     spacing, _ = patient_pixel_spacing(source)
     meta = _metadata_copy(source, spacing)
@@ -385,7 +184,7 @@ def build_seg(
     if spacing is None:  # the placeholder of _metadata_copy, or nothing: the SEG states no spacing
         for group in seg.SharedFunctionalGroupsSequence:
             group.pop("PixelMeasuresSequence", None)
-    if n > 1 or str(source.SOPClassUID) in _ALWAYS_MULTIFRAME:
+    if n > 1 or str(source.SOPClassUID) in ALWAYS_MULTIFRAME:
         _extend_to_cine(seg, arr)  # enhanced, multi-frame SC: every SEG frame names its source frame
     _finish(seg, source, sop_uid)
     return seg
@@ -421,21 +220,8 @@ def _extend_to_cine(seg: Dataset, arr: np.ndarray) -> None:
     seg.PixelData = pack_bits(np.stack(frames).astype(np.uint8))
 
 
-# Attributes of the Patient and General Study modules copied from the source when present (highdicom
-# copies the core ones; this makes sure nothing the source had is lost, e.g. issuer or other IDs).
-_PATIENT_STUDY = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
-    "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
-    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
-    "IssuerOfAccessionNumberSequence", "StudyDescription", "TimezoneOffsetFromUTC",
-)
-
-
 def _finish(seg: Dataset, source: Dataset, sop_uid: str) -> None:
-    for keyword in _PATIENT_STUDY:
-        if keyword in source and keyword not in seg:
-            seg.add(copy.deepcopy(source[keyword]))
+    copy_patient_study(seg, source)
     stamp_dates(seg, source)
     seg.SeriesDescription = SERIES_DESCRIPTION
     # Type 2C in the General Image module for images without a patient frame; dciodvfy flags it missing.
@@ -473,92 +259,3 @@ def _add_plane_orientation(seg: Dataset) -> None:
     if "SharedFunctionalGroupsSequence" not in seg or not seg.SharedFunctionalGroupsSequence:
         seg.SharedFunctionalGroupsSequence = [Dataset()]
     seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [orientation]
-
-
-# --------------------------------------------------------------------------------------------- decoding
-def _segment_label_values(seg: Dataset) -> dict[int, int]:
-    """Segment number -> label value, by segmented property type (so other tools' SEGs map too)."""
-    out = {}
-    for item in seg.SegmentSequence:
-        number = int(item.SegmentNumber)
-        code = item.SegmentedPropertyTypeCodeSequence[0].CodeValue
-        out[number] = _LABEL_BY_TYPE.get(str(code), number if 1 <= number <= len(SEGMENTS) else 0)
-    return out
-
-
-def _frame_refs(seg: Dataset) -> list[tuple[int, int]]:
-    """(segment number, 1-based source frame number) of every SEG frame."""
-    shared = seg.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in seg else Dataset()
-    refs = []
-    for item in seg.PerFrameFunctionalGroupsSequence:
-        ident = item.get("SegmentIdentificationSequence") or shared.get("SegmentIdentificationSequence")
-        number = int(ident[0].ReferencedSegmentNumber)
-        frame = 1
-        derivation = item.get("DerivationImageSequence") or shared.get("DerivationImageSequence") or []
-        for der in derivation:
-            for ref in der.get("SourceImageSequence", []):
-                if "ReferencedFrameNumber" in ref:
-                    value = ref.ReferencedFrameNumber
-                    frame = int(value[0] if isinstance(value, (list, pydicom.multival.MultiValue)) else value)
-        refs.append((number, frame))
-    return refs
-
-
-def seg_frame_number(seg: Dataset, segment_number: int, source_frame: int = 1) -> int | None:
-    """1-based SEG frame number holding `segment_number` for `source_frame`, or None if omitted."""
-    for k, (number, frame) in enumerate(_frame_refs(seg), 1):
-        if number == segment_number and frame == source_frame:
-            return k
-    return None
-
-
-def highdicom_segmentation(seg: pydicom.Dataset) -> hd.seg.Segmentation:
-    """`hd.seg.Segmentation.from_dataset` for our SEGs (works on a copy).
-
-    highdicom 0.28's reader insists on SliceThickness in every PixelMeasuresSequence, although the Pixel
-    Measures macro makes it type 1C (volumetric images only) and highdicom's own writer leaves it out for
-    projection images. We write the standard form (dciodvfy flags an empty SliceThickness), so a reader that
-    uses highdicom needs this shim: it adds a nominal SliceThickness to the copy it parses.
-    """
-    ds = copy.deepcopy(seg)
-    groups = list(ds.get("SharedFunctionalGroupsSequence", [])) + list(ds.get("PerFrameFunctionalGroupsSequence", []))
-    for group in groups:
-        for measures in group.get("PixelMeasuresSequence", []):
-            if "SliceThickness" not in measures:
-                measures.SliceThickness = "1"
-    return hd.seg.Segmentation.from_dataset(ds, copy=False)
-
-
-def read_seg_labels(seg: pydicom.Dataset, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode a SEG into a uint8 label map of `shape` ((H, W) or (F, H, W) source frames).
-
-    Segments are mapped to label values by their segmented property type (Endoscope 1, Common bile duct 2,
-    Calculus 3; unknown types fall back to the segment number when it is 1..3, else ignored) and painted in
-    label order, so a stone wins over the duct and the duct over the scope. FRACTIONAL SEGs are thresholded
-    at half the maximum fractional value.
-    """
-    shape = tuple(int(v) for v in shape)
-    if len(shape) not in (2, 3):
-        raise ValueError(f"shape must be (H, W) or (F, H, W), got {shape}")
-    grid = shape if len(shape) == 3 else (1, *shape)
-    if (int(seg.Rows), int(seg.Columns)) != grid[1:]:
-        raise ValueError(f"SEG is {seg.Rows} x {seg.Columns}, asked for {grid[1:]}")
-    pixels = seg.pixel_array
-    if pixels.ndim == 2:
-        pixels = pixels[np.newaxis]
-    if str(seg.SegmentationType) == "FRACTIONAL":
-        pixels = pixels > int(seg.get("MaximumFractionalValue", 255)) / 2
-    else:
-        pixels = pixels > 0
-    values = _segment_label_values(seg)
-    refs = _frame_refs(seg)
-    if len(refs) != pixels.shape[0]:
-        raise ValueError(f"SEG has {pixels.shape[0]} frames but {len(refs)} per-frame functional groups")
-    out = np.zeros(grid, dtype=np.uint8)
-    for value in sorted(set(values.values()) - {0}):
-        for k, (number, frame) in enumerate(refs):
-            if values.get(number) == value:
-                if not 1 <= frame <= grid[0]:
-                    raise ValueError(f"SEG frame {k + 1} references source frame {frame}, outside 1..{grid[0]}")
-                out[frame - 1][pixels[k]] = value
-    return out if len(shape) == 3 else out[0]

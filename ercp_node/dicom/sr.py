@@ -89,11 +89,8 @@ from .codes import (
     UNIT_MM_PER_PIXEL,
     UNIT_PERCENT,
 )
-from .seg import (
-    derived_uid,
-    seg_frame_number,
-    stamp_dates,
-)
+from .segread import seg_frame_number
+from .source import derived_uid, stamp_dates
 
 __all__ = ["CODE_ERCP", "CODE_IMAGING_PROCEDURE", "SERIES_DESCRIPTION", "ascii_text", "build_sr"]
 
@@ -186,29 +183,65 @@ def build_sr(
     "stones": [{"area_mm2", "largest_diameter_mm", "outline_px": [[x, y], ...]}, ...],
     "cbd": {"area_mm2": float} or None}.
     """
+    _check_references(source, seg)
+    frame = int(measurements.get("frame", 1) or 1)
+    stones = list(measurements.get("stones") or [])
+    algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=model_version,
+                                              family=codes.cid7162.ArtificialIntelligence)
+    groups = _Groups(source, seg, sop_uid, _frames(source, frame), algorithm, fast)
+    _stone_groups(groups, stones)
+    if measurements.get("cbd") is not None:
+        _cbd_groups(groups, measurements["cbd"])
+    groups.loose.extend(_calibration_values(measurements, seg, frame))
+    # All stones together (the count covers every stone; the pipeline lists only the largest individually).
+    groups.loose.insert(0, (CODE_QUANTITY, int(measurements.get("stone_count", len(stones))), UNIT_COUNT,
+                            "bile duct stones"))
+    report = _measurement_report(groups, measurements, algorithm_name, model_version, manufacturer)
+    return _document(report, source, seg, series_uid=series_uid, series_number=series_number, sop_uid=sop_uid,
+                     instance_number=instance_number, manufacturer=manufacturer, fast=fast)
+
+
+def _check_references(source: Dataset, seg: Dataset) -> None:
+    """The SEG must be in the source's study and derived from the source image."""
     if str(seg.StudyInstanceUID) != str(source.StudyInstanceUID):
         raise ValueError("the SEG is not in the source's study")
     referenced = {str(ref.ReferencedSOPInstanceUID) for series in seg.get("ReferencedSeriesSequence", [])
                   for ref in series.get("ReferencedInstanceSequence", [])}
     if str(source.SOPInstanceUID) not in referenced:
         raise ValueError("the SEG was not derived from this source image")
-    frame = int(measurements.get("frame", 1) or 1)
-    frames = _frames(source, frame)
-    stones = list(measurements.get("stones") or [])
-    cbd = measurements.get("cbd")
 
-    measurement = _Measurement if fast else hd.sr.Measurement
-    algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=model_version,
-                                              family=codes.cid7162.ArtificialIntelligence)
-    finding_site = [hd.sr.FindingSite(CODE_CBD)]
 
-    def tracking(kind: str, label: str) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=derived_uid("sr-tracking", sop_uid, kind), identifier=label)
+class _Groups:
+    """The report's TID 1410 measurement groups, and the values with nothing to draw (`loose`).
 
-    def region_source() -> hd.sr.SourceImageForRegion:
-        return hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID, referenced_frame_numbers=frames)
+    OHIF 3.x (extensions/cornerstone-dicom-sr, docs/dicom-outputs.md) makes one measurement per measurement
+    group and draws the group's first SCOORD; a group without one stops the whole document from showing. So
+    every group here has an image region on the source image (and frame) that shows where its values were
+    measured. Values with nothing to draw (stone count, calibration) go into the Qualitative Evaluations
+    container as TEXT items named by the same codes (TID 1500 row 12 takes CODE and TEXT only; a TID 300
+    measurement straight under Imaging Measurements is not in the template, and a TID 1501 group would be a
+    measurement group without a drawing again).
+    """
 
-    def measurements_of(segment, *items, in_cbd: bool = False):
+    def __init__(self, source: Dataset, seg: Dataset, sop_uid: str, frames: list[int] | None,
+                 algorithm: hd.sr.AlgorithmIdentification, fast: bool):
+        self.source, self.seg, self.sop_uid, self.frames, self.algorithm = source, seg, sop_uid, frames, algorithm
+        self.measurement = _Measurement if fast else hd.sr.Measurement
+        self.finding_site = [hd.sr.FindingSite(CODE_CBD)]
+        self.groups: list = []
+        self.loose: list[tuple] = []  # (name, value, unit, what) for the Qualitative Evaluations
+
+    def tracking(self, kind: str, label: str) -> hd.sr.TrackingIdentifier:
+        return hd.sr.TrackingIdentifier(uid=derived_uid("sr-tracking", self.sop_uid, kind), identifier=label)
+
+    def region_source(self) -> hd.sr.SourceImageForRegion:
+        return hd.sr.SourceImageForRegion(self.source.SOPClassUID, self.source.SOPInstanceUID,
+                                          referenced_frame_numbers=self.frames)
+
+    def region(self, graphic_type: hd.sr.GraphicTypeValues, points) -> hd.sr.ImageRegion:
+        return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points, source_image=self.region_source())
+
+    def measurements_of(self, segment, *items, in_cbd: bool = False):
         """TID 300 items for the (name, value, unit, derivation, distal) tuples whose value is known;
         `distal` puts the finding site "Common bile duct, Distal" on the measurement, `in_cbd` the finding site
         "Common bile duct" on the others. (On the measurement, not the group: OHIF labels a group's finding
@@ -216,85 +249,88 @@ def build_sr(
         def sites(distal: bool):
             if distal:
                 return [hd.sr.FindingSite(CODE_CBD, topographical_modifier=CODE_DISTAL)]
-            return finding_site if in_cbd else None
-        return [measurement(
-            name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=algorithm,
-            finding_sites=sites(distal), referenced_images=[_seg_source_of_measurement(seg, segment)])
+            return self.finding_site if in_cbd else None
+        return [self.measurement(
+            name=name, value=float(value), unit=unit, derivation=derivation, algorithm_id=self.algorithm,
+            finding_sites=sites(distal), referenced_images=[_seg_source_of_measurement(self.seg, segment)])
             for name, value, unit, derivation, distal in items if value is not None]
 
-    # OHIF 3.x (extensions/cornerstone-dicom-sr, docs/dicom-outputs.md) makes one measurement per measurement
-    # group and draws the group's first SCOORD; a group without one stops the whole document from showing. So
-    # every group here has an image region on the source image (and frame) that shows where its values were
-    # measured. Values with nothing to draw (stone count, calibration) go into the Qualitative Evaluations
-    # container as TEXT items named by the same codes (TID 1500 row 12 takes CODE and TEXT only; a TID 300
-    # measurement straight under Imaging Measurements is not in the template, and a TID 1501 group would be a
-    # measurement group without a drawing again).
-    groups: list = []
-    loose: list[tuple] = []  # (name, value, unit, what) for the Qualitative Evaluations
-
-    def region(graphic_type: hd.sr.GraphicTypeValues, points) -> hd.sr.ImageRegion:
-        return hd.sr.ImageRegion(graphic_type=graphic_type, graphic_data=points, source_image=region_source())
-
-    def group(kind: str, label: str, drawn: hd.sr.ImageRegion | None, finding_type, segment: int, items,
-              in_cbd: bool = False) -> None:
+    def add(self, kind: str, label: str, drawn: hd.sr.ImageRegion | None, finding_type, segment: int, items,
+            in_cbd: bool = False) -> None:
         """One TID 1410 group drawn as `drawn`; without a drawing, its measurements go to `loose`."""
-        values = measurements_of(segment, *items, in_cbd=in_cbd)
+        values = self.measurements_of(segment, *items, in_cbd=in_cbd)
         if not values:
             return
         if drawn is None:
-            loose.extend((name, value, unit, f"{label}, not drawn") for name, value, unit, _, _ in items
-                         if value is not None)
+            self.loose.extend((name, value, unit, f"{label}, not drawn") for name, value, unit, _, _ in items
+                              if value is not None)
             return
-        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking(kind, label), referenced_region=drawn, finding_type=finding_type,
+        self.groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=self.tracking(kind, label), referenced_region=drawn, finding_type=finding_type,
             measurements=values))
 
+
+def _stone_groups(groups: _Groups, stones: list) -> None:
+    """One group per stone: its outline, area, largest and smallest diameter, distance from the papilla."""
     for i, stone in enumerate(stones, 1):
-        group(f"stone-{i}", f"Stone {i}", _stone_region(stone.get("outline_px") or [], region),
-              CODE_CALCULUS, SEGMENT_STONE, (
-                  (CODE_AREA, stone.get("area_mm2"), UNIT_MM2, None, False),
-                  (CODE_DIAMETER, stone.get("largest_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
-                  (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
-                  # along the CBD centreline from the papilla (docs/measurements.md)
-                  (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
-              in_cbd=True)
-    if cbd is not None:
-        line = hd.sr.GraphicTypeValues.POLYLINE
+        groups.add(f"stone-{i}", f"Stone {i}", _stone_region(stone.get("outline_px") or [], groups.region),
+                   CODE_CALCULUS, SEGMENT_STONE, (
+                       (CODE_AREA, stone.get("area_mm2"), UNIT_MM2, None, False),
+                       (CODE_DIAMETER, stone.get("largest_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
+                       (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
+                       # along the CBD centreline from the papilla (docs/measurements.md)
+                       (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
+                   in_cbd=True)
 
-        def drawn(points, n_min: int = 2) -> hd.sr.ImageRegion | None:
-            pts = _image_points(points)
-            return region(line, pts) if pts is not None and len(pts) >= n_min else None
 
-        # The duct along its centreline (papilla to hilum): its area and length.
-        group("cbd", "Common bile duct", drawn(cbd.get("centreline_px")), CODE_CBD, SEGMENT_CBD, (
-            (CODE_AREA, cbd.get("area_mm2"), UNIT_MM2, None, False),
-            (CODE_LENGTH, cbd.get("length_mm"), UNIT_MM, None, False)))  # papilla to hilum, centreline
-        group("cbd-max-diameter", "CBD maximum diameter", drawn(cbd.get("max_diameter_line_px")), CODE_CBD,
-              SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("max_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),))
-        group("cbd-distal-diameter", "Distal CBD diameter", drawn(cbd.get("distal_diameter_line_px")), CODE_CBD,
-              SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("distal_diameter_mm"), UNIT_MM, None, True),))  # mid-arm
-        group("cbd-angulation", "Distal CBD angulation", drawn(cbd.get("angle_px"), 3), CODE_CBD, SEGMENT_CBD,
-              ((CODE_ANGLE, cbd.get("angulation_deg"), UNIT_DEG, None, True),))  # papilla, bend, 25 mm up
-        group("cbd-arm", "Distal CBD arm", drawn(cbd.get("arm_px")), CODE_CBD, SEGMENT_CBD,
-              ((CODE_LENGTH, cbd.get("arm_length_mm"), UNIT_MM, None, True),))  # papilla to first bend
+def _cbd_groups(groups: _Groups, cbd: Mapping) -> None:
+    """The duct's groups, each drawn as the line it was measured along (`measure.cbd` geometry)."""
+    line = hd.sr.GraphicTypeValues.POLYLINE
+
+    def drawn(points, n_min: int = 2) -> hd.sr.ImageRegion | None:
+        pts = _image_points(points)
+        return groups.region(line, pts) if pts is not None and len(pts) >= n_min else None
+
+    # The duct along its centreline (papilla to hilum): its area and length.
+    groups.add("cbd", "Common bile duct", drawn(cbd.get("centreline_px")), CODE_CBD, SEGMENT_CBD, (
+        (CODE_AREA, cbd.get("area_mm2"), UNIT_MM2, None, False),
+        (CODE_LENGTH, cbd.get("length_mm"), UNIT_MM, None, False)))  # papilla to hilum, centreline
+    groups.add("cbd-max-diameter", "CBD maximum diameter", drawn(cbd.get("max_diameter_line_px")), CODE_CBD,
+               SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("max_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),))
+    groups.add("cbd-distal-diameter", "Distal CBD diameter", drawn(cbd.get("distal_diameter_line_px")), CODE_CBD,
+               SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("distal_diameter_mm"), UNIT_MM, None, True),))  # mid-arm
+    groups.add("cbd-angulation", "Distal CBD angulation", drawn(cbd.get("angle_px"), 3), CODE_CBD, SEGMENT_CBD,
+               ((CODE_ANGLE, cbd.get("angulation_deg"), UNIT_DEG, None, True),))  # papilla, bend, 25 mm up
+    groups.add("cbd-arm", "Distal CBD arm", drawn(cbd.get("arm_px")), CODE_CBD, SEGMENT_CBD,
+               ((CODE_LENGTH, cbd.get("arm_length_mm"), UNIT_MM, None, True),))  # papilla to first bend
+
+
+def _calibration_values(measurements: Mapping, seg: Dataset, frame: int) -> list[tuple]:
+    """(name, value, unit, what) of the calibration, when the duodenoscope is segmented on the measured frame.
+
+    The spacing used, the scope's own calibration, its true size, and how far scope and header disagree (as the
+    calibration's uncertainty). Nothing to draw (the scope's width is a median over its shaft), so TEXT in the
+    Qualitative Evaluations.
+    """
     cal = measurements.get("calibration")
-    if cal and seg_frame_number(seg, SEGMENT_SCOPE, frame) is not None:
-        # The spacing used, the scope's own calibration, its true size, and how far scope and header disagree
-        # (as the calibration's uncertainty). Nothing to draw (the scope's width is a median over its shaft),
-        # so TEXT in the Qualitative Evaluations.
-        scope = cal.get("scope") or {}
-        used = cal.get("mm_per_px") if cal.get("used") in ("scope", "header") else None
-        disagreement = cal.get("disagreement_pct")
-        loose.extend(item for item in (
-            (CODE_VERTICAL_PIXEL_SPACING, used, UNIT_MM, "pixel spacing used for the mm values"),
-            (CODE_CALIBRATION_FACTOR, scope.get("mm_per_px"), UNIT_MM_PER_PIXEL, "from the duodenoscope's width"),
-            (CODE_CALIBRATION_OBJECT_SIZE, scope.get("diameter_mm") if scope.get("mm_per_px") else None,
-             UNIT_MM, "duodenoscope diameter"),
-            (CODE_CALIBRATION_UNCERTAINTY, abs(disagreement) if disagreement is not None else None,
-             UNIT_PERCENT, "duodenoscope vs header spacing")) if item[1] is not None)
-    # All stones together (the count covers every stone; the pipeline lists only the largest individually).
-    loose.insert(0, (CODE_QUANTITY, int(measurements.get("stone_count", len(stones))), UNIT_COUNT,
-                     "bile duct stones"))
+    if not (cal and seg_frame_number(seg, SEGMENT_SCOPE, frame) is not None):
+        return []
+    scope = cal.get("scope") or {}
+    used = cal.get("mm_per_px") if cal.get("used") in ("scope", "header") else None
+    disagreement = cal.get("disagreement_pct")
+    return [item for item in (
+        (CODE_VERTICAL_PIXEL_SPACING, used, UNIT_MM, "pixel spacing used for the mm values"),
+        (CODE_CALIBRATION_FACTOR, scope.get("mm_per_px"), UNIT_MM_PER_PIXEL, "from the duodenoscope's width"),
+        (CODE_CALIBRATION_OBJECT_SIZE, scope.get("diameter_mm") if scope.get("mm_per_px") else None,
+         UNIT_MM, "duodenoscope diameter"),
+        (CODE_CALIBRATION_UNCERTAINTY, abs(disagreement) if disagreement is not None else None,
+         UNIT_PERCENT, "duodenoscope vs header spacing")) if item[1] is not None]
+
+
+def _measurement_report(groups: _Groups, measurements: Mapping, algorithm_name: str, model_version: str,
+                        manufacturer: str) -> Dataset:
+    """The TID 1500 root container: observer (the algorithm as a device), procedure, the drawn groups under
+    Imaging Measurements (left out when nothing was drawn), then the Qualitative Evaluations."""
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -304,18 +340,25 @@ def build_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=CODE_IMAGING_PROCEDURE,
         # highdicom wants at least one group; the container's content is set below either way
-        imaging_measurements=groups or [_placeholder_group(tracking, region)],
+        imaging_measurements=groups.groups or [_placeholder_group(groups.tracking, groups.region)],
     )
     k = next(k for k, item in enumerate(report[0].ContentSequence)
              if item.ConceptNameCodeSequence[0].CodeValue == "126010")  # Imaging Measurements
-    if groups:
-        report[0].ContentSequence[k].ContentSequence = hd.sr.ContentSequence([item for g in groups for item in g])
+    if groups.groups:
+        report[0].ContentSequence[k].ContentSequence = hd.sr.ContentSequence(
+            [item for g in groups.groups for item in g])
     else:  # nothing drawn (no stones, no duct): no Imaging Measurements, the count is in the evaluations
         del report[0].ContentSequence[k]
-    report[0].ContentSequence.append(_qualitative_evaluations(measurements, algorithm_name, model_version, loose))
+    report[0].ContentSequence.append(
+        _qualitative_evaluations(measurements, algorithm_name, model_version, groups.loose))
+    return report[0]
 
+
+def _document(content: Dataset, source: Dataset, seg: Dataset, *, series_uid: str, series_number: int,
+              sop_uid: str, instance_number: int, manufacturer: str, fast: bool) -> hd.sr.ComprehensiveSR:
+    """The Comprehensive SR around `content`, in the source's study, dated as the source's acquisition."""
     sr = comprehensive_sr(
-        report[0],
+        content,
         evidence=[source, seg],
         series_instance_uid=series_uid,
         series_number=series_number,

@@ -1,7 +1,9 @@
 """Training data: readers for phantom output, labelme annotations and DICOM SEG, and the temporal split.
 
 Every reader returns `Sample`s (one per frame) plus a list of `Problem`s: a file that cannot be used is
-reported with its path and the reason and skipped, never silently dropped.
+reported with its path and the reason and skipped, never silently dropped. SEGs are decoded by the node's one
+SEG reader, ercp_node.dicom.segread (segment codes and words, frame references, FRACTIONAL threshold, paint
+order).
 """
 
 from __future__ import annotations
@@ -18,13 +20,10 @@ import cv2
 import numpy as np
 import pydicom
 
-from ..labels import CBD, LABELS, SCOPE, STONE
+from ..dicom.segread import frame_refs, paint_labels, segment_label_values, segment_masks
 from ..phantom.labelme import LabelmeError, labelme_to_mask
 from ..preprocessing.pipeline import preprocess, resize_labels
 
-# SNOMED CT codes of the three segments and label words accepted from viewers' SEGs (ercp_node.labels).
-SEGMENT_CODES = {label.type.value: label.value for label in LABELS}
-SEGMENT_WORDS = {label.value: label.words for label in LABELS}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
@@ -137,30 +136,16 @@ def read_labelme_dir(root: Path) -> tuple[list[Sample], list[Problem]]:
     return samples, problems
 
 
-def _segment_label(item) -> int | None:
-    for code in getattr(item, "SegmentedPropertyTypeCodeSequence", []):
-        if str(code.CodeValue) in SEGMENT_CODES:
-            return SEGMENT_CODES[str(code.CodeValue)]
-    text = str(getattr(item, "SegmentLabel", "")).lower()
-    for label, words in SEGMENT_WORDS.items():
-        if any(w in text for w in words):
-            return label
-    return None
-
-
 def _seg_paint(p) -> tuple[pydicom.Dataset, dict[tuple[str, int], list]]:
-    """A SEG file and what it paints: (source SOP Instance UID, 0-based frame) -> [(path, SEG frame, label)]."""
+    """A SEG file and what it paints: (source SOP Instance UID, 0-based frame) -> [(path, SEG frame, label)].
+    Every segment must name the duodenoscope, the CBD or a stone (segread, strict) and every frame a source."""
     seg = pydicom.dcmread(str(p))
-    labels = {int(s.SegmentNumber): _segment_label(s) for s in seg.SegmentSequence}
-    unknown = [n for n, v in labels.items() if v is None]
-    if unknown:
-        raise ValueError(f"segment(s) {unknown} are not duodenoscope, CBD or stone")
+    labels = segment_label_values(seg, strict=True)
     paint: dict[tuple[str, int], list] = defaultdict(list)
-    for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        number = int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
-        frame = int(getattr(ref, "ReferencedFrameNumber", 1) or 1) - 1
-        paint[(str(ref.ReferencedSOPInstanceUID), frame)].append((str(p), i, labels[number]))
+    for i, ref in enumerate(frame_refs(seg)):
+        if ref.source_uid is None:
+            raise ValueError(f"SEG frame {i + 1} names no source image")
+        paint[(ref.source_uid, ref.frame - 1)].append((str(p), i, labels[ref.segment]))
     return seg, paint
 
 
@@ -293,15 +278,12 @@ def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     elif sample.labelme is not None:
         m = labelme_to_mask(sample.labelme, shape)
     else:
-        m = np.zeros(shape, np.uint8)
         cache: dict[str, np.ndarray] = {}
-        for label in (SCOPE, CBD, STONE):  # paint order = priority: scope < CBD < stone
-            for path, i, lab in sample.seg_frames:
-                if lab == label:
-                    if path not in cache:
-                        arr = pydicom.dcmread(path).pixel_array
-                        cache[path] = arr if arr.ndim == 3 else arr[None]
-                    m[cache[path][i] > 0] = label
+        for path, _, _ in sample.seg_frames:
+            if path not in cache:
+                cache[path] = segment_masks(pydicom.dcmread(path))
+        # painted in label order: stone > CBD > scope
+        m = paint_labels(np.zeros(shape, np.uint8), [(cache[path][i], lab) for path, i, lab in sample.seg_frames])
     if m is None or m.shape != tuple(shape):
         raise ValueError(f"{sample.key}: mask shape {None if m is None else m.shape} differs from image {shape}")
     return m

@@ -30,6 +30,7 @@ import logging
 import pydicom
 from sqlalchemy import select
 
+from ..dicom.segread import segment_label
 from ..storage.models import Annotation, Instance, Job, Output
 from .validation import (CANNOT_UNDERSTAND, MISMATCH, NATIVE, PIXEL_DATA, Refused, _parse, shown_uid,
                          valid_uid)
@@ -82,10 +83,8 @@ def check_seg(raw: bytes, sop_class_uid: str) -> pydicom.Dataset:
         if have < need:
             raise Refused(MISMATCH, f"pixel data has {have} bytes, {need} expected for {frames} frame(s) of "
                                     f"{cols}x{rows} {kind}")
-    from ..model.data import _segment_label  # the training reader's rule: what it cannot map is refused here
-
-    for s in ds.SegmentSequence:
-        if _segment_label(s) is None:
+    for s in ds.SegmentSequence:  # the SEG reader's rule (dicom/segread.py): what it cannot map is refused here
+        if segment_label(s) is None:
             raise Refused(CANNOT_UNDERSTAND, f"segment {s.SegmentNumber} is not duodenoscope, CBD or stone "
                                              "(SegmentedPropertyTypeCodeSequence / SegmentLabel)")
     frame_refs(ds, numbers)  # raises on frames that cannot be placed
@@ -93,7 +92,8 @@ def check_seg(raw: bytes, sop_class_uid: str) -> pydicom.Dataset:
 
 
 def frame_refs(ds: pydicom.Dataset, numbers: set[int] | None = None) -> list[list[tuple[str, int | None]]]:
-    """Per SEG frame: the (SOP Instance UID, 1-based frame number or None) of its source image(s)."""
+    """Per SEG frame: the (SOP Instance UID, 1-based frame number or None) of its source image(s), checked as
+    the intake must (Refused with the status); reading a kept SEG is dicom/segread.py's `frame_refs`."""
     shared = (ds.get("SharedFunctionalGroupsSequence") or [pydicom.Dataset()])[0]
     out = []
     for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence, 1):

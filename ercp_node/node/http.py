@@ -242,7 +242,8 @@ def thumbnail(node, job_id: int, width: int = 192) -> bytes | None:
     import numpy as np
     import pydicom
 
-    from ..model.data import _segment_label, load_pixels
+    from ..dicom.segread import frame_refs, read_seg_labels
+    from ..model.data import load_pixels
     from ..preprocessing.pipeline import to_unit_grey
 
     with node.sessions() as s:
@@ -252,18 +253,10 @@ def thumbnail(node, job_id: int, width: int = 192) -> bytes | None:
     if row is None or not Path(row[0]).is_file() or not Path(row[1]).is_file():
         return None
     seg = pydicom.dcmread(row[1])
-    labels_of = {int(x.SegmentNumber): _segment_label(x) for x in seg.SegmentSequence}
-    masks = seg.pixel_array.reshape(-1, int(seg.Rows), int(seg.Columns))
-    frame = None
-    label_map = np.zeros((int(seg.Rows), int(seg.Columns)), np.uint8)
-    for i, fg in enumerate(seg.PerFrameFunctionalGroupsSequence):
-        ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
-        f = int(getattr(ref, "ReferencedFrameNumber", 1) or 1) - 1
-        frame = f if frame is None else frame
-        if f != frame:
-            continue
-        lab = labels_of.get(int(fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber)) or 0
-        label_map[(masks[i] > 0) & (label_map < lab)] = lab  # stone > CBD > scope
+    refs = frame_refs(seg)  # the frame shown: the source frame of the SEG's first frame
+    frame = refs[0].frame - 1 if refs else 0
+    n_frames = max((r.frame for r in refs), default=1)
+    label_map = read_seg_labels(seg, (n_frames, int(seg.Rows), int(seg.Columns)))[frame]  # stone > CBD > scope
     # Pixels may carry burned-in text (names, IDs: many fluoroscopy systems print them): the image itself is drawn
     # only when the source says BurnedInAnnotation NO; otherwise the masks alone, on a flat grey.
     burned = pydicom.dcmread(row[0], stop_before_pixels=True, specific_tags=["BurnedInAnnotation"])

@@ -41,7 +41,7 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
 
 def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1, settings=None) -> dict:
     """All measurements (ercp_node.measure.report) of one frame's label map, with the frame number."""
-    from ..dicom.seg import header_calibration  # wherever the source's IOD keeps the spacing (Enhanced XA/XRF too)
+    from ..dicom.source import header_calibration  # wherever the source's IOD keeps the spacing (Enhanced XA/XRF too)
     from ..measure.report import MeasureSettings, measure_labels
 
     out = measure_labels(labels2d, header_calibration(ds, frame), settings or MeasureSettings())

@@ -1,0 +1,253 @@
+"""What the DICOM encoders read from the source image's header, in one place: dataset in, values out.
+
+- `header_spacing_values(source, frame)`: the pixel spacing wherever the source's IOD keeps it (PixelSpacing,
+  ImagerPixelSpacing, the Pixel Measures / X-Ray Frame Pixel Data Properties functional groups) and the
+  magnification (EstimatedRadiographicMagnificationFactor, X-Ray Projection Pixel Calibration, X-Ray Geometry);
+  `header_calibration` turns it into the measure stage's header dict, `patient_pixel_spacing` into the spacing
+  at the patient that the SEG states and the GSPS's aspect ratio uses.
+- `source_datetime` / `stamp_dates`: the acquisition (else content, series, study) date/time that the outputs
+  carry as theirs, so that the same input gives the same bytes.
+- `derived_uid`: deterministic UIDs from names (the same parts give the same UID).
+- The SOP classes highdicom 0.28 treats as multi-frame (`XRAY_MULTIFRAME`, `XRAY_ENHANCED`, `SC_MULTIFRAME`),
+  the Patient/Study attributes every output copies (`PATIENT_STUDY`, `copy_patient_study`), and the check of a
+  label map against the source grid (`check_labels`).
+
+Used by dicom/seg.py, dicom/sr.py, dicom/gsps.py and node/pipeline.py (the measure stage's header calibration).
+"""
+from __future__ import annotations
+
+import copy
+import uuid
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..labels import LABELS
+
+__all__ = [
+    "ALWAYS_MULTIFRAME",
+    "PATIENT_STUDY",
+    "SC_MULTIFRAME",
+    "XRAY_ENHANCED",
+    "XRAY_MULTIFRAME",
+    "check_labels",
+    "copy_patient_study",
+    "derived_uid",
+    "group_item",
+    "header_calibration",
+    "header_spacing_values",
+    "patient_pixel_spacing",
+    "source_datetime",
+    "stamp_dates",
+]
+
+# Classic (non-enhanced) X-ray SOP classes whose IOD allows NumberOfFrames: highdicom treats them as
+# multi-frame even when a single-frame instance has no NumberOfFrames.
+XRAY_MULTIFRAME = {
+    "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
+}
+# Enhanced X-ray classes: always multi-frame (NumberOfFrames type 1), spacing in functional groups.
+XRAY_ENHANCED = {
+    "1.2.840.10008.5.1.4.1.1.12.1.1",  # Enhanced XA Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2.1",  # Enhanced XRF Image Storage
+}
+# Multi-frame Grayscale SC: NumberOfFrames always (Multi-frame module, type 1), no functional groups, the
+# spacing (if any) in PixelSpacing. highdicom treats them as multi-frame, as RF/XA.
+SC_MULTIFRAME = {
+    "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image Storage
+}
+# Classes that are multi-frame objects even with one frame: their SEG references every source frame by number.
+ALWAYS_MULTIFRAME = XRAY_ENHANCED | SC_MULTIFRAME
+
+# Attributes of the Patient and General Study modules copied from the source when present (highdicom
+# copies the core ones; this makes sure nothing the source had is lost, e.g. issuer or other IDs).
+PATIENT_STUDY = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+    "PatientBirthDate", "PatientSex", "OtherPatientIDsSequence", "PatientAge", "PatientSize", "PatientWeight",
+    "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+    "IssuerOfAccessionNumberSequence", "StudyDescription", "TimezoneOffsetFromUTC",
+)
+
+
+def copy_patient_study(ds: Dataset, source: Dataset) -> None:
+    """Copy every PATIENT_STUDY attribute the source has and `ds` lacks."""
+    for keyword in PATIENT_STUDY:
+        if keyword in source and keyword not in ds:
+            ds.add(copy.deepcopy(source[keyword]))
+
+
+_UID_NAMESPACE = uuid.UUID("0b8f3a52-7c1e-4b8a-9d0e-2f6a1c5e4d73")
+
+
+def derived_uid(*parts: object) -> str:
+    """Deterministic 2.25 UID from a name-based UUID of `parts` (same parts -> same UID)."""
+    name = "/".join(map(str, ("ercp-node", *parts)))
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+
+
+def group_item(source: Dataset, keyword: str, frame: int = 1) -> Dataset | None:
+    """The item of functional group sequence `keyword` that applies to `frame` (1-based): the frame's own
+    (Per-frame Functional Groups) if it has one, else the shared one; None when neither has it."""
+    groups = []
+    per_frame = source.get("PerFrameFunctionalGroupsSequence") or []
+    if 1 <= frame <= len(per_frame):
+        groups.append(per_frame[frame - 1])
+    groups += list(source.get("SharedFunctionalGroupsSequence") or [])[:1]
+    for group in groups:
+        items = group.get(keyword)
+        if items:
+            return items[0]
+    return None
+
+
+def _pair(value) -> tuple[float, float] | None:
+    """(row, column) of a 2-valued spacing, or None when absent, malformed or not positive."""
+    try:
+        r, c = (float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return (r, c) if r > 0 and c > 0 else None
+
+
+def _positive(value) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if x > 0 else None
+
+
+def header_spacing_values(source: Dataset, frame: int = 1) -> dict:
+    """The header's spacing wherever the source's IOD keeps it, for `frame`:
+
+    - pixel_spacing: PixelSpacing (at the patient: SC, calibrated DX), else the Pixel Measures functional group;
+    - imager_pixel_spacing: ImagerPixelSpacing (detector plane: RF, XA, DX), else the X-Ray Frame Pixel Data
+      Properties functional group (Enhanced XA/XRF);
+    - magnification and magnification_source: EstimatedRadiographicMagnificationFactor (RF, XA, DX), else
+      ImagerPixelSpacing / ObjectPixelSpacingInCenterOfBeam (X-Ray Projection Pixel Calibration, C-arms linked
+      to the table), else DistanceSourceToDetector / DistanceSourceToIsocenter (X-Ray Geometry: the object
+      assumed at the isocentre). None where the header has none.
+
+    Values are (row, column) tuples in mm or a float; the keys are those of
+    `measure.calibration.header_spacing` plus magnification_source.
+    """
+    pixel = _pair(source.get("PixelSpacing"))
+    if pixel is None:
+        measures = group_item(source, "PixelMeasuresSequence", frame)
+        pixel = _pair(measures.get("PixelSpacing")) if measures is not None else None
+    imager = _pair(source.get("ImagerPixelSpacing"))
+    if imager is None:
+        properties = group_item(source, "FramePixelDataPropertiesSequence", frame)
+        imager = _pair(properties.get("ImagerPixelSpacing")) if properties is not None else None
+    magnification, how = _positive(source.get("EstimatedRadiographicMagnificationFactor")), None
+    if magnification is not None:
+        how = "EstimatedRadiographicMagnificationFactor"
+    calibration = group_item(source, "ProjectionPixelCalibrationSequence", frame)
+    at_object = _pair(calibration.get("ObjectPixelSpacingInCenterOfBeam")) if calibration is not None else None
+    if magnification is None and imager is not None and at_object is not None:
+        magnification, how = imager[0] / at_object[0], "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam"
+    geometry = group_item(source, "XRayGeometrySequence", frame)
+    if magnification is None and geometry is not None:
+        sid = _positive(geometry.get("DistanceSourceToDetector"))
+        sic = _positive(geometry.get("DistanceSourceToIsocenter"))
+        if sid is not None and sic is not None:
+            magnification, how = sid / sic, "DistanceSourceToDetector/DistanceSourceToIsocenter"
+    return {"pixel_spacing": pixel, "imager_pixel_spacing": imager, "magnification": magnification,
+            "magnification_source": how}
+
+
+def header_calibration(source: Dataset, frame: int = 1) -> dict:
+    """`measure.calibration.header_spacing` of the source's header wherever its IOD keeps the spacing
+    (`header_spacing_values`), with a source label that says where the magnification came from when it is
+    not EstimatedRadiographicMagnificationFactor (Enhanced XA/XRF have none)."""
+    from ..measure.calibration import header_spacing
+
+    values = header_spacing_values(source, frame)
+    out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"])
+    if out["source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
+        out["source"] = _scaled_label(values["magnification_source"])
+    return out
+
+
+def _scaled_label(how: str) -> str:
+    """How the spacing at the patient was had from ImagerPixelSpacing and the magnification `how`."""
+    if how == "ImagerPixelSpacing/ObjectPixelSpacingInCenterOfBeam":
+        return "ObjectPixelSpacingInCenterOfBeam"  # the equipment's own spacing at the object
+    return f"ImagerPixelSpacing/({how})" if "/" in how else f"ImagerPixelSpacing/{how}"
+
+
+def patient_pixel_spacing(source: Dataset) -> tuple[tuple[float, float] | None, str]:
+    """(row, column) spacing in mm at the patient, and where it came from.
+
+    PixelSpacing when present (already at the patient, e.g. SC or calibrated DX; or the Pixel Measures
+    functional group); otherwise ImagerPixelSpacing / magnification (the detector spacing projected back to
+    the isocentre; an estimate), the magnification being EstimatedRadiographicMagnificationFactor or, on
+    Enhanced XA/XRF, the ratio of ImagerPixelSpacing to ObjectPixelSpacingInCenterOfBeam or of
+    DistanceSourceToDetector to DistanceSourceToIsocenter (see `header_spacing_values`); or ImagerPixelSpacing
+    alone when no magnification is given. (None, "none") if the source carries no spacing at all.
+    """
+    values = header_spacing_values(source)
+    if values["pixel_spacing"] is not None:
+        return values["pixel_spacing"], "PixelSpacing"
+    imager, mag, how = values["imager_pixel_spacing"], values["magnification"], values["magnification_source"]
+    if imager is not None:
+        if mag is not None:
+            return (imager[0] / mag, imager[1] / mag), _scaled_label(how)
+        return imager, "ImagerPixelSpacing"
+    return None, "none"
+
+
+def source_datetime(source: Dataset) -> tuple[str, str] | None:
+    """(DA, TM) of the source's acquisition (AcquisitionDate/Time, else AcquisitionDateTime: the enhanced
+    classes have only that), else content, series or study date/time; None if none. The time is never empty
+    (ContentTime is Type 1): a date without its time takes the time of the next pair on the same date, else
+    midnight (000000)."""
+    adt = str(source.get("AcquisitionDateTime") or "")
+    adt = (adt[:8], adt[8:].split("+")[0].split("-")[0]) if len(adt) >= 8 else ("", "")
+    pairs = [(str(source.get(d) or ""), str(source.get(t) or ""))
+             for d, t in (("AcquisitionDate", "AcquisitionTime"), ("ContentDate", "ContentTime"),
+                          ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime"))]
+    pairs.insert(1, adt)
+    dated = [(d, t) for d, t in pairs if d]
+    if not dated:
+        return None
+    date = dated[0][0]
+    return date, next((t for d, t in dated if d == date and t), "000000")
+
+
+def stamp_dates(ds: Dataset, source: Dataset) -> None:
+    """Content, series and instance-creation date/time (and highdicom's Contribution DateTime) from the
+    source's acquisition, so that the same input gives the same bytes. No-op when the source has no dates."""
+    when = source_datetime(source)
+    if when is None:
+        return
+    date, time = when
+    ds.ContentDate = ds.SeriesDate = ds.InstanceCreationDate = date
+    ds.ContentTime = ds.SeriesTime = ds.InstanceCreationTime = time
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = date + time
+
+
+def _n_frames(source: Dataset) -> int:
+    return int(source.get("NumberOfFrames") or 1)
+
+
+def check_labels(source: Dataset, labels: np.ndarray) -> np.ndarray:
+    """Labels as (F, H, W) uint8, checked against the source grid and the label values."""
+    arr = np.asarray(labels)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(f"labels must be an integer label map, got dtype {arr.dtype}")
+    n = _n_frames(source)
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3 or arr.shape != (n, source.Rows, source.Columns):
+        raise ValueError(f"labels shape {np.asarray(labels).shape} does not match the source grid "
+                         f"({n} frame(s) of {source.Rows} x {source.Columns})")
+    if arr.size and (arr.min() < 0 or arr.max() > len(LABELS)):
+        raise ValueError(f"label values must be 0..{len(LABELS)}, got {arr.min()}..{arr.max()}")
+    return arr.astype(np.uint8, copy=False)
+
