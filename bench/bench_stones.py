@@ -99,12 +99,36 @@ def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
             "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1)}
 
 
+def cine_cost(paths: dict, frames_n: int = 30, repeats: int = 3) -> dict:
+    """ms per frame of a `frames_n`-frame XA cine (576², phantom) through each path, interleaved, median."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "ercp_node.cli", "synth", "--count", "1", "--seed", "7", "--modality",
+                        "XA", "--frames", str(frames_n), "--out", tmp, "--workers", "1"], check=True,
+                       capture_output=True, cwd=ROOT)
+        dcm = next(Path(tmp, "dicom").glob("*.dcm"))
+        frames = [load_pixels(str(dcm), f) for f in range(frames_n)]
+    times = {name: [] for name in paths}
+    for seg in paths.values():
+        seg.segment(frames[:2])  # warm-up: graph building, first-call imports
+    for _ in range(repeats):
+        for name, seg in paths.items():
+            t = time.perf_counter()
+            seg.segment(frames, 16)
+            times[name].append(1000 * (time.perf_counter() - t) / frames_n)
+    return {name: {"ms_per_frame_median": round(float(np.median(v)), 1), "runs": [round(x, 1) for x in v]}
+            for name, v in times.items()} | {"frames": frames_n, "repeats": repeats}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="first-stage model .keras (its card may name a stone net)")
     ap.add_argument("--stones", default=None, help="stone net .keras for the cascade (default: the card's)")
     ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ap.add_argument("--cine", type=int, default=30, help="frames of the cine timing run (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/stones.json"))
     args = ap.parse_args(argv)
     single = Segmenter.load(args.model, cascade=False)
@@ -129,9 +153,13 @@ def main(argv=None) -> int:
                   f" >10 {b['gt10mm']['iou_mean']}) count exact {r['stone_count_exact_pct']:5.1f} % "
                   f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img", flush=True)
         results[Path(d).name] = rows
+    cine = cine_cost({"paper-256": single, "cascade-576": cascade}, args.cine) if args.cine else None
+    if cine:
+        print(f"cine {args.cine} frames: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame"
+                                                       for k, v in cine.items() if isinstance(v, dict)))
     out = {"bench": "stones", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
            "first_stage": single.version, "cascade": cascade.version, "data": args.data, "limit": args.limit,
-           "sets": results}
+           "sets": results, "cine": cine}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0
