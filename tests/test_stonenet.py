@@ -58,6 +58,21 @@ def test_loss_prefers_the_truth_and_is_finite():
     assert np.isfinite(lg) and lg < lb
 
 
+def test_patches_carry_the_prior_through_the_same_geometry():
+    g = 96
+    lab = np.zeros((1, g, g), np.uint8)
+    lab[0, 30:70, 40:60] = CBD
+    img = np.where(lab > 0, 60, 180).astype(np.uint8)
+    prior = np.zeros((1, 48, 48, 3), np.uint8)  # the first stage's grid: half the stone grid
+    prior[0, 15:35, 20:30, 1] = 255  # its CBD where the duct is
+    ds = StonePatches(img, lab, [np.zeros((0, 3), np.float32)], patch=32, batch_size=4, steps=1, seed=2,
+                      p_stone=0.0, p_duct=1.0, augment=False, priors=prior)
+    x, _ = ds[0]
+    assert x.shape == (4, 32, 32, 4)
+    duct = (x[..., 0] < 0.5)  # dark duct in the image channel
+    assert np.mean(x[..., 2][duct] > 0.5) > 0.9 and np.mean(x[..., 2][~duct] > 0.5) < 0.1
+
+
 def test_patches_keep_centres_on_their_stones_through_augmentation():
     g = 96
     lab = np.zeros((2, g, g), np.uint8)
@@ -147,6 +162,9 @@ def test_train_stones_command_trains_exports_and_attaches(tiny_model, tmp_path):
     assert card["train_images"] + card["val_images"] == 6
     z = np.load(run / "cache-train.npz", allow_pickle=True)
     assert z["images"].shape[1:] == (576, 576) and z["images"].dtype == np.uint8
+    # the prior: the first stage's scope/CBD/stone probabilities on its grid, and a 4-channel stone net
+    assert z["priors"].shape == (len(z["images"]), 256, 256, 3) and card["first_stage"]
+    assert StoneNet.load(run / "stones.keras").uses_prior
     seg = Segmenter.load(model)
     assert seg.version == "tiny-test-model+stones-test"
     assert (tmp_path / "m-stones.keras").is_file()

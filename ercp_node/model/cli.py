@@ -68,6 +68,9 @@ def add_train_stones_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-every", type=int, default=20, metavar="N",
                    help="every Nth patient (by a hash of the ID) is held out for validation")
     p.add_argument("--init", default=None, metavar="PATH", help="fine-tune from this stone net (.keras)")
+    p.add_argument("--first-stage", default="shipped", metavar="shipped|none|PATH",
+                   help="the first-stage model whose probabilities the stone net sees as its prior (nnU-Net's "
+                        "cascade; default: the shipped model); none: the image alone")
     p.add_argument("--version", default=None, help="version string for the card (default: stonenet-<date>)")
     p.add_argument("--attach", default=None, metavar="MODEL",
                    help="afterwards, copy the stone net beside this first-stage model and name it in its card")
@@ -92,14 +95,23 @@ def run_train_stones(args: argparse.Namespace) -> int:
     train = [s for s in samples if not held_out(s)]
     val = [s for s in samples if held_out(s)] or None
     out = Path(args.out)
+    first = None
+    if args.first_stage != "none":
+        from .inference import SHIPPED, Segmenter
+
+        fs = SHIPPED if args.first_stage == "shipped" else Path(args.first_stage)
+        if not fs.is_file():
+            print(f"error: --first-stage {fs} not found", file=sys.stderr)
+            return 2
+        first = Segmenter.load(fs, cascade=False)
     caches = {}
     for name, part in (("train", train), ("val", val)):
         if part:
             caches[name] = out / f"cache-{name}.npz"
             if not caches[name].is_file():
                 print(f"caching {len(part)} {name} images on the stone grid …", flush=True)
-                cache_stone_grid(part, caches[name])
-    cfg = StoneNetConfig()
+                cache_stone_grid(part, caches[name], first_stage=first)
+    cfg = StoneNetConfig(prior=first is not None)
     state = train_stone_net(caches["train"], caches.get("val"), out, minutes=args.minutes, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr, cfg=cfg,
                             init=Path(args.init) if args.init else None, epochs=args.epochs)
@@ -111,6 +123,7 @@ def run_train_stones(args: argparse.Namespace) -> int:
             "train_seconds": round(state.get("seconds", 0.0)), "init": args.init,
             "best_val_loss": min(hist["val_loss"]) if hist.get("val_loss") else None,
             "synthetic_only": all(s.source == "phantom" for s in samples),
+            "first_stage": first.version if first is not None else None,
             "note": RESEARCH_USE_SENTENCE}
     best = out / ("best.keras" if (out / "best.keras").is_file() else "last.keras")
     path = export_stone_net(best, out / "stones.keras", card)

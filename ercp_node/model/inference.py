@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ..preprocessing.pipeline import masks_to_source, preprocess_native, resize_labels, to_grid
@@ -91,8 +92,9 @@ class Segmenter:
         grid = self.stones.config.grid
         for pr, native, (p, _, _) in zip(probs, natives, frames):
             # Second stage on the stone grid: the first stage's labels there, stones replaced around the duct.
-            coarse = masks_to_source(pr, (grid, grid)).astype(np.uint8)
-            labels, _ = self.stones.refine(to_grid(native, grid)[..., 0], coarse)
+            up = cv2.resize(np.asarray(pr, np.float32), (grid, grid), interpolation=cv2.INTER_LINEAR)
+            coarse = np.argmax(up, axis=-1).astype(np.uint8)  # = masks_to_source(pr, (grid, grid))
+            labels, _ = self.stones.refine(to_grid(native, grid)[..., 0], coarse, probs=up)
             shape = tuple(np.shape(p)[:2])
             out.append(labels if shape == (grid, grid) else resize_labels(labels, shape).astype(np.uint8))
         return out

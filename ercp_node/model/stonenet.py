@@ -41,6 +41,7 @@ class StoneNetConfig:
     base_filters: int = 16
     depth: int = 3  # 0.47 M parameters (1.9 MB): with the first stage's 8 MB, under the 15 MB weight budget
     margin_px: int = 16  # the crop: the coarse duct (and stones) dilated by this, on the stone grid
+    prior: bool = False  # nnU-Net's cascade: stage 1's scope/CBD/stone probabilities as 3 more input channels
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +49,7 @@ class StoneNetConfig:
 
 def build_stone_net(cfg: StoneNetConfig = StoneNetConfig()) -> keras.Model:
     """A U-Net of any input size (multiple of 2**depth) → (H, W, 3): p(background), p(stone), centre map."""
-    inputs = keras.Input((None, None, 1), name="image")
+    inputs = keras.Input((None, None, 4 if cfg.prior else 1), name="image")
     x, skips = inputs, []
     for level in range(cfg.depth):
         x = _conv_block(x, cfg.base_filters * 2 ** level, True, f"enc{level}")
@@ -161,15 +162,23 @@ class StoneNet:
         return replace(StoneNetConfig(), **{k: v for k, v in self.card.get("config", {}).items()
                                             if k in StoneNetConfig.__dataclass_fields__})
 
+    @property
+    def uses_prior(self) -> bool:
+        return int(self.model.input_shape[-1]) == 4
+
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) float image, H and W multiples of 2**depth → (H, W, 3)."""
-        x = np.asarray(image, np.float32)[None, ..., None]
+        """(H, W) float image or (H, W, 4) image + stage-1 probabilities, H and W multiples of 2**depth →
+        (H, W, 3)."""
+        x = np.asarray(image, np.float32)
+        x = (x[..., None] if x.ndim == 2 else x)[None]
         # A direct call, not predict(): crops differ in shape, and a call does not retrace per shape.
         return np.asarray(keras.ops.convert_to_numpy(self.model(x, training=False)))[0]
 
-    def refine(self, image: np.ndarray, coarse: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, dict]:
-        """Stone grid image (G, G) in [0, 1] and the first stage's labels on it → labels with the stones
-        replaced by this net's (only in the duct's neighbourhood), touching stones cut apart; and what it did."""
+    def refine(self, image: np.ndarray, coarse: np.ndarray, threshold: float = 0.5,
+               probs: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """Stone grid image (G, G) in [0, 1] and the first stage's labels on it (and, for a net with the prior,
+        its (G, G, 4) class probabilities) → labels with the stones replaced by this net's (only in the duct's
+        neighbourhood), touching stones cut apart; and what it did."""
         cfg = self.config
         duct = (coarse == CBD) | (coarse == STONE)
         box = _quantised_box(duct, cfg.margin_px)
@@ -178,9 +187,13 @@ class StoneNet:
         y0, y1, x0, x1 = box
         q = 2 ** cfg.depth
         crop = image[y0:y1, x0:x1]
+        if self.uses_prior:
+            if probs is None:
+                raise ValueError("this stone net needs the first stage's probabilities")
+            crop = np.concatenate([crop[..., None], probs[y0:y1, x0:x1, 1:4]], -1)
         ph, pw = (-crop.shape[0]) % q, (-crop.shape[1]) % q
         if ph or pw:  # a frame smaller than the quantum: pad with black
-            crop = np.pad(crop, ((0, ph), (0, pw)))
+            crop = np.pad(crop, ((0, ph), (0, pw)) + ((0, 0),) * (crop.ndim - 2))
         out = self.predict(crop)[: y1 - y0, : x1 - x0]
         k = 2 * cfg.margin_px + 1
         allowed = cv2.dilate(duct.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[y0:y1, x0:x1] > 0
@@ -247,9 +260,9 @@ class StonePatches(keras.utils.PyDataset):
     """
 
     def __init__(self, images, labels, centres, *, patch=128, batch_size=16, steps=200, seed=0,
-                 p_stone=0.5, p_duct=0.35, augment=True, **kw):
+                 p_stone=0.5, p_duct=0.35, augment=True, priors=None, **kw):
         super().__init__(**kw)
-        self.images, self.labels, self.centres = images, labels, centres
+        self.images, self.labels, self.centres, self.priors = images, labels, centres, priors
         self.patch, self.batch_size, self.steps, self.seed = patch, batch_size, steps, seed
         self.p_stone, self.p_duct, self.augment, self.epoch = p_stone, p_duct, augment, 0
         self.with_stones = [i for i, c in enumerate(centres) if len(c)]
@@ -294,20 +307,38 @@ class StonePatches(keras.utils.PyDataset):
         if self.augment:
             intensity = replace(ROBUST, hflip=0.0, vflip=0.0, rotate_deg=0.0, scale=0.0)
             img, lab = augment_pair(img, lab, rng, intensity)
-        return img, np.stack([(lab == STONE).astype(np.float32), heat_map((P, P), cen)], -1)
+        target = np.stack([(lab == STONE).astype(np.float32), heat_map((P, P), cen)], -1)
+        if self.priors is None:
+            return img, target
+        # The prior lives on stage 1's grid: map patch ← stone grid ← prior grid.
+        k = self.images.shape[1] / self.priors.shape[1]
+        to_grid = np.array([[k, 0, (k - 1) / 2], [0, k, (k - 1) / 2], [0, 0, 1]])
+        prior = cv2.warpAffine(self.priors[i], (np.vstack([m, [0, 0, 1]]) @ to_grid)[:2], (P, P),
+                               flags=cv2.INTER_LINEAR, borderValue=0).astype(np.float32) / 255
+        if self.augment:  # stage 1 is better on its own training images than at a new site: distrust it
+            prior = prior * rng.uniform(0.6, 1.0)
+            if rng.random() < 0.5:
+                prior = cv2.GaussianBlur(prior, (0, 0), rng.uniform(0.5, 3.0))
+            if rng.random() < 0.3:
+                prior[..., 2] = 0.0  # no stone prior: find them from the image
+        return np.concatenate([img[..., None], prior], -1), target
 
     def __getitem__(self, idx):
         rng = np.random.default_rng((self.seed, self.epoch, idx))
         xs, ys = zip(*(self.sample(rng) for _ in range(self.batch_size)))
-        return np.stack(xs)[..., None], np.stack(ys)
+        x = np.stack(xs)
+        return (x[..., None] if x.ndim == 3 else x), np.stack(ys)
 
 
-def cache_stone_grid(samples, out: Path, grid: int = STONE_GRID) -> Path:
-    """Preprocess phantom samples once onto the stone grid: images, labels (CBD/stone) and centres (npz)."""
-    from ..preprocessing.pipeline import preprocess, resize_labels
+def cache_stone_grid(samples, out: Path, grid: int = STONE_GRID, first_stage=None) -> Path:
+    """Preprocess samples once onto the stone grid: images, labels (CBD/stone) and centres (npz); with a
+    first-stage Segmenter also its scope/CBD/stone probabilities on its own grid (uint8, the prior)."""
+    from ..preprocessing.pipeline import resize_labels
     from .data import load_mask, load_pixels
 
-    imgs, labs, cens, keys = [], [], [], []
+    from ..preprocessing.pipeline import preprocess_native, to_grid
+
+    imgs, labs, cens, keys, priors = [], [], [], [], []
     for s in samples:
         pixels, bits, photometric = load_pixels(s.image_path, s.frame)
         mask = load_mask(s, pixels.shape[:2])
@@ -318,19 +349,25 @@ def cache_stone_grid(samples, out: Path, grid: int = STONE_GRID) -> Path:
         cen[:, 2] *= (sx + sy) / 2
         lab = resize_labels(mask, (grid, grid))
         lab = np.where(lab == STONE, STONE, np.where(lab == CBD, CBD, 0)).astype(np.uint8)
-        imgs.append((preprocess(pixels, bits_stored=bits, photometric=photometric, size=grid)[..., 0] * 255).round().astype(np.uint8))
+        native = preprocess_native(pixels, bits_stored=bits, photometric=photometric)
+        imgs.append((to_grid(native, grid)[..., 0] * 255).round().astype(np.uint8))
+        if first_stage is not None:
+            pr = first_stage.probabilities(to_grid(native, first_stage.input_size)[None])[0]
+            priors.append((pr[..., 1:4] * 255).round().astype(np.uint8))
         labs.append(lab)
         cens.append(cen)
         keys.append(s.key)
     out.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"priors": np.stack(priors)} if priors else {}
     np.savez(out, images=np.stack(imgs), labels=np.stack(labs), keys=np.array(keys),
-             centres=np.array(cens, dtype=object), allow_pickle=True)
+             centres=np.array(cens, dtype=object), allow_pickle=True, **extra)
     return out
 
 
 def load_cache(path: Path):
+    """images, labels, centres, keys, priors (None when the cache has none)."""
     z = np.load(path, allow_pickle=True)
-    return z["images"], z["labels"], list(z["centres"]), list(z["keys"])
+    return z["images"], z["labels"], list(z["centres"]), list(z["keys"]), (z["priors"] if "priors" in z else None)
 
 
 def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *, minutes: float = 60.0,
@@ -341,7 +378,9 @@ def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *,
     from .train import TimeBudget
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    images, labels, centres, _ = load_cache(train_cache)
+    images, labels, centres, _, priors = load_cache(train_cache)
+    if cfg.prior and priors is None:
+        raise ValueError(f"{train_cache} has no first-stage probabilities; the prior config needs them")
     state_p = out_dir / "state.json"
     state = json.loads(state_p.read_text()) if resume and state_p.is_file() else {"epochs": 0, "history": {}, "seconds": 0.0}
     if resume and (out_dir / "last.keras").is_file():
@@ -352,12 +391,12 @@ def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *,
             model.set_weights(keras.saving.load_model(init, compile=False).get_weights())
         model.compile(optimizer=keras.optimizers.Adam(lr), loss=StoneNetLoss())
     train_ds = StonePatches(images, labels, centres, patch=cfg.patch, batch_size=batch_size, steps=steps,
-                            seed=seed + state["epochs"])
+                            seed=seed + state["epochs"], priors=priors if cfg.prior else None)
     val_ds = None
     if val_cache is not None:
-        vi, vl, vc, _ = load_cache(val_cache)
+        vi, vl, vc, _, vp = load_cache(val_cache)
         val_ds = StonePatches(vi, vl, vc, patch=cfg.patch, batch_size=batch_size, steps=max(8, steps // 10),
-                              seed=12345, augment=False)
+                              seed=12345, augment=False, priors=vp if cfg.prior else None)
     budget = TimeBudget(minutes * 60)
 
     class Keep(keras.callbacks.Callback):
