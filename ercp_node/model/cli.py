@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..cliutil import iso_date
+from ..text import RESEARCH_USE_SENTENCE
 
 
 def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,7 +108,7 @@ def run_train_stones(args: argparse.Namespace) -> int:
             "train_seconds": round(state.get("seconds", 0.0)), "init": args.init,
             "best_val_loss": min(hist["val_loss"]) if hist.get("val_loss") else None,
             "synthetic_only": all(s.source == "phantom" for s in samples),
-            "note": "Research use, not for diagnosis."}
+            "note": RESEARCH_USE_SENTENCE}
     best = out / ("best.keras" if (out / "best.keras").is_file() else "last.keras")
     path = export_stone_net(best, out / "stones.keras", card)
     print(f"stone net: {path} ({card['epochs']} epochs, best val loss {card['best_val_loss']})")
