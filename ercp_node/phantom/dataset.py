@@ -20,16 +20,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..labels import BACKGROUND, LABELS
+from ..text import RESEARCH_USE_SENTENCE
 from .anatomy import sample_anatomy
 from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
-from .labelme import layers_to_labelme
+from .labelme import LABEL_VALUES, layers_to_labelme
 from .render import Options, make_case, render
 from .style import CLASSIC, sample_style
 
 MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_uid", "acquisition_date",
                    "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
                    "dicom", "image", "mask", "labelme", "truth"]
-OVERLAY_BGR = {1: (0, 200, 0), 2: (0, 0, 255), 3: (0, 255, 255)}  # scope green, CBD red, stones yellow
+OVERLAY_BGR = {x.value: x.bgr for x in LABELS}  # scope green, CBD red, stones yellow
 CONTACT_SHEET_MAX = 24
 
 
@@ -188,8 +190,8 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         id=item.id, index=item.index, seed=cfg.seed, complexity=item.complexity, patient_id=item.patient_id,
         study_uid=item.study_uid, series_uid=item.series_uid, sop_uid=item.sop_uid,
         acquisition_datetime=item.acquired.isoformat(), modality=cfg.modality, frames=n,
-        generator="ercp-node phantom", note="Synthetic phantom. Research use, not for diagnosis.",
-        label_values={"background": 0, "duodenoscope": 1, "CBD": 2, "stone": 3},
+        generator="ercp-node phantom", note=f"Synthetic phantom. {RESEARCH_USE_SENTENCE}",
+        label_values={"background": BACKGROUND, **LABEL_VALUES},
         **({"style": case.acq["style"].to_dict()} if "style" in case.acq else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))

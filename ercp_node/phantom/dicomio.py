@@ -70,6 +70,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from ..text import RESEARCH_USE_SENTENCE
+
 TRANSFER_SYNTAXES: dict[str, UID] = {
     "explicit": ExplicitVRLittleEndian,
     "implicit": ImplicitVRLittleEndian,
@@ -129,7 +131,7 @@ class DicomInfo:
     manufacturer: str = "ercp-node phantom"
     model_name: str = "Synthetic C-arm (Ziehm-like)"
     burned_in_annotation: bool = True
-    image_comments: str = "Synthetic phantom image. Research use, not for diagnosis."
+    image_comments: str = f"Synthetic phantom image. {RESEARCH_USE_SENTENCE}"
     # PatientOrientation (row direction, column direction), e.g. ('L', 'F'). Empty = unknown (type 2, written
     # empty) for RF/XA/SC; DX requires a value (see _dx) and gets ('L', 'F') (AP view, head up) when empty.
     # Enhanced XA/XRF have no PatientOrientation (General Image is not in their IODs); not written there.

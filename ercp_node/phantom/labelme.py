@@ -13,7 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-LABEL_VALUES = {"duodenoscope": 1, "CBD": 2, "stone": 3}  # drawing order = priority order
+from ..labels import BY_VALUE, CBD, LABELS, STONE
+
+LABEL_VALUES = {x.labelme: x.value for x in LABELS}  # drawing order = priority order
 LABELME_VERSION = "5.4.1"
 
 
@@ -75,7 +77,7 @@ def labelme_to_mask(doc: dict, shape: tuple[int, int] | None = None) -> np.ndarr
     for label, value in LABEL_VALUES.items():
         for p in by_label[label]:  # one call per polygon: overlapping polygons must not cancel out
             cv2.fillPoly(out, [np.round(p * 16).astype(np.int32)], value, cv2.LINE_8, 4)
-    stone_label, duct_label = "stone", "CBD"
+    stone_label, duct_label = BY_VALUE[STONE].labelme, BY_VALUE[CBD].labelme
     if by_label[stone_label]:
         # Label convention: a stone is a calculus in the duct (drawn over the CBD); one outside it is a mistake.
         duct = np.zeros((h, w), np.uint8)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..labels import CBD, LABELS, SCOPE, STONE
 from . import anatomy as A
 from .geometry import chord, ellipsoid, polygon_mask, resample, smooth_curve, solid_from_footprint, tangents, tube, tubes_by_distance
 from .style import Style
@@ -20,8 +21,6 @@ from .style import Style
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
 MU_STEEL = 0.45  # /mm: wires, clips, scope tip metal (effective, after beam hardening)
-BACKGROUND, SCOPE, CBD, STONE = 0, 1, 2, 3
-LABELS = {SCOPE: "duodenoscope", CBD: "CBD", STONE: "stone"}
 
 
 @dataclass
@@ -393,10 +392,11 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
 
     # Annotation layers, each the structure's whole visible footprint; drawn in priority order
     # (scope < CBD < stone) they give the label map. Nothing is annotated where the collimator hides it.
-    layers = {"duodenoscope": scope_lbl & field, "CBD": (cbd_mask | stone_lbl) & field, "stone": stone_lbl & field}
+    footprint = {SCOPE: scope_lbl, CBD: cbd_mask | stone_lbl, STONE: stone_lbl}
+    layers = {x.labelme: footprint[x.value] & field for x in LABELS}  # keyed by labelme name, in paint order
     labels = np.zeros(shape, np.uint8)
-    for value, name in LABELS.items():
-        labels[layers[name]] = value
+    for x in LABELS:
+        labels[layers[x.labelme]] = x.value
     truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
     return image, labels, layers, truth
 
