@@ -9,10 +9,11 @@ from pathlib import Path
 import highdicom as hd
 
 import ercp_node
+from ercp_node import annotation
 from ercp_node import labels as L
 from ercp_node.dicom import codes, gsps, seg, sr
 from ercp_node.model import data, metrics, registry, unet
-from ercp_node.phantom import dataset, dicomio, labelme, render
+from ercp_node.phantom import dicomio, render
 from ercp_node.text import RESEARCH_USE, SPELLED, ascii_text
 
 PACKAGE = Path(ercp_node.__file__).parent
@@ -43,9 +44,10 @@ def test_every_package_uses_it():
     assert registry.STRUCTURES == ("duodenoscope", "cbd", "stone")
     assert data.SEGMENT_CODES == {"37270008": 1, "79741001": 2, "56381008": 3}
     assert data.SEGMENT_WORDS[L.CBD] == ("cbd", "bile duct", "common bile duct")
-    # phantom: label values, layer names and colours it writes; the disclaimer it writes into DICOM
-    assert list(labelme.LABEL_VALUES.items()) == [(x.labelme, x.value) for x in L.LABELS]
-    assert dataset.OVERLAY_BGR == {x.value: x.bgr for x in L.LABELS}
+    # annotation (labelme and outlines, for the phantom, model, measure and the demo)
+    assert list(annotation.LABEL_VALUES.items()) == [(x.labelme, x.value) for x in L.LABELS]
+    assert annotation.OVERLAY_BGR == {x.value: x.bgr for x in L.LABELS}
+    # phantom: label values and layer names it renders; the disclaimer it writes into DICOM
     assert (render.SCOPE, render.CBD, render.STONE) == (L.SCOPE, L.CBD, L.STONE) and render.LABELS is L.LABELS
     assert dicomio.DicomInfo.__dataclass_fields__["image_comments"].default.endswith(RESEARCH_USE + ".")
 

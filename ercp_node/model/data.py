@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pydicom
 
+from ..annotation import LabelmeError, labelme_to_mask
 from ..labels import CBD, LABELS, SCOPE, STONE
-from ..phantom.labelme import LabelmeError, labelme_to_mask
 from ..preprocessing.pipeline import preprocess, resize_labels
 
 # SNOMED CT codes of the three segments and label words accepted from viewers' SEGs (ercp_node.labels).

@@ -20,18 +20,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..labels import BACKGROUND, LABELS
+from ..annotation import LABEL_VALUES, layers_to_labelme, overlay
+from ..labels import BACKGROUND
 from ..text import RESEARCH_USE_SENTENCE
 from .anatomy import sample_anatomy
 from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
-from .labelme import LABEL_VALUES, layers_to_labelme
 from .render import Options, make_case, render
 from .style import CLASSIC, sample_style
 
 MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_uid", "acquisition_date",
                    "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
                    "dicom", "image", "mask", "labelme", "truth"]
-OVERLAY_BGR = {x.value: x.bgr for x in LABELS}  # scope green, CBD red, stones yellow
 CONTACT_SHEET_MAX = 24
 
 
@@ -131,14 +130,6 @@ def plan(cfg: SynthConfig) -> list[ImagePlan]:
 
 def frame_name(image_id: str, frame: int, frames: int) -> str:
     return image_id if frames == 1 else f"{image_id}_f{frame:03d}"
-
-
-def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    for value, colour in OVERLAY_BGR.items():
-        contours, _ = cv2.findContours((labels == value).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(bgr, contours, -1, colour, max(1, image.shape[0] // 400))
-    return bgr
 
 
 def render_image(cfg: SynthConfig, item: ImagePlan):
