@@ -190,22 +190,51 @@ def _fill_weights(s: np.ndarray, fill_front_mm: float) -> np.ndarray:
     return np.clip((fill_front_mm - s) / 6.0 + 0.5, 0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class _View:
+    """One frame's mapping from case millimetres to pixels and its motion: what every structure's drawing needs."""
+
+    fr: Frame
+    shape: tuple[int, int]
+    mm: float  # px per mm in the object plane
+    breath: np.ndarray  # breathing displacement of the abdominal structures (mm)
+    n: int  # frames in the run
+    frame_index: int
+
+
 def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generator):
     """Render one frame: (display image float32 [0,1], label map uint8, annotation layers, per-frame truth)."""
     size, acq = opts.size, case.acq
     spacing = opts.spacing() / acq["magnification"]  # mm per pixel in the object plane
     n = max(acq["frames"], 1)
-    t = frame_index / max(n - 1, 1)
     breath = np.array([0.0, acq["breathing_mm"] * np.sin(2 * np.pi * frame_index / 12.0)]) if n > 1 else np.zeros(2)
     rot, shift = acq["pose"]
     fr = Frame(size, spacing, rot, shift, acq.get("mirror", False))
     style: Style | None = acq.get("style")
     extras = acq.get("extras", {})
-    mm = 1.0 / spacing  # px per mm
-    shape = (size, size)
-    L = np.zeros(shape, np.float32)  # line integral of attenuation (dimensionless)
+    v = _View(fr, (size, size), 1.0 / spacing, breath, n, frame_index)
+    L = np.zeros(v.shape, np.float32)  # line integral of attenuation (dimensionless)
+    L += _soft_tissue(case, v)
+    L += _bones(case, v)
+    cbd_mask, stone_lbl, stone_truth, cbd_full = _contrast(L, case, extras, v)
+    metal = np.zeros(v.shape, np.float32)  # path length × attenuation, already dimensionless
+    scope_lbl = _duodenoscope(metal, case, opts, style, v)
+    _devices(metal, case.devices, extras, v)
+    L += metal
 
-    # Soft tissue: smooth thickness variation plus bowel-content texture.
+    image, field = _detector(L, acq, rng, size)
+    if opts.burned_in_text:
+        _burn_in(image, acq, frame_index, n, spacing)
+    if extras.get("markers"):
+        _markers(image, extras["markers"], style)
+    labels, layers = _annotation(scope_lbl, cbd_mask, stone_lbl, field)
+    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
+    return image, labels, layers, truth
+
+
+def _soft_tissue(case: A.Case, v: _View) -> np.ndarray:
+    """Soft tissue: smooth thickness variation plus bowel-content texture, less the gas (line integral)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
     body = case.body
     thick = body["thickness"] + 14.0 * cv2.resize(body["field"].astype(np.float32), shape, interpolation=cv2.INTER_CUBIC)
     thick += 3.0 * cv2.resize(body["texture"].astype(np.float32), shape, interpolation=cv2.INTER_CUBIC)
@@ -214,9 +243,12 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (px, py), = fr.px([cx, cy], breath)
         ellipsoid(shape, px, py, a * mm, b * mm, depth / 2 * mm, np.radians(fr.angle(ang)), out=gas)
     gas = cv2.GaussianBlur(gas, (0, 0), 1.5)
-    L += MU_WATER * (thick - gas / mm)
+    return MU_WATER * (thick - gas / mm)
 
-    # Spine: vertebral bodies with cortical shells, pedicles, processes.
+
+def _bones(case: A.Case, v: _View) -> np.ndarray:
+    """Spine (vertebral bodies with cortical shells, pedicles, processes) and ribs (line integral)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
     sp = case.spine
     axis = np.array([np.sin(np.radians(sp["tilt"])), np.cos(np.radians(sp["tilt"]))])
     bone = np.zeros(shape, np.float32)
@@ -241,42 +273,17 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in case.ribs])
         outer, inner = chord(dist, rad), chord(dist, np.maximum(rad - 1.2 * mm, 0))
         bone += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
-    L += bone
+    return bone
 
-    # Contrast-filled ducts (CBD label), branches and the gallbladder.
+
+def _contrast(L: np.ndarray, case: A.Case, extras: dict, v: _View):
+    """Contrast in the ducts, less what stones, the balloon and bubbles displace, and spilt into the duodenum;
+    added to L. Returns (CBD mask, stone label, stone truth, whether the CBD is full)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
+    acq, n = case.acq, v.n
+    duct, cbd_mask, cbd_full, fill_front = _ducts(case, v)
+    stone_chord, stone_lbl, stone_truth = _stones(case, fill_front, v)
     d = case.ducts
-    fill_front = (acq["fill_start"] + (1 - acq["fill_start"]) * min(1.0, t / 0.6)) * d.cbd.s[-1] * 1.3 if n > 1 else 1e9
-    w_cbd = _fill_weights(d.cbd.s, fill_front)
-    cbd_px = fr.px(d.cbd.points, breath)
-    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd, exact=True)
-    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5), exact=True) > 0
-    cbd_full = fill_front >= d.cbd.s[-1]
-    if cbd_full or n == 1:  # branches fill once the CBD is full; each to its own extent
-        filled = [(fr.px(br.points, breath)[br.s <= f * br.s[-1] + 3], br.radii[br.s <= f * br.s[-1] + 3] * mm)
-                  for br, f in zip(d.branches, d.branch_fill)]
-        np.maximum(duct, chord(*tubes_by_distance(shape, filled)), out=duct)
-    if d.gallbladder is not None and (cbd_full or n == 1):
-        cx, cy, a, b, ang = d.gallbladder
-        (px, py), = fr.px([cx, cy], breath)
-        gbm = ellipsoid(shape, px, py, a * mm, b * mm, b * mm, np.radians(fr.angle(ang)))
-        duct = np.maximum(duct, 0.35 * gbm)  # dilute contrast in the gallbladder
-    stone_chord = np.zeros(shape, np.float32)
-    stone_lbl = np.zeros(shape, bool)
-    stone_truth = []
-    for i, st in enumerate(case.stones):
-        poly = fr.px(st.polygon, breath)
-        foot = polygon_mask(shape, poly)
-        solid = solid_from_footprint(foot, st.depth_mm * mm)
-        filled = float(_fill_weights(np.array([st.s_mm]), fill_front)[0]) >= 0.5
-        stone_chord += solid * np.float32(1.0 - st.mu_ratio)
-        if filled:
-            stone_lbl |= foot.astype(bool)
-        (cx, cy), = fr.px(_poly_centroid(st.polygon), breath)
-        stone_truth.append(dict(id=i + 1, largest_diameter_mm=round(st.largest_mm, 3),
-                                smallest_diameter_mm=round(st.smallest_mm, 3),
-                                area_mm2=round(_poly_area(st.polygon), 3), centroid_px=[round(cx, 2), round(cy, 2)],
-                                distance_from_papilla_mm=round(st.s_mm, 2), contrast_ratio=round(1 - st.mu_ratio, 3),
-                                visible=bool(filled)))
     dv = case.devices
     if "balloon" in dv:
         bl = dv["balloon"]
@@ -295,9 +302,63 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (px, py), = fr.px([cx, cy], breath)
         ellipsoid(shape, px, py, a * mm, b * mm, min(a, b) * mm, np.radians(fr.angle(ang)), out=L,
                   scale=density * mu_c / mm)
+    return cbd_mask, stone_lbl, stone_truth, cbd_full
 
-    # Duodenoscope.
-    metal = np.zeros(shape, np.float32)  # path length × attenuation, already dimensionless
+
+def _ducts(case: A.Case, v: _View):
+    """Contrast-filled ducts (CBD label), branches and the gallbladder: (contrast path length in px, CBD mask,
+    whether the CBD is full, the fill front in mm from the papilla; a cine run fills from the papilla up)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
+    acq, n = case.acq, v.n
+    t = v.frame_index / max(n - 1, 1)
+    d = case.ducts
+    fill_front = (acq["fill_start"] + (1 - acq["fill_start"]) * min(1.0, t / 0.6)) * d.cbd.s[-1] * 1.3 if n > 1 else 1e9
+    w_cbd = _fill_weights(d.cbd.s, fill_front)
+    cbd_px = fr.px(d.cbd.points, breath)
+    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd, exact=True)
+    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5), exact=True) > 0
+    cbd_full = fill_front >= d.cbd.s[-1]
+    if cbd_full or n == 1:  # branches fill once the CBD is full; each to its own extent
+        filled = [(fr.px(br.points, breath)[br.s <= f * br.s[-1] + 3], br.radii[br.s <= f * br.s[-1] + 3] * mm)
+                  for br, f in zip(d.branches, d.branch_fill)]
+        np.maximum(duct, chord(*tubes_by_distance(shape, filled)), out=duct)
+    if d.gallbladder is not None and (cbd_full or n == 1):
+        cx, cy, a, b, ang = d.gallbladder
+        (px, py), = fr.px([cx, cy], breath)
+        gbm = ellipsoid(shape, px, py, a * mm, b * mm, b * mm, np.radians(fr.angle(ang)))
+        duct = np.maximum(duct, 0.35 * gbm)  # dilute contrast in the gallbladder
+    return duct, cbd_mask, cbd_full, fill_front
+
+
+def _stones(case: A.Case, fill_front: float, v: _View):
+    """Each stone's solid (what it displaces of the contrast, px), the stone label (the stones the contrast has
+    reached) and their truth."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
+    stone_chord = np.zeros(shape, np.float32)
+    stone_lbl = np.zeros(shape, bool)
+    stone_truth = []
+    for i, st in enumerate(case.stones):
+        poly = fr.px(st.polygon, breath)
+        foot = polygon_mask(shape, poly)
+        solid = solid_from_footprint(foot, st.depth_mm * mm)
+        filled = float(_fill_weights(np.array([st.s_mm]), fill_front)[0]) >= 0.5
+        stone_chord += solid * np.float32(1.0 - st.mu_ratio)
+        if filled:
+            stone_lbl |= foot.astype(bool)
+        (cx, cy), = fr.px(_poly_centroid(st.polygon), breath)
+        stone_truth.append(dict(id=i + 1, largest_diameter_mm=round(st.largest_mm, 3),
+                                smallest_diameter_mm=round(st.smallest_mm, 3),
+                                area_mm2=round(_poly_area(st.polygon), 3), centroid_px=[round(cx, 2), round(cy, 2)],
+                                distance_from_papilla_mm=round(st.s_mm, 2), contrast_ratio=round(1 - st.mu_ratio, 3),
+                                visible=bool(filled)))
+    return stone_chord, stone_lbl, stone_truth
+
+
+def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style | None, v: _View) -> np.ndarray:
+    """Duodenoscope: shaft, braid, bending rings, wires, working channel and the tip, added to `metal`; returns
+    its label (whole visible footprint)."""
+    fr, shape, mm = v.fr, v.shape, v.mm  # the scope moves with its own motion, not with the breathing
+    acq, n, frame_index = case.acq, v.n, v.frame_index
     scope_lbl = np.zeros(shape, bool)
     if case.scope is not None:
         motion = acq["scope_motion"] * np.sin(2 * np.pi * frame_index / 9.0) if n > 1 else np.zeros(2)
@@ -334,8 +395,12 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
             ex, ey = tx + np.cos(tang) * f * tl, ty + np.sin(tang) * f * tl
             ellipsoid(shape, ex, ey, w * tl, 0.35 * tw, 0.3 * tw, tang, out=metal, scale=MU_STEEL * k_tip / mm)
         scope_lbl = (outer > 0) | (tip > 0)
+    return scope_lbl
 
-    # Devices: guidewire, catheter, basket, balloon markers, clips, ECG leads.
+
+def _devices(metal: np.ndarray, dv: dict, extras: dict, v: _View) -> None:
+    """Devices: guidewire, catheter, basket, balloon markers, clips, ECG leads, stents, drain; added to `metal`."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
     if "guidewire" in dv:
         _wire(metal, fr.px(dv["guidewire"], breath), 0.89 * mm, MU_STEEL * 0.89 * 1.5)
     if "catheter" in dv:
@@ -382,23 +447,17 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     if "drain" in extras:
         d_px = fr.px(extras["drain"], breath)
         metal += 0.06 * (tube(shape, d_px, 1.0 * mm) - tube(shape, d_px, 0.55 * mm)) / mm
-    L += metal
 
-    image, field = _detector(L, acq, rng, size)
-    if opts.burned_in_text:
-        _burn_in(image, acq, frame_index, n, spacing)
-    if extras.get("markers"):
-        _markers(image, extras["markers"], style)
 
-    # Annotation layers, each the structure's whole visible footprint; drawn in priority order
-    # (scope < CBD < stone) they give the label map. Nothing is annotated where the collimator hides it.
+def _annotation(scope_lbl: np.ndarray, cbd_mask: np.ndarray, stone_lbl: np.ndarray, field: np.ndarray):
+    """Annotation layers, each the structure's whole visible footprint; drawn in priority order (scope < CBD <
+    stone) they give the label map. Nothing is annotated where the collimator hides it. Returns (labels, layers)."""
     footprint = {SCOPE: scope_lbl, CBD: cbd_mask | stone_lbl, STONE: stone_lbl}
     layers = {x.labelme: footprint[x.value] & field for x in LABELS}  # keyed by labelme name, in paint order
-    labels = np.zeros(shape, np.uint8)
+    labels = np.zeros(field.shape, np.uint8)
     for x in LABELS:
         labels[layers[x.labelme]] = x.value
-    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
-    return image, labels, layers, truth
+    return labels, layers
 
 
 def _poly_area(p: np.ndarray) -> float:
