@@ -15,7 +15,8 @@ import numpy as np
 
 from ..labels import CBD, LABELS, SCOPE, STONE
 from . import anatomy as A
-from .geometry import chord, ellipsoid, polygon_mask, resample, smooth_curve, solid_from_footprint, tangents, tube, tubes_by_distance
+from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
+                       tubes_by_distance, window)
 from .style import Style
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
@@ -179,11 +180,18 @@ def _apply_style(style: Style, rng: np.random.Generator, acq: dict, spine: dict,
 
 # --------------------------------------------------------------------------------------------- drawing
 def _wire(canvas: np.ndarray, pts_px: np.ndarray, diameter_px: float, value: float) -> None:
-    """Thin dense wire (< 2 px): anti-aliased polyline carrying its mean path length × attenuation."""
-    tmp = np.zeros(canvas.shape, np.uint8)
-    cv2.polylines(tmp, [np.round(pts_px * 16).astype(np.int32)], False, 255, max(1, int(round(diameter_px))),
-                  lineType=cv2.LINE_AA, shift=4)
-    canvas += tmp.astype(np.float32) * np.float32(value / 255.0)
+    """Thin dense wire (< 2 px): anti-aliased polyline carrying its mean path length × attenuation.
+
+    Drawn in a window round the polyline (its thickness + 2 px beyond it, cut only at the image's edges, where the
+    whole image's drawing is clipped too), in whole-pixel offsets: the same pixels as on the whole image."""
+    thickness = max(1, int(round(diameter_px)))
+    rows, cols = window(canvas.shape, pts_px, thickness + 2)
+    if rows.start >= rows.stop:
+        return
+    tmp = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+    pts = np.round(pts_px * 16).astype(np.int32) - np.array([cols.start * 16, rows.start * 16], np.int32)
+    cv2.polylines(tmp, [pts], False, 255, thickness, lineType=cv2.LINE_AA, shift=4)
+    canvas[rows, cols] += tmp.astype(np.float32) * np.float32(value / 255.0)
 
 
 def _fill_weights(s: np.ndarray, fill_front_mm: float) -> np.ndarray:
@@ -270,9 +278,9 @@ def _bones(case: A.Case, v: _View) -> np.ndarray:
         (px, py), = fr.px(c_mm + np.array([0.0, 9.0]))
         ellipsoid(shape, px, py, 3 * mm, 7 * mm, 10 * mm, ang, out=bone, scale=MU_CORTICAL * 0.7 / mm)
     if case.ribs:
-        dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in case.ribs])
+        win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in case.ribs])
         outer, inner = chord(dist, rad), chord(dist, np.maximum(rad - 1.2 * mm, 0))
-        bone += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
+        bone[win] += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
     return bone
 
 
@@ -321,7 +329,8 @@ def _ducts(case: A.Case, v: _View):
     if cbd_full or n == 1:  # branches fill once the CBD is full; each to its own extent
         filled = [(fr.px(br.points, breath)[br.s <= f * br.s[-1] + 3], br.radii[br.s <= f * br.s[-1] + 3] * mm)
                   for br, f in zip(d.branches, d.branch_fill)]
-        np.maximum(duct, chord(*tubes_by_distance(shape, filled)), out=duct)
+        win, dist, rad = tubes_by_distance(shape, filled)
+        np.maximum(duct[win], chord(dist, rad), out=duct[win])
     if d.gallbladder is not None and (cbd_full or n == 1):
         cx, cy, a, b, ang = d.gallbladder
         (px, py), = fr.px([cx, cy], breath)
@@ -339,12 +348,12 @@ def _stones(case: A.Case, fill_front: float, v: _View):
     stone_truth = []
     for i, st in enumerate(case.stones):
         poly = fr.px(st.polygon, breath)
-        foot = polygon_mask(shape, poly)
+        win, foot = polygon_footprint(shape, poly)
         solid = solid_from_footprint(foot, st.depth_mm * mm)
         filled = float(_fill_weights(np.array([st.s_mm]), fill_front)[0]) >= 0.5
-        stone_chord += solid * np.float32(1.0 - st.mu_ratio)
+        stone_chord[win] += solid * np.float32(1.0 - st.mu_ratio)
         if filled:
-            stone_lbl |= foot.astype(bool)
+            stone_lbl[win] |= foot.astype(bool)
         (cx, cy), = fr.px(_poly_centroid(st.polygon), breath)
         stone_truth.append(dict(id=i + 1, largest_diameter_mm=round(st.largest_mm, 3),
                                 smallest_diameter_mm=round(st.smallest_mm, 3),
@@ -371,24 +380,30 @@ def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style |
         arc = np.zeros(shape, np.float32)
         outer = tube(shape, sp_px, r, arc=sc.s, arc_out=arc)
         inner = tube(shape, sp_px, r - 0.5 * mm)
-        shell = outer - inner
-        bending = (arc > sc.s[-1] - 40.0) & (outer > 0)
-        rings = (np.cos(2 * np.pi * arc / 3.2) > 0.3) & bending
-        metal += 0.030 * k_tube * outer / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
+        # The rest in the shaft's window: outside it the tubes and the arc length are 0, and so would be the sum.
+        win = window(shape, sp_px, r)
+        o, a = outer[win], arc[win]
+        shell = o - inner[win]
+        bending = (a > sc.s[-1] - 40.0) & (o > 0)
+        rings = np.zeros(bending.shape, bool)
+        rings[bending] = np.cos(2 * np.pi * a[bending] / 3.2) > 0.3
+        metal[win] += 0.030 * k_tube * o / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
         nrm = tangents(sc.points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
         if k_wires:
             for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
                 _wire(metal, fr.px(sc.points + nrm * off * case.scope_diameter_mm / 2, motion), 0.6 * mm,
                       MU_STEEL * 0.6 * k_wires)
-        ch = tube(shape, fr.px(sc.points + nrm * 0.25 * case.scope_diameter_mm / 2, motion), 2.1 * mm)
-        metal -= 0.025 * k_channel * ch / mm  # air-filled working channel
+        ch_px = fr.px(sc.points + nrm * 0.25 * case.scope_diameter_mm / 2, motion)
+        win = window(shape, ch_px, 2.1 * mm)
+        metal[win] -= 0.025 * k_channel * tube(shape, ch_px, 2.1 * mm)[win] / mm  # air-filled working channel
         tip_c, tip_d = case.scope_tip
         (tx, ty), = fr.px(tip_c, motion)
         tang = np.radians(fr.angle(float(np.degrees(np.arctan2(tip_d[1], tip_d[0])))))
         tl = (look.tip_length_mm if look else opts.tip_length_mm) / 2 * mm
         tw = case.tip_width_mm / 2 * mm
         tip = ellipsoid(shape, tx, ty, tl, tw, tw, tang, p=look.tip_squareness if look else 3)
-        metal += 0.05 * k_tube * tip / mm
+        win = window(shape, [(tx, ty)], max(tl, tw))  # the ellipsoid's own box
+        metal[win] += 0.05 * k_tube * tip[win] / mm
         ellipsoid(shape, tx, ty, tl * 0.75, tw * 0.55, tw * 0.5, tang, p=4, out=metal, scale=MU_STEEL * 0.6 * k_tip / mm)
         parts = ((look.lens_at, 0.25), (look.elevator_at, 0.3)) if look else ((0.45, 0.25), (-0.5, 0.3))
         for f, w in parts:  # lens housing, elevator
@@ -405,7 +420,8 @@ def _devices(metal: np.ndarray, dv: dict, extras: dict, v: _View) -> None:
         _wire(metal, fr.px(dv["guidewire"], breath), 0.89 * mm, MU_STEEL * 0.89 * 1.5)
     if "catheter" in dv:
         cp = fr.px(dv["catheter"], breath)
-        metal += 0.06 * tube(shape, cp, 1.1 * mm) / mm
+        win = window(shape, cp, 1.1 * mm)
+        metal[win] += 0.06 * tube(shape, cp, 1.1 * mm)[win] / mm
         for k in (len(cp) - 1, max(len(cp) - 12, 0)):
             ellipsoid(shape, *cp[k], 1.3 * mm, 1.3 * mm, 1.1 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
     if "basket" in dv:
@@ -434,7 +450,8 @@ def _devices(metal: np.ndarray, dv: dict, extras: dict, v: _View) -> None:
         st = extras["plastic_stent"]
         sp_px_ = fr.px(st["path"], breath)
         wall = tube(shape, sp_px_, st["radius"] * mm) - tube(shape, sp_px_, st["radius"] * 0.55 * mm)
-        metal += 0.09 * wall / mm
+        win = window(shape, sp_px_, st["radius"] * mm)
+        metal[win] += 0.09 * wall[win] / mm
     if "metal_stent" in extras:  # self-expanding metal stent: a wire mesh over the duct
         st = extras["metal_stent"]
         path = st["path"]
@@ -446,7 +463,8 @@ def _devices(metal: np.ndarray, dv: dict, extras: dict, v: _View) -> None:
                 _wire(metal, fr.px(path + nrm_s * off, breath), 0.25 * mm + 0.6, MU_STEEL * 0.35)
     if "drain" in extras:
         d_px = fr.px(extras["drain"], breath)
-        metal += 0.06 * (tube(shape, d_px, 1.0 * mm) - tube(shape, d_px, 0.55 * mm)) / mm
+        win = window(shape, d_px, 1.0 * mm)
+        metal[win] += 0.06 * (tube(shape, d_px, 1.0 * mm) - tube(shape, d_px, 0.55 * mm))[win] / mm
 
 
 def _annotation(scope_lbl: np.ndarray, cbd_mask: np.ndarray, stone_lbl: np.ndarray, field: np.ndarray):
@@ -481,7 +499,7 @@ def _lowpass(img: np.ndarray, factor: int = 16) -> np.ndarray:
 
 def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     h, w = L.shape
-    primary = np.exp(-L).astype(np.float32)
+    primary = np.exp(-L).astype(np.float32, copy=False)
     primary = cv2.GaussianBlur(primary, (0, 0), acq["focal_blur_px"])
     field = np.ones((h, w), bool)
     gain = np.ones((h, w), np.float32)
@@ -524,14 +542,15 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     # defect inside a densely opacified duct stays visible instead of clipping to black.
     knee = np.float32(style.knee if style is not None else 0.8)
     if knee < 0.999:
-        v = np.where(v < knee, v, knee + (1 - knee) * np.tanh((v - knee) / (1 - knee)))
+        over = ~(v < knee)  # the knee's formula where it applies (elementwise, so the same values as everywhere)
+        v[over] = knee + (1 - knee) * np.tanh((v[over] - knee) / (1 - knee))
     else:
         v = np.minimum(v, 1.0)
     img = (1.0 - v) ** np.float32(acq["gamma"])
     if acq["unsharp"] > 0:
         sigma = style.unsharp_sigma_px if style is not None else 3.0
         img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), sigma))
-    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    img = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
     if style is not None and style.border_px > 0:  # black frame a video grabber or the display leaves
         b = int(round(style.border_px * w))
         field[:b], field[h - b:], field[:, :b], field[:, w - b:] = False, False, False, False
