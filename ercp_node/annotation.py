@@ -38,7 +38,7 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.5) -> list[list[list[f
             x0, y0 = c.min(0) - 0.4
             x1, y1 = c.max(0) + 0.4
             c = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-        polys.append([[round(float(x), 2), round(float(y), 2)] for x, y in c])
+        polys.append([[round(x, 2), round(y, 2)] for x, y in c.tolist()])
     return polys
 
 

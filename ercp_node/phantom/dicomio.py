@@ -203,11 +203,13 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 def quantise(frames: np.ndarray, bits_stored: int) -> np.ndarray:
     """[0, 1] brightness -> unsigned integers 0..2**bits_stored-1 (clipped; round half to even)."""
-    x = np.asarray(frames, dtype=np.float64)
+    x = np.array(frames, dtype=np.float64)  # a copy, worked on in place
     if np.isnan(x).any():
         raise ValueError("frames contain NaN")
     maxval = (1 << bits_stored) - 1
-    return np.rint(np.clip(x, 0.0, 1.0) * maxval).astype(np.uint8 if bits_stored == 8 else np.uint16)
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= maxval
+    return np.rint(x, out=x).astype(np.uint8 if bits_stored == 8 else np.uint16)
 
 
 def build_dataset(

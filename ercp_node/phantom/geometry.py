@@ -160,7 +160,8 @@ def chord(d: np.ndarray, r: np.ndarray) -> np.ndarray:
 def ellipsoid(shape, cx, cy, a, b, c, angle=0.0, p=2.0, out=None, scale=1.0):
     """Add scale × path length through a (super-)ellipsoid: footprint |x/a|^p + |y/b|^p <= 1, depth 2c.
 
-    p = 2 is an ellipsoid; p ≈ 4 gives the box-like footprint of a vertebral body or a scope tip.
+    p = 2 is an ellipsoid; p ≈ 4 gives the box-like footprint of a vertebral body or a scope tip. A tuple of
+    scales adds the same solid once per scale, in that order (two materials filling one shape).
     """
     out = np.zeros(shape, np.float32) if out is None else out
     r = max(a, b)
@@ -173,7 +174,9 @@ def ellipsoid(shape, cx, cy, a, b, c, angle=0.0, p=2.0, out=None, scale=1.0):
     u = (xs[None, :] * ca + ys[:, None] * sa) / np.float32(a)
     v = (-xs[None, :] * sa + ys[:, None] * ca) / np.float32(b)
     q = np.abs(u) ** p + np.abs(v) ** p
-    out[y0:y1, x0:x1] += np.float32(2.0 * c * scale) * np.sqrt(np.maximum(1.0 - q, 0.0))
+    root = np.sqrt(np.maximum(1.0 - q, 0.0))
+    for s in (scale if isinstance(scale, tuple) else (scale,)):
+        out[y0:y1, x0:x1] += np.float32(2.0 * c * s) * root
     return out
 
 
