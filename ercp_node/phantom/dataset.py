@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -25,7 +26,7 @@ from ..labels import BACKGROUND
 from ..text import RESEARCH_USE_SENTENCE
 from .anatomy import sample_anatomy
 from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
-from .render import Options, make_case, render
+from .render import Options, StudyDucts, make_case, render, study_ducts
 from .style import CLASSIC, sample_style
 
 MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_uid", "acquisition_date",
@@ -132,6 +133,19 @@ def frame_name(image_id: str, frame: int, frames: int) -> str:
     return image_id if frames == 1 else f"{image_id}_f{frame:03d}"
 
 
+_LAST_STUDY: list = [None, None]  # (key, StudyDucts) of the study this process rendered last
+
+
+def _study(cfg: SynthConfig, item: ImagePlan, anatomy: dict) -> StudyDucts:
+    """The study's ducts and stones, made once for the images of a study in a row (generate hands a worker a
+    study's images together). They depend on nothing but the key, so the bytes do not change."""
+    key = (cfg.seed, item.patient_index, item.study_index, item.study_complexity)
+    if _LAST_STUDY[0] != key:
+        _LAST_STUDY[:] = key, study_ducts(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
+                                          item.study_complexity)
+    return _LAST_STUDY[1]
+
+
 def render_image(cfg: SynthConfig, item: ImagePlan):
     """All frames of one image: (list of float images, list of label maps, list of layers, list of truths)."""
     opts = cfg.options
@@ -142,7 +156,8 @@ def render_image(cfg: SynthConfig, item: ImagePlan):
         style = sample_style(rng_style, opts.style)
     case = make_case(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
                      np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts,
-                     stone_complexity=item.study_complexity, style=style, rng_style=rng_style)
+                     stone_complexity=item.study_complexity, style=style, rng_style=rng_style,
+                     study=_study(cfg, item, anatomy))
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
@@ -208,9 +223,9 @@ def _init_worker(cfg: SynthConfig, out: Path) -> None:
     _WORKER_CFG = (cfg, out)
 
 
-def _work(item: ImagePlan):
+def _work(items: list[ImagePlan]) -> list:
     cfg, out = _WORKER_CFG
-    return write_image(cfg, item, out)
+    return [write_image(cfg, item, out) for item in items]
 
 
 def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, progress=None,
@@ -227,13 +242,16 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, prog
     with open(out / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
+        # One task per study: its images share the study's ducts and stones (_study).
+        tasks = [list(group) for _, group in itertools.groupby(items, key=lambda item: item.study_index)]
         if workers == 1:
             _init_worker(cfg, out)
-            results = map(_work, items)
+            done = map(_work, tasks)
             pool = None
         else:
             pool = mp.get_context("fork").Pool(workers, _init_worker, (cfg, out))
-            results = pool.imap(_work, items, chunksize=2)
+            done = pool.imap(_work, tasks)
+        results = (result for task in done for result in task)
         try:
             for k, (row, thumb) in enumerate(results, 1):
                 writer.writerow(row)

@@ -140,10 +140,10 @@ def tubes_by_distance(shape, tubes) -> tuple[tuple[slice, slice], np.ndarray, np
     radius = np.zeros((y1 - y0, x1 - x0), np.float32)
     for p, r in drawn:
         q = p - np.array([x0, y0], np.int32)
-        for i in range(len(q) - 1):
-            a, b = (int(q[i, 0]), int(q[i, 1])), (int(q[i + 1, 0]), int(q[i + 1, 1]))
-            cv2.line(canvas, a, b, 0, 1)
-            cv2.line(radius, a, b, float(max(r[i], r[i + 1])), 1)
+        cv2.polylines(canvas, [q], False, 0, 1)  # the same segments as one cv2.line each
+        seg_r = np.maximum(r[:-1], r[1:]).tolist()
+        for i, (a, b) in enumerate(zip(q[:-1].tolist(), q[1:].tolist())):
+            cv2.line(radius, a, b, seg_r[i], 1)  # in order: a later segment's radius wins where they meet
     if canvas.min() > 0:
         return empty
     d, labels = cv2.distanceTransformWithLabels(canvas, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)

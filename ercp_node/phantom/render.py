@@ -8,6 +8,7 @@ filling defects) → edge enhancement → burned-in text. Label maps come from t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import cv2
@@ -65,20 +66,48 @@ class Frame:
 
 
 # --------------------------------------------------------------------------------------------- case
-def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
-              complexity: float, opts: Options, stone_complexity: float | None = None,
-              style: Style | None = None, rng_style: np.random.Generator | None = None) -> A.Case:
-    """One image's case; the stones come from the study's stream so every image of a study shows them.
+@dataclass(frozen=True)
+class StudyDucts:
+    """What a case takes from its study: the ducts (distended by the stones), the stones and the branches, the
+    same for every image of the study. Shared between images, so never changed: make_case copies the stones."""
 
-    `style` (with its own stream `rng_style`) changes what is not the label: scope model, orientation, display
-    chain, distractors; without it the case is the classic phantom's, draw for draw.
-    """
+    cbd: A.Tube
+    arm_index: int
+    angulation_deg: float
+    arm_length_mm: float
+    distal_index: int
+    branches: list
+    gallbladder: tuple | None
+    stones: list
+
+
+def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity: float) -> StudyDucts:
+    """The study's ducts and stones: a pure function of the patient's anatomy, the study's stream and its
+    complexity."""
     cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
-    stones = A.sample_stones(rng_study, cbd0, arm_len, complexity if stone_complexity is None else stone_complexity)
+    stones = A.sample_stones(rng_study, cbd0, arm_len, stone_complexity)
     cbd = A.distend(cbd0, stones)
     branches, gb = A.build_branches(anatomy, cbd)
-    ducts = A.Ducts(cbd, i_bend, theta, arm_len, i_dist, branches,
-                    [float(rng_image.uniform(0.4, 1.0)) for _ in branches], gb, anatomy["pancreatic"])
+    return StudyDucts(cbd, i_bend, theta, arm_len, i_dist, branches, gb, stones)
+
+
+def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
+              complexity: float, opts: Options, stone_complexity: float | None = None,
+              style: Style | None = None, rng_style: np.random.Generator | None = None,
+              study: StudyDucts | None = None) -> A.Case:
+    """One image's case; the stones come from the study's stream so every image of a study shows them.
+
+    `study`, when given, is `study_ducts(anatomy, rng_study, stone_complexity)` made already (for an earlier
+    image of the study); `rng_study` is then not used. `style` (with its own stream `rng_style`) changes what is
+    not the label: scope model, orientation, display chain, distractors; without it the case is the classic
+    phantom's, draw for draw.
+    """
+    if study is None:
+        study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity)
+    stones = [copy.copy(st) for st in study.stones]  # _apply_style may change this image's stones
+    cbd, branches = study.cbd, study.branches
+    ducts = A.Ducts(cbd, study.arm_index, study.angulation_deg, study.arm_length_mm, study.distal_index, branches,
+                    [float(rng_image.uniform(0.4, 1.0)) for _ in branches], study.gallbladder, anatomy["pancreatic"])
     rng = rng_image
     half_fov = opts.size * opts.spacing() / 2 / 1.25
     crossing = rng.random() < 0.15 + 0.45 * complexity
