@@ -28,11 +28,12 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from .text import RESEARCH_USE_SENTENCE
 
 KINDS = ("SEG", "SR", "GSPS")
+from .annotation import overlay
 from .measure.overlay import draw_measurements
 from .model.metrics import image_metrics
 from .node.exporter import OUTPUT_CLASSES
 from .node.pipeline import measure
-from .phantom.dataset import SynthConfig, generate, overlay
+from .phantom.dataset import SynthConfig, generate
 
 
 def _free_port() -> int:

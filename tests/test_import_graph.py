@@ -1,6 +1,6 @@
-"""The package's import graph (module-level and function-level imports alike) has no cycles, except the one
-left for the phantom rewrite; and `python -m ercp_node.cli` reports a user error as one line, exit status 2
-(cli.py runs as __main__ there, so the sub-commands must not take CLIError from it)."""
+"""The package's import graph (module-level and function-level imports alike) has no cycles, and measure/ and
+model/ do not reach the phantom (the synthetic generator); `python -m ercp_node.cli` reports a user error as one
+line, exit status 2 (cli.py runs as __main__ there, so the sub-commands must not take CLIError from it)."""
 from __future__ import annotations
 
 import ast
@@ -81,6 +81,28 @@ def test_no_import_cycles():
     assert "ercp_node.node.validation" in graph["ercp_node.node.scp"]  # the graph sees what it should
     assert "ercp_node.model.registry" in graph["ercp_node.node.workerproc"]  # (function-level import)
     assert sorted(map(sorted, cycles(graph))) == sorted(map(sorted, KNOWN))
+
+
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph[todo.pop()] - seen:
+            seen.add(w)
+            todo.append(w)
+    return seen
+
+
+def test_measure_and_model_do_not_import_the_phantom():
+    """The synthetic generator is a test and demo tool: measure/ and model/ must run on real images without it
+    (what they share with it, labelme and outlines, lives in annotation.py), directly or through another module."""
+    graph = import_graph()
+    assert "ercp_node.annotation" in graph["ercp_node.model.data"]  # the graph sees what it should
+    phantom = {m for m in graph if m == "ercp_node.phantom" or m.startswith("ercp_node.phantom.")}
+    assert "ercp_node.phantom.render" in phantom
+    offenders = {m: sorted(_reachable(graph, m) & phantom) for m in graph
+                 if m.startswith(("ercp_node.measure.", "ercp_node.model.")) or m in ("ercp_node.measure", "ercp_node.model")}
+    assert {m: found for m, found in offenders.items() if found} == {}
+    assert graph["ercp_node.annotation"] <= {"ercp_node.labels"}  # neutral: only the label convention
 
 
 def test_cycle_finder_finds_cycles():

@@ -17,7 +17,7 @@ from ercp_node.cli import main
 from ercp_node.measure.stones import feret_px
 from ercp_node.phantom import anatomy as A
 from ercp_node.phantom.dataset import SynthConfig, generate, plan
-from ercp_node.phantom.labelme import LabelmeError, labelme_to_mask, read_labelme
+from ercp_node.annotation import LabelmeError, labelme_to_mask, read_labelme
 from ercp_node.phantom.render import Options
 
 
@@ -266,7 +266,7 @@ def test_options_default_spacing():
 
 def test_one_pixel_wide_components_give_readable_polygons():
     """A sliver of scope at a collimator edge is outlined with a box, never a zero-area polygon the reader refuses."""
-    from ercp_node.phantom.labelme import mask_to_polygons
+    from ercp_node.annotation import mask_to_polygons
 
     m = np.zeros((32, 32), np.uint8)
     m[5, 5] = m[6, 4] = m[7, 3] = 1

@@ -124,3 +124,25 @@ def test_unknown_style_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--count", "1", "--style", "vendor-x", "--out", str(tmp_path / "x")])
     assert "--style" in capsys.readouterr().err
+
+
+def test_a_studys_ducts_made_once_give_what_each_image_made_alone():
+    """generate makes a study's ducts and stones once for its images (dataset._study); a style may still change
+    one image's stones (calcified), which must not reach the next image of the study."""
+    from ercp_node.phantom import dataset
+
+    cfg = SynthConfig(count=40, seed=3, options=Options(style="random"))
+    items = plan(cfg)
+    repeats = [it for prev, it in zip(items, items[1:]) if prev.study_index == it.study_index]
+    assert len(repeats) >= 8
+    warm = {}
+    for it in items:  # in order: a study's later images reuse what its first one made
+        _, (images, labels, _, truths) = dataset.render_image(cfg, it)
+        warm[it.index] = (images[0].tobytes(), labels[0].tobytes(), json.dumps(truths))
+    calcified = 0
+    for it in repeats:
+        dataset._LAST_STUDY[:] = [None, None]  # cold: this image alone
+        case, (images, labels, _, truths) = dataset.render_image(cfg, it)
+        assert warm[it.index] == (images[0].tobytes(), labels[0].tobytes(), json.dumps(truths))
+        calcified += any(st.mu_ratio > 1 for st in case.stones)
+    assert calcified  # the case the copy guards against was exercised

@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..phantom.dataset import overlay
+from ..annotation import overlay
 from ..text import RESEARCH_USE, ascii_text
 from .report import one_line, summary
 

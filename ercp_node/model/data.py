@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pydicom
 
+from ..annotation import LabelmeError, labelme_to_mask
 from ..dicom.segread import frame_refs, paint_labels, segment_label_values, segment_masks
-from ..phantom.labelme import LabelmeError, labelme_to_mask
 from ..preprocessing.pipeline import preprocess, resize_labels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}

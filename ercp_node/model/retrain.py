@@ -307,7 +307,7 @@ def figure3(prep: Prepared, models: dict, path: Path, n_images: int = 3, tile: i
     """Rows of test images (most stones first): image, truth, then each model's prediction, as outlines."""
     import cv2
 
-    from ..phantom.dataset import overlay
+    from ..annotation import overlay
     from .inference import Segmenter
 
     test = prep.split.test

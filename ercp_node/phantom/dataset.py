@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -20,16 +21,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..annotation import LABEL_VALUES, layers_to_labelme, overlay
+from ..labels import BACKGROUND
+from ..text import RESEARCH_USE_SENTENCE
 from .anatomy import sample_anatomy
 from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
-from .labelme import layers_to_labelme
-from .render import Options, make_case, render
+from .render import Options, StudyDucts, make_case, render, study_ducts
 from .style import CLASSIC, sample_style
 
 MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_uid", "acquisition_date",
                    "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
                    "dicom", "image", "mask", "labelme", "truth"]
-OVERLAY_BGR = {1: (0, 200, 0), 2: (0, 0, 255), 3: (0, 255, 255)}  # scope green, CBD red, stones yellow
 CONTACT_SHEET_MAX = 24
 
 
@@ -131,12 +133,17 @@ def frame_name(image_id: str, frame: int, frames: int) -> str:
     return image_id if frames == 1 else f"{image_id}_f{frame:03d}"
 
 
-def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
-    for value, colour in OVERLAY_BGR.items():
-        contours, _ = cv2.findContours((labels == value).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(bgr, contours, -1, colour, max(1, image.shape[0] // 400))
-    return bgr
+_LAST_STUDY: list = [None, None]  # (key, StudyDucts) of the study this process rendered last
+
+
+def _study(cfg: SynthConfig, item: ImagePlan, anatomy: dict) -> StudyDucts:
+    """The study's ducts and stones, made once for the images of a study in a row (generate hands a worker a
+    study's images together). They depend on nothing but the key, so the bytes do not change."""
+    key = (cfg.seed, item.patient_index, item.study_index, item.study_complexity)
+    if _LAST_STUDY[0] != key:
+        _LAST_STUDY[:] = key, study_ducts(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
+                                          item.study_complexity)
+    return _LAST_STUDY[1]
 
 
 def render_image(cfg: SynthConfig, item: ImagePlan):
@@ -149,7 +156,8 @@ def render_image(cfg: SynthConfig, item: ImagePlan):
         style = sample_style(rng_style, opts.style)
     case = make_case(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
                      np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts,
-                     stone_complexity=item.study_complexity, style=style, rng_style=rng_style)
+                     stone_complexity=item.study_complexity, style=style, rng_style=rng_style,
+                     study=_study(cfg, item, anatomy))
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
@@ -188,8 +196,8 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         id=item.id, index=item.index, seed=cfg.seed, complexity=item.complexity, patient_id=item.patient_id,
         study_uid=item.study_uid, series_uid=item.series_uid, sop_uid=item.sop_uid,
         acquisition_datetime=item.acquired.isoformat(), modality=cfg.modality, frames=n,
-        generator="ercp-node phantom", note="Synthetic phantom. Research use, not for diagnosis.",
-        label_values={"background": 0, "duodenoscope": 1, "CBD": 2, "stone": 3},
+        generator="ercp-node phantom", note=f"Synthetic phantom. {RESEARCH_USE_SENTENCE}",
+        label_values={"background": BACKGROUND, **LABEL_VALUES},
         **({"style": case.acq["style"].to_dict()} if "style" in case.acq else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))
@@ -215,9 +223,9 @@ def _init_worker(cfg: SynthConfig, out: Path) -> None:
     _WORKER_CFG = (cfg, out)
 
 
-def _work(item: ImagePlan):
+def _work(items: list[ImagePlan]) -> list:
     cfg, out = _WORKER_CFG
-    return write_image(cfg, item, out)
+    return [write_image(cfg, item, out) for item in items]
 
 
 def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, progress=None,
@@ -234,13 +242,16 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, prog
     with open(out / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
+        # One task per study: its images share the study's ducts and stones (_study).
+        tasks = [list(group) for _, group in itertools.groupby(items, key=lambda item: item.study_index)]
         if workers == 1:
             _init_worker(cfg, out)
-            results = map(_work, items)
+            done = map(_work, tasks)
             pool = None
         else:
             pool = mp.get_context("fork").Pool(workers, _init_worker, (cfg, out))
-            results = pool.imap(_work, items, chunksize=2)
+            done = pool.imap(_work, tasks)
+        results = (result for task in done for result in task)
         try:
             for k, (row, thumb) in enumerate(results, 1):
                 writer.writerow(row)

@@ -70,6 +70,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
+from ..text import RESEARCH_USE_SENTENCE
+
 TRANSFER_SYNTAXES: dict[str, UID] = {
     "explicit": ExplicitVRLittleEndian,
     "implicit": ImplicitVRLittleEndian,
@@ -129,7 +131,7 @@ class DicomInfo:
     manufacturer: str = "ercp-node phantom"
     model_name: str = "Synthetic C-arm (Ziehm-like)"
     burned_in_annotation: bool = True
-    image_comments: str = "Synthetic phantom image. Research use, not for diagnosis."
+    image_comments: str = f"Synthetic phantom image. {RESEARCH_USE_SENTENCE}"
     # PatientOrientation (row direction, column direction), e.g. ('L', 'F'). Empty = unknown (type 2, written
     # empty) for RF/XA/SC; DX requires a value (see _dx) and gets ('L', 'F') (AP view, head up) when empty.
     # Enhanced XA/XRF have no PatientOrientation (General Image is not in their IODs); not written there.
@@ -201,11 +203,13 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
 
 def quantise(frames: np.ndarray, bits_stored: int) -> np.ndarray:
     """[0, 1] brightness -> unsigned integers 0..2**bits_stored-1 (clipped; round half to even)."""
-    x = np.asarray(frames, dtype=np.float64)
+    x = np.array(frames, dtype=np.float64)  # a copy, worked on in place
     if np.isnan(x).any():
         raise ValueError("frames contain NaN")
     maxval = (1 << bits_stored) - 1
-    return np.rint(np.clip(x, 0.0, 1.0) * maxval).astype(np.uint8 if bits_stored == 8 else np.uint16)
+    np.clip(x, 0.0, 1.0, out=x)
+    x *= maxval
+    return np.rint(x, out=x).astype(np.uint8 if bits_stored == 8 else np.uint16)
 
 
 def build_dataset(
@@ -221,6 +225,35 @@ def build_dataset(
     frames: (H, W) or (F, H, W); 1 = white on a MONOCHROME2 display. (1, H, W) counts as single frame.
     MONOCHROME1 stores inverted values so the image displays the same.
     """
+    _check_encoding(modality, bits_stored, photometric)
+    arr, n_frames = _frames_array(frames, modality)
+    pixels = _stored_values(arr, bits_stored, photometric)
+
+    ds = Dataset()
+    texts = [getattr(info, f.name) for f in fields(info) if isinstance(getattr(info, f.name), str)]
+    if not all(t.isascii() for t in texts):
+        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8; pure ASCII needs no character set
+    _sop_common(ds, info, modality, bits_stored)
+    _general_study_patient(ds, info, modality)
+    _general_image(ds, info, modality)
+    _image_pixel(ds, pixels, modality, bits_stored, photometric, n_frames)
+    _voi_lut(ds, modality, bits_stored)
+
+    writer = {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx, "EXA": _enhanced_xray, "EXRF": _enhanced_xray,
+              "SCMF": _sc_multiframe}
+    writer[modality](ds, info, modality, photometric, n_frames)
+
+    data = pixels.astype("<u2" if ds.BitsAllocated == 16 else "u1", copy=False).tobytes()
+    ds.add_new(Tag(0x7FE0, 0x0010), "OB" if ds.BitsAllocated == 8 else "OW", data + b"\0" * (len(data) % 2))
+
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    _set_file_meta(ds)
+    return ds
+
+
+def _check_encoding(modality: str, bits_stored: int, photometric: str) -> None:
+    """The class, bit depth and photometric interpretation are known and allowed together (ValueError if not)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
     if bits_stored not in BITS_STORED:
@@ -236,6 +269,10 @@ def build_dataset(
         # (The Enhanced XA/XRF Image module allows MONOCHROME1 with an INVERSE Presentation LUT Shape.)
         raise ValueError(f"{modality} images must be MONOCHROME2 (PS3.3 C.8.7.1.1); use SC, DX, EXA or EXRF "
                          "for MONOCHROME1")
+
+
+def _frames_array(frames: np.ndarray, modality: str) -> tuple[np.ndarray, int]:
+    """(H, W) or (F, H, W) array and the number of frames; (1, H, W) is one frame (ValueError if unusable)."""
     arr = np.asarray(frames)
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
@@ -247,28 +284,32 @@ def build_dataset(
     if n_frames > 1 and modality not in MULTI_FRAME:
         raise ValueError(f"{modality} is single-frame only; use RF, XA, EXA, EXRF or SCMF for cine "
                          f"({n_frames} frames given)")
-    enhanced = modality in ENHANCED
+    return arr, n_frames
 
+
+def _stored_values(arr: np.ndarray, bits_stored: int, photometric: str) -> np.ndarray:
+    """Quantised stored values; MONOCHROME1 stores the inverse, so the image displays the same."""
     pixels = quantise(arr, bits_stored)
     maxval = (1 << bits_stored) - 1
     if photometric == "MONOCHROME1":
         pixels = (maxval - pixels).astype(pixels.dtype)
+    return pixels
 
-    texts = [getattr(info, f.name) for f in fields(info) if isinstance(getattr(info, f.name), str)]
-    ds = Dataset()
-    if not all(t.isascii() for t in texts):
-        ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8; pure ASCII needs no character set
+
+def _sop_common(ds: Dataset, info: DicomInfo, modality: str, bits_stored: int) -> None:
+    """SOP Common."""
     dt = info.acquisition_datetime
-    date, time = _date(dt), _time(dt)
-
-    # SOP Common
     ds.SOPClassUID = sop_class(modality, bits_stored)
     ds.SOPInstanceUID = info.sop_uid
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
+    ds.InstanceCreationDate, ds.InstanceCreationTime = _date(dt), _time(dt)
     if dt.utcoffset() is not None:
         off = int(dt.utcoffset().total_seconds() // 60)
         ds.TimezoneOffsetFromUTC = f"{'+' if off >= 0 else '-'}{abs(off) // 60:02d}{abs(off) % 60:02d}"
-    # General Study / Patient
+
+
+def _general_study_patient(ds: Dataset, info: DicomInfo, modality: str) -> None:
+    """General Study, Patient, General Series and General Equipment."""
+    date, time = _date(info.acquisition_datetime), _time(info.acquisition_datetime)
     ds.StudyDate, ds.StudyTime = date, time
     ds.AccessionNumber = info.accession_number
     ds.Modality = MODALITY_VALUES[modality]
@@ -287,10 +328,15 @@ def build_dataset(
     ds.StudyID = info.study_id
     ds.SeriesNumber = info.series_number
     ds.SeriesDate, ds.SeriesTime = date, time
-    # General Image / Acquisition (Enhanced XA/XRF: Multi-frame Functional Groups and Enhanced XA/XRF Image)
+
+
+def _general_image(ds: Dataset, info: DicomInfo, modality: str) -> None:
+    """General Image / Acquisition (Enhanced XA/XRF: Multi-frame Functional Groups and Enhanced XA/XRF Image),
+    and the optional Frame of Reference."""
+    date, time = _date(info.acquisition_datetime), _time(info.acquisition_datetime)
     ds.InstanceNumber = info.instance_number
     ds.ContentDate, ds.ContentTime = date, time
-    if not enhanced:
+    if modality not in ENHANCED:
         ds.AcquisitionDate, ds.AcquisitionTime = date, time
         ds.PatientOrientation = list(info.patient_orientation) or ""
     ds.BurnedInAnnotation = "YES" if info.burned_in_annotation else "NO"
@@ -302,7 +348,11 @@ def build_dataset(
         # that insist on one (highdicom SEG for cine); off by default.
         ds.FrameOfReferenceUID = info.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
-    # Image Pixel
+
+
+def _image_pixel(ds: Dataset, pixels: np.ndarray, modality: str, bits_stored: int, photometric: str,
+                 n_frames: int) -> None:
+    """Image Pixel (the Pixel Data itself is added last) and NumberOfFrames."""
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     if n_frames > 1 or modality in ALWAYS_MULTI_FRAME:
@@ -312,23 +362,14 @@ def build_dataset(
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
-    # VOI LUT: full stored range. With the linear window of PS3.3 C.11.2.1.2, centre 2**(b-1) and width 2**b
-    # map 0 -> black/white edge and maxval -> the other edge exactly. (Enhanced: in Frame VOI LUT, see there.)
-    if not enhanced:
+
+
+def _voi_lut(ds: Dataset, modality: str, bits_stored: int) -> None:
+    """VOI LUT: full stored range. With the linear window of PS3.3 C.11.2.1.2, centre 2**(b-1) and width 2**b
+    map 0 -> black/white edge and maxval -> the other edge exactly. (Enhanced: in Frame VOI LUT, see there.)"""
+    if modality not in ENHANCED:
         ds.WindowCenter = str(1 << (bits_stored - 1))
         ds.WindowWidth = str(1 << bits_stored)
-
-    writer = {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx, "EXA": _enhanced_xray, "EXRF": _enhanced_xray,
-              "SCMF": _sc_multiframe}
-    writer[modality](ds, info, modality, photometric, n_frames)
-
-    data = pixels.astype("<u2" if ds.BitsAllocated == 16 else "u1", copy=False).tobytes()
-    ds.add_new(Tag(0x7FE0, 0x0010), "OB" if ds.BitsAllocated == 8 else "OW", data + b"\0" * (len(data) % 2))
-
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    _set_file_meta(ds)
-    return ds
 
 
 def _acquisition(ds: Dataset, info: DicomInfo) -> None:
@@ -434,6 +475,22 @@ def _dx(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames:
     _contrast(ds)
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What the Enhanced XA/XRF modules derive from one acquisition: geometry, timing, the image type."""
+
+    bits: int
+    rows: int
+    columns: int
+    ips: float  # ImagerPixelSpacing, mm
+    flat_panel: bool  # else an image intensifier
+    n_frames: int
+    frame_ms: float
+    pulse_ms: float  # pulsed exposure: one pulse per frame, never longer than the frame interval
+    image_type: list[str]
+    photometric: str
+
+
 def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
     """Enhanced XA (PS3.3 A.47) / Enhanced XRF (A.48): XA/XRF Series, Enhanced General Equipment, Enhanced
     Contrast/Bolus, Acquisition Context, Enhanced XA/XRF Image, XA/XRF Acquisition, X-Ray Detector (or Image
@@ -441,55 +498,66 @@ def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str
 
     A mobile C-arm: positioner CARM, not linked to the table; single plane; one irradiation event per run.
     """
-    bits = int(ds.BitsStored)
-    flat_panel = info.receptor == "DIGITAL_DETECTOR"
-    ips = float(info.imager_pixel_spacing_mm)
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    dt = info.acquisition_datetime
     frame_ms = float(info.frame_time_ms)
-    # Pulsed exposure: one pulse per frame, never longer than the frame interval.
-    pulse_ms = float(info.exposure_time_ms) if n_frames == 1 else min(float(info.exposure_time_ms), frame_ms)
-    # Value 3 "image flavour" (C.8.19.2.1.1): a run is DYNAMIC, a single image STATIC; value 4: no derived
-    # pixel contrast (no subtraction).
-    image_type = ["ORIGINAL", "PRIMARY", "DYNAMIC" if n_frames > 1 else "STATIC", "NONE"]
-
+    run = _Run(
+        bits=int(ds.BitsStored), rows=int(ds.Rows), columns=int(ds.Columns), ips=float(info.imager_pixel_spacing_mm),
+        flat_panel=info.receptor == "DIGITAL_DETECTOR", n_frames=n_frames, frame_ms=frame_ms,
+        pulse_ms=float(info.exposure_time_ms) if n_frames == 1 else min(float(info.exposure_time_ms), frame_ms),
+        # Value 3 "image flavour" (C.8.19.2.1.1): a run is DYNAMIC, a single image STATIC; value 4: no derived
+        # pixel contrast (no subtraction).
+        image_type=["ORIGINAL", "PRIMARY", "DYNAMIC" if n_frames > 1 else "STATIC", "NONE"],
+        photometric=photometric)
     if info.burned_in_annotation:
         # Enhanced XA/XRF Image module: BurnedInAnnotation has the one enumerated value NO; images with
         # identifying text in the pixels cannot be encoded in these IODs.
         raise ValueError("Enhanced XA/XRF allow only BurnedInAnnotation NO (PS3.3 C.8.19.2): pass "
                          "burned_in_annotation=False (the phantom's burned-in text does not identify the patient)")
-    # Enhanced General Equipment (Manufacturer and model already set, type 1 here)
+    _enhanced_image(ds, info, run)
+    _enhanced_acquisition(ds, info, run)
+    _enhanced_contrast(ds)
+    ds.AcquisitionContextSequence = Sequence()  # type 2, nothing to say
+    ds.SharedFunctionalGroupsSequence = Sequence([_shared_functional_groups(info, run)])
+    ds.PerFrameFunctionalGroupsSequence = _per_frame_functional_groups(info, run)
+    _dimension(ds, info)
+    if n_frames > 1:
+        _multiframe_presentation(ds, run)
+
+
+def _enhanced_image(ds: Dataset, info: DicomInfo, run: _Run) -> None:
+    """Enhanced General Equipment (Manufacturer and model already set, type 1 here) and Enhanced XA/XRF Image."""
     ds.DeviceSerialNumber = info.device_serial_number
     ds.SoftwareVersions = info.software_versions
-    # Enhanced XA/XRF Image
-    ds.ImageType = image_type
+    ds.ImageType = run.image_type
     ds.PlanesInAcquisition = "SINGLE PLANE"
     ds.PlaneIdentification = "MONOPLANE"
     ds.AcquisitionNumber = 1
-    ds.AcquisitionDateTime = _datetime(dt)
+    ds.AcquisitionDateTime = _datetime(info.acquisition_datetime)
     ds.ContentQualification = "RESEARCH"  # synthetic, not a clinical product image
-    ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
-    # XA/XRF Acquisition
+    ds.PresentationLUTShape = "INVERSE" if run.photometric == "MONOCHROME1" else "IDENTITY"
+
+
+def _enhanced_acquisition(ds: Dataset, info: DicomInfo, run: _Run) -> None:
+    """XA/XRF Acquisition, and X-Ray Detector (flat panel) or X-Ray Image Intensifier."""
+    pulse_ms, ips, rows, columns = run.pulse_ms, run.ips, run.rows, run.columns
     ds.KVP = _ds(info.kvp)
     ds.RadiationSetting = "GR"  # spot/cine acquisition dose, not fluoroscopy preview
     ds.XRayTubeCurrentInmA = float(info.tube_current_ma)
     ds.ExposureTimeInms = pulse_ms  # (ExposureInmAs only when one of these two is unknown)
     ds.AveragePulseWidth = _ds(pulse_ms)
-    ds.AcquisitionDuration = (pulse_ms if n_frames == 1 else n_frames * frame_ms) / 1000.0  # seconds
+    ds.AcquisitionDuration = (pulse_ms if run.n_frames == 1 else run.n_frames * run.frame_ms) / 1000.0  # seconds
     ds.RadiationMode = "PULSED"
     ds.XRayReceptorType = info.receptor
     ds.DistanceReceptorPlaneToDetectorHousing = None  # type 2: not known
     ds.PositionerType = "CARM"
     ds.CArmPositionerTabletopRelationship = "NO"  # mobile C-arm: not linked to the table
     ds.AcquiredImageAreaDoseProduct = None  # type 2: no dose meter in the phantom
-    field = [_ds(rows * ips), _ds(columns * ips)]
-    if flat_panel:
+    if run.flat_panel:
         # X-Ray Detector (Digital X-Ray Detector macro): binning 1, the whole panel read out.
         ds.DetectorType = "SCINTILLATOR"
         ds.DetectorElementPhysicalSize = [_ds(ips)] * 2
         ds.DetectorElementSpacing = [_ds(ips)] * 2
         ds.DetectorActiveShape = "RECTANGLE"
-        ds.DetectorActiveDimensions = field
+        ds.DetectorActiveDimensions = [_ds(rows * ips), _ds(columns * ips)]
         ds.PhysicalDetectorSize = [float(rows * ips), float(columns * ips)]
     else:
         # X-Ray Image Intensifier: a round input field the size of the image's shorter side.
@@ -497,18 +565,18 @@ def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str
         ds.IntensifierSize = _ds(diameter)
         ds.IntensifierActiveShape = "ROUND"
         ds.IntensifierActiveDimensions = [float(diameter)]
-    _enhanced_contrast(ds)
-    ds.AcquisitionContextSequence = Sequence()  # type 2, nothing to say
 
-    # Multi-frame Functional Groups: everything constant over the run is shared.
+
+def _shared_functional_groups(info: DicomInfo, run: _Run) -> Dataset:
+    """Multi-frame Functional Groups: everything constant over the run is shared."""
     shared = Dataset()
     anatomy = Dataset()
     anatomy.AnatomicRegionSequence = Sequence([_code("34707002", "SCT", "Biliary tract")])  # CID 4042
     anatomy.FrameLaterality = "U"  # unpaired
     shared.FrameAnatomySequence = Sequence([anatomy])
     voi = Dataset()
-    voi.WindowCenter = str(1 << (bits - 1))  # full stored range, as the classic classes' VOI LUT module
-    voi.WindowWidth = str(1 << bits)
+    voi.WindowCenter = str(1 << (run.bits - 1))  # full stored range, as the classic classes' VOI LUT module
+    voi.WindowWidth = str(1 << run.bits)
     shared.FrameVOILUTSequence = Sequence([voi])
     usage = Dataset()
     usage.ContrastBolusAgentNumber = 1
@@ -518,38 +586,55 @@ def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str
     event = Dataset()
     event.IrradiationEventUID = _derived_uid(info.sop_uid, "irradiation-event")
     shared.IrradiationEventIdentificationSequence = Sequence([event])
-    if flat_panel:
-        fov = Dataset()
-        fov.FieldOfViewShape = "RECTANGLE"
-        fov.FieldOfViewDimensionsInFloat = [float(rows * ips), float(columns * ips)]
-        fov.FieldOfViewOrigin = ["0", "0"]  # the whole panel, in detector pixels (row, column)
-        fov.FieldOfViewRotation = "0"
-        fov.FieldOfViewHorizontalFlip = "NO"
-        shared.FieldOfViewSequence = Sequence([fov])
-        detector = Dataset()
-        detector.DetectorActiveTime = _ds(pulse_ms)
-        detector.DetectorActivationOffsetFromExposure = "0"
-        shared.FrameDetectorParametersSequence = Sequence([detector])
+    if run.flat_panel:
+        _shared_field_of_view(shared, run)
+    shared.FramePixelDataPropertiesSequence = Sequence([_frame_pixel_data_properties(run)])
+    acquisition = Dataset()
+    acquisition.KVP = _ds(info.kvp)
+    acquisition.XRayTubeCurrentInmA = float(info.tube_current_ma)
+    shared.FrameAcquisitionSequence = Sequence([acquisition])
+    _shared_geometry(shared, info, run)
+    return shared
+
+
+def _shared_field_of_view(shared: Dataset, run: _Run) -> None:
+    """Field of View and Frame Detector Parameters (flat panel): the whole panel, read out per pulse."""
+    fov = Dataset()
+    fov.FieldOfViewShape = "RECTANGLE"
+    fov.FieldOfViewDimensionsInFloat = [float(run.rows * run.ips), float(run.columns * run.ips)]
+    fov.FieldOfViewOrigin = ["0", "0"]  # the whole panel, in detector pixels (row, column)
+    fov.FieldOfViewRotation = "0"
+    fov.FieldOfViewHorizontalFlip = "NO"
+    shared.FieldOfViewSequence = Sequence([fov])
+    detector = Dataset()
+    detector.DetectorActiveTime = _ds(run.pulse_ms)
+    detector.DetectorActivationOffsetFromExposure = "0"
+    shared.FrameDetectorParametersSequence = Sequence([detector])
+
+
+def _frame_pixel_data_properties(run: _Run) -> Dataset:
+    """X-Ray Frame Pixel Data Properties: ImagerPixelSpacing, the only spacing these IODs state."""
     pixel = Dataset()
-    pixel.FrameType = image_type
+    pixel.FrameType = run.image_type
     # Display brightness, already processed: neither LIN nor LOG (LOG would need a Pixel Intensity
     # Relationship LUT back to linear, which the phantom does not have).
     pixel.PixelIntensityRelationship = "OTHER"
     # +1: lower values = less X-ray intensity reached the detector (contrast and metal are dark); MONOCHROME1
     # stores the inverse.
-    pixel.PixelIntensityRelationshipSign = 1 if photometric == "MONOCHROME2" else -1
-    pixel.ImagerPixelSpacing = [_ds(ips)] * 2  # at the detector: the only spacing this IOD states
-    pixel.GeometricalProperties = "UNIFORM" if flat_panel else "NON_UNIFORM"
-    if not flat_panel:
+    pixel.PixelIntensityRelationshipSign = 1 if run.photometric == "MONOCHROME2" else -1
+    pixel.ImagerPixelSpacing = [_ds(run.ips)] * 2  # at the detector: the only spacing this IOD states
+    pixel.GeometricalProperties = "UNIFORM" if run.flat_panel else "NON_UNIFORM"
+    if not run.flat_panel:
         pixel.GeometricMaximumDistortion = None  # type 2C: pincushion distortion not measured
     pixel.ImageProcessingApplied = "NONE"
-    shared.FramePixelDataPropertiesSequence = Sequence([pixel])
-    acquisition = Dataset()
-    acquisition.KVP = _ds(info.kvp)
-    acquisition.XRayTubeCurrentInmA = float(info.tube_current_ma)
-    shared.FrameAcquisitionSequence = Sequence([acquisition])
+    return pixel
+
+
+def _shared_geometry(shared: Dataset, info: DicomInfo, run: _Run) -> None:
+    """Collimator Shape, X-Ray Table Position, Positioner Position and X-Ray Geometry."""
+    rows, columns = run.rows, run.columns
     collimator = Dataset()  # the beam fills the field: the collimator edges are the image edges
-    if flat_panel:
+    if run.flat_panel:
         collimator.CollimatorShape = "RECTANGULAR"
         collimator.CollimatorLeftVerticalEdge, collimator.CollimatorRightVerticalEdge = 0, columns - 1
         collimator.CollimatorUpperHorizontalEdge, collimator.CollimatorLowerHorizontalEdge = 0, rows - 1
@@ -577,24 +662,29 @@ def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str
     geometry.DistanceSourceToIsocenter = float(info.source_detector_mm / info.magnification)
     geometry.DistanceSourceToDetector = _ds(info.source_detector_mm)
     shared.XRayGeometrySequence = Sequence([geometry])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
 
-    dimension_uid = _derived_uid(info.sop_uid, "dimension-organization")
+
+def _per_frame_functional_groups(info: DicomInfo, run: _Run) -> Sequence:
+    """One Frame Content item per frame: acquisition date/time a frame interval apart, temporal position."""
     per_frame = []
-    for f in range(n_frames):
-        when = _datetime(dt + datetime.timedelta(milliseconds=f * frame_ms))
+    for f in range(run.n_frames):
+        when = _datetime(info.acquisition_datetime + datetime.timedelta(milliseconds=f * run.frame_ms))
         content = Dataset()
         content.FrameAcquisitionNumber = 1
         content.FrameReferenceDateTime = when
         content.FrameAcquisitionDateTime = when
-        content.FrameAcquisitionDuration = pulse_ms
+        content.FrameAcquisitionDuration = run.pulse_ms
         content.DimensionIndexValues = [f + 1]
         content.TemporalPositionIndex = f + 1
         item = Dataset()
         item.FrameContentSequence = Sequence([content])
         per_frame.append(item)
-    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
-    # Multi-frame Dimension: one dimension, time (the frame's temporal position in the run).
+    return Sequence(per_frame)
+
+
+def _dimension(ds: Dataset, info: DicomInfo) -> None:
+    """Multi-frame Dimension: one dimension, time (the frame's temporal position in the run)."""
+    dimension_uid = _derived_uid(info.sop_uid, "dimension-organization")
     organization = Dataset()
     organization.DimensionOrganizationUID = dimension_uid
     ds.DimensionOrganizationSequence = Sequence([organization])
@@ -604,17 +694,19 @@ def _enhanced_xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str
     index.FunctionalGroupPointer = Tag(0x0020, 0x9111)  # FrameContentSequence
     index.DimensionDescriptionLabel = "Frame time"
     ds.DimensionIndexSequence = Sequence([index])
-    if n_frames > 1:
-        # XA/XRF Multi-frame Presentation: loop the whole run at the acquisition rate.
-        ds.PreferredPlaybackSequencing = 0  # looping
-        display = Dataset()
-        display.StartTrim = 1
-        display.StopTrim = n_frames
-        display.SkipFrameRangeFlag = "DISPLAY"
-        display.RecommendedDisplayFrameRateInFloat = 1000.0 / frame_ms
-        display.RecommendedViewingMode = "NAT"  # native, not subtracted
-        display.DisplayFilterPercentage = None  # type 2
-        ds.FrameDisplaySequence = Sequence([display])
+
+
+def _multiframe_presentation(ds: Dataset, run: _Run) -> None:
+    """XA/XRF Multi-frame Presentation (a run): loop the whole run at the acquisition rate."""
+    ds.PreferredPlaybackSequencing = 0  # looping
+    display = Dataset()
+    display.StartTrim = 1
+    display.StopTrim = run.n_frames
+    display.SkipFrameRangeFlag = "DISPLAY"
+    display.RecommendedDisplayFrameRateInFloat = 1000.0 / run.frame_ms
+    display.RecommendedViewingMode = "NAT"  # native, not subtracted
+    display.DisplayFilterPercentage = None  # type 2
+    ds.FrameDisplaySequence = Sequence([display])
 
 
 def _enhanced_contrast(ds: Dataset) -> None:

@@ -8,20 +8,21 @@ filling defects) → edge enhancement → burned-in text. Label maps come from t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from ..labels import CBD, LABELS, SCOPE, STONE
 from . import anatomy as A
-from .geometry import chord, ellipsoid, polygon_mask, resample, smooth_curve, solid_from_footprint, tangents, tube, tubes_by_distance
+from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
+                       tubes_by_distance, window)
 from .style import Style
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
 MU_STEEL = 0.45  # /mm: wires, clips, scope tip metal (effective, after beam hardening)
-BACKGROUND, SCOPE, CBD, STONE = 0, 1, 2, 3
-LABELS = {SCOPE: "duodenoscope", CBD: "CBD", STONE: "stone"}
 
 
 @dataclass
@@ -65,20 +66,48 @@ class Frame:
 
 
 # --------------------------------------------------------------------------------------------- case
-def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
-              complexity: float, opts: Options, stone_complexity: float | None = None,
-              style: Style | None = None, rng_style: np.random.Generator | None = None) -> A.Case:
-    """One image's case; the stones come from the study's stream so every image of a study shows them.
+@dataclass(frozen=True)
+class StudyDucts:
+    """What a case takes from its study: the ducts (distended by the stones), the stones and the branches, the
+    same for every image of the study. Shared between images, so never changed: make_case copies the stones."""
 
-    `style` (with its own stream `rng_style`) changes what is not the label: scope model, orientation, display
-    chain, distractors; without it the case is the classic phantom's, draw for draw.
-    """
+    cbd: A.Tube
+    arm_index: int
+    angulation_deg: float
+    arm_length_mm: float
+    distal_index: int
+    branches: list
+    gallbladder: tuple | None
+    stones: list
+
+
+def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity: float) -> StudyDucts:
+    """The study's ducts and stones: a pure function of the patient's anatomy, the study's stream and its
+    complexity."""
     cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
-    stones = A.sample_stones(rng_study, cbd0, arm_len, complexity if stone_complexity is None else stone_complexity)
+    stones = A.sample_stones(rng_study, cbd0, arm_len, stone_complexity)
     cbd = A.distend(cbd0, stones)
     branches, gb = A.build_branches(anatomy, cbd)
-    ducts = A.Ducts(cbd, i_bend, theta, arm_len, i_dist, branches,
-                    [float(rng_image.uniform(0.4, 1.0)) for _ in branches], gb, anatomy["pancreatic"])
+    return StudyDucts(cbd, i_bend, theta, arm_len, i_dist, branches, gb, stones)
+
+
+def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
+              complexity: float, opts: Options, stone_complexity: float | None = None,
+              style: Style | None = None, rng_style: np.random.Generator | None = None,
+              study: StudyDucts | None = None) -> A.Case:
+    """One image's case; the stones come from the study's stream so every image of a study shows them.
+
+    `study`, when given, is `study_ducts(anatomy, rng_study, stone_complexity)` made already (for an earlier
+    image of the study); `rng_study` is then not used. `style` (with its own stream `rng_style`) changes what is
+    not the label: scope model, orientation, display chain, distractors; without it the case is the classic
+    phantom's, draw for draw.
+    """
+    if study is None:
+        study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity)
+    stones = [copy.copy(st) for st in study.stones]  # _apply_style may change this image's stones
+    cbd, branches = study.cbd, study.branches
+    ducts = A.Ducts(cbd, study.arm_index, study.angulation_deg, study.arm_length_mm, study.distal_index, branches,
+                    [float(rng_image.uniform(0.4, 1.0)) for _ in branches], study.gallbladder, anatomy["pancreatic"])
     rng = rng_image
     half_fov = opts.size * opts.spacing() / 2 / 1.25
     crossing = rng.random() < 0.15 + 0.45 * complexity
@@ -180,15 +209,34 @@ def _apply_style(style: Style, rng: np.random.Generator, acq: dict, spine: dict,
 
 # --------------------------------------------------------------------------------------------- drawing
 def _wire(canvas: np.ndarray, pts_px: np.ndarray, diameter_px: float, value: float) -> None:
-    """Thin dense wire (< 2 px): anti-aliased polyline carrying its mean path length × attenuation."""
-    tmp = np.zeros(canvas.shape, np.uint8)
-    cv2.polylines(tmp, [np.round(pts_px * 16).astype(np.int32)], False, 255, max(1, int(round(diameter_px))),
-                  lineType=cv2.LINE_AA, shift=4)
-    canvas += tmp.astype(np.float32) * np.float32(value / 255.0)
+    """Thin dense wire (< 2 px): anti-aliased polyline carrying its mean path length × attenuation.
+
+    Drawn in a window round the polyline (its thickness + 2 px beyond it, cut only at the image's edges, where the
+    whole image's drawing is clipped too), in whole-pixel offsets: the same pixels as on the whole image."""
+    thickness = max(1, int(round(diameter_px)))
+    rows, cols = window(canvas.shape, pts_px, thickness + 2)
+    if rows.start >= rows.stop:
+        return
+    tmp = np.zeros((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+    pts = np.round(pts_px * 16).astype(np.int32) - np.array([cols.start * 16, rows.start * 16], np.int32)
+    cv2.polylines(tmp, [pts], False, 255, thickness, lineType=cv2.LINE_AA, shift=4)
+    canvas[rows, cols] += tmp.astype(np.float32) * np.float32(value / 255.0)
 
 
 def _fill_weights(s: np.ndarray, fill_front_mm: float) -> np.ndarray:
     return np.clip((fill_front_mm - s) / 6.0 + 0.5, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _View:
+    """One frame's mapping from case millimetres to pixels and its motion: what every structure's drawing needs."""
+
+    fr: Frame
+    shape: tuple[int, int]
+    mm: float  # px per mm in the object plane
+    breath: np.ndarray  # breathing displacement of the abdominal structures (mm)
+    n: int  # frames in the run
+    frame_index: int
 
 
 def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generator):
@@ -196,17 +244,34 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     size, acq = opts.size, case.acq
     spacing = opts.spacing() / acq["magnification"]  # mm per pixel in the object plane
     n = max(acq["frames"], 1)
-    t = frame_index / max(n - 1, 1)
     breath = np.array([0.0, acq["breathing_mm"] * np.sin(2 * np.pi * frame_index / 12.0)]) if n > 1 else np.zeros(2)
     rot, shift = acq["pose"]
     fr = Frame(size, spacing, rot, shift, acq.get("mirror", False))
     style: Style | None = acq.get("style")
     extras = acq.get("extras", {})
-    mm = 1.0 / spacing  # px per mm
-    shape = (size, size)
-    L = np.zeros(shape, np.float32)  # line integral of attenuation (dimensionless)
+    v = _View(fr, (size, size), 1.0 / spacing, breath, n, frame_index)
+    L = np.zeros(v.shape, np.float32)  # line integral of attenuation (dimensionless)
+    L += _soft_tissue(case, v)
+    L += _bones(case, v)
+    cbd_mask, stone_lbl, stone_truth, cbd_full = _contrast(L, case, extras, v)
+    metal = np.zeros(v.shape, np.float32)  # path length × attenuation, already dimensionless
+    scope_lbl = _duodenoscope(metal, case, opts, style, v)
+    _devices(metal, case.devices, extras, v)
+    L += metal
 
-    # Soft tissue: smooth thickness variation plus bowel-content texture.
+    image, field = _detector(L, acq, rng, size)
+    if opts.burned_in_text:
+        _burn_in(image, acq, frame_index, n, spacing)
+    if extras.get("markers"):
+        _markers(image, extras["markers"], style)
+    labels, layers = _annotation(scope_lbl, cbd_mask, stone_lbl, field)
+    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
+    return image, labels, layers, truth
+
+
+def _soft_tissue(case: A.Case, v: _View) -> np.ndarray:
+    """Soft tissue: smooth thickness variation plus bowel-content texture, less the gas (line integral)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
     body = case.body
     thick = body["thickness"] + 14.0 * cv2.resize(body["field"].astype(np.float32), shape, interpolation=cv2.INTER_CUBIC)
     thick += 3.0 * cv2.resize(body["texture"].astype(np.float32), shape, interpolation=cv2.INTER_CUBIC)
@@ -215,9 +280,12 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (px, py), = fr.px([cx, cy], breath)
         ellipsoid(shape, px, py, a * mm, b * mm, depth / 2 * mm, np.radians(fr.angle(ang)), out=gas)
     gas = cv2.GaussianBlur(gas, (0, 0), 1.5)
-    L += MU_WATER * (thick - gas / mm)
+    return MU_WATER * (thick - gas / mm)
 
-    # Spine: vertebral bodies with cortical shells, pedicles, processes.
+
+def _bones(case: A.Case, v: _View) -> np.ndarray:
+    """Spine (vertebral bodies with cortical shells, pedicles, processes) and ribs (line integral)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
     sp = case.spine
     axis = np.array([np.sin(np.radians(sp["tilt"])), np.cos(np.radians(sp["tilt"]))])
     bone = np.zeros(shape, np.float32)
@@ -227,8 +295,7 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (cx, cy), = fr.px(c_mm)
         ang = np.radians(fr.angle(-sp["tilt"]))
         a, b, c = half * mm, 13.0 * mm, 17.0 * mm
-        ellipsoid(shape, cx, cy, a, b, c, ang, p=3, out=bone, scale=MU_CANCELLOUS / mm)
-        ellipsoid(shape, cx, cy, a, b, c, ang, p=3, out=bone, scale=MU_CORTICAL / mm)
+        ellipsoid(shape, cx, cy, a, b, c, ang, p=3, out=bone, scale=(MU_CANCELLOUS / mm, MU_CORTICAL / mm))
         ellipsoid(shape, cx, cy, a - 1.2 * mm, b - 1.2 * mm, c - 1.2 * mm, ang, p=3, out=bone, scale=-MU_CORTICAL / mm)
         for side in (-1, 1):
             (px, py), = fr.px(c_mm + np.array([side * (half - 8), -4.0]))
@@ -239,45 +306,20 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (px, py), = fr.px(c_mm + np.array([0.0, 9.0]))
         ellipsoid(shape, px, py, 3 * mm, 7 * mm, 10 * mm, ang, out=bone, scale=MU_CORTICAL * 0.7 / mm)
     if case.ribs:
-        dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in case.ribs])
+        win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in case.ribs])
         outer, inner = chord(dist, rad), chord(dist, np.maximum(rad - 1.2 * mm, 0))
-        bone += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
-    L += bone
+        bone[win] += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
+    return bone
 
-    # Contrast-filled ducts (CBD label), branches and the gallbladder.
+
+def _contrast(L: np.ndarray, case: A.Case, extras: dict, v: _View):
+    """Contrast in the ducts, less what stones, the balloon and bubbles displace, and spilt into the duodenum;
+    added to L. Returns (CBD mask, stone label, stone truth, whether the CBD is full)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
+    acq, n = case.acq, v.n
+    duct, cbd_mask, cbd_full, fill_front = _ducts(case, v)
+    stone_chord, stone_lbl, stone_truth = _stones(case, fill_front, v)
     d = case.ducts
-    fill_front = (acq["fill_start"] + (1 - acq["fill_start"]) * min(1.0, t / 0.6)) * d.cbd.s[-1] * 1.3 if n > 1 else 1e9
-    w_cbd = _fill_weights(d.cbd.s, fill_front)
-    cbd_px = fr.px(d.cbd.points, breath)
-    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd, exact=True)
-    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5), exact=True) > 0
-    cbd_full = fill_front >= d.cbd.s[-1]
-    if cbd_full or n == 1:  # branches fill once the CBD is full; each to its own extent
-        filled = [(fr.px(br.points, breath)[br.s <= f * br.s[-1] + 3], br.radii[br.s <= f * br.s[-1] + 3] * mm)
-                  for br, f in zip(d.branches, d.branch_fill)]
-        np.maximum(duct, chord(*tubes_by_distance(shape, filled)), out=duct)
-    if d.gallbladder is not None and (cbd_full or n == 1):
-        cx, cy, a, b, ang = d.gallbladder
-        (px, py), = fr.px([cx, cy], breath)
-        gbm = ellipsoid(shape, px, py, a * mm, b * mm, b * mm, np.radians(fr.angle(ang)))
-        duct = np.maximum(duct, 0.35 * gbm)  # dilute contrast in the gallbladder
-    stone_chord = np.zeros(shape, np.float32)
-    stone_lbl = np.zeros(shape, bool)
-    stone_truth = []
-    for i, st in enumerate(case.stones):
-        poly = fr.px(st.polygon, breath)
-        foot = polygon_mask(shape, poly)
-        solid = solid_from_footprint(foot, st.depth_mm * mm)
-        filled = float(_fill_weights(np.array([st.s_mm]), fill_front)[0]) >= 0.5
-        stone_chord += solid * np.float32(1.0 - st.mu_ratio)
-        if filled:
-            stone_lbl |= foot.astype(bool)
-        (cx, cy), = fr.px(_poly_centroid(st.polygon), breath)
-        stone_truth.append(dict(id=i + 1, largest_diameter_mm=round(st.largest_mm, 3),
-                                smallest_diameter_mm=round(st.smallest_mm, 3),
-                                area_mm2=round(_poly_area(st.polygon), 3), centroid_px=[round(cx, 2), round(cy, 2)],
-                                distance_from_papilla_mm=round(st.s_mm, 2), contrast_ratio=round(1 - st.mu_ratio, 3),
-                                visible=bool(filled)))
     dv = case.devices
     if "balloon" in dv:
         bl = dv["balloon"]
@@ -296,9 +338,64 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         (px, py), = fr.px([cx, cy], breath)
         ellipsoid(shape, px, py, a * mm, b * mm, min(a, b) * mm, np.radians(fr.angle(ang)), out=L,
                   scale=density * mu_c / mm)
+    return cbd_mask, stone_lbl, stone_truth, cbd_full
 
-    # Duodenoscope.
-    metal = np.zeros(shape, np.float32)  # path length × attenuation, already dimensionless
+
+def _ducts(case: A.Case, v: _View):
+    """Contrast-filled ducts (CBD label), branches and the gallbladder: (contrast path length in px, CBD mask,
+    whether the CBD is full, the fill front in mm from the papilla; a cine run fills from the papilla up)."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
+    acq, n = case.acq, v.n
+    t = v.frame_index / max(n - 1, 1)
+    d = case.ducts
+    fill_front = (acq["fill_start"] + (1 - acq["fill_start"]) * min(1.0, t / 0.6)) * d.cbd.s[-1] * 1.3 if n > 1 else 1e9
+    w_cbd = _fill_weights(d.cbd.s, fill_front)
+    cbd_px = fr.px(d.cbd.points, breath)
+    duct = tube(shape, cbd_px, d.cbd.radii * mm, w_cbd, exact=True)
+    cbd_mask = duct > 0 if n == 1 else tube(shape, cbd_px, d.cbd.radii * mm * (w_cbd >= 0.5), exact=True) > 0
+    cbd_full = fill_front >= d.cbd.s[-1]
+    if cbd_full or n == 1:  # branches fill once the CBD is full; each to its own extent
+        filled = [(fr.px(br.points, breath)[br.s <= f * br.s[-1] + 3], br.radii[br.s <= f * br.s[-1] + 3] * mm)
+                  for br, f in zip(d.branches, d.branch_fill)]
+        win, dist, rad = tubes_by_distance(shape, filled)
+        np.maximum(duct[win], chord(dist, rad), out=duct[win])
+    if d.gallbladder is not None and (cbd_full or n == 1):
+        cx, cy, a, b, ang = d.gallbladder
+        (px, py), = fr.px([cx, cy], breath)
+        gbm = ellipsoid(shape, px, py, a * mm, b * mm, b * mm, np.radians(fr.angle(ang)))
+        duct = np.maximum(duct, 0.35 * gbm)  # dilute contrast in the gallbladder
+    return duct, cbd_mask, cbd_full, fill_front
+
+
+def _stones(case: A.Case, fill_front: float, v: _View):
+    """Each stone's solid (what it displaces of the contrast, px), the stone label (the stones the contrast has
+    reached) and their truth."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
+    stone_chord = np.zeros(shape, np.float32)
+    stone_lbl = np.zeros(shape, bool)
+    stone_truth = []
+    for i, st in enumerate(case.stones):
+        poly = fr.px(st.polygon, breath)
+        win, foot = polygon_footprint(shape, poly)
+        solid = solid_from_footprint(foot, st.depth_mm * mm)
+        filled = float(_fill_weights(np.array([st.s_mm]), fill_front)[0]) >= 0.5
+        stone_chord[win] += solid * np.float32(1.0 - st.mu_ratio)
+        if filled:
+            stone_lbl[win] |= foot.astype(bool)
+        (cx, cy), = fr.px(_poly_centroid(st.polygon), breath)
+        stone_truth.append(dict(id=i + 1, largest_diameter_mm=round(st.largest_mm, 3),
+                                smallest_diameter_mm=round(st.smallest_mm, 3),
+                                area_mm2=round(_poly_area(st.polygon), 3), centroid_px=[round(cx, 2), round(cy, 2)],
+                                distance_from_papilla_mm=round(st.s_mm, 2), contrast_ratio=round(1 - st.mu_ratio, 3),
+                                visible=bool(filled)))
+    return stone_chord, stone_lbl, stone_truth
+
+
+def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style | None, v: _View) -> np.ndarray:
+    """Duodenoscope: shaft, braid, bending rings, wires, working channel and the tip, added to `metal`; returns
+    its label (whole visible footprint)."""
+    fr, shape, mm = v.fr, v.shape, v.mm  # the scope moves with its own motion, not with the breathing
+    acq, n, frame_index = case.acq, v.n, v.frame_index
     scope_lbl = np.zeros(shape, bool)
     if case.scope is not None:
         motion = acq["scope_motion"] * np.sin(2 * np.pi * frame_index / 9.0) if n > 1 else np.zeros(2)
@@ -311,37 +408,48 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         arc = np.zeros(shape, np.float32)
         outer = tube(shape, sp_px, r, arc=sc.s, arc_out=arc)
         inner = tube(shape, sp_px, r - 0.5 * mm)
-        shell = outer - inner
-        bending = (arc > sc.s[-1] - 40.0) & (outer > 0)
-        rings = (np.cos(2 * np.pi * arc / 3.2) > 0.3) & bending
-        metal += 0.030 * k_tube * outer / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
+        # The rest in the shaft's window: outside it the tubes and the arc length are 0, and so would be the sum.
+        win = window(shape, sp_px, r)
+        o, a = outer[win], arc[win]
+        shell = o - inner[win]
+        bending = (a > sc.s[-1] - 40.0) & (o > 0)
+        rings = np.zeros(bending.shape, bool)
+        rings[bending] = np.cos(2 * np.pi * a[bending] / 3.2) > 0.3
+        metal[win] += 0.030 * k_tube * o / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
         nrm = tangents(sc.points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
         if k_wires:
             for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
                 _wire(metal, fr.px(sc.points + nrm * off * case.scope_diameter_mm / 2, motion), 0.6 * mm,
                       MU_STEEL * 0.6 * k_wires)
-        ch = tube(shape, fr.px(sc.points + nrm * 0.25 * case.scope_diameter_mm / 2, motion), 2.1 * mm)
-        metal -= 0.025 * k_channel * ch / mm  # air-filled working channel
+        ch_px = fr.px(sc.points + nrm * 0.25 * case.scope_diameter_mm / 2, motion)
+        win = window(shape, ch_px, 2.1 * mm)
+        metal[win] -= 0.025 * k_channel * tube(shape, ch_px, 2.1 * mm)[win] / mm  # air-filled working channel
         tip_c, tip_d = case.scope_tip
         (tx, ty), = fr.px(tip_c, motion)
         tang = np.radians(fr.angle(float(np.degrees(np.arctan2(tip_d[1], tip_d[0])))))
         tl = (look.tip_length_mm if look else opts.tip_length_mm) / 2 * mm
         tw = case.tip_width_mm / 2 * mm
         tip = ellipsoid(shape, tx, ty, tl, tw, tw, tang, p=look.tip_squareness if look else 3)
-        metal += 0.05 * k_tube * tip / mm
+        win = window(shape, [(tx, ty)], max(tl, tw))  # the ellipsoid's own box
+        metal[win] += 0.05 * k_tube * tip[win] / mm
         ellipsoid(shape, tx, ty, tl * 0.75, tw * 0.55, tw * 0.5, tang, p=4, out=metal, scale=MU_STEEL * 0.6 * k_tip / mm)
         parts = ((look.lens_at, 0.25), (look.elevator_at, 0.3)) if look else ((0.45, 0.25), (-0.5, 0.3))
         for f, w in parts:  # lens housing, elevator
             ex, ey = tx + np.cos(tang) * f * tl, ty + np.sin(tang) * f * tl
             ellipsoid(shape, ex, ey, w * tl, 0.35 * tw, 0.3 * tw, tang, out=metal, scale=MU_STEEL * k_tip / mm)
         scope_lbl = (outer > 0) | (tip > 0)
+    return scope_lbl
 
-    # Devices: guidewire, catheter, basket, balloon markers, clips, ECG leads.
+
+def _devices(metal: np.ndarray, dv: dict, extras: dict, v: _View) -> None:
+    """Devices: guidewire, catheter, basket, balloon markers, clips, ECG leads, stents, drain; added to `metal`."""
+    fr, shape, mm, breath = v.fr, v.shape, v.mm, v.breath
     if "guidewire" in dv:
         _wire(metal, fr.px(dv["guidewire"], breath), 0.89 * mm, MU_STEEL * 0.89 * 1.5)
     if "catheter" in dv:
         cp = fr.px(dv["catheter"], breath)
-        metal += 0.06 * tube(shape, cp, 1.1 * mm) / mm
+        win = window(shape, cp, 1.1 * mm)
+        metal[win] += 0.06 * tube(shape, cp, 1.1 * mm)[win] / mm
         for k in (len(cp) - 1, max(len(cp) - 12, 0)):
             ellipsoid(shape, *cp[k], 1.3 * mm, 1.3 * mm, 1.1 * mm, 0.0, out=metal, scale=MU_STEEL / mm)
     if "basket" in dv:
@@ -370,7 +478,8 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
         st = extras["plastic_stent"]
         sp_px_ = fr.px(st["path"], breath)
         wall = tube(shape, sp_px_, st["radius"] * mm) - tube(shape, sp_px_, st["radius"] * 0.55 * mm)
-        metal += 0.09 * wall / mm
+        win = window(shape, sp_px_, st["radius"] * mm)
+        metal[win] += 0.09 * wall[win] / mm
     if "metal_stent" in extras:  # self-expanding metal stent: a wire mesh over the duct
         st = extras["metal_stent"]
         path = st["path"]
@@ -382,23 +491,19 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
                 _wire(metal, fr.px(path + nrm_s * off, breath), 0.25 * mm + 0.6, MU_STEEL * 0.35)
     if "drain" in extras:
         d_px = fr.px(extras["drain"], breath)
-        metal += 0.06 * (tube(shape, d_px, 1.0 * mm) - tube(shape, d_px, 0.55 * mm)) / mm
-    L += metal
+        win = window(shape, d_px, 1.0 * mm)
+        metal[win] += 0.06 * (tube(shape, d_px, 1.0 * mm) - tube(shape, d_px, 0.55 * mm))[win] / mm
 
-    image, field = _detector(L, acq, rng, size)
-    if opts.burned_in_text:
-        _burn_in(image, acq, frame_index, n, spacing)
-    if extras.get("markers"):
-        _markers(image, extras["markers"], style)
 
-    # Annotation layers, each the structure's whole visible footprint; drawn in priority order
-    # (scope < CBD < stone) they give the label map. Nothing is annotated where the collimator hides it.
-    layers = {"duodenoscope": scope_lbl & field, "CBD": (cbd_mask | stone_lbl) & field, "stone": stone_lbl & field}
-    labels = np.zeros(shape, np.uint8)
-    for value, name in LABELS.items():
-        labels[layers[name]] = value
-    truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
-    return image, labels, layers, truth
+def _annotation(scope_lbl: np.ndarray, cbd_mask: np.ndarray, stone_lbl: np.ndarray, field: np.ndarray):
+    """Annotation layers, each the structure's whole visible footprint; drawn in priority order (scope < CBD <
+    stone) they give the label map. Nothing is annotated where the collimator hides it. Returns (labels, layers)."""
+    footprint = {SCOPE: scope_lbl, CBD: cbd_mask | stone_lbl, STONE: stone_lbl}
+    layers = {x.labelme: footprint[x.value] & field for x in LABELS}  # keyed by labelme name, in paint order
+    labels = np.zeros(field.shape, np.uint8)
+    for x in LABELS:
+        labels[layers[x.labelme]] = x.value
+    return labels, layers
 
 
 def _poly_area(p: np.ndarray) -> float:
@@ -422,7 +527,7 @@ def _lowpass(img: np.ndarray, factor: int = 16) -> np.ndarray:
 
 def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     h, w = L.shape
-    primary = np.exp(-L).astype(np.float32)
+    primary = np.exp(-L).astype(np.float32, copy=False)
     primary = cv2.GaussianBlur(primary, (0, 0), acq["focal_blur_px"])
     field = np.ones((h, w), bool)
     gain = np.ones((h, w), np.float32)
@@ -465,14 +570,15 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     # defect inside a densely opacified duct stays visible instead of clipping to black.
     knee = np.float32(style.knee if style is not None else 0.8)
     if knee < 0.999:
-        v = np.where(v < knee, v, knee + (1 - knee) * np.tanh((v - knee) / (1 - knee)))
+        over = ~(v < knee)  # the knee's formula where it applies (elementwise, so the same values as everywhere)
+        v[over] = knee + (1 - knee) * np.tanh((v[over] - knee) / (1 - knee))
     else:
         v = np.minimum(v, 1.0)
     img = (1.0 - v) ** np.float32(acq["gamma"])
     if acq["unsharp"] > 0:
         sigma = style.unsharp_sigma_px if style is not None else 3.0
         img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), sigma))
-    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    img = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
     if style is not None and style.border_px > 0:  # black frame a video grabber or the display leaves
         b = int(round(style.border_px * w))
         field[:b], field[h - b:], field[:, :b], field[:, w - b:] = False, False, False, False
@@ -545,6 +651,24 @@ def _burn_in(img: np.ndarray, acq: dict, frame_index: int, n: int, spacing: floa
 
 
 # --------------------------------------------------------------------------------------------- truth
+def _clear_of_edge(field: np.ndarray, ij: np.ndarray, clearance: np.ndarray) -> np.ndarray:
+    """Whether each pixel ij (x, y; in the image) lies at least `clearance` px inside the exposed field, by the
+    5×5 chamfer distance to the nearest pixel outside it (the image's edge counts as outside).
+
+    The transform runs on a window round the pixels only: where a pixel is nearer the edge than its clearance,
+    the nearest outside pixel lies within clearance / 0.98 (the chamfer underestimates L2 by at most 1.8 %) and
+    so inside the window, whose distance there is the whole image's; elsewhere both are at least the clearance.
+    """
+    if not len(ij):
+        return np.zeros(0, bool)
+    padded = np.pad(field, 1).astype(np.uint8)
+    margin = int(np.ceil(float(np.max(clearance)) / 0.98)) + 3
+    x0, y0 = np.maximum(ij.min(0) + 1 - margin, 0)
+    x1, y1 = np.minimum(ij.max(0) + 2 + margin, [padded.shape[1], padded.shape[0]])
+    edge = cv2.distanceTransform(padded[y0:y1, x0:x1], cv2.DIST_L2, 5)
+    return edge[ij[:, 1] + 1 - y0, ij[:, 0] + 1 - x0] >= clearance
+
+
 def _frame_truth(case: A.Case, fr: Frame, breath, stones: list[dict], spacing: float, opts: Options,
                  cbd_full: bool, field: np.ndarray) -> dict:
     d = case.ducts
@@ -553,11 +677,10 @@ def _frame_truth(case: A.Case, fr: Frame, breath, stones: list[dict], spacing: f
     centre_px = fr.px(cbd.points, breath)
     diam = 2 * cbd.radii
     # A diameter is measurable where the duct's whole cross-section lies inside the exposed field.
-    edge = cv2.distanceTransform(np.pad(field, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
     ij = np.round(centre_px).astype(int)
     inside = (ij >= 0).all(1) & (ij < opts.size).all(1)
     in_field = np.zeros(len(ij), bool)
-    in_field[inside] = edge[ij[inside, 1], ij[inside, 0]] >= cbd.radii[inside] / spacing + 1
+    in_field[inside] = _clear_of_edge(field, ij[inside], cbd.radii[inside] / spacing + 1)
     dist_ok = bool(in_field[d.distal_index])
     return dict(
         spacing=dict(imager_pixel_spacing_mm=opts.spacing(), magnification=round(case.acq["magnification"], 4),

@@ -1,8 +1,12 @@
-"""labelme polygons ⇄ label maps (labels `duodenoscope`, `CBD`, `stone`, drawn in that order).
+"""Annotations of label maps, shared by the phantom (which writes them), model/ (which reads them back) and
+measure/ and the demo (which draw them): labelme polygons ⇄ label maps, and label outlines over an image.
 
+labelme polygons carry the labels `duodenoscope`, `CBD`, `stone` (ercp_node.labels), drawn in that order.
 labelme cannot express holes, so each structure is exported as the outline of its whole footprint and the
 later, higher-priority structures are drawn over it, exactly as an annotator outlines the duct and then the
 stones inside it. Rasterising in the same priority order reproduces the label map.
+
+Arrays and dicts in, arrays and dicts out (read_labelme reads one file); imports only ercp_node.labels.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-LABEL_VALUES = {"duodenoscope": 1, "CBD": 2, "stone": 3}  # drawing order = priority order
+from .labels import BY_VALUE, CBD, LABELS, STONE
+
+LABEL_VALUES = {x.labelme: x.value for x in LABELS}  # drawing order = priority order
 LABELME_VERSION = "5.4.1"
+OVERLAY_BGR = {x.value: x.bgr for x in LABELS}  # scope green, CBD red, stones yellow
 
 
 def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.5) -> list[list[list[float]]]:
@@ -31,7 +38,7 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.5) -> list[list[list[f
             x0, y0 = c.min(0) - 0.4
             x1, y1 = c.max(0) + 0.4
             c = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-        polys.append([[round(float(x), 2), round(float(y), 2)] for x, y in c])
+        polys.append([[round(x, 2), round(y, 2)] for x, y in c.tolist()])
     return polys
 
 
@@ -75,7 +82,7 @@ def labelme_to_mask(doc: dict, shape: tuple[int, int] | None = None) -> np.ndarr
     for label, value in LABEL_VALUES.items():
         for p in by_label[label]:  # one call per polygon: overlapping polygons must not cancel out
             cv2.fillPoly(out, [np.round(p * 16).astype(np.int32)], value, cv2.LINE_8, 4)
-    stone_label, duct_label = "stone", "CBD"
+    stone_label, duct_label = BY_VALUE[STONE].labelme, BY_VALUE[CBD].labelme
     if by_label[stone_label]:
         # Label convention: a stone is a calculus in the duct (drawn over the CBD); one outside it is a mistake.
         duct = np.zeros((h, w), np.uint8)
@@ -96,3 +103,13 @@ def read_labelme(path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise LabelmeError(f"{path}: not a readable labelme JSON file ({exc})") from exc
+
+
+def overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """image: (H, W) float in [0, 1]; labels: (H, W) label map. Returns BGR uint8 with each label's outlines
+    in its colour (line width 1 px per 400 rows, at least 1)."""
+    bgr = cv2.cvtColor((image * 255 + 0.5).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    for value, colour in OVERLAY_BGR.items():
+        contours, _ = cv2.findContours((labels == value).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(bgr, contours, -1, colour, max(1, image.shape[0] // 400))
+    return bgr
