@@ -139,16 +139,22 @@ def main(argv=None) -> int:
         cascade = Segmenter(cascade.model, cascade.card, StoneNet.load(args.stones))
     if cascade.stones is None:
         ap.error("no stone net: give --stones or a model whose card names one")
+    import copy
+
+    ungated = Segmenter(cascade.model, cascade.card, copy.copy(cascade.stones))
+    ungated.stones.gate = not cascade.stones.gate
+    paths = {"paper-256": single, "cascade-576": cascade,
+             f"cascade-576-{'no-' if cascade.stones.gate else ''}centre-gate": ungated}
     results = {}
     for d in args.data:
         samples, _ = read_data([d])
         samples = samples[: args.limit] if args.limit else samples
         rows = {}
         # Interleaved per set, so both paths see the same machine load.
-        for name, seg in (("paper-256", single), ("cascade-576", cascade)):
+        for name, seg in paths.items():
             r = rows[name] = evaluate(seg, samples)
             b = r["stone_iou_by_size"]
-            print(f"{Path(d).name:16s} {name:12s} n={r['n']:4d} scope {r['scope_iou']:5.1f} CBD {r['cbd_iou']:5.1f} "
+            print(f"{Path(d).name:16s} {name:28s} n={r['n']:4d} scope {r['scope_iou']:5.1f} CBD {r['cbd_iou']:5.1f} "
                   f"stone {r['stone_iou'] or float('nan'):5.1f} (<4 {b['lt4mm']['iou_mean']}, 4-10 {b['4to10mm']['iou_mean']},"
                   f" >10 {b['gt10mm']['iou_mean']}) count exact {r['stone_count_exact_pct']:5.1f} % "
                   f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img", flush=True)
@@ -158,7 +164,7 @@ def main(argv=None) -> int:
         print(f"cine {args.cine} frames: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame"
                                                        for k, v in cine.items() if isinstance(v, dict)))
     out = {"bench": "stones", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
-           "first_stage": single.version, "cascade": cascade.version, "data": args.data, "limit": args.limit,
+           "first_stage": single.version, "cascade": cascade.version, "centre_gate": cascade.stones.gate, "data": args.data, "limit": args.limit,
            "sets": results, "cine": cine}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

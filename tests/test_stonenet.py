@@ -12,7 +12,7 @@ import pytest
 from ercp_node.labels import CBD, SCOPE, STONE
 from ercp_node.model.inference import Segmenter, card_version
 from ercp_node.model.stonenet import (StoneNet, StoneNetConfig, StoneNetLoss, StonePatches, build_stone_net,
-                                      heat_map, peaks, split_touching)
+                                      gate_by_centres, heat_map, peaks, split_touching)
 
 
 def _disc(shape, centre, r):
@@ -31,6 +31,15 @@ def test_two_touching_stones_are_cut_apart_where_the_centre_map_has_two_peaks():
     assert n - 1 == 2
     assert comp[32, 36] != comp[32, 55] and comp[32, 36] and comp[32, 55]
     assert stone.sum() - cut.sum() < 25  # a one-pixel line, not a bite
+
+
+def test_components_without_a_detected_centre_are_not_stones():
+    shape = (64, 64)
+    stone = _disc(shape, (16, 16), 5) | _disc(shape, (45, 45), 6)
+    centre = heat_map(shape, np.array([[16, 16, 10]], np.float32))  # only the first has a centre
+    kept, dropped = gate_by_centres(stone, centre)
+    assert dropped == 1 and kept[16, 16] and not kept[45, 45]
+    assert np.array_equal(kept, _disc(shape, (16, 16), 5))
 
 
 def test_one_stone_with_one_peak_is_left_whole():

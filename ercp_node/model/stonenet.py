@@ -121,6 +121,17 @@ def peaks(centre: np.ndarray, mask: np.ndarray, threshold: float = 0.3, size: in
     return np.argwhere(local_max & (centre > threshold) & mask)
 
 
+def gate_by_centres(stone: np.ndarray, centre: np.ndarray, threshold: float = 0.3) -> tuple[np.ndarray, int]:
+    """CenterNet's rule: a stone is where a centre is detected. Components holding no centre peak are dropped;
+    → (stone mask, number dropped)."""
+    n, comp = cv2.connectedComponents(stone.astype(np.uint8), connectivity=8)
+    pk = peaks(centre, stone, threshold)
+    keep = np.zeros(n, bool)
+    keep[comp[pk[:, 0], pk[:, 1]]] = True
+    keep[0] = False
+    return keep[comp], int(n - 1 - keep[1:].sum())
+
+
 def split_touching(stone: np.ndarray, centre: np.ndarray, threshold: float = 0.3) -> tuple[np.ndarray, int]:
     """Cut components holding several centre peaks along watershed lines; → (stone mask, number of cuts)."""
     from skimage.segmentation import watershed
@@ -148,6 +159,7 @@ def split_touching(stone: np.ndarray, centre: np.ndarray, threshold: float = 0.3
 class StoneNet:
     model: keras.Model
     card: dict
+    gate: bool = True  # keep only stone components that hold a detected centre (peak > 0.3)
 
     @classmethod
     def load(cls, path: str | Path) -> "StoneNet":
@@ -198,12 +210,16 @@ class StoneNet:
         k = 2 * cfg.margin_px + 1
         allowed = cv2.dilate(duct.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[y0:y1, x0:x1] > 0
         stone = (out[..., 1] > threshold) & allowed
-        stone, cuts = split_touching(stone, out[..., 2] * allowed)
+        centre = out[..., 2] * allowed
+        dropped = 0
+        if self.gate:
+            stone, dropped = gate_by_centres(stone, centre)
+        stone, cuts = split_touching(stone, centre)
         labels = coarse.copy()
         sub = labels[y0:y1, x0:x1]
         sub[sub == STONE] = CBD  # a stone of the first stage that this net does not confirm is duct
         sub[stone] = STONE
-        return labels, {"stage2": True, "box": [int(v) for v in box], "cuts": cuts}
+        return labels, {"stage2": True, "box": [int(v) for v in box], "cuts": cuts, "dropped": dropped}
 
 
 # ------------------------------------------------------------------------------------------------ training data
