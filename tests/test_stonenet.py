@@ -177,3 +177,10 @@ def test_train_stones_command_trains_exports_and_attaches(tiny_model, tmp_path):
     seg = Segmenter.load(model)
     assert seg.version == "tiny-test-model+stones-test"
     assert (tmp_path / "m-stones.keras").is_file()
+
+
+def test_the_shipped_version_fits_the_dicom_fields_it_goes_into():
+    """SEG AlgorithmVersion and GSPS SoftwareVersions are LO (64 characters): first stage + stone net."""
+    from ercp_node.model.inference import SHIPPED
+
+    assert 0 < len(card_version(SHIPPED)) <= 64
