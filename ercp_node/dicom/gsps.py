@@ -74,7 +74,7 @@ from .source import (
     copy_patient_study,
     group_item,
     patient_pixel_spacing,
-    source_datetime,
+    stamp_dates,
 )
 
 __all__ = ["LAYERS", "SERIES_DESCRIPTION", "build_gsps", "outline_polygons"]
@@ -540,11 +540,4 @@ def _finish(gsps: Dataset, source: Dataset) -> None:
     for item in gsps.DisplayedAreaSelectionSequence:
         if ratio is not None:
             item.PresentationPixelAspectRatio = ratio
-    when = source_datetime(source)
-    if when is not None:
-        date, time = when
-        gsps.SeriesDate = gsps.InstanceCreationDate = gsps.PresentationCreationDate = date
-        gsps.SeriesTime = gsps.InstanceCreationTime = gsps.PresentationCreationTime = time
-        for item in gsps.get("ContributingEquipmentSequence", []):
-            if "ContributionDateTime" in item:
-                item.ContributionDateTime = date + time
+    stamp_dates(gsps, source, ("Series", "InstanceCreation", "PresentationCreation"))

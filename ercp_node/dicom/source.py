@@ -218,15 +218,17 @@ def source_datetime(source: Dataset) -> tuple[str, str] | None:
     return date, next((t for d, t in dated if d == date and t), "000000")
 
 
-def stamp_dates(ds: Dataset, source: Dataset) -> None:
-    """Content, series and instance-creation date/time (and highdicom's Contribution DateTime) from the
-    source's acquisition, so that the same input gives the same bytes. No-op when the source has no dates."""
+def stamp_dates(ds: Dataset, source: Dataset, kinds: tuple[str, ...] = ("Content", "Series", "InstanceCreation")) -> None:
+    """<kind>Date / <kind>Time for each of `kinds` (content, series and instance creation by default; a GSPS
+    names its own) and highdicom's Contribution DateTime from the source's acquisition, so that the same input
+    gives the same bytes. No-op when the source has no dates."""
     when = source_datetime(source)
     if when is None:
         return
     date, time = when
-    ds.ContentDate = ds.SeriesDate = ds.InstanceCreationDate = date
-    ds.ContentTime = ds.SeriesTime = ds.InstanceCreationTime = time
+    for kind in kinds:
+        setattr(ds, f"{kind}Date", date)
+        setattr(ds, f"{kind}Time", time)
     for item in ds.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = date + time
