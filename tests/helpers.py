@@ -103,6 +103,18 @@ def synth(out: Path, *args: str, count: int = 1, seed: int = 0, size: int = 512)
     return sorted((out / "dicom").glob("*.dcm"))
 
 
+def with_patient(files: list[Path], name: str, patient_id: str) -> list[Path]:
+    """The files rewritten with this Patient's Name and ID (sentinels that must never reach logs, pages or
+    metrics); returns them."""
+    import pydicom
+
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID = name, patient_id
+        ds.save_as(f)
+    return files
+
+
 def count(node, model, *where) -> int:
     """Rows of `model` (an ercp_node.storage.models class) in the node's database matching `where`."""
     from sqlalchemy import func, select

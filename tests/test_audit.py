@@ -5,8 +5,6 @@ migration of a database made before it (0002 -> head)."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -14,8 +12,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 
-from helpers import free_port, wait_until
-from ercp_node.cli import main
+from helpers import free_port, storescp, storescu, synth, wait_until, with_patient
 from ercp_node.config.settings import Destination, Settings
 from ercp_node.node.service import Node
 from ercp_node.storage.models import AuditEvent, Export, Output
@@ -25,39 +22,25 @@ PATIENT_NAME, PATIENT_ID = "AUDITSENTINEL^NAME", "AUDITPID0815"
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("carm")
-    assert main(["synth", "--count", "2", "--seed", "72", "--size", "512", "--out", str(root),
-                 "--workers", "1"]) == 0  # no fork of a process whose threads (nodes, TensorFlow) may hold locks
-    files = sorted((root / "dicom").glob("*.dcm"))
-    for f in files:
-        ds = pydicom.dcmread(f)
-        ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
-        ds.save_as(f)
-    return files
-
-
-def _storescu(port, *files, aet="CARM"):
-    return subprocess.run(["storescu", "-aet", aet, "-aec", "ERCPNODE", "127.0.0.1", str(port), *map(str, files)],
-                          capture_output=True, text=True, timeout=60)
+    # one worker: no fork of a process whose threads (nodes, TensorFlow) may hold locks
+    files = synth(tmp_path_factory.mktemp("carm"), count=2, seed=72)
+    return with_patient(files, PATIENT_NAME, PATIENT_ID)
 
 
 def test_audit_trail_of_intake_refusals_exports_and_promotions(tmp_path, tiny_model, images):
     pacs_port, out = free_port(), tmp_path / "pacs"
-    out.mkdir()
-    pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+uf", str(pacs_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pacs = storescp(pacs_port, out)
     try:
-        assert wait_until(lambda: socket.socket().connect_ex(("127.0.0.1", pacs_port)) == 0, 10)
         s = Settings()
         s.node.bind, s.node.port, s.node.data_dir = "127.0.0.1", free_port(), str(tmp_path / "node")
         s.node.ae_title, s.model.path, s.node.allowed_ae_titles = "ERCPNODE", str(tiny_model), ["CARM"]
         s.destinations = [Destination("PACS", "127.0.0.1", pacs_port, ("SEG",), name="PACS")]
         node = Node(s).start()
         try:
-            assert _storescu(s.node.port, images[0]).returncode == 0
-            assert _storescu(s.node.port, images[1], aet="STRANGER").returncode != 0  # association rejected
+            assert storescu(s.node.port, images[0]).returncode == 0
+            assert storescu(s.node.port, images[1], aet="STRANGER").returncode != 0  # association rejected
             node.intake.min_free_bytes = 2**62
-            _storescu(s.node.port, images[1])  # refused 0xA700
+            storescu(s.node.port, images[1])  # refused 0xA700
             node.intake.min_free_bytes = 0
 
             def sent():

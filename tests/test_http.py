@@ -17,8 +17,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
-from helpers import free_port, storescp, wait_until
-from ercp_node.cli import main
+from helpers import free_port, storescp, storescu, synth, wait_until, with_patient
 from ercp_node.config.settings import ConfigError, Destination, Settings, validate
 from ercp_node.node.service import Node
 from ercp_node.storage.models import Export
@@ -28,15 +27,9 @@ PATIENT_NAME, PATIENT_ID = "SENTINEL^PATIENTNAME", "SENTINELPID4711"
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Path]:
-    root = tmp_path_factory.mktemp("carm")
-    assert main(["synth", "--count", "2", "--seed", "71", "--size", "512", "--out", str(root),
-                 "--workers", "1"]) == 0  # no fork of a process whose threads (nodes, TensorFlow) may hold locks
-    files = sorted((root / "dicom").glob("*.dcm"))
-    for f in files:  # names and IDs that must never reach the page or the metrics
-        ds = pydicom.dcmread(f)
-        ds.PatientName, ds.PatientID = PATIENT_NAME, PATIENT_ID
-        ds.save_as(f)
-    return files
+    # one worker: no fork of a process whose threads (nodes, TensorFlow) may hold locks
+    files = synth(tmp_path_factory.mktemp("carm"), count=2, seed=71)
+    return with_patient(files, PATIENT_NAME, PATIENT_ID)  # names and IDs that must never reach the page or the metrics
 
 
 def _get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
@@ -69,8 +62,7 @@ def served(tmp_path_factory, tiny_model, images):
     s.destinations = [Destination("PACS", "127.0.0.1", pacs_port, ("SEG", "SR"), name="PACS"),
                       Destination("GONE", "127.0.0.1", free_port(), ("SEG",), name="OFFLINE")]
     node = Node(s).start()
-    r = subprocess.run(["storescu", "-aet", "CARM", "-aec", "ERCPNODE", "127.0.0.1", str(s.node.port),
-                        *map(str, images)], capture_output=True, text=True, timeout=60)
+    r = storescu(node, *images)
     assert r.returncode == 0, r.stderr
     subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "WRONGAE", "127.0.0.1", str(s.node.port)],
                    capture_output=True, timeout=30)
