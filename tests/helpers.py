@@ -29,9 +29,11 @@ class Orthanc:
     """A real Orthanc on free loopback ports (DICOM and REST), storage under `root`; `dicomweb` loads the
     DICOMweb plugin. `modalities`: {name: (AE title, host, port)} Orthanc knows - its storage commitment SCP
     sends its N-EVENT-REPORT on a new association to the modality whose AE title asked. `lua`: a Lua script
-    Orthanc runs (LuaScripts), e.g. a ReceivedInstanceFilter."""
+    Orthanc runs (LuaScripts), e.g. a ReceivedInstanceFilter. `config`: more configuration (e.g. authentication,
+    plugins), `headers`: what the REST calls below send (e.g. its credentials)."""
 
-    def __init__(self, root, dicomweb: bool = False, modalities: dict | None = None, lua: str = ""):
+    def __init__(self, root, dicomweb: bool = False, modalities: dict | None = None, lua: str = "",
+                 config: dict | None = None, headers: dict | None = None):
         self.dicom_port, self.http_port, self.aet = free_port(), free_port(), "ORTHANC"
         root.mkdir(parents=True, exist_ok=True)
         cfg = {"Name": "ercp-node-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
@@ -51,6 +53,8 @@ class Orthanc:
             cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False,
                                "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
             cfg["HttpThreadsCount"] = 8
+        cfg.update(config or {})
+        self.headers = dict(headers or {})
         (root / "orthanc.json").write_text(json.dumps(cfg))
         self.log = open(root / "orthanc.log", "w")
         self.proc = subprocess.Popen([shutil.which("Orthanc"), str(root / "orthanc.json")], stdout=self.log,
@@ -65,7 +69,8 @@ class Orthanc:
         raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
 
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers=self.headers)
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     def delete(self, path: str) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 import urllib.request
 import ssl
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from helpers import free_port, wait_until
+from helpers import Orthanc, free_port, wait_until
 from ercp_node.cli import main
 from ercp_node.config.settings import Destination, Settings, validate
 from ercp_node.node.service import Node
@@ -47,45 +46,40 @@ def pki(tmp_path_factory):
 
 
 class OrthancWeb:
-    """Orthanc with the DICOMweb plugin behind a TLS front (socat); `auth` basic (registered users) or bearer (a
-    Python filter on every request)."""
+    """helpers.Orthanc with the DICOMweb plugin behind a TLS front (socat); `auth` basic (registered users) or
+    bearer (a Python filter on every request)."""
 
     def __init__(self, root: Path, pki: Path, auth: str):
-        root.mkdir(parents=True)
-        self.http_port, self.port = free_port(), free_port()
-        cfg = {"Name": "ercp-stow", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
-               "DicomPort": free_port(), "HttpPort": self.http_port, "RemoteAccessAllowed": False,
-               "Plugins": [str(DICOMWEB)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-               "HttpThreadsCount": 4}
         if auth == "basic":
-            cfg.update(AuthenticationEnabled=True, RegisteredUsers={"ercp": "correct horse"})
-            self.headers = {"Authorization": "Basic " + __import__("base64").b64encode(b"ercp:correct horse").decode()}
+            config = {"AuthenticationEnabled": True, "RegisteredUsers": {"ercp": "correct horse"}}
+            headers = {"Authorization": "Basic " + __import__("base64").b64encode(b"ercp:correct horse").decode()}
         else:
+            root.mkdir(parents=True)
             script = root / "bearer.py"
             script.write_text(
                 "import orthanc\n"
                 "def Filter(uri, **request):\n"
                 f"    return request['headers'].get('authorization') == 'Bearer {TOKEN}'\n"
                 "orthanc.RegisterIncomingHttpRequestFilter(Filter)\n")
-            cfg.update(AuthenticationEnabled=False, PythonScript=str(script))
-            cfg["Plugins"].append(str(PYTHON_PLUGIN))
-            self.headers = {"Authorization": f"Bearer {TOKEN}"}
-        (root / "orthanc.json").write_text(json.dumps(cfg))
-        self.log = open(root / "orthanc.log", "w")
-        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(root / "orthanc.json")], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+            config = {"AuthenticationEnabled": False, "PythonScript": str(script),
+                      "Plugins": [str(DICOMWEB), str(PYTHON_PLUGIN)]}
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+        self.orthanc = Orthanc(root, dicomweb=True, config=config, headers=headers)
+        self.headers, self.port = headers, free_port()
         self.tls = subprocess.Popen([shutil.which("socat"), f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,"
-                                     f"cert={pki / 'pacs-bundle.pem'},verify=0", f"TCP:127.0.0.1:{self.http_port}"],
-                                    stdout=self.log, stderr=subprocess.STDOUT)
+                                     f"cert={pki / 'pacs-bundle.pem'},verify=0",
+                                     f"TCP:127.0.0.1:{self.orthanc.http_port}"],
+                                    stdout=self.orthanc.log, stderr=subprocess.STDOUT)
         self.ctx = ssl.create_default_context(cafile=str(pki / "ca.pem"))
-        end = time.time() + 30
-        while time.time() < end:
-            try:
-                self.get("/system")
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+        if not wait_until(self._up, 30):
+            raise RuntimeError(f"the TLS front did not start; see {root / 'orthanc.log'}")
+
+    def _up(self) -> bool:
+        try:
+            self.get("/system")
+            return True
+        except OSError:
+            return False
 
     @property
     def url(self) -> str:
@@ -100,10 +94,9 @@ class OrthancWeb:
         return [self.get(f"/instances/{i}/simplified-tags")["SOPInstanceUID"] for i in self.get("/instances")]
 
     def stop(self):
-        for p in (self.tls, self.proc):
-            p.terminate()
-            p.wait(20)
-        self.log.close()
+        self.tls.terminate()
+        self.tls.wait(20)
+        self.orthanc.stop()
 
 
 @pytest.fixture(scope="module")
