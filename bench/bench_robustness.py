@@ -29,15 +29,21 @@ from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
 
 
-def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
-    per_image, exact, t_model = [], [], 0.0
+def predicted(seg: Segmenter, samples, batch: int = 16):
+    """Batches of (samples, truth label maps, predicted label maps, seconds the model took for them)."""
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         frames = [load_pixels(s.image_path, s.frame) for s in chunk]
         t = time.perf_counter()
         preds = seg.segment(frames, batch)
-        t_model += time.perf_counter() - t
-        truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
+        seconds = time.perf_counter() - t
+        yield chunk, [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)], preds, seconds
+
+
+def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
+    per_image, exact, t_model = [], [], 0.0
+    for _, truths, preds, seconds in predicted(seg, samples, batch):
+        t_model += seconds
         per_image += per_image_metrics(truths, preds)
         for truth, pred in zip(truths, preds):
             exact.append(len(stones(pred, None)) == len(stones(truth, None)))

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from ercp_node.labels import STONE  # noqa: E402
 from ercp_node.measure.stones import stones as stone_components  # noqa: E402
-from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
+from bench_robustness import predicted  # noqa: E402 - the same batch loop as the cross-domain bench
+from ercp_node.model.data import load_pixels, read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
 
@@ -64,13 +65,8 @@ def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict) -> list[tuple[
 
 def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
     per_image, exact, within1, stone_rows, largest_err, t_model = [], [], [], [], [], 0.0
-    for i in range(0, len(samples), batch):
-        chunk = samples[i:i + batch]
-        frames = [load_pixels(s.image_path, s.frame) for s in chunk]
-        t = time.perf_counter()
-        preds = seg.segment(frames, batch)
-        t_model += time.perf_counter() - t
-        truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
+    for chunk, truths, preds, seconds in predicted(seg, samples, batch):
+        t_model += seconds
         per_image += per_image_metrics(truths, preds)
         for s, truth, pred in zip(chunk, truths, preds):
             ft = truth_of(s)
