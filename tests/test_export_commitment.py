@@ -37,6 +37,16 @@ def _settings(tmp_path, model, dest: Destination, port: int, **export) -> Settin
     return s
 
 
+def _pacs(tmp_path, reply_port: int, lua: str = "") -> Orthanc:
+    """Orthanc as a committing PACS that sends its N-EVENT-REPORTs to the node's AE title on `reply_port`."""
+    return Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", reply_port)}, lua=lua)
+
+
+def _destination(orthanc: Orthanc) -> Destination:
+    """That Orthanc as the node's destination for SEG and SR, with storage commitment asked of it."""
+    return Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+
+
 def _storescu(port: int, *files: Path) -> None:
     r = storescu(port, *files)
     assert r.returncode == 0, r.stderr
@@ -57,9 +67,9 @@ def test_outputs_end_committed_at_orthanc(tmp_path, tiny_model, images, capsys):
     if shutil.which("Orthanc") is None:
         pytest.fail("Orthanc is not installed (apt-get install orthanc)")
     port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", port)})
+    orthanc = _pacs(tmp_path, port)
     try:
-        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        dest = _destination(orthanc)
         s = _settings(tmp_path, tiny_model, dest, port)
         node = Node(s).start()
         try:
@@ -161,9 +171,9 @@ end
 def test_an_output_the_pacs_acknowledged_but_does_not_hold_is_sent_again_and_then_committed(tmp_path, tiny_model,
                                                                                           images, capsys):
     port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", port)}, lua=DROP_FIRST_SR)
+    orthanc = _pacs(tmp_path, port, lua=DROP_FIRST_SR)
     try:
-        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        dest = _destination(orthanc)
         s = _settings(tmp_path, tiny_model, dest, port)
         node = Node(s).start()
         try:
@@ -195,9 +205,9 @@ def test_no_report_within_the_timeout_is_sent_again_then_dead_lettered(tmp_path,
     report within export.commitment_timeout_s, so each export is sent again with a new Transaction UID and,
     after export.max_attempts, dead-lettered with the reason."""
     port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", free_port())})
+    orthanc = _pacs(tmp_path, free_port())
     try:
-        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        dest = _destination(orthanc)
         s = _settings(tmp_path, tiny_model, dest, port, commitment_timeout_s=2.0, max_attempts=2)
         node = Node(s).start()
         try:
@@ -356,9 +366,9 @@ def test_a_report_counts_only_from_the_destinations_ae_title(tmp_path, tiny_mode
     from ercp_node.node.export_commitment import KIND_CLASSES
 
     port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", free_port())})
+    orthanc = _pacs(tmp_path, free_port())
     try:
-        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        dest = _destination(orthanc)
         node = Node(_settings(tmp_path, tiny_model, dest, port, commitment_timeout_s=3600)).start()
         try:
             _storescu(port, *images)
@@ -390,9 +400,9 @@ def test_an_export_whose_request_never_went_out_is_sent_and_asked_again(tmp_path
     from sqlalchemy import update
 
     port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", modalities={"ercp": ("ERCPNODE", "127.0.0.1", port)})
+    orthanc = _pacs(tmp_path, port)
     try:
-        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR"), name="PACS", commitment=True)
+        dest = _destination(orthanc)
         s = _settings(tmp_path, tiny_model, dest, port)
         n = 2 * len(images)
         node = Node(s).start()
