@@ -334,10 +334,10 @@ def test_report_on_the_requesting_association_with_commitment_wait(tmp_path, tin
 def _report_to_node(node, calling: str, txn: str, uids: list[tuple[str, str]]) -> int | None:
     """An N-EVENT-REPORT (all committed) on a new association to the node, as a PACS sends it: calling AE
     `calling`, proposing the SCP role for Storage Commitment."""
-    from pydicom.dataset import Dataset
     from pynetdicom import AE, build_role
 
     from ercp_node.node.commitment import SOP_CLASS, TRANSFER_SYNTAXES, WELL_KNOWN_INSTANCE
+    from ercp_node.node.export_commitment import action_information
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(SOP_CLASS, TRANSFER_SYNTAXES)
@@ -345,15 +345,8 @@ def _report_to_node(node, calling: str, txn: str, uids: list[tuple[str, str]]) -
                          ext_neg=[build_role(SOP_CLASS, scp_role=True)])
     assert assoc.is_established
     try:
-        ds = Dataset()
-        ds.TransactionUID = txn
-        items = []
-        for cls, inst in uids:
-            item = Dataset()
-            item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = cls, inst
-            items.append(item)
-        ds.ReferencedSOPSequence = items
-        rsp, _ = assoc.send_n_event_report(ds, 1, SOP_CLASS, WELL_KNOWN_INSTANCE)
+        # an all-committed report lists the instances as the N-ACTION did: Transaction UID + Referenced SOPs
+        rsp, _ = assoc.send_n_event_report(action_information(txn, uids), 1, SOP_CLASS, WELL_KNOWN_INSTANCE)
         return int(rsp.Status) if "Status" in rsp else None
     finally:
         assoc.release()
