@@ -57,12 +57,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", action="append", required=True, help="model .keras (repeat to compare)")
     ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
+    ap.add_argument("--tta", nargs="+", default=["none"], help="test-time augmentation modes to compare per model "
+                    "(none, flip)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--out", default=str(ROOT / "bench/results/robustness.json"))
     args = ap.parse_args(argv)
     results = {}
-    for model in args.model:
-        seg = Segmenter.load(model)
+    for model, tta in [(m, t) for m in args.model for t in args.tta]:
+        seg = Segmenter.load(model, tta=tta)
         rows = {}
         for d in args.data:
             samples, problems = read_data([d])
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
             print(f"{seg.version:50s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
                   f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
                   f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
-        results[seg.version] = {"path": model, "sets": rows}
+        key = seg.version + ("" if tta == "none" else f" tta={tta}")
+        results[key] = {"path": model, "tta": tta, "sets": rows}
     out = {"bench": "robustness", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
            "data": args.data, "models": results}
     Path(args.out).write_text(json.dumps(out, indent=1))

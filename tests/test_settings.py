@@ -62,3 +62,10 @@ def test_config_check_exits_2_on_a_mistyped_environment_variable():
     r = subprocess.run([str(Path(sys.executable).parent / "ercp-node"), "config", "check"], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "ERCP_NODE_NODE_PORTT" in r.stderr, r.stderr
+
+
+def test_test_time_augmentation_setting():
+    assert Settings().model.tta == "flip"  # the node's default (docs/model-card.md: better on every family)
+    assert load(None, env={"ERCP_NODE_MODEL_TTA": "none"}).model.tta == "none"
+    with pytest.raises(ConfigError, match="model.tta 'rot' unknown"):
+        load(None, env={"ERCP_NODE_MODEL_TTA": "rot"})

@@ -13,6 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model.tta import TTA_MODES
+
 AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash or control characters
 DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 OBJECTS = ("SEG", "SR", "GSPS")
@@ -57,6 +59,9 @@ class NodeSettings:
 @dataclass
 class ModelSettings:
     path: str = ""  # empty: the registry's active model, else the shipped one
+    # Test-time augmentation (model/inference.py TTA_MODES): "flip" averages the 4 mirror images (4× the model's
+    # time; bench/results/robustness.json: better on every structure and style family), "d4" 8 views, "none" one.
+    tta: str = "flip"
 
 
 @dataclass
@@ -478,6 +483,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node.workers must be 0 (auto) or more, node.batch_size at least 1")
     if n.min_free_disk_mb < 0:
         raise ConfigError("node.min_free_disk_mb must be ≥ 0")
+    if s.model.tta not in TTA_MODES:
+        raise ConfigError(f"model.tta {s.model.tta!r} unknown (known: {', '.join(TTA_MODES)})")
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
     if s.export.max_attempts < 0 or s.export.max_age_h < 0:

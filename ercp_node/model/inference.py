@@ -10,8 +10,10 @@ import cv2
 import numpy as np
 
 from ..preprocessing.pipeline import masks_to_source, preprocess_native, resize_labels, to_grid
+from .tta import TTA_MODES
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
+
 
 
 def card_path(model_path: str | Path) -> Path:
@@ -42,9 +44,14 @@ class Segmenter:
     model: object
     card: dict
     stones: object = None  # stonenet.StoneNet: the cascade's second stage, or None (the paper's single stage)
+    tta: str = "none"  # a key of TTA_MODES
+
+    def __post_init__(self):
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"test-time augmentation {self.tta!r} unknown (known: {', '.join(TTA_MODES)})")
 
     @classmethod
-    def load(cls, path: str | Path = SHIPPED, cascade: bool = True) -> "Segmenter":
+    def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none") -> "Segmenter":
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -63,7 +70,7 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones)
+        return cls(model, card, stones, tta)
 
     @property
     def version(self) -> str:
@@ -76,9 +83,19 @@ class Segmenter:
         return int(self.model.input_shape[1])
 
     def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """(N, S, S, 1) preprocessed inputs → (N, S, S, C) float32 class probabilities."""
-        out = [np.asarray(self.model.predict_on_batch(inputs[i:i + batch_size]), np.float32)
-               for i in range(0, len(inputs), batch_size)]
+        """(N, S, S, 1) preprocessed inputs → (N, S, S, C) float32 class probabilities (mean over the TTA views)."""
+        out = []
+        for i in range(0, len(inputs), batch_size):
+            batch, acc = inputs[i:i + batch_size], None
+            for transpose, flip_rows, flip_cols in TTA_MODES[self.tta]:
+                axes = tuple(a for a, f in ((1, flip_rows), (2, flip_cols)) if f)
+                view = np.swapaxes(batch, 1, 2) if transpose else batch
+                view = np.flip(view, axes) if axes else view
+                p = np.asarray(self.model.predict_on_batch(np.ascontiguousarray(view)), np.float32)
+                p = np.flip(p, axes) if axes else p  # back onto the input's orientation, in reverse order
+                p = np.swapaxes(p, 1, 2) if transpose else p
+                acc = p if acc is None else acc + p
+            out.append(acc / len(TTA_MODES[self.tta]))
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:

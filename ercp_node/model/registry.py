@@ -126,6 +126,6 @@ def model_path(configured: str | Path | None, sessions) -> Path:
     return Path(active.path) if active is not None and Path(active.path).is_file() else inference.SHIPPED
 
 
-def load_segmenter(configured: str | Path | None, sessions) -> inference.Segmenter:
-    """The model of model_path(), loaded."""
-    return inference.Segmenter.load(model_path(configured, sessions))
+def load_segmenter(configured: str | Path | None, sessions, tta: str = "none") -> inference.Segmenter:
+    """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta)."""
+    return inference.Segmenter.load(model_path(configured, sessions), tta=tta)

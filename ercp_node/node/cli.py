@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from ..model.tta import TTA_MODES
+
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML configuration file")
@@ -77,6 +79,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--model", default=None, help="model file (default: the shipped model)")
     p.add_argument("--config", default=None, help="TOML settings ([measure] thresholds and calibration policy)")
+    p.add_argument("--tta", choices=tuple(TTA_MODES), default=None,
+                   help="test-time augmentation (default: the settings' model.tta, as the node runs it)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -98,7 +102,8 @@ def run_segment(args: argparse.Namespace) -> int:
     from .pipeline import analyse_batch, encode
     from .validation import Refused, check_file
 
-    measure = measure_settings(settings_from_args(args))
+    settings = settings_from_args(args)
+    measure = measure_settings(settings)
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +120,7 @@ def run_segment(args: argparse.Namespace) -> int:
             continue
         if seg is None:  # loaded once, and only when a file passes the checks
             try:
-                seg = Segmenter.load(args.model or SHIPPED)
+                seg = Segmenter.load(args.model or SHIPPED, tta=args.tta or settings.model.tta)
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:
