@@ -1,0 +1,106 @@
+"""Leave-one-family-out: train without style family X, score on X and on the families it saw.
+
+For each held-out family X of the phantom's style families (intensifier, flatpanel, lowdose, sharp): synth
+makes a training set per family (dated before the split) and a frozen test set per family (after it); one
+`ercp-node retrain --init MODEL --augment robust --time-budget MINUTES` fine-tunes on the classic set plus the
+three other families; the model is scored (the same evaluation as `retrain`) on X's test set — the held-out
+IoU — and on the seen families' test sets, whose mean is that model's in-domain IoU. The ratio held-out /
+in-domain per structure is the issue's check (goal ≥ 90 %). Runs are resumable (retrain's checkpoints): run
+the same command again to continue a fold that ran out of time. Writes bench/results/lofo.json.
+
+    python bench/bench_lofo.py --init <classic-only model> --classic data/train-cls --minutes 30 \
+        [--families lowdose ...] [--train-count 300] [--test-count 60]
+
+MODEL must not have seen any family: the classic-only unet-default-dl-cfl-phantom-2026.11, e.g.
+`mkdir -p data/classic && git show b747efb:ercp_node/model/weights/default.keras > data/classic/model.keras &&
+git show b747efb:ercp_node/model/weights/default.json > data/classic/model.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ercp_node.model.data import read_data  # noqa: E402
+from ercp_node.model.inference import Segmenter  # noqa: E402
+from ercp_node.model.retrain import evaluate_samples  # noqa: E402
+from ercp_node.phantom.style import FAMILIES  # noqa: E402
+
+SPLIT = "2024-06-09"
+STRUCTURES = (("scope_iou", "duodenoscope"), ("cbd_iou", "cbd"), ("stone_iou", "stone"))
+
+
+def synth(out: Path, family: str, count: int, seed: int, start: str, end: str) -> Path:
+    """A phantom set of one family (made once; an existing manifest is kept)."""
+    if not (out / "manifest.csv").is_file():
+        subprocess.run([sys.executable, "-m", "ercp_node.cli", "synth", "--count", str(count), "--seed", str(seed),
+                        "--style", family, "--start-date", start, "--end-date", end, "--out", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def score(model: Path, test: Path, tta: str = "none") -> dict:
+    samples, _ = read_data([test])
+    report, _ = evaluate_samples(Segmenter.load(model, tta=tta), samples)
+    s = report["structures"]
+    return {key: s[name]["iou_mean"] for key, name in STRUCTURES} | {"n": len(samples)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--init", required=True, help="starting model that has seen no style family")
+    ap.add_argument("--classic", required=True, type=Path, help="classic phantom training set (dated before the split)")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--train-count", type=int, default=300)
+    ap.add_argument("--test-count", type=int, default=60)
+    ap.add_argument("--minutes", type=float, default=30.0, help="training time budget per fold")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--work", type=Path, default=ROOT / "data/lofo")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/lofo.json"))
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    train, test = {}, {}
+    for i, fam in enumerate(FAMILIES):  # seeds by family index: the same sets whichever folds run
+        train[fam] = synth(args.work / f"train-{fam}", fam, args.train_count, 3200 + i, "2013-12-02", "2024-06-08")
+        test[fam] = synth(args.work / f"test-{fam}", fam, args.test_count, 3210 + i, SPLIT, "2024-11-21")
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    folds = old.get("folds", {})
+    for held in args.families:
+        seen = [f for f in FAMILIES if f != held]
+        run = args.work / f"run-without-{held}"
+        cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(args.classic),
+               *[str(train[f]) for f in seen], *[str(test[f]) for f in seen], "--split-date", SPLIT,
+               "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr), "--epochs", "200",
+               "--time-budget", str(args.minutes), "--mixed-precision", "off", "--out", str(run),
+               "--data-dir", str(args.work / f"registry-{held}")]
+        t = time.perf_counter()
+        with open(args.work / f"run-without-{held}.log", "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+        card = json.loads((run / "model.json").read_text())
+        rows = {f: score(run / "model.keras", test[f]) for f in FAMILIES}
+        in_domain = {k: round(sum(rows[f][k] for f in seen) / len(seen), 2) for k, _ in STRUCTURES}
+        ratio = {k: round(100 * rows[held][k] / in_domain[k], 1) if in_domain[k] else None for k, _ in STRUCTURES}
+        folds[held] = {"seen": seen, "epochs": card["epochs"], "wall_s_this_call": round(time.perf_counter() - t),
+                       "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
+                       "per_family": rows, "goal_pct": 90}
+        print(held, json.dumps(folds[held]["held_out"]), "in-domain", json.dumps(in_domain), "ratio %",
+              json.dumps(ratio), flush=True)
+        out = {"bench": "leave-one-family-out", "init": args.init, "minutes_per_fold": args.minutes,
+               "train_count_per_family": args.train_count, "test_count_per_family": args.test_count,
+               "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, no GPU",
+               "folds": folds}
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
