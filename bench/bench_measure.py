@@ -29,6 +29,7 @@ import pydicom
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ercp_node.measure.records import Measurements  # noqa: E402
 from ercp_node.measure.report import measure_labels  # noqa: E402
 from ercp_node.model.inference import SHIPPED, Segmenter  # noqa: E402
 from ercp_node.dicom.source import header_calibration  # noqa: E402
@@ -39,25 +40,26 @@ TARGETS = {"stone_largest_mm": 1.0, "cbd_max_mm": 1.0, "cbd_distal_mm": 1.0, "an
            "stone_count_exact_pct": 95.0, "scope_calibration_pct": 3.0}
 
 
-def compare(m: dict, truth: dict) -> dict:
+def compare(m: Measurements, truth: dict) -> dict:
     """Errors of one image's measurements against its truth frame."""
     spacing = truth["spacing"]["pixel_spacing_at_object_mm"]
-    out = {"stone_count": m["stone_count"], "stone_count_truth": len([s for s in truth["stones"] if s["visible"]])}
-    scope = m["calibration"]["scope"]["mm_per_px"]
+    out = {"stone_count": m.stone_count, "stone_count_truth": len([s for s in truth["stones"] if s["visible"]])}
+    scope = m.calibration.scope.mm_per_px
     out["scope_calibration_pct"] = None if scope is None else 100 * (scope / spacing - 1)
-    out["calibration_used"] = m["calibration"]["used"]
-    out["used_spacing_pct"] = None if m["pixel_spacing_mm"] is None else 100 * (m["pixel_spacing_mm"] / spacing - 1)
-    c, t = m["cbd"], truth["cbd"]
+    out["calibration_used"] = m.calibration.used
+    out["used_spacing_pct"] = None if m.pixel_spacing_mm is None else 100 * (m.pixel_spacing_mm / spacing - 1)
+    c, t = m.cbd, truth["cbd"]
     for key, tkey in (("max_diameter_mm", "max_diameter_mm"), ("distal_diameter_mm", "distal_diameter_mm"),
                       ("angulation_deg", "distal_angulation_deg"), ("arm_length_mm", "distal_arm_length_mm")):
-        out[key] = None if c.get(key) is None or t.get(tkey) is None else c[key] - t[tkey]
-    out["cbd_reason"] = c.get("reason")
+        value = getattr(c, key)
+        out[key] = None if value is None or t.get(tkey) is None else value - t[tkey]
+    out["cbd_reason"] = c.reason
     errs, missed = [], 0
     for s in (s for s in truth["stones"] if s["visible"]):
-        near = [(np.hypot(*np.subtract(f["centroid_px"], s["centroid_px"])) * spacing, f) for f in m["stones"]]
+        near = [(np.hypot(*np.subtract(f.centroid_px, s["centroid_px"])) * spacing, f) for f in m.stones]
         d, f = min(near, key=lambda x: x[0]) if near else (np.inf, None)
-        if d <= max(3.0, s["largest_diameter_mm"] / 2) and f["largest_diameter_mm"] is not None:
-            errs.append(f["largest_diameter_mm"] - s["largest_diameter_mm"])
+        if d <= max(3.0, s["largest_diameter_mm"] / 2) and f.largest_diameter_mm is not None:
+            errs.append(f.largest_diameter_mm - s["largest_diameter_mm"])
         else:
             missed += 1
     out["stone_largest_err_mm"], out["stones_missed"] = errs, missed

@@ -17,6 +17,7 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -147,14 +148,13 @@ def run_demo(args: argparse.Namespace) -> int:
                for k, v in image_metrics(truth_mask, pred).items()}
         latency = max(t for t, _ in got.values()) - sent[r["sop_uid"]]
         lat.append(latency)
-        angle = m["cbd"]["angulation_deg"]
-        print(f"{r['id']:10} {m['stone_count']:6d} {len(visible):5d} {m['largest_stone_mm'] or 0:10.1f}"
+        angle = m.cbd.angulation_deg
+        print(f"{r['id']:10} {m.stone_count:6d} {len(visible):5d} {m.largest_stone_mm or 0:10.1f}"
               f" {max((s['largest_diameter_mm'] for s in visible), default=0):8.1f}"
               f" {'-' if angle is None else f'{angle:.0f}':>6} {truth['cbd']['distal_angulation_deg'] or 0:6.0f}"
-              f" {iou['duodenoscope']:>9} {iou['cbd']:>7} {iou['stone']:>9} {latency:9.2f}  {m['difficulty']['summary']}")
+              f" {iou['duodenoscope']:>9} {iou['cbd']:>7} {iou['stone']:>9} {latency:9.2f}  {m.difficulty.summary}")
         grey = src.pixel_array.astype(np.float32) / 255.0
-        m["model_version"] = version
-        right = draw_measurements(grey, pred, m)
+        right = draw_measurements(grey, pred, replace(m, model_version=version))
         left = np.zeros_like(right)
         left[:grey.shape[0]] = overlay(grey, truth_mask)
         cv2.imwrite(str(out / "overlays" / f"{r['id']}.png"), np.hstack([left, right]))

@@ -1,10 +1,12 @@
 """Helpers shared by the tests, tests/stress and the benches (import them as `from helpers import ...`; tests/ is
 on sys.path in pytest's rootdir mode, and the benches put it there): free loopback ports, a real Orthanc PACS,
 dcmtk's storescu against a node, phantom images made through the `synth` command, row counts of the node's
-database, waiting for a condition. Fixtures stay in conftest.py; nothing imports conftest."""
+database, waiting for a condition, a database at an older schema revision. Fixtures stay in conftest.py; nothing
+imports conftest."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -126,6 +128,45 @@ def count(node, model, *where) -> int:
 
     with node.sessions() as s:
         return s.scalar(select(func.count()).select_from(model).where(*where))
+
+
+class Migrations:
+    """The node's alembic migrations run on one open connection (see `migrated`)."""
+
+    def __init__(self, connection):
+        from alembic.config import Config
+
+        from ercp_node.storage.db import MIGRATIONS
+
+        self.config = Config()
+        self.config.set_main_option("script_location", str(MIGRATIONS))
+        self.config.attributes["connection"] = connection
+
+    def upgrade(self, revision: str) -> None:
+        from alembic import command
+
+        command.upgrade(self.config, revision)
+
+    def downgrade(self, revision: str) -> None:
+        from alembic import command
+
+        command.downgrade(self.config, revision)
+
+
+@contextlib.contextmanager
+def migrated(url: str, revision: str):
+    """(connection, Migrations) of the database at `url` upgraded to schema `revision`, in one transaction that
+    commits on leaving: a node database as an older version left it (insert its rows, then upgrade further)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            migrations = Migrations(conn)
+            migrations.upgrade(revision)
+            yield conn, migrations
+    finally:
+        engine.dispose()
 
 
 def wait_until(predicate, timeout: float = 120.0, interval: float = 0.2) -> bool:

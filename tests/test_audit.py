@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
-from helpers import free_port, storescp, storescu, synth, wait_until, with_patient
+from helpers import free_port, migrated, storescp, storescu, synth, wait_until, with_patient
 from ercp_node.config.settings import Destination, Settings
 from ercp_node.node.service import Node
 from ercp_node.storage.models import AuditEvent, Export, Output
@@ -109,18 +109,10 @@ def test_audit_table_is_append_only(tmp_path):
 def test_database_of_revision_0002_upgrades(tmp_path):
     """A node database made before named destinations: its exports keep their AET@HOST:PORT rows, get a creation
     time from their output, and the audit table appears."""
-    from alembic import command
-    from alembic.config import Config
-
-    from ercp_node.storage.db import MIGRATIONS, open_database, sqlite_url
+    from ercp_node.storage.db import open_database, sqlite_url
 
     url = sqlite_url(tmp_path)
-    engine = create_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0002")
+    with migrated(url, "0002") as (conn, _):
         conn.execute(text("INSERT INTO instances VALUES (1, '1.2.3', '1.2.840.10008.5.1.4.1.1.12.2', '1.2', '1.2.1', "
                           "'RF', '1.2.840.10008.1.2.1', 8, 8, 1, '/x', 10, 'CARM', '2026-01-01 10:00:00')"))
         conn.execute(text("INSERT INTO jobs (id, instance_id, state, attempts, created, seg_series_uid, seg_sop_uid, "
@@ -129,7 +121,6 @@ def test_database_of_revision_0002_upgrades(tmp_path):
         conn.execute(text("INSERT INTO outputs VALUES (1, 1, 'SEG', '1.2.9', '/o', '2026-01-01 10:00:05')"))
         conn.execute(text("INSERT INTO exports (id, output_id, destination, state, attempts, next_attempt) "
                           "VALUES (1, 1, 'PACS@10.0.0.5:104', 'pending', 3, '2026-01-01 10:01:00')"))
-    engine.dispose()
     engine, sessions = open_database(url)
     with sessions() as s:
         e = s.get(Export, 1)

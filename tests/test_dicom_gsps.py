@@ -1,13 +1,15 @@
 """ercp_node.dicom.gsps: the Grayscale Softcopy Presentation State overlay is dciodvfy-clean (no errors, no
 warnings) for phantom RF single-frame, XA cine, SC MONOCHROME1 12-bit, SC MONOCHROME2 16-bit, DX, Enhanced XA
 and Enhanced XRF cine sources; its outlines decode back and cover the label map; its texts carry the measurements; it references
-the source (and frame); missing measurements or an empty label map give a valid object without them."""
+the source (and frame); no measurements, values that are None or an empty label map give a valid object without
+them."""
 from __future__ import annotations
 
 import io
 import json
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -23,6 +25,20 @@ from ercp_node.dicom import gsps as gsps_module
 from ercp_node.dicom.gsps import LAYERS, build_gsps, outline_polygons
 from ercp_node.dicom.seg import SEGMENTS
 from ercp_node.dicom.source import derived_uid, source_datetime
+from ercp_node.measure.records import (
+    NO_SCOPE,
+    Calibration,
+    CBDMeasurement,
+    Difficulty,
+    DifficultyFlags,
+    HeaderSpacing,
+    Measurements,
+    ScopeCalibration,
+    Stone,
+    point,
+    points,
+)
+from ercp_node.measure.report import DifficultyThresholds, criteria
 from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
 
@@ -64,25 +80,39 @@ def load(phantom, name: str):
     return source, (labels[0] if n == 1 else labels), truth
 
 
-def measurements_from_truth(truth: dict, labels2d: np.ndarray, frame: int) -> dict:
+def record(stones=(), cbd=CBDMeasurement(measurable=False, reason="duct not opacified"), frame=None,
+           mm_per_px: float | None = 0.3) -> Measurements:
+    """Measurements as the measure stage hands them over, with these stones, CBD and frame; the difficulty
+    summary is SUMMARY, the spacing the header's `mm_per_px` (None: sizes in pixels)."""
+    calibration = Calibration(mm_per_px=mm_per_px, used="header" if mm_per_px else "none", policy="auto",
+                              header=HeaderSpacing(mm_per_px, "PixelSpacing" if mm_per_px else "none"),
+                              scope=ScopeCalibration(None, None, 11.3, "TJF-Q180V", 0, NO_SCOPE),
+                              disagreement_pct=None)
+    difficulty = Difficulty(flags=DifficultyFlags(*[None] * 6), criteria=criteria(DifficultyThresholds()),
+                            reasons=(SUMMARY.removeprefix("difficult: "),))
+    assert difficulty.summary == SUMMARY
+    return Measurements(calibration, tuple(stones), len(stones), cbd, difficulty, frame=frame)
+
+
+def measurements_from_truth(truth: dict, labels2d: np.ndarray, frame: int) -> Measurements:
     """What the measure stage hands over, from the phantom's truth (stones as the label map has them)."""
     ft = truth["frame_truth"][frame - 1]
+    spacing = ft["spacing"]["pixel_spacing_at_object_mm"]
     stones = []
-    n, comp, _, centroids = cv2.connectedComponentsWithStats((labels2d == 3).astype(np.uint8), connectivity=8)
+    n, comp, stats, centroids = cv2.connectedComponentsWithStats((labels2d == 3).astype(np.uint8), connectivity=8)
     for k in range(1, n):
         contours, _ = cv2.findContours((comp == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outline = max(contours, key=cv2.contourArea).reshape(-1, 2)
-        d = np.sqrt(((outline[:, None] - outline[None]) ** 2).sum(-1)).max() + 0.5
-        spacing = ft["spacing"]["pixel_spacing_at_object_mm"]
-        stones.append(dict(largest_diameter_mm=float(d * spacing), smallest_diameter_mm=None,
-                           centroid_px=[float(v) for v in centroids[k]], outline_px=outline.tolist()))
+        d = float(np.sqrt(((outline[:, None] - outline[None]) ** 2).sum(-1)).max() + 0.5)
+        stones.append(Stone(area_px=int(stats[k, cv2.CC_STAT_AREA]), largest_diameter_px=d, smallest_diameter_px=d,
+                            area_mm2=None, largest_diameter_mm=d * spacing, smallest_diameter_mm=None,
+                            centroid_px=point([float(v) for v in centroids[k]]),
+                            outline_px=points(outline.astype(float).tolist()), index=k))
     cbd = ft["cbd"]
-    return dict(frame=frame, units="mm", stones=stones,
-                cbd=dict(measurable=True, reason=None, angulation_deg=cbd["distal_angulation_deg"],
-                         bend_px=cbd["first_bend_px"], papilla_px=cbd["papilla_px"],
-                         max_diameter_mm=cbd["max_diameter_mm"], distal_diameter_mm=cbd["distal_diameter_mm"],
-                         arm_length_mm=cbd["distal_arm_length_mm"]),
-                difficulty=dict(summary=SUMMARY))
+    return record(stones, CBDMeasurement(
+        measurable=True, angulation_deg=cbd["distal_angulation_deg"], bend_px=point(cbd["first_bend_px"]),
+        papilla_px=point(cbd["papilla_px"]), max_diameter_mm=cbd["max_diameter_mm"],
+        distal_diameter_mm=cbd["distal_diameter_mm"], arm_length_mm=cbd["distal_arm_length_mm"]), frame, spacing)
 
 
 def uids(name: str) -> dict:
@@ -149,7 +179,7 @@ def test_gsps(phantom, name, tmp_path):
     n_frames = stack.shape[0]
     frame = 1 if n_frames == 1 else 3
     measurements = measurements_from_truth(truth, stack[frame - 1], frame)
-    assert measurements["stones"], "the case should have stones"
+    assert measurements.stones, "the case should have stones"
     before = source.to_json_dict()
     pr = write_and_judge(build_gsps(source, labels, measurements, **uids(name), model_version=MODEL_VERSION),
                          tmp_path / "gsps.dcm")
@@ -225,13 +255,13 @@ def test_gsps(phantom, name, tmp_path):
     # Texts: stone sizes and the angle on the measured frame, the two caption lines on every frame.
     stone_texts = texts_of(pr, "STONES")
     assert [t.UnformattedTextValue for t in stone_texts] == [
-        f"S{i} {s['largest_diameter_mm']:.1f} mm" for i, s in enumerate(measurements["stones"], 1)]
+        f"S{i} {s.largest_diameter_mm:.1f} mm" for i, s in enumerate(measurements.stones, 1)]
     stone_annotations = [a for a in pr.GraphicAnnotationSequence
                          if "TextObjectSequence" in a and a.GraphicLayer == "STONES"]
     assert [frame_of(a) for a in stone_annotations] == [frame if n_frames > 1 else None]
     groups = {int(g.GraphicGroupID): g.GraphicGroupLabel for g in pr.GraphicGroupSequence}
-    for i, (t, stone) in enumerate(zip(stone_texts, measurements["stones"]), 1):
-        np.testing.assert_allclose(t.AnchorPoint, np.asarray(stone["centroid_px"]) + 0.5, atol=1e-3)
+    for i, (t, stone) in enumerate(zip(stone_texts, measurements.stones), 1):
+        np.testing.assert_allclose(t.AnchorPoint, np.asarray(stone.centroid_px) + 0.5, atol=1e-3)
         assert groups[int(t.GraphicGroupID)] == f"Stone {i}"
         (outline,) = [o for o in outlined[("STONES", frame)]
                       if int(o.get("GraphicGroupID", 0)) == int(t.GraphicGroupID)]
@@ -241,8 +271,8 @@ def test_gsps(phantom, name, tmp_path):
         right, bottom = t.BoundingBoxBottomRightHandCorner
         assert 0 <= left < right <= source.Columns and 0 <= top < bottom <= source.Rows
     (angle,) = texts_of(pr, "CBD")
-    assert angle.UnformattedTextValue == f"angle {measurements['cbd']['angulation_deg']:.0f}°"
-    np.testing.assert_allclose(angle.AnchorPoint, np.asarray(measurements["cbd"]["bend_px"]) + 0.5, atol=1e-3)
+    assert angle.UnformattedTextValue == f"angle {measurements.cbd.angulation_deg:.0f}°"
+    np.testing.assert_allclose(angle.AnchorPoint, np.asarray(measurements.cbd.bend_px) + 0.5, atol=1e-3)
     assert angle.AnchorPointVisibility == "Y"
     (caption_annotation,) = [a for a in pr.GraphicAnnotationSequence if a.GraphicLayer == "AI_INFO"]
     assert frame_of(caption_annotation) is None  # all frames
@@ -282,18 +312,17 @@ def test_gsps(phantom, name, tmp_path):
 
 
 def test_missing_measurements_and_empty_labels(phantom, tmp_path):
-    """Missing or None measurements: no text for them, no exception; an all-background map: no outlines."""
+    """No measurements, or values that are None (or NaN) or not measured: no text for them, no exception; an
+    all-background map: no outlines."""
     source, labels, truth = load(phantom, "rf")
     partial = [
-        {},
-        dict(frame=None, units=None, stones=None, cbd=None, difficulty=None),
-        dict(stones=[None, {}, dict(largest_diameter_mm=None, centroid_px=[10, 10]),
-                     dict(largest_diameter_mm=5.0, centroid_px=None, outline_px=None),
-                     dict(largest_diameter_mm=float("nan"), centroid_px=[1, 2])],
-             cbd=dict(measurable=False, reason="duct not opacified", angulation_deg=120.0, bend_px=[100, 100]),
-             difficulty=dict(summary=None)),
-        dict(cbd=dict(measurable=True, angulation_deg=None, bend_px=[100, 100]), difficulty={}),
-        dict(cbd=dict(measurable=True, angulation_deg=120.0, bend_px=None)),
+        None,
+        record(),  # no stones; the CBD not measurable (its angle would not be drawn either)
+        record(cbd=CBDMeasurement(measurable=False, reason="duct not opacified", angulation_deg=120.0,
+                                  bend_px=(100.0, 100.0))),
+        record(cbd=CBDMeasurement(measurable=True, angulation_deg=None, bend_px=(100.0, 100.0),
+                                  papilla_px=(100.0, 150.0))),
+        record(cbd=CBDMeasurement(measurable=True, angulation_deg=float("nan"), papilla_px=(100.0, 150.0))),
     ]
     for k, measurements in enumerate(partial):
         for lab in (labels, np.zeros_like(labels)):
@@ -301,7 +330,8 @@ def test_missing_measurements_and_empty_labels(phantom, tmp_path):
             pr = write_and_judge(build_gsps(source, lab, measurements, **uids(f"partial-{k}-{empty}"),
                                             model_version=MODEL_VERSION), tmp_path / f"gsps-{k}-{empty}.dcm")
             texts = [t.UnformattedTextValue for t in texts_of(pr)]
-            assert texts == [f"Research use, not for diagnosis - model {MODEL_VERSION}"], texts
+            assert texts == ([] if measurements is None else [SUMMARY_LATIN1]) + [
+                f"Research use, not for diagnosis - model {MODEL_VERSION}"], texts
             objects = [o for a in pr.GraphicAnnotationSequence for o in a.get("GraphicObjectSequence", [])]
             assert (len(objects) == 0) == empty
             assert [item.GraphicLayer for item in pr.GraphicLayerSequence] == [name for name, *_ in LAYERS]
@@ -312,8 +342,9 @@ def test_units_px_metadata_only_source_and_determinism(phantom, tmp_path):
     """Pixel units are labelled as such; a source read without pixels works; same input, same bytes."""
     source, labels, truth = load(phantom, "xa-cine")
     meta_only = pydicom.dcmread(phantom["xa-cine"] / "dicom" / "img00000.dcm", stop_before_pixels=True)
-    measurements = measurements_from_truth(truth, labels[4], 5)
-    measurements["units"] = "px"
+    measured = measurements_from_truth(truth, labels[4], 5)
+    measurements = record([replace(s, largest_diameter_mm=None) for s in measured.stones], measured.cbd, 5, None)
+    assert measurements.units == "px"
     blobs = []
     for ds in (source, meta_only, source):
         buf = io.BytesIO()
@@ -322,7 +353,8 @@ def test_units_px_metadata_only_source_and_determinism(phantom, tmp_path):
         blobs.append(buf.getvalue())
     assert blobs[0] == blobs[1] == blobs[2]
     pr = write_and_judge(pydicom.dcmread(io.BytesIO(blobs[0])), tmp_path / "px.dcm")
-    assert all(t.UnformattedTextValue.endswith(" px") for t in texts_of(pr, "STONES"))
+    assert [t.UnformattedTextValue for t in texts_of(pr, "STONES")] == [
+        f"S{i} {s.largest_diameter_px:.1f} px" for i, s in enumerate(measurements.stones, 1)]
     assert {frame_of(a) for a in pr.GraphicAnnotationSequence if a.GraphicLayer in ("STONES", "CBD")
             and "TextObjectSequence" in a} == {5}
 
@@ -338,17 +370,17 @@ def test_measure_stage_output(phantom, tmp_path):
     calibrated = measure_labels(labels, header_spacing(imager_pixel_spacing=spacing, magnification=magnification))
     no_scope = np.where(labels == 1, 0, labels).astype(np.uint8)
     uncalibrated = measure_labels(no_scope, header_spacing())
-    assert calibrated["units"] == "mm" and uncalibrated["units"] == "px"
+    assert calibrated.units == "mm" and uncalibrated.units == "px"
     for k, (lab, m) in enumerate(((labels, calibrated), (no_scope, uncalibrated))):
-        json.dumps(m)  # what the pipeline stores and hands over
+        json.dumps(m.to_dict())  # what the pipeline stores and hands over
         pr = write_and_judge(build_gsps(source, lab, m, **uids(f"measured-{k}"), model_version=MODEL_VERSION),
                              tmp_path / f"measured-{k}.dcm")
-        unit, key = ("mm", "largest_diameter_mm") if m["units"] == "mm" else ("px", "largest_diameter_px")
+        unit, key = ("mm", "largest_diameter_mm") if m.units == "mm" else ("px", "largest_diameter_px")
         assert [t.UnformattedTextValue for t in texts_of(pr, "STONES")] == [
-            f"S{i} {s[key]:.1f} {unit}" for i, s in enumerate(m["stones"], 1)]
-        assert [t.UnformattedTextValue for t in texts_of(pr, "CBD")] == [f"angle {m['cbd']['angulation_deg']:.0f}°"]
+            f"S{i} {getattr(s, key):.1f} {unit}" for i, s in enumerate(m.stones, 1)]
+        assert [t.UnformattedTextValue for t in texts_of(pr, "CBD")] == [f"angle {m.cbd.angulation_deg:.0f}°"]
         assert [t.UnformattedTextValue for t in texts_of(pr, "AI_INFO")] == [
-            m["difficulty"]["summary"].replace("≥", ">=").replace("≤", "<="),
+            m.difficulty.summary.replace("≥", ">=").replace("≤", "<="),
             f"Research use, not for diagnosis - model {MODEL_VERSION}"]
 
 
@@ -370,7 +402,7 @@ def test_source_character_set_is_kept(phantom, tmp_path, charset, name, degree):
                          tmp_path / "charset.dcm", pschk=charset != "ISO_IR 192")
     assert pr.SpecificCharacterSet == charset and str(pr.PatientName) == name
     (angle,) = texts_of(pr, "CBD")
-    assert angle.UnformattedTextValue == f"angle {measurements['cbd']['angulation_deg']:.0f}{degree}"
+    assert angle.UnformattedTextValue == f"angle {measurements.cbd.angulation_deg:.0f}{degree}"
     assert [t.UnformattedTextValue for t in texts_of(pr, "AI_INFO")] == [
         f"difficult: stone >= 10 mm, angulation <= 135{degree}",
         f"Research use, not for diagnosis - model {MODEL_VERSION}"]
@@ -386,7 +418,7 @@ def test_unicode_repertoire(phantom, tmp_path, monkeypatch):
                          tmp_path / "unicode.dcm", pschk=False)
     assert pr.SpecificCharacterSet == "ISO_IR 192"
     (angle,) = texts_of(pr, "CBD")
-    assert angle.UnformattedTextValue == f"∠ {measurements['cbd']['angulation_deg']:.0f}°"
+    assert angle.UnformattedTextValue == f"∠ {measurements.cbd.angulation_deg:.0f}°"
     assert [t.UnformattedTextValue for t in texts_of(pr, "AI_INFO")] == [
         SUMMARY, f"Research use, not for diagnosis — model {MODEL_VERSION}"]
 
@@ -400,8 +432,10 @@ def test_full_range_window_and_odd_blobs(phantom, tmp_path):
     lab[0, 0] = 3  # a one-pixel stone in the corner
     lab[100, 200:210] = 1  # a one-pixel-high line
     lab[300:340, 300:320] = 2
-    stones = [dict(largest_diameter_mm=0.3, centroid_px=[0, 0], outline_px=[[0, 0]])]
-    pr = write_and_judge(build_gsps(source, lab, dict(stones=stones), **uids("odd"), model_version=MODEL_VERSION),
+    stones = [Stone(area_px=1, largest_diameter_px=1.0, smallest_diameter_px=1.0, area_mm2=0.09,
+                    largest_diameter_mm=0.3, smallest_diameter_mm=0.3, centroid_px=(0.0, 0.0), outline_px=((0.0, 0.0),),
+                    index=1)]
+    pr = write_and_judge(build_gsps(source, lab, record(stones), **uids("odd"), model_version=MODEL_VERSION),
                          tmp_path / "odd.dcm")
     (voi,) = pr.SoftcopyVOILUTSequence
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (2048.0, 4096.0)
@@ -433,11 +467,11 @@ def test_bad_input_is_refused(phantom):
     source, labels, _ = load(phantom, "xa-cine")
     kw = dict(**uids("bad"), model_version=MODEL_VERSION)
     with pytest.raises(ValueError, match="shape"):
-        build_gsps(source, labels[0], {}, **kw)
+        build_gsps(source, labels[0], None, **kw)
     with pytest.raises(ValueError, match="frame"):
-        build_gsps(source, labels, dict(frame=6), **kw)
+        build_gsps(source, labels, record(frame=6), **kw)
     with pytest.raises(ValueError, match="frame"):
-        build_gsps(source, labels, dict(frame=0), **kw)
+        build_gsps(source, labels, record(frame=0), **kw)
 
 
 def test_enhanced_per_frame_windows(phantom, tmp_path):

@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -30,6 +31,7 @@ from ercp_node.dicom.source import (
     source_datetime,
 )
 from ercp_node.dicom.sr import CODE_ERCP, ascii_text, build_sr
+from ercp_node.measure.records import Stone
 from ercp_node.node.pipeline import measure
 from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
@@ -204,13 +206,13 @@ def test_seg_and_sr(phantom, name, tmp_path):
     assert [o.observer_type for o in observers] == [hd.sr.CodedConcept("121007", "DCM", "Device")]
     groups = report.get_planar_roi_measurement_groups()
     by_id = {g.tracking_identifier: g for g in groups}
-    stones = measurements["stones"]
-    frame = measurements["frame"]
-    cbd = measurements["cbd"]
+    stones = measurements.stones
+    frame = measurements.frame
+    cbd = measurements.cbd
     drawn_cbd = {"Common bile duct": ("area_mm2", "length_mm"), "CBD maximum diameter": ("max_diameter_mm",),
                  "Distal CBD diameter": ("distal_diameter_mm",), "Distal CBD angulation": ("angulation_deg",),
                  "Distal CBD arm": ("arm_length_mm",)}
-    expected_cbd = {name for name, keys in drawn_cbd.items() if cbd and any(cbd.get(k) is not None for k in keys)}
+    expected_cbd = {name for name, keys in drawn_cbd.items() if any(getattr(cbd, k) is not None for k in keys)}
     assert set(by_id) == expected_cbd | {f"Stone {i}" for i in range(1, len(stones) + 1)}
     # What OHIF needs of every measurement group (issue 13): an image region on the source image (and the
     # measured frame for cine) as the group's first SCOORD, and readable code meanings on its measurements.
@@ -243,7 +245,7 @@ def test_seg_and_sr(phantom, name, tmp_path):
                    for site in (m.finding_sites or []))
 
     def cbd_geometry(key):
-        return np.asarray(cbd[key], float) + 0.5
+        return np.asarray(getattr(cbd, key), float) + 0.5
 
     got = {(m.name.value, m.derivation.value if m.derivation else None, distal(m)): (g.tracking_identifier, m)
            for name in expected_cbd for g in [by_id[name]] for m in g.get_measurements()}
@@ -253,11 +255,11 @@ def test_seg_and_sr(phantom, name, tmp_path):
                 ("81827009", None, True): ("Distal CBD diameter", "distal_diameter_mm", "mm"),
                 ("1483009", None, True): ("Distal CBD angulation", "angulation_deg", "deg"),
                 ("410668003", None, True): ("Distal CBD arm", "arm_length_mm", "mm")}
-    expected = {k: v for k, v in expected.items() if cbd and cbd.get(v[1]) is not None}
+    expected = {k: v for k, v in expected.items() if getattr(cbd, v[1]) is not None}
     assert set(got) == set(expected)
     for code, (group_name, key, unit) in expected.items():
         name, m = got[code]
-        assert name == group_name and m.value == pytest.approx(cbd[key], rel=1e-6) and m.unit.value == unit
+        assert name == group_name and m.value == pytest.approx(getattr(cbd, key), rel=1e-6) and m.unit.value == unit
     geometry = {"Common bile duct": "centreline_px", "CBD maximum diameter": "max_diameter_line_px",
                 "Distal CBD diameter": "distal_diameter_line_px", "Distal CBD angulation": "angle_px",
                 "Distal CBD arm": "arm_px"}
@@ -268,26 +270,25 @@ def test_seg_and_sr(phantom, name, tmp_path):
     if "Distal CBD angulation" in expected_cbd:  # the drawn angle is the measured one
         p, v, q = cbd_geometry("angle_px")
         cos = np.dot(p - v, q - v) / np.linalg.norm(p - v) / np.linalg.norm(q - v)
-        if cbd["distal_bend"]:
-            assert np.degrees(np.arccos(cos)) == pytest.approx(cbd["angulation_deg"], abs=0.5)
+        if cbd.distal_bend:
+            assert np.degrees(np.arccos(cos)) == pytest.approx(cbd.angulation_deg, abs=0.5)
     for name in ("CBD maximum diameter", "Distal CBD diameter"):  # the drawn line is as long as the diameter
         if name in expected_cbd:
             a, b = by_id[name].roi.value
             key = "max_diameter_mm" if name == "CBD maximum diameter" else "distal_diameter_mm"
-            assert np.linalg.norm(b - a) * measurements["pixel_spacing_mm"] == pytest.approx(cbd[key], rel=1e-3)
-    if measurements["scope_present"] and (labels == 1).any():
-        cal = measurements["calibration"]
+            assert np.linalg.norm(b - a) * measurements.pixel_spacing_mm == pytest.approx(getattr(cbd, key), rel=1e-3)
+    if measurements.scope_present and (labels == 1).any():
+        cal = measurements.calibration
         spacing = text_by_code["111066"]  # Vertical Pixel Spacing (used)
-        assert spacing == [f"{cal['mm_per_px']:.6g} mm (pixel spacing used for the mm values)"]
-        assert float(spacing[0].split()[0]) == pytest.approx(measurements["pixel_spacing_mm"], rel=1e-5)
-        if cal["scope"]["mm_per_px"]:
-            assert float(text_by_code["122322"][0].split()[0]) == pytest.approx(cal["scope"]["mm_per_px"], rel=1e-5)
+        assert spacing == [f"{cal.mm_per_px:.6g} mm (pixel spacing used for the mm values)"]
+        assert float(spacing[0].split()[0]) == pytest.approx(measurements.pixel_spacing_mm, rel=1e-5)
+        if cal.scope.mm_per_px:
+            assert float(text_by_code["122322"][0].split()[0]) == pytest.approx(cal.scope.mm_per_px, rel=1e-5)
             assert text_by_code["122423"] == ["11.3 mm (duodenoscope diameter)"]
     texts = [str(i.TextValue) for i in content_items(sr) if i.ValueType == "TEXT"]
-    for key, text in measurements["difficulty"]["criteria"].items():
-        value = measurements["difficulty"]["flags"][key]
+    for text, value in measurements.difficulty.findings():
         assert ascii_text(f"{text}: {'not assessable' if value is None else 'yes' if value else 'no'}") in texts
-    assert ascii_text(measurements["difficulty"]["summary"]) in texts
+    assert ascii_text(measurements.difficulty.summary) in texts
     for i, stone in enumerate(stones, 1):
         group = by_id[f"Stone {i}"]
         assert group.finding_type == hd.sr.CodedConcept("56381008", "SCT", "Calculus")
@@ -297,7 +298,7 @@ def test_seg_and_sr(phantom, name, tmp_path):
         region = group.roi
         assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         assert region.value[0].tolist() == region.value[-1].tolist()  # closed outline
-        np.testing.assert_allclose(region.value[:len(stone["outline_px"])], np.asarray(stone["outline_px"]) + 0.5)
+        np.testing.assert_allclose(region.value[:len(stone.outline_px)], np.asarray(stone.outline_px) + 0.5)
         (selected_from,) = region.ContentSequence  # SCOORD > SELECTED FROM > IMAGE (the source)
         assert selected_from.RelationshipType == "SELECTED FROM"
         src_ref = selected_from.ReferencedSOPSequence[0]
@@ -305,19 +306,19 @@ def test_seg_and_sr(phantom, name, tmp_path):
         if n_frames > 1:
             assert [int(v) for v in np.atleast_1d(src_ref.ReferencedFrameNumber)] == [frame]
         area, largest, smallest, *distance = group.get_measurements()
-        assert area.value == pytest.approx(stone["area_mm2"]) and area.unit.value == "mm2"
-        assert largest.value == pytest.approx(stone["largest_diameter_mm"]) and largest.unit.value == "mm"
+        assert area.value == pytest.approx(stone.area_mm2) and area.unit.value == "mm2"
+        assert largest.value == pytest.approx(stone.largest_diameter_mm) and largest.unit.value == "mm"
         assert largest.derivation.value == "56851009" and smallest.derivation.value == "255605001"
-        assert smallest.value == pytest.approx(stone["smallest_diameter_mm"])
-        if stone["distance_from_papilla_mm"] is not None:
-            assert distance[0].value == pytest.approx(stone["distance_from_papilla_mm"])
+        assert smallest.value == pytest.approx(stone.smallest_diameter_mm)
+        if stone.distance_from_papilla_mm is not None:
+            assert distance[0].value == pytest.approx(stone.distance_from_papilla_mm)
         for m in (area, largest, smallest, *distance):
             (seg_ref,) = m.referenced_images
             assert seg_ref.referenced_sop_instance_uid == seg.SOPInstanceUID
             assert int(seg_ref.ReferencedSOPSequence[0].ReferencedSegmentNumber) == 3
     texts = [str(i.TextValue) for i in content_items(sr) if i.ValueType == "TEXT"]
     assert any("Research use, not for diagnosis" in t and MODEL_VERSION in t for t in texts), texts
-    assert any(ascii_text(measurements["spacing_source"]) in t for t in texts), texts
+    assert any(ascii_text(measurements.spacing_source) in t for t in texts), texts
 
 
 @pytest.mark.parametrize("name", ["exa", "exrf-cine"])
@@ -328,6 +329,7 @@ def test_enhanced_spacing_from_functional_groups(phantom, name):
     import json
 
     from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing
+    from ercp_node.measure.records import ScopeWidth
 
     source, labels = load(phantom, name)
     root, rows = phantom[name]
@@ -341,12 +343,12 @@ def test_enhanced_spacing_from_functional_groups(phantom, name):
     assert spacing == pytest.approx((truth["pixel_spacing_at_object_mm"],) * 2, rel=1e-4)
     assert how == "ImagerPixelSpacing/(DistanceSourceToDetector/DistanceSourceToIsocenter)"
     header = header_calibration(source)
-    assert header["mm_per_px"] == pytest.approx(truth["pixel_spacing_at_object_mm"], rel=1e-4)
-    assert header["source"] == "ImagerPixelSpacing/(DistanceSourceToDetector/DistanceSourceToIsocenter)"
-    assert header["flag"] is None
+    assert header.mm_per_px == pytest.approx(truth["pixel_spacing_at_object_mm"], rel=1e-4)
+    assert header.source == "ImagerPixelSpacing/(DistanceSourceToDetector/DistanceSourceToIsocenter)"
+    assert header.flag is None
     # What the measure stage makes of it (policy "header": the header's spacing, whatever the scope says).
-    used = calibrate(header, {"width_px": None}, CalibrationSettings(policy="header"))
-    assert used["used"] == "header" and used["mm_per_px"] == header["mm_per_px"]
+    used = calibrate(header, ScopeWidth(), CalibrationSettings(policy="header"))
+    assert used.used == "header" and used.mm_per_px == header.mm_per_px
     # Same rule as the classic classes: ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor.
     classic, _ = load(phantom, "rf-explicit")
     assert header_calibration(classic) == header_spacing(None, classic.ImagerPixelSpacing,
@@ -364,8 +366,8 @@ def test_enhanced_spacing_variants(phantom, tmp_path):
     calibration.ObjectPixelSpacingInCenterOfBeam = [ips / 1.25, ips / 1.25]
     shared.ProjectionPixelCalibrationSequence = [calibration]
     assert header_spacing_values(source)["magnification"] == pytest.approx(1.25)
-    assert header_calibration(source)["source"] == "ObjectPixelSpacingInCenterOfBeam"
-    assert header_calibration(source)["mm_per_px"] == pytest.approx(ips / 1.25)
+    assert header_calibration(source).source == "ObjectPixelSpacingInCenterOfBeam"
+    assert header_calibration(source).mm_per_px == pytest.approx(ips / 1.25)
     assert patient_pixel_spacing(source) == (pytest.approx((ips / 1.25,) * 2), "ObjectPixelSpacingInCenterOfBeam")
     del shared.ProjectionPixelCalibrationSequence
     own = pydicom.Dataset()
@@ -376,7 +378,7 @@ def test_enhanced_spacing_variants(phantom, tmp_path):
     del shared.FramePixelDataPropertiesSequence, shared.XRayGeometrySequence
     del source.PerFrameFunctionalGroupsSequence[2].FramePixelDataPropertiesSequence
     assert patient_pixel_spacing(source) == (None, "none")
-    assert header_calibration(source)["source"] == "none"
+    assert header_calibration(source).source == "none"
     seg = build_seg(source, labels, **uids("no-spacing", "seg"), model_version=MODEL_VERSION, software_version="0")
     assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
     np.testing.assert_array_equal(read_seg_labels(seg, labels.shape), labels)
@@ -389,14 +391,14 @@ def test_pipeline_reports_the_enhanced_header_calibration(phantom, name):
     source, labels = load(phantom, name)
     frame_labels = labels if labels.ndim == 2 else labels[0]
     measured = measure(frame_labels, source, 1)
-    header = measured["calibration"]["header"]
-    assert header == {k: header_calibration(source)[k] for k in ("mm_per_px", "source", "flag")}
+    header = measured.calibration.header
+    assert header == header_calibration(source)
     # Enhanced XA/XRF: detector spacing in the functional groups, magnification from the source distances
     imager = float(source.SharedFunctionalGroupsSequence[0].FramePixelDataPropertiesSequence[0].ImagerPixelSpacing[0])
     geometry = source.SharedFunctionalGroupsSequence[0].XRayGeometrySequence[0]
     expected = imager * float(geometry.DistanceSourceToIsocenter) / float(geometry.DistanceSourceToDetector)
-    assert header["mm_per_px"] == pytest.approx(expected) and header["source"].startswith("ImagerPixelSpacing/(")
-    assert measured["spacing_source"] == header["source"] or measured["calibration"]["used"] == "scope"
+    assert header.mm_per_px == pytest.approx(expected) and header.source.startswith("ImagerPixelSpacing/(")
+    assert measured.spacing_source == header.source or measured.calibration.used == "scope"
 
 
 @pytest.mark.parametrize("name", ["scmf-byte", "scmf-word-cine"])
@@ -416,10 +418,10 @@ def test_pipeline_reports_the_multiframe_sc_header_calibration(phantom, name):
                                              "magnification_source": None}
     frame_labels = labels if labels.ndim == 2 else labels[0]
     measured = measure(frame_labels, source, 1)
-    header = measured["calibration"]["header"]
-    assert header == {"mm_per_px": pixel_spacing, "source": "PixelSpacing", "flag": None}
-    assert header == {k: header_calibration(source)[k] for k in ("mm_per_px", "source", "flag")}
-    assert measured["spacing_source"] == "PixelSpacing" or measured["calibration"]["used"] == "scope"
+    header = measured.calibration.header
+    assert header.to_dict() == {"mm_per_px": pixel_spacing, "source": "PixelSpacing", "flag": None}
+    assert header == header_calibration(source)
+    assert measured.spacing_source == "PixelSpacing" or measured.calibration.used == "scope"
     seg, _, _ = make_outputs(source, labels, name)
     spacing = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
     assert [float(v) for v in spacing] == [pytest.approx(pixel_spacing)] * 2
@@ -492,8 +494,7 @@ def test_single_frame_source_without_pixels_and_second_image(phantom, tmp_path):
     assert [s.SegmentLabel for s in seg.SegmentSequence] == [s.label for s in SEGMENTS]
     assert int(seg.NumberOfFrames) == 3
     np.testing.assert_array_equal(read_seg_labels(seg, labels.shape), empty)
-    sr = build_sr(source, seg, dict(pixel_spacing_mm=0.3, spacing_source="ImagerPixelSpacing", stones=[], cbd=None),
-                  **uids("empty", "sr"), model_version=MODEL_VERSION)
+    sr = build_sr(source, seg, measure(empty, source, 1), **uids("empty", "sr"), model_version=MODEL_VERSION)
     path = write(sr, tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
     assert hd.sr.srread(path).content.get_planar_roi_measurement_groups() == []  # nothing to draw, no group
@@ -506,10 +507,10 @@ def test_stone_of_one_or_two_pixels_is_drawn(phantom, tmp_path):
     one point as a POINT, two as the line between them."""
     source, labels = load(phantom, "dx")
     seg = build_seg(source, labels, **uids("tiny", "seg"), model_version=MODEL_VERSION, software_version="0.1.0")
-    stones = [dict(area_mm2=0.1, largest_diameter_mm=0.3, outline_px=[[10, 12]]),
-              dict(area_mm2=0.2, largest_diameter_mm=0.4, outline_px=[[10, 12], [11, 12]])]
-    sr = build_sr(source, seg, dict(pixel_spacing_mm=0.3, spacing_source="x", stones=stones, cbd=None),
-                  **uids("tiny", "sr"), model_version=MODEL_VERSION)
+    stones = (Stone(1, 1.0, 1.0, 0.1, 0.3, 0.3, (10.0, 12.0), ((10.0, 12.0),), index=1),
+              Stone(2, 2.0, 1.0, 0.2, 0.4, 0.3, (10.5, 12.0), ((10.0, 12.0), (11.0, 12.0)), index=2))
+    measured = replace(measure(np.zeros_like(labels), source, 1), stones=stones, stone_count=2)
+    sr = build_sr(source, seg, measured, **uids("tiny", "sr"), model_version=MODEL_VERSION)
     path = write(sr, tmp_path / "sr.dcm")
     assert dciodvfy_errors(path) == []
     assert dciodvfy_warnings(path) == []
@@ -534,13 +535,14 @@ def test_bad_input_is_refused(phantom):
         build_seg(source, labels.astype(np.float32), **kw)
     seg = build_seg(source, labels, **kw)
     other, _ = load(phantom, "rf-cine", index=1)
+    measured = measure(labels[0], source, 1)
     with pytest.raises(ValueError, match="not in the source's study"):
-        build_sr(other, seg, dict(stones=[], cbd=None), **uids("bad", "sr"), model_version=MODEL_VERSION)
+        build_sr(other, seg, measured, **uids("bad", "sr"), model_version=MODEL_VERSION)
     other.StudyInstanceUID = source.StudyInstanceUID
     with pytest.raises(ValueError, match="not derived from this source"):
-        build_sr(other, seg, dict(stones=[], cbd=None), **uids("bad", "sr"), model_version=MODEL_VERSION)
+        build_sr(other, seg, measured, **uids("bad", "sr"), model_version=MODEL_VERSION)
     with pytest.raises(ValueError, match="frame"):
-        build_sr(source, seg, dict(stones=[], cbd=None, frame=6), **uids("bad", "sr"), model_version=MODEL_VERSION)
+        build_sr(source, seg, replace(measured, frame=6), **uids("bad", "sr"), model_version=MODEL_VERSION)
 
 
 @pytest.mark.skipif(shutil.which("DicomSRValidator") is None and not os.environ.get("CI"),
@@ -550,7 +552,7 @@ def test_sr_template_conformance(phantom, tmp_path):
     row for it: drawn groups in Imaging Measurements, the rest as TEXT in Qualitative Evaluations)."""
     source, labels = load(phantom, "rf-cine")
     _, sr, measurements = make_outputs(source, labels, "rf-cine")
-    assert measurements["stones"], "the case should have stones"
+    assert measurements.stones, "the case should have stones"
     path = write(sr, tmp_path / "sr.dcm")
     env = dict(os.environ, JAVA_TOOL_OPTIONS="-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0 "
                                              "-Djdk.xml.xpathTotalOpLimit=0")
@@ -567,9 +569,9 @@ def test_multiframe_sc_without_pixel_spacing(phantom, tmp_path):
     for keyword in ("PixelSpacing", "PixelSpacingCalibrationType", "PixelSpacingCalibrationDescription"):
         del source[keyword]
     assert patient_pixel_spacing(source) == (None, "none")
-    assert header_calibration(source)["source"] == "none"
+    assert header_calibration(source).source == "none"
     measured = measure(labels[0], source, 1)
-    assert measured["calibration"]["used"] in ("scope", "none")
+    assert measured.calibration.used in ("scope", "none")
     seg = build_seg(source, labels, **uids("scmf-no-spacing", "seg"), model_version=MODEL_VERSION,
                     software_version="0")
     assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]

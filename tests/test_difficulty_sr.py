@@ -46,7 +46,7 @@ def sr_path(tmp_path_factory):
     labels = cv2.imread(str(root / "masks" / f"{row['id']}.png"), cv2.IMREAD_UNCHANGED)
     settings = measure_settings(load(None, env=ENV))  # the configured thresholds, through the node's settings
     measurements = measure(labels, source, 1, settings)
-    assert measurements["stones"], "the case should have stones"
+    assert measurements.stones, "the case should have stones"
     uid = lambda kind: dict(series_uid=derived_uid("thr", kind, "s"), sop_uid=derived_uid("thr", kind, "i"))  # noqa: E731
     seg = build_seg(source, labels, **uid("seg"), model_version="t", software_version="0")
     sr = build_sr(source, seg, measurements, **uid("sr"), model_version="t")
@@ -62,8 +62,8 @@ def test_sr_states_the_configured_thresholds(sr_path):
     for start in EXPECTED:
         assert sum(t.startswith(start) for t in findings) == 1, (start, findings)
     assert not [t for t in texts if any(d in t for d in DEFAULTS)], texts
-    flags = measurements["difficulty"]["flags"]
-    assert f"Largest stone >= 4.5 mm: {'yes' if flags['large_stone'] else 'no'}" in findings
+    flags = measurements.difficulty.flags
+    assert f"Largest stone >= 4.5 mm: {'yes' if flags.large_stone else 'no'}" in findings
     assert dciodvfy_errors(path) == [], "\n".join(dciodvfy_output(path))
 
 

@@ -15,7 +15,7 @@ from ercp_node.cli import main
 from ercp_node.config.settings import ConfigError, Destination, Settings, load
 from ercp_node.node.service import Node
 from ercp_node.storage.models import AuditEvent, Export, ExportAttempt, Output
-from helpers import Orthanc, count, free_port, storescp, storescu, wait_until
+from helpers import Orthanc, count, free_port, migrated, storescp, storescu, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -233,27 +233,19 @@ def test_no_report_within_the_timeout_is_sent_again_then_dead_lettered(tmp_path,
 
 
 def test_migration_0006_adds_and_removes_the_commitment_columns(tmp_path):
-    from alembic import command
-    from alembic.config import Config
-    from sqlalchemy import create_engine, inspect, text
+    from sqlalchemy import inspect, text
 
-    from ercp_node.storage.db import MIGRATIONS, sqlite_url
+    from ercp_node.storage.db import sqlite_url
 
-    engine = create_engine(sqlite_url(tmp_path))
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "0005")
+    with migrated(sqlite_url(tmp_path), "0005") as (conn, migrations):
         conn.execute(text("INSERT INTO exports (id, output_id, destination, state, attempts, next_attempt) "
                           "VALUES (1, 1, 'PACS', 'sent', 1, '2026-01-01 10:01:00')"))
-        command.upgrade(cfg, "0006")
+        migrations.upgrade("0006")
         assert {"commit_txn", "commit_due"} <= {c["name"] for c in inspect(conn).get_columns("exports")}
         assert conn.execute(text("SELECT state, commit_txn, commit_due FROM exports")).one() == ("sent", None, None)
-        command.downgrade(cfg, "0005")
+        migrations.downgrade("0005")
         assert not {"commit_txn", "commit_due"} & {c["name"] for c in inspect(conn).get_columns("exports")}
         assert conn.execute(text("SELECT state FROM exports")).scalar() == "sent"
-    engine.dispose()
 
 
 class SameAssociationPacs:

@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from ercp_node.measure.calibration import CalibrationSettings, calibrate, header_spacing, scope_width
 from ercp_node.measure.cbd import measure_cbd
+from ercp_node.measure.records import CBDMeasurement, Measurements, ScopeWidth, Stone, Summary
 from ercp_node.measure.report import (
     FLAGS,
     MAX_REPORTED_STONES,
@@ -47,12 +48,12 @@ def _duct(angle_deg: float, arm_px: float, up_px: float = 150, width: int = 15, 
 def test_angulation_and_arm_of_a_drawn_duct(angle):
     labels, papilla, bend = _duct(angle, arm_px=120)
     m = measure_cbd(labels, 0.25)  # 0.25 mm/px: arm 30 mm, upper limb 37.5 mm
-    assert m["measurable"]
-    assert m["angulation_deg"] == pytest.approx(angle, abs=3)
-    assert m["arm_length_mm"] == pytest.approx(30, abs=2.5)
-    assert np.linalg.norm(np.subtract(m["papilla_px"], papilla)) < 10  # the lower end
+    assert m.measurable
+    assert m.angulation_deg == pytest.approx(angle, abs=3)
+    assert m.arm_length_mm == pytest.approx(30, abs=2.5)
+    assert np.linalg.norm(np.subtract(m.papilla_px, papilla)) < 10  # the lower end
     drawn = int((labels[int(papilla[1]) - 60] == 2).sum())  # OpenCV's thick line is wider than `thickness`
-    assert m["distal_diameter_mm"] == pytest.approx(drawn * 0.25, abs=0.3)
+    assert m.distal_diameter_mm == pytest.approx(drawn * 0.25, abs=0.3)
 
 
 def test_papilla_follows_the_scope_tip_when_the_duct_lies_flat():
@@ -60,7 +61,7 @@ def test_papilla_follows_the_scope_tip_when_the_duct_lies_flat():
     cv2.line(labels, (100, 200), (500, 205), 2, 12)
     m_left = measure_cbd(labels, 0.3, scope_tip_px=[80, 230])
     m_right = measure_cbd(labels, 0.3, scope_tip_px=[520, 230])
-    assert m_left["papilla_px"][0] < 150 < 450 < m_right["papilla_px"][0]
+    assert m_left.papilla_px[0] < 150 < 450 < m_right.papilla_px[0]
 
 
 def test_scope_width_is_the_shaft_not_the_tip():
@@ -69,26 +70,26 @@ def test_scope_width_is_the_shaft_not_the_tip():
     cv2.circle(labels, (300, 300), 26, 1, -1)  # a wider tip at the inner end
     cv2.line(labels, (330, 280), (360, 150), 2, 14)  # the duct beside the tip
     r = scope_width(labels)
-    assert r["width_px"] == pytest.approx(40, abs=1.0)
-    assert np.linalg.norm(np.subtract(r["tip_px"], (300, 300))) < 30
+    assert r.width_px == pytest.approx(40, abs=1.0)
+    assert np.linalg.norm(np.subtract(r.tip_px, (300, 300))) < 30
 
 
 def test_calibration_policies_and_flags():
     hdr = header_spacing(None, [0.3528, 0.3528], 1.25)
-    assert hdr["mm_per_px"] == pytest.approx(0.28224) and hdr["flag"] is None
-    assert header_spacing([0.2, 0.2], [0.3528, 0.3528], 1.25)["source"] == "PixelSpacing"
-    assert "overstated" in header_spacing(None, [0.3528, 0.3528], None)["flag"]
-    assert header_spacing()["mm_per_px"] is None
-    scope = {"width_px": 40.0, "samples": 100, "reason": None}
+    assert hdr.mm_per_px == pytest.approx(0.28224) and hdr.flag is None
+    assert header_spacing([0.2, 0.2], [0.3528, 0.3528], 1.25).source == "PixelSpacing"
+    assert "overstated" in header_spacing(None, [0.3528, 0.3528], None).flag
+    assert header_spacing().mm_per_px is None
+    scope = ScopeWidth(width_px=40.0, samples=100)
     auto = calibrate(hdr, scope)
-    assert auto["used"] == "scope" and auto["mm_per_px"] == pytest.approx(11.3 / 40)
-    assert auto["disagreement_pct"] == pytest.approx(100 * (11.3 / 40 - 0.28224) / 0.28224)
-    assert calibrate(hdr, scope, CalibrationSettings(policy="header"))["used"] == "header"
-    assert calibrate(header_spacing([0.2, 0.2]), scope)["used"] == "header"  # a calibrated PixelSpacing wins
-    off = calibrate(hdr, {"width_px": 60.0})  # 33 % off: the scope reading is not trusted
-    assert off["used"] == "header" and "disagree" in off["flags"][0]
-    assert calibrate(header_spacing(), {"width_px": None, "reason": "no duodenoscope"})["used"] == "none"
-    assert calibrate(hdr, scope, CalibrationSettings(scope_diameter_mm=12.0))["scope"]["mm_per_px"] == 0.3
+    assert auto.used == "scope" and auto.mm_per_px == pytest.approx(11.3 / 40)
+    assert auto.disagreement_pct == pytest.approx(100 * (11.3 / 40 - 0.28224) / 0.28224)
+    assert calibrate(hdr, scope, CalibrationSettings(policy="header")).used == "header"
+    assert calibrate(header_spacing([0.2, 0.2]), scope).used == "header"  # a calibrated PixelSpacing wins
+    off = calibrate(hdr, ScopeWidth(width_px=60.0))  # 33 % off: the scope reading is not trusted
+    assert off.used == "header" and "disagree" in off.flags[0]
+    assert calibrate(header_spacing(), ScopeWidth(reason="no duodenoscope")).used == "none"
+    assert calibrate(hdr, scope, CalibrationSettings(scope_diameter_mm=12.0)).scope.mm_per_px == 0.3
     with pytest.raises(ValueError, match="unknown scope model"):
         calibrate(hdr, scope, CalibrationSettings(scope_model="XYZ-1"))
     with pytest.raises(ValueError, match="policy"):
@@ -107,7 +108,7 @@ def test_stone_diameters_of_drawn_shapes():
     labels[disc > 0] = 3
     labels[2:4, 2:3] = 3  # a 2-pixel speck is not a stone
     found = stones(labels, 0.5)
-    assert len(found) == 1 and found[0]["largest_diameter_mm"] == pytest.approx(20.5, abs=0.4)
+    assert len(found) == 1 and found[0].largest_diameter_mm == pytest.approx(20.5, abs=0.4)
 
 
 @pytest.fixture(scope="module")
@@ -127,22 +128,22 @@ def test_truth_masks_give_the_truth(phantom_frames):
         mm = truth["spacing"]["pixel_spacing_at_object_mm"]
         m = measure_labels(labels, header_spacing(None, [truth["spacing"]["imager_pixel_spacing_mm"]] * 2,
                                                   truth["spacing"]["magnification"]))
-        json.dumps(m, allow_nan=False)  # strict JSON as it is: a NaN or an infinity raises
-        if m["calibration"]["scope"]["mm_per_px"]:
-            cal.append(m["calibration"]["scope"]["mm_per_px"] / mm - 1)
-        c, tc = m["cbd"], truth["cbd"]
-        if c["measurable"] and tc["max_diameter_mm"]:
-            maxd.append(c["max_diameter_mm"] - tc["max_diameter_mm"])
-        if c["distal_diameter_mm"] and tc["distal_diameter_mm"]:
-            dist.append(c["distal_diameter_mm"] - tc["distal_diameter_mm"])
-        if c["angulation_deg"] and tc["distal_angulation_deg"]:
-            ang.append(c["angulation_deg"] - tc["distal_angulation_deg"])
+        json.dumps(m.to_dict(), allow_nan=False)  # strict JSON as it is: a NaN or an infinity raises
+        if m.calibration.scope.mm_per_px:
+            cal.append(m.calibration.scope.mm_per_px / mm - 1)
+        c, tc = m.cbd, truth["cbd"]
+        if c.measurable and tc["max_diameter_mm"]:
+            maxd.append(c.max_diameter_mm - tc["max_diameter_mm"])
+        if c.distal_diameter_mm and tc["distal_diameter_mm"]:
+            dist.append(c.distal_diameter_mm - tc["distal_diameter_mm"])
+        if c.angulation_deg and tc["distal_angulation_deg"]:
+            ang.append(c.angulation_deg - tc["distal_angulation_deg"])
         visible = [s for s in truth["stones"] if s["visible"]]
-        count_ok.append(m["stone_count"] == len(visible))
+        count_ok.append(m.stone_count == len(visible))
         for t in visible:
-            near = min(m["stones"], key=lambda s: np.hypot(*np.subtract(s["centroid_px"], t["centroid_px"])))
-            largest.append(near["largest_diameter_mm"] - t["largest_diameter_mm"])
-            smallest.append(near["smallest_diameter_mm"] - t["smallest_diameter_mm"])
+            near = min(m.stones, key=lambda s: np.hypot(*np.subtract(s.centroid_px, t["centroid_px"])))
+            largest.append(near.largest_diameter_mm - t["largest_diameter_mm"])
+            smallest.append(near.smallest_diameter_mm - t["smallest_diameter_mm"])
     med = lambda v: float(np.median(np.abs(v)))  # noqa: E731
     assert len(cal) >= 30 and med(cal) < 0.015 and np.max(np.abs(cal)) < 0.03
     assert len(maxd) >= 25 and med(maxd) < 0.5
@@ -150,6 +151,30 @@ def test_truth_masks_give_the_truth(phantom_frames):
     assert len(ang) >= 25 and med(ang) < 3.0
     assert len(largest) >= 20 and med(largest) < 0.3 and med(smallest) < 0.3
     assert all(count_ok)
+
+
+def test_records_round_trip_through_json(phantom_frames):
+    """One serialisation: `to_dict()` is strict JSON, and `from_dict` reads it back to the same record (phantom
+    label maps, calibrated and in pixels, with and without the node's frame and provenance)."""
+    from dataclasses import replace
+
+    kinds = set()
+    for k, (labels, truth) in enumerate(phantom_frames):
+        sp = truth["spacing"]
+        header = header_spacing(None, [sp["imager_pixel_spacing_mm"]] * 2, sp["magnification"]) if k % 3 else \
+            header_spacing()
+        m = measure_labels(labels if k % 5 else np.where(labels == 1, 0, labels).astype(np.uint8), header)
+        if k % 2:
+            m = replace(m, frame=1 + k % 4, model_version="unet-1", software="ercp-node 0", note="research use")
+        d = m.to_dict()
+        text = json.dumps(d, allow_nan=False)
+        back = Measurements.from_dict(json.loads(text))
+        assert back == m and back.to_dict() == d
+        assert list(back.to_dict()) == list(d) and json.dumps(back.to_dict(), allow_nan=False) == text  # key order
+        assert back.summary() == m.summary() and Summary.from_dict(m.summary().to_dict()) == m.summary()
+        kinds.add((m.units, m.cbd.measurable, m.cbd.distal_bend, bool(m.stones), m.frame is not None))
+    assert {units for units, *_ in kinds} == {"mm", "px"} and len(kinds) >= 5
+    assert Summary.from_dict({"stones": 2}) == Summary(stones=2)  # a stored row lacking keys: None
 
 
 @pytest.mark.parametrize("case,reason", [
@@ -168,12 +193,15 @@ def test_odd_masks_are_not_measurable_with_a_reason(case, reason):
     if case == "short":
         cv2.line(labels, (100, 200), (100, 120), 2, 10)
     m = measure_labels(labels, header_spacing(None, [0.35, 0.35], 1.2))
-    assert reason in (m["cbd"]["reason"] or "")
-    assert m["cbd"]["angulation_deg"] is None
-    assert "not assessable" in m["difficulty"]["summary"]
+    assert reason in (m.cbd.reason or "")
+    assert m.cbd.angulation_deg is None
+    assert "not assessable" in m.difficulty.summary
+    assert Measurements.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    if case == "short":  # measured, but too short for the distal angulation: no distal_bend key, as ever
+        assert m.cbd.measurable and m.cbd.distal_bend is None and "distal_bend" not in m.to_dict()["cbd"]
     if case == "empty":
-        assert m["calibration"]["scope"]["reason"] == "no duodenoscope in the image"
-        assert m["calibration"]["used"] == "header" and m["stone_count"] == 0
+        assert m.calibration.scope.reason == "no duodenoscope in the image" and not m.scope_present
+        assert m.calibration.used == "header" and m.stone_count == 0
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -181,58 +209,71 @@ def test_odd_masks_are_not_measurable_with_a_reason(case, reason):
        st.sampled_from([None, 0.3]))
 def test_random_label_maps_never_raise(labels, spacing):
     m = measure_labels(labels, header_spacing(None, [spacing, spacing] if spacing else None, 1.2))
-    json.dumps(m, allow_nan=False)  # strict JSON: a NaN or an infinity raises
+    json.dumps(m.to_dict(), allow_nan=False)  # strict JSON: a NaN or an infinity raises
     # the count, by another implementation: 8-connected stone components of at least min_stone_area_px pixels
     components, n = ndimage.label(labels == 3, structure=np.ones((3, 3), int))
     sizes = np.bincount(components.ravel())[1:]
     expected = int(np.count_nonzero(sizes >= MeasureSettings().min_stone_area_px))
-    assert m["stone_count"] == expected
-    assert len(m["stones"]) == min(expected, MAX_REPORTED_STONES)
+    assert m.stone_count == expected
+    assert len(m.stones) == min(expected, MAX_REPORTED_STONES)
+    assert Measurements.from_dict(m.to_dict()) == m
+
+
+def _stone(largest_mm, larger_than_distal_cbd) -> Stone:
+    """A stone as `difficulty` reads it: its largest diameter (mm) and whether it beats the distal CBD."""
+    return Stone(area_px=50, largest_diameter_px=8.0, smallest_diameter_px=7.0, area_mm2=None,
+                 largest_diameter_mm=largest_mm, smallest_diameter_mm=None, centroid_px=(0.0, 0.0), outline_px=(),
+                 larger_than_distal_cbd=larger_than_distal_cbd)
 
 
 def test_difficulty_flags_and_summary():
     t = DifficultyThresholds()
-    cbd = {"angulation_deg": 128.0, "arm_length_mm": 40.0}
-    s = [{"largest_diameter_mm": 16.0, "larger_than_distal_cbd": True},
-         {"largest_diameter_mm": 4.0, "larger_than_distal_cbd": False}]
+    cbd = CBDMeasurement(measurable=True, angulation_deg=128.0, arm_length_mm=40.0)
+    s = [_stone(16.0, True), _stone(4.0, False)]
     d = difficulty(s, 2, cbd, t)
-    assert d["flags"] == {"large_stone": True, "very_large_stone": True, "sharp_distal_angulation": True,
-                          "short_distal_arm": False, "stone_larger_than_distal_cbd": True, "several_stones": False}
-    assert d["summary"].startswith("difficult: largest stone 16.0 mm (≥ 15 mm); distal CBD angulation 128°")
-    easy = difficulty([], 0, {"angulation_deg": 160.0, "arm_length_mm": 45.0}, t)
-    assert not easy["difficult"] and easy["summary"] == "no difficulty flag"
+    assert d.flags.to_dict() == {"large_stone": True, "very_large_stone": True, "sharp_distal_angulation": True,
+                                 "short_distal_arm": False, "stone_larger_than_distal_cbd": True,
+                                 "several_stones": False}
+    assert d.difficult and d.to_dict()["difficult"] is True
+    assert d.summary.startswith("difficult: largest stone 16.0 mm (≥ 15 mm); distal CBD angulation 128°")
+    easy = difficulty([], 0, CBDMeasurement(measurable=True, angulation_deg=160.0, arm_length_mm=45.0), t)
+    assert not easy.difficult and easy.summary == "no difficulty flag"
     custom = difficulty(s[1:], 1, cbd, DifficultyThresholds(large_stone_mm=3.5, angulation_deg=120))
-    assert custom["flags"]["large_stone"] and not custom["flags"]["sharp_distal_angulation"]
-    uncal = difficulty([{"largest_diameter_mm": None, "larger_than_distal_cbd": None}], 1, {}, t)
-    assert uncal["flags"]["large_stone"] is None and "stone size" in uncal["summary"]
+    assert custom.flags.large_stone and not custom.flags.sharp_distal_angulation
+    uncal = difficulty([_stone(None, None)], 1, CBDMeasurement(measurable=False), t)
+    assert uncal.flags.large_stone is None and "stone size" in uncal.summary
+    assert uncal.not_assessable == ("stone size", "angulation", "distal arm", "stone vs distal CBD")
+    straight = difficulty([], 0, CBDMeasurement(measurable=True, angulation_deg=170.0, distal_bend=False), t)
+    assert straight.flags.short_distal_arm is False  # a straight distal duct has no short arm
 
 
 def test_measure_settings_reach_the_result():
     labels, _, _ = _duct(125, arm_px=120)
     m = measure_labels(labels, header_spacing([0.25, 0.25]), MeasureSettings(
         thresholds=DifficultyThresholds(angulation_deg=120.0)))
-    assert m["units"] == "mm" and m["calibration"]["used"] == "header"
-    assert m["difficulty"]["flags"]["sharp_distal_angulation"] is False
+    assert m.units == "mm" and m.calibration.used == "header"
+    assert m.difficulty.flags.sharp_distal_angulation is False
 
 
 def test_flags_state_the_thresholds_applied():
     """Flag names carry no number; the rules (what the SR states) carry the configured thresholds."""
-    cbd = {"angulation_deg": 128.0, "arm_length_mm": 40.0}
-    stones = [{"largest_diameter_mm": 11.0, "larger_than_distal_cbd": False}] * 4
+    cbd = CBDMeasurement(measurable=True, angulation_deg=128.0, arm_length_mm=40.0)
+    stones = [_stone(11.0, False)] * 4
     default = difficulty(stones, 4, cbd, DifficultyThresholds())
-    assert default["criteria"] == {
+    assert default.criteria.to_dict() == {
         "large_stone": "Largest stone ≥ 10 mm", "very_large_stone": "Largest stone ≥ 15 mm",
         "sharp_distal_angulation": "Distal CBD angulation ≤ 135°", "short_distal_arm": "Distal CBD arm ≤ 36 mm",
         "stone_larger_than_distal_cbd": "A stone larger than the distal CBD", "several_stones": "Three or more stones"}
-    assert set(default["criteria"]) == set(default["flags"]) == set(FLAGS)
+    assert tuple(default.criteria.to_dict()) == tuple(default.flags.to_dict()) == FLAGS
+    assert [rule for rule, _ in default.findings()] == list(default.criteria.to_dict().values())
     assert not any(ch.isdigit() for name in FLAGS for ch in name)
     t = DifficultyThresholds(large_stone_mm=12.5, very_large_stone_mm=20, angulation_deg=120, arm_mm=30, stone_count=5)
     custom = difficulty(stones, 4, cbd, t)
-    assert custom["criteria"] == {
+    assert custom.criteria.to_dict() == {
         "large_stone": "Largest stone ≥ 12.5 mm", "very_large_stone": "Largest stone ≥ 20 mm",
         "sharp_distal_angulation": "Distal CBD angulation ≤ 120°", "short_distal_arm": "Distal CBD arm ≤ 30 mm",
         "stone_larger_than_distal_cbd": "A stone larger than the distal CBD", "several_stones": "Five or more stones"}
-    assert custom["flags"]["large_stone"] is False and custom["flags"]["sharp_distal_angulation"] is False
-    assert custom["flags"]["several_stones"] is False and default["flags"]["several_stones"] is True
-    assert difficulty(stones, 4, cbd, DifficultyThresholds(stone_count=12))["criteria"]["several_stones"] == \
+    assert custom.flags.large_stone is False and custom.flags.sharp_distal_angulation is False
+    assert custom.flags.several_stones is False and default.flags.several_stones is True
+    assert difficulty(stones, 4, cbd, DifficultyThresholds(stone_count=12)).criteria.several_stones == \
         "12 or more stones"

@@ -11,7 +11,8 @@ from pathlib import Path
 from helpers import free_port
 
 TESTS = Path(__file__).parent
-SHARED = {"free_port", "count", "_count", "_wait", "wait_until", "synth", "Orthanc", "storescp", "_storescp"}
+SHARED = {"free_port", "count", "_count", "_wait", "wait_until", "synth", "Orthanc", "storescp", "_storescp", "migrated",
+          "Migrations"}
 
 
 def _python_files():

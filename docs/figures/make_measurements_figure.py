@@ -24,21 +24,21 @@ def main(seed: int = 7, index: int = 0) -> None:
     t = truths[0]["spacing"]
     m = measure_labels(labels[0], header_spacing(None, [t["imager_pixel_spacing_mm"]] * 2, t["magnification"]))
     img = draw_measurements(images[0], labels[0], m, note="Phantom; research use, not for diagnosis")
-    cbd = m["cbd"]
-    if cbd.get("bend_px"):
+    cbd = m.cbd
+    if cbd.bend_px:
         # The angle's two limbs: bend → papilla and bend → the centreline point 25 mm further up.
-        line, s = np.asarray(cbd["centreline_px"]), np.asarray(cbd["profile"]["s_mm"])
-        up = line[int(np.searchsorted(s, cbd["arm_length_mm"] + 25.0))]
-        bend, pap = (tuple(int(round(v)) for v in p) for p in (cbd["bend_px"], cbd["papilla_px"]))
+        line, s = np.asarray(cbd.centreline_px), np.asarray(cbd.profile.s_mm)
+        up = line[int(np.searchsorted(s, cbd.arm_length_mm + 25.0))]
+        bend, pap = (tuple(int(round(v)) for v in p) for p in (cbd.bend_px, cbd.papilla_px))
         for end in (pap, tuple(int(round(v)) for v in up)):
             cv2.line(img, bend, end, (255, 0, 255), 2, cv2.LINE_AA)
-        mid = line[int(np.searchsorted(s, cbd["arm_length_mm"] / 2))]
+        mid = line[int(np.searchsorted(s, cbd.arm_length_mm / 2))]
         cv2.putText(img, "distal diameter", (int(mid[0]) + 10, int(mid[1]) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
                     (255, 0, 255), 1, cv2.LINE_AA)
         cv2.putText(img, "+25 mm", (int(up[0]) + 8, int(up[1])), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 0, 255), 1,
                     cv2.LINE_AA)
     cv2.imwrite(str(OUT), img)
-    print(OUT, cbd.get("angulation_deg"), cbd.get("arm_length_mm"))
+    print(OUT, cbd.angulation_deg, cbd.arm_length_mm)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ Choices (the long form is in docs/dicom-outputs.md, section GSPS):
 - Cine (multi-frame RF/XA): every frame gets its own outlines (one Graphic Annotation item per layer and
   frame, Referenced Frame Number = that frame), because the structures move between frames and a viewer
   stepping through the run should see the outline of the frame on screen. The measurement texts go only
-  on the measured frame (`measurements["frame"]`); the caption has no frame number and so applies to all.
+  on the measured frame (`measurements.frame`); the caption has no frame number and so applies to all.
 - Stone labels sit beside the stone (right, else left, above, below; the first place that does not overlap
   an earlier label), anchored at the centroid (anchor not drawn). The angle label is anchored at the bend
   with a visible anchor line, because the bend is a point, not an outlined object. The caption is in
@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping
 
 import cv2
 import highdicom as hd
@@ -67,6 +66,7 @@ from pydicom.dataset import Dataset
 
 from .. import __version__
 from ..labels import BY_VALUE, CBD, DUCT, SCOPE, STONE
+from ..measure.records import CBDMeasurement, Measurements, Stone
 from ..text import RESEARCH_USE, SPELLED, series_description
 from .source import (
     XRAY_MULTIFRAME,
@@ -146,48 +146,11 @@ def _frame_outlines(frame: np.ndarray) -> dict[str, list[np.ndarray]]:
 
 
 # ------------------------------------------------------------------------------------------ measurements
-def _num(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _point(value) -> tuple[float, float] | None:
-    try:
-        x, y = (_num(v) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return (x, y) if x is not None and y is not None else None
-
-
-def _stone_size(stone: Mapping, units: str) -> tuple[float | None, str]:
-    """Largest diameter and its unit. The measure stage leaves *_mm None without a calibration and keeps
-    largest_diameter_px; with units "px", a value in largest_diameter_mm is taken as pixels."""
-    mm, px = _num(stone.get("largest_diameter_mm")), _num(stone.get("largest_diameter_px"))
-    if units == "px":
-        return (px if px is not None else mm), "px"
-    return (mm, units) if mm is not None else (px, "px")
-
-
-def _stone_centre(stone: Mapping) -> tuple[float, float] | None:
-    """Centroid (pixel indices), else the mean of the outline points."""
-    centre = _point(stone.get("centroid_px"))
-    if centre is None:
-        pts = _outline_points(stone)
-        if pts is not None:
-            centre = tuple(pts.mean(0))
-    return centre
-
-
-def _outline_points(stone: Mapping) -> np.ndarray | None:
-    try:
-        pts = np.asarray(stone.get("outline_px") or [], dtype=np.float64).reshape(-1, 2)
-    except (TypeError, ValueError):
-        return None
-    pts = pts[np.isfinite(pts).all(1)]
-    return pts if len(pts) else None
+def _stone_size(stone: Stone) -> tuple[float, str]:
+    """Largest diameter and its unit: mm, or pixels when the measure stage had no spacing (mm values None)."""
+    if stone.largest_diameter_mm is not None:
+        return stone.largest_diameter_mm, "mm"
+    return stone.largest_diameter_px, "px"
 
 
 class _Placer:
@@ -275,10 +238,14 @@ def _modality_lut(source: Dataset) -> hd.ModalityLUTTransformation | None:
 
 
 def _first(value) -> float | None:
-    """First value of a possibly multi-valued DS, or None if absent or empty."""
+    """First value of a possibly multi-valued DS, or None if absent, empty or not a finite number."""
     if value is None or value == "":
         return None
-    return _num(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+    try:
+        x = float(value[0] if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _window(item: Dataset) -> tuple | None:
@@ -356,7 +323,7 @@ def _aspect_ratio(source: Dataset) -> list[int] | None:
 def build_gsps(
     source: pydicom.Dataset,
     labels: np.ndarray,
-    measurements: Mapping,
+    measurements: Measurements | None,
     *,
     series_uid: str,
     sop_uid: str,
@@ -366,11 +333,11 @@ def build_gsps(
     manufacturer: str = "ercp-node",
 ) -> pydicom.Dataset:
     """GSPS with outlines of `labels` ((H, W), or (F, H, W) for an F-frame source) and the texts of
-    `measurements` (see the module docstring and docs/dicom-outputs.md). Any measurement key may be missing
-    or None; its annotation is then left out. The source is not modified and need not have pixel data."""
+    `measurements` (see the module docstring and docs/dicom-outputs.md); a value that is None (a stone size,
+    the angle) is left out, and with `measurements` None only the outlines and the disclaimer are drawn. The
+    source is not modified and need not have pixel data."""
     arr = check_labels(source, labels)
     n_frames = arr.shape[0]
-    measurements = measurements or {}
     frame = _measured_frame(measurements, n_frames)
     drawing = _Drawing(_metadata_copy(source), int(source.Rows), int(source.Columns), _charset(source))
     for f in range(1, n_frames + 1):
@@ -383,12 +350,11 @@ def build_gsps(
     return gsps
 
 
-def _measured_frame(measurements: Mapping, n_frames: int) -> int:
-    """The 1-based frame the measurement texts go on (`measurements["frame"]`, default 1)."""
-    frame_value = _num(measurements.get("frame"))
-    frame = 1 if frame_value is None else int(frame_value)
+def _measured_frame(measurements: Measurements | None, n_frames: int) -> int:
+    """The 1-based frame the measurement texts go on (`measurements.frame`, default 1)."""
+    frame = 1 if measurements is None or measurements.frame is None else measurements.frame
     if not 1 <= frame <= n_frames:
-        raise ValueError(f"measurements['frame'] = {frame} is outside the source's frames 1..{n_frames}")
+        raise ValueError(f"measurements.frame = {frame} is outside the source's frames 1..{n_frames}")
     return frame
 
 
@@ -415,15 +381,15 @@ class _Drawing:
 
 
 def _draw_frame(drawing: _Drawing, labels: np.ndarray, frame_number: int | None,
-                measurements: Mapping | None) -> None:
+                measurements: Measurements | None) -> None:
     """Outlines of one frame's structures, one annotation per layer; with `measurements` (the measured frame)
     also the stone sizes and the angle."""
     outlines = _frame_outlines(labels)
     texts: dict[str, list[hd.pr.TextObject]] = {"CBD": [], "STONES": []}
     group_of: dict[int, hd.pr.GraphicGroup] = {}  # stone outline index -> its label's group
     if measurements is not None:
-        texts["STONES"] = _stone_texts(drawing, measurements, outlines["STONES"], group_of)
-        texts["CBD"] = _angle_texts(drawing, measurements.get("cbd"))
+        texts["STONES"] = _stone_texts(drawing, measurements.stones, outlines["STONES"], group_of)
+        texts["CBD"] = _angle_texts(drawing, measurements.cbd)
     for name in ("DUODENOSCOPE", "CBD", "STONES"):
         graphics = [hd.pr.GraphicObject(graphic_type="POLYLINE", graphic_data=poly, units="PIXEL",
                                         graphic_group=group_of.get(k) if name == "STONES" else None)
@@ -431,26 +397,18 @@ def _draw_frame(drawing: _Drawing, labels: np.ndarray, frame_number: int | None,
         drawing.annotate(name, frame_number, graphics, texts.get(name, []))
 
 
-def _stone_texts(drawing: _Drawing, measurements: Mapping, outlines: list[np.ndarray],
+def _stone_texts(drawing: _Drawing, stones: tuple[Stone, ...], outlines: list[np.ndarray],
                  group_of: dict[int, hd.pr.GraphicGroup]) -> list[hd.pr.TextObject]:
     """"S<i> <diameter> <unit>" beside each measured stone; a label and the outline that contains its centroid
     form a graphic group (recorded in `group_of`, outline index -> group)."""
-    units = str(measurements.get("units") or "mm")
     texts = []
-    for i, stone in enumerate(measurements.get("stones") or [], 1):
-        if not isinstance(stone, Mapping):
-            continue
-        diameter, unit = _stone_size(stone, units)
-        centre = _stone_centre(stone)
-        if diameter is None or centre is None:
-            continue
-        x, y = drawing.clamp(centre)
-        # The outline drawn for this stone: the first not yet taken that encloses the centroid.
+    for i, stone in enumerate(stones, 1):
+        diameter, unit = _stone_size(stone)
+        x, y = drawing.clamp(stone.centroid_px)
+        # The outline drawn for this stone: the first not yet taken that encloses the centroid; else its own.
         k = next((k for k, poly in enumerate(outlines) if k not in group_of and _contains(poly, x, y)), None)
-        pts = outlines[k] if k is not None else _outline_points(stone)
-        if pts is not None and k is None:
-            pts = pts + 0.5
-        radius = float(np.sqrt(((pts - [x, y]) ** 2).sum(1)).max()) if pts is not None else 3.0
+        pts = outlines[k] if k is not None else np.asarray(stone.outline_px, np.float64).reshape(-1, 2) + 0.5
+        radius = float(np.sqrt(((pts - [x, y]) ** 2).sum(1)).max()) if len(pts) else 3.0
         text = _encodable(f"S{i} {diameter:.1f} {unit}", drawing.charsets)
         group = None
         if k is not None:
@@ -463,34 +421,30 @@ def _stone_texts(drawing: _Drawing, measurements: Mapping, outlines: list[np.nda
     return texts
 
 
-def _angle_texts(drawing: _Drawing, cbd) -> list[hd.pr.TextObject]:
+def _angle_texts(drawing: _Drawing, cbd: CBDMeasurement) -> list[hd.pr.TextObject]:
     """The distal angulation at the duct's first bend (a straight distal duct, no bend: at the papilla), with a
-    visible anchor line; none when the duct was not measurable or the angle is unknown."""
-    if not (isinstance(cbd, Mapping) and cbd.get("measurable", True) is not False):
+    visible anchor line; none when the duct was not measurable or the angle is unknown (None, or NaN when no
+    angle of a straight duct could be taken)."""
+    angle = cbd.angulation_deg
+    if not cbd.measurable or angle is None or not math.isfinite(angle):
         return []
-    angle = _num(cbd.get("angulation_deg"))
-    bend = _point(cbd.get("bend_px")) or _point(cbd.get("papilla_px"))
-    if angle is None or bend is None:
-        return []
-    x, y = drawing.clamp(bend)
+    x, y = drawing.clamp(cbd.bend_px or cbd.papilla_px)
     text = _encodable(f"∠ {angle:.0f}°", drawing.charsets)
     return [hd.pr.TextObject(
         text_value=text, units="PIXEL", bounding_box=drawing.placer.place(text, x, y, 3 * drawing.placer.height),
         anchor_point=(x, y), anchor_point_visible=True, text_justification="LEFT")]
 
 
-def _caption(measurements: Mapping, model_version: str, charsets: list[str]) -> list[hd.pr.TextObject]:
+def _caption(measurements: Measurements | None, model_version: str, charsets: list[str]) -> list[hd.pr.TextObject]:
     """Caption in the bottom-left corner of the display, on all frames (no frame number): the difficulty
     summary, and under it the disclaimer as its own text, so that a long summary that a viewer clips or wraps
     cannot push the disclaimer out of view."""
-    difficulty = measurements.get("difficulty")
-    summary = difficulty.get("summary") if isinstance(difficulty, Mapping) else None
     caption = [hd.pr.TextObject(  # "—" becomes "-" unless TEXT_REPERTOIRE is "unicode"
         text_value=_encodable(f"{DISCLAIMER} — model {model_version}"[:1024], charsets), units="DISPLAY",
         bounding_box=(0.01, 0.955, 0.99, 0.995), text_justification="LEFT")]
-    if isinstance(summary, str) and summary.strip():
+    if measurements is not None:
         caption.insert(0, hd.pr.TextObject(
-            text_value=_encodable(summary.strip()[:1024], charsets), units="DISPLAY",
+            text_value=_encodable(measurements.difficulty.summary.strip()[:1024], charsets), units="DISPLAY",
             bounding_box=(0.01, 0.91, 0.99, 0.95), text_justification="LEFT"))
     return caption
 

@@ -159,16 +159,18 @@ def header_spacing_values(source: Dataset, frame: int = 1) -> dict:
             "magnification_source": how}
 
 
-def header_calibration(source: Dataset, frame: int = 1) -> dict:
-    """`measure.calibration.header_spacing` of the source's header wherever its IOD keeps the spacing
-    (`header_spacing_values`), with a source label that says where the magnification came from when it is
-    not EstimatedRadiographicMagnificationFactor (Enhanced XA/XRF have none)."""
+def header_calibration(source: Dataset, frame: int = 1):
+    """`measure.calibration.header_spacing` (a `measure.records.HeaderSpacing`) of the source's header wherever
+    its IOD keeps the spacing (`header_spacing_values`), with a source label that says where the magnification
+    came from when it is not EstimatedRadiographicMagnificationFactor (Enhanced XA/XRF have none)."""
+    from dataclasses import replace
+
     from ..measure.calibration import header_spacing
 
     values = header_spacing_values(source, frame)
     out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"])
-    if out["source"] == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
-        out["source"] = _scaled_label(values["magnification_source"])
+    if out.source == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
+        out = replace(out, source=_scaled_label(values["magnification_source"]))
     return out
 
 

@@ -42,13 +42,13 @@ Outline coordinates: `outline_px` are (x, y) = (column, row) pixel indices of pi
 cv2.findContours returns them. DICOM 2D coordinates put the top-left corner of the top-left pixel at (0, 0)
 and its centre at (0.5, 0.5) (PS3.3 C.18.6.1, SCOORD Graphic Data), so 0.5 is added.
 
-For cine sources, `measurements["frame"]` (1-based) names the source frame that was measured; the image
-region and the segment references then point at that frame.
+`measurements` is a `measure.records.Measurements` (`measure.report.measure_labels`, with the frame the node
+measured). For cine sources, `measurements.frame` (1-based; None: 1) names the source frame that was measured;
+the image region and the segment references then point at that frame.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 
 import highdicom as hd
 import numpy as np
@@ -59,6 +59,7 @@ from pydicom.sr.codedict import codes
 from ..labels import CBD as SEGMENT_CBD
 from ..labels import SCOPE as SEGMENT_SCOPE
 from ..labels import STONE as SEGMENT_STONE
+from ..measure.records import Calibration, CBDMeasurement, Difficulty, Measurements, Stone
 from ..text import RESEARCH_USE_SENTENCE, ascii_text, series_description
 from .codes import (
     CODE_ANGLE,
@@ -102,7 +103,7 @@ def _frames(source: Dataset, frame: int) -> list[int] | None:
     """Referenced frame numbers for a reference to `source`: only for multi-frame sources."""
     n = int(source.get("NumberOfFrames") or 1)
     if not 1 <= frame <= n:
-        raise ValueError(f"measurements['frame'] = {frame} is outside the source's frames 1..{n}")
+        raise ValueError(f"measurements.frame = {frame} is outside the source's frames 1..{n}")
     return [frame] if n > 1 else None
 
 
@@ -166,7 +167,7 @@ def _ds_text(x: float) -> str:
 def build_sr(
     source: pydicom.Dataset,
     seg: pydicom.Dataset,
-    measurements: Mapping,
+    measurements: Measurements,
     *,
     series_uid: str,
     sop_uid: str,
@@ -177,25 +178,17 @@ def build_sr(
     manufacturer: str = "ercp-node",
     fast: bool = True,
 ) -> pydicom.Dataset:
-    """Comprehensive SR (TID 1500) of `measurements` on `source`, referencing `seg` (see module docstring).
-
-    measurements: {"pixel_spacing_mm": float, "spacing_source": str, "frame": int (1-based, default 1),
-    "stones": [{"area_mm2", "largest_diameter_mm", "outline_px": [[x, y], ...]}, ...],
-    "cbd": {"area_mm2": float} or None}.
-    """
+    """Comprehensive SR (TID 1500) of `measurements` on `source`, referencing `seg` (see module docstring)."""
     _check_references(source, seg)
-    frame = int(measurements.get("frame", 1) or 1)
-    stones = list(measurements.get("stones") or [])
+    frame = measurements.frame or 1
     algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=model_version,
                                               family=codes.cid7162.ArtificialIntelligence)
     groups = _Groups(source, seg, sop_uid, _frames(source, frame), algorithm, fast)
-    _stone_groups(groups, stones)
-    if measurements.get("cbd") is not None:
-        _cbd_groups(groups, measurements["cbd"])
-    groups.loose.extend(_calibration_values(measurements, seg, frame))
+    _stone_groups(groups, measurements.stones)
+    _cbd_groups(groups, measurements.cbd)
+    groups.loose.extend(_calibration_values(measurements.calibration, seg, frame))
     # All stones together (the count covers every stone; the pipeline lists only the largest individually).
-    groups.loose.insert(0, (CODE_QUANTITY, int(measurements.get("stone_count", len(stones))), UNIT_COUNT,
-                            "bile duct stones"))
+    groups.loose.insert(0, (CODE_QUANTITY, measurements.stone_count, UNIT_COUNT, "bile duct stones"))
     report = _measurement_report(groups, measurements, algorithm_name, model_version, manufacturer)
     return _document(report, source, seg, series_uid=series_uid, series_number=series_number, sop_uid=sop_uid,
                      instance_number=instance_number, manufacturer=manufacturer, fast=fast)
@@ -270,20 +263,20 @@ class _Groups:
             measurements=values))
 
 
-def _stone_groups(groups: _Groups, stones: list) -> None:
+def _stone_groups(groups: _Groups, stones: tuple[Stone, ...]) -> None:
     """One group per stone: its outline, area, largest and smallest diameter, distance from the papilla."""
     for i, stone in enumerate(stones, 1):
-        groups.add(f"stone-{i}", f"Stone {i}", _stone_region(stone.get("outline_px") or [], groups.region),
+        groups.add(f"stone-{i}", f"Stone {i}", _stone_region(stone.outline_px, groups.region),
                    CODE_CALCULUS, SEGMENT_STONE, (
-                       (CODE_AREA, stone.get("area_mm2"), UNIT_MM2, None, False),
-                       (CODE_DIAMETER, stone.get("largest_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),
-                       (CODE_DIAMETER, stone.get("smallest_diameter_mm"), UNIT_MM, CODE_MINIMUM, False),
+                       (CODE_AREA, stone.area_mm2, UNIT_MM2, None, False),
+                       (CODE_DIAMETER, stone.largest_diameter_mm, UNIT_MM, CODE_MAXIMUM, False),
+                       (CODE_DIAMETER, stone.smallest_diameter_mm, UNIT_MM, CODE_MINIMUM, False),
                        # along the CBD centreline from the papilla (docs/measurements.md)
-                       (CODE_DISTANCE, stone.get("distance_from_papilla_mm"), UNIT_MM, None, False)),
+                       (CODE_DISTANCE, stone.distance_from_papilla_mm, UNIT_MM, None, False)),
                    in_cbd=True)
 
 
-def _cbd_groups(groups: _Groups, cbd: Mapping) -> None:
+def _cbd_groups(groups: _Groups, cbd: CBDMeasurement) -> None:
     """The duct's groups, each drawn as the line it was measured along (`measure.cbd` geometry)."""
     line = hd.sr.GraphicTypeValues.POLYLINE
 
@@ -292,42 +285,41 @@ def _cbd_groups(groups: _Groups, cbd: Mapping) -> None:
         return groups.region(line, pts) if pts is not None and len(pts) >= n_min else None
 
     # The duct along its centreline (papilla to hilum): its area and length.
-    groups.add("cbd", "Common bile duct", drawn(cbd.get("centreline_px")), CODE_CBD, SEGMENT_CBD, (
-        (CODE_AREA, cbd.get("area_mm2"), UNIT_MM2, None, False),
-        (CODE_LENGTH, cbd.get("length_mm"), UNIT_MM, None, False)))  # papilla to hilum, centreline
-    groups.add("cbd-max-diameter", "CBD maximum diameter", drawn(cbd.get("max_diameter_line_px")), CODE_CBD,
-               SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("max_diameter_mm"), UNIT_MM, CODE_MAXIMUM, False),))
-    groups.add("cbd-distal-diameter", "Distal CBD diameter", drawn(cbd.get("distal_diameter_line_px")), CODE_CBD,
-               SEGMENT_CBD, ((CODE_DIAMETER, cbd.get("distal_diameter_mm"), UNIT_MM, None, True),))  # mid-arm
-    groups.add("cbd-angulation", "Distal CBD angulation", drawn(cbd.get("angle_px"), 3), CODE_CBD, SEGMENT_CBD,
-               ((CODE_ANGLE, cbd.get("angulation_deg"), UNIT_DEG, None, True),))  # papilla, bend, 25 mm up
-    groups.add("cbd-arm", "Distal CBD arm", drawn(cbd.get("arm_px")), CODE_CBD, SEGMENT_CBD,
-               ((CODE_LENGTH, cbd.get("arm_length_mm"), UNIT_MM, None, True),))  # papilla to first bend
+    groups.add("cbd", "Common bile duct", drawn(cbd.centreline_px), CODE_CBD, SEGMENT_CBD, (
+        (CODE_AREA, cbd.area_mm2, UNIT_MM2, None, False),
+        (CODE_LENGTH, cbd.length_mm, UNIT_MM, None, False)))  # papilla to hilum, centreline
+    groups.add("cbd-max-diameter", "CBD maximum diameter", drawn(cbd.max_diameter_line_px), CODE_CBD,
+               SEGMENT_CBD, ((CODE_DIAMETER, cbd.max_diameter_mm, UNIT_MM, CODE_MAXIMUM, False),))
+    groups.add("cbd-distal-diameter", "Distal CBD diameter", drawn(cbd.distal_diameter_line_px), CODE_CBD,
+               SEGMENT_CBD, ((CODE_DIAMETER, cbd.distal_diameter_mm, UNIT_MM, None, True),))  # mid-arm
+    groups.add("cbd-angulation", "Distal CBD angulation", drawn(cbd.angle_px, 3), CODE_CBD, SEGMENT_CBD,
+               ((CODE_ANGLE, cbd.angulation_deg, UNIT_DEG, None, True),))  # papilla, bend, 25 mm up
+    groups.add("cbd-arm", "Distal CBD arm", drawn(cbd.arm_px), CODE_CBD, SEGMENT_CBD,
+               ((CODE_LENGTH, cbd.arm_length_mm, UNIT_MM, None, True),))  # papilla to first bend
 
 
-def _calibration_values(measurements: Mapping, seg: Dataset, frame: int) -> list[tuple]:
+def _calibration_values(cal: Calibration, seg: Dataset, frame: int) -> list[tuple]:
     """(name, value, unit, what) of the calibration, when the duodenoscope is segmented on the measured frame.
 
     The spacing used, the scope's own calibration, its true size, and how far scope and header disagree (as the
     calibration's uncertainty). Nothing to draw (the scope's width is a median over its shaft), so TEXT in the
     Qualitative Evaluations.
     """
-    cal = measurements.get("calibration")
-    if not (cal and seg_frame_number(seg, SEGMENT_SCOPE, frame) is not None):
+    if seg_frame_number(seg, SEGMENT_SCOPE, frame) is None:
         return []
-    scope = cal.get("scope") or {}
-    used = cal.get("mm_per_px") if cal.get("used") in ("scope", "header") else None
-    disagreement = cal.get("disagreement_pct")
+    scope = cal.scope
+    used = cal.mm_per_px if cal.used in ("scope", "header") else None
+    disagreement = cal.disagreement_pct
     return [item for item in (
         (CODE_VERTICAL_PIXEL_SPACING, used, UNIT_MM, "pixel spacing used for the mm values"),
-        (CODE_CALIBRATION_FACTOR, scope.get("mm_per_px"), UNIT_MM_PER_PIXEL, "from the duodenoscope's width"),
-        (CODE_CALIBRATION_OBJECT_SIZE, scope.get("diameter_mm") if scope.get("mm_per_px") else None,
+        (CODE_CALIBRATION_FACTOR, scope.mm_per_px, UNIT_MM_PER_PIXEL, "from the duodenoscope's width"),
+        (CODE_CALIBRATION_OBJECT_SIZE, scope.diameter_mm if scope.mm_per_px else None,
          UNIT_MM, "duodenoscope diameter"),
         (CODE_CALIBRATION_UNCERTAINTY, abs(disagreement) if disagreement is not None else None,
          UNIT_PERCENT, "duodenoscope vs header spacing")) if item[1] is not None]
 
 
-def _measurement_report(groups: _Groups, measurements: Mapping, algorithm_name: str, model_version: str,
+def _measurement_report(groups: _Groups, measurements: Measurements, algorithm_name: str, model_version: str,
                         manufacturer: str) -> Dataset:
     """The TID 1500 root container: observer (the algorithm as a device), procedure, the drawn groups under
     Imaging Measurements (left out when nothing was drawn), then the Qualitative Evaluations."""
@@ -422,49 +414,43 @@ def value_text(value: float, unit: hd.sr.CodedConcept, what: str) -> str:
     return f"{number} {unit.value} ({what})"
 
 
-def _qualitative_evaluations(measurements: Mapping, algorithm_name: str, model_version: str,
+def _qualitative_evaluations(measurements: Measurements, algorithm_name: str, model_version: str,
                              values: list[tuple] = ()) -> Dataset:
-    spacing = measurements.get("pixel_spacing_mm")
-    method = measurements.get("spacing_source") or "unknown"
+    """The Qualitative Evaluations container: the disclaimer, the calibration, the values with nothing to draw,
+    why the CBD was not measurable, the difficulty findings and the summary (TEXT items)."""
+    contains = hd.sr.RelationshipTypeValues.CONTAINS
+
+    def text(name: hd.sr.CodedConcept, value: str) -> hd.sr.TextContentItem:
+        return hd.sr.TextContentItem(name=name, value=value, relationship_type=contains)
+
+    spacing = measurements.pixel_spacing_mm
+    method = measurements.spacing_source
     spacing_text = (f"Pixel spacing {_ds_text(spacing)} mm at the patient, from {method}."
                     if spacing is not None else f"Pixel spacing: {method}.")
-    container = hd.sr.ContainerContentItem(name=CODE_QUALITATIVE_EVALUATIONS,
-                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-    contains = hd.sr.RelationshipTypeValues.CONTAINS
+    container = hd.sr.ContainerContentItem(name=CODE_QUALITATIVE_EVALUATIONS, relationship_type=contains)
     items = [
-        hd.sr.TextContentItem(
-            name=CODE_COMMENT, relationship_type=contains,
-            value=f"{DISCLAIMER} Automatic measurements by {algorithm_name}, model version {model_version}."),
-        hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=ascii_text(spacing_text), relationship_type=contains),
+        text(CODE_COMMENT, f"{DISCLAIMER} Automatic measurements by {algorithm_name}, model version {model_version}."),
+        text(CODE_CALIBRATION_METHOD, ascii_text(spacing_text)),
     ]
-    items += [hd.sr.TextContentItem(name=name, value=ascii_text(value_text(value, unit, what)),
-                                    relationship_type=contains) for name, value, unit, what in values]
-    cal = measurements.get("calibration") or {}
-    if cal.get("header", {}).get("mm_per_px") and cal.get("used") == "scope":
-        items.append(hd.sr.TextContentItem(
-            name=CODE_CALIBRATION_METHOD, relationship_type=contains,
-            value=f"Header spacing {_ds_text(cal['header']['mm_per_px'])} mm from {cal['header']['source']}."))
-    for flag in cal.get("flags") or []:
-        items.append(hd.sr.TextContentItem(name=CODE_CALIBRATION_METHOD, value=ascii_text(f"Warning: {flag}."),
-                                           relationship_type=contains))
-    cbd = measurements.get("cbd") or {}
-    if cbd.get("reason"):
-        items.append(hd.sr.TextContentItem(name=CODE_COMMENT, relationship_type=contains,
-                                           value=ascii_text(f"Common bile duct: {cbd['reason']}.")))
-    difficulty = measurements.get("difficulty")
-    if difficulty:
-        # Each flag as a finding: the rule with the threshold applied, yes / no / not assessable; then the summary.
-        for key, text in difficulty["criteria"].items():
-            value = difficulty["flags"].get(key)
-            answer = "not assessable" if value is None else "yes" if value else "no"
-            items.append(hd.sr.TextContentItem(name=CODE_FINDING, value=ascii_text(f"{text}: {answer}"),
-                                               relationship_type=contains))
-        for stone in measurements.get("stones") or []:
-            if stone.get("larger_than_distal_cbd"):
-                items.append(hd.sr.TextContentItem(
-                    name=CODE_FINDING, relationship_type=contains,
-                    value=f"Stone {stone.get('index', '?')} is larger than the distal CBD."))
-        items.append(hd.sr.TextContentItem(name=CODE_COMMENT, value=ascii_text(difficulty["summary"])[:1024],
-                                           relationship_type=contains))
+    items += [text(name, ascii_text(value_text(value, unit, what))) for name, value, unit, what in values]
+    cal = measurements.calibration
+    if cal.header.mm_per_px and cal.used == "scope":
+        items.append(text(CODE_CALIBRATION_METHOD,
+                          f"Header spacing {_ds_text(cal.header.mm_per_px)} mm from {cal.header.source}."))
+    items += [text(CODE_CALIBRATION_METHOD, ascii_text(f"Warning: {flag}.")) for flag in cal.flags]
+    if measurements.cbd.reason:
+        items.append(text(CODE_COMMENT, ascii_text(f"Common bile duct: {measurements.cbd.reason}.")))
+    items += [text(name, value) for name, value in _difficulty_texts(measurements.difficulty, measurements.stones)]
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def _difficulty_texts(difficulty: Difficulty, stones: tuple[Stone, ...]) -> list[tuple[hd.sr.CodedConcept, str]]:
+    """Each flag as a finding (the rule with the threshold applied: yes / no / not assessable), each stone larger
+    than the distal CBD, then the summary line."""
+    out = [(CODE_FINDING, ascii_text(f"{rule}: {'not assessable' if flag is None else 'yes' if flag else 'no'}"))
+           for rule, flag in difficulty.findings()]
+    out += [(CODE_FINDING, f"Stone {stone.index} is larger than the distal CBD.")
+            for stone in stones if stone.larger_than_distal_cbd]
+    out.append((CODE_COMMENT, ascii_text(difficulty.summary)[:1024]))
+    return out

@@ -23,6 +23,8 @@ import numpy as np
 
 from ..labels import CBD, SCOPE, STONE
 from .centreline import arc_length, longest_path, resample, width_profile
+from .records import NO_SCOPE, Calibration, HeaderSpacing, ScopeCalibration, ScopeWidth, point
+
 POLICIES = ("auto", "header", "scope")
 
 # Insertion-tube diameters (mm) from Olympus's specifications (distal end 13.5 mm, not used: the tip is
@@ -52,38 +54,33 @@ class CalibrationSettings:
         return float(table[self.scope_model])
 
 
-def header_spacing(pixel_spacing=None, imager_pixel_spacing=None, magnification=None) -> dict:
+def header_spacing(pixel_spacing=None, imager_pixel_spacing=None, magnification=None) -> HeaderSpacing:
     """mm per pixel at the patient from header values (row spacing; C-arm pixels are square)."""
     if pixel_spacing:
-        return {"mm_per_px": float(pixel_spacing[0]), "source": "PixelSpacing", "flag": None}
+        return HeaderSpacing(float(pixel_spacing[0]), "PixelSpacing")
     if imager_pixel_spacing:
         ips = float(imager_pixel_spacing[0])
         if magnification and float(magnification) > 0:
-            return {"mm_per_px": ips / float(magnification),
-                    "source": "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor", "flag": None}
-        return {"mm_per_px": ips, "source": "ImagerPixelSpacing",
-                "flag": "detector-plane spacing without magnification: sizes overstated"}
-    return {"mm_per_px": None, "source": "none", "flag": "no pixel spacing in the header"}
+            return HeaderSpacing(ips / float(magnification),
+                                 "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
+        return HeaderSpacing(ips, "ImagerPixelSpacing", "detector-plane spacing without magnification: sizes overstated")
+    return HeaderSpacing(None, "none", "no pixel spacing in the header")
 
 
-def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> dict:
+def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> ScopeWidth:
     """Width in pixels of the duodenoscope shaft: median of the local width along its centreline.
 
-    Returns {"width_px", "samples", "tip_px", "entry_px", "reason"}; width_px is None with a reason when the
-    scope is absent or too little shaft is visible.
+    width_px is None with a reason when the scope is absent or too little shaft is visible.
     """
-    out = {"width_px": None, "samples": 0, "tip_px": None, "entry_px": None, "reason": None}
     scope = (labels == SCOPE).astype(np.uint8)
     n, comp, stats, _ = cv2.connectedComponentsWithStats(scope, connectivity=8)
     if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < 200:
-        out["reason"] = "no duodenoscope in the image"
-        return out
+        return ScopeWidth(reason=NO_SCOPE)
     main = comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     path = longest_path(main)
     pts, s = resample(path, 1.0)
     if len(pts) < 3:
-        out["reason"] = "duodenoscope too short to measure"
-        return out
+        return ScopeWidth(reason="duodenoscope too short to measure")
     # Which end is the tip: the one nearer the duct (the tip faces the papilla); without a duct, the one
     # farther from the image border (the shaft enters from outside the field).
     duct = np.isin(labels, (CBD, STONE))
@@ -98,7 +95,7 @@ def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> dict:
         tip_first = border[0] > border[1]
     if tip_first:
         pts, s = pts[::-1], s[-1] - s[::-1]
-    out["tip_px"], out["entry_px"] = pts[-1].tolist(), pts[0].tolist()
+    ends = dict(tip_px=point(pts[-1].tolist()), entry_px=point(pts[0].tolist()))
     # Per-pixel slices hold whole pixel counts; 7-pixel windows give 1/7-pixel resolution to the median.
     widths = np.convolve(width_profile(main, pts, 1.0), np.ones(7) / 7, mode="same")
     first = float(np.median(widths[len(widths) // 4: 3 * len(widths) // 4]))  # rough width for the trims
@@ -112,27 +109,25 @@ def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> dict:
                           np.clip(np.round(pts[:, 0]).astype(int), 0, labels.shape[1] - 1)]
         keep &= near > 0.75 * first
     if keep.sum() < min_shaft_samples:
-        out["reason"] = f"too little duodenoscope shaft visible ({int(keep.sum())} px of centreline)"
-        return out
-    out["width_px"] = float(np.median(widths[keep]))
-    out["samples"] = int(keep.sum())
-    return out
+        return ScopeWidth(reason=f"too little duodenoscope shaft visible ({int(keep.sum())} px of centreline)", **ends)
+    return ScopeWidth(width_px=float(np.median(widths[keep])), samples=int(keep.sum()), **ends)
 
 
-def calibrate(header: dict, scope: dict, settings: CalibrationSettings = CalibrationSettings()) -> dict:
+def calibrate(header: HeaderSpacing, scope: ScopeWidth,
+              settings: CalibrationSettings = CalibrationSettings()) -> Calibration:
     """Both calibrations, how far they disagree, and the one the measurements use (see module docstring)."""
     if settings.policy not in POLICIES:
         raise ValueError(f"calibration policy must be one of {POLICIES}, not {settings.policy!r}")
     diameter = settings.diameter_mm()
-    scope_mm = diameter / scope["width_px"] if scope.get("width_px") else None
-    head_mm = header.get("mm_per_px")
+    scope_mm = diameter / scope.width_px if scope.width_px else None
+    head_mm = header.mm_per_px
     disagreement = (100.0 * (scope_mm - head_mm) / head_mm) if scope_mm and head_mm else None
-    flags = [header["flag"]] if header.get("flag") else []
+    flags = [header.flag] if header.flag else []
     if settings.policy == "header":
         order = ["header", "scope"]
     elif settings.policy == "scope":
         order = ["scope", "header"]
-    elif header.get("source") == "PixelSpacing":
+    elif header.source == "PixelSpacing":
         order = ["header", "scope"]
     elif disagreement is not None and abs(disagreement) > settings.max_disagreement_pct:
         flags.append(f"scope and header disagree by {disagreement:+.0f} %: scope measurement not trusted")
@@ -141,14 +136,9 @@ def calibrate(header: dict, scope: dict, settings: CalibrationSettings = Calibra
         order = ["scope", "header"]
     values = {"header": head_mm, "scope": scope_mm}
     used = next((o for o in order if values[o]), None)
-    return {
-        "mm_per_px": values[used] if used else None,
-        "used": used or "none",
-        "policy": settings.policy,
-        "header": {"mm_per_px": head_mm, "source": header.get("source"), "flag": header.get("flag")},
-        "scope": {"mm_per_px": scope_mm, "width_px": scope.get("width_px"), "diameter_mm": diameter,
-                  "model": settings.scope_model if not settings.scope_diameter_mm else "configured",
-                  "samples": scope.get("samples", 0), "reason": scope.get("reason")},
-        "disagreement_pct": disagreement,
-        "flags": flags,
-    }
+    return Calibration(
+        mm_per_px=values[used] if used else None, used=used or "none", policy=settings.policy, header=header,
+        scope=ScopeCalibration(mm_per_px=scope_mm, width_px=scope.width_px, diameter_mm=diameter,
+                               model=settings.scope_model if not settings.scope_diameter_mm else "configured",
+                               samples=scope.samples, reason=scope.reason),
+        disagreement_pct=disagreement, flags=tuple(flags))

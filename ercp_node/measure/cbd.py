@@ -17,11 +17,14 @@ duct, perpendicular to the centreline, as long as the diameter, centred on the c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 
 from ..labels import CBD, STONE
 from .centreline import interior_angle, longest_path, resample, width_profile
+from .records import CBDMeasurement, CBDProfile, Points, point, points
 
 UP_MM = 25.0  # the angle's proximal limb (Kim 2007 measured the CBD axis a few centimetres above the bend)
 MIN_ARM_MM = 8.0  # nearer the papilla the papilla→bend direction is too short to measure an angle on
@@ -31,18 +34,7 @@ MIN_DUCT_PX = 100
 FRAGMENT_SHARE = 0.15  # a second piece this large (of the main one) makes the duct "fragmented"
 
 
-def _not_measurable(reason: str, area_mm2=None) -> dict:
-    return {"measurable": False, "reason": reason, "area_mm2": area_mm2, "length_mm": None,
-            "max_diameter_mm": None, "distal_diameter_mm": None, "angulation_deg": None, "arm_length_mm": None,
-            "papilla_px": None, "bend_px": None, "distal_bend": None, "centreline_px": [], "profile": None,
-            **_NO_GEOMETRY}
-
-
-# Where the values were measured (pixel coordinates, see module docstring); None where the value is None.
-_NO_GEOMETRY = {"max_diameter_line_px": None, "distal_diameter_line_px": None, "angle_px": None, "arm_px": None}
-
-
-def _across(pts: np.ndarray, i: int, width_px: float) -> list[list[float]]:
+def _across(pts: np.ndarray, i: int, width_px: float) -> Points:
     """The line across the duct at centreline point i: perpendicular to the centreline there, `width_px` long,
     centred on the centreline (the diameter profile is area / length of a slice, so it has no endpoints of its
     own: this is where it was measured and how wide it is)."""
@@ -50,7 +42,7 @@ def _across(pts: np.ndarray, i: int, width_px: float) -> list[list[float]]:
     t = b - a
     n = np.array([-t[1], t[0]]) / (np.linalg.norm(t) or 1.0)
     half = n * width_px / 2.0
-    return [(pts[i] - half).round(2).tolist(), (pts[i] + half).round(2).tolist()]
+    return points([(pts[i] - half).round(2).tolist(), (pts[i] + half).round(2).tolist()])
 
 
 def duct_mask(labels: np.ndarray) -> np.ndarray:
@@ -62,27 +54,51 @@ def duct_mask(labels: np.ndarray) -> np.ndarray:
     return padded[1:-1, 1:-1] != 2
 
 
-def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) -> dict:
-    """CBD measurements in mm (px when `mm_per_px` is None, with "units": "px"); never raises on odd masks."""
+def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) -> CBDMeasurement:
+    """CBD measurements in mm (px when `mm_per_px` is None); never raises on odd masks."""
     scale = mm_per_px or 1.0
     duct = duct_mask(labels)
     area_px = int(duct.sum())
     if area_px < MIN_DUCT_PX:
-        return _not_measurable("no common bile duct segmented")
+        return CBDMeasurement(measurable=False, reason="no common bile duct segmented")
     area = area_px * scale**2
     n, comp, stats, _ = cv2.connectedComponentsWithStats(duct.astype(np.uint8), connectivity=8)
     sizes = np.sort(stats[1:, cv2.CC_STAT_AREA])[::-1]
     if len(sizes) > 1 and sizes[1] >= FRAGMENT_SHARE * sizes[0]:
-        return _not_measurable(f"fragmented common bile duct ({int((sizes >= FRAGMENT_SHARE * sizes[0]).sum())} "
-                               "large pieces)", area)
+        return CBDMeasurement(measurable=False, area_mm2=area, reason=(
+            f"fragmented common bile duct ({int((sizes >= FRAGMENT_SHARE * sizes[0]).sum())} large pieces)"))
     main = comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     step = 1.0 / scale  # pixels per mm (1 px when uncalibrated)
     path = longest_path(main)
     if len(path) < 3:
-        return _not_measurable("common bile duct too small for a centreline", area)
-    # The papilla is caudal to the hilum: the lower end in a cholangiogram displayed head up (in all 1,500
-    # phantom training images it is ≥ 58 px lower). Only for a duct running nearly horizontally does the
-    # scope's tip, which faces the papilla, decide.
+        return CBDMeasurement(measurable=False, area_mm2=area, reason="common bile duct too small for a centreline")
+    pts, s_px = resample(_papilla_first(path, scope_tip_px), step)
+    s = s_px * scale
+    # 1 mm slices hold whole pixel rows, so single slices jump by a row; a 3 mm running mean keeps the area
+    # and removes that (otherwise the maximum picks the jumps: +0.3 mm on phantom truth masks).
+    raw = width_profile(main, pts, step) * scale
+    widths = np.convolve(np.pad(raw, 1, mode="edge"), np.ones(3) / 3, mode="valid") if len(raw) > 2 else raw
+    length = float(s[-1])
+    # The end slices also collect the end caps: leave one diameter's worth out of the maximum.
+    inner = (s > 2.0) & (s < length - 2.0)
+    max_diameter = float(widths[inner].max()) if inner.any() else float(widths.max())
+    i_max = int(np.flatnonzero(inner)[np.argmax(widths[inner])]) if inner.any() else int(np.argmax(widths))
+    duct = CBDMeasurement(
+        measurable=True, area_mm2=area, length_mm=length, papilla_px=point(pts[0].tolist()),
+        centreline_px=points(pts.round(2).tolist()),
+        profile=CBDProfile(tuple(s.round(2).tolist()), tuple(widths.round(3).tolist())),
+        max_diameter_mm=max_diameter, max_diameter_line_px=_across(pts, i_max, max_diameter / scale))
+    if length < MIN_ARM_MM + UP_MM:
+        return replace(duct, reason=f"opacified duct {length:.0f} mm long: too short for the distal angulation")
+    return _distal(duct, pts, s, raw, scale, step)
+
+
+def _papilla_first(path: np.ndarray, scope_tip_px) -> np.ndarray:
+    """The centreline path from the papilla up.
+
+    The papilla is caudal to the hilum: the lower end in a cholangiogram displayed head up (in all 1,500
+    phantom training images it is ≥ 58 px lower). Only for a duct running nearly horizontally does the
+    scope's tip, which faces the papilla, decide."""
     drop = path[-1][1] - path[0][1]
     span = float(np.linalg.norm(path[-1] - path[0]))
     if scope_tip_px is not None and abs(drop) < 0.2 * span:
@@ -90,34 +106,19 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
         papilla_last = np.linalg.norm(path[-1] - tip) < np.linalg.norm(path[0] - tip)
     else:
         papilla_last = drop > 0
-    if papilla_last:
-        path = path[::-1]
-    pts, s_px = resample(path, step)
-    s = s_px * scale
-    # 1 mm slices hold whole pixel rows, so single slices jump by a row; a 3 mm running mean keeps the area
-    # and removes that (otherwise the maximum picks the jumps: +0.3 mm on phantom truth masks).
-    raw = width_profile(main, pts, step) * scale
-    widths = np.convolve(np.pad(raw, 1, mode="edge"), np.ones(3) / 3, mode="valid") if len(raw) > 2 else raw
-    length = float(s[-1])
-    out = {"measurable": True, "reason": None, "area_mm2": area, "length_mm": length,
-           "papilla_px": pts[0].tolist(), "centreline_px": pts.round(2).tolist(),
-           "profile": {"s_mm": s.round(2).tolist(), "diameter_mm": widths.round(3).tolist()}}
-    # The end slices also collect the end caps: leave one diameter's worth out of the maximum.
-    inner = (s > 2.0) & (s < length - 2.0)
-    out["max_diameter_mm"] = float(widths[inner].max()) if inner.any() else float(widths.max())
-    i_max = int(np.flatnonzero(inner)[np.argmax(widths[inner])]) if inner.any() else int(np.argmax(widths))
-    out.update(_NO_GEOMETRY, max_diameter_line_px=_across(pts, i_max, out["max_diameter_mm"] / scale))
-    if length < MIN_ARM_MM + UP_MM:
-        out.update(angulation_deg=None, arm_length_mm=None, bend_px=None, distal_diameter_mm=None,
-                   reason=f"opacified duct {length:.0f} mm long: too short for the distal angulation")
-        return out
+    return path[::-1] if papilla_last else path
+
+
+def _distal(duct: CBDMeasurement, pts: np.ndarray, s: np.ndarray, raw: np.ndarray, scale: float,
+            step: float) -> CBDMeasurement:
+    """`duct` with the distal angulation, arm and diameter, and where they were measured: at the first bend, or,
+    for a straight distal duct, its typical angle and no arm. pts: the centreline (px) from the papilla, every
+    `step` px; s: its arc length (mm); raw: the diameter profile (mm); scale: mm per px (1 uncalibrated)."""
     # θ(b) = angle papilla – C(b) – C(b + 25 mm) for every candidate bend b; the first bend minimises it.
     k_up = int(round(UP_MM / (step * scale)))
     cand = np.nonzero((s >= MIN_ARM_MM) & (np.arange(len(s)) + k_up < len(s)))[0]
     if len(cand) == 0:
-        out.update(angulation_deg=None, arm_length_mm=None, bend_px=None, distal_diameter_mm=None,
-                   reason="centreline too short for the distal angulation")
-        return out
+        return replace(duct, reason="centreline too short for the distal angulation")
     theta = np.array([interior_angle(pts[0], pts[i], pts[i + k_up]) for i in cand])
     # The FIRST bend: the first clear local minimum of θ from the papilla up (the proximal duct may curve
     # more, further up); a straight arm wobbles by a few degrees, hence the prominence.
@@ -133,35 +134,34 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
         near = s[cand] <= MIN_ARM_MM + 40.0
         distal = (s >= 5.0) & (s <= 25.0)
         angle = float(np.nanmedian(theta[near]))
-        out.update(angulation_deg=angle, arm_length_mm=None, bend_px=None,
-                   distal_bend=False, distal_diameter_mm=float(np.mean(raw[distal])) if distal.any() else None)
+        diameter = float(np.mean(raw[distal])) if distal.any() else None
+        angle_px = None
         # drawn: the candidate whose angle is nearest the median, and the diameter at the middle of 5-25 mm
         if np.isfinite(angle):
             k = int(np.flatnonzero(near)[np.nanargmin(np.abs(theta[near] - angle))])
             i = int(cand[k])
-            out["angle_px"] = [pts[0].round(2).tolist(), pts[i].round(2).tolist(), pts[i + k_up].round(2).tolist()]
-        if out["distal_diameter_mm"] is not None:
-            out["distal_diameter_line_px"] = _across(pts, int(np.argmin(np.abs(s - 15.0))),
-                                                     out["distal_diameter_mm"] / scale)
-        return out
+            angle_px = points([pts[0].round(2).tolist(), pts[i].round(2).tolist(), pts[i + k_up].round(2).tolist()])
+        return replace(duct, angulation_deg=angle, distal_bend=False, distal_diameter_mm=diameter, angle_px=angle_px,
+                       distal_diameter_line_px=None if diameter is None else _across(
+                           pts, int(np.argmin(np.abs(s - 15.0))), diameter / scale))
     j = local[0]
     b = int(cand[j])
     arm = float(s[b])
     mid = (s >= arm / 2 - 3.0) & (s <= arm / 2 + 3.0)  # 6 mm of duct: slice quantisation averages out
-    out.update(angulation_deg=float(theta[j]), arm_length_mm=arm, bend_px=pts[b].tolist(), distal_bend=True,
-               distal_diameter_mm=float(np.mean(raw[mid])) if mid.any() else None)
-    out["angle_px"] = [pts[0].round(2).tolist(), pts[b].round(2).tolist(), pts[b + k_up].round(2).tolist()]
-    out["arm_px"] = pts[:b + 1].round(2).tolist()
-    if out["distal_diameter_mm"] is not None:
-        out["distal_diameter_line_px"] = _across(pts, int(np.argmin(np.abs(s - arm / 2))),
-                                                 out["distal_diameter_mm"] / scale)
-    return out
+    diameter = float(np.mean(raw[mid])) if mid.any() else None
+    return replace(
+        duct, angulation_deg=float(theta[j]), arm_length_mm=arm, bend_px=point(pts[b].tolist()), distal_bend=True,
+        distal_diameter_mm=diameter,
+        angle_px=points([pts[0].round(2).tolist(), pts[b].round(2).tolist(), pts[b + k_up].round(2).tolist()]),
+        arm_px=points(pts[:b + 1].round(2).tolist()),
+        distal_diameter_line_px=None if diameter is None else _across(
+            pts, int(np.argmin(np.abs(s - arm / 2))), diameter / scale))
 
 
-def distance_along(cbd: dict, point_px, mm_per_px: float | None) -> float | None:
+def distance_along(cbd: CBDMeasurement, point_px, mm_per_px: float | None) -> float | None:
     """Arc length from the papilla (mm) of the centreline point nearest to `point_px`; None without one."""
-    if not cbd.get("measurable") or not cbd.get("centreline_px"):
+    if not cbd.measurable or not cbd.centreline_px:
         return None
-    c = np.asarray(cbd["centreline_px"])
+    c = np.asarray(cbd.centreline_px)
     i = int(np.argmin(np.linalg.norm(c - np.asarray(point_px, float), axis=1)))
-    return float(cbd["profile"]["s_mm"][i])
+    return float(cbd.profile.s_mm[i])

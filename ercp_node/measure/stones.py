@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from ..labels import STONE
+from .records import Stone, point, points
 
 
 def feret_px(component: np.ndarray) -> float:
@@ -44,7 +45,7 @@ def min_width_px(component: np.ndarray) -> float:
     return float(best) + 0.3
 
 
-def stones(labels: np.ndarray, mm_per_px: float | None, min_area_px: int = 4) -> list[dict]:
+def stones(labels: np.ndarray, mm_per_px: float | None, min_area_px: int = 4) -> tuple[Stone, ...]:
     """Each stone: area (mm²), largest and smallest diameter (mm), centroid (px), outline (px); largest first.
 
     Stones are 8-connected components of the stone label; specks under `min_area_px` are ignored (a stone of
@@ -64,10 +65,10 @@ def stones(labels: np.ndarray, mm_per_px: float | None, min_area_px: int = 4) ->
         feret, width = feret_px(c), min_width_px(c)
         contours, _ = cv2.findContours(c.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         outline = max(contours, key=cv2.contourArea).reshape(-1, 2) + (x0 - 1, y0 - 1)
-        out.append({"area_px": area, "largest_diameter_px": feret, "smallest_diameter_px": min(width, feret),
-                    "area_mm2": area * scale**2 if scale else None,
-                    "largest_diameter_mm": feret * scale if scale else None,
-                    "smallest_diameter_mm": min(width, feret) * scale if scale else None,
-                    "centroid_px": [float(centroids[i][0]), float(centroids[i][1])],
-                    "outline_px": outline.astype(float).tolist()})
-    return sorted(out, key=lambda s: -s["largest_diameter_px"])
+        out.append(Stone(area_px=area, largest_diameter_px=feret, smallest_diameter_px=min(width, feret),
+                         area_mm2=area * scale**2 if scale else None,
+                         largest_diameter_mm=feret * scale if scale else None,
+                         smallest_diameter_mm=min(width, feret) * scale if scale else None,
+                         centroid_px=point([float(centroids[i][0]), float(centroids[i][1])]),
+                         outline_px=points(outline.astype(float).tolist())))
+    return tuple(sorted(out, key=lambda s: -s.largest_diameter_px))

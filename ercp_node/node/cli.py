@@ -94,7 +94,6 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from ..config.settings import measure_settings
     from ..measure.overlay import draw_measurements
-    from ..measure.report import one_line, summary
     from ..model.inference import SHIPPED, Segmenter
     from ..preprocessing.pipeline import to_unit_grey
     from ..cliutil import CLIError
@@ -124,24 +123,23 @@ def run_segment(args: argparse.Namespace) -> int:
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:
-            analysis = analyse_batch([ds], seg, measure_settings=measure)[0]
-            analysis.measurements["model_version"] = seg.version
+            analysis = analyse_batch([ds], seg, measure_settings=measure)[0]  # with model_version=seg.version
             uids = {f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")}
             objects = encode(ds, analysis, uids, seg.version)
             stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
             for kind, obj in objects.items():
                 (out / f"{stem}.{kind.lower()}.dcm").write_bytes(to_bytes(obj))
-            frame = analysis.measurements["frame"] - 1
+            frame = analysis.measurements.frame - 1
             labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
             pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
             grey = to_unit_grey(pix, bits_stored=int(ds.BitsStored), photometric=str(ds.PhotometricInterpretation))
             cv2.imwrite(str(out / f"{stem}.overlay.png"), draw_measurements(grey, labels, analysis.measurements))
-            (out / f"{stem}.measurements.json").write_text(json.dumps(analysis.measurements, indent=1))
+            (out / f"{stem}.measurements.json").write_text(json.dumps(analysis.measurements.to_dict(), indent=1))
         except Exception as exc:  # noqa: BLE001 - report and go on with the next file
             failures += 1
             print(f"{f}: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        print(f"{f}: {one_line(summary(analysis.measurements))}; model {seg.version}")
+        print(f"{f}: {analysis.measurements.summary().one_line()}; model {seg.version}")
     return 1 if failures else 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sqlalchemy import or_, func, select, text
 
+from ..measure.records import Summary
 from ..storage.models import Export, ExportAttempt, Instance, IntakeFailure, Job, Output
 
 log = logging.getLogger("ercp_node.http")
@@ -158,12 +159,12 @@ def page(node) -> str:
     card = model_card(node)
     rows = []
     for j in rep["recent_jobs"]:
-        sm = j["summary"] or {}
+        sm = Summary.from_dict(j["summary"] or {})
         thumb = (f'<img src="thumb/{j["job"]}.png" width="128" alt="overlay of job {j["job"]}" loading="lazy">'
                  if j["state"] == "done" else "")
         lat = "" if j["latency_s"] is None else f"{j['latency_s']:.2f} s"
         rows.append(f"<tr><td>{j['job']}</td><td class='st-{_e(j['state'])}'>{_e(j['state'])}</td><td>{lat}</td>"
-                    f"<td>{_e(sm.get('stones', ''))}</td><td>{_e(sm.get('largest_stone_mm') or '')}</td>"
+                    f"<td>{_e(sm.stones)}</td><td>{_e(sm.largest_stone_mm or '')}</td>"
                     f"<td class='uid'>{_e(j['sop_instance_uid'])}</td><td>{thumb}</td></tr>")
     dests = []
     configured = {d.name: d for d in node.settings.destinations}

@@ -5,20 +5,21 @@ pixels → preprocessing → U-Net (batched across images) → masks on the sour
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pydicom
 
 from .. import __version__
 from ..labels import DUCT
+from ..measure.records import Measurements
 from ..text import RESEARCH_USE_SENTENCE
 
 
 @dataclass
 class Analysis:
     labels: np.ndarray  # (H, W) or (F, H, W) uint8 on the source grid
-    measurements: dict
+    measurements: Measurements
     timings: dict = field(default_factory=dict)
 
 
@@ -39,14 +40,12 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
     return [(f, int(ds.BitsStored), str(ds.PhotometricInterpretation)) for f in frames]
 
 
-def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1, settings=None) -> dict:
+def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1, settings=None) -> Measurements:
     """All measurements (ercp_node.measure.report) of one frame's label map, with the frame number."""
     from ..dicom.source import header_calibration  # wherever the source's IOD keeps the spacing (Enhanced XA/XRF too)
     from ..measure.report import MeasureSettings, measure_labels
 
-    out = measure_labels(labels2d, header_calibration(ds, frame), settings or MeasureSettings())
-    out["frame"] = frame
-    return out
+    return replace(measure_labels(labels2d, header_calibration(ds, frame), settings or MeasureSettings()), frame=frame)
 
 
 def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 16,
@@ -65,8 +64,8 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
         labels = m[0] if len(frames) == 1 else np.stack(m)
         # Cine: report the best-opacified frame (largest duct area); the SEG carries every frame.
         best = int(np.argmax([np.count_nonzero(np.isin(x, DUCT)) for x in m])) if len(m) > 1 else 0
-        meas = measure(m[best], ds, best + 1, measure_settings)
-        meas.update(model_version=segmenter.version, software=f"ercp-node {__version__}", note=RESEARCH_USE_SENTENCE)
+        meas = replace(measure(m[best], ds, best + 1, measure_settings), model_version=segmenter.version,
+                       software=f"ercp-node {__version__}", note=RESEARCH_USE_SENTENCE)
         out.append(Analysis(labels, meas))
     t3 = time.perf_counter()
     share = 1.0 / max(len(datasets), 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from ..measure.report import one_line
+from ..measure.records import Summary
 from ..storage.models import Annotation, CommitmentRequest, Export, Instance, IntakeFailure, Job, ModelVersion, Output
 
 
@@ -103,13 +103,12 @@ def render(rep: dict) -> str:
     lines.append("recent jobs:")
     for j in rep["recent_jobs"]:
         t = j["timings_s"] or {}
-        sm = j["summary"] or {}
         stages = " ".join(f"{k[:-2]} {v * 1000:.0f}ms" for k, v in t.items())
         lines.append(f"  #{j['job']} {j['state']:7} {j['sop_instance_uid']} {stages}")
-        if sm.get("difficulty") is not None:
-            lines.append(f"      {one_line(sm)}")
-        elif sm:
-            lines.append(f"      stones {sm.get('stones', '-')}, largest {sm.get('largest_stone_mm') or '-'}")
+        if j["summary"]:  # stored JSON; rows of older versions may lack keys (None)
+            sm = Summary.from_dict(j["summary"])
+            lines.append(f"      {sm.one_line()}" if sm.difficulty is not None else
+                         f"      stones {'-' if sm.stones is None else sm.stones}, largest {sm.largest_stone_mm or '-'}")
     if rep["failed_jobs"]:
         lines.append("failed jobs:")
         lines += [f"  #{f['job']} {f['sop_instance_uid']}: {f['error']}" for f in rep["failed_jobs"]]

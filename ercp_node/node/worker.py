@@ -17,7 +17,6 @@ from ..storage.models import Export, Instance, Job, Output
 from ..dicom.part10 import to_bytes
 from .intake import write_atomic
 from ..config.settings import measure_settings
-from ..measure.report import summary as measurement_summary
 from .pipeline import analyse_batch, encode
 
 log = logging.getLogger("ercp_node.worker")
@@ -149,12 +148,12 @@ class Worker(threading.Thread):
             write_atomic(path, to_bytes(obj))
             paths[kind] = path
         analysis.timings["archive_s"] = time.perf_counter() - t
-        summary = measurement_summary(analysis.measurements)
+        summary = analysis.measurements.summary()
         with self.node.sessions.begin() as s:
             # Only the worker that holds the job may finish it (a job taken away, e.g. requeued, is not finished twice).
             timings = {k: round(v, 4) for k, v in analysis.timings.items()}
             if not self._close(s, job_id, state="done", finished=_now(), error=None, timings=timings,
-                               model_version=self.segmenter.version, summary=summary):
+                               model_version=self.segmenter.version, summary=summary.to_dict()):
                 return
             for kind, obj in objects.items():
                 existing = s.scalar(select(Output).where(Output.sop_instance_uid == str(obj.SOPInstanceUID)))
@@ -167,7 +166,7 @@ class Worker(threading.Thread):
                         if kind in dest.objects:
                             s.add(Export(output_id=out.id, destination=str(dest), state="pending", attempts=0,
                                          next_attempt=_now()))
-        log.info("job %d done: %d stone(s), %s", job_id, summary["stones"], timings)
+        log.info("job %d done: %d stone(s), %s", job_id, summary.stones, timings)
         self.node.exporter_wake()
 
     def fail(self, job_id: int, error: str) -> None:
