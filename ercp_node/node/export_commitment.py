@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 
 from pydicom.dataset import Dataset
@@ -43,6 +44,42 @@ def _aware(t: dt.datetime | None) -> dt.datetime | None:
     return t if t is None or t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
+class ReportsOnAssociation:
+    """The exporter's handlers for one association with a `commitment = true` destination: N-EVENT-REPORTs
+    received on it and their responses handed to the DUL. The exporter releases only once every report is
+    answered: a release requested before the response goes out makes pynetdicom abort (Evt9 in Sta7) and the
+    PACS never hears that its report arrived."""
+
+    def __init__(self, node):
+        self.node, self.received, self.answered, self.lock = node, 0, 0, threading.Lock()
+
+    def handlers(self) -> list:
+        from pynetdicom import evt
+
+        return [(evt.EVT_N_EVENT_REPORT, self.on_report), (evt.EVT_DIMSE_SENT, self.on_sent)]
+
+    def on_report(self, event):
+        with self.lock:
+            self.received += 1
+        return on_report(self.node, event)
+
+    def on_sent(self, event) -> None:
+        if type(event.message).__name__ == "N_EVENT_REPORT_RSP":
+            with self.lock:
+                self.answered += 1
+
+    def settled(self, assoc) -> bool:
+        """Every report answered, and the answer taken by the DUL thread (it handles primitives in order)."""
+        with self.lock:
+            done = self.answered >= self.received
+        return done and assoc.dul.to_provider_queue.empty()
+
+    def wait_settled(self, assoc, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and assoc.is_established and not self.settled(assoc):
+            time.sleep(0.01)
+
+
 def action_information(txn: str, refs: list[tuple[str, str]]) -> Dataset:
     ds = Dataset()
     ds.TransactionUID = txn
@@ -55,7 +92,7 @@ def action_information(txn: str, refs: list[tuple[str, str]]) -> Dataset:
     return ds
 
 
-def ask(exporter, assoc, d, rows) -> None:
+def ask(exporter, assoc, d, rows, reports: ReportsOnAssociation | None = None) -> None:
     """N-ACTION for `rows` (exports just stored, state `sent`) on the open association `assoc` to destination `d`.
     The Transaction UID and the due time are committed before the request goes out (the report may come back
     on another association before the N-ACTION response here)."""
@@ -90,7 +127,7 @@ def ask(exporter, assoc, d, rows) -> None:
             error = f"storage commitment N-ACTION failed ({type(exc).__name__}: {exc})"
     if error is None:
         log.info("storage commitment %s asked of %s for %d output(s)", txn, d.name, len(rows))
-        _wait_on(node, assoc, txn, node.settings.export.commitment_wait_s)
+        _wait_on(node, assoc, txn, node.settings.export.commitment_wait_s, reports)
         return
     log.warning("storage commitment %s for %d output(s) to %s: %s", txn, len(rows), d.name, error)
     fail(node, [(i, error) for i in ids], txn=txn)
@@ -102,15 +139,16 @@ def _sop_class(path: str) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
 
 
-def _wait_on(node, assoc, txn: str, seconds: float) -> None:
+def _wait_on(node, assoc, txn: str, seconds: float, reports: ReportsOnAssociation | None = None) -> None:
     """Keep the association open up to `seconds` while exports of `txn` still wait: a report the PACS sends on
-    it is answered by its reactor (the EVT_N_EVENT_REPORT handler bound in Exporter.send)."""
+    it is answered by its reactor (ReportsOnAssociation's handlers, bound in Exporter.send). The exports turn
+    `committed` inside the handler, before its response is sent: the wait also covers the response."""
     end = time.monotonic() + seconds
     while time.monotonic() < end and assoc.is_established:
         with node.sessions() as s:
             waiting = s.scalar(select(func.count()).select_from(Export).where(Export.commit_txn == txn,
                                                                               Export.state == "sent"))
-        if not waiting:
+        if not waiting and (reports is None or reports.settled(assoc)):
             return
         time.sleep(0.05)
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE, evt, _config as pynetdicom_config
+from pynetdicom import AE, _config as pynetdicom_config
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import or_, select, update
 
@@ -150,11 +150,12 @@ class Exporter(threading.Thread):
 
     def send(self, d, rows) -> int:
         t0 = time.perf_counter()
-        from .export_commitment import ask, on_report
+        from .export_commitment import ReportsOnAssociation, ask
 
-        handlers = [(evt.EVT_N_EVENT_REPORT, lambda event: on_report(self.node, event))] if d.commitment else []
+        reports = ReportsOnAssociation(self.node) if d.commitment else None
         assoc = self.ae.associate(d.host, d.port, ae_title=d.ae_title, tls_args=self.tls_args(d),
-                                  evt_handlers=handlers, contexts=self.commit_contexts if d.commitment else None)
+                                  evt_handlers=reports.handlers() if reports else [],
+                                  contexts=self.commit_contexts if d.commitment else None)
         if not assoc.is_established:
             for r in rows:
                 self.record(r.id, None, "association failed (destination unreachable or rejected)",
@@ -178,12 +179,14 @@ class Exporter(threading.Thread):
                     self.record(r.id, code, "no response" if code is None else f"status 0x{code:04X}",
                                 time.perf_counter() - t, d.name, r)
             if d.commitment and stored and assoc.is_established:
-                ask(self, assoc, d, stored)  # the report comes on this association or on a new one to the node
+                ask(self, assoc, d, stored, reports)  # the report comes on this association or on a new one
             elif d.commitment and stored:
                 from .export_commitment import fail
 
                 fail(self.node, [(r.id, "association lost before storage commitment was asked") for r in stored])
         finally:
+            if reports is not None:  # a report that came in meanwhile is answered before the release
+                reports.wait_settled(assoc, 5.0)
             assoc.release()
         return ok
 
