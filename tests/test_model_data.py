@@ -177,6 +177,8 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--loss", "dice+focal+cce"], "--loss"),
     (["--preset", "huge"], "--preset"),
     (["--epochs", "0"], "--epochs"),
+    (["--lr-plateau", "0"], "--lr-plateau"),
+    (["--time-budget", "0"], "--time-budget"),
 ])
 def test_retrain_bad_options(phantom, tmp_path, capsys, args, message):
     assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "n"),

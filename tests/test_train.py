@@ -115,6 +115,19 @@ def test_time_budget_stops_and_keeps_best(tmp_path):
     assert (tmp_path / "best.keras").exists()
 
 
+def test_lr_plateau_halves_the_rate_and_a_resumed_run_keeps_it(tmp_path):
+    images, masks = _toy(6)
+    val = _toy(3, seed=1)
+    # a rate too small to move the validation loss by min_delta: every epoch is a plateau
+    res = train(TINY, (images, masks), val, out_dir=tmp_path, epochs=3, batch_size=3, lr=1e-9, lr_plateau=1)
+    rate = float(keras.ops.convert_to_numpy(res.model.optimizer.learning_rate))
+    assert rate == pytest.approx(1e-9 / 4, rel=1e-3)  # halved after epochs 2 and 3 (epoch 1 sets the best)
+    again = train(TINY, (images, masks), val, out_dir=tmp_path, epochs=4, batch_size=3, lr=1e-9)
+    assert float(keras.ops.convert_to_numpy(again.model.optimizer.learning_rate)) == pytest.approx(rate, rel=1e-3)
+    fixed = train(TINY, (images, masks), val, out_dir=tmp_path / "fixed", epochs=2, batch_size=3, lr=1e-9)
+    assert float(keras.ops.convert_to_numpy(fixed.model.optimizer.learning_rate)) == pytest.approx(1e-9, rel=1e-3)
+
+
 def test_fine_tune_starts_from_given_weights_and_freezes_encoder(tmp_path):
     images, masks = _toy(6)
     first = train(TINY, (images, masks), out_dir=tmp_path / "a", epochs=2, batch_size=3, lr=3e-3)

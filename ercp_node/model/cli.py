@@ -32,6 +32,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr-plateau", type=int, default=None, metavar="PATIENCE",
+                   help="halve the learning rate after PATIENCE epochs without a better validation loss "
+                        "(default: the paper's fixed rate)")
     p.add_argument("--split-date", type=iso_date, default=None,
                    help="first test date (default: the newest ~10%% of dates are the test set)")
     p.add_argument("--seed", type=int, default=0)
@@ -160,6 +163,8 @@ def _validate(args) -> None:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
     if not args.lr > 0:
         raise CLIError("--lr must be positive")
+    if getattr(args, "lr_plateau", None) is not None and args.lr_plateau < 1:
+        raise CLIError("--lr-plateau must be at least 1 epoch")
     if getattr(args, "time_budget", None) is not None and not args.time_budget > 0:
         raise CLIError("--time-budget must be a positive number of minutes")
     if hasattr(args, "from_archive") and not args.data and not args.from_archive:
@@ -214,7 +219,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
                 registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
-                stone_net=stone_net)
+                stone_net=stone_net, lr_plateau=args.lr_plateau)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

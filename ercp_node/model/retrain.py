@@ -193,7 +193,8 @@ def load_init(path: str | Path, config) -> tuple[list, dict]:
 def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, batch_size=16, lr=1e-4, seed=0,
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
               init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
-              time_budget_s: float | None = None, stone_net: Path | None = None, log=print) -> tuple[Path, dict]:
+              time_budget_s: float | None = None, stone_net: Path | None = None, lr_plateau: int | None = None,
+              log=print) -> tuple[Path, dict]:
     """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card).
 
     `stone_net`: the cascade's second stage to carry along (copied beside the new model, named in its card, and
@@ -219,7 +220,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
-                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s)
+                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau)
     elapsed = time.perf_counter() - t0
     best_path = result.paths["best"] if result.paths["best"].is_file() else result.paths["last"]
     best = keras.saving.load_model(best_path, compile=False)
@@ -232,7 +233,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "data_fingerprint": prep.fingerprint, "split": prep.split.report(), "validation_images": len(prep.validation),
         "training_seconds_this_run": round(elapsed, 1), "augment": augment,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
-        "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s,
+        "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
         "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in prep.samples) else
@@ -264,7 +265,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
             force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
-            log=print) -> dict:
+            lr_plateau: int | None = None, log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
                                  freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s,
-                                 stone_net=stone_net, log=log)
+                                 stone_net=stone_net, lr_plateau=lr_plateau, log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))

@@ -229,7 +229,7 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
           augment: Augment | bool = True, early_stopping: int | None = None, resume: bool = True,
           mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=(),
           init_weights: list | None = None, freeze_encoder: bool = False,
-          time_budget_s: float | None = None) -> TrainResult:
+          time_budget_s: float | None = None, lr_plateau: int | None = None) -> TrainResult:
     """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
 
     model: a built keras.Model, or a UNetConfig / preset name to build one. train_data / val_data: a PyDataset
@@ -238,7 +238,9 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     (faster on CPUs with AVX-512 BF16/AMX; the softmax and the losses stay float32). resume: continue from
     out_dir/last.keras if it exists. init_weights: start from these weights (fine-tuning; the model is built
     from the config, so mixed precision still applies); freeze_encoder: the contracting path and the bottleneck
-    keep them. time_budget_s: stop when the wall-clock time is spent, keeping the best checkpoint.
+    keep them. time_budget_s: stop when the wall-clock time is spent, keeping the best checkpoint. lr_plateau:
+    halve the learning rate after this many epochs without a better monitored loss (down to lr / 32; the
+    reduced rate is saved with the optimizer, so a resumed run keeps it); None: the paper's fixed rate.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +287,9 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     cbs = [_LastCheckpoint(out_dir, history, {"loss": loss_name}), best]
     if early_stopping:
         cbs.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=early_stopping))
+    if lr_plateau:  # first: the epoch's checkpoint then saves the optimizer with the reduced rate
+        cbs.insert(0, keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=lr_plateau,
+                                                        min_lr=lr / 32, verbose=1))
     if time_budget_s:
         cbs.append(TimeBudget(time_budget_s))
     cbs.extend(callbacks)
