@@ -7,7 +7,7 @@
    throughput (preprocessed batches of 16 through the U-Net) measured in the same run.
 
 Usage: python bench/bench_node.py [--count 200] [--latency-images 30] [--repeats 3] [--model PATH]
-       [--worker-modes process,thread] [--workers 0,1] [--skip-ingest]
+       [--worker-modes process,thread] [--workers 0,1] [--tta none,flip] [--skip-ingest]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def ingest(files: list[Path], repeats: int) -> dict:
 
 
 def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 0,
-               worker_mode: str = "process") -> dict:
+               worker_mode: str = "process", tta: str = "flip") -> dict:
     from helpers import free_port
 
     from ercp_node.config.settings import Settings, parse_destination, worker_count
@@ -113,8 +113,8 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         s = Settings()
         s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp / "n"), "ERCPNODE"
         s.model.path = model or ""
-        s.node.workers, s.node.worker_mode = workers, worker_mode
-        res["workers"] = worker_count(s)
+        s.node.workers, s.node.worker_mode, s.model.tta = workers, worker_mode, tta
+        res["workers"], res["tta"] = worker_count(s), tta
         s.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", ("SEG", "SR"))]
         node = Node(s).start()
         carm = AE(ae_title="BENCH")
@@ -155,7 +155,7 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         res["burst"] = {"images": len(uids), "intake_s": round(intake_s, 2),
                         "intake_images_per_s": round(len(uids) / intake_s, 1), "all_seg_sr_stored_s": round(total, 2),
                         "sustained_images_per_s": round(len(uids) / total, 2)}
-        seg = Segmenter.load(model or SHIPPED)
+        seg = Segmenter.load(model or SHIPPED, tta=tta)
         x = np.stack([preprocess(d.pixel_array, size=seg.input_size) for d in datasets[:32]])
         seg.probabilities(x[:16])  # warm up
         t = time.perf_counter()
@@ -178,6 +178,8 @@ def main() -> int:
                     help="comma-separated node.workers values, each run in turn (0 = the node's auto default)")
     ap.add_argument("--worker-modes", default="process,thread",
                     help="comma-separated node.worker_mode values, run one after the other on the same files")
+    ap.add_argument("--tta", default="flip", help="comma-separated model.tta values, run one after the other "
+                    "(e.g. none,flip: the node's cost of test-time augmentation side by side)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "node.json"))
     a = ap.parse_args()
@@ -196,8 +198,10 @@ def main() -> int:
         # Intake while the workers are busy: the burst's C-STORE rate vs the idle ingest rate above.
         for mode in filter(None, a.worker_modes.split(",")):  # "" runs the ingest comparison only
             for n in counts:
-                key = f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
-                result[key] = r = end_to_end(files, a.latency_images, a.model, n, mode)
+                for tta in a.tta.split(","):
+                    key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
+                           + (f"_tta_{tta}" if "," in a.tta else ""))
+                    result[key] = r = end_to_end(files, a.latency_images, a.model, n, mode, tta)
                 print(key, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))

@@ -59,10 +59,12 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
     ap.add_argument("--tta", nargs="+", default=["none"], help="test-time augmentation modes to compare per model "
                     "(none, flip)")
+    ap.add_argument("--cine", type=int, default=0, help="also time a cine of this many frames through each "
+                    "model and TTA mode (ms per frame, bench_stones.cine_cost; 0: skip)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--out", default=str(ROOT / "bench/results/robustness.json"))
     args = ap.parse_args(argv)
-    results = {}
+    results, segs = {}, {}
     for model, tta in [(m, t) for m in args.model for t in args.tta]:
         seg = Segmenter.load(model, tta=tta)
         rows = {}
@@ -76,8 +78,16 @@ def main(argv=None) -> int:
                   f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
         key = seg.version + ("" if tta == "none" else f" tta={tta}")
         results[key] = {"path": model, "tta": tta, "sets": rows}
+        segs[key] = seg
+    cine = None
+    if args.cine:
+        from bench_stones import cine_cost  # the same timing as the cascade's (a sibling script; imports this one)
+
+        cine = cine_cost(segs, args.cine)
+        print(f"cine {args.cine} frames: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame"
+                                                       for k, v in cine.items() if isinstance(v, dict)), flush=True)
     out = {"bench": "robustness", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-           "data": args.data, "models": results}
+           "data": args.data, "models": results, "cine": cine}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0
