@@ -110,6 +110,7 @@ def main() -> int:
     ap.add_argument("--data", help="phantom data set (default: generate --count images)")
     ap.add_argument("--count", type=int, default=250)
     ap.add_argument("--model", default=str(SHIPPED))
+    ap.add_argument("--tta", default="flip", help="test-time augmentation, as the node's model.tta (default flip)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "measure.json"))
     args = ap.parse_args()
     tmp = None
@@ -121,7 +122,7 @@ def main() -> int:
         generate(SynthConfig(count=args.count, seed=2027, start_date=dt.date(2024, 6, 9),
                              end_date=dt.date(2024, 11, 21)), data, contact_sheet=False)
     rows = [r for r in csv.DictReader(open(data / "manifest.csv")) if int(r["frames"]) == 1]
-    seg = Segmenter.load(args.model)
+    seg = Segmenter.load(args.model, tta=args.tta)
     model_rows, truth_rows, t_measure = [], [], []
     for r in rows:
         ds = pydicom.dcmread(data / r["dicom"])
@@ -133,7 +134,7 @@ def main() -> int:
         t_measure.append(time.perf_counter() - t)
         truth_rows.append(compare(measure_labels(cv2.imread(str(data / r["mask"]), cv2.IMREAD_UNCHANGED), header), truth))
     model, on_truth = summarise(model_rows), summarise(truth_rows)
-    result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "data": str(data if args.data else "generated"),
+    result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "tta": args.tta, "data": str(data if args.data else "generated"),
               "targets": TARGETS, "model_masks": model, "model_meets_target": verdict(model),
               "truth_masks": on_truth, "truth_meets_target": verdict(on_truth),
               "measure_ms_median": 1000 * float(np.median(t_measure))}
