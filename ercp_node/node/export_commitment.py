@@ -92,7 +92,7 @@ def action_information(txn: str, refs: list[tuple[str, str]]) -> Dataset:
     return ds
 
 
-def ask(exporter, assoc, d, rows, reports: ReportsOnAssociation | None = None) -> None:
+def ask(exporter, assoc, d, rows, reports: ReportsOnAssociation) -> None:
     """N-ACTION for `rows` (exports just stored, state `sent`) on the open association `assoc` to destination `d`.
     The Transaction UID and the due time are committed before the request goes out (the report may come back
     on another association before the N-ACTION response here)."""
@@ -139,7 +139,7 @@ def _sop_class(path: str) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID)
 
 
-def _wait_on(node, assoc, txn: str, seconds: float, reports: ReportsOnAssociation | None = None) -> None:
+def _wait_on(node, assoc, txn: str, seconds: float, reports: ReportsOnAssociation) -> None:
     """Keep the association open up to `seconds` while exports of `txn` still wait: a report the PACS sends on
     it is answered by its reactor (ReportsOnAssociation's handlers, bound in Exporter.send). The exports turn
     `committed` inside the handler, before its response is sent: the wait also covers the response."""
@@ -148,7 +148,7 @@ def _wait_on(node, assoc, txn: str, seconds: float, reports: ReportsOnAssociatio
         with node.sessions() as s:
             waiting = s.scalar(select(func.count()).select_from(Export).where(Export.commit_txn == txn,
                                                                               Export.state == "sent"))
-        if not waiting and (reports is None or reports.settled(assoc)):
+        if not waiting and reports.settled(assoc):
             return
         time.sleep(0.05)
 
