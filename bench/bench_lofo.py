@@ -29,13 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ercp_node.model.data import read_data  # noqa: E402
-from ercp_node.model.inference import Segmenter  # noqa: E402
-from ercp_node.model.retrain import evaluate_samples  # noqa: E402
+from bench_adaptation import score  # noqa: E402 - the same scoring as the adaptation curve (a sibling script)
 from ercp_node.phantom.style import FAMILIES  # noqa: E402
 
 SPLIT = "2024-06-09"
-STRUCTURES = (("scope_iou", "duodenoscope"), ("cbd_iou", "cbd"), ("stone_iou", "stone"))
+STRUCTURES = ("scope_iou", "cbd_iou", "stone_iou")
 
 
 def synth(out: Path, family: str, count: int, seed: int, start: str, end: str) -> Path:
@@ -45,13 +43,6 @@ def synth(out: Path, family: str, count: int, seed: int, start: str, end: str) -
                         "--style", family, "--start-date", start, "--end-date", end, "--out", str(out)],
                        check=True, stdout=subprocess.DEVNULL)
     return out
-
-
-def score(model: Path, test: Path, tta: str = "none") -> dict:
-    samples, _ = read_data([test])
-    report, _ = evaluate_samples(Segmenter.load(model, tta=tta), samples)
-    s = report["structures"]
-    return {key: s[name]["iou_mean"] for key, name in STRUCTURES} | {"n": len(samples)}
 
 
 def main(argv=None) -> int:
@@ -86,8 +77,8 @@ def main(argv=None) -> int:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
         card = json.loads((run / "model.json").read_text())
         rows = {f: score(run / "model.keras", test[f]) for f in FAMILIES}
-        in_domain = {k: round(sum(rows[f][k] for f in seen) / len(seen), 2) for k, _ in STRUCTURES}
-        ratio = {k: round(100 * rows[held][k] / in_domain[k], 1) if in_domain[k] else None for k, _ in STRUCTURES}
+        in_domain = {k: round(sum(rows[f][k] for f in seen) / len(seen), 2) for k in STRUCTURES}
+        ratio = {k: round(100 * rows[held][k] / in_domain[k], 1) if in_domain[k] else None for k in STRUCTURES}
         folds[held] = {"seen": seen, "epochs": card["epochs"], "wall_s_this_call": round(time.perf_counter() - t),
                        "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
                        "per_family": rows, "goal_pct": 90}
