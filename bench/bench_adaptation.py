@@ -3,10 +3,18 @@
 For each N: the first N images of a phantom training set of that family (dated before the split) are copied
 into their own phantom directory, `ercp-node retrain --init MODEL --augment robust --time-budget MINUTES`
 fine-tunes on them, and the result is scored on the family's frozen test set (dated after the split) by
-the same evaluation as `retrain`. N = 0 is the starting model itself. Writes bench/results/adaptation.json.
+the same evaluation as `retrain`. N = 0 is the starting model itself. With --rehearse the fine-tuning mixes the
+data the starting model learnt into every epoch (`retrain --rehearse`). With --in-domain the starting model is
+also scored on the families it learnt (the reference of the "≥ 95 % of in-domain IoU" goal), and so is each
+fine-tuned model (what the site's model forgets of them). Writes bench/results/adaptation.json.
 
     python bench/bench_adaptation.py --init ercp_node/model/weights/default.keras --family lowdose \
         --train data/train-lowdose --test data/test-lowdose --n 10 25 50 --minutes 8
+
+    python bench/bench_adaptation.py --init data/lofo/run-without-lowdose/model.keras --family lowdose \
+        --train data/lofo/train-lowdose --test data/lofo/test-lowdose --n 10 25 50 --minutes 20 \
+        --rehearse data/train-cls data/lofo/train-{intensifier,flatpanel,sharp} \
+        --in-domain data/lofo/test-{intensifier,flatpanel,sharp} --out bench/results/adaptation-rehearsal.json
 """
 
 from __future__ import annotations
@@ -63,11 +71,30 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--rehearse", nargs="+", default=[], help="data the starting model learnt (retrain --rehearse)")
+    ap.add_argument("--share", type=float, default=0.5, help="retrain --rehearse-share")
+    ap.add_argument("--freeze-encoder", action="store_true")
+    ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
     args = ap.parse_args(argv)
-    rows = [{"n": 0, "train_seconds": 0.0, **score(Path(args.init), args.test)}]
-    print(json.dumps(rows[-1]), flush=True)
+    def in_domain(model: Path) -> dict:
+        if not args.in_domain:
+            return {}
+        per = {d.name: score(model, d) for d in args.in_domain}
+        keys = ("scope_iou", "cbd_iou", "stone_iou")
+        return {"in_domain_mean": {k: round(sum(v[k] for v in per.values()) / len(per), 2) for k in keys},
+                "in_domain_sets": per}
+
+    rows = [{"n": 0, "train_seconds": 0.0, **score(Path(args.init), args.test), **in_domain(Path(args.init))}]
+    reference = rows[0].get("in_domain_mean")
+
+    def pct(row):
+        if reference:
+            row["pct_of_in_domain"] = {k: round(100 * row[k] / reference[k], 1) for k in reference}
+        return row
+
+    print(json.dumps(pct(rows[-1])), flush=True)
     for n in args.n:
         data, run = args.work / f"{args.family}-{n}", args.work / f"run-{args.family}-{n}"
         subset(args.train, data, n)
@@ -76,14 +103,21 @@ def main(argv=None) -> int:
                "--split-date", "2024-06-09", "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr),
                "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes), "--mixed-precision", "auto",
                "--out", str(run), "--data-dir", str(args.work / "registry")]
+        if args.rehearse:
+            cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
+        if args.freeze_encoder:
+            cmd.append("--freeze-encoder")
         t = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(args.work / f"{args.family}-{n}.log", "w"))
         elapsed = time.perf_counter() - t
         card = json.loads((run / "model.json").read_text())
         rows.append({"n": n, "train_seconds": card["training_seconds_this_run"], "wall_seconds": round(elapsed, 1),
-                     "epochs": card["epochs"], **score(run / "model.keras", args.test)})
-        print(json.dumps(rows[-1]), flush=True)
+                     "epochs": card["epochs"], **score(run / "model.keras", args.test),
+                     **in_domain(run / "model.keras")})
+        print(json.dumps(pct(rows[-1])), flush=True)
     out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
+           "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
+           "freeze_encoder": args.freeze_encoder, "reference": "in_domain_mean of row n=0" if reference else None,
            "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

@@ -179,11 +179,32 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--epochs", "0"], "--epochs"),
     (["--lr-plateau", "0"], "--lr-plateau"),
     (["--time-budget", "0"], "--time-budget"),
+    (["--rehearse", "elsewhere"], "--rehearse needs --init"),
+    (["--init", "shipped", "--rehearse-share", "1"], "--rehearse-share"),
 ])
 def test_retrain_bad_options(phantom, tmp_path, capsys, args, message):
     assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "n"),
                  *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(phantom, tmp_path):
+    base, tuned, old = tmp_path / "base", tmp_path / "tuned", tmp_path / "old"
+    tiny = ["--base-filters", "4", "--input-size", "64", "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
+    assert main(["retrain", "--data", str(phantom), "--out", str(base), "--epochs", "1", *tiny]) == 0
+    assert main(["synth", "--count", "6", "--seed", "77", "--size", "512", "--style", "lowdose", "--out", str(old),
+                 "--workers", "1"]) == 0
+    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "1", "--init",
+                 str(base / "model.keras"), "--rehearse", str(old), "--rehearse-share", "0.25", *tiny]) == 0
+    card = json.loads((tuned / "model.json").read_text())
+    first = json.loads((base / "model.json").read_text())
+    site_train = first["split"]["train"]["images"]  # validation images are already out
+    assert card["rehearsal"] == {"data": [str(old)], "images": 6, "per_epoch": round(site_train / 3),
+                                 "share": 0.25}
+    # validation and the frozen test set are the site's alone, as without rehearsal
+    assert card["validation_images"] == first["validation_images"]
+    assert card["test_metrics"]["n_images"] == first["test_metrics"]["n_images"]
+    assert card["init"]["path"] == str(base / "model.keras")
 
 
 def _report(scope, cbd, stone):

@@ -47,6 +47,24 @@ def test_dataset_batches_and_consistent_augmentation():
     np.testing.assert_allclose(ds2[0][0], images)
 
 
+def test_rehearsal_epochs_hold_every_site_image_and_a_fresh_draw_of_the_rest():
+    images, masks = _toy(8)
+    ds = SegmentationDataset(images, masks, batch_size=2, seed=1, core=3, rehearse=2)
+    assert len(ds) == 3  # 5 items a epoch
+    draws = set()
+    for _ in range(6):
+        items = sorted(int(i) for i in ds._order)
+        assert items[:3] == [0, 1, 2] and len(items) == 5 and all(3 <= i < 8 for i in items[3:])
+        draws.add(tuple(items[3:]))
+        ds.on_epoch_end()
+    assert len(draws) > 1  # the rehearsal images change from epoch to epoch
+    x, _ = ds[0]
+    assert x.shape == (2, 64, 64, 1)
+    assert sorted(SegmentationDataset(images, masks, batch_size=2)._order) == list(range(8))  # default unchanged
+    with pytest.raises(ValueError, match="core"):
+        SegmentationDataset(images, masks, core=6, rehearse=3)
+
+
 def test_train_checkpoint_resume_and_curve(tmp_path):
     images, masks = _toy(8)
     data = (images[:6], masks[:6])

@@ -53,6 +53,11 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("paper", "robust", "none"), default="paper",
                    help="paper: flips, ±10° rotation, contrast jitter; robust: any rotation, flips, scale "
                         "0.7–1.4, intensity curves, blur/sharpen, noise")
+    p.add_argument("--rehearse", nargs="+", default=[], metavar="DIR",
+                   help="with --init: annotated data the model learnt before (e.g. the phantom), mixed into every "
+                        "epoch so a few site images do not make it forget; training only, never validation or test")
+    p.add_argument("--rehearse-share", type=float, default=0.5, metavar="F",
+                   help="share of each epoch drawn from --rehearse (default 0.5: as many as the site's images)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes, keeping the best checkpoint")
     p.add_argument("--stone-net", default="carry", metavar="carry|none|PATH",
@@ -171,6 +176,13 @@ def _validate(args) -> None:
         raise CLIError("give --data DIR... and/or --from-archive")
     if getattr(args, "freeze_encoder", False) and not getattr(args, "init", None):
         raise CLIError("--freeze-encoder needs --init (a model whose encoder to keep)")
+    if getattr(args, "rehearse", None):
+        if not args.init:
+            raise CLIError("--rehearse needs --init (rehearsal keeps what a model learnt before)")
+        if getattr(args, "loss_grid", False):
+            raise CLIError("--rehearse does not apply to --loss-grid")
+    if not 0 < getattr(args, "rehearse_share", 0.5) < 1:
+        raise CLIError("--rehearse-share must be between 0 and 1 (exclusive)")
 
 
 def _mixed(choice: str) -> bool:
@@ -219,7 +231,8 @@ def run_retrain(args: argparse.Namespace) -> int:
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
                 registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
-                stone_net=stone_net, lr_plateau=args.lr_plateau)
+                stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
+                rehearse_share=args.rehearse_share)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

@@ -12,7 +12,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -129,12 +129,16 @@ class Prepared:
     config: object  # UNetConfig
     preset: str
     fingerprint: str
-    arrays: tuple  # (x_train, y_train, x_val, y_val)
+    arrays: tuple  # (x_train, y_train, x_val, y_val); rehearsal images last in the training arrays
     class_weights: list[float]
+    rehearsal: list[Sample] = field(default_factory=list)
+    rehearsal_dirs: list[str] = field(default_factory=list)
 
 
 def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, input_size=None,
-            split_date: dt.date | None = None, val_fraction=0.1, seed=0, log=print) -> Prepared:
+            split_date: dt.date | None = None, val_fraction=0.1, seed=0, rehearse_dirs=(), log=print) -> Prepared:
+    """`rehearse_dirs`: annotated data the model learnt before (the phantom), for training only: never in the
+    validation or test split, and none of a patient who is in them."""
     from .losses import class_weights_from_masks
     from .unet import get_config
 
@@ -154,10 +158,24 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
     cache = out_dir / "cache"
     xt, yt = prepare_arrays(train_s, size, cache / f"train-{fp}-{size}-{seed}.npz", log=log)
     xv, yv = prepare_arrays(val_s, size, cache / f"val-{fp}-{size}-{seed}.npz", log=log)
+    rehearsal: list[Sample] = []
+    if rehearse_dirs:
+        rehearsal, problems = read_data(rehearse_dirs)
+        for p in problems:
+            log(f"skipped (rehearsal) {p}")
+        held = {s.group for s in val_s} | {s.group for s in split.test}
+        rehearsal = [s for s in rehearsal if s.group not in held]
+        if not rehearsal:
+            raise ValueError("--rehearse: no usable images in " + ", ".join(map(str, rehearse_dirs)))
+        xr, yr = prepare_arrays(rehearsal, size, cache / f"rehearse-{fingerprint(rehearsal)}-{size}.npz", log=log)
+        log(f"rehearsal: {len(rehearsal)} images from {', '.join(map(str, rehearse_dirs))}")
     # Eq. 5 weights from the first ≥ 100 training masks (all of them when fewer).
     weights = class_weights_from_masks(yt[: max(100, min(len(yt), 400))])
+    if rehearsal:
+        xt, yt = np.concatenate([xt, xr]), np.concatenate([yt, yr])
     return Prepared([str(d) for d in data_dirs], samples, Split(train_s, split.test, split.split_date, split.dropped,
-                    split.undated), val_s, cfg, preset, fp, (xt, yt, xv, yv), weights)
+                    split.undated), val_s, cfg, preset, fp, (xt, yt, xv, yv), weights, rehearsal,
+                    [str(d) for d in rehearse_dirs])
 
 
 def load_init(path: str | Path, config) -> tuple[list, dict]:
@@ -194,15 +212,18 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
               init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
               time_budget_s: float | None = None, stone_net: Path | None = None, lr_plateau: int | None = None,
-              log=print) -> tuple[Path, dict]:
+              rehearse_share: float = 0.5, log=print) -> tuple[Path, dict]:
     """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card).
+
+    With rehearsal data in `prep`, each epoch is every site training image plus rehearsal images drawn afresh,
+    `rehearse_share` of the epoch (at most all of them).
 
     `stone_net`: the cascade's second stage to carry along (copied beside the new model, named in its card, and
     part of the test score), so the new model is compared with the active one as the node would run it."""
     import keras
 
     from .inference import Segmenter
-    from .train import AUGMENTATIONS, train
+    from .train import AUGMENTATIONS, SegmentationDataset, train
     from .unet import CLASS_NAMES as LABEL_NAMES
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,8 +236,17 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     init_weights, init_card = (load_init(init, prep.config) if init else (None, {}))
     if init:
         log(f"starting from {init} ({init_card.get('version', 'no card')})")
+    train_data, rehearsal = (xt, yt), None
+    if prep.rehearsal:
+        n_site = len(xt) - len(prep.rehearsal)
+        draw = min(len(prep.rehearsal), int(round(n_site * rehearse_share / (1.0 - rehearse_share))))
+        train_data = SegmentationDataset(xt, yt, batch_size=batch_size, augment=AUGMENTATIONS[augment] or None,
+                                         shuffle=True, seed=seed, core=n_site, rehearse=draw)
+        rehearsal = {"data": prep.rehearsal_dirs, "images": len(prep.rehearsal), "per_epoch": draw,
+                     "share": rehearse_share}
+        log(f"each epoch: {n_site} site images + {draw} rehearsal images")
     t0 = time.perf_counter()
-    result = train(prep.config, (xt, yt), (xv, yv), out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
+    result = train(prep.config, train_data, (xv, yv), out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
@@ -234,6 +264,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "training_seconds_this_run": round(elapsed, 1), "augment": augment,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
         "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
+        "rehearsal": rehearsal,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
         "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in prep.samples) else
@@ -265,17 +296,18 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
             force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
-            lr_plateau: int | None = None, log=print) -> dict:
+            lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prep = prepare(data_dirs, out_dir, preset=preset, base_filters=base_filters, input_size=input_size,
-                   split_date=split_date, val_fraction=val_fraction, seed=seed, log=log)
+                   split_date=split_date, val_fraction=val_fraction, seed=seed, rehearse_dirs=rehearse_dirs, log=log)
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
                                  freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s,
-                                 stone_net=stone_net, lr_plateau=lr_plateau, log=log)
+                                 stone_net=stone_net, lr_plateau=lr_plateau, rehearse_share=rehearse_share,
+                                 log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))

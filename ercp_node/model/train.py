@@ -125,11 +125,16 @@ class SegmentationDataset(keras.utils.PyDataset):
     Either arrays (`images` (N, H, W[, 1]), `masks` (N, H, W)) held in memory, or `loader(i) -> (image, mask)`
     with `n` items, for data sets too large to hold. Shuffled each epoch when `shuffle`; augmentation draws
     from a generator seeded by (seed, epoch, index), so a run is reproducible whatever the worker count.
+
+    Rehearsal (fine-tuning at a site): with `core` < n, an epoch is the first `core` items (the site's images)
+    plus `rehearse` items drawn afresh each epoch from the rest (the data the model learnt before), so a few
+    site images are not drowned and the old data keeps the model from forgetting what they do not show.
     """
 
     def __init__(self, images=None, masks=None, *, loader: Callable | None = None, n: int | None = None,
                  batch_size: int = 16, augment: Augment | bool | None = None, shuffle: bool = True,
-                 seed: int = 0, n_classes: int = N_CLASSES, **kwargs):
+                 seed: int = 0, n_classes: int = N_CLASSES, core: int | None = None, rehearse: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)  # workers / use_multiprocessing / max_queue_size
         if loader is None:
             if images is None or masks is None or len(images) != len(masks):
@@ -140,15 +145,26 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.loader, self.n, self.batch_size = loader, int(n), int(batch_size)
         self.augment = Augment() if augment is True else (augment or None)
         self.shuffle, self.seed, self.n_classes, self.epoch = shuffle, seed, n_classes, 0
-        self._order = np.arange(self.n)
+        self.core, self.rehearse = (self.n if core is None else int(core)), int(rehearse)
+        if not (0 < self.core <= self.n and 0 <= self.rehearse <= self.n - self.core):
+            raise ValueError(f"core={core}, rehearse={rehearse}: need 0 < core <= {self.n} and "
+                             f"0 <= rehearse <= n - core")
         self._reorder()
 
+    def _epoch_items(self) -> np.ndarray:
+        if self.core == self.n:
+            return np.arange(self.n)
+        # seed key n + 1: augmentation keys use item indices < n
+        rng = np.random.default_rng((self.seed, self.epoch, self.n + 1))
+        drawn = self.core + rng.choice(self.n - self.core, self.rehearse, replace=False)
+        return np.concatenate([np.arange(self.core), np.sort(drawn)])
+
     def _reorder(self):
-        if self.shuffle:
-            self._order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
+        items = self._epoch_items()
+        self._order = np.random.default_rng((self.seed, self.epoch)).permutation(items) if self.shuffle else items
 
     def __len__(self):
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil(len(self._order) / self.batch_size)
 
     def __getitem__(self, idx):
         xs, ys = [], []
