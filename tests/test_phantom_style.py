@@ -146,3 +146,28 @@ def test_a_studys_ducts_made_once_give_what_each_image_made_alone():
         assert warm[it.index] == (images[0].tobytes(), labels[0].tobytes(), json.dumps(truths))
         calcified += any(st.mu_ratio > 1 for st in case.stones)
     assert calcified  # the case the copy guards against was exercised
+
+
+def test_random_matrix_size_per_image(tmp_path, capsys):
+    from ercp_node.phantom.cli import RANDOM_SIZES
+
+    out, fixed = tmp_path / "mixed", tmp_path / "fixed"
+    args = ["--count", "8", "--seed", "12", "--style", "random", "--workers", "1"]
+    assert main(["synth", *args, "--size", "random", "--out", str(out)]) == 0
+    assert main(["synth", *args, "--out", str(fixed)]) == 0
+    sizes = []
+    for row, row_fixed in zip(_rows(out), _rows(fixed)):
+        ds = pydicom.dcmread(out / row["dicom"])
+        n = int(ds.Rows)
+        sizes.append(n)
+        assert n == ds.Columns and n in RANDOM_SIZES
+        assert float(ds.ImagerPixelSpacing[0]) == pytest.approx(203.2 / n, abs=1e-4)  # same detector field
+        mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (n, n)
+        # the size has its own random stream: the image's look is the one a fixed size draws
+        truth = json.loads((out / row["truth"]).read_text())
+        assert truth["style"] == json.loads((fixed / row_fixed["truth"]).read_text())["style"]
+    assert len(set(sizes)) > 1
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--size", "big", "--out", str(tmp_path / "x")])
+    assert "'random'" in capsys.readouterr().err

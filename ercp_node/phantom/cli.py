@@ -12,13 +12,27 @@ from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, STYLES
 
 
+RANDOM_SIZES = (512, 576, 768, 1024)
+
+
+def _size(text: str) -> int | str:
+    if text == "random":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a number of pixels (512–1024) or 'random', got {text!r}") from None
+
+
 def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, required=True, help="number of images (DICOM instances)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical bytes")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--start-date", type=iso_date, default=dt.date(2014, 1, 1), help="first acquisition date")
     p.add_argument("--end-date", type=iso_date, default=dt.date(2024, 12, 31), help="last acquisition date")
-    p.add_argument("--size", type=int, default=576, help="image rows = columns, 512–1024 (default 576)")
+    p.add_argument("--size", type=_size, default=576,
+                   help="image rows = columns, 512–1024 (default 576), or 'random': each image's matrix drawn from "
+                        + ", ".join(map(str, RANDOM_SIZES)) + " (same detector field)")
     p.add_argument("--modality", choices=MODALITIES, default="RF",
                    help="RF (default), XA, SC, DX, EXA (Enhanced XA), EXRF (Enhanced XRF) or SCMF (Multi-frame "
                         "Grayscale SC: Byte at --bits 8, Word at 12/16)")
@@ -47,7 +61,9 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--count must be at least 1, got {args.count}")
     if args.seed < 0:
         raise CLIError(f"--seed must be non-negative, got {args.seed}")
-    if not 512 <= args.size <= 1024:
+    sizes = RANDOM_SIZES if args.size == "random" else ()
+    size = 576 if sizes else args.size
+    if not 512 <= size <= 1024:
         raise CLIError(f"--size must be within 512–1024 pixels, got {args.size}")
     if args.end_date < args.start_date:
         raise CLIError(f"--end-date {args.end_date} is before --start-date {args.start_date}")
@@ -58,7 +74,7 @@ def config_from_args(args: argparse.Namespace):
     if args.photometric == "MONOCHROME1" and args.modality in ("RF", "XA", "SCMF"):
         raise CLIError(f"{args.modality} images are MONOCHROME2 by definition (PS3.3 C.8.7.1.1, A.8.3.4); use "
                        f"--modality SC, DX, {' or '.join(ENHANCED)}")
-    if args.size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
+    if size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
         raise CLIError("jpeg2000 needs images of at least 32 pixels")
     if not 8.0 <= args.scope_diameter_mm <= 16.0:
         raise CLIError(f"--scope-diameter-mm must be within 8–16 mm, got {args.scope_diameter_mm}")
@@ -70,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--complexity must be lo:hi, e.g. 0:1, got {args.complexity!r}") from None
     if not 0.0 <= lo <= hi <= 1.0:
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
-    opts = Options(size=args.size, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
+    opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
                    image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,

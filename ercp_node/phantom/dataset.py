@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -146,9 +146,19 @@ def _study(cfg: SynthConfig, item: ImagePlan, anatomy: dict) -> StudyDucts:
     return _LAST_STUDY[1]
 
 
+def image_options(cfg: SynthConfig, item: ImagePlan) -> Options:
+    """The options of one image: the data set's, with its matrix drawn when `sizes` is set (its own random
+    stream, so every other draw is the one a fixed size makes)."""
+    opts = cfg.options
+    if not opts.sizes:
+        return opts
+    size = int(np.random.default_rng([cfg.seed, 6, item.index]).choice(opts.sizes))
+    return replace(opts, size=size)
+
+
 def render_image(cfg: SynthConfig, item: ImagePlan):
     """All frames of one image: (list of float images, list of label maps, list of layers, list of truths)."""
-    opts = cfg.options
+    opts = image_options(cfg, item)
     anatomy = sample_anatomy(np.random.default_rng([cfg.seed, 1, item.patient_index]))
     style = rng_style = None
     if opts.style != CLASSIC:  # its own stream: the anatomy, stones and dose draws stay the classic ones
@@ -165,7 +175,7 @@ def render_image(cfg: SynthConfig, item: ImagePlan):
 
 
 def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.ndarray | None]:
-    opts = cfg.options
+    opts = image_options(cfg, item)
     case, (images, labels, layers, truths) = render_image(cfg, item)
     n = opts.frames
     info = DicomInfo(

@@ -37,6 +37,9 @@ class Options:
     image_intensifier: bool = False  # circular field with vignetting (older C-arms); flat panel by default
     burned_in_text: bool = True
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
+    # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
+    # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
+    sizes: tuple[int, ...] = ()
 
     def spacing(self) -> float:
         return self.imager_spacing_mm if self.imager_spacing_mm else round(203.2 / self.size, 4)
