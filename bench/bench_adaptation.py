@@ -108,7 +108,8 @@ def main(argv=None) -> int:
         if args.freeze_encoder:
             cmd.append("--freeze-encoder")
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=open(args.work / f"{args.family}-{n}.log", "w"))
+        with open(args.work / f"{args.family}-{n}.log", "w") as log:  # retrain's progress and test table
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
         elapsed = time.perf_counter() - t
         card = json.loads((run / "model.json").read_text())
         rows.append({"n": n, "train_seconds": card["training_seconds_this_run"], "wall_seconds": round(elapsed, 1),
