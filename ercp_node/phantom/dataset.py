@@ -156,9 +156,10 @@ def image_options(cfg: SynthConfig, item: ImagePlan) -> Options:
     return replace(opts, size=size)
 
 
-def render_image(cfg: SynthConfig, item: ImagePlan):
-    """All frames of one image: (list of float images, list of label maps, list of layers, list of truths)."""
-    opts = image_options(cfg, item)
+def render_image(cfg: SynthConfig, item: ImagePlan, opts: Options | None = None):
+    """All frames of one image: (list of float images, list of label maps, list of layers, list of truths).
+    `opts`: the image's options when the caller already has them (`image_options`)."""
+    opts = opts or image_options(cfg, item)
     anatomy = sample_anatomy(np.random.default_rng([cfg.seed, 1, item.patient_index]))
     style = rng_style = None
     if opts.style != CLASSIC:  # its own stream: the anatomy, stones and dose draws stay the classic ones
@@ -176,7 +177,7 @@ def render_image(cfg: SynthConfig, item: ImagePlan):
 
 def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.ndarray | None]:
     opts = image_options(cfg, item)
-    case, (images, labels, layers, truths) = render_image(cfg, item)
+    case, (images, labels, layers, truths) = render_image(cfg, item, opts)
     n = opts.frames
     info = DicomInfo(
         patient_id=item.patient_id, patient_name=item.patient_name, patient_birth_date=item.birth_date,
