@@ -54,6 +54,11 @@ def main(argv=None) -> int:
     ap.add_argument("--test-count", type=int, default=60)
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget per fold")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--epochs", type=int, default=200, help="a fixed number of epochs (with a generous --minutes) "
+                    "makes recipes comparable whatever else shares the CPU")
+    ap.add_argument("--augment", default="robust", help="retrain --augment recipe")
+    ap.add_argument("--tag", default="", help="suffix for run folders and fold keys: an ablation next to the "
+                    "default folds")
     ap.add_argument("--work", type=Path, default=ROOT / "data/lofo")
     ap.add_argument("--out", default=str(ROOT / "bench/results/lofo.json"))
     args = ap.parse_args(argv)
@@ -66,24 +71,28 @@ def main(argv=None) -> int:
     folds = old.get("folds", {})
     for held in args.families:
         seen = [f for f in FAMILIES if f != held]
-        run = args.work / f"run-without-{held}"
+        key = f"{held}-{args.tag}" if args.tag else held
+        run = args.work / f"run-without-{key}"
         cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(args.classic),
                *[str(train[f]) for f in seen], *[str(test[f]) for f in seen], "--split-date", SPLIT,
-               "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr), "--epochs", "200",
+               "--init", str(args.init), "--augment", args.augment, "--lr", str(args.lr), "--epochs", str(args.epochs),
                "--time-budget", str(args.minutes), "--mixed-precision", "off", "--out", str(run),
-               "--data-dir", str(args.work / f"registry-{held}")]
+               "--data-dir", str(args.work / f"registry-{key}")]
         t = time.perf_counter()
-        with open(args.work / f"run-without-{held}.log", "a") as log:
+        with open(args.work / f"run-without-{key}.log", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
         card = json.loads((run / "model.json").read_text())
         rows = {f: score(run / "model.keras", test[f]) for f in FAMILIES}
         in_domain = {k: round(sum(rows[f][k] for f in seen) / len(seen), 2) for k in STRUCTURES}
         ratio = {k: round(100 * rows[held][k] / in_domain[k], 1) if in_domain[k] else None for k in STRUCTURES}
-        folds[held] = {"seen": seen, "epochs": card["epochs"], "wall_s_this_call": round(time.perf_counter() - t),
-                       "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
-                       "per_family": rows, "goal_pct": 90}
-        print(held, json.dumps(folds[held]["held_out"]), "in-domain", json.dumps(in_domain), "ratio %",
+        folds[key] = {"held_out_family": held, "augment": args.augment, "seen": seen, "epochs": card["epochs"],
+                      "epochs_asked": args.epochs, "wall_s_this_call": round(time.perf_counter() - t),
+                      "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
+                      "per_family": rows, "goal_pct": 90}
+        print(key, json.dumps(folds[key]["held_out"]), "in-domain", json.dumps(in_domain), "ratio %",
               json.dumps(ratio), flush=True)
+        if Path(args.out).is_file():  # another fold may have finished meanwhile (folds run side by side)
+            folds = {**json.loads(Path(args.out).read_text()).get("folds", {}), key: folds[key]}
         out = {"bench": "leave-one-family-out", "init": args.init, "minutes_per_fold": args.minutes,
                "train_count_per_family": args.train_count, "test_count_per_family": args.test_count,
                "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, no GPU",

@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-from ercp_node.model.train import ROBUST, Augment, SegmentationDataset, augment_pair, plot_history, train
+from ercp_node.model.train import (
+    ROBUST, ROBUST_SCOPE, Augment, SegmentationDataset, augment_pair, plot_history, restyle_scope, train)
 from ercp_node.model.unet import UNetConfig
 
 TINY = UNetConfig(input_size=64, base_filters=4, depth=3)
@@ -124,6 +125,50 @@ def test_robust_augmentation_keeps_image_and_mask_together():
     img, m = augment_pair(masks[0] / np.float32(3), masks[0], np.random.default_rng(1), ROBUST)
     assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
     assert set(np.unique(m)) <= {0, 1, 2, 3}
+
+
+def _braided_scope(size=128):
+    """A dark tube with a ring pattern (braid) over a smooth background, and its label map."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    mask = np.zeros((size, size), np.uint8)
+    mask[:, 50:66] = 1
+    mask[90:100, 20:40] = 2  # a duct away from the scope
+    image = 0.6 + 0.1 * np.sin(xx / 40)
+    image[mask == 1] = (0.2 + 0.15 * (np.sin(yy * 1.6) > 0))[mask == 1]  # rings every ~4 px
+    image[mask == 2] = 0.3
+    return image.astype(np.float32), mask
+
+
+def test_restyle_scope_changes_the_scope_only_and_washes_its_texture_out():
+    image, mask = _braided_scope()
+    inside, ring_sd = mask == 1, float(image[mask == 1].std())
+    contrasts = []
+    for seed in range(8):
+        out = restyle_scope(image, mask, np.random.default_rng(seed))
+        assert out.dtype == np.float32 and out.shape == image.shape
+        assert np.array_equal(out[~inside], image[~inside])  # background and duct untouched
+        assert out[inside].std() < 0.8 * ring_sd  # the braid is (mostly) smoothed away
+        contrasts.append(float(0.6 - out[inside].mean()))
+    # faint to slightly denser than the original (0.6 - 0.275 = 0.325 darker than its surroundings)
+    assert min(contrasts) < 0.25 and max(contrasts) > 0.25
+    # no scope in the image: nothing to restyle
+    empty = np.zeros_like(mask)
+    assert np.array_equal(restyle_scope(image, empty, np.random.default_rng(0)), image)
+
+
+def test_scope_look_restyles_about_half_and_never_the_mask():
+    image, mask = _braided_scope()
+    only_scope = Augment(hflip=0.0, vflip=0.0, rotate_deg=0.0, gain=0.0, bias=0.0, gamma=0.0, scope_look=0.5)
+    restyled = 0
+    for seed in range(10):
+        out, m = augment_pair(image, mask, np.random.default_rng(seed), only_scope)
+        assert np.array_equal(m, mask)  # the restyling never touches the label
+        assert np.allclose(out[mask != 1], image[mask != 1])
+        restyled += not np.allclose(out, image)
+    assert 2 <= restyled <= 8
+    assert ROBUST.scope_look == 0 and ROBUST_SCOPE == Augment(**{**ROBUST.__dict__, "scope_look": 0.5})
+    img, m = augment_pair(image, mask, np.random.default_rng(3), ROBUST_SCOPE)
+    assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
 
 
 def test_time_budget_stops_and_keeps_best(tmp_path):

@@ -50,9 +50,10 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: from scratch)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="with --init: train the decoder only (suits 10–50 annotated images)")
-    p.add_argument("--augment", choices=("paper", "robust", "none"), default="paper",
+    p.add_argument("--augment", choices=("paper", "robust", "robust-scope", "none"), default="paper",
                    help="paper: flips, ±10° rotation, contrast jitter; robust: any rotation, flips, scale "
-                        "0.7–1.4, intensity curves, blur/sharpen, noise")
+                        "0.7–1.4, intensity curves, blur/sharpen, noise; robust-scope: robust plus a restyled "
+                        "duodenoscope in half the images (smoothed braid, fainter or denser)")
     p.add_argument("--rehearse", nargs="+", default=[], metavar="DIR",
                    help="with --init: annotated data the model learnt before (e.g. the phantom), mixed into every "
                         "epoch so a few site images do not make it forget; training only, never validation or test")
