@@ -9,6 +9,9 @@ the geometric truth (truth/*.json). Writes bench/results/measure.json.
 
 Matching: a truth stone is found when a measured stone's centroid lies within max(3 mm, half its diameter);
 diameter errors are over found stones. Only truth values the phantom defines (CBD fully in the field) count.
+Count errors are broken down: images under- or over-counted, truth stones missed by size, predicted stones no
+truth stone matched (false stones), and truth stones matched to a predicted stone another one already claimed
+(touching stones merged into one component).
 """
 
 from __future__ import annotations
@@ -54,16 +57,32 @@ def compare(m: Measurements, truth: dict) -> dict:
         value = getattr(c, key)
         out[key] = None if value is None or t.get(tkey) is None else value - t[tkey]
     out["cbd_reason"] = c.reason
-    errs, missed = [], 0
+    errs, missed, claimed = [], 0, [0] * len(m.stones)
+    missed_by_size = {k: [0, 0] for k in SIZE_BINS}  # [missed, truth stones]
     for s in (s for s in truth["stones"] if s["visible"]):
-        near = [(np.hypot(*np.subtract(f.centroid_px, s["centroid_px"])) * spacing, f) for f in m.stones]
-        d, f = min(near, key=lambda x: x[0]) if near else (np.inf, None)
+        near = [(np.hypot(*np.subtract(f.centroid_px, s["centroid_px"])) * spacing, i, f) for i, f in enumerate(m.stones)]
+        d, i, f = min(near, key=lambda x: x[0]) if near else (np.inf, None, None)
+        size = size_bin(s["largest_diameter_mm"])
+        missed_by_size[size][1] += 1
         if d <= max(3.0, s["largest_diameter_mm"] / 2) and f.largest_diameter_mm is not None:
             errs.append(f.largest_diameter_mm - s["largest_diameter_mm"])
+            claimed[i] += 1
         else:
             missed += 1
-    out["stone_largest_err_mm"], out["stones_missed"] = errs, missed
+            missed_by_size[size][0] += 1
+    out["stone_largest_err_mm"], out["stones_missed"], out["missed_by_size"] = errs, missed, missed_by_size
+    # why a count is wrong: a predicted stone no truth stone matched (a false stone), or one that two or more
+    # truth stones matched (touching stones merged into one component)
+    out["stones_unmatched"] = sum(c == 0 for c in claimed)
+    out["stones_merged"] = sum(c - 1 for c in claimed if c > 1)
     return out
+
+
+SIZE_BINS = ("<4 mm", "4-10 mm", ">10 mm")
+
+
+def size_bin(mm: float) -> str:
+    return SIZE_BINS[0] if mm < 4 else SIZE_BINS[1] if mm <= 10 else SIZE_BINS[2]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -83,6 +102,14 @@ def summarise(rows: list[dict]) -> dict:
         "stone_count_exact_pct": float(100.0 * np.mean([r["stone_count"] == r["stone_count_truth"] for r in rows])),
         "stone_count_within_1_pct": float(100.0 * np.mean([abs(r["stone_count"] - r["stone_count_truth"]) <= 1
                                                           for r in rows])),
+        "stone_count_errors": {
+            "under_counted_images": int(sum(r["stone_count"] < r["stone_count_truth"] for r in rows)),
+            "over_counted_images": int(sum(r["stone_count"] > r["stone_count_truth"] for r in rows)),
+            "truth_stones_missed_by_size": {k: {"missed": int(sum(r["missed_by_size"][k][0] for r in rows)),
+                                                "truth": int(sum(r["missed_by_size"][k][1] for r in rows))}
+                                            for k in SIZE_BINS},
+            "predicted_stones_unmatched": int(sum(r["stones_unmatched"] for r in rows)),
+            "truth_stones_merged_into_another": int(sum(r["stones_merged"] for r in rows))},
         "cbd_max_mm": mae("max_diameter_mm"), "cbd_distal_mm": mae("distal_diameter_mm"),
         "angulation_deg": mae("angulation_deg"), "arm_mm": mae("arm_length_mm"),
         "scope_calibration_pct": mae("scope_calibration_pct"),
