@@ -60,7 +60,8 @@ def compare(m: Measurements, truth: dict) -> dict:
     errs, missed, claimed = [], 0, [0] * len(m.stones)
     missed_by_size = {k: [0, 0] for k in SIZE_BINS}  # [missed, truth stones]
     for s in (s for s in truth["stones"] if s["visible"]):
-        near = [(np.hypot(*np.subtract(f.centroid_px, s["centroid_px"])) * spacing, i, f) for i, f in enumerate(m.stones)]
+        near = [(np.hypot(*np.subtract(f.centroid_px, s["centroid_px"])) * spacing, i, f)
+                for i, f in enumerate(m.stones)]
         d, i, f = min(near, key=lambda x: x[0]) if near else (np.inf, None, None)
         size = size_bin(s["largest_diameter_mm"])
         missed_by_size[size][1] += 1

@@ -26,6 +26,7 @@ import cv2
 import keras
 import numpy as np
 
+from ..labels import SCOPE
 from .losses import make_loss
 from .unet import N_CLASSES, UNetConfig, build_unet, get_config
 
@@ -54,7 +55,7 @@ class Augment:
 
 ROBUST = Augment(hflip=0.5, vflip=0.5, rotate_deg=180.0, gain=0.25, bias=0.1, gamma=0.4, scale=0.3, curve=0.5,
                  blur_sharpen=0.5, noise=0.04, black_border=True)
-# ROBUST plus a restyled scope in half the images: the ablation in docs/model-card.md decides which recipe ships.
+# ROBUST plus a restyled scope in half the images; not the shipped recipe (its ablation in docs/model-card.md).
 ROBUST_SCOPE = replace(ROBUST, scope_look=0.5)
 AUGMENTATIONS = {"paper": Augment(), "robust": ROBUST, "robust-scope": ROBUST_SCOPE, "none": None}
 
@@ -67,8 +68,6 @@ def restyle_scope(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     it kept), noise as strong as the image's own is added back, and its contrast to
     what lies behind it (its surroundings filled in) is scaled by 0.35–1.15: faint to slightly denser.
     """
-    from ..labels import SCOPE
-
     scope = (mask == SCOPE).astype(np.uint8)
     if int(scope.sum()) < 20:
         return image
@@ -84,7 +83,7 @@ def restyle_scope(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator)
     # the image's pixel-scale noise, measured outside the scope (robust SD) and put back as white noise, so the
     # smoothed region is as grainy as the rest without bringing back the braid
     hp = (img - cv2.GaussianBlur(img, (0, 0), 0.8))[scope == 0]
-    grain_sd = 1.4826 * float(np.median(np.abs(hp - np.median(hp))))
+    grain_sd = 1.4826 * float(np.median(np.abs(hp - np.median(hp)))) if hp.size else 0.0
     look = smooth + rng.uniform(0.0, 0.6) * (img - smooth) + rng.normal(0.0, grain_sd, img.shape).astype(np.float32)
     look = behind + rng.uniform(0.35, 1.15) * (look - behind)
     return np.where(scope > 0, np.clip(look, 0.0, 1.0), img).astype(np.float32)
