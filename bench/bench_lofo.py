@@ -67,8 +67,6 @@ def main(argv=None) -> int:
     for i, fam in enumerate(FAMILIES):  # seeds by family index: the same sets whichever folds run
         train[fam] = synth(args.work / f"train-{fam}", fam, args.train_count, 3200 + i, "2013-12-02", "2024-06-08")
         test[fam] = synth(args.work / f"test-{fam}", fam, args.test_count, 3210 + i, SPLIT, "2024-11-21")
-    old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    folds = old.get("folds", {})
     for held in args.families:
         seen = [f for f in FAMILIES if f != held]
         key = f"{held}-{args.tag}" if args.tag else held
@@ -85,14 +83,15 @@ def main(argv=None) -> int:
         rows = {f: score(run / "model.keras", test[f]) for f in FAMILIES}
         in_domain = {k: round(sum(rows[f][k] for f in seen) / len(seen), 2) for k in STRUCTURES}
         ratio = {k: round(100 * rows[held][k] / in_domain[k], 1) if in_domain[k] else None for k in STRUCTURES}
-        folds[key] = {"held_out_family": held, "augment": args.augment, "seen": seen, "epochs": card["epochs"],
-                      "epochs_asked": args.epochs, "wall_s_this_call": round(time.perf_counter() - t),
-                      "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
-                      "per_family": rows, "goal_pct": 90}
-        print(key, json.dumps(folds[key]["held_out"]), "in-domain", json.dumps(in_domain), "ratio %",
+        fold = {"held_out_family": held, "augment": args.augment, "seen": seen, "epochs": card["epochs"],
+                "epochs_asked": args.epochs, "wall_s_this_call": round(time.perf_counter() - t),
+                "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
+                "per_family": rows, "goal_pct": 90}
+        print(key, json.dumps(fold["held_out"]), "in-domain", json.dumps(in_domain), "ratio %",
               json.dumps(ratio), flush=True)
-        if Path(args.out).is_file():  # another fold may have finished meanwhile (folds run side by side)
-            folds = {**json.loads(Path(args.out).read_text()).get("folds", {}), key: folds[key]}
+        # read just before writing: another fold may have finished meanwhile (folds run side by side)
+        old = json.loads(Path(args.out).read_text()).get("folds", {}) if Path(args.out).is_file() else {}
+        folds = {**old, key: fold}
         out = {"bench": "leave-one-family-out", "init": args.init, "minutes_per_fold": args.minutes,
                "train_count_per_family": args.train_count, "test_count_per_family": args.test_count,
                "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores, no GPU",

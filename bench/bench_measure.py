@@ -38,6 +38,7 @@ from ercp_node.model.inference import SHIPPED, Segmenter  # noqa: E402
 from ercp_node.dicom.source import header_calibration  # noqa: E402
 from ercp_node.node.pipeline import frames_of  # noqa: E402
 from ercp_node.phantom.dataset import SynthConfig, generate  # noqa: E402
+from bench_stones import BINS  # noqa: E402 - the stone size bins of the cascade ablation (a sibling script)
 
 TARGETS = {"stone_largest_mm": 1.0, "cbd_max_mm": 1.0, "cbd_distal_mm": 1.0, "angulation_deg": 5.0,
            "stone_count_exact_pct": 95.0, "scope_calibration_pct": 3.0}
@@ -57,33 +58,26 @@ def compare(m: Measurements, truth: dict) -> dict:
         value = getattr(c, key)
         out[key] = None if value is None or t.get(tkey) is None else value - t[tkey]
     out["cbd_reason"] = c.reason
-    errs, missed, claimed = [], 0, [0] * len(m.stones)
-    missed_by_size = {k: [0, 0] for k in SIZE_BINS}  # [missed, truth stones]
+    errs, claimed = [], [0] * len(m.stones)
+    missed_by_size = {name: [0, 0] for name, _, _ in BINS}  # [missed, truth stones]
     for s in (s for s in truth["stones"] if s["visible"]):
         near = [(np.hypot(*np.subtract(f.centroid_px, s["centroid_px"])) * spacing, i, f)
                 for i, f in enumerate(m.stones)]
         d, i, f = min(near, key=lambda x: x[0]) if near else (np.inf, None, None)
-        size = size_bin(s["largest_diameter_mm"])
+        size = next(name for name, lo, hi in BINS if lo <= s["largest_diameter_mm"] < hi)
         missed_by_size[size][1] += 1
         if d <= max(3.0, s["largest_diameter_mm"] / 2) and f.largest_diameter_mm is not None:
             errs.append(f.largest_diameter_mm - s["largest_diameter_mm"])
             claimed[i] += 1
         else:
-            missed += 1
             missed_by_size[size][0] += 1
-    out["stone_largest_err_mm"], out["stones_missed"], out["missed_by_size"] = errs, missed, missed_by_size
+    out["stone_largest_err_mm"], out["missed_by_size"] = errs, missed_by_size
+    out["stones_missed"] = sum(missed for missed, _ in missed_by_size.values())
     # why a count is wrong: a predicted stone no truth stone matched (a false stone), or one that two or more
     # truth stones matched (touching stones merged into one component)
     out["stones_unmatched"] = sum(c == 0 for c in claimed)
     out["stones_merged"] = sum(c - 1 for c in claimed if c > 1)
     return out
-
-
-SIZE_BINS = ("<4 mm", "4-10 mm", ">10 mm")
-
-
-def size_bin(mm: float) -> str:
-    return SIZE_BINS[0] if mm < 4 else SIZE_BINS[1] if mm <= 10 else SIZE_BINS[2]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -108,7 +102,7 @@ def summarise(rows: list[dict]) -> dict:
             "over_counted_images": int(sum(r["stone_count"] > r["stone_count_truth"] for r in rows)),
             "truth_stones_missed_by_size": {k: {"missed": int(sum(r["missed_by_size"][k][0] for r in rows)),
                                                 "truth": int(sum(r["missed_by_size"][k][1] for r in rows))}
-                                            for k in SIZE_BINS},
+                                            for k, _, _ in BINS},
             "predicted_stones_unmatched": int(sum(r["stones_unmatched"] for r in rows)),
             "truth_stones_merged_into_another": int(sum(r["stones_merged"] for r in rows))},
         "cbd_max_mm": mae("max_diameter_mm"), "cbd_distal_mm": mae("distal_diameter_mm"),
