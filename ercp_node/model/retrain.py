@@ -252,6 +252,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
                    freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau)
     elapsed = time.perf_counter() - t0
+    state = json.loads(result.paths["state"].read_text()) if result.paths["state"].is_file() else {}
     best_path = result.paths["best"] if result.paths["best"].is_file() else result.paths["last"]
     best = keras.saving.load_model(best_path, compile=False)
     version = f"unet-{prep.preset}-{loss.replace('+', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
@@ -271,6 +272,8 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "Trained on annotated images listed in `data`.", "intended_use": RESEARCH_USE_SENTENCE,
         "history": result.history,
     }
+    if state.get("trained_by"):  # epochs run elsewhere (bench/train_accel.py on a lent GPU): say how
+        card["trained_by"] = state["trained_by"]
     model_path = out_dir / "model.keras"
     save_model(best, model_path, card)
     stones = None

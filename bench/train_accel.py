@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Train the default U-Net for many epochs on a lent accelerator, with the project's own recipe.
+
+Why: on the 2-core build CPU one epoch of ~4,000 images takes ~10 minutes, so the shipped model has seen few
+epochs. A GPU machine lent for minutes can run the same recipe far longer, but it starts bare and takes 64 MiB
+of files, so the data cannot travel: it is made there with the documented synth commands (same seeds, same
+bytes), preprocessed there with the paper's pipeline, and fed by a multi-process augmentation pipeline.
+
+What stays the project's: phantom (`ercp_node.phantom`), preprocessing, the validation split by patient
+(`retrain._validation_split`, seed 0: the same split `ercp-node retrain` makes from the same data), the U-Net
+preset `default`, the loss (Dice + categorical focal, alpha 2, gamma 2), augmentation `robust`. What differs:
+batch 32, Adam with a warm-up and a cosine decay over the wall-clock budget, validation by time, not epoch.
+
+  run     (where the accelerator is; any Keras backend) synth → preprocess → train until --deadline seconds
+          after start; writes --out/best.keras (float32, no optimizer: the validation-loss best) and
+          --out/train.json (settings, data, history, timings) whenever the validation loss improves.
+  finish  (here) turns best.keras + train.json into a `retrain` run folder (checkpoints/{last,best}.keras,
+          state.json), so `ercp-node retrain` with the same data and --epochs resumes it with nothing left to
+          train: it scores the model on the frozen test set and gates it like any other candidate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# The training sets of docs/model-card.md, as `ercp-node synth` arguments (all dated before the test split).
+SETS = {
+    "train-2026": "--count 1500 --seed 2026 --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-rnd": "--count 1600 --seed 3101 --style random --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-cls": "--count 500 --seed 3102 --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-rnd2": "--count 1600 --seed 3104 --style random --size random --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-rnd3": "--count 1500 --seed 3105 --style random --size random --start-date 2013-12-02 --end-date 2024-06-08",
+}
+LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
+
+_X = _Y = _AUG = None
+_SEED = 0
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def synth_sets(work: Path, names: list[str], scale: float, workers: int) -> list[Path]:
+    from ercp_node.phantom.cli import add_synth_arguments, config_from_args
+    from ercp_node.phantom.dataset import generate
+
+    dirs = []
+    for name in names:
+        out = work / name
+        argv = shlex.split(SETS[name]) + ["--out", str(out)]
+        parser = argparse.ArgumentParser()
+        add_synth_arguments(parser)
+        args = parser.parse_args(argv)
+        args.count = max(4, int(round(args.count * scale)))
+        if not (out / "manifest.csv").exists():
+            t = time.perf_counter()
+            generate(config_from_args(args), out, workers=workers, contact_sheet=False)
+            log(f"synth {name}: {args.count} images in {time.perf_counter() - t:.0f} s")
+        dirs.append(out)
+    return dirs
+
+
+def _init_worker(x, y, aug, seed):
+    import cv2
+
+    global _X, _Y, _AUG, _SEED
+    cv2.setNumThreads(1)
+    _X, _Y, _AUG, _SEED = x, y, aug, seed
+
+
+def _make_batch(task):
+    """One augmented batch: images float16 (B, S, S), labels uint8 (B, S, S); the generator is seeded by
+    (seed, epoch, index), as in train.SegmentationDataset."""
+    from ercp_node.model.train import augment_pair
+
+    epoch, idx = task
+    xs, ys = [], []
+    for i in idx:
+        img, m = augment_pair(_X[i].astype(np.float32), _Y[i], np.random.default_rng((_SEED, epoch, int(i))), _AUG)
+        xs.append(img.astype(np.float16))
+        ys.append(m)
+    return np.stack(xs), np.stack(ys)
+
+
+def _float32_copy(model, cfg):
+    import keras
+
+    from ercp_node.model.unet import build_unet
+
+    keras.config.set_dtype_policy("float32")
+    clean = build_unet(cfg)
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def run(args) -> int:
+    t_start = time.monotonic()
+    deadline = t_start + args.deadline
+    out, work = Path(args.out), Path(args.work)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    workers = args.workers or os.cpu_count() or 2
+    names = args.sets or list(SETS)
+    dirs = synth_sets(work, names, args.scale, workers)
+
+    from ercp_node.model.data import read_data
+    from ercp_node.model.retrain import _validation_split, prepare_arrays
+
+    samples, problems = read_data(dirs)
+    for p in problems:
+        log(f"skipped {p}")
+    train_s, val_s = _validation_split(samples, 0.1, 0)
+    xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log)
+    xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log)
+    log(f"train {len(xt)} / validation {len(xv)} images, {time.monotonic() - t_start:.0f} s since start")
+    from ercp_node.model.train import AUGMENTATIONS
+
+    # the augmentation workers are forked before the backend starts its threads (JAX warns of deadlocks)
+    pool = mp.get_context("fork").Pool(max(1, workers - 1), _init_worker, (xt, yt, AUGMENTATIONS[args.augment],
+                                                                          args.seed))
+    import keras
+
+    from ercp_node.model.losses import make_loss
+    from ercp_node.model.unet import build_unet, get_config
+
+    cfg = get_config("default")
+    keras.utils.set_random_seed(args.seed)
+    model = build_unet(cfg)
+    init_version = None
+    if args.init:
+        init = keras.saving.load_model(args.init, compile=False)
+        model.set_weights(init.get_weights())
+        card = Path(args.init).with_suffix(".json")
+        init_version = json.loads(card.read_text()).get("version") if card.is_file() else None
+        log(f"starting from {args.init} ({init_version})")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.lr), loss=make_loss(LOSS, **LOSS_KW))
+    xv32 = xv.astype(np.float32)[..., None]
+    yv1 = np.eye(4, dtype=np.float32)[yv]
+    bs = args.batch_size
+
+    def val_metrics():
+        prob = model.predict(xv32, batch_size=64, verbose=0)
+        loss = float(model.evaluate(xv32, yv1, batch_size=64, verbose=0))
+        pred = prob.argmax(-1)
+        iou = {}
+        for c, name in ((1, "scope"), (2, "cbd"), (3, "stone")):
+            inter = np.logical_and(pred == c, yv == c).sum()
+            union = np.logical_or(pred == c, yv == c).sum()
+            iou[name] = round(100.0 * float(inter) / max(float(union), 1.0), 2)
+        return loss, iou
+
+    # the training's share of the time: the rest is for the last validation and the final save
+    t_train0 = time.monotonic()
+    t_train_end = deadline - args.reserve
+    span = max(t_train_end - t_train0, 1.0)
+
+    def lr_at(step: int, now: float) -> float:
+        warm = min(1.0, (step + 1) / args.warmup)
+        frac = min(1.0, (now - t_train0) / span)
+        return args.lr * warm * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (1 + np.cos(np.pi * frac)))
+
+    history = {"time_s": [], "step": [], "epoch": [], "loss": [], "val_loss": [], "lr": [], "val_iou": []}
+    info = {"sets": {n: SETS[n] for n in names}, "scale": args.scale, "train_images": len(xt),
+            "validation_images": len(xv), "batch_size": bs, "peak_lr": args.lr, "lr_floor": args.lr_floor,
+            "warmup_steps": args.warmup, "augment": args.augment, "loss": LOSS, "loss_kwargs": LOSS_KW,
+            "init": {"path": args.init, "version": init_version} if args.init else None,
+            "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
+            "seed": args.seed, "command": "python bench/train_accel.py " + " ".join(map(shlex.quote, sys.argv[1:]))}
+    best = {"val_loss": float("inf")}
+
+    def checkpoint(step, epoch, train_loss):
+        now = time.monotonic()
+        vl, iou = val_metrics()
+        for k, v in (("time_s", round(now - t_start, 1)), ("step", step), ("epoch", round(epoch, 2)),
+                     ("loss", train_loss), ("val_loss", vl), ("lr", float(model.optimizer.learning_rate)),
+                     ("val_iou", iou)):
+            history[k].append(v)
+        improved = vl < best["val_loss"]
+        if improved:
+            best.update(val_loss=vl, step=step, epoch=round(epoch, 2), val_iou=iou)
+            tmp = out / "best.tmp.keras"
+            _float32_copy(model, cfg).save(tmp)
+            os.replace(tmp, out / "best.keras")
+        doc = {**info, "best": best, "history": history, "steps": step, "epochs": round(epoch, 2),
+               "train_seconds": round(now - t_train0, 1), "total_seconds": round(now - t_start, 1)}
+        (out / "train.json").write_text(json.dumps(doc, indent=1))
+        log(f"step {step} epoch {epoch:.2f} loss {train_loss:.4f} val {vl:.4f} {iou}"
+            f"{' *' if improved else ''} lr {history['lr'][-1]:.2e} ({(now - t_start):.0f} s)")
+
+    steps_per_epoch = len(xt) // bs
+
+    def tasks(epoch):
+        order = np.random.default_rng((args.seed, epoch)).permutation(len(xt))
+        return [(epoch, order[k * bs:(k + 1) * bs]) for k in range(steps_per_epoch)]
+
+    step, epoch, losses = 0, 0, []
+    next_val = time.monotonic() + args.val_every
+    current = pool.imap(_make_batch, tasks(0))
+    following = pool.imap(_make_batch, tasks(1))  # one epoch ahead: no stall at an epoch's end
+    t_wait = 0.0
+    try:
+        while time.monotonic() < t_train_end:
+            for k in range(steps_per_epoch):
+                t0 = time.monotonic()
+                xb, yb = next(current)
+                t_wait += time.monotonic() - t0
+                model.optimizer.learning_rate = lr_at(step, time.monotonic())
+                logs = model.train_on_batch(xb.astype(np.float32)[..., None], keras.ops.one_hot(yb, 4),
+                                            return_dict=True)
+                losses.append(float(logs["loss"]))
+                step += 1
+                if step == 20:
+                    log(f"first 20 steps done ({time.monotonic() - t_start:.0f} s since start; compile included)")
+                now = time.monotonic()
+                if now >= next_val or now >= t_train_end:
+                    checkpoint(step, epoch + (k + 1) / steps_per_epoch, float(np.mean(losses[-200:])))
+                    log(f"  waited for data {t_wait:.1f} s so far")
+                    next_val = time.monotonic() + args.val_every
+                if time.monotonic() >= t_train_end:
+                    break
+            else:
+                epoch += 1
+                current, following = following, pool.imap(_make_batch, tasks(epoch + 1))
+                continue
+            break
+    finally:
+        pool.terminate()
+    if not history["step"] or history["step"][-1] != step:
+        checkpoint(step, epoch + (k + 1) / steps_per_epoch, float(np.mean(losses[-200:])))
+    log(f"done: {step} steps, best val {best['val_loss']:.4f} at step {best.get('step')}")
+    return 0
+
+
+def device_name() -> str:
+    try:
+        import jax
+
+        return ", ".join(sorted({f"{d.platform}:{getattr(d, 'device_kind', '')}" for d in jax.devices()}))
+    except Exception:  # noqa: BLE001 - another backend: name it by what torch or the CPU says
+        try:
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+        except Exception:  # noqa: BLE001
+            return "cpu"
+
+
+def finish(args) -> int:
+    """best.keras + train.json → a `retrain` run folder that resumes with nothing left to train."""
+    import shutil
+
+    doc = json.loads(Path(args.train_json).read_text())
+    ckpt = Path(args.run) / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.weights, ckpt / "best.keras")
+    shutil.copyfile(args.weights, ckpt / "last.keras")
+    h = doc["history"]
+    epochs = max(1, int(np.ceil(doc["epochs"])))
+    state = {"epoch": epochs, "loss": doc["loss"],
+             "history": {"loss": h["loss"], "val_loss": h["val_loss"]},
+             "trained_by": {k: v for k, v in doc.items() if k != "history"} | {"history": h}}
+    (ckpt / "state.json").write_text(json.dumps(state, indent=1))
+    print(f"{ckpt}: resume with `ercp-node retrain … --out {args.run} --epochs {epochs}` (same data)")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--work", required=True, help="where the data sets are made")
+    r.add_argument("--out", required=True)
+    r.add_argument("--sets", nargs="*", choices=list(SETS), help="default: all")
+    r.add_argument("--scale", type=float, default=1.0, help="multiply every set's count (a quick check: 0.01)")
+    r.add_argument("--init", help="start from this model's weights (fine-tuning)")
+    r.add_argument("--deadline", type=float, default=470.0, help="seconds from start until the run ends")
+    r.add_argument("--reserve", type=float, default=15.0, help="seconds kept for the last validation and save")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--lr", type=float, default=3e-4)
+    r.add_argument("--lr-floor", type=float, default=0.01, help="the cosine ends at lr x this")
+    r.add_argument("--warmup", type=int, default=150, help="steps of linear warm-up")
+    r.add_argument("--augment", default="robust")
+    r.add_argument("--val-every", type=float, default=45.0, help="seconds between validations")
+    r.add_argument("--workers", type=int, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("finish")
+    f.add_argument("--weights", required=True)
+    f.add_argument("--train-json", required=True)
+    f.add_argument("--run", required=True)
+    args = p.parse_args(argv)
+    return run(args) if args.cmd == "run" else finish(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
