@@ -204,7 +204,7 @@ def run(args) -> int:
         order = np.random.default_rng((args.seed, epoch)).permutation(len(xt))
         return [(epoch, order[k * bs:(k + 1) * bs]) for k in range(steps_per_epoch)]
 
-    step, epoch, losses = 0, 0, []
+    step, epoch, k, losses = 0, 0, 0, []
     next_val = time.monotonic() + args.val_every
     current = pool.imap(_make_batch, tasks(0))
     following = pool.imap(_make_batch, tasks(1))  # one epoch ahead: no stall at an epoch's end
@@ -236,6 +236,8 @@ def run(args) -> int:
             break
     finally:
         pool.terminate()
+    if not losses:
+        raise SystemExit("no training step fitted before --deadline: give more time")
     if not history["step"] or history["step"][-1] != step:
         checkpoint(step, epoch + (k + 1) / steps_per_epoch, float(np.mean(losses[-200:])))
     log(f"done: {step} steps, best val {best['val_loss']:.4f} at step {best.get('step')}")

@@ -1,0 +1,45 @@
+"""bench/train_accel.py: the accelerator run on a tiny data set (on the CPU here), and `finish` turning its output
+into a `retrain` run folder whose card says where the epochs were trained."""
+import importlib.util
+import sys
+import json
+import math
+from pathlib import Path
+
+import keras
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def accel():
+    spec = importlib.util.spec_from_file_location("train_accel", ROOT / "bench" / "train_accel.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_accel"] = mod  # the worker pool pickles its functions by module name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_run_then_finish(accel, tmp_path):
+    out = tmp_path / "out"
+    rc = accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls", "train-rnd",
+                     "--scale", "0.005", "--deadline", "70", "--reserve", "5", "--batch-size", "4",
+                     "--val-every", "1000", "--warmup", "2", "--workers", "2"])
+    assert rc == 0
+    doc = json.loads((out / "train.json").read_text())
+    assert doc["steps"] > 0 and doc["train_images"] + doc["validation_images"] == 4 + 8
+    assert doc["validation_images"] >= 1
+    assert doc["sets"]["train-cls"].startswith("--count 500 --seed 3102")  # the documented set, scaled
+    assert all(math.isfinite(v) for v in doc["history"]["val_loss"])
+    assert set(doc["best"]["val_iou"]) == {"scope", "cbd", "stone"}
+    model = keras.saving.load_model(out / "best.keras", compile=False)
+    assert model.input_shape == (None, 256, 256, 1) and model.dtype_policy.name == "float32"
+
+    run = tmp_path / "run"
+    assert accel.main(["finish", "--weights", str(out / "best.keras"), "--train-json", str(out / "train.json"),
+                       "--run", str(run)]) == 0
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["epoch"] >= 1 and state["loss"] == "dice+focal"
+    assert state["trained_by"]["steps"] == doc["steps"] and state["trained_by"]["history"] == doc["history"]
+    assert (run / "checkpoints" / "last.keras").is_file() and (run / "checkpoints" / "best.keras").is_file()
