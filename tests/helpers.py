@@ -36,8 +36,21 @@ class Orthanc:
 
     def __init__(self, root, dicomweb: bool = False, modalities: dict | None = None, lua: str = "",
                  config: dict | None = None, headers: dict | None = None):
-        self.dicom_port, self.http_port, self.aet = free_port(), free_port(), "ORTHANC"
+        self.aet, self.headers, self.root = "ORTHANC", dict(headers or {}), root
         root.mkdir(parents=True, exist_ok=True)
+        # A free port can be taken again between free_port() and Orthanc's bind (another test's server, or both
+        # calls handing back one port): Orthanc then exits at once, so start again on fresh ports; a slow start
+        # on a loaded 2-core machine gets a minute.
+        for attempt in range(4):
+            self.dicom_port = free_port()
+            self.http_port = free_port()
+            while self.http_port == self.dicom_port:
+                self.http_port = free_port()
+            if self._start(root, dicomweb, modalities, lua, config, attempt):
+                return
+        raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+
+    def _start(self, root, dicomweb, modalities, lua, config, attempt: int) -> bool:
         cfg = {"Name": "ercp-node-tests", "StorageDirectory": str(root / "storage"), "IndexDirectory": str(root / "index"),
                "DicomAet": self.aet, "DicomPort": self.dicom_port, "HttpPort": self.http_port,
                "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
@@ -56,19 +69,26 @@ class Orthanc:
                                "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
             cfg["HttpThreadsCount"] = 8
         cfg.update(config or {})
-        self.headers = dict(headers or {})
         (root / "orthanc.json").write_text(json.dumps(cfg))
-        self.log = open(root / "orthanc.log", "w")
+        self.log = open(root / "orthanc.log", "a")
+        self.log.write(f"--- start {attempt + 1}: DICOM {self.dicom_port}, HTTP {self.http_port}\n")
+        self.log.flush()
         self.proc = subprocess.Popen([shutil.which("Orthanc"), str(root / "orthanc.json")], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        end = time.time() + 30
+        end = time.time() + 60
         while time.time() < end:
+            if self.proc.poll() is not None:  # exited: most often a port someone else took
+                self.log.close()
+                return False
             try:
                 self.get("/system")
-                return
+                return True
             except OSError:
                 time.sleep(0.2)
-        raise RuntimeError(f"Orthanc did not start; see {root / 'orthanc.log'}")
+        self.proc.kill()
+        self.proc.wait(20)
+        self.log.close()
+        return False
 
     def get(self, path: str):
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", headers=self.headers)
