@@ -171,3 +171,42 @@ def test_random_matrix_size_per_image(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--count", "1", "--size", "big", "--out", str(tmp_path / "x")])
     assert "'random'" in capsys.readouterr().err
+
+
+def test_clinical_stone_sizes_follow_the_cited_series(tmp_path):
+    """`--stones clinical`: each study's largest stone from the mixture fitted to the cited series (docs/phantom.md):
+    88 patients with mean 8 mm (2–20), 30 with mean 13.4 mm (5–25), so a mean near 9.4 mm; the labels still agree
+    with the truth, the data set says which model made it, and its UIDs are not the classic set's."""
+    from ercp_node.phantom.anatomy import CLINICAL_LARGEST, clinical_largest_mm
+
+    rng = np.random.default_rng(0)
+    draws = np.array([clinical_largest_mm(rng) for _ in range(40000)])
+    expected = sum(w * m for w, m, _ in CLINICAL_LARGEST)
+    assert abs(expected - (88 * 8 + 30 * 13.4) / 118) < 1e-9
+    assert abs(draws.mean() - expected) < 0.2 and draws.min() >= 2.0 and draws.max() <= 25.0
+    assert 3 < np.mean(draws >= 15) * 100 < 25  # the 'difficult' large stones are there, not the rule
+
+    out, classic = tmp_path / "clinical", tmp_path / "classic"
+    args = ["--count", "24", "--seed", "21", "--style", "random", "--workers", "1"]
+    assert main(["synth", *args, "--stones", "clinical", "--out", str(out)]) == 0
+    assert main(["synth", *args, "--out", str(classic)]) == 0
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["options"]["stone_sizes"] == "clinical"
+    largest, largest_classic = [], []
+    for root, sink in ((out, largest), (classic, largest_classic)):
+        for row in _rows(root):
+            truth = json.loads((root / row["truth"]).read_text())
+            stones = truth["frame_truth"][0]["stones"]
+            mask = cv2.imread(str(root / row["mask"]), cv2.IMREAD_UNCHANGED)
+            assert (np.count_nonzero(mask == 3) > 0) == any(s["visible"] for s in stones)
+            if stones:
+                sink.append(max(s["largest_diameter_mm"] for s in stones))
+    assert not {r["sop_uid"] for r in _rows(out)} & {r["sop_uid"] for r in _rows(classic)}
+    assert largest and np.mean(largest) > np.mean(largest_classic)  # the series' stones are larger than ours
+    assert all(2.0 <= d <= 25.0 + 1e-6 for d in largest)
+
+
+def test_unknown_stone_size_model_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--stones", "huge", "--out", str(tmp_path / "x")])
+    assert "--stones" in capsys.readouterr().err

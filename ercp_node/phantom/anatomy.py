@@ -197,8 +197,30 @@ def _dense(poly: np.ndarray, step=0.3) -> np.ndarray:
     return resample(np.vstack([poly, poly[:1]]), step)[0]
 
 
-def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexity: float) -> list[Stone]:
-    """0–8 stones inside the CBD: fewer, larger and denser-contrasted when simple; many small faint when hard."""
+# Largest stone of a study, `--stones clinical`: a two-part log-normal mixture fitted to the one ERCP series we
+# could read with sizes in both groups (Salcedo et al., Johns Hopkins, 118 patients, docs/phantom.md): 88 cleared
+# at the first ERCP, mean 8 mm (2–20); 30 needing more sessions, mean 13.4 mm (5–25). Each part's sigma spans its
+# range as the expected extremes of that many draws (±2.4 sigma for 88, ±2.0 for 30); the median gives the mean.
+CLINICAL_LARGEST = ((88 / 118, 8.0, 0.48), (30 / 118, 13.4, 0.40))  # (weight, mean mm, sigma of ln)
+STONE_SIZES = ("classic", "clinical")
+
+
+def clinical_largest_mm(rng: np.random.Generator) -> float:
+    """One study's largest stone (Feret, mm) from CLINICAL_LARGEST, within the phantom's 2–25 mm."""
+    w, mean, sigma = CLINICAL_LARGEST[0] if rng.random() < CLINICAL_LARGEST[0][0] else CLINICAL_LARGEST[1]
+    median = mean * np.exp(-sigma ** 2 / 2)
+    return float(np.clip(median * np.exp(sigma * rng.standard_normal()), 2.0, 25.0))
+
+
+def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexity: float,
+                  sizes: str = "classic") -> list[Stone]:
+    """0–8 stones inside the CBD: fewer, larger and denser-contrasted when simple; many small faint when hard.
+
+    `sizes`: "classic" draws each stone within a complexity-driven range (the phantom's own, byte for byte);
+    "clinical" draws the study's largest stone from CLINICAL_LARGEST and the others between 35 % of it and it
+    (a duct's stones come from one gallbladder and are alike), the duct distending around them as before."""
+    if sizes not in STONE_SIZES:
+        raise ValueError(f"stone sizes {sizes!r}: one of {', '.join(STONE_SIZES)}")
     if rng.random() < 0.07:
         return []
     n_max = 1 + int(round(7 * complexity ** 1.3))
@@ -207,6 +229,9 @@ def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexit
     big = min(25.0, d_max * 1.15)
     hi = float(np.clip(big * (1.0 - 0.65 * complexity), 3.0, big))
     lo = float(min(2.0 + 6.0 * (1 - complexity), hi))
+    if sizes == "clinical":
+        hi = clinical_largest_mm(rng)
+        lo = max(2.0, 0.35 * hi)
     stones: list[Stone] = []
     dense: list[np.ndarray] = []
     L = cbd.s[-1]
@@ -214,7 +239,7 @@ def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexit
     for _ in range(n * 30):
         if len(stones) >= n:
             break
-        size = float(rng.uniform(lo, hi))
+        size = hi if sizes == "clinical" and not stones else float(rng.uniform(lo, hi))
         stacked = prev_s is not None and rng.random() < 0.45
         if stacked:
             s_c = prev_s + rng.choice([-1, 1]) * (size * 0.6 + rng.uniform(0.5, 4))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..cliutil import iso_date
 
+from .anatomy import STONE_SIZES
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, STYLES
 
@@ -47,6 +48,9 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style", choices=STYLES, default="classic",
                    help="classic (the original look), random (domain-randomised: scope model, orientation, "
                         "display chain, distractors drawn per image) or one family: " + ", ".join(FAMILIES))
+    p.add_argument("--stones", choices=STONE_SIZES, default="classic",
+                   help="stone size model: classic (the phantom's own, 2–25 mm by complexity) or clinical (each "
+                        "study's largest stone from a published ERCP series; docs/phantom.md)")
     p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")
@@ -87,7 +91,8 @@ def config_from_args(args: argparse.Namespace):
     if not 0.0 <= lo <= hi <= 1.0:
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
     opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
-                   image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style)
+                   image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style,
+                   stone_sizes=args.stones)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
                        transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)

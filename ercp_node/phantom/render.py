@@ -37,6 +37,7 @@ class Options:
     image_intensifier: bool = False  # circular field with vignetting (older C-arms); flat panel by default
     burned_in_text: bool = True
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
+    stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -84,11 +85,12 @@ class StudyDucts:
     stones: list
 
 
-def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity: float) -> StudyDucts:
-    """The study's ducts and stones: a pure function of the patient's anatomy, the study's stream and its
-    complexity."""
+def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity: float,
+                stone_sizes: str = "classic") -> StudyDucts:
+    """The study's ducts and stones: a pure function of the patient's anatomy, the study's stream, its
+    complexity and the stone size model."""
     cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
-    stones = A.sample_stones(rng_study, cbd0, arm_len, stone_complexity)
+    stones = A.sample_stones(rng_study, cbd0, arm_len, stone_complexity, stone_sizes)
     cbd = A.distend(cbd0, stones)
     branches, gb = A.build_branches(anatomy, cbd)
     return StudyDucts(cbd, i_bend, theta, arm_len, i_dist, branches, gb, stones)
@@ -106,7 +108,8 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     phantom's, draw for draw.
     """
     if study is None:
-        study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity)
+        study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity,
+                            opts.stone_sizes)
     stones = [copy.copy(st) for st in study.stones]  # _apply_style may change this image's stones
     cbd, branches = study.cbd, study.branches
     ducts = A.Ducts(cbd, study.arm_index, study.angulation_deg, study.arm_length_mm, study.distal_index, branches,
