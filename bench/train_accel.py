@@ -40,6 +40,9 @@ SETS = {
     "train-cls": "--count 500 --seed 3102 --start-date 2013-12-02 --end-date 2024-06-08",
     "train-rnd2": "--count 1600 --seed 3104 --style random --size random --start-date 2013-12-02 --end-date 2024-06-08",
     "train-rnd3": "--count 1500 --seed 3105 --style random --size random --start-date 2013-12-02 --end-date 2024-06-08",
+    # stone sizes of a clinical ERCP series (docs/phantom.md), which the sets above under-represent
+    "train-clin": "--count 1500 --seed 3106 --style random --size random --stones clinical --start-date 2013-12-02 "
+                  "--end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 

@@ -24,13 +24,15 @@ def accel():
 def test_run_then_finish(accel, tmp_path):
     out = tmp_path / "out"
     rc = accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls", "train-rnd",
-                     "--scale", "0.005", "--deadline", "70", "--reserve", "5", "--batch-size", "4",
+                     "train-clin", "--scale", "0.005", "--deadline", "70", "--reserve", "5", "--batch-size", "4",
                      "--val-every", "1000", "--warmup", "2", "--workers", "2"])
     assert rc == 0
     doc = json.loads((out / "train.json").read_text())
-    assert doc["steps"] > 0 and doc["train_images"] + doc["validation_images"] == 4 + 8
+    assert doc["steps"] > 0 and doc["train_images"] + doc["validation_images"] == 4 + 8 + 8
     assert doc["validation_images"] >= 1
     assert doc["sets"]["train-cls"].startswith("--count 500 --seed 3102")  # the documented set, scaled
+    made = json.loads((tmp_path / "w" / "train-clin" / "dataset.json").read_text())
+    assert made["count"] == 8 and made["options"]["stone_sizes"] == "clinical"
     assert all(math.isfinite(v) for v in doc["history"]["val_loss"])
     assert set(doc["best"]["val_iou"]) == {"scope", "cbd", "stone"}
     model = keras.saving.load_model(out / "best.keras", compile=False)
