@@ -200,14 +200,15 @@ def _dense(poly: np.ndarray, step=0.3) -> np.ndarray:
 # Largest stone of a study, `--stones clinical`: a two-part log-normal mixture fitted to the one ERCP series we
 # could read with sizes in both groups (Salcedo et al., Johns Hopkins, 118 patients, docs/phantom.md): 88 cleared
 # at the first ERCP, mean 8 mm (2–20); 30 needing more sessions, mean 13.4 mm (5–25). Each part's sigma spans its
-# range as the expected extremes of that many draws (±2.4 sigma for 88, ±2.0 for 30); the median gives the mean.
+# range as the expected extremes of that many draws (±2.4 sigma for 88, ±2.0 for 30); its median is set so that
+# its mean is the reported one.
 CLINICAL_LARGEST = ((88 / 118, 8.0, 0.48), (30 / 118, 13.4, 0.40))  # (weight, mean mm, sigma of ln)
 STONE_SIZES = ("classic", "clinical")
 
 
 def clinical_largest_mm(rng: np.random.Generator) -> float:
     """One study's largest stone (Feret, mm) from CLINICAL_LARGEST, within the phantom's 2–25 mm."""
-    w, mean, sigma = CLINICAL_LARGEST[0] if rng.random() < CLINICAL_LARGEST[0][0] else CLINICAL_LARGEST[1]
+    _, mean, sigma = CLINICAL_LARGEST[0] if rng.random() < CLINICAL_LARGEST[0][0] else CLINICAL_LARGEST[1]
     median = mean * np.exp(-sigma ** 2 / 2)
     return float(np.clip(median * np.exp(sigma * rng.standard_normal()), 2.0, 25.0))
 
