@@ -17,6 +17,16 @@ batch 32, Adam with a warm-up and a cosine decay over the wall-clock budget, val
   finish  (here) turns best.keras + train.json into a `retrain` run folder (checkpoints/{last,best}.keras,
           state.json), so `ercp-node retrain` with the same data and --epochs resumes it with nothing left to
           train: it scores the model on the frozen test set and gates it like any other candidate.
+
+A machine with JAX or torch but no TensorFlow, no network and a small upload (how it ran on a lent H200): carry
+the pure-Python wheels the project pins that it lacks, and install them into a scratch path there:
+
+  pip download --no-deps -d .whl keras==3.15.1 pydicom==3.0.2 namex==0.1.0          # here, once
+  pip download --no-deps -d .whl/alt --python-version 3.12 --platform manylinux2014_x86_64 optree==0.20.0
+  # there (repository root, .whl carried):
+  export KERAS_BACKEND=jax PYTHONPATH=/tmp/site
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/alt/optree-*.whl
+  python3 bench/train_accel.py run --work /tmp/w --out $OUT --init ercp_node/model/weights/default.keras --deadline 470
 """
 from __future__ import annotations
 
