@@ -22,7 +22,8 @@ A machine with JAX or torch but no TensorFlow, no network and a small upload (ho
 the pure-Python wheels the project pins that it lacks, and install them into a scratch path there:
 
   pip download --no-deps -d .whl keras==3.15.1 pydicom==3.0.2 namex==0.1.0          # here, once
-  pip download --no-deps -d .whl/alt --python-version 3.12 --platform manylinux2014_x86_64 optree==0.20.0
+  pip download --no-deps -d .whl/alt --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+      optree==0.20.0                                 # the one compiled dependency; match the python there
   # there (repository root, .whl carried):
   export KERAS_BACKEND=jax PYTHONPATH=/tmp/site
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/alt/optree-*.whl
