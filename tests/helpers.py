@@ -70,14 +70,19 @@ class Orthanc:
             cfg["HttpThreadsCount"] = 8
         cfg.update(config or {})
         (root / "orthanc.json").write_text(json.dumps(cfg))
-        self.log = open(root / "orthanc.log", "a")
-        self.log.write(f"--- start {attempt + 1}: DICOM {self.dicom_port}, HTTP {self.http_port}\n")
+        return self._launch(f"start {attempt + 1}")
+
+    def _launch(self, what: str) -> bool:
+        """Run Orthanc on the written config; True once its REST API answers, False if it exits first (most often
+        a port someone else took) or does not answer within a minute (a loaded 2-core machine)."""
+        self.log = open(self.root / "orthanc.log", "a")
+        self.log.write(f"--- {what}: DICOM {self.dicom_port}, HTTP {self.http_port}\n")
         self.log.flush()
-        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(root / "orthanc.json")], stdout=self.log,
+        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(self.root / "orthanc.json")], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         end = time.time() + 60
         while time.time() < end:
-            if self.proc.poll() is not None:  # exited: most often a port someone else took
+            if self.proc.poll() is not None:
                 self.log.close()
                 return False
             try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -48,28 +46,14 @@ def report(request):
 class RestartableOrthanc(Orthanc):
     """The shared Orthanc fixture's process, stoppable and restartable on the same ports, config and storage."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        super().__init__(root)
-
     def halt(self) -> None:
         self.proc.terminate()
         self.proc.wait(30)
 
     def restart(self) -> None:
         assert self.proc.poll() is not None, "Orthanc is still running"
-        self.log = open(self.root / "orthanc.log", "a")
-        self.proc = subprocess.Popen([shutil.which("Orthanc"), str(self.root / "orthanc.json")], stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        end = time.time() + 60
-        while True:
-            try:
-                self.get("/system")
-                return
-            except OSError:
-                if time.time() > end or self.proc.poll() is not None:
-                    raise RuntimeError(f"Orthanc did not restart; see {self.root / 'orthanc.log'}") from None
-                time.sleep(0.2)
+        if not self._launch("restart"):
+            raise RuntimeError(f"Orthanc did not restart; see {self.root / 'orthanc.log'}")
 
     @property
     def destination(self) -> str:
