@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ercp_node.model.data import load_mask, read_data
+from ercp_node.model.data import load_mask, load_pixels, read_data
 from helpers import synth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,8 +35,6 @@ class Oracle:
     def __init__(self, samples):
         self.truth = {}
         for s in samples:
-            from ercp_node.model.data import load_pixels
-
             px = load_pixels(s.image_path, s.frame)
             self.truth[px[0].tobytes()] = load_mask(s, px[0].shape[:2])
 
