@@ -165,8 +165,13 @@ def test_train_stones_command_trains_exports_and_attaches(tiny_model, tmp_path):
     shutil.copy(tiny_model.with_suffix(".json"), model.with_suffix(".json"))
     run = tmp_path / "run"
     assert main(["train-stones", "--data", str(tmp_path / "ph"), "--out", str(run), "--minutes", "2", "--epochs", "1", "--steps", "2",
-                 "--batch-size", "2", "--val-every", "3", "--version", "stones-test", "--attach", str(model)]) == 0
+                 "--batch-size", "2", "--val-every", "3", "--version", "stones-test", "--attach", str(model),
+                 "--lr", "1e-3", "--lr-floor", "0.1"]) == 0
     card = json.loads((run / "stones.json").read_text())
+    assert card["lr_floor"] == 0.1
+    # the schedule ran: the epoch's last learning rate is below the peak, not under the floor
+    lr = json.loads((run / "state.json").read_text())["history"]["lr"]
+    assert len(lr) == 1 and 1e-4 <= lr[0] < 1e-3
     assert card["version"] == "stones-test" and card["synthetic_only"] and card["epochs"] == 1
     assert card["train_images"] + card["val_images"] == 6
     z = np.load(run / "cache-train.npz", allow_pickle=True)
@@ -177,6 +182,17 @@ def test_train_stones_command_trains_exports_and_attaches(tiny_model, tmp_path):
     seg = Segmenter.load(model)
     assert seg.version == "tiny-test-model+stones-test"
     assert (tmp_path / "m-stones.keras").is_file()
+
+
+def test_wall_clock_cosine_runs_from_peak_to_floor_over_the_budget():
+    from ercp_node.model.train import WallClockCosine
+
+    s = WallClockCosine(1e-3, 0.05, seconds=100)
+    assert s.lr_at(0) == pytest.approx(1e-3)
+    assert s.lr_at(50) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5))
+    assert s.lr_at(100) == pytest.approx(5e-5) and s.lr_at(1e6) == pytest.approx(5e-5)
+    lrs = [s.lr_at(t) for t in range(0, 101, 5)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
 def test_the_shipped_version_fits_the_dicom_fields_it_goes_into():

@@ -75,6 +75,8 @@ def add_train_stones_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs in all (default: the budget decides)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-floor", type=float, default=None, metavar="F",
+                   help="cosine decay of the learning rate from --lr to --lr x F over --minutes (default: constant)")
     p.add_argument("--val-every", type=int, default=20, metavar="N",
                    help="every Nth patient (by a hash of the ID) is held out for validation")
     p.add_argument("--init", default=None, metavar="PATH", help="fine-tune from this stone net (.keras)")
@@ -124,12 +126,14 @@ def run_train_stones(args: argparse.Namespace) -> int:
     cfg = StoneNetConfig(prior=first is not None)
     state = train_stone_net(caches["train"], caches.get("val"), out, minutes=args.minutes, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr, cfg=cfg,
-                            init=Path(args.init) if args.init else None, epochs=args.epochs)
+                            init=Path(args.init) if args.init else None, epochs=args.epochs,
+                            lr_floor=args.lr_floor)
     hist = state["history"]
     card = {"version": args.version or f"stonenet-{dt.date.today():%Y.%m.%d}", "kind": "stone net (cascade stage 2)",
             "config": cfg.to_dict(), "data": [str(d) for d in args.data], "fingerprint": fingerprint(samples),
             "train_images": len(train), "val_images": len(val or []), "epochs": state["epochs"],
             "steps_per_epoch": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
+            "lr_floor": args.lr_floor,
             "train_seconds": round(state.get("seconds", 0.0)), "init": args.init,
             "best_val_loss": min(hist["val_loss"]) if hist.get("val_loss") else None,
             "synthetic_only": all(s.source == "phantom" for s in samples),

@@ -388,10 +388,12 @@ def load_cache(path: Path):
 
 def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *, minutes: float = 60.0,
                     steps: int = 200, batch_size: int = 16, lr: float = 1e-3, cfg: StoneNetConfig = StoneNetConfig(),
-                    seed: int = 0, resume: bool = True, init: Path | None = None, epochs: int | None = None) -> dict:
+                    seed: int = 0, resume: bool = True, init: Path | None = None, epochs: int | None = None,
+                    lr_floor: float | None = None) -> dict:
     """Train (or resume) for a wall-clock budget and at most `epochs` epochs in all; keeps last.keras, best.keras
-    (val loss) and state.json."""
-    from .train import TimeBudget
+    (val loss) and state.json. `lr_floor`: cosine decay from `lr` to `lr * lr_floor` over this call's budget (a
+    resumed run restarts its schedule at `lr`); None keeps `lr` constant."""
+    from .train import TimeBudget, WallClockCosine
 
     out_dir.mkdir(parents=True, exist_ok=True)
     images, labels, centres, _, priors = load_cache(train_cache)
@@ -414,10 +416,12 @@ def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *,
         val_ds = StonePatches(vi, vl, vc, patch=cfg.patch, batch_size=batch_size, steps=max(8, steps // 10),
                               seed=12345, augment=False, priors=vp if cfg.prior else None)
     budget = TimeBudget(minutes * 60)
+    callbacks = [budget] + ([WallClockCosine(lr, lr_floor, minutes * 60)] if lr_floor is not None else [])
 
     class Keep(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            for k, v in (logs or {}).items():
+            logs = {**(logs or {}), "lr": float(ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+            for k, v in logs.items():
                 state["history"].setdefault(k, []).append(float(v))
             state["epochs"] = epoch + 1
             self.model.save(out_dir / "last.keras")
@@ -428,7 +432,7 @@ def train_stone_net(train_cache: Path, val_cache: Path | None, out_dir: Path, *,
 
     t0 = time.monotonic()
     model.fit(train_ds, validation_data=val_ds, epochs=epochs if epochs is not None else state["epochs"] + 10_000, initial_epoch=state["epochs"],
-              callbacks=[budget, Keep()], verbose=2)
+              callbacks=callbacks + [Keep()], verbose=2)
     state["seconds"] = state.get("seconds", 0.0) + time.monotonic() - t0
     state["config"] = cfg.to_dict()
     state_p.write_text(json.dumps(state, indent=1))

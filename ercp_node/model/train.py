@@ -154,6 +154,28 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training, self.stopped_early = True, True
 
 
+class WallClockCosine(keras.callbacks.Callback):
+    """Cosine decay of the learning rate from `peak` to `peak * floor` over a wall-clock budget (the budget, not
+    an epoch count, is what a CPU run at a site knows in advance); set before every batch."""
+
+    def __init__(self, peak: float, floor: float, seconds: float):
+        super().__init__()
+        self.peak, self.floor, self.seconds = float(peak), float(floor), float(seconds)
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self._clock = time.monotonic
+        self.t0 = self._clock()
+
+    def lr_at(self, elapsed: float) -> float:
+        frac = min(1.0, max(0.0, elapsed / self.seconds))
+        return self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate = self.lr_at(self._clock() - self.t0)
+
+
 class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (image (B, H, W, 1) float32, one-hot mask (B, H, W, C) float32).
 
