@@ -77,7 +77,7 @@ def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
             vis = [st["largest_diameter_mm"] for st in ft["stones"] if st.get("visible", True)]
             found = stone_components(pred, ft["spacing"]["pixel_spacing_at_object_mm"])
             if vis and found:
-                largest_err.append(found[0]["largest_diameter_mm"] - max(vis))
+                largest_err.append(found[0].largest_diameter_mm - max(vis))
     report = table1_report(per_image)
     by_size = {}
     for name, lo, hi in BINS:
