@@ -4,7 +4,10 @@ For each path and phantom test set: Table 1's IoU per structure (per image, mean
 stone by size (< 4 mm, 4–10 mm, > 10 mm; the truth stone's component against the predicted components touching
 it, 0 when missed), detection rate by size, stone count exact (components, the node's rule) and within one,
 largest-stone diameter error (mm, at the truth's spacing, so only the mask's error counts), and ms per image
-(preprocessing + both stages, batch 16, this machine). Writes bench/results/stones.json (or --out).
+(preprocessing + both stages, batch 16, this machine). Stone IoU and detection also by each stone's visibility in the
+stored image: its local contrast-to-noise ratio, |mean(stone) - mean(ring)| / SD(ring), the ring being the duct
+pixels within 3 px outside it (bins < 1, 1–3, ≥ 3; a stone the eye cannot find in its ring is < 1).
+Writes bench/results/stones.json (or --out).
 
     python bench/bench_stones.py --model ercp_node/model/weights/default.keras \
         --stones data/runs/stones-v1/best.keras --data data/test-2026 data/test-rnd
@@ -26,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ercp_node.labels import STONE  # noqa: E402
+from ercp_node.labels import CBD, STONE  # noqa: E402
 from ercp_node.measure.stones import stones as stone_components  # noqa: E402
 from bench_robustness import predicted  # noqa: E402 - the same batch loop as the cross-domain bench
 from ercp_node.model.data import load_pixels, read_data  # noqa: E402
@@ -34,6 +37,21 @@ from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
 
 BINS = (("lt4mm", 0.0, 4.0), ("4to10mm", 4.0, 10.0), ("gt10mm", 10.0, 1e9))
+CNR_BINS = (("cnr_lt1", 0.0, 1.0), ("cnr_1to3", 1.0, 3.0), ("cnr_ge3", 3.0, 1e9))
+_RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+
+
+def local_cnr(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> float | None:
+    """|mean(stone) - mean(ring)| / SD(ring) on the stored pixels; the ring: duct (or, where the duct leaves too
+    few pixels, any non-stone) pixels within 3 px outside the stone. None if the ring is under 12 pixels."""
+    ring = cv2.dilate(stone.astype(np.uint8), _RING).astype(bool) & ~stone & (truth_mask != STONE)
+    duct = ring & (truth_mask == CBD)
+    ring = duct if duct.sum() >= 12 else ring
+    if ring.sum() < 12:
+        return None
+    img = image.astype(np.float64)
+    sd = float(img[ring].std())
+    return abs(float(img[stone].mean()) - float(img[ring].mean())) / max(sd, 1e-6)
 
 
 def truth_of(sample) -> dict:
@@ -42,8 +60,8 @@ def truth_of(sample) -> dict:
     return truth["frame_truth"][min(sample.frame, len(truth["frame_truth"]) - 1)]
 
 
-def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict) -> list[tuple[float, float]]:
-    """[(truth largest diameter mm, IoU)] for each visible truth stone."""
+def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict, image: np.ndarray | None = None) -> list[tuple]:
+    """[(truth largest diameter mm, IoU, local CNR or None)] for each visible truth stone."""
     n_t, comp_t = cv2.connectedComponents((truth_mask == STONE).astype(np.uint8), connectivity=8)
     _, comp_p = cv2.connectedComponents((pred == STONE).astype(np.uint8), connectivity=8)
     out = []
@@ -59,7 +77,8 @@ def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict) -> list[tuple[
         ids = np.unique(comp_p[t])
         p = np.isin(comp_p, ids[ids > 0])
         union = int((t | p).sum())
-        out.append((float(st["largest_diameter_mm"]), float((t & p).sum()) / union if union else 0.0))
+        cnr = local_cnr(image, truth_mask, t) if image is not None else None
+        out.append((float(st["largest_diameter_mm"]), float((t & p).sum()) / union if union else 0.0, cnr))
     return out
 
 
@@ -73,21 +92,24 @@ def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
             n_true, n_pred = len(stone_components(truth, None)), len(stone_components(pred, None))
             exact.append(n_true == n_pred)
             within1.append(abs(n_true - n_pred) <= 1)
-            stone_rows += per_stone(truth, pred, ft)
+            pixels = load_pixels(s.image_path, s.frame)[0]
+            stone_rows += per_stone(truth, pred, ft, pixels[..., 0] if pixels.ndim == 3 else pixels)
             vis = [st["largest_diameter_mm"] for st in ft["stones"] if st.get("visible", True)]
             found = stone_components(pred, ft["spacing"]["pixel_spacing_at_object_mm"])
             if vis and found:
                 largest_err.append(found[0].largest_diameter_mm - max(vis))
     report = table1_report(per_image)
-    by_size = {}
-    for name, lo, hi in BINS:
-        ious = [iou for d, iou in stone_rows if lo <= d < hi]
-        by_size[name] = {"n": len(ious), "iou_mean": round(100 * float(np.mean(ious)), 1) if ious else None,
-                         "detected_pct": round(100 * float(np.mean([v > 0 for v in ious])), 1) if ious else None}
+    def summary(ious):
+        return {"n": len(ious), "iou_mean": round(100 * float(np.mean(ious)), 1) if ious else None,
+                "detected_pct": round(100 * float(np.mean([v > 0 for v in ious])), 1) if ious else None}
+
+    by_size = {name: summary([iou for d, iou, _ in stone_rows if lo <= d < hi]) for name, lo, hi in BINS}
+    by_cnr = {name: summary([iou for _, iou, c in stone_rows if c is not None and lo <= c < hi])
+              for name, lo, hi in CNR_BINS}
     err = np.abs(largest_err)
     s = report["structures"]
     return {"n": len(samples), "scope_iou": s["duodenoscope"]["iou_mean"], "cbd_iou": s["cbd"]["iou_mean"],
-            "stone_iou": s["stone"]["iou_mean"], "stone_iou_by_size": by_size,
+            "stone_iou": s["stone"]["iou_mean"], "stone_iou_by_size": by_size, "stone_iou_by_cnr": by_cnr,
             "stone_count_exact_pct": round(100 * float(np.mean(exact)), 1),
             "stone_count_within1_pct": round(100 * float(np.mean(within1)), 1),
             "largest_stone_mm": {"n": len(err), "mae": round(float(err.mean()), 2) if len(err) else None,
@@ -153,7 +175,9 @@ def main(argv=None) -> int:
             print(f"{Path(d).name:16s} {name:28s} n={r['n']:4d} scope {r['scope_iou']:5.1f} CBD {r['cbd_iou']:5.1f} "
                   f"stone {r['stone_iou'] or float('nan'):5.1f} (<4 {b['lt4mm']['iou_mean']}, 4-10 {b['4to10mm']['iou_mean']},"
                   f" >10 {b['gt10mm']['iou_mean']}) count exact {r['stone_count_exact_pct']:5.1f} % "
-                  f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img", flush=True)
+                  f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img; by CNR "
+                  + ", ".join(f"{k} {v['iou_mean']} ({v['detected_pct']} % of {v['n']})"
+                              for k, v in r["stone_iou_by_cnr"].items()), flush=True)
         results[Path(d).name] = rows
     cine = cine_cost({"paper-256": single, "cascade-576": cascade}, args.cine) if args.cine else None
     if cine:

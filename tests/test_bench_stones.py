@@ -1,0 +1,68 @@
+"""bench/bench_stones.py's per-stone visibility (local CNR) and bench/bench_grid_ceiling.py's truth round trip."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ercp_node.labels import CBD, STONE
+from ercp_node.model.data import load_pixels, read_data
+from helpers import synth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def stones_bench():
+    return _load("bench_stones")
+
+
+@pytest.fixture(scope="module")
+def ceiling():
+    return _load("bench_grid_ceiling")
+
+
+def test_local_cnr_is_the_stones_offset_in_units_of_the_ducts_noise(stones_bench):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((64, 64), np.uint8)
+    labels[16:48, 16:48] = CBD
+    stone = np.zeros_like(labels, bool)
+    stone[28:36, 28:36] = True
+    labels[stone] = STONE
+    noise = rng.normal(0, 10, labels.shape)
+    bright = 1000 + noise + 25 * stone  # 2.5 noise SDs brighter than its ring
+    assert stones_bench.local_cnr(bright, labels, stone) == pytest.approx(2.5, abs=0.6)
+    assert stones_bench.local_cnr(1000 + noise, labels, stone) < 0.8  # isodense: nothing to see
+    tiny = np.zeros_like(stone)
+    tiny[0, 0] = True  # a ring cut by the frame's edge, under 12 pixels: no figure rather than a noisy one
+    assert stones_bench.local_cnr(bright, np.where(tiny, STONE, 0).astype(np.uint8), tiny) is None
+
+
+def test_grid_round_trip_costs_small_stones_first_and_nothing_on_the_images_own_grid(ceiling, tmp_path):
+    synth(tmp_path / "ph", count=6, seed=11)
+    samples, problems = read_data([tmp_path / "ph"])
+    assert not problems and len(samples) == 6
+    native = load_pixels(samples[0].image_path, samples[0].frame)[0].shape[0]
+    same = ceiling.evaluate(ceiling.GridOracle(samples, native, "hard"), samples)
+    assert same["stone_iou"] == 100.0 and same["cbd_iou"] == 100.0 and same["stone_count_exact_pct"] == 100.0
+    by_cnr = same["stone_iou_by_cnr"]
+    assert sum(b["n"] for b in by_cnr.values()) > 0
+    assert all(b["iou_mean"] in (None, 100.0) for b in by_cnr.values())
+    coarse = {m: ceiling.evaluate(ceiling.GridOracle(samples, 128, m), samples) for m in ("hard", "soft")}
+    assert 0 < coarse["hard"]["stone_iou"] < 100.0
+    assert coarse["soft"]["stone_iou"] >= coarse["hard"]["stone_iou"]  # area fractions keep sub-pixel edges
+    small, large = coarse["hard"]["stone_iou_by_size"]["lt4mm"], coarse["hard"]["stone_iou_by_size"]["gt10mm"]
+    if small["n"] and large["n"]:
+        assert small["iou_mean"] < large["iou_mean"]
