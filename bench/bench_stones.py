@@ -5,8 +5,9 @@ stone by size (< 4 mm, 4–10 mm, > 10 mm; the truth stone's component against t
 it, 0 when missed), detection rate by size, stone count exact (components, the node's rule) and within one,
 largest-stone diameter error (mm, at the truth's spacing, so only the mask's error counts), and ms per image
 (preprocessing + both stages, batch 16, this machine). Stone IoU and detection also by each stone's visibility in the
-stored image: its local contrast-to-noise ratio, |mean(stone) - mean(ring)| / SD(ring), the ring being the duct
-pixels within 3 px outside it (bins < 1, 1–3, ≥ 3; a stone the eye cannot find in its ring is < 1).
+stored image, Rose's criterion: k = CNR × √(area in pixels), CNR = |mean(stone) − mean(ring)| / SD(ring), the ring
+being the duct pixels within 3 px outside the stone (bins k < 5, below Rose's threshold for detection by an
+observer; 5–10; ≥ 10). The ring's SD holds structure as well as noise, so k is a conservative estimate.
 Writes bench/results/stones.json (or --out).
 
     python bench/bench_stones.py --model ercp_node/model/weights/default.keras \
@@ -37,7 +38,7 @@ from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
 
 BINS = (("lt4mm", 0.0, 4.0), ("4to10mm", 4.0, 10.0), ("gt10mm", 10.0, 1e9))
-CNR_BINS = (("cnr_lt1", 0.0, 1.0), ("cnr_1to3", 1.0, 3.0), ("cnr_ge3", 3.0, 1e9))
+ROSE_BINS = (("rose_lt5", 0.0, 5.0), ("rose_5to10", 5.0, 10.0), ("rose_ge10", 10.0, 1e9))
 _RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
 
 
@@ -61,7 +62,7 @@ def truth_of(sample) -> dict:
 
 
 def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict, image: np.ndarray | None = None) -> list[tuple]:
-    """[(truth largest diameter mm, IoU, local CNR or None)] for each visible truth stone."""
+    """[(truth largest diameter mm, IoU, Rose's k = local CNR × √area px, or None)] for each visible truth stone."""
     n_t, comp_t = cv2.connectedComponents((truth_mask == STONE).astype(np.uint8), connectivity=8)
     _, comp_p = cv2.connectedComponents((pred == STONE).astype(np.uint8), connectivity=8)
     out = []
@@ -78,7 +79,8 @@ def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict, image: np.ndar
         p = np.isin(comp_p, ids[ids > 0])
         union = int((t | p).sum())
         cnr = local_cnr(image, truth_mask, t) if image is not None else None
-        out.append((float(st["largest_diameter_mm"]), float((t & p).sum()) / union if union else 0.0, cnr))
+        rose = cnr * float(np.sqrt(t.sum())) if cnr is not None else None
+        out.append((float(st["largest_diameter_mm"]), float((t & p).sum()) / union if union else 0.0, rose))
     return out
 
 
@@ -104,12 +106,12 @@ def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
                 "detected_pct": round(100 * float(np.mean([v > 0 for v in ious])), 1) if ious else None}
 
     by_size = {name: summary([iou for d, iou, _ in stone_rows if lo <= d < hi]) for name, lo, hi in BINS}
-    by_cnr = {name: summary([iou for _, iou, c in stone_rows if c is not None and lo <= c < hi])
-              for name, lo, hi in CNR_BINS}
+    by_rose = {name: summary([iou for _, iou, k in stone_rows if k is not None and lo <= k < hi])
+               for name, lo, hi in ROSE_BINS}
     err = np.abs(largest_err)
     s = report["structures"]
     return {"n": len(samples), "scope_iou": s["duodenoscope"]["iou_mean"], "cbd_iou": s["cbd"]["iou_mean"],
-            "stone_iou": s["stone"]["iou_mean"], "stone_iou_by_size": by_size, "stone_iou_by_cnr": by_cnr,
+            "stone_iou": s["stone"]["iou_mean"], "stone_iou_by_size": by_size, "stone_iou_by_visibility": by_rose,
             "stone_count_exact_pct": round(100 * float(np.mean(exact)), 1),
             "stone_count_within1_pct": round(100 * float(np.mean(within1)), 1),
             "largest_stone_mm": {"n": len(err), "mae": round(float(err.mean()), 2) if len(err) else None,
@@ -175,9 +177,9 @@ def main(argv=None) -> int:
             print(f"{Path(d).name:16s} {name:28s} n={r['n']:4d} scope {r['scope_iou']:5.1f} CBD {r['cbd_iou']:5.1f} "
                   f"stone {r['stone_iou'] or float('nan'):5.1f} (<4 {b['lt4mm']['iou_mean']}, 4-10 {b['4to10mm']['iou_mean']},"
                   f" >10 {b['gt10mm']['iou_mean']}) count exact {r['stone_count_exact_pct']:5.1f} % "
-                  f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img; by CNR "
+                  f"largest MAE {r['largest_stone_mm']['mae']} mm  {r['ms_per_image']} ms/img; by Rose k "
                   + ", ".join(f"{k} {v['iou_mean']} ({v['detected_pct']} % of {v['n']})"
-                              for k, v in r["stone_iou_by_cnr"].items()), flush=True)
+                              for k, v in r["stone_iou_by_visibility"].items()), flush=True)
         results[Path(d).name] = rows
     cine = cine_cost({"paper-256": single, "cascade-576": cascade}, args.cine) if args.cine else None
     if cine:

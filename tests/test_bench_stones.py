@@ -57,9 +57,9 @@ def test_grid_round_trip_costs_small_stones_first_and_nothing_on_the_images_own_
     native = load_pixels(samples[0].image_path, samples[0].frame)[0].shape[0]
     same = ceiling.evaluate(ceiling.GridOracle(samples, native, "hard"), samples)
     assert same["stone_iou"] == 100.0 and same["cbd_iou"] == 100.0 and same["stone_count_exact_pct"] == 100.0
-    by_cnr = same["stone_iou_by_cnr"]
-    assert sum(b["n"] for b in by_cnr.values()) > 0
-    assert all(b["iou_mean"] in (None, 100.0) for b in by_cnr.values())
+    by_k = same["stone_iou_by_visibility"]
+    assert sum(b["n"] for b in by_k.values()) > 0
+    assert all(b["iou_mean"] in (None, 100.0) for b in by_k.values())
     coarse = {m: ceiling.evaluate(ceiling.GridOracle(samples, 128, m), samples) for m in ("hard", "soft")}
     assert 0 < coarse["hard"]["stone_iou"] < 100.0
     assert coarse["soft"]["stone_iou"] >= coarse["hard"]["stone_iou"]  # area fractions keep sub-pixel edges
