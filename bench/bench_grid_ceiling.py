@@ -9,7 +9,10 @@ stone IoU by size, count exact, largest-stone error). Two readings per grid:
   hard  the grid's label map (what a model that reproduces its training targets exactly gives)
   soft  the grid's area fractions (what a perfectly calibrated model's probabilities give): the better bound
 
-No model runs; the figures bound every model that works on that grid with this resampling.
+No model runs; the figures bound every model that works on that grid with this resampling. One more row per set,
+`observer-k5`, bounds what can be seen at all: the truth on the image's own grid with every stone below Rose's
+criterion (k = CNR × √area < 5 in the stored pixels, bench_stones.local_cnr) drawn as the duct it sits in, as a
+reader who cannot see it would draw it.
 
     python bench/bench_grid_ceiling.py --data data/test-2026 data/test-rnd data/test-clin --grids 256 384 576
 """
@@ -28,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_stones import evaluate  # noqa: E402 - the same metrics as the cascade ablation
+from bench_stones import evaluate, local_cnr  # noqa: E402 - the same metrics as the cascade ablation
+from ercp_node.labels import CBD, STONE  # noqa: E402
 from ercp_node.model.data import load_mask, read_data  # noqa: E402
 from ercp_node.preprocessing.pipeline import resize_labels  # noqa: E402
 
@@ -45,6 +49,18 @@ def round_trip(labels: np.ndarray, grid: int, mode: str, n_classes: int = 4) -> 
     return back.argmax(-1).astype(np.uint8)
 
 
+def observer(labels: np.ndarray, image: np.ndarray, k_min: float = 5.0) -> np.ndarray:
+    """The truth without the stones below Rose's criterion: each such stone becomes duct."""
+    out = labels.copy()
+    n, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
+    for i in range(1, n):
+        stone = comp == i
+        cnr = local_cnr(image, labels, stone)
+        if cnr is None or cnr * np.sqrt(stone.sum()) < k_min:
+            out[stone] = CBD
+    return out
+
+
 class GridOracle:
     """A stand-in segmenter whose 'prediction' is the truth sent through the grid (called in sample order)."""
 
@@ -55,7 +71,8 @@ class GridOracle:
         out = []
         for f in frames:
             s = self.queue.pop(0)
-            out.append(round_trip(load_mask(s, f[0].shape[:2]), self.grid, self.mode))
+            truth = load_mask(s, f[0].shape[:2])
+            out.append(observer(truth, f[0]) if self.mode == "observer" else round_trip(truth, self.grid, self.mode))
         return out
 
 
@@ -82,6 +99,10 @@ def main(argv=None) -> int:
                       f"{r['cbd_iou']:.1f} / {r['stone_iou']:.1f}  stones <4 {by['lt4mm']['iou_mean']} "
                       f"4-10 {by['4to10mm']['iou_mean']} >10 {by['gt10mm']['iou_mean']}  count exact "
                       f"{r['stone_count_exact_pct']} %  largest MAE {r['largest_stone_mm']['mae']} mm", flush=True)
+        r = rows["observer-k5"] = evaluate(GridOracle(samples, 0, "observer"), samples)
+        r.pop("ms_per_image", None)
+        print(f"{Path(d).name:10s} observer (stones with Rose k < 5 unseen): stone {r['stone_iou']:.1f}  count exact "
+              f"{r['stone_count_exact_pct']} %  largest MAE {r['largest_stone_mm']['mae']} mm", flush=True)
         sets[Path(d).name] = {"n": len(samples), "paths": rows}
     out = {"bench": "grid_ceiling", "what": "phantom truth -> grid -> image grid, scored as a model (no model)",
            "machine": {"python": platform.python_version(), "platform": platform.platform()},

@@ -66,3 +66,16 @@ def test_grid_round_trip_costs_small_stones_first_and_nothing_on_the_images_own_
     small, large = coarse["hard"]["stone_iou_by_size"]["lt4mm"], coarse["hard"]["stone_iou_by_size"]["gt10mm"]
     if small["n"] and large["n"]:
         assert small["iou_mean"] < large["iou_mean"]
+
+
+def test_observer_ceiling_drops_only_stones_below_roses_criterion(ceiling):
+    rng = np.random.default_rng(1)
+    labels = np.zeros((96, 96), np.uint8)
+    labels[10:86, 30:66] = CBD
+    seen, faint = np.zeros_like(labels, bool), np.zeros_like(labels, bool)
+    seen[20:32, 40:52], faint[60:66, 44:50] = True, True
+    labels[seen | faint] = STONE
+    image = 1000 + rng.normal(0, 10, labels.shape) + 20 * seen + 1 * faint  # k ≈ 24 and ≈ 0.6
+    out = ceiling.observer(labels, image)
+    assert (out[seen] == STONE).all() and (out[faint] == CBD).all()
+    assert (out[~(seen | faint)] == labels[~(seen | faint)]).all()
