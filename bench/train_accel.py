@@ -94,16 +94,17 @@ def _init_worker(x, y, aug, seed):
 
 
 def _make_batch(task):
-    """One augmented batch: images float16 (B, S, S), labels uint8 (B, S, S); the generator is seeded by
-    (seed, epoch, index), as in train.SegmentationDataset."""
-    from ercp_node.model.train import augment_pair
+    """One augmented batch: images float16 (B, S, S), labels uint8 (B, S, S) — or, with labels on a finer grid
+    (--mask-scale), soft targets float16 (B, S, S, 4); the generator is seeded by (seed, epoch, index), as in
+    train.SegmentationDataset."""
+    from ercp_node.model.train import augment_pair, soft_one_hot
 
     epoch, idx = task
     xs, ys = [], []
     for i in idx:
         img, m = augment_pair(_X[i].astype(np.float32), _Y[i], np.random.default_rng((_SEED, epoch, int(i))), _AUG)
         xs.append(img.astype(np.float16))
-        ys.append(m)
+        ys.append(m if m.shape == img.shape else soft_one_hot(m, img.shape).astype(np.float16))
     return np.stack(xs), np.stack(ys)
 
 
@@ -135,7 +136,9 @@ def run(args) -> int:
     for p in problems:
         log(f"skipped {p}")
     train_s, val_s = _validation_split(samples, 0.1, 0)
-    xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log)
+    # soft targets (--mask-scale > 1): training labels on a finer grid; validation stays on the model grid's
+    # labels, so its loss and IoU compare across runs
+    xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale)
     xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log)
     log(f"train {len(xt)} / validation {len(xv)} images, {time.monotonic() - t_start:.0f} s since start")
     from ercp_node.model.train import AUGMENTATIONS
@@ -188,6 +191,7 @@ def run(args) -> int:
     info = {"sets": {n: SETS[n] for n in names}, "scale": args.scale, "train_images": len(xt),
             "validation_images": len(xv), "batch_size": bs, "peak_lr": args.lr, "lr_floor": args.lr_floor,
             "warmup_steps": args.warmup, "augment": args.augment, "loss": LOSS, "loss_kwargs": LOSS_KW,
+            "targets": "hard" if args.mask_scale == 1 else f"soft (labels at {256 * args.mask_scale}, area fractions)",
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
             "seed": args.seed, "command": "python bench/train_accel.py " + " ".join(map(shlex.quote, sys.argv[1:]))}
@@ -230,8 +234,8 @@ def run(args) -> int:
                 xb, yb = next(current)
                 t_wait += time.monotonic() - t0
                 model.optimizer.learning_rate = lr_at(step, time.monotonic())
-                logs = model.train_on_batch(xb.astype(np.float32)[..., None], keras.ops.one_hot(yb, 4),
-                                            return_dict=True)
+                targets = yb.astype(np.float32) if yb.ndim == 4 else keras.ops.one_hot(yb, 4)
+                logs = model.train_on_batch(xb.astype(np.float32)[..., None], targets, return_dict=True)
                 losses.append(float(logs["loss"]))
                 step += 1
                 if step == 20:
@@ -305,6 +309,9 @@ def main(argv=None) -> int:
     r.add_argument("--batch-size", type=int, default=32)
     r.add_argument("--lr", type=float, default=3e-4)
     r.add_argument("--lr-floor", type=float, default=0.01, help="the cosine ends at lr x this")
+    r.add_argument("--mask-scale", type=int, default=1, metavar="K",
+                   help="K > 1: soft targets, the labels' area fractions from a K x finer grid (default 1: the "
+                        "256 grid's majority vote, as the paper)")
     r.add_argument("--warmup", type=int, default=150, help="steps of linear warm-up")
     r.add_argument("--augment", default="robust")
     r.add_argument("--val-every", type=float, default=45.0, help="seconds between validations")

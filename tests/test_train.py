@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ercp_node.model.train import (
-    ROBUST, ROBUST_SCOPE, Augment, SegmentationDataset, augment_pair, plot_history, restyle_scope, train)
+    ROBUST, ROBUST_SCOPE, Augment, SegmentationDataset, augment_pair, plot_history, restyle_scope, soft_one_hot, train)
 from ercp_node.model.unet import UNetConfig
 
 TINY = UNetConfig(input_size=64, base_filters=4, depth=3)
@@ -125,6 +125,44 @@ def test_robust_augmentation_keeps_image_and_mask_together():
     img, m = augment_pair(masks[0] / np.float32(3), masks[0], np.random.default_rng(1), ROBUST)
     assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
     assert set(np.unique(m)) <= {0, 1, 2, 3}
+
+
+def test_soft_targets_are_the_area_fractions_of_finer_labels():
+    fine = np.zeros((8, 8), np.uint8)
+    fine[0:2, 0:1] = 3  # half of model pixel (0, 0) is stone
+    fine[4:8, 4:8] = 2  # model pixels (2, 2)..(3, 3) are all duct
+    t = soft_one_hot(fine, (4, 4))
+    assert t.shape == (4, 4, 4) and t.dtype == np.float32
+    np.testing.assert_allclose(t.sum(-1), 1.0, atol=1e-6)
+    assert t[0, 0, 3] == pytest.approx(0.5) and t[0, 0, 0] == pytest.approx(0.5)
+    assert (t[2:, 2:, 2] == 1.0).all()
+    # on the labels' own grid: plain one-hot
+    np.testing.assert_array_equal(soft_one_hot(fine, (8, 8)), np.eye(4, dtype=np.float32)[fine])
+
+
+def test_finer_labels_follow_the_image_through_every_geometric_augmentation():
+    """A 2x finer label map is rotated, zoomed and flipped with its image: its area fractions on the image's grid
+    match the image pixel for pixel (image = coarse label / 3), and the dataset hands out soft targets."""
+    _, masks = _toy(2)
+    fine = cv2.resize(masks[0], (128, 128), interpolation=cv2.INTER_NEAREST)
+    for seed in range(6):
+        geo = Augment(hflip=0.5, vflip=0.5, rotate_deg=180.0, gain=0.0, bias=0.0, gamma=0.0, scale=0.3,
+                      black_border=True)
+        img, m = augment_pair(masks[0] / np.float32(3), fine, np.random.default_rng(seed), geo)
+        assert m.shape == (128, 128) and img.shape == (64, 64)
+        expect = soft_one_hot(m, img.shape) @ np.arange(4, dtype=np.float32) / 3
+        assert (np.abs(img - expect) < 0.1).mean() > 0.95
+    # with the same seed the hard path and the fine path draw the same geometry
+    geo = Augment(hflip=0.5, vflip=0.5, rotate_deg=180.0, gain=0.0, bias=0.0, gamma=0.0, scale=0.3)
+    _, hard = augment_pair(masks[0] / np.float32(3), masks[0], np.random.default_rng(4), geo)
+    _, soft = augment_pair(masks[0] / np.float32(3), fine, np.random.default_rng(4), geo)
+    assert (soft_one_hot(soft, hard.shape).argmax(-1) == hard).mean() > 0.95
+    images = np.stack([masks[0], masks[1]]).astype(np.float32) / 3
+    fines = np.stack([cv2.resize(m, (128, 128), interpolation=cv2.INTER_NEAREST) for m in masks])
+    x, y = SegmentationDataset(images, fines, batch_size=2, augment=ROBUST, seed=1)[0]
+    assert x.shape == (2, 64, 64, 1) and y.shape == (2, 64, 64, 4) and y.dtype == np.float32
+    np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+    assert ((y > 0.01) & (y < 0.99)).any()  # edges are fractions, not a majority vote
 
 
 def _braided_scope(size=128):

@@ -45,3 +45,29 @@ def test_run_then_finish(accel, tmp_path):
     assert state["epoch"] >= 1 and state["loss"] == "dice+focal"
     assert state["trained_by"]["steps"] == doc["steps"] and state["trained_by"]["history"] == doc["history"]
     assert (run / "checkpoints" / "last.keras").is_file() and (run / "checkpoints" / "best.keras").is_file()
+
+
+def test_batches_carry_soft_targets_when_labels_are_finer(accel, tmp_path):
+    """--mask-scale 2: prepare_arrays keeps labels at 512, a worker's batch is (images, area fractions)."""
+    import numpy as np
+
+    from ercp_node.model.data import read_data
+    from ercp_node.model.retrain import prepare_arrays
+    from ercp_node.model.train import ROBUST
+    from helpers import synth
+
+    synth(tmp_path / "ph", count=2, seed=3)
+    samples, _ = read_data([tmp_path / "ph"])
+    x, y = prepare_arrays(samples, 256, workers=1, log=lambda m: None, mask_size=512)
+    assert x.shape == (2, 256, 256) and y.shape == (2, 512, 512) and y.dtype == np.uint8
+    _, y_hard = prepare_arrays(samples, 256, workers=1, log=lambda m: None)
+    accel._init_worker(x, y, ROBUST, 0)
+    xb, yb = accel._make_batch((0, np.array([0, 1])))
+    assert xb.shape == (2, 256, 256) and yb.shape == (2, 256, 256, 4) and yb.dtype == np.float16
+    np.testing.assert_allclose(yb.astype(np.float32).sum(-1), 1.0, atol=2e-3)
+    accel._init_worker(x, y_hard, ROBUST, 0)
+    xh, yh = accel._make_batch((0, np.array([0, 1])))
+    assert yh.shape == (2, 256, 256) and yh.dtype == np.uint8
+    np.testing.assert_array_equal(xh, xb)  # same draws: only the targets differ
+    # the soft targets' majority is the hard label almost everywhere (they differ on edges only)
+    assert (yb.astype(np.float32).argmax(-1) == yh).mean() > 0.97

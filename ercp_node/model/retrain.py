@@ -28,21 +28,23 @@ PHANTOM_NOTE = "Trained on synthetic phantom cholangiograms (ercp-node phantom),
 
 
 def _pair(args):
-    sample, size = args
-    return load_training_pair(sample, size)
+    sample, size, mask_size = args
+    return load_training_pair(sample, size, mask_size)
 
 
 def prepare_arrays(samples: list[Sample], size: int, cache: Path | None = None, workers: int | None = None,
-                   log=print) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess every sample once: images (N, S, S) float16 and masks (N, S, S) uint8, cached on disk."""
+                   log=print, mask_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocess every sample once: images (N, S, S) float16 and masks (N, M, M) uint8 (M = mask_size, default
+    S: a finer M keeps the sub-pixel edges soft targets need), cached on disk."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
             return z["x"], z["y"]
     t = time.perf_counter()
     x = np.zeros((len(samples), size, size), np.float16)
-    y = np.zeros((len(samples), size, size), np.uint8)
+    m = mask_size or size
+    y = np.zeros((len(samples), m, m), np.uint8)
     workers = max(1, min(workers or os.cpu_count() or 1, len(samples)))
-    jobs = [(s, size) for s in samples]
+    jobs = [(s, size, m) for s in samples]
     if workers == 1:
         results = map(_pair, jobs)
     else:
