@@ -28,6 +28,13 @@ the pure-Python wheels the project pins that it lacks, and install them into a s
   export KERAS_BACKEND=jax PYTHONPATH=/tmp/site
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl .whl/alt/optree-*.whl
   python3 bench/train_accel.py run --work /tmp/w --out $OUT --init ercp_node/model/weights/default.keras --deadline 470
+
+The soft-target ablation (docs/model.md) in one device call: both arms from the shipped model, same data (made
+once in /tmp/w), same seed and budget, validation on the same hard labels; compare train.json's best val_iou,
+then bench_robustness on both best.keras here:
+
+  for k in 1 2; do python3 bench/train_accel.py run --work /tmp/w --out $OUT/k$k --mask-scale $k \
+      --init ercp_node/model/weights/default.keras --lr 1e-4 --deadline 240; done
 """
 from __future__ import annotations
 
