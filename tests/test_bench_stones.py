@@ -57,6 +57,10 @@ def test_grid_round_trip_costs_small_stones_first_and_nothing_on_the_images_own_
     native = load_pixels(samples[0].image_path, samples[0].frame)[0].shape[0]
     same = ceiling.evaluate(ceiling.GridOracle(samples, native, "hard"), samples)
     assert same["stone_iou"] == 100.0 and same["cbd_iou"] == 100.0 and same["stone_count_exact_pct"] == 100.0
+    # the truth's count agrees with the seen count only where no stone is below Rose's criterion
+    assert 0.0 <= same["stone_count_exact_seen_pct"] <= 100.0
+    seen = ceiling.evaluate(ceiling.GridOracle(samples, 0, "observer"), samples)
+    assert seen["stone_count_exact_seen_pct"] == 100.0
     by_k = same["stone_iou_by_visibility"]
     assert sum(b["n"] for b in by_k.values()) > 0
     assert all(b["iou_mean"] in (None, 100.0) for b in by_k.values())
