@@ -4,8 +4,8 @@ For each path and phantom test set: Table 1's IoU per structure (per image, mean
 stone by size (< 4 mm, 4–10 mm, > 10 mm; the truth stone's component against the predicted components touching
 it, 0 when missed), detection rate by size, stone count exact (components, the node's rule) and within one,
 largest-stone diameter error (mm, at the truth's spacing, so only the mask's error counts), and ms per image
-(preprocessing + both stages, batch 16, this machine). Stone IoU, detection and the count (also against the stones at or above k 5) by each stone's visibility in the
-stored image, Rose's criterion: k = CNR × √(area in pixels), CNR = |mean(stone) − mean(ring)| / SD(ring), the ring
+(preprocessing + both stages, batch 16, this machine). Stone IoU and detection by each stone's visibility in the
+stored image, and the count also against the stones at or above k 5 (what a reader could count); Rose's criterion: k = CNR × √(area in pixels), CNR = |mean(stone) − mean(ring)| / SD(ring), the ring
 being the duct pixels within 3 px outside the stone (bins k < 5, below Rose's threshold for detection by an
 observer; 5–10; ≥ 10). The ring's SD holds structure as well as noise, so k is a conservative estimate.
 Writes bench/results/stones.json (or --out).
