@@ -11,7 +11,7 @@ stone IoU by size, count exact, largest-stone error). Two readings per grid:
 
 No model runs; the figures bound every model that works on that grid with this resampling. One more row per set,
 `observer-k5`, bounds what can be seen at all: the truth on the image's own grid with every stone below Rose's
-criterion (k = CNR × √area < 5 in the stored pixels, bench_stones.local_cnr) drawn as the duct it sits in, as a
+criterion (k = CNR × √area < 5 in the stored pixels, bench_stones.rose_k) drawn as the duct it sits in, as a
 reader who cannot see it would draw it; `observer-k5-256-hard` sends that through the smallest grid as above (what
 the paper's single stage could reach if it found every stone that can be seen).
 
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_stones import evaluate, local_cnr  # noqa: E402 - the same metrics as the cascade ablation
+from bench_stones import evaluate, rose_k  # noqa: E402 - the same metrics as the cascade ablation
 from ercp_node.labels import CBD, STONE  # noqa: E402
 from ercp_node.model.data import load_mask, read_data  # noqa: E402
 from ercp_node.preprocessing.pipeline import resize_labels  # noqa: E402
@@ -56,8 +56,8 @@ def observer(labels: np.ndarray, image: np.ndarray, k_min: float = 5.0) -> np.nd
     n, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
     for i in range(1, n):
         stone = comp == i
-        cnr = local_cnr(image, labels, stone)
-        if cnr is None or cnr * np.sqrt(stone.sum()) < k_min:
+        k = rose_k(image, labels, stone)
+        if k is None or k < k_min:
             out[stone] = CBD
     return out
 

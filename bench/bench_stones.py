@@ -5,8 +5,9 @@ stone by size (< 4 mm, 4–10 mm, > 10 mm; the truth stone's component against t
 it, 0 when missed), detection rate by size, stone count exact (components, the node's rule) and within one,
 largest-stone diameter error (mm, at the truth's spacing, so only the mask's error counts), and ms per image
 (preprocessing + both stages, batch 16, this machine). Stone IoU and detection by each stone's visibility in the
-stored image, and the count also against the stones at or above k 5 (what a reader could count); Rose's criterion: k = CNR × √(area in pixels), CNR = |mean(stone) − mean(ring)| / SD(ring), the ring
-being the duct pixels within 3 px outside the stone (bins k < 5, below Rose's threshold for detection by an
+stored image, and the count also against the stones at or above k 5 (what a reader could count); Rose's
+criterion: k = CNR × √(area in pixels), CNR = |mean(stone) − mean(ring)| / SD(ring), the ring being the duct
+pixels within 3 px outside the stone (bins k < 5, below Rose's threshold for detection by an
 observer; 5–10; ≥ 10). The ring's SD holds structure as well as noise, so k is a conservative estimate.
 Writes bench/results/stones.json (or --out).
 
@@ -55,6 +56,12 @@ def local_cnr(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> f
     return abs(float(img[stone].mean()) - float(img[ring].mean())) / max(sd, 1e-6)
 
 
+def rose_k(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> float | None:
+    """Rose's k of one stone: local CNR × √(area in pixels); None where the CNR has no ring to measure against."""
+    cnr = local_cnr(image, truth_mask, stone)
+    return cnr * float(np.sqrt(stone.sum())) if cnr is not None else None
+
+
 def truth_of(sample) -> dict:
     root = Path(sample.mask_path).parents[1]
     truth = json.loads((root / "truth" / (Path(sample.image_path).stem + ".json")).read_text())
@@ -69,9 +76,8 @@ def seen_count(truth_mask: np.ndarray, image: np.ndarray, k_min: float = 5.0, mi
     for i in range(1, n):
         if stats[i, cv2.CC_STAT_AREA] < min_area_px:
             continue
-        stone = comp == i
-        cnr = local_cnr(image, truth_mask, stone)
-        seen += cnr is not None and cnr * float(np.sqrt(stone.sum())) >= k_min
+        k = rose_k(image, truth_mask, comp == i)
+        seen += k is not None and k >= k_min
     return seen
 
 
@@ -92,8 +98,7 @@ def per_stone(truth_mask: np.ndarray, pred: np.ndarray, ft: dict, image: np.ndar
         ids = np.unique(comp_p[t])
         p = np.isin(comp_p, ids[ids > 0])
         union = int((t | p).sum())
-        cnr = local_cnr(image, truth_mask, t) if image is not None else None
-        rose = cnr * float(np.sqrt(t.sum())) if cnr is not None else None
+        rose = rose_k(image, truth_mask, t) if image is not None else None
         out.append((float(st["largest_diameter_mm"]), float((t & p).sum()) / union if union else 0.0, rose))
     return out
 

@@ -1,5 +1,5 @@
 """Draws docs/figures/stone-visibility.jpg: phantom stones below and above Rose's criterion, each as stored (left)
-and with its truth outline (right), k = CNR × √area (bench/bench_stones.py, local_cnr).
+and with its truth outline (right), k = CNR × √area (bench/bench_stones.py, rose_k).
 
     python docs/figures/make_stone_visibility_figure.py
 """
@@ -17,7 +17,7 @@ from ercp_node.phantom.dataset import SynthConfig, plan, render_image
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_stones import local_cnr  # noqa: E402
+from bench_stones import rose_k  # noqa: E402
 
 OUT = Path(__file__).with_name("stone-visibility.jpg")
 HALF = 40  # crop half-side, px of the stored image
@@ -50,10 +50,9 @@ def main(seed: int = 2027, count: int = 40, n_low: int = 6, n_high: int = 4) -> 
         n, comp = cv2.connectedComponents((lab == STONE).astype(np.uint8), connectivity=8)
         for i in range(1, n):
             stone = comp == i
-            cnr = local_cnr(image, lab, stone)
-            if cnr is None:
+            k = rose_k(image, lab, stone)
+            if k is None:
                 continue
-            k = cnr * float(np.sqrt(stone.sum()))
             bucket = low if k < 5 else high if k >= 10 else None
             if bucket is not None and len(bucket) < (n_low if k < 5 else n_high):
                 t = tile(image, stone, k)
