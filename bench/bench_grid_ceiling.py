@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench_stones import evaluate, rose_k  # noqa: E402 - the same metrics as the cascade ablation
 from ercp_node.labels import CBD, STONE  # noqa: E402
 from ercp_node.model.data import load_mask, read_data  # noqa: E402
+from ercp_node.model.train import soft_one_hot  # noqa: E402
 from ercp_node.preprocessing.pipeline import resize_labels  # noqa: E402
 
 
@@ -44,8 +45,7 @@ def round_trip(labels: np.ndarray, grid: int, mode: str, n_classes: int = 4) -> 
     h, w = labels.shape
     if mode == "hard":
         return resize_labels(resize_labels(labels, (grid, grid), n_classes), (h, w), n_classes)
-    planes = (labels[..., None] == np.arange(n_classes)).astype(np.float32)
-    small = cv2.resize(planes, (grid, grid), interpolation=cv2.INTER_AREA)
+    small = soft_one_hot(labels, (grid, grid), n_classes)  # the soft training targets themselves
     back = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, n_classes)
     return back.argmax(-1).astype(np.uint8)
 
