@@ -495,14 +495,15 @@ def biliary(sc: Scene, rng, geo):
     for i in order:
         R = sizes[i] / 2
         for _ in range(60):
-            if stacked and us:
-                j = len(us) - 1
+            placed = [k for k, v in enumerate(us) if v is not None]
+            if stacked and placed:
+                j = placed[-1]  # stack on the last stone that found a place
                 u_ = us[j] + (sizes[i] / 2 + sizes[order[j]] / 2) * u01(rng, 0.8, 1.02)
             elif rng.random() < 0.55:
                 u_ = u01(rng, R + 3, max(R + 4, 0.45 * L))  # distal duct, where stones impact
             else:
                 u_ = u01(rng, R + 3, L - R - 4)
-            ok = u_ < L - R - 3 and all(abs(u_ - v) >= 0.8 * (R + sizes[order[k]] / 2) for k, v in enumerate(us))
+            ok = u_ < L - R - 3 and all(abs(u_ - v) >= 0.8 * (R + sizes[order[k]] / 2) for k, v in enumerate(us) if v is not None)
             if ok:
                 break
         else:

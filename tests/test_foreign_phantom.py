@@ -124,3 +124,9 @@ def test_dciodvfy(out, tmp_path):
         res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
         report = res.stdout + res.stderr
         assert not [ln for ln in report.splitlines() if ln.startswith("Error")], f"{path.name}:\n{report}"
+
+
+def test_stacked_stones_after_one_found_no_place(fp):
+    # seed 5001 image 106: a stone found no place in the duct, the next was to be stacked on it (crashed once)
+    out = fp.make_one(5001, 106, dt.date(2025, 1, 1), dt.date(2025, 6, 30))
+    assert out is not None
