@@ -38,9 +38,18 @@ from ercp_node.model.retrain import evaluate_samples  # noqa: E402
 
 
 def subset(src: Path, dst: Path, n: int) -> None:
-    """A phantom directory holding the first n images of src (manifest rows and their files)."""
+    """A directory holding the first n images of src: a phantom directory (manifest rows and their files) or a
+    labelme directory (the first n annotation files, by name, with the images they point to)."""
     if dst.exists():
         shutil.rmtree(dst)
+    if not (src / "manifest.csv").is_file():
+        docs = [p for p in sorted(src.rglob("*.json")) if "shapes" in json.loads(p.read_text())][:n]
+        for p in docs:
+            image = (p.parent / json.loads(p.read_text())["imagePath"]).resolve()
+            for f in (p, image):  # keep the layout, so imagePath still resolves
+                (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f, dst / f.relative_to(src))
+        return
     with open(src / "manifest.csv") as fh:
         reader = csv.DictReader(fh)
         rows, fields = list(reader)[:n], reader.fieldnames
@@ -94,7 +103,16 @@ def main(argv=None) -> int:
             row["pct_of_in_domain"] = {k: round(100 * row[k] / reference[k], 1) for k in reference}
         return row
 
+    def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
+        out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
+               "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
+               "freeze_encoder": args.freeze_encoder, "reference": "in_domain_mean of row n=0" if reference else None,
+               "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.out}")
+
     print(json.dumps(pct(rows[-1])), flush=True)
+    write()
     for n in args.n:
         data, run = args.work / f"{args.family}-{n}", args.work / f"run-{args.family}-{n}"
         subset(args.train, data, n)
@@ -116,12 +134,7 @@ def main(argv=None) -> int:
                      "epochs": card["epochs"], **score(run / "model.keras", args.test),
                      **in_domain(run / "model.keras")})
         print(json.dumps(pct(rows[-1])), flush=True)
-    out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
-           "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
-           "freeze_encoder": args.freeze_encoder, "reference": "in_domain_mean of row n=0" if reference else None,
-           "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+        write()
     return 0
 
 

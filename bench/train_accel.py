@@ -30,10 +30,11 @@ the pure-Python wheels the project pins that it lacks, and install them into a s
   python3 bench/train_accel.py run --work /tmp/w --out $OUT --init ercp_node/model/weights/default.keras --deadline 470
 
 The soft-target ablation (docs/model.md) in one device call: both arms from the shipped model, same data (made
-once in /tmp/w), same seed and training seconds, validation on the same hard labels; compare train.json's best
-val_iou, then bench_robustness on both best.keras here:
+once in /tmp/w), same seed and training seconds, validation on the same labels, best.keras chosen by the IoU on
+the 512 grid (validation loss on the 256 labels would favour the hard arm); compare train.json's best
+val_iou_512, then bench_robustness on both best.keras here:
 
-  for k in 1 2; do python3 bench/train_accel.py run --work /tmp/w --out $OUT/k$k --mask-scale $k \
+  for k in 1 2; do python3 bench/train_accel.py run --work /tmp/w --out $OUT/k$k --mask-scale $k --select iou \
       --init ercp_node/model/weights/default.keras --lr 1e-4 --train-seconds 150 --deadline 280; done
 """
 from __future__ import annotations
@@ -63,6 +64,17 @@ SETS = {
                   "--end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
+VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show
+
+
+def dataset_iou(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Per structure, pixels of all validation images pooled (percent, 2 decimals)."""
+    iou = {}
+    for c, name in ((1, "scope"), (2, "cbd"), (3, "stone")):
+        inter = np.logical_and(pred == c, truth == c).sum()
+        union = np.logical_or(pred == c, truth == c).sum()
+        iou[name] = round(100.0 * float(inter) / max(float(union), 1.0), 2)
+    return iou
 
 _X = _Y = _AUG = None
 _SEED = 0
@@ -138,15 +150,18 @@ def run(args) -> int:
 
     from ercp_node.model.data import read_data
     from ercp_node.model.retrain import _validation_split, prepare_arrays
+    from ercp_node.preprocessing.pipeline import masks_to_source, resize_labels
 
     samples, problems = read_data(dirs)
     for p in problems:
         log(f"skipped {p}")
     train_s, val_s = _validation_split(samples, 0.1, 0)
-    # soft targets (--mask-scale > 1): training labels on a finer grid; validation stays on the model grid's
-    # labels, so its loss and IoU compare across runs
+    # soft targets (--mask-scale > 1): training labels on a finer grid; validation loss and IoU stay on the model
+    # grid's labels, so they compare across runs; a second IoU on a 2x finer grid (probabilities resized as the
+    # node resizes them to the source) shows what soft targets are for, edges between the model's pixels
     xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale)
-    xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log)
+    xv, yv_fine = prepare_arrays(val_s, 256, workers=workers, log=log, mask_size=VAL_FINE)
+    yv = np.stack([resize_labels(m, (256, 256)) for m in yv_fine]) if len(yv_fine) else yv_fine
     log(f"train {len(xt)} / validation {len(xv)} images, {time.monotonic() - t_start:.0f} s since start")
     from ercp_node.model.train import AUGMENTATIONS
 
@@ -176,13 +191,8 @@ def run(args) -> int:
     def val_metrics():
         prob = model.predict(xv32, batch_size=64, verbose=0)
         loss = float(model.evaluate(xv32, yv1, batch_size=64, verbose=0))
-        pred = prob.argmax(-1)
-        iou = {}
-        for c, name in ((1, "scope"), (2, "cbd"), (3, "stone")):
-            inter = np.logical_and(pred == c, yv == c).sum()
-            union = np.logical_or(pred == c, yv == c).sum()
-            iou[name] = round(100.0 * float(inter) / max(float(union), 1.0), 2)
-        return loss, iou
+        fine = np.concatenate([masks_to_source(p, (VAL_FINE, VAL_FINE))[None] for p in prob]) if len(prob) else yv_fine
+        return loss, dataset_iou(prob.argmax(-1), yv), dataset_iou(fine, yv_fine)
 
     # the training's share of the time: the rest is for the last validation and the final save
     t_train0 = time.monotonic()
@@ -196,33 +206,41 @@ def run(args) -> int:
         frac = min(1.0, (now - t_train0) / span)
         return args.lr * warm * (args.lr_floor + (1 - args.lr_floor) * 0.5 * (1 + np.cos(np.pi * frac)))
 
-    history = {"time_s": [], "step": [], "epoch": [], "loss": [], "val_loss": [], "lr": [], "val_iou": []}
+    history = {"time_s": [], "step": [], "epoch": [], "loss": [], "val_loss": [], "lr": [], "val_iou": [],
+               f"val_iou_{VAL_FINE}": []}
     info = {"sets": {n: SETS[n] for n in names}, "scale": args.scale, "train_images": len(xt),
             "validation_images": len(xv), "batch_size": bs, "peak_lr": args.lr, "lr_floor": args.lr_floor,
-            "warmup_steps": args.warmup, "augment": args.augment, "loss": LOSS, "loss_kwargs": LOSS_KW,
+            "warmup_steps": args.warmup, "augment": args.augment, "select": args.select, "loss": LOSS, "loss_kwargs": LOSS_KW,
             "targets": "hard" if args.mask_scale == 1 else f"soft (labels at {256 * args.mask_scale}, area fractions)",
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
             "seed": args.seed, "command": "python bench/train_accel.py " + " ".join(map(shlex.quote, sys.argv[1:]))}
-    best = {"val_loss": float("inf")}
+    best = {"val_loss": float("inf"), "score": -float("inf")}
+
+    def score(vl, iou_fine):  # higher is better
+        return -vl if args.select == "loss" else float(np.mean(list(iou_fine.values())))
 
     def checkpoint(step, epoch, train_loss):
         now = time.monotonic()
-        vl, iou = val_metrics()
+        vl, iou, iou_fine = val_metrics()
         for k, v in (("time_s", round(now - t_start, 1)), ("step", step), ("epoch", round(epoch, 2)),
                      ("loss", train_loss), ("val_loss", vl), ("lr", float(model.optimizer.learning_rate)),
-                     ("val_iou", iou)):
+                     ("val_iou", iou), (f"val_iou_{VAL_FINE}", iou_fine)):
             history[k].append(v)
-        improved = vl < best["val_loss"]
+        weights = _float32_copy(model, cfg)
+        improved = score(vl, iou_fine) > best["score"]
+        for name, keep in (("last", True), ("best", improved)):  # last.keras: what a stopped run had reached
+            if keep:
+                tmp = out / f"{name}.tmp.keras"
+                weights.save(tmp)
+                os.replace(tmp, out / f"{name}.keras")
         if improved:
-            best.update(val_loss=vl, step=step, epoch=round(epoch, 2), val_iou=iou)
-            tmp = out / "best.tmp.keras"
-            _float32_copy(model, cfg).save(tmp)
-            os.replace(tmp, out / "best.keras")
+            best.update(val_loss=vl, score=round(score(vl, iou_fine), 4), step=step, epoch=round(epoch, 2),
+                        val_iou=iou, **{f"val_iou_{VAL_FINE}": iou_fine})
         doc = {**info, "best": best, "history": history, "steps": step, "epochs": round(epoch, 2),
                "train_seconds": round(now - t_train0, 1), "total_seconds": round(now - t_start, 1)}
         (out / "train.json").write_text(json.dumps(doc, indent=1))
-        log(f"step {step} epoch {epoch:.2f} loss {train_loss:.4f} val {vl:.4f} {iou}"
+        log(f"step {step} epoch {epoch:.2f} loss {train_loss:.4f} val {vl:.4f} {iou} at {VAL_FINE}: {iou_fine}"
             f"{' *' if improved else ''} lr {history['lr'][-1]:.2e} ({(now - t_start):.0f} s)")
 
     steps_per_epoch = len(xt) // bs
@@ -267,7 +285,8 @@ def run(args) -> int:
         raise SystemExit("no training step fitted before --deadline: give more time")
     if not history["step"] or history["step"][-1] != step:
         checkpoint(step, epoch + (k + 1) / steps_per_epoch, float(np.mean(losses[-200:])))
-    log(f"done: {step} steps, best val {best['val_loss']:.4f} at step {best.get('step')}")
+    log(f"done: {step} steps, best ({args.select}) at step {best.get('step')}: val {best['val_loss']:.4f}, "
+        f"IoU at {VAL_FINE} {best.get(f'val_iou_{VAL_FINE}')}")
     return 0
 
 
@@ -323,6 +342,10 @@ def main(argv=None) -> int:
     r.add_argument("--mask-scale", type=int, default=1, metavar="K",
                    help="K > 1: soft targets, the labels' area fractions from a K x finer grid (default 1: the "
                         "256 grid's majority vote, as the paper)")
+    r.add_argument("--select", choices=("loss", "iou"), default="loss",
+                   help="best.keras by: validation loss on the model grid's labels (default), or mean IoU on the "
+                        f"{VAL_FINE} grid (fair between hard and soft targets: the loss favours the arm trained on "
+                        "the labels it is computed on)")
     r.add_argument("--warmup", type=int, default=150, help="steps of linear warm-up")
     r.add_argument("--augment", default="robust")
     r.add_argument("--val-every", type=float, default=45.0, help="seconds between validations")

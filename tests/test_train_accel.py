@@ -25,7 +25,8 @@ def test_run_then_finish(accel, tmp_path):
     out = tmp_path / "out"
     rc = accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls", "train-rnd",
                      "train-clin", "--scale", "0.005", "--deadline", "70", "--reserve", "5", "--batch-size", "4",
-                     "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "30"])
+                     "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "30",
+                     "--select", "iou"])
     assert rc == 0
     doc = json.loads((out / "train.json").read_text())
     assert doc["train_seconds"] < 50  # --train-seconds ends training before --deadline (plus the last validation)
@@ -36,6 +37,11 @@ def test_run_then_finish(accel, tmp_path):
     assert made["count"] == 8 and made["options"]["stone_sizes"] == "clinical"
     assert all(math.isfinite(v) for v in doc["history"]["val_loss"])
     assert set(doc["best"]["val_iou"]) == {"scope", "cbd", "stone"}
+    # --select iou: best.keras is the checkpoint with the highest mean IoU on the 512 grid
+    fine = doc["history"]["val_iou_512"]
+    means = [sum(f.values()) / 3 for f in fine]
+    assert doc["select"] == "iou" and doc["best"]["score"] == pytest.approx(max(means), abs=1e-3)
+    assert (out / "last.keras").is_file()  # what the run had reached, whatever was best
     model = keras.saving.load_model(out / "best.keras", compile=False)
     assert model.input_shape == (None, 256, 256, 1) and model.dtype_policy.name == "float32"
 
