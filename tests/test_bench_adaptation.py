@@ -1,0 +1,35 @@
+"""bench/bench_adaptation.py's subset: the first N site images, from a phantom directory or a labelme directory
+(the form a site's annotations take), still read by the project's reader without problems."""
+import datetime as dt
+import importlib.util
+from pathlib import Path
+
+from ercp_node.model.data import read_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_subset_of_a_labelme_directory(tmp_path):
+    fp, ad = _load("foreign_phantom"), _load("bench_adaptation")
+    fp.generate(3, 11, tmp_path / "site", dt.date(2023, 1, 1), dt.date(2023, 6, 1), sheet=False)
+    ad.subset(tmp_path / "site", tmp_path / "two", 2)
+    samples, problems = read_data([tmp_path / "two"])
+    assert problems == [] and len(samples) == 2
+    assert sorted(Path(s.key).name for s in samples) == ["fp00000.json", "fp00001.json"]
+
+
+def test_subset_of_a_phantom_directory(tmp_path):
+    from helpers import synth
+
+    ad = _load("bench_adaptation")
+    synth(tmp_path / "ph", count=3, seed=5)
+    ad.subset(tmp_path / "ph", tmp_path / "one", 1)
+    samples, problems = read_data([tmp_path / "one"])
+    assert problems == [] and len(samples) == 1
