@@ -43,6 +43,7 @@ def subset(src: Path, dst: Path, n: int) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     if not (src / "manifest.csv").is_file():
+        src = src.resolve()  # the images' paths are resolved: compare like with like
         docs = [p for p in sorted(src.rglob("*.json")) if "shapes" in json.loads(p.read_text())][:n]
         for p in docs:
             image = (p.parent / json.loads(p.read_text())["imagePath"]).resolve()
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
     ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
+    ap.add_argument("--resume", action="store_true", help="keep the rows --out already holds for this --init and "
+                                                          "--family; measure only the N it lacks")
     args = ap.parse_args(argv)
     def in_domain(model: Path) -> dict:
         if not args.in_domain:
@@ -95,7 +98,11 @@ def main(argv=None) -> int:
         return {"in_domain_mean": {k: round(sum(v[k] for v in per.values()) / len(per), 2) for k in keys},
                 "in_domain_sets": per}
 
-    rows = [{"n": 0, "train_seconds": 0.0, **score(Path(args.init), args.test), **in_domain(Path(args.init))}]
+    old = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).is_file() else {}
+    if old and (old.get("init"), old.get("family")) != (args.init, args.family):
+        raise SystemExit(f"--resume: {args.out} holds another curve ({old.get('init')}, {old.get('family')})")
+    rows = old.get("rows") or [{"n": 0, "train_seconds": 0.0, **score(Path(args.init), args.test),
+                                **in_domain(Path(args.init))}]
     reference = rows[0].get("in_domain_mean")
 
     def pct(row):
@@ -114,6 +121,8 @@ def main(argv=None) -> int:
     print(json.dumps(pct(rows[-1])), flush=True)
     write()
     for n in args.n:
+        if any(r["n"] == n for r in rows):
+            continue
         data, run = args.work / f"{args.family}-{n}", args.work / f"run-{args.family}-{n}"
         subset(args.train, data, n)
         shutil.rmtree(run, ignore_errors=True)

@@ -16,10 +16,11 @@ def _load(name):
     return mod
 
 
-def test_subset_of_a_labelme_directory(tmp_path):
+def test_subset_of_a_labelme_directory(tmp_path, monkeypatch):
     fp, ad = _load("foreign_phantom"), _load("bench_adaptation")
     fp.generate(3, 11, tmp_path / "site", dt.date(2023, 1, 1), dt.date(2023, 6, 1), sheet=False)
-    ad.subset(tmp_path / "site", tmp_path / "two", 2)
+    monkeypatch.chdir(tmp_path)  # relative paths, as on the command line
+    ad.subset(Path("site"), Path("two"), 2)
     samples, problems = read_data([tmp_path / "two"])
     assert problems == [] and len(samples) == 2
     assert sorted(Path(s.key).name for s in samples) == ["fp00000.json", "fp00001.json"]
@@ -33,3 +34,16 @@ def test_subset_of_a_phantom_directory(tmp_path):
     ad.subset(tmp_path / "ph", tmp_path / "one", 1)
     samples, problems = read_data([tmp_path / "one"])
     assert problems == [] and len(samples) == 1
+
+
+def test_resume_refuses_another_curve(tmp_path):
+    import json
+
+    import pytest
+
+    ad = _load("bench_adaptation")
+    out = tmp_path / "curve.json"
+    out.write_text(json.dumps({"init": "other.keras", "family": "lowdose", "rows": [{"n": 0}]}))
+    with pytest.raises(SystemExit, match="another curve"):
+        ad.main(["--init", "model.keras", "--family", "foreign", "--train", "t", "--test", "u", "--out", str(out),
+                 "--resume"])
