@@ -66,19 +66,45 @@ def by_largest_stone(sizes: list, per_image: list[dict]) -> dict:
     return out
 
 
+# The scope's texture in a styled phantom image (truth style.scope: braid + wires, each 0-1.5x the classic
+# scope's): a scope whose braid and wires are washed out is a smooth dark band, which other phantoms draw as a rib.
+TEXTURE_BINS = (("washed_out", 0.0, 0.8), ("faint", 0.8, 1.6), ("visible", 1.6, 1e9))
+
+
+def scope_texture(sample) -> float | None:
+    """braid + wires of the styled phantom's scope; None for the classic style or a sample without phantom truth."""
+    path = Path(sample.image_path)
+    truth = path.parent.parent / "truth" / (path.stem + ".json")
+    if sample.source != "phantom" or not truth.is_file():
+        return None
+    scope = (json.loads(truth.read_text()).get("style") or {}).get("scope")
+    return None if not scope else float(scope["braid"] + scope["wires"])
+
+
+def by_scope_texture(textures: list, per_image: list[dict]) -> dict:
+    out = {}
+    for name, lo, hi in TEXTURE_BINS:
+        rows = [m for t, m in zip(textures, per_image) if t is not None and lo <= t < hi]
+        if rows:
+            out[name] = {"n": len(rows), "scope_iou": table1_report(rows)["structures"]["duodenoscope"]["iou_mean"]}
+    return out
+
+
 def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
-    per_image, exact, sizes, t_model = [], [], [], 0.0
+    per_image, exact, sizes, textures, t_model = [], [], [], [], 0.0
     for chunk, truths, preds, seconds in predicted(seg, samples, batch):
         t_model += seconds
         per_image += per_image_metrics(truths, preds)
         sizes += [largest_stone_mm(s) for s in chunk]
+        textures += [scope_texture(s) for s in chunk]
         for truth, pred in zip(truths, preds):
             exact.append(len(stones(pred, None)) == len(stones(truth, None)))
     report = table1_report(per_image)
     return {"n": len(samples), "scope_iou": report["structures"]["duodenoscope"]["iou_mean"], "cbd_iou": report["structures"]["cbd"]["iou_mean"],
             "stone_iou": report["structures"]["stone"]["iou_mean"], "stone_count_exact_pct": round(100 * float(np.mean(exact)), 1),
             "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1),
-            "by_largest_stone": by_largest_stone(sizes, per_image), "table1": report}
+            "by_largest_stone": by_largest_stone(sizes, per_image),
+            "by_scope_texture": by_scope_texture(textures, per_image), "table1": report}
 
 
 def main(argv=None) -> int:

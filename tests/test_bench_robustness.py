@@ -1,5 +1,5 @@
-"""bench/bench_robustness.py's breakdown by the largest stone: every phantom image lands in the bin of its truth's
-largest stone, and a perfect segmenter scores 100 in every bin."""
+"""bench/bench_robustness.py's breakdowns by the largest stone and by the scope's texture: every phantom image
+lands in the bin its truth says, and a perfect segmenter scores 100 in every bin."""
 
 from __future__ import annotations
 
@@ -59,3 +59,16 @@ def test_by_largest_stone_bins_follow_the_truth(bench, tmp_path):
     assert all(b["cbd_iou"] == 100.0 for b in bins.values())
     assert r["cbd_iou"] == 100.0 and r["stone_count_exact_pct"] == 100.0
     assert len({round(d) for d in sizes}) > 1 and np.isfinite(sizes).all()
+    # and by the scope's texture: every styled image in the bin of its truth's braid + wires
+    tex = r["by_scope_texture"]
+    assert sum(b["n"] for b in tex.values()) == 10 and all(b["scope_iou"] == 100.0 for b in tex.values())
+    for s, t in zip(samples, [bench.scope_texture(s) for s in samples]):
+        scope = json.loads((tmp_path / "clin" / "truth" / (Path(s.image_path).stem + ".json")).read_text())["style"]["scope"]
+        assert t == pytest.approx(scope["braid"] + scope["wires"])
+
+
+def test_classic_images_have_no_scope_texture(bench, tmp_path):
+    synth(tmp_path / "cls", count=2, seed=6)
+    samples, _ = read_data([tmp_path / "cls"])
+    assert [bench.scope_texture(s) for s in samples] == [None, None]
+    assert bench.by_scope_texture([None, None], [{}, {}]) == {}
