@@ -46,13 +46,19 @@ LARGEST_BINS = (("none", 0.0, 0.0), ("lt6mm", 0.0, 6.0), ("6to10mm", 6.0, 10.0),
                 ("ge15mm", 15.0, 1e9))
 
 
-def largest_stone_mm(sample) -> float | None:
-    """The phantom truth's largest stone in this frame (0 if none); None where the sample has no phantom truth."""
+def phantom_truth(sample) -> dict | None:
+    """The phantom's truth record of the sample's image; None where it has none (labelme, SEG)."""
     path = Path(sample.image_path)
     truth = path.parent.parent / "truth" / (path.stem + ".json")
-    if sample.source != "phantom" or not truth.is_file():
+    return json.loads(truth.read_text()) if sample.source == "phantom" and truth.is_file() else None
+
+
+def largest_stone_mm(sample) -> float | None:
+    """The phantom truth's largest stone in this frame (0 if none); None where the sample has no phantom truth."""
+    truth = phantom_truth(sample)
+    if truth is None:
         return None
-    frames = json.loads(truth.read_text())["frame_truth"]
+    frames = truth["frame_truth"]
     return max((st["largest_diameter_mm"] for st in frames[min(sample.frame, len(frames) - 1)]["stones"]), default=0.0)
 
 
@@ -73,11 +79,7 @@ TEXTURE_BINS = (("washed_out", 0.0, 0.8), ("faint", 0.8, 1.6), ("visible", 1.6, 
 
 def scope_texture(sample) -> float | None:
     """braid + wires of the styled phantom's scope; None for the classic style or a sample without phantom truth."""
-    path = Path(sample.image_path)
-    truth = path.parent.parent / "truth" / (path.stem + ".json")
-    if sample.source != "phantom" or not truth.is_file():
-        return None
-    scope = (json.loads(truth.read_text()).get("style") or {}).get("scope")
+    scope = ((phantom_truth(sample) or {}).get("style") or {}).get("scope")
     return None if not scope else float(scope["braid"] + scope["wires"])
 
 
