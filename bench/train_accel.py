@@ -150,7 +150,7 @@ def run(args) -> int:
 
     from ercp_node.model.data import read_data
     from ercp_node.model.retrain import _validation_split, prepare_arrays
-    from ercp_node.preprocessing.pipeline import masks_to_source, resize_labels
+    from ercp_node.preprocessing.pipeline import masks_to_source
 
     samples, problems = read_data(dirs)
     for p in problems:
@@ -160,8 +160,8 @@ def run(args) -> int:
     # grid's labels, so they compare across runs; a second IoU on a 2x finer grid (probabilities resized as the
     # node resizes them to the source) shows what soft targets are for, edges between the model's pixels
     xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale)
-    xv, yv_fine = prepare_arrays(val_s, 256, workers=workers, log=log, mask_size=VAL_FINE)
-    yv = np.stack([resize_labels(m, (256, 256)) for m in yv_fine]) if len(yv_fine) else yv_fine
+    xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log)
+    _, yv_fine = prepare_arrays(val_s, 256, workers=workers, log=log, mask_size=VAL_FINE)  # both from the source
     log(f"train {len(xt)} / validation {len(xv)} images, {time.monotonic() - t_start:.0f} s since start")
     from ercp_node.model.train import AUGMENTATIONS
 
@@ -227,15 +227,15 @@ def run(args) -> int:
                      ("loss", train_loss), ("val_loss", vl), ("lr", float(model.optimizer.learning_rate)),
                      ("val_iou", iou), (f"val_iou_{VAL_FINE}", iou_fine)):
             history[k].append(v)
-        weights = _float32_copy(model, cfg)
-        improved = score(vl, iou_fine) > best["score"]
+        weights, sc = _float32_copy(model, cfg), score(vl, iou_fine)
+        improved = sc > best["score"]
         for name, keep in (("last", True), ("best", improved)):  # last.keras: what a stopped run had reached
             if keep:
                 tmp = out / f"{name}.tmp.keras"
                 weights.save(tmp)
                 os.replace(tmp, out / f"{name}.keras")
         if improved:
-            best.update(val_loss=vl, score=round(score(vl, iou_fine), 4), step=step, epoch=round(epoch, 2),
+            best.update(val_loss=vl, score=round(sc, 4), step=step, epoch=round(epoch, 2),
                         val_iou=iou, **{f"val_iou_{VAL_FINE}": iou_fine})
         doc = {**info, "best": best, "history": history, "steps": step, "epochs": round(epoch, 2),
                "train_seconds": round(now - t_train0, 1), "total_seconds": round(now - t_start, 1)}
