@@ -44,9 +44,9 @@ def subset(src: Path, dst: Path, n: int) -> None:
         shutil.rmtree(dst)
     if not (src / "manifest.csv").is_file():
         src = src.resolve()  # the images' paths are resolved: compare like with like
-        docs = [p for p in sorted(src.rglob("*.json")) if "shapes" in json.loads(p.read_text())][:n]
-        for p in docs:
-            image = (p.parent / json.loads(p.read_text())["imagePath"]).resolve()
+        docs = [(p, d) for p in sorted(src.rglob("*.json")) if "shapes" in (d := json.loads(p.read_text()))][:n]
+        for p, doc in docs:
+            image = (p.parent / doc["imagePath"]).resolve()
             for f in (p, image):  # keep the layout, so imagePath still resolves
                 (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, dst / f.relative_to(src))
