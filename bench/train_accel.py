@@ -62,6 +62,9 @@ SETS = {
     # stone sizes of a clinical ERCP series (docs/phantom.md), which the sets above under-represent
     "train-clin": "--count 1500 --seed 3106 --style random --size random --stones clinical --start-date 2013-12-02 "
                   "--end-date 2024-06-08",
+    # ribs as flat bands as wide as a duodenoscope and wider (docs/phantom.md), which the sets above lack
+    "train-ribs": "--count 1500 --seed 3107 --style random --size random --stones clinical --ribs anatomic "
+                  "--start-date 2013-12-02 --end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show

@@ -210,3 +210,31 @@ def test_unknown_stone_size_model_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--count", "1", "--stones", "huge", "--out", str(tmp_path / "x")])
     assert "--stones" in capsys.readouterr().err
+
+
+def test_anatomic_ribs_change_the_image_not_the_labels(tmp_path, capsys):
+    """`--ribs anatomic`: the ribs are redrawn as flat bands (8–17 mm high, thinner than high, a cortex of
+    0.6–1.6 mm) from their own stream, after every other draw: the same labels and truth as the classic ribs,
+    other pixels, other UIDs, and the data set and truth say which ribs made them."""
+    args = ["--count", "10", "--seed", "21", "--style", "random", "--workers", "1"]
+    out, classic = tmp_path / "anatomic", tmp_path / "classic"
+    assert main(["synth", *args, "--ribs", "anatomic", "--out", str(out)]) == 0
+    assert main(["synth", *args, "--out", str(classic)]) == 0
+    assert json.loads((out / "dataset.json").read_text())["options"]["ribs"] == "anatomic"
+    changed, ribs = 0, []
+    for row, row_c in zip(_rows(out), _rows(classic)):
+        assert (out / row["mask"]).read_bytes() == (classic / row_c["mask"]).read_bytes()
+        truth, truth_c = (json.loads((root / r["truth"]).read_text()) for root, r in ((out, row), (classic, row_c)))
+        assert truth["frame_truth"] == truth_c["frame_truth"] and "ribs" not in truth_c
+        assert len(truth["ribs"]) <= truth["style"]["ribs"]  # no more ribs than the style asked for
+        ribs += truth["ribs"]
+        img, img_c = (cv2.imread(str(root / r["image"]), cv2.IMREAD_UNCHANGED) for root, r in ((out, row), (classic, row_c)))
+        changed += bool(truth["ribs"]) and not np.array_equal(img, img_c)
+    assert ribs and changed >= 3
+    for r in ribs:
+        assert 8.0 * 0.8 - 0.01 <= r["height_mm"] <= 17.0 * 1.2 + 0.01 and 4.5 * 0.8 - 0.01 <= r["thickness_mm"] < r["height_mm"]
+        assert 0.6 <= r["cortex_mm"] <= 1.6
+    assert not {r["sop_uid"] for r in _rows(out)} & {r["sop_uid"] for r in _rows(classic)}
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--ribs", "wide", "--out", str(tmp_path / "x")])
+    assert "--ribs" in capsys.readouterr().err

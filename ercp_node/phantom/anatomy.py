@@ -32,6 +32,10 @@ class Tube:
     points: np.ndarray  # (K, 2) mm
     radii: np.ndarray  # (K,) mm
     s: np.ndarray  # (K,) arc length mm
+    # A flat bone's cross-section (anatomic ribs): an ellipse `depth_ratio` as deep as it is wide in the image,
+    # with a cortex this thick. None: the circular tube of the classic ribs.
+    depth_ratio: float | None = None
+    cortex_mm: float = 1.2
 
 
 @dataclass
@@ -204,6 +208,32 @@ def _dense(poly: np.ndarray, step=0.3) -> np.ndarray:
 # its mean is the reported one.
 CLINICAL_LARGEST = ((88 / 118, 8.0, 0.48), (30 / 118, 13.4, 0.40))  # (weight, mean mm, sigma of ln)
 STONE_SIZES = ("classic", "clinical")
+RIBS = ("classic", "anatomic")
+
+
+def sample_ribs(rng: np.random.Generator, n: int, half_fov: float) -> list[Tube]:
+    """`n` lower ribs (9–12) as flat bands: shaft height (in the image) 8–17 mm, thickness 4.5–8 mm, cortex
+    0.6–1.6 mm, each tapering or widening by up to ±20 % along its course, entering from either side at any
+    height and crossing up to the whole field (`--ribs anatomic`, docs/phantom.md).
+
+    Why: the classic ribs are round tubes 8–12 mm across; real rib shafts are wider than thick, and their
+    projected width spans the duodenoscope's (11–13.5 mm), so a smooth band that wide is not by itself a scope.
+    """
+    ribs = []
+    for _ in range(n):
+        side = rng.choice([-1.0, 1.0])
+        height = rng.uniform(8.0, 17.0)
+        thick = rng.uniform(4.5, min(8.0, height * 0.75))
+        y0 = rng.uniform(-1.2, 0.8) * half_fov
+        reach = rng.uniform(0.8, 2.2)  # how far across the field the rib runs (the classic ribs: 1.2)
+        start = np.array([side * 1.4 * half_fov, y0])
+        ctrl = [start, start + np.array([-side * 0.5 * reach * half_fov, rng.uniform(-10, 35)]),
+                start + np.array([-side * reach * half_fov, rng.uniform(0, 80)])]
+        pts, s = smooth_curve(np.array(ctrl), 1.0)
+        taper = np.linspace(1.0, rng.uniform(0.8, 1.2), len(pts))
+        ribs.append(Tube(pts, height / 2 * taper, s, depth_ratio=float(thick / height),
+                         cortex_mm=float(rng.uniform(0.6, 1.6))))
+    return ribs
 
 
 def clinical_largest_mm(rng: np.random.Generator) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cliutil import iso_date
 
-from .anatomy import STONE_SIZES
+from .anatomy import RIBS, STONE_SIZES
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, STYLES
 
@@ -51,6 +51,9 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stones", choices=STONE_SIZES, default="classic",
                    help="stone size model: classic (the phantom's own, 2–25 mm by complexity) or clinical (each "
                         "study's largest stone from a published ERCP series; docs/phantom.md)")
+    p.add_argument("--ribs", choices=RIBS, default="classic",
+                   help="classic (round tubes 8–12 mm) or anatomic (flat bands 8–17 mm high, as wide as a "
+                        "duodenoscope and wider; labels unchanged; docs/phantom.md)")
     p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")
@@ -92,7 +95,7 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
     opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
                    image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style,
-                   stone_sizes=args.stones)
+                   stone_sizes=args.stones, ribs=args.ribs)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
                        transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)

@@ -38,6 +38,7 @@ class Options:
     burned_in_text: bool = True
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
+    ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bands of real ribs' size (own stream)
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -99,13 +100,14 @@ def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity:
 def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
               complexity: float, opts: Options, stone_complexity: float | None = None,
               style: Style | None = None, rng_style: np.random.Generator | None = None,
-              study: StudyDucts | None = None) -> A.Case:
+              study: StudyDucts | None = None, rng_ribs: np.random.Generator | None = None) -> A.Case:
     """One image's case; the stones come from the study's stream so every image of a study shows them.
 
     `study`, when given, is `study_ducts(anatomy, rng_study, stone_complexity)` made already (for an earlier
     image of the study); `rng_study` is then not used. `style` (with its own stream `rng_style`) changes what is
     not the label: scope model, orientation, display chain, distractors; without it the case is the classic
-    phantom's, draw for draw.
+    phantom's, draw for draw. `opts.ribs == "anatomic"` redraws the ribs (as many as there are) from `rng_ribs`,
+    after every other draw, so the labels and everything else stay those of the classic ribs.
     """
     if study is None:
         study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity,
@@ -152,6 +154,10 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     if style is not None:
         scope_d, tip_w = style.scope.diameter_mm, style.scope.tip_width_mm
         _apply_style(style, rng_style, acq, spine, ribs, gas, stones, ducts, half_fov)
+    if opts.ribs != "classic":
+        if opts.ribs not in A.RIBS:
+            raise ValueError(f"ribs {opts.ribs!r}: one of {', '.join(A.RIBS)}")
+        ribs[:] = A.sample_ribs(rng_ribs if rng_ribs is not None else np.random.default_rng(), len(ribs), half_fov)
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
 
@@ -311,9 +317,20 @@ def _bones(case: A.Case, v: _View) -> np.ndarray:
             ellipsoid(shape, px, py, 10 * mm, 3.5 * mm, 5 * mm, ang, out=bone, scale=MU_CORTICAL * 0.6 / mm)
         (px, py), = fr.px(c_mm + np.array([0.0, 9.0]))
         ellipsoid(shape, px, py, 3 * mm, 7 * mm, 10 * mm, ang, out=bone, scale=MU_CORTICAL * 0.7 / mm)
-    if case.ribs:
-        win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in case.ribs])
+    round_ribs = [rib for rib in case.ribs if rib.depth_ratio is None]
+    if round_ribs:
+        win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in round_ribs])
         outer, inner = chord(dist, rad), chord(dist, np.maximum(rad - 1.2 * mm, 0))
+        bone[win] += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
+    for rib in case.ribs:  # flat ribs: elliptical cross-section, one each (their depth ratios differ)
+        if rib.depth_ratio is None:
+            continue
+        win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm)])
+        t = rib.cortex_mm * mm
+        a = float(np.mean(rib.radii)) * mm  # the inner ellipse keeps the cortex t thick at the mean width
+        k_in = max(rib.depth_ratio * a - t, 0.0) / max(a - t, 1e-6)
+        outer = rib.depth_ratio * chord(dist, rad)
+        inner = k_in * chord(dist, np.maximum(rad - t, 0))
         bone[win] += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
     return bone
 
