@@ -213,9 +213,10 @@ def test_unknown_stone_size_model_is_refused(tmp_path, capsys):
 
 
 def test_anatomic_ribs_change_the_image_not_the_labels(tmp_path, capsys):
-    """`--ribs anatomic`: the ribs are redrawn as flat bands (8–17 mm high, thinner than high, a cortex of
-    0.6–1.6 mm) from their own stream, after every other draw: the same labels and truth as the classic ribs,
-    other pixels, other UIDs, and the data set and truth say which ribs made them."""
+    """`--ribs anatomic`: the ribs are redrawn as flat bones (8–17 mm high, thinner than high, a cortex of
+    0.6–1.6 mm, turned 0–65°, bone contrast 0.7–2.5×) from their own stream, after every other draw: the same
+    labels and truth as the classic ribs, other pixels, other UIDs, and the data set and truth say which ribs made
+    them."""
     args = ["--count", "10", "--seed", "21", "--style", "random", "--workers", "1"]
     out, classic = tmp_path / "anatomic", tmp_path / "classic"
     assert main(["synth", *args, "--ribs", "anatomic", "--out", str(out)]) == 0
@@ -232,9 +233,25 @@ def test_anatomic_ribs_change_the_image_not_the_labels(tmp_path, capsys):
         changed += bool(truth["ribs"]) and not np.array_equal(img, img_c)
     assert ribs and changed >= 3
     for r in ribs:
-        assert 8.0 * 0.8 - 0.01 <= r["height_mm"] <= 17.0 * 1.2 + 0.01 and 4.5 * 0.8 - 0.01 <= r["thickness_mm"] < r["height_mm"]
-        assert 0.6 <= r["cortex_mm"] <= 1.6
+        assert 8.0 <= r["height"] <= 17.0 and 4.5 <= r["thickness"] <= 0.75 * r["height"] + 1e-9
+        assert 0.6 <= r["cortex"] <= 1.6 and 0.0 <= r["tilt_deg"] <= 65.0 and 0.7 <= r["density"] <= 2.5
+        # turned about its axis, a rib projects between its thickness and its height (±20 % taper along it)
+        assert 0.8 * r["thickness"] - 0.01 <= r["projected_width_mm"] <= 1.2 * r["height"] + 0.01
     assert not {r["sop_uid"] for r in _rows(out)} & {r["sop_uid"] for r in _rows(classic)}
     with pytest.raises(SystemExit):
         main(["synth", "--count", "1", "--ribs", "wide", "--out", str(tmp_path / "x")])
     assert "--ribs" in capsys.readouterr().err
+
+
+def test_a_turned_rib_projects_narrower_and_denser_with_its_area_kept():
+    """A flat rib turned about its axis: the projection narrows from its height towards its thickness, its peak
+    path grows, and the integral of the path across it (the section's area, π·h·t/4) stays."""
+    from ercp_node.phantom.anatomy import RibSection
+
+    flat, turned = (RibSection(12.0, 6.0, 1.0, tilt, 1.0) for tilt in (0.0, 60.0))
+    (w0, p0), (w1, p1) = flat.projected(), turned.projected()
+    assert (w0, p0) == pytest.approx((6.0, 6.0)) and w1 < w0 and p1 > p0
+    for half, peak in ((w0, p0), (w1, p1)):  # area under an elliptical chord profile: π/2 · half · peak
+        assert np.pi / 2 * half * peak == pytest.approx(np.pi * 12.0 * 6.0 / 4)
+    assert RibSection(12.0, 6.0, 1.0, 90.0, 1.0).projected() == pytest.approx((3.0, 12.0))
+    assert flat.projected(1.0) == pytest.approx((5.0, 4.0))  # the cancellous core inside a 1 mm cortex

@@ -32,10 +32,27 @@ class Tube:
     points: np.ndarray  # (K, 2) mm
     radii: np.ndarray  # (K,) mm
     s: np.ndarray  # (K,) arc length mm
-    # A flat bone's cross-section (anatomic ribs): an ellipse `depth_ratio` as deep as it is wide in the image,
-    # with a cortex this thick. None: the circular tube of the classic ribs.
-    depth_ratio: float | None = None
-    cortex_mm: float = 1.2
+    # A flat bone's cross-section (anatomic ribs); None: the circular tube of the classic ribs.
+    section: "RibSection | None" = None
+
+
+@dataclass(frozen=True)
+class RibSection:
+    """A rib shaft's cross-section: an ellipse `height` × `thickness` mm with a `cortex` mm shell, turned `tilt_deg`
+    about the rib's axis away from facing the beam, of bone `density` times the reference's."""
+    height: float
+    thickness: float
+    cortex: float
+    tilt_deg: float
+    density: float
+
+    def projected(self, shrink: float = 0.0) -> tuple[float, float]:
+        """(half-width in the image, peak path length) of the ellipse shrunk by `shrink` mm on every side, turned by
+        tilt: a turned ellipse projects as an ellipse's chord profile whose area (the section's) is kept."""
+        a, b = max(self.height / 2 - shrink, 0.0), max(self.thickness / 2 - shrink, 0.0)
+        t = np.radians(self.tilt_deg)
+        half = float(np.hypot(a * np.cos(t), b * np.sin(t)))
+        return half, (2 * a * b / half if half > 0 else 0.0)
 
 
 @dataclass
@@ -212,18 +229,25 @@ RIBS = ("classic", "anatomic")
 
 
 def sample_ribs(rng: np.random.Generator, n: int, half_fov: float) -> list[Tube]:
-    """`n` lower ribs (9–12) as flat bands: shaft height (in the image) 8–17 mm, thickness 4.5–8 mm, cortex
-    0.6–1.6 mm, each tapering or widening by up to ±20 % along its course, entering from either side at any
-    height and crossing up to the whole field (`--ribs anatomic`, docs/phantom.md).
+    """`n` lower ribs (9–12) as flat bones: shaft height 8–17 mm, thickness 4.5–8 mm (at most 3/4 of the height),
+    cortex 0.6–1.6 mm, turned 0–65° about their axis (the lower ribs run obliquely down and forward, so the beam
+    crosses them at an angle: a narrower, denser band), bone contrast 0.7–2.5 times the phantom's reference
+    (log-uniform: bone mineral density from osteoporotic to dense, times the beam's energy — bone's excess
+    attenuation over soft tissue at a 60 kVp beam is about twice that at 100 kVp, and the reference, 0.030 /mm for
+    cortex, sits at the low end), tapering or widening by up to ±20 % along their course, entering from either
+    side at any height and running up to across the whole field (`--ribs anatomic`, docs/phantom.md).
 
-    Why: the classic ribs are round tubes 8–12 mm across; real rib shafts are wider than thick, and their
-    projected width spans the duodenoscope's (11–13.5 mm), so a smooth band that wide is not by itself a scope.
+    Why: the classic ribs are round tubes 8–12 mm across, all of one density, fainter than any scope, so a model
+    may take any band of a scope's width and darkness for a scope; real ribs project as bands from faint to as
+    dark as a duodenoscope's shaft and as wide as it (11–13.5 mm).
     """
     ribs = []
     for _ in range(n):
         side = rng.choice([-1.0, 1.0])
         height = rng.uniform(8.0, 17.0)
-        thick = rng.uniform(4.5, min(8.0, height * 0.75))
+        section = RibSection(height=float(height), thickness=float(rng.uniform(4.5, min(8.0, height * 0.75))),
+                             cortex=float(rng.uniform(0.6, 1.6)), tilt_deg=float(rng.uniform(0.0, 65.0)),
+                             density=float(np.exp(rng.uniform(np.log(0.7), np.log(2.5)))))
         y0 = rng.uniform(-1.2, 0.8) * half_fov
         reach = rng.uniform(0.8, 2.2)  # how far across the field the rib runs (the classic ribs: 1.2)
         start = np.array([side * 1.4 * half_fov, y0])
@@ -231,8 +255,7 @@ def sample_ribs(rng: np.random.Generator, n: int, half_fov: float) -> list[Tube]
                 start + np.array([-side * reach * half_fov, rng.uniform(0, 80)])]
         pts, s = smooth_curve(np.array(ctrl), 1.0)
         taper = np.linspace(1.0, rng.uniform(0.8, 1.2), len(pts))
-        ribs.append(Tube(pts, height / 2 * taper, s, depth_ratio=float(thick / height),
-                         cortex_mm=float(rng.uniform(0.6, 1.6))))
+        ribs.append(Tube(pts, section.projected()[0] * taper, s, section=section))
     return ribs
 
 

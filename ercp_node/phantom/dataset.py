@@ -212,9 +212,8 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         generator="ercp-node phantom", note=f"Synthetic phantom. {RESEARCH_USE_SENTENCE}",
         label_values={"background": BACKGROUND, **LABEL_VALUES},
         **({"style": case.acq["style"].to_dict()} if "style" in case.acq else {}),
-        **({"ribs": [dict(height_mm=round(2 * float(np.mean(r.radii)), 2), thickness_mm=round(
-            2 * float(np.mean(r.radii)) * r.depth_ratio, 2), cortex_mm=round(r.cortex_mm, 2)) for r in case.ribs]}
-           if opts.ribs != "classic" else {}),
+        **({"ribs": [dict(asdict(r.section), projected_width_mm=round(2 * float(np.mean(r.radii)), 2))
+                     for r in case.ribs]} if opts.ribs != "classic" else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))
     row = dict(id=item.id, index=item.index, patient_id=item.patient_id, study_uid=item.study_uid,

@@ -317,21 +317,21 @@ def _bones(case: A.Case, v: _View) -> np.ndarray:
             ellipsoid(shape, px, py, 10 * mm, 3.5 * mm, 5 * mm, ang, out=bone, scale=MU_CORTICAL * 0.6 / mm)
         (px, py), = fr.px(c_mm + np.array([0.0, 9.0]))
         ellipsoid(shape, px, py, 3 * mm, 7 * mm, 10 * mm, ang, out=bone, scale=MU_CORTICAL * 0.7 / mm)
-    round_ribs = [rib for rib in case.ribs if rib.depth_ratio is None]
+    round_ribs = [rib for rib in case.ribs if rib.section is None]
     if round_ribs:
         win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm) for rib in round_ribs])
         outer, inner = chord(dist, rad), chord(dist, np.maximum(rad - 1.2 * mm, 0))
         bone[win] += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
-    for rib in case.ribs:  # flat ribs: elliptical cross-section, one each (their depth ratios differ)
-        if rib.depth_ratio is None:
+    for rib in case.ribs:  # flat ribs: a turned elliptical section, one each (their sections differ)
+        sec = rib.section
+        if sec is None:
             continue
         win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm)])
-        t = rib.cortex_mm * mm
-        a = float(np.mean(rib.radii)) * mm  # the inner ellipse keeps the cortex t thick at the mean width
-        k_in = max(rib.depth_ratio * a - t, 0.0) / max(a - t, 1e-6)
-        outer = rib.depth_ratio * chord(dist, rad)
-        inner = k_in * chord(dist, np.maximum(rad - t, 0))
-        bone[win] += MU_CANCELLOUS * outer / mm + (MU_CORTICAL - MU_CANCELLOUS) * (outer - inner) / mm
+        (half, peak), (half_in, peak_in) = sec.projected(), sec.projected(sec.cortex)
+        # chord(d, r) peaks at 2r: scale it to the section's peak path; the cancellous core is the inner ellipse.
+        outer = peak / (2 * half) * chord(dist, rad)
+        inner = peak_in / (2 * half) * chord(dist, rad * half_in / half) if half_in > 0 else 0.0 * outer
+        bone[win] += sec.density * (MU_CORTICAL * (outer - inner) + MU_CANCELLOUS * inner) / mm
     return bone
 
 
