@@ -62,7 +62,7 @@ SETS = {
     # stone sizes of a clinical ERCP series (docs/phantom.md), which the sets above under-represent
     "train-clin": "--count 1500 --seed 3106 --style random --size random --stones clinical --start-date 2013-12-02 "
                   "--end-date 2024-06-08",
-    # ribs as flat bands as wide as a duodenoscope and wider (docs/phantom.md), which the sets above lack
+    # ribs as flat bones, bands as wide and as dark as a duodenoscope's shaft and more (docs/phantom.md)
     "train-ribs": "--count 1500 --seed 3107 --style random --size random --stones clinical --ribs anatomic "
                   "--start-date 2013-12-02 --end-date 2024-06-08",
 }

@@ -255,3 +255,9 @@ def test_a_turned_rib_projects_narrower_and_denser_with_its_area_kept():
         assert np.pi / 2 * half * peak == pytest.approx(np.pi * 12.0 * 6.0 / 4)
     assert RibSection(12.0, 6.0, 1.0, 90.0, 1.0).projected() == pytest.approx((3.0, 12.0))
     assert flat.projected(1.0) == pytest.approx((5.0, 4.0))  # the cancellous core inside a 1 mm cortex
+
+
+def test_anatomic_ribs_without_their_stream_are_refused():
+    anatomy = sample_anatomy(np.random.default_rng([1, 1, 0]))
+    with pytest.raises(ValueError, match="rng_ribs"):
+        make_case(anatomy, np.random.default_rng(2), np.random.default_rng(3), 0.3, Options(ribs="anatomic"))

@@ -52,8 +52,9 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
                    help="stone size model: classic (the phantom's own, 2–25 mm by complexity) or clinical (each "
                         "study's largest stone from a published ERCP series; docs/phantom.md)")
     p.add_argument("--ribs", choices=RIBS, default="classic",
-                   help="classic (round tubes 8–12 mm) or anatomic (flat bands 8–17 mm high, as wide as a "
-                        "duodenoscope and wider; labels unchanged; docs/phantom.md)")
+                   help="classic (round tubes 8–12 mm, one density) or anatomic (flat bones 8–17 mm high, turned "
+                        "0–65°, bone contrast 0.7–2.5x: bands as wide and as dark as a duodenoscope and more; "
+                        "labels unchanged; docs/phantom.md)")
     p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")

@@ -38,7 +38,7 @@ class Options:
     burned_in_text: bool = True
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
-    ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bands of real ribs' size (own stream)
+    ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bones of real ribs' size and contrast range
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -157,7 +157,9 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     if opts.ribs != "classic":
         if opts.ribs not in A.RIBS:
             raise ValueError(f"ribs {opts.ribs!r}: one of {', '.join(A.RIBS)}")
-        ribs[:] = A.sample_ribs(rng_ribs if rng_ribs is not None else np.random.default_rng(), len(ribs), half_fov)
+        if rng_ribs is None:  # no unseeded fallback: a phantom image is a function of its seed
+            raise ValueError("ribs 'anatomic' need their own stream (rng_ribs)")
+        ribs[:] = A.sample_ribs(rng_ribs, len(ribs), half_fov)
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
 
