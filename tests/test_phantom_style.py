@@ -261,3 +261,29 @@ def test_anatomic_ribs_without_their_stream_are_refused():
     anatomy = sample_anatomy(np.random.default_rng([1, 1, 0]))
     with pytest.raises(ValueError, match="rng_ribs"):
         make_case(anatomy, np.random.default_rng(2), np.random.default_rng(3), 0.3, Options(ribs="anatomic"))
+
+
+def test_a_flat_rib_is_drawn_with_its_sections_path_lengths():
+    """The bone drawn across a straight flat rib: at its centreline the cortex's and the core's path lengths of
+    the section (RibSection.projected), each times its attenuation and the rib's density; zero beyond its
+    projected half-width."""
+    from types import SimpleNamespace
+
+    from ercp_node.phantom.anatomy import RibSection, Tube
+    from ercp_node.phantom.render import MU_CANCELLOUS, MU_CORTICAL, Frame, _bones, _View
+
+    size, spacing = 401, 0.1  # mm per pixel: fine, so the distance map's half-pixel error is small
+    sec = RibSection(height=12.0, thickness=6.0, cortex=1.0, tilt_deg=30.0, density=1.5)
+    half, peak = sec.projected()
+    _, peak_in = sec.projected(sec.cortex)
+    xs = np.arange(-40.0, 40.5, 0.5)
+    rib = Tube(np.stack([xs, np.zeros_like(xs)], 1), np.full(len(xs), half), xs - xs[0], section=sec)
+    case = SimpleNamespace(spine=dict(x=0.0, tilt=0.0, phase=0.0, width=45.0, present=False), ribs=[rib])
+    view = _View(Frame(size, spacing, 0.0, np.zeros(2)), (size, size), 1.0 / spacing, np.zeros(2), 1, 0)
+    column = _bones(case, view)[:, size // 2]
+    centre = size // 2
+    expected = sec.density * (MU_CORTICAL * (peak - peak_in) + MU_CANCELLOUS * peak_in)
+    assert column[centre] == pytest.approx(expected, rel=0.02)
+    reach = half / spacing
+    assert column[centre + int(reach) + 2] == 0.0 and column[centre - int(reach) - 2] == 0.0
+    assert column[centre + int(0.9 * reach)] > 0.0

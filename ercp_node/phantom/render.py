@@ -330,9 +330,10 @@ def _bones(case: A.Case, v: _View) -> np.ndarray:
             continue
         win, dist, rad = tubes_by_distance(shape, [(fr.px(rib.points, breath * 0.5), rib.radii * mm)])
         (half, peak), (half_in, peak_in) = sec.projected(), sec.projected(sec.cortex)
-        # chord(d, r) peaks at 2r: scale it to the section's peak path; the cancellous core is the inner ellipse.
+        # chord(d, r) peaks at 2r: scale each ellipse's to its peak path; the cancellous core is the inner one,
+        # its half-width tapering with the rib's.
         outer = peak / (2 * half) * chord(dist, rad)
-        inner = peak_in / (2 * half) * chord(dist, rad * half_in / half) if half_in > 0 else 0.0 * outer
+        inner = peak_in / (2 * half_in) * chord(dist, rad * half_in / half) if half_in > 0 else 0.0
         bone[win] += sec.density * (MU_CORTICAL * (outer - inner) + MU_CANCELLOUS * inner) / mm
     return bone
 
