@@ -65,6 +65,9 @@ SETS = {
     # ribs as flat bones, bands as wide and as dark as a duodenoscope's shaft and more (docs/phantom.md)
     "train-ribs": "--count 1500 --seed 3107 --style random --size random --stones clinical --ribs anatomic "
                   "--start-date 2013-12-02 --end-date 2024-06-08",
+    # every scope with its steel as built (flex, braid, bending rings and pins, wires), and the anatomic ribs
+    "train-steel": "--count 1500 --seed 3108 --style random --size random --stones clinical --ribs anatomic "
+                   "--scope steel --start-date 2013-12-02 --end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show

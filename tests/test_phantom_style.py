@@ -287,3 +287,67 @@ def test_a_flat_rib_is_drawn_with_its_sections_path_lengths():
     reach = half / spacing
     assert column[centre + int(reach) + 2] == 0.0 and column[centre - int(reach) - 2] == 0.0
     assert column[centre + int(0.9 * reach)] > 0.0
+
+
+def test_steel_scope_changes_the_image_not_the_labels(tmp_path, capsys):
+    """`--scope steel`: each scope's steel (braid, helical flex, bending rings and pins, wires, tip) is drawn from
+    its own stream, never absent: the same labels and truth as the classic scope, other pixels, other UIDs, the
+    steel listed in the truth; an unknown scope refused."""
+    args = ["--count", "8", "--seed", "23", "--style", "random", "--workers", "1"]
+    out, classic = tmp_path / "steel", tmp_path / "classic"
+    assert main(["synth", *args, "--scope", "steel", "--out", str(out)]) == 0
+    assert main(["synth", *args, "--out", str(classic)]) == 0
+    assert json.loads((out / "dataset.json").read_text())["options"]["scope"] == "steel"
+    changed = 0
+    for row, row_c in zip(_rows(out), _rows(classic)):
+        assert (out / row["mask"]).read_bytes() == (classic / row_c["mask"]).read_bytes()
+        truth, truth_c = (json.loads((root / r["truth"]).read_text()) for root, r in ((out, row), (classic, row_c)))
+        assert truth["frame_truth"] == truth_c["frame_truth"] and "scope_steel" not in truth_c
+        st = truth["scope_steel"]
+        assert 0.3 <= st["braid"] <= 1.0 and 0.4 <= st["flex"] <= 1.2 and 0.5 <= st["wires"] <= 1.5
+        assert 0.6 <= st["rings"] <= 1.5 and 0.6 <= st["tip_metal"] <= 1.3 and 28 <= st["bending_mm"] <= 55
+        assert 0.2 <= st["flex_steel"] <= 0.45 or 0.6 <= st["flex_steel"] <= 0.9
+        img, img_c = (cv2.imread(str(root / r["image"]), cv2.IMREAD_UNCHANGED) for root, r in ((out, row), (classic, row_c)))
+        changed += not np.array_equal(img, img_c)
+    assert changed == len(_rows(out))
+    assert not {r["sop_uid"] for r in _rows(out)} & {r["sop_uid"] for r in _rows(classic)}
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--scope", "plastic", "--out", str(tmp_path / "x")])
+    assert "--scope" in capsys.readouterr().err
+    anatomy = sample_anatomy(np.random.default_rng([1, 1, 0]))
+    with pytest.raises(ValueError, match="rng_scope"):
+        make_case(anatomy, np.random.default_rng(2), np.random.default_rng(3), 0.3, Options(scope="steel"))
+
+
+def test_steel_scope_is_drawn_with_its_layers_shares_and_pitches():
+    """A straight steel scope along the image's x axis, seen through its centreline: the shaft carries braid plus
+    the flex's steel share of its pitch, periodic at half the pitch (a helix crosses the front and the back wall
+    half a turn apart); the bending section braid plus the rings' share, periodic at the ring pitch."""
+    from ercp_node.phantom.anatomy import Tube
+    from ercp_node.phantom.geometry import tube, window
+    from ercp_node.phantom.render import _scope_steel
+    from ercp_node.phantom.style import ScopeSteel
+
+    mm = 8.0  # px per mm: fine, so the anti-aliased band edges cost little
+    st = ScopeSteel(braid=0.5, flex=1.0, flex_pitch_mm=3.0, flex_steel=0.7, flex_double=False, wires=1.0,
+                    bending_mm=40.0, ring_pitch_mm=5.0, ring_steel=0.6, rings=1.0, pin_mm=0.8, tip_metal=1.0)
+    s = np.arange(0.0, 100.0, 0.5)
+    sc = Tube(np.stack([s, np.zeros_like(s)], 1), np.full(len(s), 6.0), s)
+    shape, r = (int(16 * mm), int(100 * mm)), 6.0 * mm
+    pts = np.stack([s * mm, np.full(len(s), shape[0] / 2)], 1)
+    arc = np.zeros(shape, np.float32)
+    outer = tube(shape, pts, r, arc=sc.s, arc_out=arc)
+    inner = tube(shape, pts, r - 0.5 * mm)
+    win = window(shape, pts, r)
+    o, a = outer[win], arc[win]
+    layer = _scope_steel(st, sc, pts, win, o, a, o - inner[win], r, mm)
+    row = layer[int(shape[0] / 2) - win[0].start]  # the centreline: each wall crossed square on, 0.5 mm each
+    x_mm = (np.arange(win[1].start, win[1].stop)) / mm
+    shaft = row[(x_mm > 10) & (x_mm < 10 + 10 * 1.5)]  # ten half-pitches of the shaft
+    bend = row[(x_mm > 62) & (x_mm < 62 + 6 * 5.0)]  # six ring pitches
+    assert shaft.mean() == pytest.approx((0.30 * 0.5 * 2 + 0.30 * 1.0 * 2 * 0.7) * 0.5, rel=0.03)
+    assert bend.mean() == pytest.approx((0.30 * 0.5 * 2 + 0.25 * 1.0 * 2 * 0.6) * 0.5, rel=0.03)
+    for profile, period_mm in ((shaft, 1.5), (bend, 5.0)):
+        spec = np.abs(np.fft.rfft(profile - profile.mean()))
+        peak = np.argmax(spec) / (len(profile) / mm)  # cycles per mm
+        assert peak == pytest.approx(1 / period_mm, rel=0.05)

@@ -10,7 +10,7 @@ from ..cliutil import iso_date
 
 from .anatomy import RIBS, STONE_SIZES
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
-from .style import FAMILIES, STYLES
+from .style import FAMILIES, SCOPES, STYLES
 
 
 RANDOM_SIZES = (512, 576, 768, 1024)
@@ -55,6 +55,11 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
                    help="classic (round tubes 8–12 mm, one density) or anatomic (flat bones 8–17 mm high, turned "
                         "0–65°, bone contrast 0.7–2.5x: bands as wide and as dark as a duodenoscope and more; "
                         "labels unchanged; docs/phantom.md)")
+    p.add_argument("--scope", choices=SCOPES, default="classic",
+                   help="classic (the look's braid, rings and wires, each possibly none) or steel (a helical flex "
+                        "band or wound wire under the braid, a bending section of steel rings with pivot pins, "
+                        "angulation wires: always there, hidden only by dose, blur and display; labels unchanged; "
+                        "docs/phantom.md)")
     p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")
@@ -96,7 +101,7 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
     opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
                    image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style,
-                   stone_sizes=args.stones, ribs=args.ribs)
+                   stone_sizes=args.stones, ribs=args.ribs, scope=args.scope)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
                        transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)

@@ -86,7 +86,8 @@ def _uid_space(cfg: "SynthConfig") -> tuple:
     other UIDs, so both can sit in one PACS. The classic RF set keeps the UIDs it always had."""
     tag = tuple(t for t in (cfg.modality if cfg.modality != "RF" else "", cfg.options.style if cfg.options.style != CLASSIC else "",
                             "stones-" + cfg.options.stone_sizes if cfg.options.stone_sizes != "classic" else "",
-                            "ribs-" + cfg.options.ribs if cfg.options.ribs != "classic" else "") if t)
+                            "ribs-" + cfg.options.ribs if cfg.options.ribs != "classic" else "",
+                            "scope-" + cfg.options.scope if cfg.options.scope != "classic" else "") if t)
     return (cfg.seed, *tag)
 
 
@@ -170,7 +171,8 @@ def render_image(cfg: SynthConfig, item: ImagePlan, opts: Options | None = None)
     case = make_case(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
                      np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts,
                      stone_complexity=item.study_complexity, style=style, rng_style=rng_style,
-                     study=_study(cfg, item, anatomy), rng_ribs=np.random.default_rng([cfg.seed, 7, item.index]))
+                     study=_study(cfg, item, anatomy), rng_ribs=np.random.default_rng([cfg.seed, 7, item.index]),
+                     rng_scope=np.random.default_rng([cfg.seed, 8, item.index]))
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
@@ -214,6 +216,7 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         **({"style": case.acq["style"].to_dict()} if "style" in case.acq else {}),
         **({"ribs": [dict(asdict(r.section), projected_width_mm=round(2 * float(np.mean(r.radii)), 2))
                      for r in case.ribs]} if opts.ribs != "classic" else {}),
+        **({"scope_steel": case.acq["scope_steel"].to_dict()} if "scope_steel" in case.acq else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))
     row = dict(id=item.id, index=item.index, patient_id=item.patient_id, study_uid=item.study_uid,

@@ -18,7 +18,7 @@ from ..labels import CBD, LABELS, SCOPE, STONE
 from . import anatomy as A
 from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
                        tubes_by_distance, window)
-from .style import Style
+from .style import SCOPES, Style, sample_scope_steel
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
@@ -39,6 +39,7 @@ class Options:
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
     ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bones of real ribs' size and contrast range
+    scope: str = "classic"  # style.SCOPES: the look's braid, rings and wires (may be none), or its steel as built
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -100,14 +101,16 @@ def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity:
 def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.random.Generator,
               complexity: float, opts: Options, stone_complexity: float | None = None,
               style: Style | None = None, rng_style: np.random.Generator | None = None,
-              study: StudyDucts | None = None, rng_ribs: np.random.Generator | None = None) -> A.Case:
+              study: StudyDucts | None = None, rng_ribs: np.random.Generator | None = None,
+              rng_scope: np.random.Generator | None = None) -> A.Case:
     """One image's case; the stones come from the study's stream so every image of a study shows them.
 
     `study`, when given, is `study_ducts(anatomy, rng_study, stone_complexity)` made already (for an earlier
     image of the study); `rng_study` is then not used. `style` (with its own stream `rng_style`) changes what is
     not the label: scope model, orientation, display chain, distractors; without it the case is the classic
     phantom's, draw for draw. `opts.ribs == "anatomic"` redraws the ribs (as many as there are) from `rng_ribs`,
-    after every other draw, so the labels and everything else stay those of the classic ribs.
+    after every other draw, so the labels and everything else stay those of the classic ribs; `opts.scope ==
+    "steel"` draws the scope's steel (`ScopeSteel`) from `rng_scope` the same way (labels unchanged).
     """
     if study is None:
         study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity,
@@ -160,6 +163,12 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
         if rng_ribs is None:  # no unseeded fallback: a phantom image is a function of its seed
             raise ValueError("ribs 'anatomic' need their own stream (rng_ribs)")
         ribs[:] = A.sample_ribs(rng_ribs, len(ribs), half_fov)
+    if opts.scope != "classic":
+        if opts.scope not in SCOPES:
+            raise ValueError(f"scope {opts.scope!r}: one of {', '.join(SCOPES)}")
+        if rng_scope is None:
+            raise ValueError("scope 'steel' needs its own stream (rng_scope)")
+        acq["scope_steel"] = sample_scope_steel(rng_scope)
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
 
@@ -438,10 +447,16 @@ def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style |
         win = window(shape, sp_px, r)
         o, a = outer[win], arc[win]
         shell = o - inner[win]
-        bending = (a > sc.s[-1] - 40.0) & (o > 0)
-        rings = np.zeros(bending.shape, bool)
-        rings[bending] = np.cos(2 * np.pi * a[bending] / 3.2) > 0.3
-        metal[win] += 0.030 * k_tube * o / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
+        steel = acq.get("scope_steel")
+        if steel is None:
+            bending = (a > sc.s[-1] - 40.0) & (o > 0)
+            rings = np.zeros(bending.shape, bool)
+            rings[bending] = np.cos(2 * np.pi * a[bending] / 3.2) > 0.3
+            metal[win] += 0.030 * k_tube * o / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
+        else:
+            k_wires, k_tip = steel.wires, steel.tip_metal
+            metal[win] += 0.030 * k_tube * o / mm + _scope_steel(steel, sc, sp_px, win, o, a, shell, r, mm)
+            _pivot_pins(metal, steel, sc, sp_px, r, mm)
         nrm = tangents(sc.points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
         if k_wires:
             for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
@@ -465,6 +480,63 @@ def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style |
             ellipsoid(shape, ex, ey, w * tl, 0.35 * tw, 0.3 * tw, tang, out=metal, scale=MU_STEEL * k_tip / mm)
         scope_lbl = (outer > 0) | (tip > 0)
     return scope_lbl
+
+
+def _scope_steel(steel, sc: A.Tube, sp_px: np.ndarray, win, o: np.ndarray, a: np.ndarray, shell: np.ndarray,
+                 r: float, mm: float) -> np.ndarray:
+    """Braid, helical flex and bending rings of a `ScopeSteel` in the shaft's window: attenuation × path length.
+
+    `tube` gives each pixel the arc length of the sphere that won it, in steps of up to 0.3 radius (2 mm): too
+    coarse for a 1.5 mm pitch. So each pixel is projected onto that sphere's tangent, which gives its axial
+    position to a fraction of a pixel and its signed offset from the axis (u, −1 … 1) for the helix."""
+    rows, cols = win
+    yy, xx = np.mgrid[rows, cols].astype(np.float32)
+    s32 = sc.s.astype(np.float32)
+    i = np.clip(np.searchsorted(s32, a), 0, len(s32) - 1)
+    t = tangents(sp_px)
+    dx, dy = xx - sp_px[i, 0].astype(np.float32), yy - sp_px[i, 1].astype(np.float32)
+    axial = sc.s[i].astype(np.float32) + (dx * t[i, 0] + dy * t[i, 1]).astype(np.float32) / np.float32(mm)
+    u = np.clip((dx * -t[i, 1] + dy * t[i, 0]) / np.float32(r), -1.0, 1.0)
+    inside = o > 0
+    bend_from = float(sc.s[-1]) - steel.bending_mm
+    wall = shell / np.float32(2 * mm)  # mm of steel layer crossed in each of the front and back walls
+
+    def band(pos: np.ndarray, centre, share: float, pitch_mm: float) -> np.ndarray:
+        """Coverage (0 … 1, edges anti-aliased over a pixel) of a periodic band `share` of `pitch_mm` wide."""
+        d = np.abs(np.mod(pos - centre + 0.5, 1.0) - 0.5)  # distance to the band's centre, in pitches
+        return np.clip((share / 2 - d) * pitch_mm * mm + 0.5, 0.0, 1.0)
+
+    # A helix of pitch p about the axis crosses the front wall at phase asin(u)/2π and the back one half a turn on.
+    phase = np.arcsin(u) / np.float32(2 * np.pi)
+    pos = axial / np.float32(steel.flex_pitch_mm)
+    flex = band(pos, phase, steel.flex_steel, steel.flex_pitch_mm) + band(pos, 0.5 - phase, steel.flex_steel,
+                                                                           steel.flex_pitch_mm)
+    if steel.flex_double:  # a second layer wound the other way: each layer half as thick
+        flex = 0.5 * (flex + band(pos, -phase, steel.flex_steel, steel.flex_pitch_mm)
+                      + band(pos, 0.5 + phase, steel.flex_steel, steel.flex_pitch_mm))
+    ring = band((axial - bend_from) / np.float32(steel.ring_pitch_mm), 0.5, steel.ring_steel, steel.ring_pitch_mm)
+    in_bend = axial > bend_from
+    layers = np.where(in_bend, 0.25 * steel.rings * 2 * ring, 0.30 * steel.flex * flex)  # 2 walls: ring × 2
+    return np.where(inside, (0.30 * steel.braid * 2 + layers) * wall, 0.0).astype(np.float32)
+
+
+def _pivot_pins(metal: np.ndarray, steel, sc: A.Tube, sp_px: np.ndarray, r: float, mm: float) -> None:
+    """The bending section's pivot pins: a pair at each joint between rings, turned 90 degrees from one joint to
+    the next; a pair across the beam shows as two dots at the tube's edges, a pair along it as one denser dot on
+    the axis."""
+    bend_from = float(sc.s[-1]) - steel.bending_mm
+    t = tangents(sp_px)
+    d = steel.pin_mm / 2 * mm
+    for j, s in enumerate(np.arange(bend_from + steel.ring_pitch_mm, float(sc.s[-1]), steel.ring_pitch_mm)):
+        k = int(np.clip(np.searchsorted(sc.s, s), 0, len(sc.s) - 1))
+        (x, y), (tx, ty) = sp_px[k], t[k]
+        ang = float(np.arctan2(ty, tx))
+        if j % 2:  # along the beam: both pins on the axis, each as long as the wall is thick (1 mm)
+            ellipsoid(metal.shape, x, y, d, d, 1.0 * mm, ang, out=metal, scale=MU_STEEL / mm)
+        else:
+            for side in (-1.0, 1.0):
+                ellipsoid(metal.shape, x - side * ty * (r - 0.5 * mm), y + side * tx * (r - 0.5 * mm), 0.5 * mm, d, d,
+                          ang + np.pi / 2, out=metal, scale=MU_STEEL / mm)  # 1 mm long across the wall
 
 
 def _devices(metal: np.ndarray, dv: dict, extras: dict, v: _View) -> None:

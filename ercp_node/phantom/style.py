@@ -16,6 +16,7 @@ import numpy as np
 CLASSIC = "classic"
 FAMILIES = ("intensifier", "flatpanel", "lowdose", "sharp")
 STYLES = (CLASSIC, "random", *FAMILIES)
+SCOPES = (CLASSIC, "steel")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,43 @@ class Style:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ScopeSteel:
+    """A duodenoscope's steel as it is built (`synth --scope steel`, docs/phantom.md "Duodenoscope").
+
+    An insertion tube is layers of steel coil (flex), steel braid mesh and a polymer cover; its bending section is a
+    chain of steel rings joined by pivot pins offset by 90 degrees, pulled by four angulation wires in coil sheaths.
+    None of that steel is optional, so a scope is never a smooth band: what hides it is dose, blur and the display
+    (the style's image chain), not its absence. The classic and styled looks draw braid, rings and wires from 0,
+    and a model trained on them may learn that any smooth band of a scope's width and darkness is a scope.
+    """
+    braid: float  # braid mesh shell, relative to the classic look's (0.3–1.0)
+    flex: float  # helical flex under the braid, its band's attenuation relative to the braid's (0.4–1.2)
+    flex_pitch_mm: float  # 1.5–4.0
+    flex_steel: float  # share of the pitch that is steel: 0.6–0.9 a band with lucent gaps, 0.2–0.45 wound wire
+    flex_double: bool  # two layers wound in opposite senses (a diamond pattern) or one (oblique lines)
+    wires: float  # angulation wires in their coil sheaths (0.5–1.5)
+    bending_mm: float  # bending section length (28–55)
+    ring_pitch_mm: float  # 3.0–6.5
+    ring_steel: float  # share of a ring pitch that is steel (0.5–0.85)
+    rings: float  # ring attenuation relative to the classic look's (0.6–1.5)
+    pin_mm: float  # pivot pin diameter (0.6–1.2)
+    tip_metal: float  # tip frame (0.6–1.3)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_scope_steel(rng: np.random.Generator) -> ScopeSteel:
+    """One scope's steel, from its own stream (`[seed, 8, image]`), so the labels stay the classic scope's."""
+    wound_wire = rng.random() < 0.35
+    return ScopeSteel(
+        braid=_u(rng, 0.3, 1.0), flex=_u(rng, 0.4, 1.2), flex_pitch_mm=_u(rng, 1.5, 4.0),
+        flex_steel=_u(rng, 0.2, 0.45) if wound_wire else _u(rng, 0.6, 0.9), flex_double=bool(rng.random() < 0.5),
+        wires=_u(rng, 0.5, 1.5), bending_mm=_u(rng, 28.0, 55.0), ring_pitch_mm=_u(rng, 3.0, 6.5),
+        ring_steel=_u(rng, 0.5, 0.85), rings=_u(rng, 0.6, 1.5), pin_mm=_u(rng, 0.6, 1.2), tip_metal=_u(rng, 0.6, 1.3))
 
 
 def _u(rng, lo, hi):
