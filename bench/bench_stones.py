@@ -31,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ercp_node.labels import CBD, STONE  # noqa: E402
+from ercp_node.labels import STONE  # noqa: E402
+from ercp_node.phantom.visibility import local_cnr, rose_k  # noqa: E402,F401 - one definition, also the phantom's
 from ercp_node.measure.stones import stones as stone_components  # noqa: E402
 from bench_robustness import predicted  # noqa: E402 - the same batch loop as the cross-domain bench
 from ercp_node.model.data import load_pixels, read_data  # noqa: E402
@@ -40,26 +41,6 @@ from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E4
 
 BINS = (("lt4mm", 0.0, 4.0), ("4to10mm", 4.0, 10.0), ("gt10mm", 10.0, 1e9))
 ROSE_BINS = (("rose_lt5", 0.0, 5.0), ("rose_5to10", 5.0, 10.0), ("rose_ge10", 10.0, 1e9))
-_RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
-
-
-def local_cnr(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> float | None:
-    """|mean(stone) - mean(ring)| / SD(ring) on the stored pixels; the ring: duct (or, where the duct leaves too
-    few pixels, any non-stone) pixels within 3 px outside the stone. None if the ring is under 12 pixels."""
-    ring = cv2.dilate(stone.astype(np.uint8), _RING).astype(bool) & ~stone & (truth_mask != STONE)
-    duct = ring & (truth_mask == CBD)
-    ring = duct if duct.sum() >= 12 else ring
-    if ring.sum() < 12:
-        return None
-    img = image.astype(np.float64)
-    sd = float(img[ring].std())
-    return abs(float(img[stone].mean()) - float(img[ring].mean())) / max(sd, 1e-6)
-
-
-def rose_k(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> float | None:
-    """Rose's k of one stone: local CNR × √(area in pixels); None where the CNR has no ring to measure against."""
-    cnr = local_cnr(image, truth_mask, stone)
-    return cnr * float(np.sqrt(stone.sum())) if cnr is not None else None
 
 
 def truth_of(sample) -> dict:

@@ -68,6 +68,13 @@ SETS = {
     # every scope with its steel as built (flex, braid, bending rings and pins, wires), and the anatomic ribs
     "train-steel": "--count 1500 --seed 3108 --style random --size random --stones clinical --ribs anatomic "
                    "--scope steel --start-date 2013-12-02 --end-date 2024-06-08",
+    # the same images as their namesakes, the stones labelled as a reader could see them (docs/phantom.md,
+    # "Label convention"): the next model's truth
+    "train-rnd-seen": "--count 1600 --seed 3101 --style random --stone-label seen --start-date 2013-12-02 "
+                      "--end-date 2024-06-08",
+    "train-cls-seen": "--count 500 --seed 3102 --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-steel-seen": "--count 1500 --seed 3108 --style random --size random --stones clinical --ribs anatomic "
+                        "--scope steel --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show

@@ -83,3 +83,41 @@ def test_observer_ceiling_drops_only_stones_below_roses_criterion(ceiling):
     out = ceiling.observer(labels, image)
     assert (out[seen] == STONE).all() and (out[faint] == CBD).all()
     assert (out[~(seen | faint)] == labels[~(seen | faint)]).all()
+
+
+def test_seen_share_counts_the_stones_above_roses_k_from_png_or_dicom(tmp_path):
+    """bench/bench_seen_stones.py: one stone well above Rose's k and one isodense stone, read from the PNG and, for
+    a set without PNGs, from its DICOM: half the components and the bright stone's share of the pixels are seen."""
+    import cv2
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    seen_bench = _load("bench_seen_stones")
+    rng = np.random.default_rng(1)
+    labels = np.zeros((96, 96), np.uint8)
+    labels[10:86, 20:76] = CBD
+    labels[20:30, 30:40] = STONE  # 100 px, 3 SDs brighter: k = 3 × 10 = 30
+    labels[60:66, 40:46] = STONE  # 36 px, isodense
+    image = np.clip(120 + rng.normal(0, 4, labels.shape) + 12 * (labels[..., None] == STONE)[..., 0]
+                    * (np.arange(96)[:, None] < 40), 0, 255).astype(np.uint8)
+    for root, png in ((tmp_path / "png", True), (tmp_path / "dcm", False)):
+        (root / "masks").mkdir(parents=True)
+        cv2.imwrite(str(root / "masks" / "a.png"), labels)
+        if png:
+            (root / "images").mkdir()
+            cv2.imwrite(str(root / "images" / "a.png"), image)
+        else:
+            (root / "dicom").mkdir()
+            ds = pydicom.Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # SC
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = pydicom.uid.generate_uid()
+            ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 96, 96, 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+            ds.PixelData = (255 - image).tobytes()  # inverted: k does not depend on the sign
+            ds.save_as(root / "dicom" / "a.dcm", enforce_file_format=True)
+        r = seen_bench.share(root, 5.0)
+        assert (r["stone_components"], r["components_seen"], r["images_with_an_unseen_stone"]) == (2, 1, 1)
+        assert r["stone_pixels_seen_pct"] == pytest.approx(100 * 100 / 136, abs=0.1)

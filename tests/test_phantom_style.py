@@ -351,3 +351,40 @@ def test_steel_scope_is_drawn_with_its_layers_shares_and_pitches():
         spec = np.abs(np.fft.rfft(profile - profile.mean()))
         peak = np.argmax(spec) / (len(profile) / mm)  # cycles per mm
         assert peak == pytest.approx(1 / period_mm, rel=0.05)
+
+
+def test_seen_stone_labels_keep_the_images_and_drop_what_cannot_be_seen(tmp_path, capsys):
+    """`--stone-label seen`: the same images (and UIDs: the same instances); each stone component below Rose's k
+    in the stored pixels is drawn as duct in the mask and the labelme JSON, its truth says not visible; the kept
+    ones are at or above k and carry their k; nothing else in the mask changes."""
+    from ercp_node.labels import CBD, STONE
+    from ercp_node.phantom.visibility import rose_k
+
+    args = ["--count", "12", "--seed", "31", "--style", "random", "--workers", "1"]
+    seen, every = tmp_path / "seen", tmp_path / "all"
+    assert main(["synth", *args, "--stone-label", "seen", "--out", str(seen)]) == 0
+    assert main(["synth", *args, "--out", str(every)]) == 0
+    dropped = kept = 0
+    for row, row_a in zip(_rows(seen), _rows(every)):
+        assert row["sop_uid"] == row_a["sop_uid"]
+        assert (seen / row["dicom"]).read_bytes() == (every / row_a["dicom"]).read_bytes()
+        m, m_a = (cv2.imread(str(root / r["mask"]), cv2.IMREAD_UNCHANGED) for root, r in ((seen, row), (every, row_a)))
+        changed = m != m_a
+        assert ((m_a[changed] == STONE) & (m[changed] == CBD)).all()  # only stones turned duct
+        image = cv2.imread(str(seen / row["image"]), cv2.IMREAD_UNCHANGED)
+        n, comp = cv2.connectedComponents((m == STONE).astype(np.uint8), connectivity=8)
+        for i in range(1, n):
+            assert rose_k(image, m, comp == i) >= 5.0 - 1e-6
+        kept += n - 1
+        truth = json.loads((seen / row["truth"]).read_text())["frame_truth"][0]["stones"]
+        truth_a = json.loads((every / row_a["truth"]).read_text())["frame_truth"][0]["stones"]
+        dropped += sum(a["visible"] and not t["visible"] for t, a in zip(truth, truth_a))
+        assert all(t["rose_k"] >= 5.0 - 1e-6 for t in truth if t["visible"])
+        assert int(row["n_stones"]) == sum(t["visible"] for t in truth)
+        doc = json.loads((seen / row["labelme"]).read_text())
+        n_poly = sum(sh["label"] == "stone" for sh in doc["shapes"])
+        assert (n_poly > 0) == (n > 1)
+    assert dropped and kept  # both kinds occur in 12 random-style images
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--stone-label", "some", "--out", str(tmp_path / "x")])
+    assert "--stone-label" in capsys.readouterr().err

@@ -226,6 +226,7 @@ def _dense(poly: np.ndarray, step=0.3) -> np.ndarray:
 CLINICAL_LARGEST = ((88 / 118, 8.0, 0.48), (30 / 118, 13.4, 0.40))  # (weight, mean mm, sigma of ln)
 STONE_SIZES = ("classic", "clinical")
 RIBS = ("classic", "anatomic")
+STONE_LABELS = ("all", "seen")  # every stone the contrast reaches, or those a reader could see (render.Options)
 
 
 def sample_ribs(rng: np.random.Generator, n: int, half_fov: float) -> list[Tube]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cliutil import iso_date
 
-from .anatomy import RIBS, STONE_SIZES
+from .anatomy import RIBS, STONE_LABELS, STONE_SIZES
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, SCOPES, STYLES
 
@@ -60,6 +60,11 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
                         "band or wound wire under the braid, a bending section of steel rings with pivot pins, "
                         "angulation wires: always there, hidden only by dose, blur and display; labels unchanged; "
                         "docs/phantom.md)")
+    p.add_argument("--stone-label", choices=STONE_LABELS, default="all",
+                   help="all (every stone the contrast reaches, seen or not) or seen (only the stones a reader could "
+                        "see in the stored pixels, Rose's k >= --seen-k; the others are drawn as duct; same images)")
+    p.add_argument("--seen-k", type=float, default=5.0,
+                   help="with --stone-label seen: Rose's k a stone needs to be labelled (default 5, Rose's criterion)")
     p.add_argument("--complexity", default="0:1", help="complexity range lo:hi within 0:1 (default 0:1)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: one per CPU)")
     p.add_argument("--force", action="store_true", help="overwrite a directory that already holds a data set")
@@ -93,6 +98,8 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--scope-diameter-mm must be within 8–16 mm, got {args.scope_diameter_mm}")
     if args.workers is not None and args.workers < 1:
         raise CLIError(f"--workers must be at least 1, got {args.workers}")
+    if not 0.0 < args.seen_k < 1000.0:
+        raise CLIError(f"--seen-k must be a Rose k above 0 (5 is Rose's criterion), got {args.seen_k}")
     try:
         lo, hi = (float(v) for v in args.complexity.split(":"))
     except ValueError:
@@ -101,7 +108,8 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
     opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
                    image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style,
-                   stone_sizes=args.stones, ribs=args.ribs, scope=args.scope)
+                   stone_sizes=args.stones, ribs=args.ribs, scope=args.scope,
+                   stone_label=args.stone_label, seen_k=args.seen_k)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
                        transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..labels import CBD, LABELS, SCOPE, STONE
+from ..labels import BY_VALUE, CBD, LABELS, SCOPE, STONE
 from . import anatomy as A
 from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
                        tubes_by_distance, window)
 from .style import SCOPES, Style, sample_scope_steel
+from .visibility import rose_k, unseen_stones
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
+STONE_LAYER = BY_VALUE[STONE].labelme
 MU_STEEL = 0.45  # /mm: wires, clips, scope tip metal (effective, after beam hardening)
 
 
@@ -40,6 +42,10 @@ class Options:
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
     ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bones of real ribs' size and contrast range
     scope: str = "classic"  # style.SCOPES: the look's braid, rings and wires (may be none), or its steel as built
+    # STONE_LABELS: every stone the contrast reaches ("all"), or only those a reader could see in the stored
+    # pixels ("seen": Rose's k >= seen_k, visibility.py); an unseen stone is drawn as the duct it sits in.
+    stone_label: str = "all"
+    seen_k: float = 5.0
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -288,6 +294,8 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     if extras.get("markers"):
         _markers(image, extras["markers"], style)
     labels, layers = _annotation(scope_lbl, cbd_mask, stone_lbl, field)
+    if opts.stone_label != "all":
+        _label_seen_stones(image, labels, layers, stone_truth, case, v, opts)
     truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
     return image, labels, layers, truth
 
@@ -602,6 +610,32 @@ def _annotation(scope_lbl: np.ndarray, cbd_mask: np.ndarray, stone_lbl: np.ndarr
     for x in LABELS:
         labels[layers[x.labelme]] = x.value
     return labels, layers
+
+
+def _label_seen_stones(image: np.ndarray, labels: np.ndarray, layers: dict, stone_truth: list[dict], case: A.Case,
+                       v: _View, opts: Options) -> None:
+    """`stone_label == "seen"`: the stones a reader could not see in this frame's stored pixels (Rose's k below
+    `opts.seen_k`, judged per 8-connected component as the node counts them) become the duct they sit in, in the
+    label map and the labelme layers; their truth says `visible: false` and every labelled stone its `rose_k`."""
+    if opts.stone_label not in A.STONE_LABELS:
+        raise ValueError(f"stone_label {opts.stone_label!r}: one of {', '.join(A.STONE_LABELS)}")
+    stored = np.round(image * 255.0)  # the 8-bit pixels the reader sees (finer stored depths: the same k to 1 %)
+    unseen, _ = unseen_stones(stored, labels, opts.seen_k)
+    _, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
+    for st, t in zip(case.stones, stone_truth):
+        if not t["visible"]:
+            continue
+        win, foot = polygon_footprint(v.shape, v.fr.px(st.polygon, v.breath))
+        ids = comp[win][foot.astype(bool)]
+        ids = ids[ids > 0]
+        if not ids.size:  # under a collimator: not labelled in any case
+            continue
+        part = comp == np.bincount(ids).argmax()
+        k = rose_k(stored, labels, part)
+        t["rose_k"] = None if k is None else round(k, 2)
+        t["visible"] = bool(not unseen[part].any())
+    labels[unseen] = CBD
+    layers[STONE_LAYER] &= ~unseen
 
 
 def _poly_area(p: np.ndarray) -> float:
