@@ -11,8 +11,8 @@ stone IoU by size, count exact, largest-stone error). Two readings per grid:
 
 No model runs; the figures bound every model that works on that grid with this resampling. One more row per set,
 `observer-k5`, bounds what can be seen at all: the truth on the image's own grid with every stone below Rose's
-criterion (k = CNR × √area < 5 in the stored pixels, bench_stones.rose_k) drawn as the duct it sits in, as a
-reader who cannot see it would draw it; `observer-k5-256-hard` sends that through the smallest grid as above (what
+criterion (k = CNR × √area < 5 in the stored pixels, ercp_node/phantom/visibility.py) drawn as the duct it sits
+in, as a reader who cannot see it would draw it (and as `synth --stone-label seen` labels it); `observer-k5-256-hard` sends that through the smallest grid as above (what
 the paper's single stage could reach if it found every stone that can be seen).
 
     python bench/bench_grid_ceiling.py --data data/test-2026 data/test-rnd data/test-clin --grids 256 384 576
@@ -32,10 +32,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_stones import evaluate, rose_k  # noqa: E402 - the same metrics as the cascade ablation
-from ercp_node.labels import CBD, STONE  # noqa: E402
+from bench_stones import evaluate  # noqa: E402 - the same metrics as the cascade ablation
+from ercp_node.labels import CBD  # noqa: E402
 from ercp_node.model.data import load_mask, read_data  # noqa: E402
 from ercp_node.model.train import soft_one_hot  # noqa: E402
+from ercp_node.phantom.visibility import unseen_stones  # noqa: E402
 from ercp_node.preprocessing.pipeline import resize_labels  # noqa: E402
 
 
@@ -53,12 +54,7 @@ def round_trip(labels: np.ndarray, grid: int, mode: str, n_classes: int = 4) -> 
 def observer(labels: np.ndarray, image: np.ndarray, k_min: float = 5.0) -> np.ndarray:
     """The truth without the stones below Rose's criterion: each such stone becomes duct."""
     out = labels.copy()
-    n, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
-    for i in range(1, n):
-        stone = comp == i
-        k = rose_k(image, labels, stone)
-        if k is None or k < k_min:
-            out[stone] = CBD
+    out[unseen_stones(image, labels, k_min)[0]] = CBD  # the rule of the phantom's --stone-label seen
     return out
 
 

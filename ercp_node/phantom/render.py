@@ -619,7 +619,7 @@ def _label_seen_stones(image: np.ndarray, labels: np.ndarray, layers: dict, ston
     label map and the labelme layers; their truth says `visible: false` and every labelled stone its `rose_k`."""
     if opts.stone_label not in A.STONE_LABELS:
         raise ValueError(f"stone_label {opts.stone_label!r}: one of {', '.join(A.STONE_LABELS)}")
-    stored = np.round(image * 255.0)  # the 8-bit pixels the reader sees (finer stored depths: the same k to 1 %)
+    stored = np.round(image * 255.0)  # the pixels as dicomio.quantise stores them at 8 bits (the PNG's too)
     unseen, _ = unseen_stones(stored, labels, opts.seen_k)
     _, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
     for st, t in zip(case.stones, stone_truth):
