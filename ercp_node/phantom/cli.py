@@ -56,7 +56,8 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
                         "0–65°, bone contrast 0.7–2.5x: bands as wide and as dark as a duodenoscope and more; "
                         "labels unchanged; docs/phantom.md)")
     p.add_argument("--scope", choices=SCOPES, default="classic",
-                   help="classic (the look's braid, rings and wires, each possibly none) or steel (a helical flex "
+                   help="classic (the style's scope look: with --style random or a family its braid, rings and "
+                        "wires may each be absent) or steel (a helical flex "
                         "band or wound wire under the braid, a bending section of steel rings with pivot pins, "
                         "angulation wires: always there, hidden only by dose, blur and display; labels unchanged; "
                         "docs/phantom.md)")

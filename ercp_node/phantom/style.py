@@ -80,8 +80,8 @@ class ScopeSteel:
     An insertion tube is layers of steel coil (flex), steel braid mesh and a polymer cover; its bending section is a
     chain of steel rings joined by pivot pins offset by 90 degrees, pulled by four angulation wires in coil sheaths.
     None of that steel is optional, so a scope is never a smooth band: what hides it is dose, blur and the display
-    (the style's image chain), not its absence. The classic and styled looks draw braid, rings and wires from 0,
-    and a model trained on them may learn that any smooth band of a scope's width and darkness is a scope.
+    (the style's image chain), not its absence. The styles' looks (`_scope`) draw braid, rings and wires each from
+    0, and a model trained on them may learn that any smooth band of a scope's width and darkness is a scope.
     """
     braid: float  # braid mesh shell, relative to the classic look's (0.3–1.0)
     flex: float  # helical flex under the braid, its band's attenuation relative to the braid's (0.4–1.2)
