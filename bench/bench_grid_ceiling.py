@@ -12,8 +12,9 @@ stone IoU by size, count exact, largest-stone error). Two readings per grid:
 No model runs; the figures bound every model that works on that grid with this resampling. One more row per set,
 `observer-k5`, bounds what can be seen at all: the truth on the image's own grid with every stone below Rose's
 criterion (k = CNR × √area < 5 in the stored pixels, ercp_node/phantom/visibility.py) drawn as the duct it sits
-in, as a reader who cannot see it would draw it (and as `synth --stone-label seen` labels it); `observer-k5-256-hard` sends that through the smallest grid as above (what
-the paper's single stage could reach if it found every stone that can be seen).
+in, as a reader who cannot see it would draw it (and as `synth --stone-label seen` labels it);
+`observer-k5-256-hard` sends that through the smallest grid as above (what the paper's single stage could reach if
+it found every stone that can be seen).
 
     python bench/bench_grid_ceiling.py --data data/test-2026 data/test-rnd data/test-clin --grids 256 384 576
 """

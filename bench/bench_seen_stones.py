@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ercp_node.labels import STONE  # noqa: E402
-from ercp_node.phantom.visibility import ROSE_K, unseen_stones  # noqa: E402
+from ercp_node.phantom.visibility import ROSE_K, is_seen, unseen_stones  # noqa: E402
 
 
 def stored_pixels(root: Path, stem: str) -> np.ndarray:
@@ -41,11 +41,11 @@ def share(root: Path, k_min: float) -> dict:
     masks = sorted((root / "masks").glob("*.png"))
     for mask in masks:
         labels = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
-        unseen, ks = unseen_stones(stored_pixels(root, mask.stem), labels, k_min)
+        unseen, ks, _ = unseen_stones(stored_pixels(root, mask.stem), labels, k_min)
         a = int((labels == STONE).sum())
         area, area_seen = area + a, area_seen + a - int(unseen.sum())
         comps += len(ks)
-        comps_seen += sum(k is not None and k >= k_min for k in ks)
+        comps_seen += sum(is_seen(k, k_min) for k in ks)
         images_with_unseen += bool(unseen.any())
     return dict(images=len(masks), stone_components=comps, components_seen=comps_seen,
                 components_seen_pct=round(100.0 * comps_seen / max(comps, 1), 1),

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ercp_node.labels import STONE  # noqa: E402
-from ercp_node.phantom.visibility import local_cnr, rose_k  # noqa: E402,F401 - one definition, also the phantom's
+from ercp_node.phantom.visibility import is_seen, local_cnr, rose_k  # noqa: E402,F401 - one definition
 from ercp_node.measure.stones import stones as stone_components  # noqa: E402
 from bench_robustness import predicted  # noqa: E402 - the same batch loop as the cross-domain bench
 from ercp_node.model.data import load_pixels, read_data  # noqa: E402
@@ -58,7 +58,7 @@ def seen_count(truth_mask: np.ndarray, image: np.ndarray, k_min: float = 5.0, mi
         if stats[i, cv2.CC_STAT_AREA] < min_area_px:
             continue
         k = rose_k(image, truth_mask, comp == i)
-        seen += k is not None and k >= k_min
+        seen += is_seen(k, k_min)
     return seen
 
 

@@ -324,7 +324,7 @@ def test_steel_scope_is_drawn_with_its_layers_shares_and_pitches():
     the flex's steel share of its pitch, periodic at half the pitch (a helix crosses the front and the back wall
     half a turn apart); the bending section braid plus the rings' share, periodic at the ring pitch."""
     from ercp_node.phantom.anatomy import Tube
-    from ercp_node.phantom.geometry import tube, window
+    from ercp_node.phantom.geometry import tangents, tube, window
     from ercp_node.phantom.render import _scope_steel
     from ercp_node.phantom.style import ScopeSteel
 
@@ -340,7 +340,7 @@ def test_steel_scope_is_drawn_with_its_layers_shares_and_pitches():
     inner = tube(shape, pts, r - 0.5 * mm)
     win = window(shape, pts, r)
     o, a = outer[win], arc[win]
-    layer = _scope_steel(st, sc, pts, win, o, a, o - inner[win], r, mm)
+    layer = _scope_steel(st, sc, pts, tangents(pts), win, o, a, o - inner[win], r, mm)
     row = layer[int(shape[0] / 2) - win[0].start]  # the centreline: each wall crossed square on, 0.5 mm each
     x_mm = (np.arange(win[1].start, win[1].stop)) / mm
     shaft = row[(x_mm > 10) & (x_mm < 10 + 10 * 1.5)]  # ten half-pitches of the shaft

@@ -19,7 +19,7 @@ from . import anatomy as A
 from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
                        tubes_by_distance, window)
 from .style import SCOPES, Style, sample_scope_steel
-from .visibility import rose_k, unseen_stones
+from .visibility import is_seen, unseen_stones
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
@@ -41,7 +41,7 @@ class Options:
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
     ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bones of real ribs' size and contrast range
-    scope: str = "classic"  # style.SCOPES: the look's braid, rings and wires (may be none), or its steel as built
+    scope: str = "classic"  # style.SCOPES: the style's look (a styled scope's steel may be absent), or steel as built
     # STONE_LABELS: every stone the contrast reaches ("all"), or only those a reader could see in the stored
     # pixels ("seen": Rose's k >= seen_k, visibility.py); an unseen stone is drawn as the duct it sits in.
     stone_label: str = "all"
@@ -463,8 +463,9 @@ def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style |
             metal[win] += 0.030 * k_tube * o / mm + 0.30 * k_braid * shell / mm + 0.25 * k_rings * shell / mm * rings
         else:
             k_wires, k_tip = steel.wires, steel.tip_metal
-            metal[win] += 0.030 * k_tube * o / mm + _scope_steel(steel, sc, sp_px, win, o, a, shell, r, mm)
-            _pivot_pins(metal, steel, sc, sp_px, r, mm)
+            t_px = tangents(sp_px)
+            metal[win] += 0.030 * k_tube * o / mm + _scope_steel(steel, sc, sp_px, t_px, win, o, a, shell, r, mm)
+            _pivot_pins(metal, steel, sc, sp_px, t_px, r, mm)
         nrm = tangents(sc.points) @ np.array([[0.0, 1.0], [-1.0, 0.0]])
         if k_wires:
             for off in (-0.7, -0.3, 0.3, 0.7):  # angulation wires and fibre bundles
@@ -490,8 +491,8 @@ def _duodenoscope(metal: np.ndarray, case: A.Case, opts: Options, style: Style |
     return scope_lbl
 
 
-def _scope_steel(steel, sc: A.Tube, sp_px: np.ndarray, win, o: np.ndarray, a: np.ndarray, shell: np.ndarray,
-                 r: float, mm: float) -> np.ndarray:
+def _scope_steel(steel, sc: A.Tube, sp_px: np.ndarray, t: np.ndarray, win, o: np.ndarray, a: np.ndarray,
+                 shell: np.ndarray, r: float, mm: float) -> np.ndarray:
     """Braid, helical flex and bending rings of a `ScopeSteel` in the shaft's window: attenuation × path length.
 
     `tube` gives each pixel the arc length of the sphere that won it, in steps of up to 0.3 radius (2 mm): too
@@ -500,8 +501,7 @@ def _scope_steel(steel, sc: A.Tube, sp_px: np.ndarray, win, o: np.ndarray, a: np
     rows, cols = win
     yy, xx = np.mgrid[rows, cols].astype(np.float32)
     s32 = sc.s.astype(np.float32)
-    i = np.clip(np.searchsorted(s32, a), 0, len(s32) - 1)
-    t = tangents(sp_px)
+    i = np.clip(np.searchsorted(s32, a), 0, len(s32) - 1)  # the sphere that won; t: unit tangents at sp_px
     dx, dy = xx - sp_px[i, 0].astype(np.float32), yy - sp_px[i, 1].astype(np.float32)
     axial = sc.s[i].astype(np.float32) + (dx * t[i, 0] + dy * t[i, 1]).astype(np.float32) / np.float32(mm)
     u = np.clip((dx * -t[i, 1] + dy * t[i, 0]) / np.float32(r), -1.0, 1.0)
@@ -528,12 +528,11 @@ def _scope_steel(steel, sc: A.Tube, sp_px: np.ndarray, win, o: np.ndarray, a: np
     return np.where(inside, (0.30 * steel.braid * 2 + layers) * wall, 0.0).astype(np.float32)
 
 
-def _pivot_pins(metal: np.ndarray, steel, sc: A.Tube, sp_px: np.ndarray, r: float, mm: float) -> None:
+def _pivot_pins(metal: np.ndarray, steel, sc: A.Tube, sp_px: np.ndarray, t: np.ndarray, r: float, mm: float) -> None:
     """The bending section's pivot pins: a pair at each joint between rings, turned 90 degrees from one joint to
     the next; a pair across the beam shows as two dots at the tube's edges, a pair along it as one denser dot on
     the axis."""
     bend_from = float(sc.s[-1]) - steel.bending_mm
-    t = tangents(sp_px)
     d = steel.pin_mm / 2 * mm
     for j, s in enumerate(np.arange(bend_from + steel.ring_pitch_mm, float(sc.s[-1]), steel.ring_pitch_mm)):
         k = int(np.clip(np.searchsorted(sc.s, s), 0, len(sc.s) - 1))
@@ -620,8 +619,7 @@ def _label_seen_stones(image: np.ndarray, labels: np.ndarray, layers: dict, ston
     if opts.stone_label not in A.STONE_LABELS:
         raise ValueError(f"stone_label {opts.stone_label!r}: one of {', '.join(A.STONE_LABELS)}")
     stored = np.round(image * 255.0)  # the pixels as dicomio.quantise stores them at 8 bits (the PNG's too)
-    unseen, _ = unseen_stones(stored, labels, opts.seen_k)
-    _, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
+    unseen, ks, comp = unseen_stones(stored, labels, opts.seen_k)
     for st, t in zip(case.stones, stone_truth):
         if not t["visible"]:
             continue
@@ -630,10 +628,9 @@ def _label_seen_stones(image: np.ndarray, labels: np.ndarray, layers: dict, ston
         ids = ids[ids > 0]
         if not ids.size:  # under a collimator: not labelled in any case
             continue
-        part = comp == np.bincount(ids).argmax()
-        k = rose_k(stored, labels, part)
+        k = ks[np.bincount(ids).argmax() - 1]  # the component that holds most of the stone
         t["rose_k"] = None if k is None else round(k, 2)
-        t["visible"] = bool(not unseen[part].any())
+        t["visible"] = is_seen(k, opts.seen_k)
     labels[unseen] = CBD
     layers[STONE_LAYER] &= ~unseen
 

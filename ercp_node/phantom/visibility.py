@@ -37,17 +37,18 @@ def rose_k(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> floa
     return cnr * float(np.sqrt(stone.sum())) if cnr is not None else None
 
 
-def unseen_stones(image: np.ndarray, labels: np.ndarray, k_min: float = ROSE_K) -> tuple[np.ndarray, list[float | None]]:
-    """(mask of the stone components below `k_min` or unmeasurable, each component's k in label order).
+def is_seen(k: float | None, k_min: float = ROSE_K) -> bool:
+    """A stone component a reader could see: its k measured and at or above `k_min`."""
+    return k is not None and k >= k_min
+
+
+def unseen_stones(image: np.ndarray, labels: np.ndarray,
+                  k_min: float = ROSE_K) -> tuple[np.ndarray, list[float | None], np.ndarray]:
+    """(mask of the stone components below `k_min` or unmeasurable, each component's k, the component map: component
+    i, counted from 1, has k at index i − 1).
 
     Components are 8-connected, as the node counts them: touching stones are judged together."""
     n, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
-    unseen = np.zeros(labels.shape, bool)
-    ks = []
-    for i in range(1, n):
-        stone = comp == i
-        k = rose_k(image, labels, stone)
-        ks.append(k)
-        if k is None or k < k_min:
-            unseen |= stone
-    return unseen, ks
+    ks = [rose_k(image, labels, comp == i) for i in range(1, n)]
+    unseen = np.isin(comp, [i + 1 for i, k in enumerate(ks) if not is_seen(k, k_min)])
+    return unseen, ks, comp
