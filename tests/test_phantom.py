@@ -216,6 +216,7 @@ def test_variants_are_valid_dicom(tmp_path, extra):
     (["--count", "1", "--start-date", "2024-01-01", "--end-date", "2023-01-01"], "before"),
     (["--count", "1", "--complexity", "0.8:0.2"], "--complexity"),
     (["--count", "1", "--scope-diameter-mm", "40"], "--scope-diameter-mm"),
+    (["--count", "1", "--stone-label", "seen", "--seen-k", "0"], "--seen-k"),
 ])
 def test_bad_options_get_clear_errors(tmp_path, capsys, args, message):
     assert main(["synth", "--out", str(tmp_path / "x"), *args]) == 2
