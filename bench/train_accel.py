@@ -73,6 +73,8 @@ SETS = {
     "train-rnd-seen": "--count 1600 --seed 3101 --style random --stone-label seen --start-date 2013-12-02 "
                       "--end-date 2024-06-08",
     "train-cls-seen": "--count 500 --seed 3102 --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-rnd2-seen": "--count 1600 --seed 3104 --style random --size random --stone-label seen "
+                       "--start-date 2013-12-02 --end-date 2024-06-08",
     "train-steel-seen": "--count 1500 --seed 3108 --style random --size random --stones clinical --ribs anatomic "
                         "--scope steel --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
 }
