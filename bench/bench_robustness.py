@@ -27,6 +27,7 @@ from ercp_node.measure.stones import stones  # noqa: E402
 from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
+from ercp_node.model.postprocess import POSTPROCESS_MODES, apply as clean  # noqa: E402
 
 
 def predicted(seg: Segmenter, samples, batch: int = 16):
@@ -92,21 +93,32 @@ def by_scope_texture(textures: list, per_image: list[dict]) -> dict:
     return out
 
 
-def evaluate(seg: Segmenter, samples, batch: int = 16) -> dict:
-    per_image, exact, sizes, textures, t_model = [], [], [], [], 0.0
+def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, ...] = ("none",)) -> dict:
+    """{post-processing mode: row}; the network runs once (seg.postprocess "none"), each mode cleans its labels."""
+    assert getattr(seg, "postprocess", "none") == "none", "the modes are applied here, to the network's own labels"
+    per_image, exact, t_post = ({m: [] for m in postprocess} for _ in range(3))
+    sizes, textures, t_model = [], [], 0.0
     for chunk, truths, preds, seconds in predicted(seg, samples, batch):
         t_model += seconds
-        per_image += per_image_metrics(truths, preds)
         sizes += [largest_stone_mm(s) for s in chunk]
         textures += [scope_texture(s) for s in chunk]
-        for truth, pred in zip(truths, preds):
-            exact.append(len(stones(pred, None)) == len(stones(truth, None)))
-    report = table1_report(per_image)
-    return {"n": len(samples), "scope_iou": report["structures"]["duodenoscope"]["iou_mean"], "cbd_iou": report["structures"]["cbd"]["iou_mean"],
-            "stone_iou": report["structures"]["stone"]["iou_mean"], "stone_count_exact_pct": round(100 * float(np.mean(exact)), 1),
-            "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1),
-            "by_largest_stone": by_largest_stone(sizes, per_image),
-            "by_scope_texture": by_scope_texture(textures, per_image), "table1": report}
+        for mode in postprocess:
+            t = time.perf_counter()
+            cleaned = [clean(mode, p) for p in preds] if mode != "none" else preds
+            t_post[mode].append(time.perf_counter() - t)
+            per_image[mode] += per_image_metrics(truths, cleaned)
+            exact[mode] += [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, cleaned)]
+    out = {}
+    for mode in postprocess:
+        report = table1_report(per_image[mode])
+        out[mode] = {"n": len(samples), "scope_iou": report["structures"]["duodenoscope"]["iou_mean"],
+                     "cbd_iou": report["structures"]["cbd"]["iou_mean"], "stone_iou": report["structures"]["stone"]["iou_mean"],
+                     "stone_count_exact_pct": round(100 * float(np.mean(exact[mode])), 1),
+                     "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1),
+                     "postprocess_ms_per_image": round(1000 * sum(t_post[mode]) / max(len(samples), 1), 1),
+                     "by_largest_stone": by_largest_stone(sizes, per_image[mode]),
+                     "by_scope_texture": by_scope_texture(textures, per_image[mode]), "table1": report}
+    return out
 
 
 def main(argv=None) -> int:
@@ -115,6 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
     ap.add_argument("--tta", nargs="+", default=["none"], help="test-time augmentation modes to compare per model "
                     "(none, flip)")
+    ap.add_argument("--postprocess", nargs="+", default=["none"], choices=POSTPROCESS_MODES,
+                    help="label clean-ups to compare on the same network outputs (none, anatomy; the node: anatomy)")
     ap.add_argument("--cine", type=int, default=0, help="also time a cine of this many frames through each "
                     "model and TTA mode (ms per frame, bench_stones.cine_cost; 0: skip)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
@@ -123,18 +137,19 @@ def main(argv=None) -> int:
     results, segs = {}, {}
     for model, tta in [(m, t) for m in args.model for t in args.tta]:
         seg = Segmenter.load(model, tta=tta)
-        rows = {}
+        rows = {mode: {} for mode in args.postprocess}
         for d in args.data:
             samples, problems = read_data([d])
             samples = samples[: args.limit] if args.limit else samples
-            rows[Path(d).name] = evaluate(seg, samples)
-            r = rows[Path(d).name]
-            print(f"{seg.version:50s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
-                  f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
-                  f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
-        key = seg.version + ("" if tta == "none" else f" tta={tta}")
-        results[key] = {"path": model, "tta": tta, "sets": rows}
-        segs[key] = seg
+            for mode, r in evaluate(seg, samples, postprocess=tuple(args.postprocess)).items():
+                rows[mode][Path(d).name] = r
+                print(f"{seg.version:50s} {tta:4s} {mode:7s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
+                      f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
+                      f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
+        for mode in args.postprocess:
+            key = seg.version + ("" if tta == "none" else f" tta={tta}") + ("" if mode == "none" else f" postprocess={mode}")
+            results[key] = {"path": model, "tta": tta, "postprocess": mode, "sets": rows[mode]}
+        segs[seg.version + ("" if tta == "none" else f" tta={tta}")] = seg
     cine = None
     if args.cine:
         from bench_stones import cine_cost  # the same timing as the cascade's (a sibling script; imports this one)

@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model.postprocess import POSTPROCESS_MODES
 from ..model.tta import TTA_MODES
 
 AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash or control characters
@@ -62,6 +63,9 @@ class ModelSettings:
     # Test-time augmentation (model/inference.py TTA_MODES): "flip" averages the 4 mirror images (4× the model's
     # time; bench/results/robustness.json: better on every structure and style family), "d4" 8 views, "none" one.
     tta: str = "flip"
+    # Label clean-up (model/postprocess.py): "anatomy" keeps one duodenoscope and one duct, never removing a stone
+    # (bench/results/postprocess.json: better on both phantoms, the gate's images not worse); "none": as the network.
+    postprocess: str = "anatomy"
 
 
 @dataclass
@@ -485,6 +489,8 @@ def validate(s: Settings) -> None:
         raise ConfigError("node.min_free_disk_mb must be ≥ 0")
     if s.model.tta not in TTA_MODES:
         raise ConfigError(f"model.tta {s.model.tta!r} unknown (known: {', '.join(TTA_MODES)})")
+    if s.model.postprocess not in POSTPROCESS_MODES:
+        raise ConfigError(f"model.postprocess {s.model.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
     if s.export.max_attempts < 0 or s.export.max_age_h < 0:

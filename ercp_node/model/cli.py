@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..cliutil import iso_date
+from .postprocess import POSTPROCESS_MODES
 from .tta import TTA_MODES
 from ..text import RESEARCH_USE_SENTENCE
 
@@ -152,6 +153,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model file (.keras); default: the shipped model")
     p.add_argument("--tta", choices=tuple(TTA_MODES), default="none",
                    help="test-time augmentation (default none: the model's own single-pass figures, as Table 1)")
+    p.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="none",
+                   help="label clean-up (default none: the network's own labels, as Table 1; the node runs anatomy)")
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
@@ -304,7 +307,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.split == "test":
         samples = temporal_split(samples, args.split_date).test
     try:
-        seg = Segmenter.load(args.model or SHIPPED, tta=args.tta)
+        seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess)
     except FileNotFoundError as exc:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)

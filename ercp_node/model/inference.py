@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from ..preprocessing.pipeline import masks_to_source, preprocess_native, resize_labels, to_grid
+from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels
 from .tta import TTA_MODES
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
@@ -45,13 +46,17 @@ class Segmenter:
     card: dict
     stones: object = None  # stonenet.StoneNet: the cascade's second stage, or None (the paper's single stage)
     tta: str = "none"  # a key of TTA_MODES
+    postprocess: str = "none"  # one of POSTPROCESS_MODES: the label maps' clean-up (model/postprocess.py)
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
             raise ValueError(f"test-time augmentation {self.tta!r} unknown (known: {', '.join(TTA_MODES)})")
+        if self.postprocess not in POSTPROCESS_MODES:
+            raise ValueError(f"post-processing {self.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
 
     @classmethod
-    def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none") -> "Segmenter":
+    def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
+             postprocess: str = "none") -> "Segmenter":
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -70,7 +75,7 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones, tta)
+        return cls(model, card, stones, tta, postprocess)
 
     @property
     def version(self) -> str:
@@ -99,7 +104,12 @@ class Segmenter:
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
-        """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid]."""
+        """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
+        each after the clean-up `postprocess`."""
+        labels = self._segment(frames, batch_size)
+        return labels if self.postprocess == "none" else [postprocess_labels(self.postprocess, m) for m in labels]
+
+    def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int) -> list[np.ndarray]:
         size = self.input_size
         natives = [preprocess_native(p, bits_stored=b, photometric=ph) for p, b, ph in frames]
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)

@@ -126,6 +126,8 @@ def model_path(configured: str | Path | None, sessions) -> Path:
     return Path(active.path) if active is not None and Path(active.path).is_file() else inference.SHIPPED
 
 
-def load_segmenter(configured: str | Path | None, sessions, tta: str = "none") -> inference.Segmenter:
-    """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta)."""
-    return inference.Segmenter.load(model_path(configured, sessions), tta=tta)
+def load_segmenter(configured: str | Path | None, sessions, tta: str = "none",
+                   postprocess: str = "none") -> inference.Segmenter:
+    """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta) and the
+    label clean-up `postprocess` (model.postprocess)."""
+    return inference.Segmenter.load(model_path(configured, sessions), tta=tta, postprocess=postprocess)

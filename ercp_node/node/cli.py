@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 
+from ..model.postprocess import POSTPROCESS_MODES
 from ..model.tta import TTA_MODES
 
 
@@ -81,6 +82,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML settings ([measure] thresholds and calibration policy)")
     p.add_argument("--tta", choices=tuple(TTA_MODES), default=None,
                    help="test-time augmentation (default: the settings' model.tta, as the node runs it)")
+    p.add_argument("--postprocess", choices=POSTPROCESS_MODES, default=None,
+                   help="label clean-up (default: the settings' model.postprocess, as the node runs it)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -119,7 +122,8 @@ def run_segment(args: argparse.Namespace) -> int:
             continue
         if seg is None:  # loaded once, and only when a file passes the checks
             try:
-                seg = Segmenter.load(args.model or SHIPPED, tta=args.tta or settings.model.tta)
+                seg = Segmenter.load(args.model or SHIPPED, tta=args.tta or settings.model.tta,
+                                     postprocess=args.postprocess or settings.model.postprocess)
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:

@@ -101,7 +101,8 @@ class Node:
                 threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True).start()
             else:
                 for i in range(worker_count(self.settings)):
-                    w = Worker(self, load_segmenter(self.settings.model.path, self.sessions, self.settings.model.tta), f"{self.node_id}/w{i}",
+                    w = Worker(self, load_segmenter(self.settings.model.path, self.sessions, self.settings.model.tta,
+                                                     self.settings.model.postprocess), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()

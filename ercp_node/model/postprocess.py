@@ -1,0 +1,81 @@
+"""Label-map clean-up from the label convention: one duodenoscope, one duct (NumPy/OpenCV only, no Keras).
+
+A network labels pixels; the anatomy says how many objects there are. An image shows one duodenoscope and one
+common bile duct, so fragments of either that are not part of the main object are errors of the network — most
+often a rib or bowel band taken for the scope, or the scope's bending section taken for duct
+(docs/model-card.md, "One scope, one duct"). "anatomy" keeps:
+- scope: the largest scope component; any component joined to it through the duct (the duct is drawn over the
+  scope where they cross, so a true scope is often cut in two by it); and any
+  component at least `SCOPE_KEEP_SHARE` of the largest's area (a scope that leaves the field and comes back).
+  Other scope fragments become background.
+- duct (CBD + stones): the largest duct component and every component holding a stone — a stone is a finding,
+  so no shape rule removes one. Other duct fragments take the label around them (the scope, where the scope's
+  bending section was taken for duct; background otherwise).
+Stones themselves are never changed. "none" returns the network's labels as they are (the paper's output).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..labels import BACKGROUND, CBD, SCOPE, STONE
+
+POSTPROCESS_MODES = ("none", "anatomy")
+SCOPE_KEEP_SHARE = 0.25
+RING_SHARE = 0.006  # the ring around a removed duct fragment that decides its label: 0.6 % of the image side
+
+
+def apply(mode: str, labels: np.ndarray) -> np.ndarray:
+    """One frame's label map (H, W) after the clean-up `mode` (a new array; the input is not changed)."""
+    if mode not in POSTPROCESS_MODES:
+        raise ValueError(f"post-processing {mode!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
+    labels = np.asarray(labels)
+    if mode == "none":
+        return labels.copy()
+    return one_scope(one_duct(labels))
+
+
+def one_duct(labels: np.ndarray) -> np.ndarray:
+    import cv2  # here, not at the top: node settings import POSTPROCESS_MODES without OpenCV
+
+    out = labels.copy()
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(np.isin(labels, (CBD, STONE)).astype(np.uint8),
+                                                         connectivity=8)
+    if n <= 2:
+        return out
+    largest = 1 + int(stats[1:, cv2.CC_STAT_AREA].argmax())
+    has_stone = np.zeros(n, bool)
+    has_stone[np.unique(comp[labels == STONE])] = True
+    r = max(2, int(round(RING_SHARE * max(labels.shape))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    for i in range(1, n):
+        if i == largest or has_stone[i]:
+            continue
+        # the fragment's bounding box grown by the ring: the ring's labels, away from any other duct pixel
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        y0, y1, x0, x1 = max(0, y - r), min(labels.shape[0], y + h + r), max(0, x - r), min(labels.shape[1], x + w + r)
+        m = comp[y0:y1, x0:x1] == i
+        ring = cv2.dilate(m.astype(np.uint8), kernel).astype(bool) & ~m
+        around = labels[y0:y1, x0:x1][ring]
+        around = around[(around != CBD) & (around != STONE)]
+        out[y0:y1, x0:x1][m] = np.bincount(around, minlength=4).argmax() if around.size else BACKGROUND
+    return out
+
+
+def one_scope(labels: np.ndarray) -> np.ndarray:
+    import cv2
+
+    out = labels.copy()
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == SCOPE).astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return out
+    areas = stats[:, cv2.CC_STAT_AREA].copy()
+    areas[0] = 0
+    largest = int(areas.argmax())
+    _, joined = cv2.connectedComponents(np.isin(labels, (SCOPE, CBD, STONE)).astype(np.uint8), connectivity=8)
+    main = joined[comp == largest][0]
+    keep = areas >= SCOPE_KEEP_SHARE * areas[largest]
+    keep[np.unique(comp[(joined == main) & (comp > 0)])] = True
+    keep[0] = True  # not scope: left as it is
+    out[~keep[comp]] = BACKGROUND
+    return out
