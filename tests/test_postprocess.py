@@ -93,3 +93,27 @@ def test_node_settings_run_anatomy_by_default():
     assert load(None, env={"ERCP_NODE_MODEL_POSTPROCESS": "none"}).model.postprocess == "none"
     with pytest.raises(ConfigError, match="model.postprocess 'largest' unknown"):
         load(None, env={"ERCP_NODE_MODEL_POSTPROCESS": "largest"})
+
+
+def test_segment_writes_the_labels_of_the_clean_up_it_is_given(tiny_model, tmp_path):
+    """`ercp-node segment` follows the settings (anatomy) or --postprocess; its SEG holds exactly those labels."""
+    import pydicom
+
+    from helpers import synth
+
+    from ercp_node.cli import main
+    from ercp_node.config.settings import Settings
+    from ercp_node.dicom.segread import read_seg_labels
+    from ercp_node.node.pipeline import frames_of
+
+    src = synth(tmp_path / "rf", count=1, seed=52)[0]
+    ds = pydicom.dcmread(src)
+    written = {}
+    for mode, argv in (("anatomy", []), ("none", ["--postprocess", "none"])):
+        out = tmp_path / mode
+        assert main(["segment", str(src), "--out", str(out), "--model", str(tiny_model), *argv]) == 0
+        expected = np.stack(Segmenter.load(tiny_model, tta=Settings().model.tta, postprocess=mode).segment(frames_of(ds)))
+        got = read_seg_labels(pydicom.dcmread(next(out.glob("*.seg.dcm"))), expected.shape)
+        np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+        written[mode] = expected
+    assert (written["anatomy"] != written["none"]).any()  # the untrained model's stray duct fragments are gone
