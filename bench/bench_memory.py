@@ -269,6 +269,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import dcmtk_first_on_path
+
+    dcmtk_first_on_path()  # dcmtk's storescu/storescp, not an activated venv's pynetdicom scripts
     result = run(args.count, args.first, args.model, args.interval)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(compact(json.dumps(result, indent=1)) + "\n")

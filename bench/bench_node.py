@@ -169,6 +169,9 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
 
 
 def main() -> int:
+    from helpers import dcmtk_first_on_path
+
+    dcmtk_first_on_path()  # dcmtk's storescu/storescp, not an activated venv's pynetdicom scripts
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--latency-images", type=int, default=30)

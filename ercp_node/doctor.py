@@ -21,6 +21,27 @@ TOOLS = {"storescu": "dcmtk (tests, sending)", "storescp": "dcmtk (tests)", "ech
          "dciodvfy": "dicom3tools (validating outputs)", "Orthanc": "Orthanc (tests, local PACS trial)"}
 
 
+def is_python_script(path: str | Path) -> bool:
+    """A console script (`#!…python…`): pynetdicom ≥ 3 installs storescp, storescu, echoscu, findscu … of its own
+    into the environment's bin, which shadow dcmtk's of the same names (other options) when that bin is first on
+    PATH, as in an activated venv."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(200)
+    except OSError:
+        return False
+    return first.startswith(b"#!") and b"python" in first
+
+
+def which_tool(name: str) -> str | None:
+    """The first `name` on PATH that is not a Python console script (dcmtk's tools, not pynetdicom's)."""
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        p = shutil.which(name, path=d) if d else None
+        if p and not is_python_script(p):
+            return p
+    return None
+
+
 def add_doctor_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML configuration file to check")
     p.add_argument("--data-dir", default=None)
@@ -66,7 +87,7 @@ def diagnose(args) -> dict:
         problems.append(rep["backend"]["problem"])
     elif rep["backend"]["built_with_cuda"] and not rep["backend"]["gpus"]:
         rep["backend"]["note"] = "a CUDA build, but no GPU visible (driver, CUDA_VISIBLE_DEVICES): runs on CPU"
-    rep["tools"] = {t: shutil.which(t) for t in TOOLS}
+    rep["tools"] = {t: which_tool(t) for t in TOOLS}
     settings = None
     try:
         from .cliutil import CLIError

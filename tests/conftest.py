@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 # tests/ is on sys.path (rootdir mode)
-from helpers import Orthanc
+from helpers import Orthanc, dcmtk_first_on_path
+
+dcmtk_first_on_path()  # an activated venv's pynetdicom storescp/storescu must not stand in for dcmtk's
 
 
 @pytest.fixture()

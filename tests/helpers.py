@@ -17,6 +17,17 @@ import urllib.request
 from pathlib import Path
 
 
+def dcmtk_first_on_path(env=os.environ) -> None:
+    """Put the PATH directories whose storescp is a Python console script (pynetdicom's, in an activated venv) behind
+    the others: the tests and benches run dcmtk's storescp/storescu/echoscu, whose options pynetdicom's lack."""
+    from ercp_node.doctor import is_python_script
+
+    dirs = env.get("PATH", "").split(os.pathsep)
+    shadow = [d for d in dirs if d and os.path.isfile(os.path.join(d, "storescp"))
+              and is_python_script(os.path.join(d, "storescp"))]
+    env["PATH"] = os.pathsep.join([d for d in dirs if d not in shadow] + shadow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -44,3 +44,26 @@ def test_doctor_names_configuration_problems(tmp_path):
     cfg.write_text('[model]\npath = "/nonexistent/model.keras"\n')
     rc, out, _ = _doctor("--config", str(cfg), "--data-dir", str(tmp_path / "d"))
     assert rc == 1 and "model file /nonexistent/model.keras is missing" in out
+
+
+def test_dcmtk_tools_are_found_behind_pynetdicoms_console_scripts(tmp_path, monkeypatch):
+    """pynetdicom ≥ 3 puts its own storescp/storescu in the venv's bin: the doctor and the tests mean dcmtk's."""
+    import os
+    import shutil
+
+    from helpers import dcmtk_first_on_path
+
+    from ercp_node.doctor import is_python_script, which_tool
+
+    venv_bin = tmp_path / "venv-bin"
+    venv_bin.mkdir()
+    script = venv_bin / "storescp"
+    script.write_text("#!/opt/venv/bin/python\nfrom pynetdicom.apps.storescp.storescp import main\n")
+    script.chmod(0o755)
+    real = shutil.which("storescp", path="/usr/bin:/bin")
+    assert real and not is_python_script(real) and is_python_script(script)
+    env = {"PATH": os.pathsep.join([str(venv_bin), "/usr/bin", "/bin"])}
+    monkeypatch.setenv("PATH", env["PATH"])
+    assert which_tool("storescp") == real and shutil.which("storescp") == str(script)
+    dcmtk_first_on_path(env)
+    assert env["PATH"].split(os.pathsep) == ["/usr/bin", "/bin", str(venv_bin)]
