@@ -51,7 +51,7 @@ def one_duct(labels: np.ndarray) -> np.ndarray:
     for i in range(1, n):
         if i == largest or has_stone[i]:
             continue
-        # the fragment's bounding box grown by the ring: the ring's labels, away from any other duct pixel
+        # the labels on a ring around the fragment (its bounding box grown by the ring), duct labels left out
         x, y, w, h = (int(v) for v in stats[i, :4])
         y0, y1, x0, x1 = max(0, y - r), min(labels.shape[0], y + h + r), max(0, x - r), min(labels.shape[1], x + w + r)
         m = comp[y0:y1, x0:x1] == i
