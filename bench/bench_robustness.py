@@ -107,7 +107,7 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
             cleaned = [clean(mode, p) for p in preds] if mode != "none" else preds
             t_post[mode].append(time.perf_counter() - t)
             per_image[mode] += per_image_metrics(truths, cleaned)
-            exact[mode] += [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, cleaned)]
+            exact[mode] += [len(stones(p, None)) == len(stones(tr, None)) for tr, p in zip(truths, cleaned)]
     out = {}
     for mode in postprocess:
         report = table1_report(per_image[mode])
