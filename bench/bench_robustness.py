@@ -146,10 +146,11 @@ def main(argv=None) -> int:
                 print(f"{seg.version:50s} {tta:4s} {mode:7s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
                       f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
                       f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
+        key = seg.version + ("" if tta == "none" else f" tta={tta}")
         for mode in args.postprocess:
-            key = seg.version + ("" if tta == "none" else f" tta={tta}") + ("" if mode == "none" else f" postprocess={mode}")
-            results[key] = {"path": model, "tta": tta, "postprocess": mode, "sets": rows[mode]}
-        segs[seg.version + ("" if tta == "none" else f" tta={tta}")] = seg
+            results[key + ("" if mode == "none" else f" postprocess={mode}")] = {
+                "path": model, "tta": tta, "postprocess": mode, "sets": rows[mode]}
+        segs[key] = seg
     cine = None
     if args.cine:
         from bench_stones import cine_cost  # the same timing as the cascade's (a sibling script; imports this one)
