@@ -1,0 +1,139 @@
+"""The default model's gate: a candidate against the shipped model on the frozen images, with a paired bootstrap.
+
+The rule (docs/model-card.md, "The default model's gate from 2026-12-02 on"): the candidate ships when, per
+structure, the 95 % paired-bootstrap interval of Δ = candidate − active (the Table-1 mean IoU, n-weighted over the
+sets) has its lower end ≥ −margin (non-inferior) for every structure, and > 0 (better) for at least one. Both
+models run side by side on the same images, no TTA, no clean-up (the network's own labels). Writes JSON with the
+per-image IoUs, so the decision can be recomputed without the models.
+
+    python bench/gate.py --candidate data/runs/x/best.keras --out bench/results/gate-x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MARGIN = 0.5  # IoU points: fixed from what it means before any candidate was judged by it (model card)
+N_BOOT = 2000
+LEVEL = 0.95
+STRUCTURES = ("duodenoscope", "cbd", "stone")
+GATE_SETS = ("data/test-2026-seen", "data/test-rnd-seen")
+
+
+def iou_table(per_image: list[dict]) -> dict[str, list]:
+    """Per-image metrics (metrics.per_image_metrics) -> {structure: [IoU % or None where not evaluated]}."""
+    return {s: [None if m[s]["iou"] is None else 100.0 * m[s]["iou"] for m in per_image] for s in STRUCTURES}
+
+
+def _statistic(values: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Per set (R, n_k) IoU arrays (NaN: not evaluated) -> (R,) n-weighted mean of the per-set means (Table 1's
+    mean over the evaluated images of each set)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any evaluated image: NaN, left out
+        means = np.stack([np.nanmean(v, axis=-1) for v in values], axis=-1)  # (R, K)
+    ok = ~np.isnan(means)
+    return np.where(ok, means, 0.0) @ weights / np.maximum(ok.astype(float) @ weights, 1e-12)
+
+
+def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, list]], *, margin: float = MARGIN,
+           n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+    """active / candidate: {set name: iou_table(...)} over the same images in the same order.
+    -> {"structures": {s: {active, candidate, delta, ci_low, ci_high, non_inferior, better}}, "promote", "reason"}."""
+    sets = list(active)
+    if sets != list(candidate):
+        raise ValueError(f"the two models were judged on different sets: {sets} vs {list(candidate)}")
+    n = np.array([len(active[k][STRUCTURES[0]]) for k in sets], float)
+    for k in sets:
+        if any(len(candidate[k][s]) != len(active[k][s]) for s in STRUCTURES):
+            raise ValueError(f"set {k}: the two models were judged on a different number of images")
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, int(nk), size=(n_boot, int(nk))) for nk in n]  # the same draws for every structure
+    out, lo_q = {}, (1 - level) / 2
+    for s in STRUCTURES:
+        a = [np.array([np.nan if v is None else v for v in active[k][s]], float) for k in sets]
+        c = [np.array([np.nan if v is None else v for v in candidate[k][s]], float) for k in sets]
+        point = float(_statistic(c, n) - _statistic(a, n))
+        boot = _statistic([x[d] for x, d in zip(c, draws)], n) - _statistic([x[d] for x, d in zip(a, draws)], n)
+        low, high = (float(q) for q in np.quantile(boot, [lo_q, 1 - lo_q]))
+        out[s] = {"active": round(float(_statistic(a, n)), 3), "candidate": round(float(_statistic(c, n)), 3),
+                  "delta": round(point, 3), "ci_low": round(low, 3), "ci_high": round(high, 3),
+                  "non_inferior": low >= -margin, "better": low > 0}
+    inferior = [s for s in STRUCTURES if not out[s]["non_inferior"]]
+    better = [s for s in STRUCTURES if out[s]["better"]]
+    detail = "; ".join(f"{s} {r['delta']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" for s, r in out.items())
+    if inferior:
+        reason = f"not non-inferior on {', '.join(inferior)} (margin {margin}): {detail}"
+    elif not better:
+        reason = f"non-inferior, but better on no structure: {detail}"
+    else:
+        reason = f"non-inferior on every structure, better on {', '.join(better)}: {detail}"
+    return {"structures": out, "promote": not inferior and bool(better), "reason": reason, "margin": margin,
+            "n_boot": n_boot, "level": level, "seed": seed, "sets": {k: int(nk) for k, nk in zip(sets, n)}}
+
+
+def judge(model: str, data: list[str], limit: int | None = None) -> tuple[str, dict]:
+    """One model, no TTA, no clean-up -> (version, {set name: iou_table + stone count exact per image})."""
+    from bench_robustness import predicted
+
+    from ercp_node.measure.stones import stones
+    from ercp_node.model.data import read_data
+    from ercp_node.model.inference import Segmenter
+    from ercp_node.model.metrics import per_image_metrics
+
+    seg = Segmenter.load(model, tta="none", postprocess="none")
+    tables = {}
+    for d in data:
+        samples, _ = read_data([d])
+        samples = samples[:limit] if limit else samples
+        per_image, exact = [], []
+        for _, truths, preds, _ in predicted(seg, samples):
+            per_image += per_image_metrics(truths, preds)
+            exact += [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, preds)]
+        tables[Path(d).name] = {**iou_table(per_image), "stone_count_exact": exact}
+        print(f"{seg.version}: {Path(d).name} {len(samples)} images", flush=True)
+    return seg.version, tables
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--candidate", required=True, help="the candidate model (.keras)")
+    ap.add_argument("--active", default=str(ROOT / "ercp_node/model/weights/default.keras"),
+                    help="the model it must beat (default: the shipped one)")
+    ap.add_argument("--data", nargs="+", default=[str(ROOT / d) for d in GATE_SETS])
+    ap.add_argument("--margin", type=float, default=MARGIN)
+    ap.add_argument("--boot", type=int, default=N_BOOT)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set (a quick check only)")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/gate.json"))
+    args = ap.parse_args(argv)
+    v_active, t_active = judge(args.active, args.data, args.limit)
+    v_cand, t_cand = judge(args.candidate, args.data, args.limit)
+    strip = lambda t: {k: {s: v[s] for s in STRUCTURES} for k, v in t.items()}  # noqa: E731
+    result = decide(strip(t_active), strip(t_cand), margin=args.margin, n_boot=args.boot, seed=args.seed)
+    exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
+             for name, t in (("active", t_active), ("candidate", t_cand))}
+    out = {"bench": "gate", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+           "rule": "docs/model-card.md, The default model's gate from 2026-12-02 on", "data": args.data,
+           "limit": args.limit, "active": {"path": args.active, "version": v_active},
+           "candidate": {"path": args.candidate, "version": v_cand}, **result, "stone_count_exact_pct": exact,
+           "per_image": {"active": t_active, "candidate": t_cand}}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(("PROMOTE " if result["promote"] else "REFUSE ") + f"{v_cand} over {v_active}: {result['reason']}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""bench/gate.py, the default model's gate (docs/model-card.md): non-inferior on every structure within the margin
+by the paired bootstrap's lower bound, and better on one; a model cannot pass against itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import synth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gate():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("gate", ROOT / "bench" / "gate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tables(rng, n=250, shift=None, sd=4.0, base=None):
+    """Two sets of per-image IoU (%); stones in the truth of ~60 % of images (None elsewhere: not evaluated)."""
+    shift = shift or {}
+    out = {}
+    for k, name in enumerate(("a", "b")):
+        b = base[name] if base else None
+        t = {}
+        for s, mean in (("duodenoscope", 91.0), ("cbd", 84.0), ("stone", 36.0)):
+            if b is None:
+                v = np.clip(rng.normal(mean, 10.0, n), 0, 100)
+                t[s] = [None if s == "stone" and i % 5 < 2 else float(x) for i, x in enumerate(v)]
+            else:
+                t[s] = [None if x is None else float(x + shift.get(s, 0.0) + rng.normal(0, sd))  # unclipped: no bias
+                        for x in b[s]]
+        out[name] = t
+    return out
+
+
+def test_the_same_outputs_are_non_inferior_but_not_better(gate):
+    a = tables(np.random.default_rng(0))
+    r = gate.decide(a, a)
+    assert not r["promote"] and "better on no structure" in r["reason"]
+    for s in gate.STRUCTURES:
+        assert r["structures"][s]["delta"] == 0 and r["structures"][s]["non_inferior"] and not r["structures"][s]["better"]
+
+
+def test_a_clear_gain_with_noise_elsewhere_is_promoted(gate):
+    rng = np.random.default_rng(1)
+    a = tables(rng)
+    c = tables(rng, base=a, shift={"stone": 2.0, "duodenoscope": -0.02})
+    r = gate.decide(a, c)
+    assert r["promote"], r["reason"]
+    st = r["structures"]
+    assert st["stone"]["better"] and st["stone"]["ci_low"] > 0
+    assert st["duodenoscope"]["non_inferior"] and st["duodenoscope"]["ci_low"] < 0 < st["duodenoscope"]["ci_high"]
+    assert abs(st["stone"]["delta"] - 2.0) < 0.6
+
+
+def test_a_loss_beyond_the_margin_is_refused_whatever_it_gains(gate):
+    rng = np.random.default_rng(2)
+    a = tables(rng)
+    c = tables(rng, base=a, shift={"stone": 5.0, "cbd": -1.5})
+    r = gate.decide(a, c)
+    assert not r["promote"] and r["reason"].startswith("not non-inferior on cbd")
+    assert r["structures"]["cbd"]["ci_high"] < 0
+
+
+def test_the_bootstrap_is_reproducible_and_checks_its_inputs(gate):
+    rng = np.random.default_rng(3)
+    a = tables(rng)
+    c = tables(rng, base=a, shift={"cbd": 0.3})
+    assert gate.decide(a, c, seed=7) == gate.decide(a, c, seed=7)
+    with pytest.raises(ValueError, match="different number of images"):
+        gate.decide(a, {"a": c["a"], "b": {s: v[:-1] for s, v in c["b"].items()}})
+    with pytest.raises(ValueError, match="different sets"):
+        gate.decide(a, {"b": c["b"], "a": c["a"]})
+
+
+def test_the_shipped_model_cannot_pass_its_own_gate(gate, tmp_path):
+    synth(tmp_path / "t", count=4, seed=11)
+    out = tmp_path / "gate.json"
+    shipped = str(ROOT / "ercp_node/model/weights/default.keras")
+    assert gate.main(["--candidate", shipped, "--active", shipped, "--data", str(tmp_path / "t"), "--boot", "200",
+                      "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["promote"] is False and r["sets"] == {"t": 4}
+    assert r["per_image"]["active"] == r["per_image"]["candidate"]
+    assert all(r["structures"][s]["delta"] == 0 for s in gate.STRUCTURES)
+    assert r["active"]["version"] == r["candidate"]["version"]
