@@ -1,12 +1,13 @@
 """The default model's gate: a candidate against the shipped model on the frozen images, with a paired bootstrap.
 
 The rule (docs/model-card.md, "The default model's gate from 2026-12-02 on"): the candidate ships when, per
-structure, the 95 % paired-bootstrap interval of Δ = candidate − active (the Table-1 mean IoU, n-weighted over the
-sets) has its lower end ≥ −margin (non-inferior) for every structure, and > 0 (better) for at least one. Both
-models run side by side on the same images, no TTA, no clean-up (the network's own labels). Writes JSON with the
-per-image IoUs, so the decision can be recomputed without the models.
+structure, the 95 % paired-bootstrap interval of Δ = candidate − active (Table 1's mean IoU over the evaluated
+images of all sets pooled) has its lower end ≥ −margin (non-inferior) for every structure, and > 0 (better) for at
+least one. Both models run side by side on the same images, no TTA, no clean-up (the network's own labels). The
+JSON keeps the per-image IoUs; `--recompute` redoes the decision from them without the models.
 
     python bench/gate.py --candidate data/runs/x/best.keras --out bench/results/gate-x.json
+    python bench/gate.py --recompute bench/results/gate-x.json
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import os
 import platform
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +37,13 @@ def iou_table(per_image: list[dict]) -> dict[str, list]:
     return {s: [None if m[s]["iou"] is None else 100.0 * m[s]["iou"] for m in per_image] for s in STRUCTURES}
 
 
-def _statistic(values: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """Per set (R, n_k) IoU arrays (NaN: not evaluated) -> (R,) n-weighted mean of the per-set means (Table 1's
-    mean over the evaluated images of each set)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any evaluated image: NaN, left out
-        means = np.stack([np.nanmean(v, axis=-1) for v in values], axis=-1)  # (R, K)
-    ok = ~np.isnan(means)
-    return np.where(ok, means, 0.0) @ weights / np.maximum(ok.astype(float) @ weights, 1e-12)
+def _statistic(values: list[np.ndarray]) -> np.ndarray:
+    """Per set (R, n_k) IoU arrays (NaN: not evaluated) -> (R,) Table 1's mean over the evaluated images of all sets
+    pooled (the per-set means weighted by their evaluated images: how `retrain` and the earlier gate figures read
+    the 500 images)."""
+    pooled = np.concatenate(values, axis=-1)
+    ok = ~np.isnan(pooled)
+    return np.where(ok, pooled, 0.0).sum(-1) / np.maximum(ok.sum(-1), 1)
 
 
 def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, list]], *, margin: float = MARGIN,
@@ -64,10 +63,10 @@ def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, li
     for s in STRUCTURES:
         a = [np.array([np.nan if v is None else v for v in active[k][s]], float) for k in sets]
         c = [np.array([np.nan if v is None else v for v in candidate[k][s]], float) for k in sets]
-        point = float(_statistic(c, n) - _statistic(a, n))
-        boot = _statistic([x[d] for x, d in zip(c, draws)], n) - _statistic([x[d] for x, d in zip(a, draws)], n)
+        point = float(_statistic(c) - _statistic(a))
+        boot = _statistic([x[d] for x, d in zip(c, draws)]) - _statistic([x[d] for x, d in zip(a, draws)])
         low, high = (float(q) for q in np.quantile(boot, [lo_q, 1 - lo_q]))
-        out[s] = {"active": round(float(_statistic(a, n)), 3), "candidate": round(float(_statistic(c, n)), 3),
+        out[s] = {"active": round(float(_statistic(a)), 3), "candidate": round(float(_statistic(c)), 3),
                   "delta": round(point, 3), "ci_low": round(low, 3), "ci_high": round(high, 3),
                   "non_inferior": low >= -margin, "better": low > 0}
     inferior = [s for s in STRUCTURES if not out[s]["non_inferior"]]
@@ -108,7 +107,8 @@ def judge(model: str, data: list[str], limit: int | None = None) -> tuple[str, d
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--candidate", required=True, help="the candidate model (.keras)")
+    ap.add_argument("--candidate", help="the candidate model (.keras)")
+    ap.add_argument("--recompute", metavar="JSON", help="decide again from a gate JSON's per-image IoUs (rewritten)")
     ap.add_argument("--active", default=str(ROOT / "ercp_node/model/weights/default.keras"),
                     help="the model it must beat (default: the shipped one)")
     ap.add_argument("--data", nargs="+", default=[str(ROOT / d) for d in GATE_SETS])
@@ -118,9 +118,18 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (a quick check only)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/gate.json"))
     args = ap.parse_args(argv)
+    strip = lambda t: {k: {s: v[s] for s in STRUCTURES} for k, v in t.items()}  # noqa: E731
+    if args.recompute:
+        out = json.loads(Path(args.recompute).read_text())
+        out.update(decide(strip(out["per_image"]["active"]), strip(out["per_image"]["candidate"]),
+                          margin=args.margin, n_boot=args.boot, seed=args.seed))
+        Path(args.recompute).write_text(json.dumps(out, indent=1))
+        print(("PROMOTE: " if out["promote"] else "REFUSE: ") + out["reason"])
+        return 0
+    if not args.candidate:
+        ap.error("--candidate is required (or --recompute JSON)")
     v_active, t_active = judge(args.active, args.data, args.limit)
     v_cand, t_cand = judge(args.candidate, args.data, args.limit)
-    strip = lambda t: {k: {s: v[s] for s in STRUCTURES} for k, v in t.items()}  # noqa: E731
     result = decide(strip(t_active), strip(t_cand), margin=args.margin, n_boot=args.boot, seed=args.seed)
     exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
              for name, t in (("active", t_active), ("candidate", t_cand))}

@@ -94,3 +94,15 @@ def test_the_shipped_model_cannot_pass_its_own_gate(gate, tmp_path):
     assert r["per_image"]["active"] == r["per_image"]["candidate"]
     assert all(r["structures"][s]["delta"] == 0 for s in gate.STRUCTURES)
     assert r["active"]["version"] == r["candidate"]["version"]
+    assert gate.main(["--recompute", str(out), "--boot", "100"]) == 0  # from the kept per-image IoUs, no model
+    again = json.loads(out.read_text())
+    assert again["promote"] is False and again["n_boot"] == 100 and again["per_image"] == r["per_image"]
+
+
+def test_the_statistic_is_table1s_mean_over_all_evaluated_images(gate):
+    # sets of unequal evaluated counts: the pooled mean (how retrain reads the frozen set), not the mean of set means
+    a = {"x": {s: [10.0, None, 30.0] for s in gate.STRUCTURES}, "y": {s: [90.0] for s in gate.STRUCTURES}}
+    c = {"x": {s: [10.0, None, 30.0] for s in gate.STRUCTURES}, "y": {s: [94.0] for s in gate.STRUCTURES}}
+    r = gate.decide(a, c, n_boot=50)
+    assert r["structures"]["cbd"]["active"] == pytest.approx(130 / 3, abs=1e-3)
+    assert r["structures"]["cbd"]["delta"] == pytest.approx(4 / 3, abs=1e-3)
