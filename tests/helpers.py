@@ -17,6 +17,22 @@ import urllib.request
 from pathlib import Path
 
 
+def bench_module(name: str):
+    """bench/NAME.py imported as module NAME (bench scripts are not a package; their siblings import each other, and
+    a worker pool pickles functions by module name, so bench/ goes on sys.path and the module into sys.modules)."""
+    import importlib.util
+    import sys
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    spec = importlib.util.spec_from_file_location(name, Path(bench) / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def dcmtk_first_on_path(env=os.environ) -> None:
     """Put the PATH directories whose storescp is a Python console script (pynetdicom's, in an activated venv) behind
     the others: the tests and benches run dcmtk's storescp/storescu/echoscu, whose options pynetdicom's lack."""

@@ -1,19 +1,14 @@
 """bench/bench_adaptation.py's subset: the first N site images, from a phantom directory or a labelme directory
 (the form a site's annotations take), still read by the project's reader without problems."""
 import datetime as dt
-import importlib.util
 from pathlib import Path
 
 from ercp_node.model.data import read_data
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_module
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module(name)
 
 
 def test_subset_of_a_labelme_directory(tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ lands in the bin its truth says, and a perfect segmenter scores 100 in every bin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,20 +10,12 @@ import numpy as np
 import pytest
 
 from ercp_node.model.data import load_mask, load_pixels, read_data
-from helpers import synth
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_module, synth
 
 
 @pytest.fixture(scope="module")
 def bench():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_robustness", ROOT / "bench" / "bench_robustness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("bench_robustness")
 
 
 class Oracle:

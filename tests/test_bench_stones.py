@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from ercp_node.labels import CBD, STONE
 from ercp_node.model.data import load_pixels, read_data
-from helpers import synth
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_module, synth
 
 
 def _load(name):
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module(name)
 
 
 @pytest.fixture(scope="module")

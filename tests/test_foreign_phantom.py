@@ -4,7 +4,6 @@ DICOM, no problems, masks identical), follows the label convention, writes valid
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -16,17 +15,15 @@ import pydicom
 import pytest
 
 from ercp_node.model.data import load_mask, load_pixels, read_data
+from helpers import bench_module
 
-ROOT = Path(__file__).resolve().parents[1]
+
 SEED, COUNT = 7, 4
 START, END = dt.date(2025, 2, 1), dt.date(2025, 3, 31)
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("foreign_phantom", ROOT / "bench" / "foreign_phantom.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("foreign_phantom")
 
 
 @pytest.fixture(scope="module")

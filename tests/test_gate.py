@@ -3,26 +3,20 @@ by the paired bootstrap's lower bound, and better on one; a model cannot pass ag
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import synth
+from helpers import bench_module, synth
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def gate():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("gate", ROOT / "bench" / "gate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("gate")
 
 
 def tables(rng, n=250, shift=None, sd=4.0, base=None):

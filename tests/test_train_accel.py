@@ -1,24 +1,17 @@
 """bench/train_accel.py: the accelerator run on a tiny data set (on the CPU here), and `finish` turning its output
 into a `retrain` run folder whose card says where the epochs were trained."""
-import importlib.util
-import sys
 import json
 import math
-from pathlib import Path
 
 import keras
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")
 def accel():
-    spec = importlib.util.spec_from_file_location("train_accel", ROOT / "bench" / "train_accel.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_accel"] = mod  # the worker pool pickles its functions by module name
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("train_accel")  # registered by name: the worker pool pickles its functions by module name
 
 
 def test_run_then_finish(accel, tmp_path):
