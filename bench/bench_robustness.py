@@ -93,6 +93,11 @@ def by_scope_texture(textures: list, per_image: list[dict]) -> dict:
     return out
 
 
+def count_exact(truths, preds) -> list[bool]:
+    """Per image: the predicted mask's stone count (the SR's component rule) equals the truth's."""
+    return [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, preds)]
+
+
 def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, ...] = ("none",)) -> dict:
     """{post-processing mode: row}; the network runs once (seg.postprocess "none"), each mode cleans its labels."""
     assert getattr(seg, "postprocess", "none") == "none", "the modes are applied here, to the network's own labels"
@@ -107,7 +112,7 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
             cleaned = [clean(mode, p) for p in preds] if mode != "none" else preds
             t_post[mode].append(time.perf_counter() - t)
             per_image[mode] += per_image_metrics(truths, cleaned)
-            exact[mode] += [len(stones(p, None)) == len(stones(tr, None)) for tr, p in zip(truths, cleaned)]
+            exact[mode] += count_exact(truths, cleaned)
     out = {}
     for mode in postprocess:
         report = table1_report(per_image[mode])

@@ -25,10 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ercp_node.model.metrics import STRUCTURES as LABEL_VALUES  # noqa: E402
+
 MARGIN = 0.5  # IoU points: fixed from what it means before any candidate was judged by it (model card)
 N_BOOT = 2000
 LEVEL = 0.95
-STRUCTURES = ("duodenoscope", "cbd", "stone")
+STRUCTURES = tuple(LABEL_VALUES)  # "duodenoscope", "cbd", "stone"
 GATE_SETS = ("data/test-2026-seen", "data/test-rnd-seen")
 
 
@@ -63,11 +65,11 @@ def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, li
     for s in STRUCTURES:
         a = [np.array([np.nan if v is None else v for v in active[k][s]], float) for k in sets]
         c = [np.array([np.nan if v is None else v for v in candidate[k][s]], float) for k in sets]
-        point = float(_statistic(c) - _statistic(a))
+        sa, sc = float(_statistic(a)), float(_statistic(c))
         boot = _statistic([x[d] for x, d in zip(c, draws)]) - _statistic([x[d] for x, d in zip(a, draws)])
         low, high = (float(q) for q in np.quantile(boot, [lo_q, 1 - lo_q]))
-        out[s] = {"active": round(float(_statistic(a)), 3), "candidate": round(float(_statistic(c)), 3),
-                  "delta": round(point, 3), "ci_low": round(low, 3), "ci_high": round(high, 3),
+        out[s] = {"active": round(sa, 3), "candidate": round(sc, 3),
+                  "delta": round(sc - sa, 3), "ci_low": round(low, 3), "ci_high": round(high, 3),
                   "non_inferior": low >= -margin, "better": low > 0}
     inferior = [s for s in STRUCTURES if not out[s]["non_inferior"]]
     better = [s for s in STRUCTURES if out[s]["better"]]
@@ -84,9 +86,8 @@ def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, li
 
 def judge(model: str, data: list[str], limit: int | None = None) -> tuple[str, dict]:
     """One model, no TTA, no clean-up -> (version, {set name: iou_table + stone count exact per image})."""
-    from bench_robustness import predicted
+    from bench_robustness import count_exact, predicted
 
-    from ercp_node.measure.stones import stones
     from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
     from ercp_node.model.metrics import per_image_metrics
@@ -99,7 +100,7 @@ def judge(model: str, data: list[str], limit: int | None = None) -> tuple[str, d
         per_image, exact = [], []
         for _, truths, preds, _ in predicted(seg, samples):
             per_image += per_image_metrics(truths, preds)
-            exact += [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, preds)]
+            exact += count_exact(truths, preds)
         tables[Path(d).name] = {**iou_table(per_image), "stone_count_exact": exact}
         print(f"{seg.version}: {Path(d).name} {len(samples)} images", flush=True)
     return seg.version, tables

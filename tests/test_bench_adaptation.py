@@ -7,12 +7,8 @@ from ercp_node.model.data import read_data
 from helpers import bench_module
 
 
-def _load(name):
-    return bench_module(name)
-
-
 def test_subset_of_a_labelme_directory(tmp_path, monkeypatch):
-    fp, ad = _load("foreign_phantom"), _load("bench_adaptation")
+    fp, ad = bench_module("foreign_phantom"), bench_module("bench_adaptation")
     fp.generate(3, 11, tmp_path / "site", dt.date(2023, 1, 1), dt.date(2023, 6, 1), sheet=False)
     monkeypatch.chdir(tmp_path)  # relative paths, as on the command line
     ad.subset(Path("site"), Path("two"), 2)
@@ -24,7 +20,7 @@ def test_subset_of_a_labelme_directory(tmp_path, monkeypatch):
 def test_subset_of_a_phantom_directory(tmp_path):
     from helpers import synth
 
-    ad = _load("bench_adaptation")
+    ad = bench_module("bench_adaptation")
     synth(tmp_path / "ph", count=3, seed=5)
     ad.subset(tmp_path / "ph", tmp_path / "one", 1)
     samples, problems = read_data([tmp_path / "one"])
@@ -36,7 +32,7 @@ def test_resume_refuses_another_curve(tmp_path):
 
     import pytest
 
-    ad = _load("bench_adaptation")
+    ad = bench_module("bench_adaptation")
     out = tmp_path / "curve.json"
     out.write_text(json.dumps({"init": "other.keras", "family": "lowdose", "rows": [{"n": 0}]}))
     with pytest.raises(SystemExit, match="another curve"):

@@ -10,18 +10,14 @@ from ercp_node.model.data import load_pixels, read_data
 from helpers import bench_module, synth
 
 
-def _load(name):
-    return bench_module(name)
-
-
 @pytest.fixture(scope="module")
 def stones_bench():
-    return _load("bench_stones")
+    return bench_module("bench_stones")
 
 
 @pytest.fixture(scope="module")
 def ceiling():
-    return _load("bench_grid_ceiling")
+    return bench_module("bench_grid_ceiling")
 
 
 def test_local_cnr_is_the_stones_offset_in_units_of_the_ducts_noise(stones_bench):
@@ -83,7 +79,7 @@ def test_seen_share_counts_the_stones_above_roses_k_from_png_or_dicom(tmp_path):
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
-    seen_bench = _load("bench_seen_stones")
+    seen_bench = bench_module("bench_seen_stones")
     rng = np.random.default_rng(1)
     labels = np.zeros((96, 96), np.uint8)
     labels[10:86, 20:76] = CBD

@@ -17,18 +17,13 @@ import pytest
 from ercp_node.model.data import load_mask, load_pixels, read_data
 from helpers import bench_module
 
-
 SEED, COUNT = 7, 4
 START, END = dt.date(2025, 2, 1), dt.date(2025, 3, 31)
 
 
-def _load():
-    return bench_module("foreign_phantom")
-
-
 @pytest.fixture(scope="module")
 def fp():
-    return _load()
+    return bench_module("foreign_phantom")
 
 
 @pytest.fixture(scope="module")
