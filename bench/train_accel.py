@@ -40,6 +40,8 @@ val_iou_512, then bench_robustness on both best.keras here:
 from __future__ import annotations
 
 import argparse
+import collections
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -77,6 +79,12 @@ SETS = {
                        "--start-date 2013-12-02 --end-date 2024-06-08",
     "train-steel-seen": "--count 1500 --seed 3108 --style random --size random --stones clinical --ribs anatomic "
                         "--scope steel --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-rnd3-seen": "--count 1500 --seed 3105 --style random --size random --stone-label seen "
+                       "--start-date 2013-12-02 --end-date 2024-06-08",
+    "train-clin-seen": "--count 1500 --seed 3106 --style random --size random --stones clinical --stone-label seen "
+                       "--start-date 2013-12-02 --end-date 2024-06-08",
+    "train-ribs-seen": "--count 1500 --seed 3107 --style random --size random --stones clinical --ribs anatomic "
+                       "--stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show
@@ -198,7 +206,10 @@ def run(args) -> int:
         card = Path(args.init).with_suffix(".json")
         init_version = json.loads(card.read_text()).get("version") if card.is_file() else None
         log(f"starting from {args.init} ({init_version})")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.lr), loss=make_loss(LOSS, **LOSS_KW))
+    # --jit: XLA on the CPU too (Keras turns it off on CPU-only machines; bench/unet_latency.py --train-batch
+    # times a training step both ways side by side)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.lr), loss=make_loss(LOSS, **LOSS_KW),
+                  jit_compile=True if args.jit else "auto")
     xv32 = xv.astype(np.float32)[..., None]
     yv1 = np.eye(4, dtype=np.float32)[yv]
     bs = args.batch_size
@@ -229,7 +240,8 @@ def run(args) -> int:
             "targets": "hard" if args.mask_scale == 1 else f"soft (labels at {256 * args.mask_scale}, area fractions)",
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
-            "seed": args.seed, "command": "python bench/train_accel.py " + " ".join(map(shlex.quote, sys.argv[1:]))}
+            "seed": args.seed, "jit": args.jit,
+            "command": "python bench/train_accel.py " + " ".join(map(shlex.quote, sys.argv[1:]))}
     best = {"val_loss": float("inf"), "score": -float("inf")}
 
     def score(vl, iou_fine):  # higher is better
@@ -264,16 +276,24 @@ def run(args) -> int:
         order = np.random.default_rng((args.seed, epoch)).permutation(len(xt))
         return [(epoch, order[k * bs:(k + 1) * bs]) for k in range(steps_per_epoch)]
 
+    def batches():
+        # a bounded look-ahead: Pool.imap would make every batch of an epoch at once and hold them all (GBs
+        # with soft targets), taking a core from training while it does
+        pending = collections.deque()
+        for task in itertools.chain.from_iterable(tasks(e) for e in itertools.count()):
+            pending.append(pool.apply_async(_make_batch, (task,)))
+            if len(pending) > args.prefetch:
+                yield pending.popleft().get()
+
     step, epoch, k, losses = 0, 0, 0, []
     next_val = time.monotonic() + args.val_every
-    current = pool.imap(_make_batch, tasks(0))
-    following = pool.imap(_make_batch, tasks(1))  # one epoch ahead: no stall at an epoch's end
+    stream = batches()
     t_wait = 0.0
     try:
         while time.monotonic() < t_train_end:
             for k in range(steps_per_epoch):
                 t0 = time.monotonic()
-                xb, yb = next(current)
+                xb, yb = next(stream)
                 t_wait += time.monotonic() - t0
                 model.optimizer.learning_rate = lr_at(step, time.monotonic())
                 targets = yb.astype(np.float32) if yb.ndim == 4 else keras.ops.one_hot(yb, 4)
@@ -291,7 +311,6 @@ def run(args) -> int:
                     break
             else:
                 epoch += 1
-                current, following = following, pool.imap(_make_batch, tasks(epoch + 1))
                 continue
             break
     finally:
@@ -365,6 +384,8 @@ def main(argv=None) -> int:
     r.add_argument("--augment", default="robust")
     r.add_argument("--val-every", type=float, default=45.0, help="seconds between validations")
     r.add_argument("--workers", type=int, default=None)
+    r.add_argument("--prefetch", type=int, default=8, help="augmented batches made ahead of training")
+    r.add_argument("--jit", action="store_true", help="compile the training step with XLA (also on a CPU)")
     r.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("finish")
     f.add_argument("--weights", required=True)

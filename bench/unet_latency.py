@@ -2,7 +2,8 @@
 
 Usage: python bench/unet_latency.py [--filters 16 24 32] [--size 256] [--runs 20] [--bf16] [--train-batch 16]
        [--out FILE]
---train-batch N also times one Adam step on a batch of N with the dice+focal loss.
+--train-batch N also times one Adam step on a batch of N with the dice+focal loss, without and with XLA
+(`jit_compile=True`, what bench/train_accel.py --jit does), side by side: median of --train-rounds each.
 """
 import argparse
 import json
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--bf16", action="store_true", help="mixed_bfloat16 policy")
     ap.add_argument("--train-batch", type=int, default=0)
+    ap.add_argument("--train-rounds", type=int, default=5, help="timed steps of each arm (median)")
     ap.add_argument("--out")
     a = ap.parse_args()
 
@@ -50,15 +52,25 @@ def main() -> None:
                      "params": model.count_params(), "median_ms": 1e3 * statistics.median(times),
                      "min_ms": 1e3 * min(times), "policy": "mixed_bfloat16" if a.bf16 else "float32"})
         if a.train_batch:
+            # one Adam step as Keras compiles it ("auto": no XLA on a CPU-only machine) and with XLA forced
+            # (train_accel --jit), the two alternated round by round so the machine's noise falls on both
             rng = np.random.default_rng(1)
             xb = rng.random((a.train_batch, a.size, a.size, 1), dtype=np.float32)
             yb = np.eye(4, dtype=np.float32)[rng.integers(0, 4, (a.train_batch, a.size, a.size))]
-            model.compile(keras.optimizers.Adam(1e-4), make_loss("dice+focal"))
-            model.train_on_batch(xb, yb)
-            t = time.perf_counter()
-            for _ in range(3):
-                model.train_on_batch(xb, yb)
-            rows[-1]["train_step_s"] = (time.perf_counter() - t) / 3
+            arms = {}
+            for name, jit in (("train_step_s", "auto"), ("train_step_xla_s", True)):
+                m = build_unet(cfg)
+                m.compile(keras.optimizers.Adam(1e-4), make_loss("dice+focal"), jit_compile=jit)
+                m.train_on_batch(xb, yb)  # tracing / XLA compilation
+                arms[name] = (m, [])
+            for _ in range(a.train_rounds):
+                for m, times in arms.values():
+                    t = time.perf_counter()
+                    m.train_on_batch(xb, yb)
+                    times.append(time.perf_counter() - t)
+            for name, (_, times) in arms.items():
+                rows[-1][name] = statistics.median(times)
+            rows[-1]["train_xla_speedup"] = rows[-1]["train_step_s"] / rows[-1]["train_step_xla_s"]
         print(json.dumps(rows[-1]))
     res = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
            "keras_backend": keras.backend.backend(), "results": rows}
