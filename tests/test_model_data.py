@@ -195,7 +195,7 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
     assert main(["synth", "--count", "6", "--seed", "77", "--size", "512", "--style", "lowdose", "--out", str(old),
                  "--workers", "1"]) == 0
     assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "1", "--init",
-                 str(base / "model.keras"), "--rehearse", str(old), "--rehearse-share", "0.25", *tiny]) == 0
+                 str(base / "model.keras"), "--rehearse", str(old), "--rehearse-share", "0.25", "--xla", *tiny]) == 0
     card = json.loads((tuned / "model.json").read_text())
     first = json.loads((base / "model.json").read_text())
     site_train = first["split"]["train"]["images"]  # validation images are already out
@@ -205,6 +205,7 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
     assert card["validation_images"] == first["validation_images"]
     assert card["test_metrics"]["n_images"] == first["test_metrics"]["n_images"]
     assert card["init"]["path"] == str(base / "model.keras")
+    assert card["xla"] is True and first["xla"] is False  # --xla: the training step compiled with XLA, on the CPU too
 
 
 def _report(scope, cbd, stone):

@@ -229,6 +229,27 @@ def test_lr_plateau_halves_the_rate_and_a_resumed_run_keeps_it(tmp_path):
     assert float(keras.ops.convert_to_numpy(fixed.model.optimizer.learning_rate)) == pytest.approx(1e-9, rel=1e-3)
 
 
+def test_xla_compiles_the_training_step_on_a_cpu_and_a_resumed_run_keeps_it(tmp_path):
+    images, masks = _toy(6)
+    plain = train(TINY, (images, masks), out_dir=tmp_path / "plain", epochs=1, batch_size=3, lr=3e-3)
+    res = train(TINY, (images, masks), out_dir=tmp_path / "xla", epochs=1, batch_size=3, lr=3e-3, xla=True)
+    if keras.backend.backend() == "tensorflow":
+        assert res.model.jit_compile is True
+        if not _has_gpu():
+            assert plain.model.jit_compile is False  # what Keras's "auto" picks on a CPU-only machine
+    assert np.isfinite(res.history["loss"]).all()
+    again = train(TINY, (images, masks), out_dir=tmp_path / "xla", epochs=2, batch_size=3, lr=3e-3, xla=True)
+    assert again.epochs_done == 2 and int(again.model.optimizer.iterations.numpy()) == 4
+    if keras.backend.backend() == "tensorflow":
+        assert again.model.jit_compile is True
+
+
+def _has_gpu():
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 def test_fine_tune_starts_from_given_weights_and_freezes_encoder(tmp_path):
     images, masks = _toy(6)
     first = train(TINY, (images, masks), out_dir=tmp_path / "a", epochs=2, batch_size=3, lr=3e-3)

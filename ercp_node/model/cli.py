@@ -62,6 +62,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of each epoch drawn from --rehearse (default 0.5: as many as the site's images)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes, keeping the best checkpoint")
+    p.add_argument("--xla", action="store_true",
+                   help="compile training steps with XLA also without a GPU (TensorFlow backend): more steps in "
+                        "a --time-budget on a CPU (1.36x measured on 2 cores), after a compilation of ~30 s")
     p.add_argument("--stone-net", default="carry", metavar="carry|none|PATH",
                    help="the cascade's second stage for the new model: carry the --init model's (else the active "
                         "one's) stone net along (default), none (the paper's single stage), or a stone net file")
@@ -240,7 +243,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
-                rehearse_share=args.rehearse_share)
+                rehearse_share=args.rehearse_share, xla=args.xla)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

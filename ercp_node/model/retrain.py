@@ -214,7 +214,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
               init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
               time_budget_s: float | None = None, stone_net: Path | None = None, lr_plateau: int | None = None,
-              rehearse_share: float = 0.5, log=print) -> tuple[Path, dict]:
+              rehearse_share: float = 0.5, xla: bool = False, log=print) -> tuple[Path, dict]:
     """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card).
 
     With rehearsal data in `prep`, each epoch is every site training image plus rehearsal images drawn afresh,
@@ -252,7 +252,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
-                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau)
+                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau, xla=xla)
     elapsed = time.perf_counter() - t0
     state = json.loads(result.paths["state"].read_text()) if result.paths["state"].is_file() else {}
     best_path = result.paths["best"] if result.paths["best"].is_file() else result.paths["last"]
@@ -267,6 +267,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "training_seconds_this_run": round(elapsed, 1), "augment": augment,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
         "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
+        "xla": xla,
         "rehearsal": rehearsal,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
@@ -301,7 +302,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
             force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
-            lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, log=print) -> dict:
+            lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
+            log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +314,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
                                  freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s,
                                  stone_net=stone_net, lr_plateau=lr_plateau, rehearse_share=rehearse_share,
-                                 log=log)
+                                 xla=xla, log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
