@@ -1,0 +1,137 @@
+"""Why a stone count is wrong: each image's predicted stones against the truth's, error by error.
+
+The SR counts stones as the 8-connected components of the stone label (`measure.stones`, specks under 4 px
+ignored). A count can be wrong four ways, and each asks for a different remedy:
+- missed: a true stone no predicted stone touches (detection);
+- false: a predicted stone touching no true stone (detection) — by where it lies: inside the true duct (a filling
+  defect, a bubble, uneven contrast), elsewhere beside the predicted duct (duct over-called), or on the scope or
+  background away from any duct;
+- fragment: a true stone touched by several predicted stones (each extra one counts one too many);
+- merge: one predicted stone touching several true ones (touching stones not split).
+Writes JSON: totals per set, the share of images counted exactly, and what that share would be were one kind of
+error absent.
+
+    python bench/count_errors.py --model ercp_node/model/weights/default.keras --tta flip --postprocess anatomy \
+        --data data/test-2026-seen data/test-foreign --out bench/results/count-errors.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from ercp_node.labels import CBD, STONE  # noqa: E402
+
+KINDS = ("missed", "false", "fragment", "merge")
+WHERE = ("in_true_duct", "beside_predicted_duct", "elsewhere")
+MIN_AREA_PX = 4  # measure.stones' speck rule
+
+
+def _components(labels: np.ndarray):
+    import cv2
+
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
+    return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX], stats
+
+
+def classify(truth: np.ndarray, pred: np.ndarray) -> dict:
+    """One image's count errors (truth and prediction: label maps on the same grid)."""
+    import cv2
+
+    ct, kt, _ = _components(truth)
+    cp, kp, stats = _components(pred)
+    out = {"true": len(kt), "predicted": len(kp), **{k: 0 for k in KINDS}, **{w: 0 for w in WHERE},
+           "false_area_px": []}
+    hits = {i: set() for i in kt}
+    k = max(3, round(0.01 * max(pred.shape)))  # the ring that says what a stone lies in: 1 % of the image side
+    ring_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
+    duct = (pred == CBD) | (pred == STONE)
+    for j in kp:
+        m = cp == j
+        touched = set(np.unique(ct[m]).tolist()) & set(kt)
+        for i in touched:
+            hits[i].add(j)
+        out["merge"] += max(0, len(touched) - 1)
+        if touched:
+            continue
+        out["false"] += 1
+        out["false_area_px"].append(int(stats[j, 4]))
+        ring = cv2.dilate(m.astype(np.uint8), ring_kernel).astype(bool) & ~m
+        if (truth[m] == CBD).mean() > 0.5:
+            out["in_true_duct"] += 1
+        elif duct[ring].mean() > 0.2:
+            out["beside_predicted_duct"] += 1
+        else:
+            out["elsewhere"] += 1
+    for js in hits.values():
+        out["missed"] += not js
+        out["fragment"] += max(0, len(js) - 1)
+    return out
+
+
+def exact_without(row: dict, kind: str | None) -> bool:
+    """Whether the count would be exact were `kind` of error absent (None: as it is)."""
+    n = row["predicted"]
+    n -= row["false"] if kind == "false" else 0
+    n -= row["fragment"] if kind == "fragment" else 0
+    n += row["merge"] if kind == "merge" else 0
+    n += row["missed"] if kind == "missed" else 0
+    return n == row["true"]
+
+
+def summarise(rows: list[dict]) -> dict:
+    areas = [a for r in rows for a in r["false_area_px"]]
+    out = {"n": len(rows), **{k: int(sum(r[k] for r in rows)) for k in ("true", "predicted", *KINDS)},
+           "false_where": {w: int(sum(r[w] for r in rows)) for w in WHERE},
+           "images_with": {k: int(sum(r[k] > 0 for r in rows)) for k in KINDS},
+           "false_area_px_quartiles": np.percentile(areas, [25, 50, 75]).round(1).tolist() if areas else None,
+           "count_exact_pct": round(100 * float(np.mean([exact_without(r, None) for r in rows])), 1) if rows else None}
+    out["count_exact_pct_without"] = {k: round(100 * float(np.mean([exact_without(r, k) for r in rows])), 1)
+                                      for k in KINDS} if rows else None
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
+    ap.add_argument("--tta", default="none", help="none, flip (the node's default)")
+    ap.add_argument("--postprocess", default="none", help="none, anatomy (the node's default)")
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ap.add_argument("--out", default=str(ROOT / "bench/results/count-errors.json"))
+    args = ap.parse_args(argv)
+
+    from bench_robustness import predicted
+
+    from ercp_node.model.data import read_data
+    from ercp_node.model.inference import Segmenter
+    from ercp_node.model.postprocess import apply as clean
+
+    seg = Segmenter.load(args.model, tta=args.tta)
+    sets = {}
+    for d in args.data:
+        samples, _ = read_data([d])
+        samples = samples[: args.limit] if args.limit else samples
+        rows = [classify(t, clean(args.postprocess, p)) for _, truths, preds, _ in predicted(seg, samples)
+                for t, p in zip(truths, preds)]
+        sets[Path(d).name] = summarise(rows)
+        print(Path(d).name, json.dumps(sets[Path(d).name]), flush=True)
+    out = {"bench": "count_errors", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
+           "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
+           "sets": sets}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
