@@ -52,19 +52,20 @@ def classify(truth: np.ndarray, pred: np.ndarray) -> dict:
     out = {"true": len(kt), "predicted": len(kp), **{k: 0 for k in KINDS}, **{w: 0 for w in WHERE},
            "false_area_px": []}
     hits = {i: set() for i in kt}
+    true_ids = set(kt)
     k = max(3, round(0.01 * max(pred.shape)))  # the ring that says what a stone lies in: 1 % of the image side
     ring_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * k + 1, 2 * k + 1))
     duct = (pred == CBD) | (pred == STONE)
     for j in kp:
         m = cp == j
-        touched = set(np.unique(ct[m]).tolist()) & set(kt)
+        touched = set(np.unique(ct[m]).tolist()) & true_ids
         for i in touched:
             hits[i].add(j)
         out["merge"] += max(0, len(touched) - 1)
         if touched:
             continue
         out["false"] += 1
-        out["false_area_px"].append(int(stats[j, 4]))
+        out["false_area_px"].append(int(stats[j, cv2.CC_STAT_AREA]))
         ring = cv2.dilate(m.astype(np.uint8), ring_kernel).astype(bool) & ~m
         if (truth[m] == CBD).mean() > 0.5:
             out["in_true_duct"] += 1

@@ -343,10 +343,11 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     keras.utils.set_random_seed(seed)
     history: dict[str, list[float]] = {}
     initial_epoch = 0
+    jit = True if xla and keras.backend.backend() == "tensorflow" else "auto"
     if resume and last.exists() and state_path.exists():
         state = json.loads(state_path.read_text())
         model = keras.saving.load_model(last)  # compiled: loss and optimizer state come back too
-        if xla and keras.backend.backend() == "tensorflow":
+        if jit is True:
             model.jit_compile = True  # read when the train function is made, at fit()
         initial_epoch, history, loss_name = int(state["epoch"]), state["history"], state.get("loss")
         if loss_name != loss:
@@ -370,7 +371,7 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
                     layer.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
                       loss=make_loss(loss, **(loss_kwargs or {})),
-                      jit_compile=True if xla and keras.backend.backend() == "tensorflow" else "auto")
+                      jit_compile=jit)
         loss_name = loss
 
     train_ds = _as_dataset(train_data, batch_size, augment, True, seed)
