@@ -194,6 +194,7 @@ def run(args) -> int:
     import keras
 
     from ercp_node.model.losses import make_loss
+    from ercp_node.model.train import jit_compile_for
     from ercp_node.model.unet import build_unet, get_config
 
     cfg = get_config("default")
@@ -209,7 +210,7 @@ def run(args) -> int:
     # --jit: XLA on the CPU too (Keras turns it off on CPU-only machines; bench/unet_latency.py --train-batch
     # times a training step both ways side by side)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.lr), loss=make_loss(LOSS, **LOSS_KW),
-                  jit_compile=True if args.jit else "auto")
+                  jit_compile=jit_compile_for(args.jit))
     xv32 = xv.astype(np.float32)[..., None]
     yv1 = np.eye(4, dtype=np.float32)[yv]
     bs = args.batch_size

@@ -316,6 +316,13 @@ def _as_dataset(data, batch_size, augment, shuffle, seed):
     return SegmentationDataset(images, masks, batch_size=batch_size, augment=augment, shuffle=shuffle, seed=seed)
 
 
+def jit_compile_for(xla: bool):
+    """Keras's `jit_compile` for a training step: True (XLA) when asked for on the TensorFlow backend, whose "auto"
+    leaves XLA off on CPU-only machines; "auto" otherwise (JAX compiles with XLA anyway; on torch True would mean
+    torch.compile, not XLA)."""
+    return True if xla and keras.backend.backend() == "tensorflow" else "auto"
+
+
 def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, out_dir, loss: str = "dice+focal",
           loss_kwargs: dict | None = None, epochs: int = 40, batch_size: int = 16, lr: float = 1e-4,
           augment: Augment | bool = True, early_stopping: int | None = None, resume: bool = True,
@@ -343,7 +350,7 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     keras.utils.set_random_seed(seed)
     history: dict[str, list[float]] = {}
     initial_epoch = 0
-    jit = True if xla and keras.backend.backend() == "tensorflow" else "auto"
+    jit = jit_compile_for(xla)
     if resume and last.exists() and state_path.exists():
         state = json.loads(state_path.read_text())
         model = keras.saving.load_model(last)  # compiled: loss and optimizer state come back too
