@@ -164,6 +164,13 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     assert "synthetic phantom" in card["training_data_note"]
     assert card["split"]["test"]["images"] >= 1 and card["test_metrics"]["n_images"] == card["split"]["test"]["images"]
     assert (run / "checkpoints" / "training_curve.png").is_file()
+    # the stone decision's operating point, fitted on the validation images (never the frozen test set)
+    fit = card["stone_min_peak_fit"]
+    assert 0.0 <= card["stone_min_peak"] < 1.0 and fit["images"] == card["validation_images"]
+    assert fit["tta"] == "flip" and fit["postprocess"] == "anatomy"
+    assert ("chosen" in fit) != ("not_fitted" in fit)
+    assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--stone-min-peak", "model"]) == 0
+    assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--stone-min-peak", "2"]) != 0
     out_json = tmp_path / "eval.json"
     assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--json", str(out_json)]) == 0
     rep = json.loads(out_json.read_text())

@@ -117,3 +117,73 @@ def test_segment_writes_the_labels_of_the_clean_up_it_is_given(tiny_model, tmp_p
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
         written[mode] = expected
     assert (written["anatomy"] != written["none"]).any()  # the untrained model's stray duct fragments are gone
+
+
+def two_stones() -> tuple[np.ndarray, np.ndarray]:
+    """A duct with two stones: one the 'model' is sure of (peak 0.9), one it is not (peak 0.55)."""
+    labels = np.zeros((60, 60), np.uint8)
+    labels[5:55, 25:35] = CBD
+    labels[10:16, 27:33] = STONE
+    labels[40:46, 27:33] = STONE
+    p = np.zeros((60, 60), np.float32)
+    p[10:16, 27:33] = 0.7
+    p[12, 29] = 0.9
+    p[40:46, 27:33] = 0.55
+    return labels, p
+
+
+def test_unsure_stones_become_duct_and_sure_ones_stay():
+    from ercp_node.model.postprocess import drop_unsure_stones
+
+    labels, p = two_stones()
+    out = drop_unsure_stones(labels, p, 0.6)
+    assert (out[10:16, 27:33] == STONE).all()  # its peak (0.9) decides, not its mean (0.71)
+    assert (out[40:46, 27:33] == CBD).all()
+    np.testing.assert_array_equal(out[labels != STONE], labels[labels != STONE])  # nothing else moves
+    np.testing.assert_array_equal(drop_unsure_stones(labels, p, 0.0), labels)  # 0: every stone kept
+    np.testing.assert_array_equal(drop_unsure_stones(labels, p, 0.5), labels)
+    assert (drop_unsure_stones(labels, p, 0.95) != STONE).all()
+    np.testing.assert_array_equal(drop_unsure_stones(np.zeros((5, 5), np.uint8), np.zeros((5, 5)), 0.6), 0)
+
+
+class TwoStoneModel:
+    """A 'model' on a 60 grid: two_stones()'s duct and stones, the stones at their probabilities."""
+
+    input_shape = (None, 60, 60, 1)
+
+    def predict_on_batch(self, x):
+        labels, p = two_stones()
+        planes = np.eye(4, dtype=np.float32)[labels]
+        stone = labels == STONE
+        planes[stone, STONE] = p[stone]
+        planes[stone, CBD] = (1 - p[stone]) / 2
+        planes[stone, BACKGROUND] = (1 - p[stone]) / 2
+        return planes[None].repeat(len(x), 0)
+
+
+def test_the_segmenter_decides_stones_at_its_cards_operating_point():
+    frame = (np.full((60, 60), 100, np.uint16), 12, "MONOCHROME2")
+    labels, _ = two_stones()
+
+    def stones(**kw):
+        out = Segmenter(TwoStoneModel(), {"stone_min_peak": 0.6}, **kw).segment([frame])[0]
+        return int((out[10:16, 27:33] == STONE).all()) + int((out[40:46, 27:33] == STONE).all())
+
+    assert stones() == 2  # the library's default: the network's labels (Table 1, the gate)
+    assert stones(stone_min_peak="model") == 1  # the card's 0.6: the unsure stone is duct
+    assert stones(stone_min_peak="0.5") == 2  # a number (as a settings file gives it) overrides the card
+    assert stones(stone_min_peak=0.6, postprocess="anatomy") == 1
+    assert Segmenter(TwoStoneModel(), {}, stone_min_peak="model").stone_min_peak == 0.0  # no operating point: none
+    for bad in ("x", 1.0, -0.1):
+        with pytest.raises(ValueError, match="stone_min_peak"):
+            Segmenter(TwoStoneModel(), {}, stone_min_peak=bad)
+
+
+def test_node_settings_take_the_models_operating_point_by_default():
+    from ercp_node.config.settings import ConfigError, Settings, load
+
+    assert Settings().model.stone_min_peak == "model"
+    assert load(None, env={"ERCP_NODE_MODEL_STONE_MIN_PEAK": "0.5"}).model.stone_min_peak == "0.5"
+    for bad in ("sure", "1.5"):
+        with pytest.raises(ConfigError, match="model.stone_min_peak"):
+            load(None, env={"ERCP_NODE_MODEL_STONE_MIN_PEAK": bad})

@@ -158,6 +158,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation (default none: the model's own single-pass figures, as Table 1)")
     p.add_argument("--postprocess", choices=POSTPROCESS_MODES, default="none",
                    help="label clean-up (default none: the network's own labels, as Table 1; the node runs anatomy)")
+    p.add_argument("--stone-min-peak", default="0", metavar="T",
+                   help='stone decision: stones whose peak probability is below T are drawn as duct (default 0: '
+                        'every stone, as Table 1; "model": the card\'s operating point, as the node runs it)')
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
@@ -310,8 +313,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.split == "test":
         samples = temporal_split(samples, args.split_date).test
     try:
-        seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess)
-    except FileNotFoundError as exc:
+        seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess,
+                             stone_min_peak=args.stone_min_peak)
+    except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)
     report["model"] = seg.version

@@ -9,8 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..preprocessing.pipeline import masks_to_source, preprocess_native, resize_labels, to_grid
-from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels
+from ..labels import STONE
+from ..preprocessing.pipeline import planes_to_source, preprocess_native, resize_labels, to_grid
+from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones
 from .tta import TTA_MODES
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
@@ -38,6 +39,20 @@ def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
     return Path(model_path).parent / name if name else None
 
 
+def resolve_stone_min_peak(value: float | str, card: dict) -> float:
+    """The stone decision's operating point: "model" → the card's `stone_min_peak` (0 where it has none), else
+    `value` as a number in [0, 1) (a string from a settings file or the environment is parsed)."""
+    if value == "model":
+        value = card.get("stone_min_peak", 0.0)
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = -1.0
+    if not 0.0 <= t < 1.0:
+        raise ValueError(f"stone_min_peak {value!r} must be \"model\" or a number in [0, 1)")
+    return t
+
+
 @dataclass
 class Segmenter:
     """A Keras U-Net plus its card (version, preset, training data, metrics). Thread-unsafe; one per worker."""
@@ -47,16 +62,21 @@ class Segmenter:
     stones: object = None  # stonenet.StoneNet: the cascade's second stage, or None (the paper's single stage)
     tta: str = "none"  # a key of TTA_MODES
     postprocess: str = "none"  # one of POSTPROCESS_MODES: the label maps' clean-up (model/postprocess.py)
+    # Stone components whose peak stone probability is below this become duct (postprocess.drop_unsure_stones);
+    # "model": the card's operating point `stone_min_peak` (none there: 0); 0: every stone kept (the paper's output).
+    # Single stage only: the cascade's stone net decides its stones with its centre map.
+    stone_min_peak: float | str = 0.0
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
             raise ValueError(f"test-time augmentation {self.tta!r} unknown (known: {', '.join(TTA_MODES)})")
         if self.postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"post-processing {self.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
+        self.stone_min_peak = resolve_stone_min_peak(self.stone_min_peak, self.card)
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
-             postprocess: str = "none") -> "Segmenter":
+             postprocess: str = "none", stone_min_peak: float | str = 0.0) -> "Segmenter":
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -75,7 +95,7 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones, tta, postprocess)
+        return cls(model, card, stones, tta, postprocess, stone_min_peak)
 
     @property
     def version(self) -> str:
@@ -105,7 +125,8 @@ class Segmenter:
 
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
-        each after the clean-up `postprocess`."""
+        each after the stone decision `stone_min_peak` and then the clean-up `postprocess` (so a duct fragment
+        kept only for an unsure stone is cleaned like any other)."""
         labels = self._segment(frames, batch_size)
         return labels if self.postprocess == "none" else [postprocess_labels(self.postprocess, m) for m in labels]
 
@@ -114,7 +135,14 @@ class Segmenter:
         natives = [preprocess_native(p, bits_stored=b, photometric=ph) for p, b, ph in frames]
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
         if self.stones is None:
-            return [masks_to_source(pr, np.shape(p)[:2]).astype(np.uint8) for pr, (p, _, _) in zip(probs, frames)]
+            out = []
+            for pr, (p, _, _) in zip(probs, frames):
+                planes = planes_to_source(np.asarray(pr, np.float32), np.shape(p)[:2])
+                labels = np.argmax(planes, axis=-1).astype(np.uint8)  # = masks_to_source(pr, shape)
+                if self.stone_min_peak > 0:
+                    labels = drop_unsure_stones(labels, planes[..., STONE], self.stone_min_peak)
+                out.append(labels)
+            return out
         out = []
         grid = self.stones.config.grid
         for pr, native, (p, _, _) in zip(probs, natives, frames):

@@ -12,6 +12,11 @@ often a rib or bowel band taken for the scope, or the scope's bending section ta
   so no shape rule removes one. Other duct fragments take the label around them (the scope, where the scope's
   bending section was taken for duct; background otherwise).
 Stones themselves are never changed. "none" returns the network's labels as they are (the paper's output).
+
+Separately, `drop_unsure_stones` is the stone/no-stone decision of a whole component: a predicted stone whose
+peak stone probability stays below the model's operating point is drawn as duct. Most of the count's errors are
+false stones inside the duct (docs/model-card.md, "Where the stone count goes wrong"); the operating point is
+chosen per model on validation images by bench/stone_confidence.py and kept in the model's card.
 """
 
 from __future__ import annotations
@@ -33,6 +38,26 @@ def apply(mode: str, labels: np.ndarray) -> np.ndarray:
     if mode == "none":
         return labels.copy()
     return one_scope(one_duct(labels))
+
+
+def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float) -> np.ndarray:
+    """Stone components (8-connected, the SR's count) whose highest stone probability in `p_stone` (same grid)
+    is below `min_peak` become duct (a new array). min_peak 0 keeps every stone."""
+    import cv2
+
+    out = labels.copy()
+    if min_peak <= 0:
+        return out
+    n, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return out
+    peak = np.zeros(n, np.float32)
+    inside = comp > 0  # stone pixels only: few, so ufunc.at stays cheap on a 1024² frame
+    np.maximum.at(peak, comp[inside], np.asarray(p_stone, np.float32)[inside])
+    unsure = peak < min_peak
+    unsure[0] = False
+    out[unsure[comp]] = CBD
+    return out
 
 
 def one_duct(labels: np.ndarray) -> np.ndarray:

@@ -127,7 +127,8 @@ def model_path(configured: str | Path | None, sessions) -> Path:
 
 
 def load_segmenter(configured: str | Path | None, sessions, tta: str = "none",
-                   postprocess: str = "none") -> inference.Segmenter:
-    """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta) and the
-    label clean-up `postprocess` (model.postprocess)."""
-    return inference.Segmenter.load(model_path(configured, sessions), tta=tta, postprocess=postprocess)
+                   postprocess: str = "none", stone_min_peak: float | str = 0.0) -> inference.Segmenter:
+    """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta), the
+    label clean-up `postprocess` (model.postprocess) and the stone decision `stone_min_peak` (model.stone_min_peak)."""
+    return inference.Segmenter.load(model_path(configured, sessions), tta=tta, postprocess=postprocess,
+                                    stone_min_peak=stone_min_peak)

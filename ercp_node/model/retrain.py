@@ -286,6 +286,17 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         card["stone_net"] = attach(Path(stone_net), model_path).name
         stones = StoneNet.load(model_path.parent / card["stone_net"])
         log(f"carrying the stone net {stones.card.get('version')} along (cascade stage 2)")
+    else:
+        # The stone decision's operating point, fitted on this run's validation images as the node serves the
+        # model (its default TTA and clean-up); the frozen test set stays untouched for the promotion gate.
+        from ..config.settings import ModelSettings
+        from . import stonepoint
+
+        node = ModelSettings()
+        point = stonepoint.fit(Segmenter(best, card, None, node.tta, node.postprocess), prep.validation)
+        card["stone_min_peak"], card["stone_min_peak_fit"] = point["stone_min_peak"], point["fit"]
+        log(f"stone decision: stones below peak probability {point['stone_min_peak']} drawn as duct "
+            f"({json.dumps(point['fit'].get('chosen') or point['fit'].get('not_fitted'))})")
     log(f"evaluating {paper_name(loss)} on {len(prep.split.test)} frozen test images")
     report, per_image = evaluate_samples(Segmenter(best, card, stones), prep.split.test, batch_size)
     card["test_metrics"] = report

@@ -84,6 +84,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation (default: the settings' model.tta, as the node runs it)")
     p.add_argument("--postprocess", choices=POSTPROCESS_MODES, default=None,
                    help="label clean-up (default: the settings' model.postprocess, as the node runs it)")
+    p.add_argument("--stone-min-peak", default=None, metavar="T",
+                   help='stone decision: stones whose peak probability is below T are drawn as duct; "model": the '
+                        "card's operating point, 0: every stone (default: the settings' model.stone_min_peak)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -123,7 +126,9 @@ def run_segment(args: argparse.Namespace) -> int:
         if seg is None:  # loaded once, and only when a file passes the checks
             try:
                 seg = Segmenter.load(args.model or SHIPPED, tta=args.tta or settings.model.tta,
-                                     postprocess=args.postprocess or settings.model.postprocess)
+                                     postprocess=args.postprocess or settings.model.postprocess,
+                                     stone_min_peak=(args.stone_min_peak if args.stone_min_peak is not None
+                                                     else settings.model.stone_min_peak))
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:

@@ -102,7 +102,8 @@ class Node:
             else:
                 for i in range(worker_count(self.settings)):
                     w = Worker(self, load_segmenter(self.settings.model.path, self.sessions, self.settings.model.tta,
-                                                     self.settings.model.postprocess), f"{self.node_id}/w{i}",
+                                                     self.settings.model.postprocess,
+                                                     self.settings.model.stone_min_peak), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()

@@ -136,13 +136,19 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int], n_classes: int = 4
     return _argmax_resized(one_hot, shape)
 
 
-def _argmax_resized(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def planes_to_source(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(h, w, C) float32 planes -> (H, W, C) on the source grid `shape`: area-averaged when shrinking, bilinear
+    when enlarging (the resampling masks_to_source argmaxes)."""
     h, w = shape
     if planes.shape[:2] != (h, w):
         shrink = h <= planes.shape[0] and w <= planes.shape[1]
         planes = cv2.resize(planes, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         planes = planes.reshape(h, w, -1)  # cv2 drops a trailing axis of length 1
-    return np.argmax(planes, axis=-1).astype(np.uint8)
+    return planes
+
+
+def _argmax_resized(planes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return np.argmax(planes_to_source(planes, shape), axis=-1).astype(np.uint8)
 
 
 def masks_to_source(prob_or_labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

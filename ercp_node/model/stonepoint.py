@@ -1,0 +1,112 @@
+"""The stone decision's operating point: how sure of a predicted stone the model must be for the node to draw it.
+
+Each predicted stone (an 8-connected component of the stone label, specks under 4 px ignored: the SR's count) of
+the label map the node would serve (its TTA and clean-up) gets the model's peak stone probability on the source
+grid, and is true if it touches a true stone. `under_rule` says how the count and the stone IoU move were the
+stones below a threshold drawn as duct; `choose` picks the operating point by a rule fixed before any data was
+looked at: the threshold with the most images counted exactly, among those that cost the stone IoU at most 0.5
+points against the labels as served; ties go to the lower threshold (fewer stones dropped).
+
+Used by bench/stone_confidence.py (the shipped model's point, docs/model-card.md) and by `ercp-node retrain`,
+which fits a new model's point on its own validation images and writes it into the card (`stone_min_peak`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..labels import STONE
+
+MIN_AREA_PX = 4  # measure.stones' speck rule
+THRESHOLDS = tuple(round(0.40 + 0.05 * i, 2) for i in range(12))  # 0.40 … 0.95
+MAX_IOU_LOSS = 0.5
+MIN_COMPONENTS = 30  # fewer predicted stones in the validation images: too few to choose a point from
+
+
+def components(labels: np.ndarray):
+    import cv2
+
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
+    return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX]
+
+
+def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray) -> dict:
+    """One image: its true stone count and area, and per predicted stone its peak / mean probability, area,
+    overlap with the true stones and whether it touches one; per missed true stone the peak probability in it."""
+    ct, kt = components(truth)
+    cp, kp = components(pred)
+    true_mask = truth == STONE
+    true_ids, comps, touched_true = set(kt), [], set()
+    for j in kp:
+        m = cp == j
+        touched = set(np.unique(ct[m]).tolist()) & true_ids
+        touched_true |= touched
+        p = p_stone[m]
+        comps.append({"p_max": round(float(p.max()), 4), "p_mean": round(float(p.mean()), 4), "area": int(m.sum()),
+                      "inter": int((m & true_mask).sum()), "true": bool(touched)})
+    missed = [round(float(p_stone[ct == i].max()), 4) for i in kt if i not in touched_true]
+    # stone pixels in no counted component (specks): not counted, but in the IoU
+    speck = (pred == STONE) & ~np.isin(cp, kp)
+    return {"n_true": len(kt), "true_area": int(true_mask.sum()), "comps": comps, "missed_p_max": missed,
+            "speck": int(speck.sum()), "speck_inter": int((speck & true_mask).sum())}
+
+
+def under_rule(records: list[dict], t: float, key: str = "p_max") -> dict:
+    """Count exact share and stone mean IoU (metrics.py's absent-structure rule) were components below t dropped."""
+    exact, ious = [], []
+    for r in records:
+        kept = [c for c in r["comps"] if c[key] >= t]
+        exact.append(len(kept) == r["n_true"])
+        inter = sum(c["inter"] for c in kept) + r["speck_inter"]
+        union = r["true_area"] + sum(c["area"] for c in kept) + r["speck"] - inter
+        if union:
+            ious.append(inter / union)
+    return {"t": t, "count_exact_pct": round(100 * float(np.mean(exact)), 1) if exact else None,
+            "stone_iou": round(100 * float(np.mean(ious)), 2) if ious else None,
+            "predicted": int(sum(sum(c[key] >= t for c in r["comps"]) for r in records)),
+            "false": int(sum(sum(c[key] >= t and not c["true"] for c in r["comps"]) for r in records))}
+
+
+def choose(records: list[dict], key: str = "p_max") -> dict:
+    """The operating point (module doc): a row of `under_rule`, t = 0.0 where no threshold qualifies."""
+    served = under_rule(records, 0.0, key)
+    ok = [r for r in (under_rule(records, t, key) for t in THRESHOLDS)
+          if r["stone_iou"] is not None and served["stone_iou"] is not None
+          and r["stone_iou"] >= served["stone_iou"] - MAX_IOU_LOSS and r["count_exact_pct"] > served["count_exact_pct"]]
+    return max(ok, key=lambda r: (r["count_exact_pct"], -r["t"])) if ok else served
+
+
+def records_for(seg, samples, batch: int = 16) -> list[dict]:
+    """image_record for each sample, the labels as `seg` serves them without any stone decision of its own
+    (its TTA and clean-up)."""
+    from .data import load_mask, load_pixels
+    from .postprocess import apply as clean
+    from ..preprocessing.pipeline import planes_to_source, preprocess_native, to_grid
+
+    out = []
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        frames = [load_pixels(s.image_path, s.frame) for s in chunk]
+        inputs = np.stack([to_grid(preprocess_native(p, bits_stored=b, photometric=ph), seg.input_size)
+                           for p, b, ph in frames])
+        for s, (pix, _, _), pr in zip(chunk, frames, seg.probabilities(inputs, batch)):
+            planes = planes_to_source(np.asarray(pr, np.float32), pix.shape[:2])
+            labels = clean(seg.postprocess, np.argmax(planes, axis=-1).astype(np.uint8))
+            out.append(image_record(load_mask(s, pix.shape[:2]), labels, planes[..., STONE]))
+    return out
+
+
+def fit(seg, samples, max_images: int = 400) -> dict:
+    """The operating point for `seg` (its TTA and clean-up as the node runs them) on annotated `samples`:
+    {"stone_min_peak": t, "fit": what it was chosen on and what it did there}; t = 0 (every stone kept) where the
+    samples hold fewer than MIN_COMPONENTS predicted stones."""
+    samples = list(samples)[:max_images]
+    records = records_for(seg, samples)
+    n = sum(len(r["comps"]) for r in records)
+    fit_note = {"images": len(samples), "predicted_stones": n, "tta": seg.tta, "postprocess": seg.postprocess,
+                "rule": "most images counted exactly, stone IoU at most 0.5 below as served (ercp_node/model/stonepoint.py)"}
+    if n < MIN_COMPONENTS:
+        return {"stone_min_peak": 0.0, "fit": {**fit_note, "not_fitted": f"{n} predicted stones, fewer than "
+                                                                         f"{MIN_COMPONENTS}: every stone kept"}}
+    chosen = choose(records)
+    return {"stone_min_peak": chosen["t"], "fit": {**fit_note, "as_served": under_rule(records, 0.0),
+                                                   "chosen": chosen}}
