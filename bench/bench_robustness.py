@@ -27,7 +27,7 @@ from ercp_node.measure.stones import stones  # noqa: E402
 from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
-from ercp_node.model.postprocess import POSTPROCESS_MODES, apply as clean  # noqa: E402
+from ercp_node.model.postprocess import POSTPROCESS_MODES, apply as clean, drop_unsure_stones  # noqa: E402
 
 
 def predicted(seg: Segmenter, samples, batch: int = 16):
@@ -98,31 +98,47 @@ def count_exact(truths, preds) -> list[bool]:
     return [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, preds)]
 
 
-def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, ...] = ("none",)) -> dict:
-    """{post-processing mode: row}; the network runs once (seg.postprocess "none"), each mode cleans its labels."""
+def variant(mode: str, peak: float) -> str:
+    """The name of one served variant: the clean-up, and the stone decision where it is on."""
+    return mode if not peak else f"{mode}+stone_min_peak={peak:g}"
+
+
+def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, ...] = ("none",),
+             stone_min_peak: tuple[float, ...] = (0.0,)) -> dict:
+    """{variant: row}; the network runs once (seg.postprocess "none", no stone decision of its own), each
+    stone decision (model/postprocess.py drop_unsure_stones, then) clean-up mode is applied to its labels."""
     assert getattr(seg, "postprocess", "none") == "none", "the modes are applied here, to the network's own labels"
-    per_image, exact, t_post = ({m: [] for m in postprocess} for _ in range(3))
+    names = [(m, t, variant(m, t)) for t in stone_min_peak for m in postprocess]
+    per_image, exact, t_post = ({n: [] for _, _, n in names} for _ in range(3))
     sizes, textures, t_model = [], [], 0.0
-    for chunk, truths, preds, seconds in predicted(seg, samples, batch):
-        t_model += seconds
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        frames = [load_pixels(s.image_path, s.frame) for s in chunk]
+        t = time.perf_counter()
+        raw = (list(seg.labels_and_stone_probability(frames, batch)) if hasattr(seg, "labels_and_stone_probability")
+               else [(lab, None) for lab in seg.segment(frames, batch)])  # an oracle: labels only
+        t_model += time.perf_counter() - t
+        truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
         sizes += [largest_stone_mm(s) for s in chunk]
         textures += [scope_texture(s) for s in chunk]
-        for mode in postprocess:
+        for mode, peak, name in names:
             t = time.perf_counter()
+            preds = [lab if p is None or not peak else drop_unsure_stones(lab, p, peak) for lab, p in raw]
             cleaned = [clean(mode, p) for p in preds] if mode != "none" else preds
-            t_post[mode].append(time.perf_counter() - t)
-            per_image[mode] += per_image_metrics(truths, cleaned)
-            exact[mode] += count_exact(truths, cleaned)
+            t_post[name].append(time.perf_counter() - t)
+            per_image[name] += per_image_metrics(truths, cleaned)
+            exact[name] += count_exact(truths, cleaned)
     out = {}
-    for mode in postprocess:
-        report = table1_report(per_image[mode])
-        out[mode] = {"n": len(samples), "scope_iou": report["structures"]["duodenoscope"]["iou_mean"],
+    for mode, peak, name in names:
+        report = table1_report(per_image[name])
+        out[name] = {"n": len(samples), "postprocess": mode, "stone_min_peak": peak,
+                     "scope_iou": report["structures"]["duodenoscope"]["iou_mean"],
                      "cbd_iou": report["structures"]["cbd"]["iou_mean"], "stone_iou": report["structures"]["stone"]["iou_mean"],
-                     "stone_count_exact_pct": round(100 * float(np.mean(exact[mode])), 1),
+                     "stone_count_exact_pct": round(100 * float(np.mean(exact[name])), 1),
                      "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1),
-                     "postprocess_ms_per_image": round(1000 * sum(t_post[mode]) / max(len(samples), 1), 1),
-                     "by_largest_stone": by_largest_stone(sizes, per_image[mode]),
-                     "by_scope_texture": by_scope_texture(textures, per_image[mode]), "table1": report}
+                     "postprocess_ms_per_image": round(1000 * sum(t_post[name]) / max(len(samples), 1), 1),
+                     "by_largest_stone": by_largest_stone(sizes, per_image[name]),
+                     "by_scope_texture": by_scope_texture(textures, per_image[name]), "table1": report}
     return out
 
 
@@ -134,6 +150,8 @@ def main(argv=None) -> int:
                     "(none, flip)")
     ap.add_argument("--postprocess", nargs="+", default=["none"], choices=POSTPROCESS_MODES,
                     help="label clean-ups to compare on the same network outputs (none, anatomy; the node: anatomy)")
+    ap.add_argument("--stone-min-peak", nargs="+", type=float, default=[0.0],
+                    help="stone decisions to compare on the same outputs (0: every stone; the node: the card's point)")
     ap.add_argument("--cine", type=int, default=0, help="also time a cine of this many frames through each "
                     "model and TTA mode (ms per frame, bench_stones.cine_cost; 0: skip)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
@@ -142,19 +160,22 @@ def main(argv=None) -> int:
     results, segs = {}, {}
     for model, tta in [(m, t) for m in args.model for t in args.tta]:
         seg = Segmenter.load(model, tta=tta)
-        rows = {mode: {} for mode in args.postprocess}
+        rows = {variant(m, t): {} for t in args.stone_min_peak for m in args.postprocess}
         for d in args.data:
             samples, problems = read_data([d])
             samples = samples[: args.limit] if args.limit else samples
-            for mode, r in evaluate(seg, samples, postprocess=tuple(args.postprocess)).items():
+            for mode, r in evaluate(seg, samples, postprocess=tuple(args.postprocess),
+                                    stone_min_peak=tuple(args.stone_min_peak)).items():
                 rows[mode][Path(d).name] = r
                 print(f"{seg.version:50s} {tta:4s} {mode:7s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
                       f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
                       f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
         key = seg.version + ("" if tta == "none" else f" tta={tta}")
-        for mode in args.postprocess:
-            results[key + ("" if mode == "none" else f" postprocess={mode}")] = {
-                "path": model, "tta": tta, "postprocess": mode, "sets": rows[mode]}
+        for t in args.stone_min_peak:
+            for mode in args.postprocess:
+                name = variant(mode, t)
+                results[key + ("" if name == "none" else f" postprocess={name}")] = {
+                    "path": model, "tta": tta, "postprocess": mode, "stone_min_peak": t, "sets": rows[name]}
         segs[key] = seg
     cine = None
     if args.cine:

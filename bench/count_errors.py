@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="+", required=True, help="phantom test directories")
     ap.add_argument("--tta", default="none", help="none, flip (the node's default)")
     ap.add_argument("--postprocess", default="none", help="none, anatomy (the node's default)")
+    ap.add_argument("--stone-min-peak", default="0", help='stone decision: "model" (the card\'s point, as the node), '
+                    "a number, or 0 (every stone)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--out", default=str(ROOT / "bench/results/count-errors.json"))
     args = ap.parse_args(argv)
@@ -117,7 +119,7 @@ def main(argv=None) -> int:
     from ercp_node.model.inference import Segmenter
     from ercp_node.model.postprocess import apply as clean
 
-    seg = Segmenter.load(args.model, tta=args.tta)
+    seg = Segmenter.load(args.model, tta=args.tta, stone_min_peak=args.stone_min_peak)
     sets = {}
     for d in args.data:
         samples, _ = read_data([d])
@@ -128,6 +130,7 @@ def main(argv=None) -> int:
         print(Path(d).name, json.dumps(sets[Path(d).name]), flush=True)
     out = {"bench": "count_errors", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
            "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
+           "stone_min_peak": seg.stone_min_peak,
            "sets": sets}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

@@ -63,3 +63,25 @@ def test_classic_images_have_no_scope_texture(bench, tmp_path):
     samples, _ = read_data([tmp_path / "cls"])
     assert [bench.scope_texture(s) for s in samples] == [None, None]
     assert bench.by_scope_texture([None, None], [{}, {}]) == {}
+
+
+class UnsureOracle(Oracle):
+    """The truth's labels, every stone at stone probability 0.5: a stone decision above 0.5 draws them all as duct."""
+
+    def labels_and_stone_probability(self, frames, batch_size=16):
+        from ercp_node.labels import STONE
+
+        for lab in self.segment(frames, batch_size):
+            yield lab, np.where(lab == STONE, 0.5, 0.0).astype(np.float32)
+
+
+def test_stone_decisions_are_compared_on_the_same_outputs(bench, tmp_path):
+    synth(tmp_path / "s", count=4, seed=6)
+    samples, _ = read_data([tmp_path / "s"])
+    rows = bench.evaluate(UnsureOracle(samples), samples, postprocess=("none", "anatomy"), stone_min_peak=(0.0, 0.6))
+    assert set(rows) == {"none", "anatomy", "none+stone_min_peak=0.6", "anatomy+stone_min_peak=0.6"}
+    assert rows["anatomy"]["stone_iou"] == 100.0 and rows["anatomy"]["stone_count_exact_pct"] == 100.0
+    dropped = rows["anatomy+stone_min_peak=0.6"]
+    assert dropped["stone_min_peak"] == 0.6 and dropped["stone_iou"] == 0.0  # every true stone now drawn as duct
+    with_stones = sum(len(bench.stones(load_mask(s, load_pixels(s.image_path)[0].shape[:2]), None)) > 0 for s in samples)
+    assert with_stones and dropped["stone_count_exact_pct"] == round(100 * (4 - with_stones) / 4, 1)

@@ -131,19 +131,25 @@ class Segmenter:
         return labels if self.postprocess == "none" else [postprocess_labels(self.postprocess, m) for m in labels]
 
     def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int) -> list[np.ndarray]:
+        out = []
+        for labels, p_stone in self.labels_and_stone_probability(frames, batch_size):
+            if p_stone is not None and self.stone_min_peak > 0:
+                labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak)
+            out.append(labels)
+        return out
+
+    def labels_and_stone_probability(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16):
+        """Per frame, in order (a generator: one frame's source-grid planes alive at a time): the network's label
+        map on the source grid (no stone decision, no clean-up) and the stone probability there that the stone
+        decision reads (None from the cascade, whose stone net decides its stones)."""
         size = self.input_size
         natives = [preprocess_native(p, bits_stored=b, photometric=ph) for p, b, ph in frames]
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
         if self.stones is None:
-            out = []
             for pr, (p, _, _) in zip(probs, frames):
                 planes = planes_to_source(np.asarray(pr, np.float32), np.shape(p)[:2])
-                labels = np.argmax(planes, axis=-1).astype(np.uint8)  # = masks_to_source(pr, shape)
-                if self.stone_min_peak > 0:
-                    labels = drop_unsure_stones(labels, planes[..., STONE], self.stone_min_peak)
-                out.append(labels)
-            return out
-        out = []
+                yield np.argmax(planes, axis=-1).astype(np.uint8), planes[..., STONE]  # = masks_to_source
+            return
         grid = self.stones.config.grid
         for pr, native, (p, _, _) in zip(probs, natives, frames):
             # Second stage on the stone grid: the first stage's labels there, stones replaced around the duct.
@@ -151,5 +157,4 @@ class Segmenter:
             coarse = np.argmax(up, axis=-1).astype(np.uint8)  # = masks_to_source(pr, (grid, grid))
             labels, _ = self.stones.refine(to_grid(native, grid)[..., 0], coarse, probs=up)
             shape = tuple(np.shape(p)[:2])
-            out.append(labels if shape == (grid, grid) else resize_labels(labels, shape).astype(np.uint8))
-        return out
+            yield (labels if shape == (grid, grid) else resize_labels(labels, shape).astype(np.uint8)), None

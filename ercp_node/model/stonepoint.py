@@ -80,18 +80,13 @@ def records_for(seg, samples, batch: int = 16) -> list[dict]:
     (its TTA and clean-up)."""
     from .data import load_mask, load_pixels
     from .postprocess import apply as clean
-    from ..preprocessing.pipeline import planes_to_source, preprocess_native, to_grid
 
     out = []
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         frames = [load_pixels(s.image_path, s.frame) for s in chunk]
-        inputs = np.stack([to_grid(preprocess_native(p, bits_stored=b, photometric=ph), seg.input_size)
-                           for p, b, ph in frames])
-        for s, (pix, _, _), pr in zip(chunk, frames, seg.probabilities(inputs, batch)):
-            planes = planes_to_source(np.asarray(pr, np.float32), pix.shape[:2])
-            labels = clean(seg.postprocess, np.argmax(planes, axis=-1).astype(np.uint8))
-            out.append(image_record(load_mask(s, pix.shape[:2]), labels, planes[..., STONE]))
+        for s, (pix, _, _), (labels, p_stone) in zip(chunk, frames, seg.labels_and_stone_probability(frames, batch)):
+            out.append(image_record(load_mask(s, pix.shape[:2]), clean(seg.postprocess, labels), p_stone))
     return out
 
 
