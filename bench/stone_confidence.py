@@ -11,7 +11,7 @@ The operating point is chosen on validation sets only, pooled, by the rule of er
 (`choose`, fixed before any set was measured).
 
     python bench/stone_confidence.py --model ercp_node/model/weights/default.keras --tta flip --postprocess anatomy \
-        --data data/val-cls-seen data/val-rnd-seen --out bench/results/stone-confidence-val.json
+        --data data/val-cls-seen data/val-rnd-seen --fit --out bench/results/stone-confidence-val.json
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", default="flip")
     ap.add_argument("--postprocess", default="anatomy")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--fit", action="store_true", help="choose the operating point on these (validation) sets")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -83,8 +84,9 @@ def main(argv=None) -> int:
                                                           "missed", "missed_p_max_ge", "as_served")}), flush=True)
     if len(args.data) > 1:
         sets["pooled"] = summary(pooled)
-    chosen = choose(pooled)
-    print("chosen (p_max):", json.dumps(chosen), flush=True)
+    chosen = choose(pooled) if args.fit else None
+    if chosen:
+        print("chosen (p_max):", json.dumps(chosen), flush=True)
     out = {"bench": "stone_confidence", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
            "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
            "thresholds": THRESHOLDS, "chosen_p_max": chosen, "sets": sets}
