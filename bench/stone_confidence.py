@@ -28,7 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ercp_node.model.stonepoint import THRESHOLDS, choose, records_for, under_rule  # noqa: E402
+from ercp_node.model.stonepoint import THRESHOLDS, choose, kept_where, records_for, under_rule  # noqa: E402
+
+ROSE_KS = (0, 2, 3, 4, 5, 6, 8)  # --with-k: Rose k a predicted stone needs (phantom/visibility.py; 5: Rose's criterion)
 
 
 def summary(records: list[dict]) -> dict:
@@ -46,7 +48,19 @@ def summary(records: list[dict]) -> dict:
             "missed_p_max_ge": {str(a): int(sum(p >= a for p in missed)) for a in (0.2, 0.3, 0.4)},
             "as_served": under_rule(records, 0.0),
             "drop_below_p_max": [under_rule(records, t) for t in THRESHOLDS],
-            "drop_below_p_mean": [under_rule(records, t, "p_mean") for t in THRESHOLDS]}
+            "drop_below_p_mean": [under_rule(records, t, "p_mean") for t in THRESHOLDS], **k_summary(comps, records)}
+
+
+def k_summary(comps: list[dict], records: list[dict]) -> dict:
+    """With --with-k: how each predicted stone's Rose k (against the predicted duct, in the stored pixels)
+    separates true from false stones, alone and with the peak probability."""
+    if not comps or "k" not in comps[0]:
+        return {}
+    tp, fp = [c["k"] for c in comps if c["true"]], [c["k"] for c in comps if not c["true"]]
+    q = (lambda v: np.percentile(v, [10, 25, 50, 75, 90]).round(2).tolist() if v else None)
+    return {"k_deciles_true": q(tp), "k_deciles_false": q(fp), "auc_k": auc(tp, fp),
+            "k_and_p_max": [{"k": k, "t": t, **kept_where(records, lambda c, k=k, t=t: (k == 0 or c["k"] >= k) and c["p_max"] >= t)}
+                            for k in ROSE_KS for t in (0.0, 0.5, 0.6)]}
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:
@@ -64,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tta", default="flip")
     ap.add_argument("--postprocess", default="anatomy")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--with-k", action="store_true", help="also each predicted stone's Rose k (stored pixels)")
     ap.add_argument("--fit", action="store_true", help="choose the operating point on these (validation) sets")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -76,7 +91,7 @@ def main(argv=None) -> int:
     for d in args.data:
         samples, _ = read_data([d])
         samples = samples[: args.limit] if args.limit else samples
-        recs = records_for(seg, samples)
+        recs = records_for(seg, samples, with_k=args.with_k)
         pooled += recs
         sets[Path(d).name] = summary(recs)
         s = sets[Path(d).name]

@@ -58,18 +58,23 @@ def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, pixel
 
 def under_rule(records: list[dict], t: float, key: str = "p_max") -> dict:
     """Count exact share and stone mean IoU (metrics.py's absent-structure rule) were components below t dropped."""
-    exact, ious = [], []
+    return {"t": t, **kept_where(records, lambda c: c[key] >= t)}
+
+
+def kept_where(records: list[dict], keep) -> dict:
+    """Count exact share and stone mean IoU were only the components for which keep(component) holds drawn."""
+    exact, ious, predicted, false = [], [], 0, 0
     for r in records:
-        kept = [c for c in r["comps"] if c[key] >= t]
+        kept = [c for c in r["comps"] if keep(c)]
+        predicted += len(kept)
+        false += sum(not c["true"] for c in kept)
         exact.append(len(kept) == r["n_true"])
         inter = sum(c["inter"] for c in kept) + r["speck_inter"]
         union = r["true_area"] + sum(c["area"] for c in kept) + r["speck"] - inter
         if union:
             ious.append(inter / union)
-    return {"t": t, "count_exact_pct": round(100 * float(np.mean(exact)), 1) if exact else None,
-            "stone_iou": round(100 * float(np.mean(ious)), 2) if ious else None,
-            "predicted": int(sum(sum(c[key] >= t for c in r["comps"]) for r in records)),
-            "false": int(sum(sum(c[key] >= t and not c["true"] for c in r["comps"]) for r in records))}
+    return {"count_exact_pct": round(100 * float(np.mean(exact)), 1) if exact else None,
+            "stone_iou": round(100 * float(np.mean(ious)), 2) if ious else None, "predicted": predicted, "false": false}
 
 
 def choose(records: list[dict], key: str = "p_max") -> dict:
