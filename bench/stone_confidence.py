@@ -51,6 +51,14 @@ def summary(records: list[dict]) -> dict:
             "drop_below_p_mean": [under_rule(records, t, "p_mean") for t in THRESHOLDS], **k_summary(comps, records)}
 
 
+def rose_k_of(pixels: np.ndarray, labels: np.ndarray, stone: np.ndarray) -> dict:
+    """A predicted stone's Rose k in the stored pixels against the predicted duct around it (-1: no ring)."""
+    from ercp_node.phantom.visibility import rose_k  # the phantom's one definition (the seen truth's)
+
+    k = rose_k(pixels, labels, stone)
+    return {"k": -1.0 if k is None else round(k, 2)}
+
+
 def k_summary(comps: list[dict], records: list[dict]) -> dict:
     """With --with-k: how each predicted stone's Rose k (against the predicted duct, in the stored pixels)
     separates true from false stones, alone and with the peak probability."""
@@ -91,7 +99,7 @@ def main(argv=None) -> int:
     for d in args.data:
         samples, _ = read_data([d])
         samples = samples[: args.limit] if args.limit else samples
-        recs = records_for(seg, samples, with_k=args.with_k)
+        recs = records_for(seg, samples, extra=rose_k_of if args.with_k else None)
         pooled += recs
         sets[Path(d).name] = summary(recs)
         s = sets[Path(d).name]

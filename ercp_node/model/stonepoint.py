@@ -29,10 +29,10 @@ def components(labels: np.ndarray):
     return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX]
 
 
-def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, pixels: np.ndarray | None = None) -> dict:
+def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, extra=None) -> dict:
     """One image: its true stone count and area, and per predicted stone its peak / mean probability, area,
-    overlap with the true stones and whether it touches one (and, given the stored `pixels`, its Rose k against
-    the predicted duct around it: phantom/visibility.py); per missed true stone the peak probability in it."""
+    overlap with the true stones and whether it touches one (and what `extra(component mask)` adds, a dict);
+    per missed true stone the peak probability in it."""
     ct, kt = components(truth)
     cp, kp = components(pred)
     true_mask = truth == STONE
@@ -44,11 +44,8 @@ def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, pixel
         p = p_stone[m]
         comps.append({"p_max": round(float(p.max()), 4), "p_mean": round(float(p.mean()), 4), "area": int(m.sum()),
                       "inter": int((m & true_mask).sum()), "true": bool(touched)})
-        if pixels is not None:
-            from ..phantom.visibility import rose_k
-
-            k = rose_k(pixels, pred, m)
-            comps[-1]["k"] = -1.0 if k is None else round(k, 2)
+        if extra is not None:
+            comps[-1].update(extra(m))
     missed = [round(float(p_stone[ct == i].max()), 4) for i in kt if i not in touched_true]
     # stone pixels in no counted component (specks): not counted, but in the IoU
     speck = (pred == STONE) & ~np.isin(cp, kp)
@@ -86,9 +83,9 @@ def choose(records: list[dict], key: str = "p_max") -> dict:
     return max(ok, key=lambda r: (r["count_exact_pct"], -r["t"])) if ok else served
 
 
-def records_for(seg, samples, batch: int = 16, with_k: bool = False) -> list[dict]:
+def records_for(seg, samples, batch: int = 16, extra=None) -> list[dict]:
     """image_record for each sample, the labels as `seg` serves them without any stone decision of its own
-    (its TTA and clean-up)."""
+    (its TTA and clean-up); `extra(stored pixels, labels, component mask)` → a dict of more features per stone."""
     from .data import load_mask, load_pixels
     from .postprocess import apply as clean
 
@@ -97,8 +94,9 @@ def records_for(seg, samples, batch: int = 16, with_k: bool = False) -> list[dic
         chunk = samples[i:i + batch]
         frames = [load_pixels(s.image_path, s.frame) for s in chunk]
         for s, (pix, _, _), (labels, p_stone) in zip(chunk, frames, seg.labels_and_stone_probability(frames, batch)):
-            out.append(image_record(load_mask(s, pix.shape[:2]), clean(seg.postprocess, labels), p_stone,
-                                    pix if with_k else None))
+            labels = clean(seg.postprocess, labels)
+            more = (lambda m, pix=pix, labels=labels: extra(pix, labels, m)) if extra else None
+            out.append(image_record(load_mask(s, pix.shape[:2]), labels, p_stone, more))
     return out
 
 
