@@ -98,17 +98,24 @@ def count_exact(truths, preds) -> list[bool]:
     return [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, preds)]
 
 
-def variant(mode: str, peak: float) -> str:
-    """The name of one served variant: the clean-up, and the stone decision where it is on."""
-    return mode if not peak else f"{mode}+stone_min_peak={peak:g}"
+def variant(mode: str, decision: tuple[float, float]) -> str:
+    """The name of one served variant: the clean-up, and the stone decision (peak, Rose k) where it is on."""
+    peak, k = decision
+    return mode + (f"+stone_min_peak={peak:g}" if peak else "") + (f"+stone_min_rose_k={k:g}" if k else "")
+
+
+def parse_decision(text: str) -> tuple[float, float]:
+    """--stone-decision PEAK[:K] → (peak, k)."""
+    peak, _, k = text.partition(":")
+    return float(peak), float(k or 0)
 
 
 def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, ...] = ("none",),
-             stone_min_peak: tuple[float, ...] = (0.0,)) -> dict:
+             stone_decisions: tuple[tuple[float, float], ...] = ((0.0, 0.0),)) -> dict:
     """{variant: row}; the network runs once (seg.postprocess "none", no stone decision of its own), each
     stone decision (model/postprocess.py drop_unsure_stones, then) clean-up mode is applied to its labels."""
     assert getattr(seg, "postprocess", "none") == "none", "the modes are applied here, to the network's own labels"
-    names = [(m, t, variant(m, t)) for t in stone_min_peak for m in postprocess]
+    names = [(m, d, variant(m, d)) for d in stone_decisions for m in postprocess]
     per_image, exact, t_post = ({n: [] for _, _, n in names} for _ in range(3))
     sizes, textures, t_model = [], [], 0.0
     for i in range(0, len(samples), batch):
@@ -121,17 +128,18 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
         truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
         sizes += [largest_stone_mm(s) for s in chunk]
         textures += [scope_texture(s) for s in chunk]
-        for mode, peak, name in names:
+        for mode, (peak, k), name in names:
             t = time.perf_counter()
-            preds = [lab if p is None or not peak else drop_unsure_stones(lab, p, peak) for lab, p in raw]
+            preds = [lab if p is None or not (peak or k) else drop_unsure_stones(lab, p, peak, f[0], k)
+                     for (lab, p), f in zip(raw, frames)]
             cleaned = [clean(mode, p) for p in preds] if mode != "none" else preds
             t_post[name].append(time.perf_counter() - t)
             per_image[name] += per_image_metrics(truths, cleaned)
             exact[name] += count_exact(truths, cleaned)
     out = {}
-    for mode, peak, name in names:
+    for mode, (peak, k), name in names:
         report = table1_report(per_image[name])
-        out[name] = {"n": len(samples), "postprocess": mode, "stone_min_peak": peak,
+        out[name] = {"n": len(samples), "postprocess": mode, "stone_min_peak": peak, "stone_min_rose_k": k,
                      "scope_iou": report["structures"]["duodenoscope"]["iou_mean"],
                      "cbd_iou": report["structures"]["cbd"]["iou_mean"], "stone_iou": report["structures"]["stone"]["iou_mean"],
                      "stone_count_exact_pct": round(100 * float(np.mean(exact[name])), 1),
@@ -150,8 +158,9 @@ def main(argv=None) -> int:
                     "(none, flip)")
     ap.add_argument("--postprocess", nargs="+", default=["none"], choices=POSTPROCESS_MODES,
                     help="label clean-ups to compare on the same network outputs (none, anatomy; the node: anatomy)")
-    ap.add_argument("--stone-min-peak", nargs="+", type=float, default=[0.0],
-                    help="stone decisions to compare on the same outputs (0: every stone; the node: the card's point)")
+    ap.add_argument("--stone-decision", nargs="+", type=parse_decision, default=[(0.0, 0.0)], metavar="PEAK[:K]",
+                    help="stone decisions to compare on the same outputs: peak probability and Rose k a stone needs "
+                         "(0: every stone; the node: the card's point)")
     ap.add_argument("--cine", type=int, default=0, help="also time a cine of this many frames through each "
                     "model and TTA mode (ms per frame, bench_stones.cine_cost; 0: skip)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
@@ -160,22 +169,23 @@ def main(argv=None) -> int:
     results, segs = {}, {}
     for model, tta in [(m, t) for m in args.model for t in args.tta]:
         seg = Segmenter.load(model, tta=tta)
-        rows = {variant(m, t): {} for t in args.stone_min_peak for m in args.postprocess}
+        rows = {variant(m, d): {} for d in args.stone_decision for m in args.postprocess}
         for d in args.data:
             samples, problems = read_data([d])
             samples = samples[: args.limit] if args.limit else samples
             for mode, r in evaluate(seg, samples, postprocess=tuple(args.postprocess),
-                                    stone_min_peak=tuple(args.stone_min_peak)).items():
+                                    stone_decisions=tuple(args.stone_decision)).items():
                 rows[mode][Path(d).name] = r
                 print(f"{seg.version:50s} {tta:4s} {mode:7s} {Path(d).name:18s} n={r['n']:4d} scope {r['scope_iou']:6.2f} "
                       f"CBD {r['cbd_iou']:6.2f} stone {r['stone_iou'] or float('nan'):6.2f} "
                       f"count exact {r['stone_count_exact_pct']:5.1f} %", flush=True)
         key = seg.version + ("" if tta == "none" else f" tta={tta}")
-        for t in args.stone_min_peak:
+        for d in args.stone_decision:
             for mode in args.postprocess:
-                name = variant(mode, t)
+                name = variant(mode, d)
                 results[key + ("" if name == "none" else f" postprocess={name}")] = {
-                    "path": model, "tta": tta, "postprocess": mode, "stone_min_peak": t, "sets": rows[name]}
+                    "path": model, "tta": tta, "postprocess": mode, "stone_min_peak": d[0], "stone_min_rose_k": d[1],
+                    "sets": rows[name]}
         segs[key] = seg
     cine = None
     if args.cine:

@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--postprocess", default="none", help="none, anatomy (the node's default)")
     ap.add_argument("--stone-min-peak", default="0", help='stone decision: "model" (the card\'s point, as the node), '
                     "a number, or 0 (every stone)")
+    ap.add_argument("--stone-min-rose-k", default="0", help='stone decision: "model", a Rose k, or 0')
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--out", default=str(ROOT / "bench/results/count-errors.json"))
     args = ap.parse_args(argv)
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
     from ercp_node.model.inference import Segmenter
     from ercp_node.model.postprocess import apply as clean
 
-    seg = Segmenter.load(args.model, tta=args.tta, stone_min_peak=args.stone_min_peak)
+    seg = Segmenter.load(args.model, tta=args.tta, stone_min_peak=args.stone_min_peak,
+                         stone_min_rose_k=args.stone_min_rose_k)
     sets = {}
     for d in args.data:
         samples, _ = read_data([d])
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
         print(Path(d).name, json.dumps(sets[Path(d).name]), flush=True)
     out = {"bench": "count_errors", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
            "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
-           "stone_min_peak": seg.stone_min_peak,
+           "stone_min_peak": seg.stone_min_peak, "stone_min_rose_k": seg.stone_min_rose_k,
            "sets": sets}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

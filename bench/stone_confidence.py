@@ -28,9 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ercp_node.model.stonepoint import THRESHOLDS, choose, kept_where, records_for, under_rule  # noqa: E402
-
-ROSE_KS = (0, 2, 3, 4, 5, 6, 8)  # --with-k: Rose k a predicted stone needs (phantom/visibility.py; 5: Rose's criterion)
+from ercp_node.model.stonepoint import (ROSE_KS, THRESHOLDS, choose, kept_where, records_for,  # noqa: E402
+                                        rose_k_feature, under_rule)
 
 
 def summary(records: list[dict]) -> dict:
@@ -49,14 +48,6 @@ def summary(records: list[dict]) -> dict:
             "as_served": under_rule(records, 0.0),
             "drop_below_p_max": [under_rule(records, t) for t in THRESHOLDS],
             "drop_below_p_mean": [under_rule(records, t, "p_mean") for t in THRESHOLDS], **k_summary(comps, records)}
-
-
-def rose_k_of(pixels: np.ndarray, labels: np.ndarray, stone: np.ndarray) -> dict:
-    """A predicted stone's Rose k in the stored pixels against the predicted duct around it (-1: no ring)."""
-    from ercp_node.phantom.visibility import rose_k  # the phantom's one definition (the seen truth's)
-
-    k = rose_k(pixels, labels, stone)
-    return {"k": -1.0 if k is None else round(k, 2)}
 
 
 def k_summary(comps: list[dict], records: list[dict]) -> dict:
@@ -87,7 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--postprocess", default="anatomy")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--with-k", action="store_true", help="also each predicted stone's Rose k (stored pixels)")
-    ap.add_argument("--fit", action="store_true", help="choose the operating point on these (validation) sets")
+    ap.add_argument("--fit", action="store_true", help="choose the operating point (peak, Rose k) on these "
+                    "(validation) sets; implies --with-k")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -99,7 +91,7 @@ def main(argv=None) -> int:
     for d in args.data:
         samples, _ = read_data([d])
         samples = samples[: args.limit] if args.limit else samples
-        recs = records_for(seg, samples, extra=rose_k_of if args.with_k else None)
+        recs = records_for(seg, samples, extra=rose_k_feature if args.with_k or args.fit else None)
         pooled += recs
         sets[Path(d).name] = summary(recs)
         s = sets[Path(d).name]
@@ -109,10 +101,10 @@ def main(argv=None) -> int:
         sets["pooled"] = summary(pooled)
     chosen = choose(pooled) if args.fit else None
     if chosen:
-        print("chosen (p_max):", json.dumps(chosen), flush=True)
+        print("chosen (peak, Rose k):", json.dumps(chosen), flush=True)
     out = {"bench": "stone_confidence", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
            "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
-           "thresholds": THRESHOLDS, "chosen_p_max": chosen, "sets": sets}
+           "thresholds": THRESHOLDS, "chosen": chosen, "sets": sets}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0

@@ -78,7 +78,8 @@ class UnsureOracle(Oracle):
 def test_stone_decisions_are_compared_on_the_same_outputs(bench, tmp_path):
     synth(tmp_path / "s", count=4, seed=6)
     samples, _ = read_data([tmp_path / "s"])
-    rows = bench.evaluate(UnsureOracle(samples), samples, postprocess=("none", "anatomy"), stone_min_peak=(0.0, 0.6))
+    rows = bench.evaluate(UnsureOracle(samples), samples, postprocess=("none", "anatomy"),
+                          stone_decisions=((0.0, 0.0), (0.6, 0.0)))
     assert set(rows) == {"none", "anatomy", "none+stone_min_peak=0.6", "anatomy+stone_min_peak=0.6"}
     assert rows["anatomy"]["stone_iou"] == 100.0 and rows["anatomy"]["stone_count_exact_pct"] == 100.0
     dropped = rows["anatomy+stone_min_peak=0.6"]

@@ -174,16 +174,35 @@ def test_the_segmenter_decides_stones_at_its_cards_operating_point():
     assert stones(stone_min_peak="0.5") == 2  # a number (as a settings file gives it) overrides the card
     assert stones(stone_min_peak=0.6, postprocess="anatomy") == 1
     assert Segmenter(TwoStoneModel(), {}, stone_min_peak="model").stone_min_peak == 0.0  # no operating point: none
+    sure = Segmenter(TwoStoneModel(), {"stone_min_rose_k": 4}, stone_min_rose_k="model")
+    assert sure.stone_min_rose_k == 4.0 and sure.segment([frame])[0][labels == STONE].tolist().count(STONE) == 0
+    # (a flat frame: no stone stands out from its duct, so at k 4 neither is drawn)
     for bad in ("x", 1.0, -0.1):
         with pytest.raises(ValueError, match="stone_min_peak"):
             Segmenter(TwoStoneModel(), {}, stone_min_peak=bad)
 
 
+def test_a_stone_no_reader_could_see_becomes_duct():
+    """Rose's k (ercp_node/visibility.py) in the stored pixels, against the duct around the stone."""
+    from ercp_node.model.postprocess import drop_unsure_stones
+
+    labels, p = two_stones()
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(100, 5, labels.shape)  # duct and background: noise, SD 5
+    pixels[10:16, 27:33] += 40  # the first stone stands out (k ≈ 8 × 6 = 48); the second is noise like its duct
+    p[40:46, 27:33] = 0.95  # and the model is sure of both
+    out = drop_unsure_stones(labels, p, 0.6, pixels, min_k=5.0)
+    assert (out[10:16, 27:33] == STONE).all() and (out[40:46, 27:33] == CBD).all()
+    np.testing.assert_array_equal(drop_unsure_stones(labels, p, 0.6, pixels, min_k=0.0), labels)
+    np.testing.assert_array_equal(drop_unsure_stones(labels, p, 0.6, None, min_k=5.0), labels)  # no pixels: no k
+
+
 def test_node_settings_take_the_models_operating_point_by_default():
     from ercp_node.config.settings import ConfigError, Settings, load
 
-    assert Settings().model.stone_min_peak == "model"
+    assert Settings().model.stone_min_peak == "model" and Settings().model.stone_min_rose_k == "model"
     assert load(None, env={"ERCP_NODE_MODEL_STONE_MIN_PEAK": "0.5"}).model.stone_min_peak == "0.5"
-    for bad in ("sure", "1.5"):
-        with pytest.raises(ConfigError, match="model.stone_min_peak"):
-            load(None, env={"ERCP_NODE_MODEL_STONE_MIN_PEAK": bad})
+    assert load(None, env={"ERCP_NODE_MODEL_STONE_MIN_ROSE_K": "5"}).model.stone_min_rose_k == "5"
+    for key, bad in (("PEAK", "sure"), ("PEAK", "1.5"), ("ROSE_K", "-1"), ("ROSE_K", "visible")):
+        with pytest.raises(ConfigError, match="model.stone_min_" + key.lower()):
+            load(None, env={"ERCP_NODE_MODEL_STONE_MIN_" + key: bad})

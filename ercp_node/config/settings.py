@@ -66,11 +66,13 @@ class ModelSettings:
     # Label clean-up (model/postprocess.py): "anatomy" keeps one duodenoscope and one duct, never removing a stone
     # (bench/results/postprocess.json: better on both phantoms, the gate's images not worse); "none": as the network.
     postprocess: str = "anatomy"
-    # The stone/no-stone decision of a whole predicted stone (model/postprocess.py drop_unsure_stones): stones whose
-    # peak probability is below it are drawn as duct. "model": the operating point in the model's card, chosen on
-    # validation images (bench/stone_confidence.py; a card without one keeps every stone); a number in [0, 1)
-    # overrides it; 0 keeps every stone.
+    # The stone/no-stone decision of a whole predicted stone (model/postprocess.py drop_unsure_stones): a stone whose
+    # peak probability is below stone_min_peak, or whose Rose k in the stored pixels (ercp_node/visibility.py) is
+    # below stone_min_rose_k, is drawn as duct. "model": the operating point in the model's card, chosen on
+    # validation images (bench/stone_confidence.py, retrain; a card without one keeps every stone); a number
+    # overrides it (peak in [0, 1), k in [0, 100)); 0 switches that test off.
     stone_min_peak: str = "model"
+    stone_min_rose_k: str = "model"
 
 
 @dataclass
@@ -496,13 +498,16 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"model.tta {s.model.tta!r} unknown (known: {', '.join(TTA_MODES)})")
     if s.model.postprocess not in POSTPROCESS_MODES:
         raise ConfigError(f"model.postprocess {s.model.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
-    if s.model.stone_min_peak != "model":
+    for key, high in (("stone_min_peak", 1.0), ("stone_min_rose_k", 100.0)):
+        value = getattr(s.model, key)
+        if value == "model":
+            continue
         try:
-            t = float(s.model.stone_min_peak)
+            t = float(value)
         except ValueError:
             t = -1.0
-        if not 0.0 <= t < 1.0:
-            raise ConfigError(f"model.stone_min_peak {s.model.stone_min_peak!r} must be \"model\" or a number in [0, 1)")
+        if not 0.0 <= t < high:
+            raise ConfigError(f"model.{key} {value!r} must be \"model\" or a number in [0, {high:g})")
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
     if s.export.max_attempts < 0 or s.export.max_age_h < 0:

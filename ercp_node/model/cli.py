@@ -161,6 +161,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stone-min-peak", default="0", metavar="T",
                    help='stone decision: stones whose peak probability is below T are drawn as duct (default 0: '
                         'every stone, as Table 1; "model": the card\'s operating point, as the node runs it)')
+    p.add_argument("--stone-min-rose-k", default="0", metavar="K",
+                   help='stone decision: stones with a Rose k below K are drawn as duct (default 0; "model": the card\'s)')
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
@@ -314,7 +316,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         samples = temporal_split(samples, args.split_date).test
     try:
         seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess,
-                             stone_min_peak=args.stone_min_peak)
+                             stone_min_peak=args.stone_min_peak, stone_min_rose_k=args.stone_min_rose_k)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)

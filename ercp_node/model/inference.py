@@ -39,17 +39,17 @@ def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
     return Path(model_path).parent / name if name else None
 
 
-def resolve_stone_min_peak(value: float | str, card: dict) -> float:
-    """The stone decision's operating point: "model" → the card's `stone_min_peak` (0 where it has none), else
-    `value` as a number in [0, 1) (a string from a settings file or the environment is parsed)."""
+def resolve_stone_point(name: str, value: float | str, card: dict, high: float) -> float:
+    """One number of the stone decision: "model" → the card's `name` (0 where it has none: every stone kept),
+    else `value` as a number in [0, high) (a string from a settings file or the environment is parsed)."""
     if value == "model":
-        value = card.get("stone_min_peak", 0.0)
+        value = card.get(name, 0.0)
     try:
         t = float(value)
     except (TypeError, ValueError):
         t = -1.0
-    if not 0.0 <= t < 1.0:
-        raise ValueError(f"stone_min_peak {value!r} must be \"model\" or a number in [0, 1)")
+    if not 0.0 <= t < high:
+        raise ValueError(f"{name} {value!r} must be \"model\" or a number in [0, {high:g})")
     return t
 
 
@@ -62,21 +62,25 @@ class Segmenter:
     stones: object = None  # stonenet.StoneNet: the cascade's second stage, or None (the paper's single stage)
     tta: str = "none"  # a key of TTA_MODES
     postprocess: str = "none"  # one of POSTPROCESS_MODES: the label maps' clean-up (model/postprocess.py)
-    # Stone components whose peak stone probability is below this become duct (postprocess.drop_unsure_stones);
-    # "model": the card's operating point `stone_min_peak` (none there: 0); 0: every stone kept (the paper's output).
+    # The stone decision (postprocess.drop_unsure_stones): a stone component whose peak stone probability is below
+    # stone_min_peak, or whose Rose k in the stored pixels is below stone_min_rose_k, becomes duct. "model": the
+    # card's operating point (keys of the same names; none there: 0); 0: every stone kept (the paper's output).
     # Single stage only: the cascade's stone net decides its stones with its centre map.
     stone_min_peak: float | str = 0.0
+    stone_min_rose_k: float | str = 0.0
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
             raise ValueError(f"test-time augmentation {self.tta!r} unknown (known: {', '.join(TTA_MODES)})")
         if self.postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"post-processing {self.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
-        self.stone_min_peak = resolve_stone_min_peak(self.stone_min_peak, self.card)
+        self.stone_min_peak = resolve_stone_point("stone_min_peak", self.stone_min_peak, self.card, 1.0)
+        self.stone_min_rose_k = resolve_stone_point("stone_min_rose_k", self.stone_min_rose_k, self.card, 100.0)
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
-             postprocess: str = "none", stone_min_peak: float | str = 0.0) -> "Segmenter":
+             postprocess: str = "none", stone_min_peak: float | str = 0.0,
+             stone_min_rose_k: float | str = 0.0) -> "Segmenter":
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -95,7 +99,7 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones, tta, postprocess, stone_min_peak)
+        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k)
 
     @property
     def version(self) -> str:
@@ -132,9 +136,10 @@ class Segmenter:
 
     def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int) -> list[np.ndarray]:
         out = []
-        for labels, p_stone in self.labels_and_stone_probability(frames, batch_size):
-            if p_stone is not None and self.stone_min_peak > 0:
-                labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak)
+        decide = self.stone_min_peak > 0 or self.stone_min_rose_k > 0
+        for (labels, p_stone), (pixels, _, _) in zip(self.labels_and_stone_probability(frames, batch_size), frames):
+            if p_stone is not None and decide:
+                labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak, pixels, self.stone_min_rose_k)
             out.append(labels)
         return out
 

@@ -40,21 +40,34 @@ def apply(mode: str, labels: np.ndarray) -> np.ndarray:
     return one_scope(one_duct(labels))
 
 
-def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float) -> np.ndarray:
+def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float, pixels: np.ndarray | None = None,
+                       min_k: float = 0.0) -> np.ndarray:
     """Stone components (8-connected, the SR's count) whose highest stone probability in `p_stone` (same grid)
-    is below `min_peak` become duct (a new array). min_peak 0 keeps every stone."""
+    is below `min_peak`, or (given the stored `pixels` and min_k > 0) whose Rose k against the duct around them
+    is below `min_k` (ercp_node/visibility.py: what no reader could see), become duct (a new array).
+    min_peak 0 and min_k 0 keep every stone."""
     import cv2
 
     out = labels.copy()
-    if min_peak <= 0:
+    if min_peak <= 0 and (min_k <= 0 or pixels is None):
         return out
-    n, comp = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
     if n <= 1:
         return out
     peak = np.zeros(n, np.float32)
     inside = comp > 0  # stone pixels only: few, so ufunc.at stays cheap on a 1024² frame
     np.maximum.at(peak, comp[inside], np.asarray(p_stone, np.float32)[inside])
     unsure = peak < min_peak
+    if min_k > 0 and pixels is not None:
+        from ..visibility import rose_k
+
+        for i in range(1, n):
+            if unsure[i]:
+                continue
+            x, y, w, h = (int(v) for v in stats[i, :4])  # k on a window: the ring lies within 3 px of the stone
+            win = (slice(max(0, y - 4), y + h + 4), slice(max(0, x - 4), x + w + 4))
+            k = rose_k(np.asarray(pixels)[win], labels[win], comp[win] == i)
+            unsure[i] = k is None or k < min_k
     unsure[0] = False
     out[unsure[comp]] = CBD
     return out

@@ -294,8 +294,10 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
 
         node = ModelSettings()
         point = stonepoint.fit(Segmenter(best, card, None, node.tta, node.postprocess), prep.validation)
-        card["stone_min_peak"], card["stone_min_peak_fit"] = point["stone_min_peak"], point["fit"]
-        log(f"stone decision: stones below peak probability {point['stone_min_peak']} drawn as duct "
+        card["stone_min_peak"], card["stone_min_rose_k"] = point["stone_min_peak"], point["stone_min_rose_k"]
+        card["stone_min_peak_fit"] = point["fit"]
+        log(f"stone decision: stones below peak probability {point['stone_min_peak']} or Rose k "
+            f"{point['stone_min_rose_k']:g} drawn as duct "
             f"({json.dumps(point['fit'].get('chosen') or point['fit'].get('not_fitted'))})")
     log(f"evaluating {paper_name(loss)} on {len(prep.split.test)} frozen test images")
     report, per_image = evaluate_samples(Segmenter(best, card, stones), prep.split.test, batch_size)

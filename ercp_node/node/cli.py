@@ -87,6 +87,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stone-min-peak", default=None, metavar="T",
                    help='stone decision: stones whose peak probability is below T are drawn as duct; "model": the '
                         "card's operating point, 0: every stone (default: the settings' model.stone_min_peak)")
+    p.add_argument("--stone-min-rose-k", default=None, metavar="K",
+                   help='stone decision: stones with a Rose k below K are drawn as duct; "model" or 0 as above '
+                        "(default: the settings' model.stone_min_rose_k)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -128,7 +131,9 @@ def run_segment(args: argparse.Namespace) -> int:
                 seg = Segmenter.load(args.model or SHIPPED, tta=args.tta or settings.model.tta,
                                      postprocess=args.postprocess or settings.model.postprocess,
                                      stone_min_peak=(args.stone_min_peak if args.stone_min_peak is not None
-                                                     else settings.model.stone_min_peak))
+                                                     else settings.model.stone_min_peak),
+                                     stone_min_rose_k=(args.stone_min_rose_k if args.stone_min_rose_k is not None
+                                                       else settings.model.stone_min_rose_k))
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:

@@ -103,7 +103,8 @@ class Node:
                 for i in range(worker_count(self.settings)):
                     w = Worker(self, load_segmenter(self.settings.model.path, self.sessions, self.settings.model.tta,
                                                      self.settings.model.postprocess,
-                                                     self.settings.model.stone_min_peak), f"{self.node_id}/w{i}",
+                                                     self.settings.model.stone_min_peak,
+                                                     self.settings.model.stone_min_rose_k), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()
