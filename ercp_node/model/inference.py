@@ -129,8 +129,8 @@ class Segmenter:
 
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
-        each after the stone decision `stone_min_peak` and then the clean-up `postprocess` (so a duct fragment
-        kept only for an unsure stone is cleaned like any other)."""
+        each after the stone decision (`stone_min_peak`, `stone_min_rose_k`) and then the clean-up `postprocess`
+        (so a duct fragment kept only for a dropped stone is cleaned like any other)."""
         labels = self._segment(frames, batch_size)
         return labels if self.postprocess == "none" else [postprocess_labels(self.postprocess, m) for m in labels]
 

@@ -14,9 +14,10 @@ often a rib or bowel band taken for the scope, or the scope's bending section ta
 Stones themselves are never changed. "none" returns the network's labels as they are (the paper's output).
 
 Separately, `drop_unsure_stones` is the stone/no-stone decision of a whole component: a predicted stone whose
-peak stone probability stays below the model's operating point is drawn as duct. Most of the count's errors are
-false stones inside the duct (docs/model-card.md, "Where the stone count goes wrong"); the operating point is
-chosen per model on validation images by bench/stone_confidence.py and kept in the model's card.
+peak stone probability stays below the model's operating point, or that no reader could see in the stored pixels
+(Rose's k below the point's), is drawn as duct. Most of the count's errors are false stones inside the duct
+(docs/model-card.md, "Where the stone count goes wrong"); the operating point is chosen per model on validation
+images (model/stonepoint.py: bench/stone_confidence.py, retrain) and kept in the model's card.
 """
 
 from __future__ import annotations
