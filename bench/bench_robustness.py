@@ -163,6 +163,7 @@ def main(argv=None) -> int:
                          "(0: every stone; the node: the card's point)")
     ap.add_argument("--cine", type=int, default=0, help="also time a cine of this many frames through each "
                     "model and TTA mode (ms per frame, bench_stones.cine_cost; 0: skip)")
+    ap.add_argument("--cine-repeats", type=int, default=3, help="timing rounds of the cine, interleaved (median)")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--out", default=str(ROOT / "bench/results/robustness.json"))
     args = ap.parse_args(argv)
@@ -191,7 +192,10 @@ def main(argv=None) -> int:
     if args.cine:
         from bench_stones import cine_cost  # the same timing as the cascade's (a sibling script; imports this one)
 
-        cine = cine_cost(segs, args.cine)
+        # each model and TTA as the node serves it: every clean-up and stone decision compared, whole path timed
+        served = {f"{key} {variant(m, d)}": Segmenter(seg.model, seg.card, seg.stones, seg.tta, m, d[0], d[1])
+                  for key, seg in segs.items() for d in args.stone_decision for m in args.postprocess}
+        cine = cine_cost(served, args.cine, repeats=args.cine_repeats)
         print(f"cine {args.cine} frames: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame"
                                                        for k, v in cine.items() if isinstance(v, dict)), flush=True)
     out = {"bench": "robustness", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
