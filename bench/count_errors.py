@@ -30,17 +30,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ercp_node.labels import CBD, STONE  # noqa: E402
+from ercp_node.model.stonepoint import components as _components  # noqa: E402 - the SR's count, one rule
 
 KINDS = ("missed", "false", "fragment", "merge")
 WHERE = ("in_true_duct", "beside_predicted_duct", "elsewhere")
-MIN_AREA_PX = 4  # measure.stones' speck rule
-
-
-def _components(labels: np.ndarray):
-    import cv2
-
-    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
-    return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX], stats
 
 
 def classify(truth: np.ndarray, pred: np.ndarray) -> dict:

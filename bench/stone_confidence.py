@@ -28,8 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ercp_node.model.stonepoint import (ROSE_KS, THRESHOLDS, choose, kept_where, records_for,  # noqa: E402
-                                        rose_k_feature, under_rule)
+from ercp_node.model.stonepoint import (ROSE_KS, THRESHOLDS, choose, keeps, kept_where,  # noqa: E402
+                                        records_for, rose_k_feature, under_rule)
 
 
 def summary(records: list[dict]) -> dict:
@@ -58,8 +58,7 @@ def k_summary(comps: list[dict], records: list[dict]) -> dict:
     tp, fp = [c["k"] for c in comps if c["true"]], [c["k"] for c in comps if not c["true"]]
     q = (lambda v: np.percentile(v, [10, 25, 50, 75, 90]).round(2).tolist() if v else None)
     return {"k_deciles_true": q(tp), "k_deciles_false": q(fp), "auc_k": auc(tp, fp),
-            "k_and_p_max": [{"k": k, "t": t, **kept_where(records, lambda c, k=k, t=t: (k == 0 or c["k"] >= k) and c["p_max"] >= t)}
-                            for k in ROSE_KS for t in (0.0, 0.5, 0.6)]}
+            "k_and_p_max": [{"k": k, "t": t, **kept_where(records, keeps(t, k))} for k in ROSE_KS for t in (0.0, 0.5, 0.6)]}
 
 
 def auc(pos: list[float], neg: list[float]) -> float | None:

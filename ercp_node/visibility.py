@@ -16,7 +16,8 @@ import numpy as np
 from .labels import CBD, STONE
 
 ROSE_K = 5.0
-_RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+RING_PX = 3  # the ring: pixels within 3 px outside the stone
+_RING = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1, 2 * RING_PX + 1))
 
 
 def local_cnr(image: np.ndarray, truth_mask: np.ndarray, stone: np.ndarray) -> float | None:

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.postprocess import POSTPROCESS_MODES
+from ..model.postprocess import POSTPROCESS_MODES, STONE_POINT_LIMITS, resolve_stone_point
 from ..model.tta import TTA_MODES
 
 AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash or control characters
@@ -498,16 +498,11 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"model.tta {s.model.tta!r} unknown (known: {', '.join(TTA_MODES)})")
     if s.model.postprocess not in POSTPROCESS_MODES:
         raise ConfigError(f"model.postprocess {s.model.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
-    for key, high in (("stone_min_peak", 1.0), ("stone_min_rose_k", 100.0)):
-        value = getattr(s.model, key)
-        if value == "model":
-            continue
+    for key in STONE_POINT_LIMITS:  # the segmenter's own parse rule; "model" is read from the card at load
         try:
-            t = float(value)
-        except ValueError:
-            t = -1.0
-        if not 0.0 <= t < high:
-            raise ConfigError(f"model.{key} {value!r} must be \"model\" or a number in [0, {high:g})")
+            resolve_stone_point(key, getattr(s.model, key), {})
+        except ValueError as exc:
+            raise ConfigError(f"model.{exc}") from None
     if not 0 < s.export.retry_initial_s <= s.export.retry_max_s:
         raise ConfigError("export.retry_initial_s must be > 0 and ≤ export.retry_max_s")
     if s.export.max_attempts < 0 or s.export.max_age_h < 0:

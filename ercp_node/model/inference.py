@@ -11,7 +11,7 @@ import numpy as np
 
 from ..labels import STONE
 from ..preprocessing.pipeline import planes_to_source, preprocess_native, resize_labels, to_grid
-from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones
+from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones, resolve_stone_point
 from .tta import TTA_MODES
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
@@ -39,20 +39,6 @@ def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
     return Path(model_path).parent / name if name else None
 
 
-def resolve_stone_point(name: str, value: float | str, card: dict, high: float) -> float:
-    """One number of the stone decision: "model" → the card's `name` (0 where it has none: every stone kept),
-    else `value` as a number in [0, high) (a string from a settings file or the environment is parsed)."""
-    if value == "model":
-        value = card.get(name, 0.0)
-    try:
-        t = float(value)
-    except (TypeError, ValueError):
-        t = -1.0
-    if not 0.0 <= t < high:
-        raise ValueError(f"{name} {value!r} must be \"model\" or a number in [0, {high:g})")
-    return t
-
-
 @dataclass
 class Segmenter:
     """A Keras U-Net plus its card (version, preset, training data, metrics). Thread-unsafe; one per worker."""
@@ -74,8 +60,8 @@ class Segmenter:
             raise ValueError(f"test-time augmentation {self.tta!r} unknown (known: {', '.join(TTA_MODES)})")
         if self.postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"post-processing {self.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
-        self.stone_min_peak = resolve_stone_point("stone_min_peak", self.stone_min_peak, self.card, 1.0)
-        self.stone_min_rose_k = resolve_stone_point("stone_min_rose_k", self.stone_min_rose_k, self.card, 100.0)
+        self.stone_min_peak = resolve_stone_point("stone_min_peak", self.stone_min_peak, self.card)
+        self.stone_min_rose_k = resolve_stone_point("stone_min_rose_k", self.stone_min_rose_k, self.card)
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",

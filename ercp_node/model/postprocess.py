@@ -29,6 +29,8 @@ from ..labels import BACKGROUND, CBD, SCOPE, STONE
 POSTPROCESS_MODES = ("none", "anatomy")
 SCOPE_KEEP_SHARE = 0.25
 RING_SHARE = 0.006  # the ring around a removed duct fragment that decides its label: 0.6 % of the image side
+# The stone decision's two numbers and the bound each must stay under (a peak probability; a Rose k).
+STONE_POINT_LIMITS = {"stone_min_peak": 1.0, "stone_min_rose_k": 100.0}
 
 
 def apply(mode: str, labels: np.ndarray) -> np.ndarray:
@@ -39,6 +41,21 @@ def apply(mode: str, labels: np.ndarray) -> np.ndarray:
     if mode == "none":
         return labels.copy()
     return one_scope(one_duct(labels))
+
+
+def resolve_stone_point(name: str, value: float | str, card: dict) -> float:
+    """One number of the stone decision (a key of STONE_POINT_LIMITS): "model" → the card's `name` (0 where it
+    has none: every stone kept), else `value` as a number in [0, bound) (a string from settings is parsed)."""
+    if value == "model":
+        value = card.get(name, 0.0)
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        t = -1.0
+    high = STONE_POINT_LIMITS[name]
+    if not 0.0 <= t < high:
+        raise ValueError(f"{name} {value!r} must be \"model\" or a number in [0, {high:g})")
+    return t
 
 
 def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float, pixels: np.ndarray | None = None,
@@ -60,13 +77,14 @@ def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float,
     np.maximum.at(peak, comp[inside], np.asarray(p_stone, np.float32)[inside])
     unsure = peak < min_peak
     if min_k > 0 and pixels is not None:
-        from ..visibility import rose_k
+        from ..visibility import RING_PX, rose_k
 
         for i in range(1, n):
             if unsure[i]:
                 continue
-            x, y, w, h = (int(v) for v in stats[i, :4])  # k on a window: the ring lies within 3 px of the stone
-            win = (slice(max(0, y - 4), y + h + 4), slice(max(0, x - 4), x + w + 4))
+            x, y, w, h = (int(v) for v in stats[i, :4])  # k on a window holding the stone and its whole ring
+            r = RING_PX + 1
+            win = (slice(max(0, y - r), y + h + r), slice(max(0, x - r), x + w + r))
             k = rose_k(np.asarray(pixels)[win], labels[win], comp[win] == i)
             unsure[i] = k is None or k < min_k
     unsure[0] = False

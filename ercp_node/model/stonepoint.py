@@ -28,18 +28,24 @@ MIN_COMPONENTS = 30  # fewer predicted stones in the validation images: too few 
 
 
 def components(labels: np.ndarray):
+    """(component map, ids of the counted stones, cv2 stats): the SR's count, specks under MIN_AREA_PX left out."""
     import cv2
 
     n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
-    return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX]
+    return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX], stats
+
+
+def keeps(t: float, k: float):
+    """The decision at (peak t, Rose k) as a test of one component record (k 0: the Rose k not asked)."""
+    return lambda c: c["p_max"] >= t and (k == 0 or c["k"] >= k)
 
 
 def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, extra=None) -> dict:
     """One image: its true stone count and area, and per predicted stone its peak / mean probability, area,
     overlap with the true stones and whether it touches one (and what `extra(component mask)` adds, a dict);
     per missed true stone the peak probability in it."""
-    ct, kt = components(truth)
-    cp, kp = components(pred)
+    ct, kt, _ = components(truth)
+    cp, kp, _ = components(pred)
     true_mask = truth == STONE
     true_ids, comps, touched_true = set(kt), [], set()
     for j in kp:
@@ -82,8 +88,7 @@ def kept_where(records: list[dict], keep) -> dict:
 def choose(records: list[dict]) -> dict:
     """The operating point (module doc): a `kept_where` row with its "t" and "k"; (0, 0) where none qualifies."""
     served = {"t": 0.0, "k": 0, **kept_where(records, lambda c: True)}
-    rows = [{"t": t, "k": k, **kept_where(records, lambda c, t=t, k=k: c["p_max"] >= t and (k == 0 or c["k"] >= k))}
-            for k in ROSE_KS for t in (0.0, *THRESHOLDS)]
+    rows = [{"t": t, "k": k, **kept_where(records, keeps(t, k))} for k in ROSE_KS for t in (0.0, *THRESHOLDS)]
     ok = [r for r in rows if r["stone_iou"] is not None and served["stone_iou"] is not None
           and r["stone_iou"] >= served["stone_iou"] - MAX_IOU_LOSS and r["count_exact_pct"] > served["count_exact_pct"]]
     return min(ok, key=lambda r: (-r["count_exact_pct"], r["k"], r["t"])) if ok else served
