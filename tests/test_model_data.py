@@ -188,6 +188,9 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--time-budget", "0"], "--time-budget"),
     (["--rehearse", "elsewhere"], "--rehearse needs --init"),
     (["--init", "shipped", "--rehearse-share", "1"], "--rehearse-share"),
+    (["--lr-floor", "0.1"], "--lr-floor decays the rate over --time-budget"),
+    (["--time-budget", "5", "--lr-plateau", "2", "--lr-floor", "0.1"], "--lr-floor decays"),
+    (["--time-budget", "5", "--lr-floor", "1.5"], "--lr-floor must be between 0 and 1"),
 ])
 def test_retrain_bad_options(phantom, tmp_path, capsys, args, message):
     assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "n"),
@@ -201,8 +204,9 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
     assert main(["retrain", "--data", str(phantom), "--out", str(base), "--epochs", "1", *tiny]) == 0
     assert main(["synth", "--count", "6", "--seed", "77", "--size", "512", "--style", "lowdose", "--out", str(old),
                  "--workers", "1"]) == 0
-    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "1", "--init",
-                 str(base / "model.keras"), "--rehearse", str(old), "--rehearse-share", "0.25", "--xla", *tiny]) == 0
+    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "2", "--init",
+                 str(base / "model.keras"), "--rehearse", str(old), "--rehearse-share", "0.25", "--xla",
+                 "--time-budget", "30", "--lr-floor", "0.01", "--keep", "last", *tiny]) == 0
     card = json.loads((tuned / "model.json").read_text())
     first = json.loads((base / "model.json").read_text())
     site_train = first["split"]["train"]["images"]  # validation images are already out
@@ -213,6 +217,14 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
     assert card["test_metrics"]["n_images"] == first["test_metrics"]["n_images"]
     assert card["init"]["path"] == str(base / "model.keras")
     assert card["xla"] is True and first["xla"] is False  # --xla: the training step compiled with XLA, on the CPU too
+    # a fine-tune's schedule: the rate decays over the time budget from --lr; the weights kept are the last ones
+    assert card["lr_floor"] == 0.01 and card["kept"] == "last" and first["kept"] == "best"
+    assert card["history"]["learning_rate"][-1] < card["history"]["learning_rate"][0] <= 1e-4
+    import keras
+
+    kept = keras.saving.load_model(tuned / "model.keras", compile=False).get_weights()
+    last = keras.saving.load_model(tuned / "checkpoints" / "last.keras", compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, last))
 
 
 def _report(scope, cbd, stone):

@@ -62,6 +62,12 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="share of each epoch drawn from --rehearse (default 0.5: as many as the site's images)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="stop training after this many minutes, keeping the best checkpoint")
+    p.add_argument("--lr-floor", type=float, default=None, metavar="F",
+                   help="with --time-budget: cosine decay of the learning rate from --lr to --lr x F over the budget "
+                        "(a fine-tune's schedule: the budget, not an epoch count, is what a site knows)")
+    p.add_argument("--keep", choices=("best", "last"), default="best",
+                   help="the checkpoint the run ends with: best validation loss (default), or the last weights "
+                        "(with 10-50 site images the validation split is one or two patients: too few to choose by)")
     p.add_argument("--xla", action="store_true",
                    help="compile training steps with XLA also without a GPU (TensorFlow backend): more steps in "
                         "a --time-budget on a CPU (1.36x measured on 2 cores), after a compilation of ~30 s")
@@ -188,6 +194,11 @@ def _validate(args) -> None:
         raise CLIError("--lr-plateau must be at least 1 epoch")
     if getattr(args, "time_budget", None) is not None and not args.time_budget > 0:
         raise CLIError("--time-budget must be a positive number of minutes")
+    if getattr(args, "lr_floor", None) is not None and hasattr(args, "time_budget"):
+        if not 0 <= args.lr_floor <= 1:
+            raise CLIError("--lr-floor must be between 0 and 1 (a share of --lr)")
+        if args.time_budget is None or args.lr_plateau is not None:
+            raise CLIError("--lr-floor decays the rate over --time-budget: give --time-budget, and not --lr-plateau")
     if hasattr(args, "from_archive") and not args.data and not args.from_archive:
         raise CLIError("give --data DIR... and/or --from-archive")
     if getattr(args, "freeze_encoder", False) and not getattr(args, "init", None):
@@ -248,7 +259,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
-                rehearse_share=args.rehearse_share, xla=args.xla)
+                rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

@@ -214,8 +214,10 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
               init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
               time_budget_s: float | None = None, stone_net: Path | None = None, lr_plateau: int | None = None,
-              rehearse_share: float = 0.5, xla: bool = False, log=print) -> tuple[Path, dict]:
-    """Train, keep the best validation checkpoint, score it on the frozen test set; returns (model, card).
+              rehearse_share: float = 0.5, xla: bool = False, lr_floor: float | None = None, keep: str = "best",
+              log=print) -> tuple[Path, dict]:
+    """Train, keep the best validation checkpoint (keep="last": the weights training ended with), score it on the
+    frozen test set; returns (model, card).
 
     With rehearsal data in `prep`, each epoch is every site training image plus rehearsal images drawn afresh,
     `rehearse_share` of the epoch (at most all of them).
@@ -228,6 +230,8 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     from .train import AUGMENTATIONS, SegmentationDataset, train
     from .unet import CLASS_NAMES as LABEL_NAMES
 
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     loss_kwargs = {}
     if "wcce" in loss:
@@ -252,10 +256,11 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
-                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau, xla=xla)
+                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau, xla=xla,
+                   lr_floor=lr_floor)
     elapsed = time.perf_counter() - t0
     state = json.loads(result.paths["state"].read_text()) if result.paths["state"].is_file() else {}
-    best_path = result.paths["best"] if result.paths["best"].is_file() else result.paths["last"]
+    best_path = result.paths["best"] if keep == "best" and result.paths["best"].is_file() else result.paths["last"]
     best = keras.saving.load_model(best_path, compile=False)
     version = f"unet-{prep.preset}-{loss.replace('+', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
     card = {
@@ -267,7 +272,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "training_seconds_this_run": round(elapsed, 1), "augment": augment,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
         "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
-        "xla": xla,
+        "xla": xla, "lr_floor": lr_floor, "kept": keep if keep == "last" or result.paths["best"].is_file() else "last",
         "rehearsal": rehearsal,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
@@ -316,7 +321,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
-            log=print) -> dict:
+            lr_floor: float | None = None, keep: str = "best", log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,7 +332,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
                                  freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s,
                                  stone_net=stone_net, lr_plateau=lr_plateau, rehearse_share=rehearse_share,
-                                 xla=xla, log=log)
+                                 xla=xla, lr_floor=lr_floor, keep=keep, log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))

@@ -190,6 +190,10 @@ class WallClockCosine(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate = self.lr_at(self._clock() - self.t0)
 
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:  # the rate the epoch ended with, into the run's history (callbacks after this one)
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
 
 class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (image (B, H, W, 1) float32, one-hot mask (B, H, W, C) float32).
@@ -328,7 +332,8 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
           augment: Augment | bool = True, early_stopping: int | None = None, resume: bool = True,
           mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=(),
           init_weights: list | None = None, freeze_encoder: bool = False,
-          time_budget_s: float | None = None, lr_plateau: int | None = None, xla: bool = False) -> TrainResult:
+          time_budget_s: float | None = None, lr_plateau: int | None = None, xla: bool = False,
+          lr_floor: float | None = None) -> TrainResult:
     """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
 
     model: a built keras.Model, or a UNetConfig / preset name to build one. train_data / val_data: a PyDataset
@@ -343,7 +348,13 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     xla: compile the training step with XLA on the TensorFlow backend even without a GPU (Keras's "auto" turns it
     off on CPU-only machines; a step of the default U-Net is 1.36x faster with it on this 2-core CPU,
     bench/results/unet_train_xla.json); JAX compiles with XLA anyway, torch is left as it is.
+    lr_floor: with time_budget_s, a cosine decay of the learning rate from `lr` to `lr * lr_floor` over the budget
+    (WallClockCosine; None: the fixed rate or lr_plateau's).
     """
+    if lr_floor is not None and (not time_budget_s or lr_plateau):
+        raise ValueError("lr_floor decays the rate over time_budget_s: give a time budget and no lr_plateau")
+    if lr_floor is not None and not 0.0 <= lr_floor <= 1.0:
+        raise ValueError(f"lr_floor must be in [0, 1], got {lr_floor}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     last, state_path = out_dir / "last.keras", out_dir / "state.json"
@@ -398,6 +409,8 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
                                                         min_lr=lr / 32, verbose=1))
     if time_budget_s:
         cbs.append(TimeBudget(time_budget_s))
+        if lr_floor is not None:
+            cbs.insert(0, WallClockCosine(lr, lr_floor, time_budget_s))
     cbs.extend(callbacks)
 
     if initial_epoch < epochs:
