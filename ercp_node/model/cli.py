@@ -61,7 +61,7 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rehearse-share", type=float, default=0.5, metavar="F",
                    help="share of each epoch drawn from --rehearse (default 0.5: as many as the site's images)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
-                   help="stop training after this many minutes, keeping the best checkpoint")
+                   help="stop training after this many minutes (the checkpoint kept: --keep)")
     p.add_argument("--lr-floor", type=float, default=None, metavar="F",
                    help="with --time-budget: cosine decay of the learning rate from --lr to --lr x F over the budget "
                         "(a fine-tune's schedule: the budget, not an epoch count, is what a site knows)")

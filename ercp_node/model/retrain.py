@@ -272,7 +272,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "training_seconds_this_run": round(elapsed, 1), "augment": augment,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
         "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
-        "xla": xla, "lr_floor": lr_floor, "kept": keep if keep == "last" or result.paths["best"].is_file() else "last",
+        "xla": xla, "lr_floor": lr_floor, "kept": "best" if best_path == result.paths["best"] else "last",
         "rehearsal": rehearsal,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,

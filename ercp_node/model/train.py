@@ -190,10 +190,6 @@ class WallClockCosine(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate = self.lr_at(self._clock() - self.t0)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:  # the rate the epoch ended with, into the run's history (callbacks after this one)
-            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
 
 class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (image (B, H, W, 1) float32, one-hot mask (B, H, W, C) float32).
@@ -294,7 +290,9 @@ class _LastCheckpoint(keras.callbacks.Callback):
         self.out_dir, self.history, self.extra = out_dir, history, extra
 
     def on_epoch_end(self, epoch, logs=None):
-        for k, v in (logs or {}).items():
+        # the rate the epoch ended with (a schedule's or a plateau's), unless Keras logged it already
+        logs = {"learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)), **(logs or {})}
+        for k, v in logs.items():
             self.history.setdefault(k, []).append(float(v))
         tmp = self.out_dir / "last.tmp.keras"
         self.model.save(tmp)
@@ -418,7 +416,8 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
                   verbose=verbose)
     epochs_done = json.loads(state_path.read_text())["epoch"] if state_path.exists() else 0
     curve = out_dir / "training_curve.png"
-    plot_history(history, curve, title=f"{model.name} {loss_name}")
+    plot_history({k: v for k, v in history.items() if k != "learning_rate"}, curve,  # losses only: one scale
+                 title=f"{model.name} {loss_name}")
     paths = {"last": last, "best": out_dir / "best.keras", "state": state_path, "curve": curve}
     return TrainResult(model, history, epochs_done, out_dir, paths)
 
