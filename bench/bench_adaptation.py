@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze-encoder", action="store_true")
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
     ap.add_argument("--keep", choices=("best", "last"), default="best", help="retrain --keep")
+    ap.add_argument("--seed", type=int, default=0, help="retrain --seed (a repeat of a recipe)")
     ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
-               "freeze_encoder": args.freeze_encoder, "lr_floor": args.lr_floor, "keep": args.keep,
+               "freeze_encoder": args.freeze_encoder, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
                "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
         Path(args.out).write_text(json.dumps(out, indent=1))
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
             cmd.append("--freeze-encoder")
         if args.lr_floor is not None:
             cmd += ["--lr-floor", str(args.lr_floor)]
-        cmd += ["--keep", args.keep]
+        cmd += ["--keep", args.keep, "--seed", str(args.seed)]
         t = time.perf_counter()
         with open(args.work / f"{args.family}-{n}.log", "w") as log:  # retrain's progress and test table
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
