@@ -7,7 +7,7 @@
    throughput (preprocessed batches of 16 through the U-Net) measured in the same run.
 
 Usage: python bench/bench_node.py [--count 200] [--latency-images 30] [--repeats 3] [--model PATH]
-       [--worker-modes process,thread] [--workers 0,1] [--tta none,flip] [--skip-ingest]
+       [--worker-modes process,thread] [--workers 0,1] [--tta none,flip] [--zoom 1,1.4] [--skip-ingest]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def ingest(files: list[Path], repeats: int) -> dict:
 
 
 def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 0,
-               worker_mode: str = "process", tta: str = "flip") -> dict:
+               worker_mode: str = "process", tta: str = "flip", zoom: float | None = None) -> dict:
     from helpers import free_port
 
     from ercp_node.config.settings import Settings, parse_destination, worker_count
@@ -114,7 +114,8 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         s.node.bind, s.node.port, s.node.data_dir, s.node.ae_title = "127.0.0.1", free_port(), str(tmp / "n"), "ERCPNODE"
         s.model.path = model or ""
         s.node.workers, s.node.worker_mode, s.model.tta = workers, worker_mode, tta
-        res["workers"], res["tta"] = worker_count(s), tta
+        s.model.zoom = s.model.zoom if zoom is None else zoom
+        res["workers"], res["tta"], res["zoom"] = worker_count(s), tta, s.model.zoom
         s.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", ("SEG", "SR"))]
         node = Node(s).start()
         carm = AE(ae_title="BENCH")
@@ -183,6 +184,8 @@ def main() -> int:
                     help="comma-separated node.worker_mode values, run one after the other on the same files")
     ap.add_argument("--tta", default="flip", help="comma-separated model.tta values, run one after the other "
                     "(e.g. none,flip: the node's cost of test-time augmentation side by side)")
+    ap.add_argument("--zoom", default="", help="comma-separated model.zoom values, run one after the other "
+                    "(e.g. 1,1.4: the cost of the second look side by side; default: the node's setting)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "node.json"))
     a = ap.parse_args()
@@ -202,10 +205,12 @@ def main() -> int:
         for mode in filter(None, a.worker_modes.split(",")):  # "" runs the ingest comparison only
             for n in counts:
                 for tta in a.tta.split(","):
-                    key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
-                           + (f"_tta_{tta}" if "," in a.tta else ""))
-                    result[key] = r = end_to_end(files, a.latency_images, a.model, n, mode, tta)
-                print(key, json.dumps(r), flush=True)
+                    for zoom in a.zoom.split(",") if a.zoom else [None]:
+                        key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
+                               + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else ""))
+                        result[key] = r = end_to_end(files, a.latency_images, a.model, n, mode, tta,
+                                                     None if zoom is None else float(zoom))
+                        print(key, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..model.postprocess import POSTPROCESS_MODES, STONE_POINT_LIMITS, resolve_stone_point
 from ..model.tta import TTA_MODES
+from ..model.zoom import check_zoom
 
 AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash or control characters
 DEST_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
@@ -73,6 +74,10 @@ class ModelSettings:
     # overrides it (peak in [0, 1), k in [0, 100)); 0 switches that test off.
     stone_min_peak: str = "model"
     stone_min_rose_k: str = "model"
+    # The second look (model/zoom.py): the first stage again on a window around its duct, zoomed by this factor (the
+    # largest the network was trained with), averaged in (bench/results/zoom.json: better on both phantoms as
+    # served, ~1.6× the model's time); 1: one look.
+    zoom: float = 1.4
 
 
 @dataclass
@@ -498,6 +503,10 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"model.tta {s.model.tta!r} unknown (known: {', '.join(TTA_MODES)})")
     if s.model.postprocess not in POSTPROCESS_MODES:
         raise ConfigError(f"model.postprocess {s.model.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
+    try:
+        check_zoom(s.model.zoom)
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from None
     for key in STONE_POINT_LIMITS:  # the segmenter's own parse rule; "model" is read from the card at load
         try:
             resolve_stone_point(key, getattr(s.model, key), {})

@@ -169,6 +169,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                         'every stone, as Table 1; "model": the card\'s operating point, as the node runs it)')
     p.add_argument("--stone-min-rose-k", default="0", metavar="K",
                    help='stone decision: stones with a Rose k below K are drawn as duct (default 0; "model": the card\'s)')
+    p.add_argument("--zoom", type=float, default=1.0, metavar="Z",
+                   help="the second look at the duct, zoomed Z× (default 1: one look, as Table 1; the node: model.zoom)")
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
@@ -327,7 +329,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         samples = temporal_split(samples, args.split_date).test
     try:
         seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess,
-                             stone_min_peak=args.stone_min_peak, stone_min_rose_k=args.stone_min_rose_k)
+                             stone_min_peak=args.stone_min_peak, stone_min_rose_k=args.stone_min_rose_k,
+                             zoom=args.zoom)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ from ..labels import STONE
 from ..preprocessing.pipeline import planes_to_source, preprocess_native, resize_labels, to_grid
 from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones, resolve_stone_point
 from .tta import TTA_MODES
+from .zoom import WEIGHT, check_zoom, second_look
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
 
@@ -54,6 +56,10 @@ class Segmenter:
     # Single stage only: the cascade's stone net decides its stones with its centre map.
     stone_min_peak: float | str = 0.0
     stone_min_rose_k: float | str = 0.0
+    # The second look (model/zoom.py): the first stage again on a window around its duct, zoomed by this factor,
+    # averaged in before the argmax. 1: one look (the paper's).
+    zoom: float = 1.0
+    zoom_weight = WEIGHT  # the second look's share (a class attribute: bench/bench_zoom.py compares others)
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
@@ -62,11 +68,12 @@ class Segmenter:
             raise ValueError(f"post-processing {self.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
         self.stone_min_peak = resolve_stone_point("stone_min_peak", self.stone_min_peak, self.card)
         self.stone_min_rose_k = resolve_stone_point("stone_min_rose_k", self.stone_min_rose_k, self.card)
+        self.zoom = check_zoom(self.zoom)
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
              postprocess: str = "none", stone_min_peak: float | str = 0.0,
-             stone_min_rose_k: float | str = 0.0) -> "Segmenter":
+             stone_min_rose_k: float | str = 0.0, zoom: float = 1.0) -> "Segmenter":
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -85,7 +92,7 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k)
+        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, zoom)
 
     @property
     def version(self) -> str:
@@ -136,6 +143,9 @@ class Segmenter:
         size = self.input_size
         natives = [preprocess_native(p, bits_stored=b, photometric=ph) for p, b, ph in frames]
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
+        if self.zoom > 1:  # per frame (S·zoom)² planes where the first look saw a duct
+            probs = second_look(probs, [partial(to_grid, n) for n in natives],
+                                lambda x: self.probabilities(x, batch_size), self.zoom, self.zoom_weight)
         if self.stones is None:
             for pr, (p, _, _) in zip(probs, frames):
                 planes = planes_to_source(np.asarray(pr, np.float32), np.shape(p)[:2])

@@ -298,7 +298,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         from . import stonepoint
 
         node = ModelSettings()
-        point = stonepoint.fit(Segmenter(best, card, None, node.tta, node.postprocess), prep.validation)
+        point = stonepoint.fit(Segmenter(best, card, None, node.tta, node.postprocess, zoom=node.zoom), prep.validation)
         card["stone_min_peak"], card["stone_min_rose_k"] = point["stone_min_peak"], point["stone_min_rose_k"]
         card["stone_min_peak_fit"] = point["fit"]
         log(f"stone decision: stones below peak probability {point['stone_min_peak']} or Rose k "

@@ -87,6 +87,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stone-min-peak", default=None, metavar="T",
                    help='stone decision: stones whose peak probability is below T are drawn as duct; "model": the '
                         "card's operating point, 0: every stone (default: the settings' model.stone_min_peak)")
+    p.add_argument("--zoom", type=float, default=None, metavar="Z",
+                   help="the second look at the duct, zoomed Z×; 1: one look (default: the settings' model.zoom)")
     p.add_argument("--stone-min-rose-k", default=None, metavar="K",
                    help='stone decision: stones with a Rose k below K are drawn as duct; "model" or 0 as above '
                         "(default: the settings' model.stone_min_rose_k)")
@@ -112,6 +114,13 @@ def run_segment(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     measure = measure_settings(settings)
+    if args.zoom is not None:
+        from ..model.zoom import check_zoom
+
+        try:
+            check_zoom(args.zoom)
+        except ValueError as exc:
+            raise CLIError(f"--{exc}") from None
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -133,7 +142,8 @@ def run_segment(args: argparse.Namespace) -> int:
                                      stone_min_peak=(args.stone_min_peak if args.stone_min_peak is not None
                                                      else settings.model.stone_min_peak),
                                      stone_min_rose_k=(args.stone_min_rose_k if args.stone_min_rose_k is not None
-                                                       else settings.model.stone_min_rose_k))
+                                                       else settings.model.stone_min_rose_k),
+                                     zoom=args.zoom if args.zoom is not None else settings.model.zoom)
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:

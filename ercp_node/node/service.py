@@ -104,7 +104,8 @@ class Node:
                     w = Worker(self, load_segmenter(self.settings.model.path, self.sessions, self.settings.model.tta,
                                                      self.settings.model.postprocess,
                                                      self.settings.model.stone_min_peak,
-                                                     self.settings.model.stone_min_rose_k), f"{self.node_id}/w{i}",
+                                                     self.settings.model.stone_min_rose_k,
+                                                     self.settings.model.zoom), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()

@@ -133,7 +133,8 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     worker = Worker(host, load_segmenter(settings.model.path, host.sessions, settings.model.tta,
                                           settings.model.postprocess,
                                           settings.model.stone_min_peak,
-                                          settings.model.stone_min_rose_k), name, settings.node.batch_size)
+                                          settings.model.stone_min_rose_k, settings.model.zoom),
+                    name, settings.node.batch_size)
     worker.start()
     bridge(wake, worker.wake, stop)  # the intake's "new job" reaches the worker at once, not at its next poll
     ready.set()
