@@ -28,9 +28,9 @@ from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.postprocess import POSTPROCESS_MODES  # noqa: E402
 
 
-def arm(base: Segmenter, tta: str, zoom: float, weight: float) -> Segmenter:
+def arm(base: Segmenter, tta: str, zoom: float, weight: float, zoom_tta: str | None = None) -> Segmenter:
     seg = Segmenter(base.model, base.card, None, tta, zoom=zoom)
-    seg.zoom_weight = weight
+    seg.zoom_weight, seg.zoom_tta = weight, zoom_tta
     return seg
 
 
@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="+", required=True)
     ap.add_argument("--zoom", nargs="+", type=float, default=[1.4], help="zoom factors to compare (1: the single look)")
     ap.add_argument("--weight", nargs="+", type=float, default=[0.5], help="the window's share inside it")
+    ap.add_argument("--zoom-tta", nargs="+", default=[None], help="the second look's TTA modes to compare "
+                    "(default: the first look's)")
     ap.add_argument("--tta", nargs="+", default=["none"], help="test-time augmentation modes (each arm, both looks)")
     ap.add_argument("--postprocess", nargs="+", default=["none"], choices=POSTPROCESS_MODES)
     ap.add_argument("--stone-decision", nargs="+", type=parse_decision, default=[(0.0, 0.0)], metavar="PEAK[:K]")
@@ -52,7 +54,8 @@ def main(argv=None) -> int:
     arms = []
     for tta in args.tta:
         arms += [(f"tta={tta} single", arm(base, tta, 1.0, 0.0))] + [
-            (f"tta={tta} zoom={z:g} weight={w:g}", arm(base, tta, z, w)) for z in args.zoom if z != 1 for w in args.weight]
+            (f"tta={tta} zoom={z:g} weight={w:g}" + (f" zoom_tta={zt}" if zt else ""), arm(base, tta, z, w, zt))
+            for z in args.zoom if z != 1 for w in args.weight for zt in args.zoom_tta]
     sets = {d: read_data([d])[0] for d in args.data}
     sets = {d: s[: args.limit] if args.limit else s for d, s in sets.items()}
     results = {name: {} for name, _ in arms}
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
         served = {}
         for name, seg in arms:
             s = Segmenter(seg.model, seg.card, None, seg.tta, "anatomy", "model", "model", seg.zoom)
-            s.zoom_weight = seg.zoom_weight
+            s.zoom_weight, s.zoom_tta = seg.zoom_weight, seg.zoom_tta
             served[name] = s
         cine = cine_cost(served, args.cine)
         print("cine: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame" for k, v in cine.items()

@@ -139,3 +139,17 @@ def test_segment_follows_the_settings_zoom(tiny_model, tmp_path, capsys):
     assert main(["segment", str(src), "--out", str(tmp_path / "bad"), "--model", str(tiny_model),
                  "--zoom", "3"]) == 2  # refused with the range before any file is read, not a traceback
     assert "--zoom 3.0 must be 1 (no second look) or in (1, 2]" in capsys.readouterr().err
+
+
+def test_the_second_look_has_its_own_views():
+    frame = np.full((120, 120), 40, np.uint8)
+    frame[40:80, 50:70] = 230
+    frames = [(frame, 8, "MONOCHROME2")]
+    seg = Segmenter(Bright(), {}, tta="flip", zoom=1.4)
+    Bright.calls = 0
+    list(seg.labels_and_stone_probability(frames))
+    assert Bright.calls == 8  # 4 mirror views of the frame, 4 of the window
+    seg.zoom_tta = "none"
+    Bright.calls = 0
+    list(seg.labels_and_stone_probability(frames))
+    assert Bright.calls == 5  # the window once

@@ -60,6 +60,7 @@ class Segmenter:
     # averaged in before the argmax. 1: one look (the paper's).
     zoom: float = 1.0
     zoom_weight = WEIGHT  # the second look's share (a class attribute: bench/bench_zoom.py compares others)
+    zoom_tta: str | None = None  # the second look's TTA views (None: the first look's; bench_zoom compares)
 
     def __post_init__(self):
         if self.tta not in TTA_MODES:
@@ -104,12 +105,14 @@ class Segmenter:
     def input_size(self) -> int:
         return int(self.model.input_shape[1])
 
-    def probabilities(self, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
-        """(N, S, S, 1) preprocessed inputs → (N, S, S, C) float32 class probabilities (mean over the TTA views)."""
+    def probabilities(self, inputs: np.ndarray, batch_size: int = 16, tta: str | None = None) -> np.ndarray:
+        """(N, S, S, 1) preprocessed inputs → (N, S, S, C) float32 class probabilities (mean over the views of
+        `tta`, default the Segmenter's)."""
+        views = TTA_MODES[tta or self.tta]
         out = []
         for i in range(0, len(inputs), batch_size):
             batch, acc = inputs[i:i + batch_size], None
-            for transpose, flip_rows, flip_cols in TTA_MODES[self.tta]:
+            for transpose, flip_rows, flip_cols in views:
                 axes = tuple(a for a, f in ((1, flip_rows), (2, flip_cols)) if f)
                 view = np.swapaxes(batch, 1, 2) if transpose else batch
                 view = np.flip(view, axes) if axes else view
@@ -117,7 +120,7 @@ class Segmenter:
                 p = np.flip(p, axes) if axes else p  # back onto the input's orientation, in reverse order
                 p = np.swapaxes(p, 1, 2) if transpose else p
                 acc = p if acc is None else acc + p
-            out.append(acc / len(TTA_MODES[self.tta]))
+            out.append(acc / len(views))
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
@@ -145,7 +148,8 @@ class Segmenter:
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
         if self.zoom > 1:  # per frame (S·zoom)² planes where the first look saw a duct
             probs = second_look(probs, [partial(to_grid, n) for n in natives],
-                                lambda x: self.probabilities(x, batch_size), self.zoom, self.zoom_weight)
+                                lambda x: self.probabilities(x, batch_size, self.zoom_tta), self.zoom,
+                                self.zoom_weight)
         if self.stones is None:
             for pr, (p, _, _) in zip(probs, frames):
                 planes = planes_to_source(np.asarray(pr, np.float32), np.shape(p)[:2])

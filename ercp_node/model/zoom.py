@@ -7,14 +7,14 @@ the window the two looks' probabilities are averaged (a linear ramp to the first
 outer RAMP pixels, where its context ends); the argmax, the stone decision and the clean-up then run as before.
 Measured side by side in bench/bench_zoom.py (docs/model-card.md "A second look at the duct").
 
-Plain NumPy/OpenCV: the caller's `predict` runs the network (with its test-time augmentation).
+Plain NumPy (OpenCV imported on use: node settings validate `zoom` with check_zoom); the caller's `predict` runs
+the network (with its test-time augmentation).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from ..labels import DUCT
@@ -61,6 +61,8 @@ def second_look(probs: np.ndarray, grids: list[Callable[[int], np.ndarray]], pre
     """probs: (N, S, S, C) first-look probabilities; grids[i](n) → frame i preprocessed on an (n, n, 1) grid;
     predict: (M, S, S, 1) → (M, S, S, C). Per frame the blended (S·zoom)² planes, or the first look's (S, S)
     planes where it saw no duct (nothing to look at again)."""
+    import cv2
+
     size = probs.shape[1]
     big = int(round(size * zoom))
     origins = [window_origin(np.isin(np.argmax(p, -1), DUCT), zoom) for p in probs]
