@@ -75,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", nargs="+", required=True, help="phantom directories")
     ap.add_argument("--tta", default="flip")
     ap.add_argument("--postprocess", default="anatomy")
+    ap.add_argument("--zoom", type=float, default=None, help="the second look's zoom (default: the node's model.zoom)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--with-k", action="store_true", help="also each predicted stone's Rose k (stored pixels)")
     ap.add_argument("--fit", action="store_true", help="choose the operating point (peak, Rose k) on these "
@@ -85,7 +86,10 @@ def main(argv=None) -> int:
     from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
 
-    seg = Segmenter.load(args.model, tta=args.tta, postprocess=args.postprocess)
+    from ercp_node.config.settings import ModelSettings
+
+    zoom = ModelSettings().zoom if args.zoom is None else args.zoom
+    seg = Segmenter.load(args.model, tta=args.tta, postprocess=args.postprocess, zoom=zoom)
     sets, pooled = {}, []
     for d in args.data:
         samples, _ = read_data([d])
@@ -102,7 +106,7 @@ def main(argv=None) -> int:
     if chosen:
         print("chosen (peak, Rose k):", json.dumps(chosen), flush=True)
     out = {"bench": "stone_confidence", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-           "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
+           "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess, "zoom": zoom,
            "thresholds": THRESHOLDS, "chosen": chosen, "sets": sets}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

@@ -83,7 +83,8 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
         seg = Segmenter.load(tiny_model, tta=node.settings.model.tta,  # the node runs its configured TTA, clean-up
                              postprocess=node.settings.model.postprocess,  # and stone decision
                              stone_min_peak=node.settings.model.stone_min_peak,
-                             stone_min_rose_k=node.settings.model.stone_min_rose_k)
+                             stone_min_rose_k=node.settings.model.stone_min_rose_k,
+                             zoom=node.settings.model.zoom)  # and second look
         by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in images}
         for f in files:
             assert dciodvfy_errors(f) == [], f

@@ -127,6 +127,7 @@ def fit(seg, samples, max_images: int = 400) -> dict:
     records = records_for(seg, samples)
     n = sum(len(r["comps"]) for r in records)
     fit_note = {"images": len(samples), "predicted_stones": n, "tta": seg.tta, "postprocess": seg.postprocess,
+                "zoom": getattr(seg, "zoom", 1.0),
                 "rule": "most images counted exactly on the (peak, Rose k) grid, stone IoU at most 0.5 below as served "
                         "(ercp_node/model/stonepoint.py)"}
     if n < MIN_COMPONENTS:
