@@ -66,7 +66,7 @@ def test_config_check_exits_2_on_a_mistyped_environment_variable():
 
 def test_test_time_augmentation_setting():
     assert Settings().model.tta == "flip"  # the node's default (docs/model-card.md: better on every family)
-    assert Settings().model.zoom == 1.4  # the second look (docs/model-card.md "A second look at the duct")
+    assert Settings().model.zoom == 1.4  # the second look (docs/model-card.md "Served with a second look at the duct")
     assert load(None, env={"ERCP_NODE_MODEL_ZOOM": "1"}).model.zoom == 1.0
     with pytest.raises(ConfigError, match=r"model.zoom 2.5 must be 1 \(no second look\) or in \(1, 2\]"):
         load(None, env={"ERCP_NODE_MODEL_ZOOM": "2.5"})

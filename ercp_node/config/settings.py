@@ -75,8 +75,8 @@ class ModelSettings:
     stone_min_peak: str = "model"
     stone_min_rose_k: str = "model"
     # The second look (model/zoom.py): the first stage again on a window around its duct, zoomed by this factor (the
-    # largest the network was trained with), averaged in (bench/results/zoom.json: better on both phantoms as
-    # served, ~1.6× the model's time); 1: one look.
+    # largest the network was trained with), averaged in (bench/results/zoom-served.json: better on both phantoms as
+    # served; ~1.9× the model's time, node-zoom.json); 1: one look.
     zoom: float = 1.4
 
 

@@ -5,7 +5,7 @@ to 1.4 (train.ROBUST), so the preprocessed frame resized to 256·z (z ≤ 1.4) a
 what the first pass called duct ∪ stone is an image it knows, with the duct and stones z times larger. Inside
 the window the two looks' probabilities are averaged (a linear ramp to the first look alone over the window's
 outer RAMP pixels, where its context ends); the argmax, the stone decision and the clean-up then run as before.
-Measured side by side in bench/bench_zoom.py (docs/model-card.md "A second look at the duct").
+Measured side by side in bench/bench_zoom.py (docs/model-card.md "Served with a second look at the duct").
 
 Plain NumPy (OpenCV imported on use: node settings validate `zoom` with check_zoom); the caller's `predict` runs
 the network (with its test-time augmentation).
