@@ -19,7 +19,7 @@ import numpy as np
 
 from ..labels import DUCT
 
-ZOOM_MAX = 2.0  # beyond the trained zoom (1.4) the window shows too little of the duct to place it (the bench)
+ZOOM_MAX = 2.0  # a cap: the network never saw more than 1.4, and 1.7 already did worse (bench/results/zoom-grid.json)
 WEIGHT = 0.5  # the second look's share inside the window: the mean of the two, as the TTA views are averaged
 RAMP = 16  # model pixels over which the window's share falls to 0 at its edges
 MARGIN = 8  # model pixels around the first look's duct that the window is centred on
