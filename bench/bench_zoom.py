@@ -16,6 +16,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,9 +30,7 @@ from ercp_node.model.postprocess import POSTPROCESS_MODES  # noqa: E402
 
 
 def arm(base: Segmenter, tta: str, zoom: float, weight: float, zoom_tta: str | None = None) -> Segmenter:
-    seg = Segmenter(base.model, base.card, None, tta, zoom=zoom)
-    seg.zoom_weight, seg.zoom_tta = weight, zoom_tta
-    return seg
+    return Segmenter(base.model, base.card, None, tta, zoom=zoom, zoom_weight=weight, zoom_tta=zoom_tta)
 
 
 def main(argv=None) -> int:
@@ -75,11 +74,8 @@ def main(argv=None) -> int:
     if args.cine:
         from bench_stones import cine_cost
 
-        served = {}
-        for name, seg in arms:
-            s = Segmenter(seg.model, seg.card, None, seg.tta, "anatomy", "model", "model", seg.zoom)
-            s.zoom_weight, s.zoom_tta = seg.zoom_weight, seg.zoom_tta
-            served[name] = s
+        served = {name: replace(seg, postprocess="anatomy", stone_min_peak="model", stone_min_rose_k="model")
+                  for name, seg in arms}
         cine = cine_cost(served, args.cine)
         print("cine: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame" for k, v in cine.items()
                                    if isinstance(v, dict)), flush=True)

@@ -149,7 +149,9 @@ def test_the_second_look_has_its_own_views():
     Bright.calls = 0
     list(seg.labels_and_stone_probability(frames))
     assert Bright.calls == 8  # 4 mirror views of the frame, 4 of the window
-    seg.zoom_tta = "none"
+    seg = Segmenter(Bright(), {}, tta="flip", zoom=1.4, zoom_tta="none")
     Bright.calls = 0
     list(seg.labels_and_stone_probability(frames))
     assert Bright.calls == 5  # the window once
+    with pytest.raises(ValueError, match="test-time augmentation 'rot' unknown"):
+        Segmenter(Bright(), {}, zoom=1.4, zoom_tta="rot")

@@ -59,12 +59,13 @@ class Segmenter:
     # The second look (model/zoom.py): the first stage again on a window around its duct, zoomed by this factor,
     # averaged in before the argmax. 1: one look (the paper's).
     zoom: float = 1.0
-    zoom_weight = WEIGHT  # the second look's share (a class attribute: bench/bench_zoom.py compares others)
+    zoom_weight: float = WEIGHT  # the second look's share inside its window (bench/bench_zoom.py compares others)
     zoom_tta: str | None = None  # the second look's TTA views (None: the first look's; bench_zoom compares)
 
     def __post_init__(self):
-        if self.tta not in TTA_MODES:
-            raise ValueError(f"test-time augmentation {self.tta!r} unknown (known: {', '.join(TTA_MODES)})")
+        for mode in (self.tta, self.zoom_tta or self.tta):
+            if mode not in TTA_MODES:
+                raise ValueError(f"test-time augmentation {mode!r} unknown (known: {', '.join(TTA_MODES)})")
         if self.postprocess not in POSTPROCESS_MODES:
             raise ValueError(f"post-processing {self.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
         self.stone_min_peak = resolve_stone_point("stone_min_peak", self.stone_min_peak, self.card)
