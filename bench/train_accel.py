@@ -101,6 +101,9 @@ def dataset_iou(pred: np.ndarray, truth: np.ndarray) -> dict:
 
 _X = _Y = _AUG = None
 _SEED = 0
+_WINDOW = (0.0, 1.0, 1.0, 0)  # --window: (share, zoom low, zoom high, jitter)
+WINDOW_BASE = 512  # with --window: images kept at 512 (a zoom-2 window is the base's own pixels), labels at 1024
+WINDOW_VAL_ZOOM = 2.0  # the validation's windows: the largest zoom the node allows (zoom.ZOOM_MAX)
 
 
 def log(msg: str) -> None:
@@ -127,24 +130,45 @@ def synth_sets(work: Path, names: list[str], scale: float, workers: int) -> list
     return dirs
 
 
-def _init_worker(x, y, aug, seed):
+def _init_worker(x, y, aug, seed, window=(0.0, 1.0, 1.0, 0)):
     import cv2
 
-    global _X, _Y, _AUG, _SEED
+    global _X, _Y, _AUG, _SEED, _WINDOW
     cv2.setNumThreads(1)
-    _X, _Y, _AUG, _SEED = x, y, aug, seed
+    _X, _Y, _AUG, _SEED, _WINDOW = x, y, aug, seed, window
+
+
+def _sample(i, rng):
+    """One augmented (image, labels) pair. With --window, a share of them are the duct windows the node's second
+    look sees (train.duct_window at a zoom drawn log-uniformly), the others the whole frame on the model grid; a
+    window is not zoomed again and its rotated corners are reflected (it is cut from inside a frame)."""
+    from dataclasses import replace
+
+    from ercp_node.model.train import augment_pair, duct_window
+    from ercp_node.preprocessing.pipeline import resize_to_grid
+
+    share, lo, hi, jitter = _WINDOW
+    image, labels = _X[i].astype(np.float32), _Y[i]
+    if share > 0 and rng.random() < share:
+        zoom = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        cut = duct_window(image, labels, zoom, 256, rng, jitter)
+        if cut is not None:
+            return augment_pair(*cut, rng, replace(_AUG, scale=0.0, black_border=False))
+    if image.shape[0] != 256:  # the whole frame from the --window base; its labels stay on their finer grid
+        image = resize_to_grid(image, 256)
+    return augment_pair(image, labels, rng, _AUG)
 
 
 def _make_batch(task):
     """One augmented batch: images float16 (B, S, S), labels uint8 (B, S, S) — or, with labels on a finer grid
     (--mask-scale), soft targets float16 (B, S, S, 4); the generator is seeded by (seed, epoch, index), as in
     train.SegmentationDataset."""
-    from ercp_node.model.train import augment_pair, soft_one_hot
+    from ercp_node.model.train import soft_one_hot
 
     epoch, idx = task
     xs, ys = [], []
     for i in idx:
-        img, m = augment_pair(_X[i].astype(np.float32), _Y[i], np.random.default_rng((_SEED, epoch, int(i))), _AUG)
+        img, m = _sample(i, np.random.default_rng((_SEED, epoch, int(i))))
         xs.append(img.astype(np.float16))
         ys.append(m if m.shape == img.shape else soft_one_hot(m, img.shape).astype(np.float16))
     return np.stack(xs), np.stack(ys)
@@ -164,6 +188,13 @@ def _float32_copy(model, cfg):
 def run(args) -> int:
     t_start = time.monotonic()
     deadline = t_start + args.deadline
+    if args.window:
+        from ercp_node.model.zoom import check_zoom
+
+        lo, hi = args.window_zoom
+        if not (0 < args.window <= 1 and 1 < lo <= hi) or check_zoom(hi) != hi:
+            raise SystemExit(f"--window {args.window} must be in (0, 1] and --window-zoom {lo} {hi} within (1, "
+                             "zoom.ZOOM_MAX], low first")
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
@@ -182,15 +213,21 @@ def run(args) -> int:
     # soft targets (--mask-scale > 1): training labels on a finer grid; validation loss and IoU stay on the model
     # grid's labels, so they compare across runs; a second IoU on a 2x finer grid (probabilities resized as the
     # node resizes them to the source) shows what soft targets are for, edges between the model's pixels
-    xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale)
+    if args.window:  # frames at 512 and labels at 1024: whole frames and zoomed windows are cut from them per batch
+        xt, yt = prepare_arrays(train_s, WINDOW_BASE, workers=workers, log=log, mask_size=2 * WINDOW_BASE)
+        xw, yw = windows_for_validation(*prepare_arrays(val_s, WINDOW_BASE, workers=workers, log=log,
+                                                          mask_size=2 * WINDOW_BASE))
+    else:
+        xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale)
     xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log)
     _, yv_fine = prepare_arrays(val_s, 256, workers=workers, log=log, mask_size=VAL_FINE)  # both from the source
     log(f"train {len(xt)} / validation {len(xv)} images, {time.monotonic() - t_start:.0f} s since start")
     from ercp_node.model.train import AUGMENTATIONS
 
     # the augmentation workers are forked before the backend starts its threads (JAX warns of deadlocks)
+    window = (args.window, *args.window_zoom, args.window_jitter)
     pool = mp.get_context("fork").Pool(max(1, workers - 1), _init_worker, (xt, yt, AUGMENTATIONS[args.augment],
-                                                                          args.seed))
+                                                                          args.seed, window))
     import keras
 
     from ercp_node.model.losses import make_loss
@@ -219,7 +256,11 @@ def run(args) -> int:
         prob = model.predict(xv32, batch_size=64, verbose=0)
         loss = float(model.evaluate(xv32, yv1, batch_size=64, verbose=0))
         fine = np.concatenate([masks_to_source(p, (VAL_FINE, VAL_FINE))[None] for p in prob]) if len(prob) else yv_fine
-        return loss, dataset_iou(prob.argmax(-1), yv), dataset_iou(fine, yv_fine)
+        if not args.window:
+            return loss, dataset_iou(prob.argmax(-1), yv), dataset_iou(fine, yv_fine)
+        win = model.predict(xw[..., None], batch_size=64, verbose=0).argmax(-1) if len(xw) else yw
+        return loss, dataset_iou(prob.argmax(-1), yv), dataset_iou(fine, yv_fine) | {
+            f"window_{k}": v for k, v in dataset_iou(win, yw).items()}
 
     # the training's share of the time: the rest is for the last validation and the final save
     t_train0 = time.monotonic()
@@ -242,6 +283,9 @@ def run(args) -> int:
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
             "seed": args.seed, "jit": args.jit,
+            "window": {"share": args.window, "zoom": args.window_zoom, "jitter": args.window_jitter,
+                       "base": WINDOW_BASE, "validation_zoom": WINDOW_VAL_ZOOM,
+                       "validation_images": len(xw)} if args.window else None,
             "command": "python bench/train_accel.py " + " ".join(map(shlex.quote, sys.argv[1:]))}
     best = {"val_loss": float("inf"), "score": -float("inf")}
 
@@ -325,6 +369,24 @@ def run(args) -> int:
     return 0
 
 
+def windows_for_validation(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validation frames at WINDOW_BASE (labels at twice that) → the second look's windows at WINDOW_VAL_ZOOM,
+    centred on the truth's duct (frames without one left out): images (M, 256, 256) float32, labels (M, 256, 256)
+    uint8 (the 512 window labels' majority on the model grid)."""
+    from ercp_node.model.train import duct_window
+    from ercp_node.preprocessing.pipeline import resize_labels
+
+    xs, ys = [], []
+    for img, lab in zip(x, y):
+        cut = duct_window(img.astype(np.float32), lab, WINDOW_VAL_ZOOM, 256)
+        if cut is not None:
+            xs.append(cut[0])
+            ys.append(resize_labels(cut[1], (256, 256)).astype(np.uint8))
+    if not xs:
+        return np.zeros((0, 256, 256), np.float32), np.zeros((0, 256, 256), np.uint8)
+    return np.stack(xs), np.stack(ys)
+
+
 def device_name() -> str:
     try:
         import jax
@@ -388,6 +450,12 @@ def main(argv=None) -> int:
     r.add_argument("--prefetch", type=int, default=8, help="augmented batches made ahead of training")
     r.add_argument("--jit", action="store_true", help="compile the training step with XLA (also on a CPU)")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--window", type=float, default=0.0, metavar="SHARE",
+                   help="this share of the training samples are the node's second look: a window around the duct "
+                        "zoomed by a factor drawn from --window-zoom (soft targets; frames kept at 512); "
+                        "validation adds the IoU on such windows at zoom 2 and --select iou averages both")
+    r.add_argument("--window-zoom", type=float, nargs=2, default=(1.3, 2.0), metavar=("LOW", "HIGH"))
+    r.add_argument("--window-jitter", type=int, default=16, help="model pixels the window moves off the truth's duct")
     f = sub.add_parser("finish")
     f.add_argument("--weights", required=True)
     f.add_argument("--train-json", required=True)

@@ -72,3 +72,76 @@ def test_batches_carry_soft_targets_when_labels_are_finer(accel, tmp_path):
     np.testing.assert_array_equal(xh, xb)  # same draws: only the targets differ
     # the soft targets' majority is the hard label almost everywhere (they differ on edges only)
     assert (yb.astype(np.float32).argmax(-1) == yh).mean() > 0.97
+
+
+def test_duct_window_is_the_second_looks_window():
+    """train.duct_window cuts what zoom.second_look would: the frame at 256·zoom, the window zoom.window_origin
+    places on the duct; from a 512 base at zoom 2 that is the base's own pixels, with the labels at 512."""
+    import numpy as np
+
+    from ercp_node.model.train import duct_window
+    from ercp_node.model.zoom import window_origin
+
+    rng = np.random.default_rng(0)
+    image = rng.random((512, 512)).astype(np.float32)
+    labels = np.zeros((1024, 1024), np.uint8)
+    labels[600:760, 700:760] = 2  # a duct, lower right
+    labels[700:720, 720:740] = 3  # a stone in it
+    labels[0:200, 0:100] = 1  # a scope: not what the window is centred on
+    win, lab = duct_window(image, labels, 2.0, 256)
+    assert win.shape == (256, 256) and lab.shape == (512, 512) and lab.dtype == np.uint8
+    y, x = window_origin(np.isin(labels[::4, ::4], (2, 3)), 2.0)
+    np.testing.assert_allclose(win, image[y:y + 256, x:x + 256], atol=1e-6)
+    np.testing.assert_array_equal(lab, labels[2 * y:2 * y + 512, 2 * x:2 * x + 512])
+    assert (lab == 3).sum() == (labels == 3).sum()  # the whole duct and stone inside
+    # another zoom: the same window on a smaller frame, the labels still twice the window's grid
+    win, lab = duct_window(image, labels, 1.4, 256)
+    assert win.shape == (256, 256) and lab.shape == (512, 512) and (lab == 3).any()
+    # jitter moves the window but keeps it inside the zoomed frame
+    for seed in range(20):
+        w, _ = duct_window(image, labels, 2.0, 256, np.random.default_rng(seed), jitter=300)
+        assert w.shape == (256, 256)
+    assert duct_window(image, np.where(labels == 1, 1, 0).astype(np.uint8), 2.0) is None  # no duct: no window
+
+
+def test_run_with_windows(accel, tmp_path):
+    """--window: frames kept at 512, a share of the batches' samples are duct windows, and the validation adds
+    the windows' IoU, which --select iou averages with the whole frames'."""
+    out = tmp_path / "out"
+    rc = accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls", "train-rnd",
+                     "--scale", "0.01", "--deadline", "90", "--reserve", "5", "--batch-size", "4",
+                     "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "20",
+                     "--select", "iou", "--prefetch", "2", "--window", "0.5", "--window-zoom", "1.3", "2"])
+    assert rc == 0
+    doc = json.loads((out / "train.json").read_text())
+    assert doc["window"]["share"] == 0.5 and doc["window"]["zoom"] == [1.3, 2.0]
+    assert doc["window"]["validation_images"] >= 1
+    fine = doc["history"]["val_iou_512"][-1]
+    assert set(fine) == {"scope", "cbd", "stone", "window_scope", "window_cbd", "window_stone"}
+    assert doc["best"]["score"] == pytest.approx(max(sum(f.values()) / 6 for f in doc["history"]["val_iou_512"]),
+                                                 abs=1e-3)
+    with pytest.raises(SystemExit, match="--window"):
+        accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls",
+                    "--window", "0.5", "--window-zoom", "2", "1.3"])
+
+
+def test_batches_mix_frames_and_windows(accel, tmp_path):
+    import numpy as np
+
+    from ercp_node.model.train import ROBUST
+    from ercp_node.model.data import read_data
+    from ercp_node.model.retrain import prepare_arrays
+    from helpers import synth
+
+    synth(tmp_path / "ph", count=4, seed=5)
+    samples, _ = read_data([tmp_path / "ph"])
+    x, y = prepare_arrays(samples, 512, workers=1, log=lambda m: None, mask_size=1024)
+    accel._init_worker(x, y, ROBUST, 0, (1.0, 2.0, 2.0, 0))  # every sample a window at zoom 2
+    xb, yb = accel._make_batch((0, np.arange(4)))
+    assert xb.shape == (4, 256, 256) and yb.shape == (4, 256, 256, 4)
+    np.testing.assert_allclose(yb.astype(np.float32).sum(-1), 1.0, atol=2e-3)
+    duct_share = yb.astype(np.float32)[..., 2:].sum(-1).mean()
+    accel._init_worker(x, y, ROBUST, 0, (0.0, 1.0, 1.0, 0))  # whole frames from the same 512 arrays
+    xf, yf = accel._make_batch((0, np.arange(4)))
+    assert xf.shape == (4, 256, 256) and yf.shape == (4, 256, 256, 4)
+    assert duct_share > 2 * yf.astype(np.float32)[..., 2:].sum(-1).mean()  # the window is the duct, 4x larger

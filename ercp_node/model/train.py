@@ -26,7 +26,7 @@ import cv2
 import keras
 import numpy as np
 
-from ..labels import SCOPE
+from ..labels import DUCT, SCOPE
 from .losses import make_loss
 from .unet import N_CLASSES, UNetConfig, build_unet, get_config
 
@@ -139,6 +139,32 @@ def augment_pair(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, 
         image = image + rng.normal(0, rng.uniform(0, aug.noise), image.shape)
     image = np.clip(image, 0.0, 1.0) if (aug.curve or aug.blur_sharpen or aug.noise) else image
     return image.astype(np.float32), np.ascontiguousarray(mask)
+
+
+def duct_window(image: np.ndarray, mask: np.ndarray, zoom: float, size: int = 256, rng: np.random.Generator | None = None,
+                jitter: int = 0, mask_scale: int = 2) -> tuple[np.ndarray, np.ndarray] | None:
+    """A training image as the node's second look (zoom.second_look) sees one: the preprocessed frame `image`
+    (B, B) resized to round(size·zoom) and cut to the size × size window that zoom.window_origin centres on the
+    duct ∪ stones of `mask` (a label map on a grid k·B), moved by up to ±`jitter` model pixels (the node centres
+    it on its own first look, not on the truth). → (window (size, size) float32, labels (size·mask_scale)² uint8),
+    or None where the mask has no duct. B ≥ size·zoom keeps the window's detail (a zoom of 2 from a 512 base is
+    the base's own pixels)."""
+    from ..preprocessing.pipeline import resize_to_grid
+    from .zoom import window_origin
+
+    region = np.isin(cv2.resize(np.ascontiguousarray(mask), (size, size), interpolation=cv2.INTER_NEAREST), DUCT)
+    origin = window_origin(region, zoom)
+    if origin is None:
+        return None
+    big = int(round(size * zoom))
+    if jitter and rng is not None:
+        origin = tuple(int(min(max(o + rng.integers(-jitter, jitter + 1), 0), big - size)) for o in origin)
+    y, x = origin
+    frame = resize_to_grid(np.asarray(image, np.float32), big)
+    k = mask_scale
+    labels = cv2.resize(np.ascontiguousarray(mask), (big * k, big * k), interpolation=cv2.INTER_NEAREST)
+    return (np.ascontiguousarray(frame[y:y + size, x:x + size], np.float32),
+            np.ascontiguousarray(labels[y * k:(y + size) * k, x * k:(x + size) * k]))
 
 
 class TimeBudget(keras.callbacks.Callback):
