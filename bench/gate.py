@@ -8,6 +8,11 @@ JSON keeps the per-image IoUs; `--recompute` redoes the decision from them witho
 
     python bench/gate.py --candidate data/runs/x/best.keras --out bench/results/gate-x.json
     python bench/gate.py --recompute bench/results/gate-x.json
+
+A candidate trained for the node's second look is also judged as the node runs the network (the rule from
+2026-12-03): each model with its own second look, `--active-zoom` / `--candidate-zoom` (1: one look).
+
+    python bench/gate.py --candidate data/runs/x/best.keras --active-zoom 1.4 --candidate-zoom 2 --out ...
 """
 
 from __future__ import annotations
@@ -84,15 +89,16 @@ def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, li
             "n_boot": n_boot, "level": level, "seed": seed, "sets": {k: int(nk) for k, nk in zip(sets, n)}}
 
 
-def judge(model: str, data: list[str], limit: int | None = None) -> tuple[str, dict]:
-    """One model, no TTA, no clean-up -> (version, {set name: iou_table + stone count exact per image})."""
+def judge(model: str, data: list[str], limit: int | None = None, zoom: float = 1.0) -> tuple[str, dict]:
+    """One model, no TTA, no clean-up, its second look at `zoom` (1: one look) -> (version, {set name: iou_table +
+    stone count exact per image})."""
     from bench_robustness import count_exact, predicted
 
     from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
     from ercp_node.model.metrics import per_image_metrics
 
-    seg = Segmenter.load(model, tta="none", postprocess="none")
+    seg = Segmenter.load(model, tta="none", postprocess="none", zoom=zoom)
     tables = {}
     for d in data:
         samples, _ = read_data([d])
@@ -113,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--active", default=str(ROOT / "ercp_node/model/weights/default.keras"),
                     help="the model it must beat (default: the shipped one)")
     ap.add_argument("--data", nargs="+", default=[str(ROOT / d) for d in GATE_SETS])
+    ap.add_argument("--active-zoom", type=float, default=1.0, help="the active model's second look (1: one look)")
+    ap.add_argument("--candidate-zoom", type=float, default=1.0, help="the candidate's second look (1: one look)")
     ap.add_argument("--margin", type=float, default=MARGIN)
     ap.add_argument("--boot", type=int, default=N_BOOT)
     ap.add_argument("--seed", type=int, default=0)
@@ -129,15 +137,15 @@ def main(argv=None) -> int:
         return 0
     if not args.candidate:
         ap.error("--candidate is required (or --recompute JSON)")
-    v_active, t_active = judge(args.active, args.data, args.limit)
-    v_cand, t_cand = judge(args.candidate, args.data, args.limit)
+    v_active, t_active = judge(args.active, args.data, args.limit, args.active_zoom)
+    v_cand, t_cand = judge(args.candidate, args.data, args.limit, args.candidate_zoom)
     result = decide(strip(t_active), strip(t_cand), margin=args.margin, n_boot=args.boot, seed=args.seed)
     exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
              for name, t in (("active", t_active), ("candidate", t_cand))}
     out = {"bench": "gate", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
            "rule": "docs/model-card.md, The default model's gate from 2026-12-02 on", "data": args.data,
-           "limit": args.limit, "active": {"path": args.active, "version": v_active},
-           "candidate": {"path": args.candidate, "version": v_cand}, **result, "stone_count_exact_pct": exact,
+           "limit": args.limit, "active": {"path": args.active, "version": v_active, "zoom": args.active_zoom},
+           "candidate": {"path": args.candidate, "version": v_cand, "zoom": args.candidate_zoom}, **result, "stone_count_exact_pct": exact,
            "per_image": {"active": t_active, "candidate": t_cand}}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(("PROMOTE " if result["promote"] else "REFUSE ") + f"{v_cand} over {v_active}: {result['reason']}")

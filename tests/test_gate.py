@@ -91,6 +91,12 @@ def test_the_shipped_model_cannot_pass_its_own_gate(gate, tmp_path):
     assert gate.main(["--recompute", str(out), "--boot", "100"]) == 0  # from the kept per-image IoUs, no model
     again = json.loads(out.read_text())
     assert again["promote"] is False and again["n_boot"] == 100 and again["per_image"] == r["per_image"]
+    # each model with its own second look: the same network at two zooms gives other labels
+    assert gate.main(["--candidate", shipped, "--active", shipped, "--data", str(tmp_path / "t"), "--boot", "200",
+                      "--active-zoom", "1.4", "--candidate-zoom", "2", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert (r["active"]["zoom"], r["candidate"]["zoom"]) == (1.4, 2.0)
+    assert r["per_image"]["active"] != r["per_image"]["candidate"]
 
 
 def test_the_statistic_is_table1s_mean_over_all_evaluated_images(gate):
