@@ -244,6 +244,11 @@ def run(args) -> int:
         card = Path(args.init).with_suffix(".json")
         init_version = json.loads(card.read_text()).get("version") if card.is_file() else None
         log(f"starting from {args.init} ({init_version})")
+    if args.freeze_bn:  # Keras 3: a frozen BatchNormalization runs in inference mode (its moving statistics)
+        frozen = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in frozen:
+            layer.trainable = False
+        log(f"{len(frozen)} batch-norm layers frozen")
     # --jit: XLA on the CPU too (Keras turns it off on CPU-only machines; bench/unet_latency.py --train-batch
     # times a training step both ways side by side)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=args.lr), loss=make_loss(LOSS, **LOSS_KW),
@@ -282,7 +287,7 @@ def run(args) -> int:
             "targets": "hard" if args.mask_scale == 1 else f"soft (labels at {256 * args.mask_scale}, area fractions)",
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
-            "seed": args.seed, "jit": args.jit,
+            "seed": args.seed, "jit": args.jit, "freeze_bn": args.freeze_bn,
             "window": {"share": args.window, "zoom": args.window_zoom, "jitter": args.window_jitter,
                        "base": WINDOW_BASE, "validation_zoom": WINDOW_VAL_ZOOM,
                        "validation_images": len(xw)} if args.window else None,
@@ -455,6 +460,9 @@ def main(argv=None) -> int:
                         "zoomed by a factor drawn from --window-zoom (soft targets; frames kept at 512); "
                         "validation adds the IoU on such windows at zoom 2 and --select iou averages both")
     r.add_argument("--window-zoom", type=float, nargs=2, default=(1.3, 2.0), metavar=("LOW", "HIGH"))
+    r.add_argument("--freeze-bn", action="store_true",
+                   help="batch-norm layers in inference mode with --init's statistics: windows and whole frames in "
+                        "one batch have other statistics than the whole frames the node's first look normalises")
     r.add_argument("--window-jitter", type=int, default=16, help="model pixels the window moves off the truth's duct")
     f = sub.add_parser("finish")
     f.add_argument("--weights", required=True)

@@ -4,9 +4,14 @@ import json
 import math
 
 import keras
+import numpy as np
 import pytest
 
+from pathlib import Path
+
 from helpers import bench_module
+
+SHIPPED = Path(__file__).resolve().parents[1] / "ercp_node/model/weights/default.keras"
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +116,17 @@ def test_run_with_windows(accel, tmp_path):
     rc = accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls", "train-rnd",
                      "--scale", "0.01", "--deadline", "90", "--reserve", "5", "--batch-size", "4",
                      "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "20",
-                     "--select", "iou", "--prefetch", "2", "--window", "0.5", "--window-zoom", "1.3", "2"])
+                     "--select", "iou", "--prefetch", "2", "--window", "0.5", "--window-zoom", "1.3", "2",
+                     "--init", str(SHIPPED), "--freeze-bn"])
     assert rc == 0
     doc = json.loads((out / "train.json").read_text())
+    assert doc["freeze_bn"] is True
+    # --freeze-bn: the batch-norm statistics are the initial model's, the convolutions trained
+    init, best = (keras.saving.load_model(p, compile=False) for p in (SHIPPED, out / "best.keras"))
+    bn = [(a, b) for a, b in zip(init.layers, best.layers) if isinstance(a, keras.layers.BatchNormalization)]
+    assert bn and all(np.array_equal(*map(keras.ops.convert_to_numpy, (a.moving_mean, b.moving_mean))) for a, b in bn)
+    assert any(not np.array_equal(a.get_weights()[0], b.get_weights()[0])
+               for a, b in zip(init.layers, best.layers) if isinstance(a, keras.layers.Conv2D))
     assert doc["window"]["share"] == 0.5 and doc["window"]["zoom"] == [1.3, 2.0]
     assert doc["window"]["validation_images"] >= 1
     fine = doc["history"]["val_iou_512"][-1]
