@@ -142,11 +142,14 @@ def main(argv=None) -> int:
     result = decide(strip(t_active), strip(t_cand), margin=args.margin, n_boot=args.boot, seed=args.seed)
     exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
              for name, t in (("active", t_active), ("candidate", t_cand))}
+    rule = "docs/model-card.md, The default model's gate from 2026-12-02 on"
+    if (args.active_zoom, args.candidate_zoom) != (1.0, 1.0):  # the 2026-12-02 rule, one of its two judgements
+        rule += " (as served, each model with its own second look: the rule from 2026-12-03 on)"
     out = {"bench": "gate", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
-           "rule": "docs/model-card.md, The default model's gate from 2026-12-02 on", "data": args.data,
-           "limit": args.limit, "active": {"path": args.active, "version": v_active, "zoom": args.active_zoom},
-           "candidate": {"path": args.candidate, "version": v_cand, "zoom": args.candidate_zoom}, **result, "stone_count_exact_pct": exact,
-           "per_image": {"active": t_active, "candidate": t_cand}}
+           "rule": rule, "data": args.data, "limit": args.limit,
+           "active": {"path": args.active, "version": v_active, "zoom": args.active_zoom},
+           "candidate": {"path": args.candidate, "version": v_cand, "zoom": args.candidate_zoom},
+           **result, "stone_count_exact_pct": exact, "per_image": {"active": t_active, "candidate": t_cand}}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(("PROMOTE " if result["promote"] else "REFUSE ") + f"{v_cand} over {v_active}: {result['reason']}")
     print(f"wrote {args.out}")

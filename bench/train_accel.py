@@ -460,10 +460,10 @@ def main(argv=None) -> int:
                         "zoomed by a factor drawn from --window-zoom (soft targets; frames kept at 512); "
                         "validation adds the IoU on such windows at zoom 2 and --select iou averages both")
     r.add_argument("--window-zoom", type=float, nargs=2, default=(1.3, 2.0), metavar=("LOW", "HIGH"))
+    r.add_argument("--window-jitter", type=int, default=16, help="model pixels the window moves off the truth's duct")
     r.add_argument("--freeze-bn", action="store_true",
                    help="batch-norm layers in inference mode with --init's statistics: windows and whole frames in "
                         "one batch have other statistics than the whole frames the node's first look normalises")
-    r.add_argument("--window-jitter", type=int, default=16, help="model pixels the window moves off the truth's duct")
     f = sub.add_parser("finish")
     f.add_argument("--weights", required=True)
     f.add_argument("--train-json", required=True)

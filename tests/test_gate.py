@@ -95,7 +95,7 @@ def test_the_shipped_model_cannot_pass_its_own_gate(gate, tmp_path):
     assert gate.main(["--candidate", shipped, "--active", shipped, "--data", str(tmp_path / "t"), "--boot", "200",
                       "--active-zoom", "1.4", "--candidate-zoom", "2", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert (r["active"]["zoom"], r["candidate"]["zoom"]) == (1.4, 2.0)
+    assert (r["active"]["zoom"], r["candidate"]["zoom"]) == (1.4, 2.0) and "2026-12-03" in r["rule"]
     assert r["per_image"]["active"] != r["per_image"]["candidate"]
 
 

@@ -2,12 +2,11 @@
 into a `retrain` run folder whose card says where the epochs were trained."""
 import json
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-
-from pathlib import Path
 
 from helpers import bench_module
 
@@ -82,8 +81,6 @@ def test_batches_carry_soft_targets_when_labels_are_finer(accel, tmp_path):
 def test_duct_window_is_the_second_looks_window():
     """train.duct_window cuts what zoom.second_look would: the frame at 256·zoom, the window zoom.window_origin
     places on the duct; from a 512 base at zoom 2 that is the base's own pixels, with the labels at 512."""
-    import numpy as np
-
     from ercp_node.model.train import duct_window
     from ercp_node.model.zoom import window_origin
 
@@ -139,8 +136,6 @@ def test_run_with_windows(accel, tmp_path):
 
 
 def test_batches_mix_frames_and_windows(accel, tmp_path):
-    import numpy as np
-
     from ercp_node.model.train import ROBUST
     from ercp_node.model.data import read_data
     from ercp_node.model.retrain import prepare_arrays
