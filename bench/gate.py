@@ -143,7 +143,7 @@ def main(argv=None) -> int:
     exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
              for name, t in (("active", t_active), ("candidate", t_cand))}
     rule = "docs/model-card.md, The default model's gate from 2026-12-02 on"
-    if (args.active_zoom, args.candidate_zoom) != (1.0, 1.0):  # the 2026-12-02 rule, one of its two judgements
+    if (args.active_zoom, args.candidate_zoom) != (1.0, 1.0):  # the "as served" judgement of the 2026-12-03 rule
         rule += " (as served, each model with its own second look: the rule from 2026-12-03 on)"
     out = {"bench": "gate", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
            "rule": rule, "data": args.data, "limit": args.limit,
