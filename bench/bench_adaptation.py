@@ -72,7 +72,25 @@ def score(model: Path, test: Path) -> dict:
             "stone_iou": s["stone"]["iou_mean"], "n_test": len(samples)}
 
 
-def main(argv=None) -> int:
+def retrain_command(args, data: Path, run: Path) -> list[str]:
+    """The `ercp-node retrain` call that fine-tunes args.init on the site subset `data` into `run`."""
+    cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(data), str(args.test),
+           "--split-date", "2024-06-09", "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr),
+           "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes), "--mixed-precision", "auto",
+           "--out", str(run), "--data-dir", str(args.work / "registry")]
+    if args.rehearse:
+        cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
+    if args.freeze_encoder:
+        cmd.append("--freeze-encoder")
+    if args.lr_floor is not None:
+        cmd += ["--lr-floor", str(args.lr_floor)]
+    cmd += ["--keep", args.keep, "--seed", str(args.seed)]
+    if args.xla:
+        cmd.append("--xla")
+    return cmd
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--init", required=True)
     ap.add_argument("--family", required=True)
@@ -87,12 +105,18 @@ def main(argv=None) -> int:
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
     ap.add_argument("--keep", choices=("best", "last"), default="best", help="retrain --keep")
     ap.add_argument("--seed", type=int, default=0, help="retrain --seed (a repeat of a recipe)")
+    ap.add_argument("--xla", action="store_true", help="retrain --xla: more steps in the budget on a CPU")
     ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
     ap.add_argument("--resume", action="store_true", help="keep the rows --out already holds for this --init and "
                                                           "--family; measure only the N it lacks")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+
     def in_domain(model: Path) -> dict:
         if not args.in_domain:
             return {}
@@ -117,7 +141,7 @@ def main(argv=None) -> int:
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
-               "reference": "in_domain_mean of row n=0" if reference else None,
+               "xla": args.xla, "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
         Path(args.out).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.out}")
@@ -130,17 +154,7 @@ def main(argv=None) -> int:
         data, run = args.work / f"{args.family}-{n}", args.work / f"run-{args.family}-{n}"
         subset(args.train, data, n)
         shutil.rmtree(run, ignore_errors=True)
-        cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(data), str(args.test),
-               "--split-date", "2024-06-09", "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr),
-               "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes), "--mixed-precision", "auto",
-               "--out", str(run), "--data-dir", str(args.work / "registry")]
-        if args.rehearse:
-            cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
-        if args.freeze_encoder:
-            cmd.append("--freeze-encoder")
-        if args.lr_floor is not None:
-            cmd += ["--lr-floor", str(args.lr_floor)]
-        cmd += ["--keep", args.keep, "--seed", str(args.seed)]
+        cmd = retrain_command(args, data, run)
         t = time.perf_counter()
         with open(args.work / f"{args.family}-{n}.log", "w") as log:  # retrain's progress and test table
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)

@@ -38,3 +38,18 @@ def test_resume_refuses_another_curve(tmp_path):
     with pytest.raises(SystemExit, match="another curve"):
         ad.main(["--init", "model.keras", "--family", "foreign", "--train", "t", "--test", "u", "--out", str(out),
                  "--resume"])
+
+
+def test_retrain_command_passes_the_recipe_on(tmp_path):
+    """Each recipe option reaches `ercp-node retrain`: a curve measured with --xla or a cosine really ran with it."""
+    ad = bench_module("bench_adaptation")
+    base = ["--init", "m.keras", "--family", "foreign", "--train", "t", "--test", "u", "--work", str(tmp_path)]
+    plain = ad.retrain_command(ad.parser().parse_args(base), tmp_path / "d", tmp_path / "r")
+    assert "--xla" not in plain and "--lr-floor" not in plain and "--rehearse" not in plain
+    cmd = ad.retrain_command(ad.parser().parse_args(base + ["--xla", "--lr-floor", "0.01", "--keep", "last",
+                                                            "--rehearse", "a", "b", "--freeze-encoder"]),
+                             tmp_path / "d", tmp_path / "r")
+    assert "--xla" in cmd and "--freeze-encoder" in cmd
+    assert cmd[cmd.index("--lr-floor") + 1] == "0.01" and cmd[cmd.index("--keep") + 1] == "last"
+    assert cmd[cmd.index("--rehearse") + 1:cmd.index("--rehearse") + 3] == ["a", "b"]
+    assert cmd[cmd.index("--init") + 1] == "m.keras" and cmd[cmd.index("--data") + 1] == str(tmp_path / "d")
