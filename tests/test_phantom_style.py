@@ -388,3 +388,41 @@ def test_seen_stone_labels_keep_the_images_and_drop_what_cannot_be_seen(tmp_path
     with pytest.raises(SystemExit):
         main(["synth", "--count", "1", "--stone-label", "some", "--out", str(tmp_path / "x")])
     assert "--stone-label" in capsys.readouterr().err
+
+
+def test_contrast_strength_in_a_dilated_duct(tmp_path, capsys):
+    """`--contrast full`: the contrast is not diluted in a wide duct — the same labels and truth, the same pixels
+    where the duct is ≤ 10 mm (nothing was diluted there), a darker duct where it is wider; `random` draws
+    dilution per image from its own stream (both occur, recorded in the truth); the default draws nothing."""
+    args = ["--count", "10", "--seed", "31", "--workers", "1"]
+    runs = {c: tmp_path / c for c in ("dilute", "full", "random")}
+    for c, out in runs.items():
+        assert main(["synth", *args, "--contrast", c, "--out", str(out)]) == 0
+    wide = same = 0
+    diluted = set()
+    for row_d, row_f, row_r in zip(*(_rows(runs[c]) for c in ("dilute", "full", "random"))):
+        truths = [json.loads((runs[c] / r["truth"]).read_text()) for c, r in
+                  (("dilute", row_d), ("full", row_f), ("random", row_r))]
+        assert truths[0]["frame_truth"] == truths[1]["frame_truth"] == truths[2]["frame_truth"]
+        assert "contrast_diluted" not in truths[0] and truths[1]["contrast_diluted"] is False
+        diluted.add(truths[2]["contrast_diluted"])
+        mask = cv2.imread(str(runs["dilute"] / row_d["mask"]), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, cv2.imread(str(runs["full"] / row_f["mask"]), cv2.IMREAD_UNCHANGED))
+        img_d, img_f = (cv2.imread(str(runs[c] / r["image"]), cv2.IMREAD_UNCHANGED).astype(float)
+                        for c, r in (("dilute", row_d), ("full", row_f)))
+        if truths[0]["frame_truth"][0]["cbd"]["max_diameter_mm"] <= 10.0 - 0.5:
+            same += 1
+            assert np.array_equal(img_d, img_f)
+        elif truths[0]["frame_truth"][0]["cbd"]["max_diameter_mm"] > 12.0:
+            wide += 1
+            duct = mask == 2
+            ring = cv2.dilate(duct.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & (mask == 0)
+            # display polarity: contrast dark; the duct stands further below the tissue around it
+            assert img_f[ring].mean() - img_f[duct].mean() > img_d[ring].mean() - img_d[duct].mean()
+    assert wide and same and diluted == {True, False}
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--contrast", "heavy", "--out", str(tmp_path / "x")])
+    assert "--contrast" in capsys.readouterr().err
+    anatomy = sample_anatomy(np.random.default_rng([1, 1, 0]))
+    with pytest.raises(ValueError, match="rng_contrast"):
+        make_case(anatomy, np.random.default_rng(2), np.random.default_rng(3), 0.3, Options(contrast="random"))

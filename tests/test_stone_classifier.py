@@ -39,3 +39,4 @@ def test_cut_drops_false_stones_only_when_the_count_gains():
     # nothing to gain: every stone kept (cut 0), as stonepoint.choose answers
     clean = [{**r, "comps": r["comps"][:1]} for r in records]
     assert sc.choose_cut(sc.scored(model, clean))["q"] == 0.0
+

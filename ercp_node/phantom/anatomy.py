@@ -226,6 +226,9 @@ def _dense(poly: np.ndarray, step=0.3) -> np.ndarray:
 CLINICAL_LARGEST = ((88 / 118, 8.0, 0.48), (30 / 118, 13.4, 0.40))  # (weight, mean mm, sigma of ln)
 STONE_SIZES = ("classic", "clinical")
 RIBS = ("classic", "anatomic")
+# Contrast in a dilated duct: diluted by the duct's width as some endoscopists do so stones are not drowned
+# (render._contrast), at full strength as others inject it, or either, drawn per image (half each).
+CONTRASTS = ("dilute", "full", "random")
 STONE_LABELS = ("all", "seen")  # every stone the contrast reaches, or those a reader could see (render.Options)
 
 

@@ -172,7 +172,8 @@ def render_image(cfg: SynthConfig, item: ImagePlan, opts: Options | None = None)
                      np.random.default_rng([cfg.seed, 3, item.index]), item.complexity, opts,
                      stone_complexity=item.study_complexity, style=style, rng_style=rng_style,
                      study=_study(cfg, item, anatomy), rng_ribs=np.random.default_rng([cfg.seed, 7, item.index]),
-                     rng_scope=np.random.default_rng([cfg.seed, 8, item.index]))
+                     rng_scope=np.random.default_rng([cfg.seed, 8, item.index]),
+                     rng_contrast=np.random.default_rng([cfg.seed, 9, item.index]))
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
@@ -217,6 +218,7 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         **({"ribs": [dict(asdict(r.section), projected_width_mm=round(2 * float(np.mean(r.radii)), 2))
                      for r in case.ribs]} if opts.ribs != "classic" else {}),
         **({"scope_steel": case.acq["scope_steel"].to_dict()} if "scope_steel" in case.acq else {}),
+        **({"contrast_diluted": case.acq["dilute"]} if "dilute" in case.acq else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))
     row = dict(id=item.id, index=item.index, patient_id=item.patient_id, study_uid=item.study_uid,

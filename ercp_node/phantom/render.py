@@ -46,6 +46,7 @@ class Options:
     # pixels ("seen": Rose's k >= seen_k, visibility.py); an unseen stone is drawn as the duct it sits in.
     stone_label: str = "all"
     seen_k: float = 5.0
+    contrast: str = "dilute"  # anatomy.CONTRASTS: contrast diluted in a dilated duct, at full strength, or either
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -108,7 +109,8 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
               complexity: float, opts: Options, stone_complexity: float | None = None,
               style: Style | None = None, rng_style: np.random.Generator | None = None,
               study: StudyDucts | None = None, rng_ribs: np.random.Generator | None = None,
-              rng_scope: np.random.Generator | None = None) -> A.Case:
+              rng_scope: np.random.Generator | None = None,
+              rng_contrast: np.random.Generator | None = None) -> A.Case:
     """One image's case; the stones come from the study's stream so every image of a study shows them.
 
     `study`, when given, is `study_ducts(anatomy, rng_study, stone_complexity)` made already (for an earlier
@@ -116,7 +118,8 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     not the label: scope model, orientation, display chain, distractors; without it the case is the classic
     phantom's, draw for draw. `opts.ribs == "anatomic"` redraws the ribs (as many as there are) from `rng_ribs`,
     after every other draw, so the labels and everything else stay those of the classic ribs; `opts.scope ==
-    "steel"` draws the scope's steel (`ScopeSteel`) from `rng_scope` the same way (labels unchanged).
+    "steel"` draws the scope's steel (`ScopeSteel`) from `rng_scope` the same way (labels unchanged);
+    `opts.contrast == "random"` draws from `rng_contrast` whether the contrast is diluted in a dilated duct.
     """
     if study is None:
         study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity,
@@ -175,6 +178,12 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
         if rng_scope is None:
             raise ValueError("scope 'steel' needs its own stream (rng_scope)")
         acq["scope_steel"] = sample_scope_steel(rng_scope)
+    if opts.contrast != "dilute":
+        if opts.contrast not in A.CONTRASTS:
+            raise ValueError(f"contrast {opts.contrast!r}: one of {', '.join(A.CONTRASTS)}")
+        if opts.contrast == "random" and rng_contrast is None:
+            raise ValueError("contrast 'random' needs its own stream (rng_contrast)")
+        acq["dilute"] = opts.contrast == "random" and bool(rng_contrast.random() < 0.5)
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
 
@@ -374,8 +383,10 @@ def _contrast(L: np.ndarray, case: A.Case, extras: dict, v: _View):
         stone_chord += ellipsoid(shape, px, py, r * mm, r * mm, r * mm)
     # The stone (or balloon) displaces contrast; it cannot displace more than is there.
     contrast = np.maximum(duct - stone_chord, 0.0) if n == 1 else np.maximum(duct - stone_chord * (duct > 0), 0.0)
-    # Endoscopists dilute contrast in a dilated duct so stones are not drowned: less iodine per mm there.
-    mu_c = acq["mu_contrast"] * float(np.clip(10.0 / (2 * d.cbd.radii.max()), 0.5, 1.0))
+    # Many endoscopists dilute contrast in a dilated duct so stones are not drowned: less iodine per mm there
+    # (Options.contrast: others inject it at full strength, and a dense wide duct is as dark as a scope).
+    dilution = float(np.clip(10.0 / (2 * d.cbd.radii.max()), 0.5, 1.0)) if acq.get("dilute", True) else 1.0
+    mu_c = acq["mu_contrast"] * dilution
     L += mu_c * contrast / mm
     for cx, cy, a, b, ang, density in extras.get("duodenal_contrast", ()):  # spilt contrast, not a duct
         (px, py), = fr.px([cx, cy], breath)
