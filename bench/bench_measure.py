@@ -6,6 +6,18 @@ the geometric truth (truth/*.json). Writes bench/results/measure.json.
 
     python bench/bench_measure.py                      # 250 fresh phantom images (seed 2027, test dates)
     python bench/bench_measure.py --data data/test-2026
+    python bench/bench_measure.py --data data/test-2026-seen --out bench/results/measure-seen.json
+
+The model runs as the node serves it by default (the node settings' TTA, second look, clean-up and the card's stone
+decision; `--tta`, `--zoom`, `--postprocess`, `--stone-decision` override them). The truth's stones are those its
+`visible` flag keeps: every stone the contrast reaches in a default set, the stones a reader could see in a
+`--stone-label seen` set. Each error is summarised by its mean absolute value (MAE, what issue 12's 1 mm target
+names), its median and 90th percentile absolute value and its median signed value.
+
+Scope calibration: a site configures the duodenoscope it uses (`[measure] scope_model` / `scope_diameter_mm`), so
+by default each image is measured with its own scope's diameter from the truth (`--scope-diameter truth`); the
+random styles draw insertion tubes of 11–13.5 mm per image, which the node's default (11.3 mm, TJF-Q180V) would
+mis-scale by up to 16 %. `--scope-diameter node` measures with the node's default configuration instead.
 
 Matching: a truth stone is found when a measured stone's centroid lies within max(3 mm, half its diameter);
 diameter errors are over found stones. Only truth values the phantom defines (CBD fully in the field) count.
@@ -33,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ercp_node.measure.records import Measurements  # noqa: E402
-from ercp_node.measure.report import measure_labels  # noqa: E402
+from ercp_node.measure.calibration import CalibrationSettings  # noqa: E402
+from ercp_node.measure.report import MeasureSettings, measure_labels  # noqa: E402
 from ercp_node.model.inference import SHIPPED, Segmenter  # noqa: E402
 from ercp_node.dicom.source import header_calibration  # noqa: E402
 from ercp_node.node.pipeline import frames_of  # noqa: E402
@@ -42,6 +55,12 @@ from bench_stones import BINS  # noqa: E402 - the stone size bins of the cascade
 
 TARGETS = {"stone_largest_mm": 1.0, "cbd_max_mm": 1.0, "cbd_distal_mm": 1.0, "angulation_deg": 5.0,
            "stone_count_exact_pct": 95.0, "scope_calibration_pct": 3.0}
+
+
+def site_settings(truth: dict) -> MeasureSettings:
+    """The node's measurement settings at a site configured for this image's duodenoscope (its shaft diameter)."""
+    d = (truth.get("scope") or {}).get("shaft_diameter_mm")
+    return MeasureSettings(calibration=CalibrationSettings(scope_diameter_mm=float(d))) if d else MeasureSettings()
 
 
 def compare(m: Measurements, truth: dict) -> dict:
@@ -83,7 +102,8 @@ def compare(m: Measurements, truth: dict) -> dict:
 def summarise(rows: list[dict]) -> dict:
     def mae(key):
         v = np.array([r[key] for r in rows if r[key] is not None], float)
-        return {"n": int(len(v)), "median_abs": float(np.median(np.abs(v))) if len(v) else None,
+        return {"n": int(len(v)), "mean_abs": float(np.mean(np.abs(v))) if len(v) else None,
+                "median_abs": float(np.median(np.abs(v))) if len(v) else None,
                 "p90_abs": float(np.percentile(np.abs(v), 90)) if len(v) else None,
                 "median_signed": float(np.median(v)) if len(v) else None}
 
@@ -91,7 +111,9 @@ def summarise(rows: list[dict]) -> dict:
     found = len(stone)
     return {
         "images": len(rows),
-        "stone_largest_mm": {"n": found, "median_abs": float(np.median(np.abs(stone))) if found else None,
+        "stone_largest_mm": {"n": found, "mean_abs": float(np.mean(np.abs(stone))) if found else None,
+                             "median_abs": float(np.median(np.abs(stone))) if found else None,
+                             "median_signed": float(np.median(stone)) if found else None,
                              "p90_abs": float(np.percentile(np.abs(stone), 90)) if found else None,
                              "missed_truth_stones": int(sum(r["stones_missed"] for r in rows))},
         "stone_count_exact_pct": float(100.0 * np.mean([r["stone_count"] == r["stone_count_truth"] for r in rows])),
@@ -118,7 +140,8 @@ def summarise(rows: list[dict]) -> dict:
 
 def verdict(s: dict) -> dict:
     return {k: bool(v) for k, v in {
-        "stone_largest_mm": s["stone_largest_mm"]["median_abs"] is not None and s["stone_largest_mm"]["median_abs"] <= TARGETS["stone_largest_mm"],
+        # MAE, as issue 12 names the target (before 2026-12-03 this bench judged the median)
+        "stone_largest_mm": s["stone_largest_mm"]["mean_abs"] is not None and s["stone_largest_mm"]["mean_abs"] <= TARGETS["stone_largest_mm"],
         "cbd_max_mm": (s["cbd_max_mm"]["median_abs"] or 99) <= TARGETS["cbd_max_mm"],
         "cbd_distal_mm": (s["cbd_distal_mm"]["median_abs"] or 99) <= TARGETS["cbd_distal_mm"],
         "angulation_deg": (s["angulation_deg"]["median_abs"] or 99) <= TARGETS["angulation_deg"],
@@ -132,7 +155,14 @@ def main() -> int:
     ap.add_argument("--data", help="phantom data set (default: generate --count images)")
     ap.add_argument("--count", type=int, default=250)
     ap.add_argument("--model", default=str(SHIPPED))
-    ap.add_argument("--tta", default="flip", help="test-time augmentation, as the node's model.tta (default flip)")
+    ap.add_argument("--tta", default=None, help="test-time augmentation (default: the node's model.tta)")
+    ap.add_argument("--zoom", type=float, default=None, help="the second look's zoom (default: the node's model.zoom)")
+    ap.add_argument("--postprocess", default=None, help="label clean-up (default: the node's model.postprocess)")
+    ap.add_argument("--scope-diameter", choices=("truth", "node"), default="truth",
+                    help="calibrate on each image's own scope diameter (truth: a site that configured its scope) or "
+                         "on the node's default scope model (node)")
+    ap.add_argument("--stone-decision", default="model", metavar="PEAK:K|model",
+                    help="the stone decision: the card's point (model, as the node) or PEAK:K (0:0 keeps every stone)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "measure.json"))
     args = ap.parse_args()
     tmp = None
@@ -144,19 +174,29 @@ def main() -> int:
         generate(SynthConfig(count=args.count, seed=2027, start_date=dt.date(2024, 6, 9),
                              end_date=dt.date(2024, 11, 21)), data, contact_sheet=False)
     rows = [r for r in csv.DictReader(open(data / "manifest.csv")) if int(r["frames"]) == 1]
-    seg = Segmenter.load(args.model, tta=args.tta)
+    from ercp_node.config.settings import ModelSettings
+
+    node = ModelSettings()
+    tta = node.tta if args.tta is None else args.tta
+    zoom = node.zoom if args.zoom is None else args.zoom
+    post = node.postprocess if args.postprocess is None else args.postprocess
+    peak, k = ("model", "model") if args.stone_decision == "model" else args.stone_decision.split(":")
+    seg = Segmenter.load(args.model, tta=tta, postprocess=post, zoom=zoom, stone_min_peak=peak, stone_min_rose_k=k)
     model_rows, truth_rows, t_measure = [], [], []
     for r in rows:
         ds = pydicom.dcmread(data / r["dicom"])
         truth = json.loads((data / r["truth"]).read_text())["frame_truth"][0]
         header = header_calibration(ds)
         pred = seg.segment(frames_of(ds))[0]
+        settings = site_settings(truth) if args.scope_diameter == "truth" else MeasureSettings()
         t = time.perf_counter()
-        model_rows.append(compare(measure_labels(pred, header), truth))
+        model_rows.append(compare(measure_labels(pred, header, settings), truth))
         t_measure.append(time.perf_counter() - t)
-        truth_rows.append(compare(measure_labels(cv2.imread(str(data / r["mask"]), cv2.IMREAD_UNCHANGED), header), truth))
+        truth_rows.append(compare(measure_labels(cv2.imread(str(data / r["mask"]), cv2.IMREAD_UNCHANGED), header,
+                                                 settings), truth))
     model, on_truth = summarise(model_rows), summarise(truth_rows)
-    result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "tta": args.tta, "data": str(data if args.data else "generated"),
+    result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "tta": tta, "zoom": zoom, "postprocess": post,
+              "stone_decision": [seg.stone_min_peak, seg.stone_min_rose_k], "scope_diameter": args.scope_diameter, "data": str(data if args.data else "generated"),
               "targets": TARGETS, "model_masks": model, "model_meets_target": verdict(model),
               "truth_masks": on_truth, "truth_meets_target": verdict(on_truth),
               "measure_ms_median": 1000 * float(np.median(t_measure))}
