@@ -52,6 +52,7 @@ from ercp_node.dicom.source import header_calibration  # noqa: E402
 from ercp_node.node.pipeline import frames_of  # noqa: E402
 from ercp_node.phantom.dataset import SynthConfig, generate  # noqa: E402
 from bench_stones import BINS  # noqa: E402 - the stone size bins of the cascade ablation (a sibling script)
+from bench_robustness import parse_decision  # noqa: E402 - PEAK[:K], as bench_robustness reads it
 
 TARGETS = {"stone_largest_mm": 1.0, "cbd_max_mm": 1.0, "cbd_distal_mm": 1.0, "angulation_deg": 5.0,
            "stone_count_exact_pct": 95.0, "scope_calibration_pct": 3.0}
@@ -180,7 +181,7 @@ def main() -> int:
     tta = node.tta if args.tta is None else args.tta
     zoom = node.zoom if args.zoom is None else args.zoom
     post = node.postprocess if args.postprocess is None else args.postprocess
-    peak, k = ("model", "model") if args.stone_decision == "model" else args.stone_decision.split(":")
+    peak, k = ("model", "model") if args.stone_decision == "model" else parse_decision(args.stone_decision)
     seg = Segmenter.load(args.model, tta=tta, postprocess=post, zoom=zoom, stone_min_peak=peak, stone_min_rose_k=k)
     model_rows, truth_rows, t_measure = [], [], []
     for r in rows:

@@ -32,13 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ercp_node.model.stonepoint import MAX_IOU_LOSS, choose, keeps, kept_where  # noqa: E402
+from stone_confidence import auc  # noqa: E402 - a sibling script (bench/ is on sys.path when run or tested)
 
 PROB_CUTS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 … 0.95
 
 
 def rich_features(pixels: np.ndarray, labels: np.ndarray, stone: np.ndarray) -> dict:
     """One predicted stone: Rose k and CNR against the predicted duct, area on a 512 grid, solidity, the share of its
-    3-px ring that is duct. (Peak and mean probability come from stonepoint.image_record.)"""
+    3-px ring that is duct. (Peak and mean probability and the share over 0.5 come from stonepoint.image_record.)"""
     import cv2
 
     from ercp_node.labels import CBD, STONE
@@ -58,10 +59,9 @@ def rich_features(pixels: np.ndarray, labels: np.ndarray, stone: np.ndarray) -> 
 
 def records_command(args) -> int:
     from ercp_node.config.settings import ModelSettings
-    from ercp_node.model.data import load_mask, load_pixels, read_data
+    from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
-    from ercp_node.model.postprocess import apply as clean
-    from ercp_node.model.stonepoint import image_record
+    from ercp_node.model.stonepoint import records_for
 
     zoom = ModelSettings().zoom if args.zoom is None else args.zoom
     seg = Segmenter.load(args.model, tta=args.tta, postprocess=args.postprocess, zoom=zoom)
@@ -69,16 +69,8 @@ def records_command(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     for d in args.data:
         samples, _ = read_data([d])
-        t0, recs = time.perf_counter(), []
-        for i in range(0, len(samples), 16):
-            chunk = samples[i:i + 16]
-            frames = [load_pixels(s.image_path, s.frame) for s in chunk]
-            for s, (pix, _, _), (labels, p) in zip(chunk, frames, seg.labels_and_stone_probability(frames, 16)):
-                labels = clean(seg.postprocess, labels)
-                # share of the stone's pixels over 0.5: how much of it the network is sure of
-                extra = (lambda m, pix=pix, labels=labels, p=p: {**rich_features(pix, labels, m),
-                                                                 "p_half": round(float((p[m] >= 0.5).mean()), 4)})
-                recs.append(image_record(load_mask(s, pix.shape[:2]), labels, p, extra))
+        t0 = time.perf_counter()
+        recs = records_for(seg, samples, extra=rich_features)
         (work / f"{Path(d).name}.json").write_text(json.dumps({"model": seg.version, "tta": args.tta,
                                                                "postprocess": args.postprocess, "zoom": zoom,
                                                                "records": recs}))
@@ -149,13 +141,6 @@ def choose_cut(records: list[dict]) -> dict:
     ok = [r for r in rows if r["stone_iou"] >= served["stone_iou"] - MAX_IOU_LOSS
           and r["count_exact_pct"] > served["count_exact_pct"]]
     return min(ok, key=lambda r: (-r["count_exact_pct"], r["q"])) if ok else served
-
-
-def auc(pos, neg) -> float | None:
-    if not len(pos) or not len(neg):
-        return None
-    p, n = np.asarray(pos)[:, None], np.asarray(neg)[None, :]
-    return round(float((p > n).mean() + 0.5 * (p == n).mean()), 4)
 
 
 def folds_cv(records: list[dict], k: int = 5, l2: float = 1.0) -> dict:

@@ -23,6 +23,7 @@ def test_image_record_marks_true_and_false_stones_with_their_peaks():
     assert [(c["true"], c["p_max"], c["area"], c["inter"]) for c in rec["comps"]] == [(True, 0.95, 25, 25),
                                                                                         (False, 0.55, 16, 0)]
     assert (rec["speck"], rec["speck_inter"]) == (1, 0)
+    assert [c["p_half"] for c in rec["comps"]] == [1.0, 1.0]
     served, strict = stonepoint.under_rule([rec], 0.0), stonepoint.under_rule([rec], 0.6)
     assert (served["predicted"], served["false"], strict["predicted"], strict["false"]) == (2, 1, 1, 0)
     assert strict["stone_iou"] == round(100 * 25 / (50 + 25 + 1 - 25), 2)  # the false stone left the union

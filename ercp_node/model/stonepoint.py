@@ -41,7 +41,8 @@ def keeps(t: float, k: float):
 
 
 def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, extra=None) -> dict:
-    """One image: its true stone count and area, and per predicted stone its peak / mean probability, area,
+    """One image: its true stone count and area, and per predicted stone its peak / mean probability, the share
+    of its pixels at or above 0.5, area,
     overlap with the true stones and whether it touches one (and what `extra(component mask)` adds, a dict);
     per missed true stone the peak probability in it."""
     ct, kt, _ = components(truth)
@@ -53,7 +54,8 @@ def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, extra
         touched = set(np.unique(ct[m]).tolist()) & true_ids
         touched_true |= touched
         p = p_stone[m]
-        comps.append({"p_max": round(float(p.max()), 4), "p_mean": round(float(p.mean()), 4), "area": int(m.sum()),
+        comps.append({"p_max": round(float(p.max()), 4), "p_mean": round(float(p.mean()), 4),
+                      "p_half": round(float((p >= 0.5).mean()), 4), "area": int(m.sum()),
                       "inter": int((m & true_mask).sum()), "true": bool(touched)})
         if extra is not None:
             comps[-1].update(extra(m))
