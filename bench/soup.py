@@ -81,7 +81,7 @@ def bn_inputs(data_dirs: list[str], n: int, size: int, seed: int = 0) -> np.ndar
     from ercp_node.model.data import read_data
 
     rng = np.random.default_rng(seed)
-    per = [read_data([d]) for d in data_dirs]
+    per = [read_data([d])[0] for d in data_dirs]
     take = []
     for k, samples in enumerate(per):
         m = n // len(per) + (1 if k < n % len(per) else 0)

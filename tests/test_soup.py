@@ -85,6 +85,8 @@ def test_make_writes_a_model_the_node_loads_with_its_ingredients_named(tmp_path)
 def test_greedy_keeps_an_ingredient_only_where_validation_does_not_fall(tmp_path):
     val = tmp_path / "val"
     synth(val, count=3, seed=11)
+    # batch-norm images for a soup: drawn evenly over the directories, as the model takes them
+    assert soup.bn_inputs([str(val), str(val)], 3, 64).shape == (3, 64, 64, 1)
     good = tmp_path / "a.keras"
     save_model(_tiny(1), good, {"version": "a"})
     # an ingredient that can only hurt: every weight scaled far off (its average with `a` is no longer `a`)
