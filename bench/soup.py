@@ -67,14 +67,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def load(path: Path):
-    import keras
-
-    from ercp_node.model import losses  # noqa: F401 - registers the custom losses for deserialisation
-
-    return keras.saving.load_model(path, compile=False)
-
-
 def bn_inputs(data_dirs: list[str], n: int, size: int, seed: int = 0) -> np.ndarray:
     """n training images drawn evenly over the directories (seeded), preprocessed as the model takes them."""
     from bench_normadapt import grid_inputs
@@ -106,6 +98,7 @@ def build(models: list, coefficients: list[float] | None = None, bn: np.ndarray 
 def save(soup, out: Path, paths: list[Path], coefficients: list[float] | None, bn_note: dict | None,
          extra: dict | None = None) -> dict:
     from ercp_node.model.retrain import save_model
+    from ercp_node.model.unet import UNetConfig, build_unet
 
     own = Path(paths[0]).with_suffix(".json")  # the first ingredient's card, else (a run's best.keras) the shipped one
     card = json.loads((own if own.is_file() else SHIPPED_CARD).read_text())
@@ -116,11 +109,12 @@ def save(soup, out: Path, paths: list[Path], coefficients: list[float] | None, b
                  "coefficients": list(coefficients) if coefficients is not None else [1.0 / n] * n,
                  "batch_norm": bn_note or "the ingredients' moving statistics averaged", **(extra or {})},
     })
-    for key in ("stone_min_peak", "stone_min_rose_k"):
-        card.pop(key, None)  # the stone decision is fitted per network (bench/stone_confidence.py --fit)
-    # saved as the soup's own graph (the card's config may describe another size); the card then written whole
-    save_model(soup, out, {k: v for k, v in card.items() if k != "config"})
-    out.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))
+    for key in [k for k in card if k.startswith("stone_min_")]:
+        card.pop(key)  # the stone decision and its fit are per network (bench/stone_confidence.py --fit)
+    cfg = card.get("config")
+    if cfg is not None and [w.shape for w in build_unet(UNetConfig(**cfg)).weights] != [w.shape for w in soup.weights]:
+        card.pop("config")  # the shipped card, borrowed, describes another network than these ingredients
+    save_model(soup, out, card)
     return card
 
 
@@ -158,8 +152,10 @@ def main(argv=None) -> int:
     for p in args.models:
         if not p.is_file():
             ap.error(f"model {p} not found")
+    from ercp_node.model.inference import Segmenter
+
     t0 = time.time()
-    models = [load(p) for p in args.models]
+    models = [Segmenter.load(p, cascade=False).model for p in args.models]
     size = int(models[0].input_shape[1])
     bn = bn_inputs(args.bn_data, args.bn_n, size) if args.bn_data else None
     bn_note = {"data": args.bn_data, "images": int(len(bn))} if bn is not None else None
@@ -170,23 +166,27 @@ def main(argv=None) -> int:
         print(json.dumps(card["soup"], indent=1))
         return 0
 
+    def soup_of(idx: list[int]):
+        # a lone ingredient is itself, unless batch norm is estimated afresh: every score compares like with like
+        return models[idx[0]] if len(idx) == 1 and bn is None else build([models[j] for j in idx], None, bn)[0]
+
     samples, _ = read_data(args.val)
     scores = []
-    for p, m in zip(args.models, models):
-        s = validation_score(m, samples)
+    for i, p in enumerate(args.models):
+        s = validation_score(soup_of([i]), samples)
         scores.append(s)
         print(f"{p}: {s}", flush=True)
     order = sorted(range(len(models)), key=lambda i: -scores[i]["mean"])
-    kept, best, steps = [order[0]], scores[order[0]], []
+    kept, best, soup, steps = [order[0]], scores[order[0]], None, []
     for i in order[1:]:
-        trial, _ = build([models[j] for j in kept + [i]], None, bn)
+        trial = soup_of(kept + [i])
         s = validation_score(trial, samples)
         keep = s["mean"] >= best["mean"]
         steps.append({"add": str(args.models[i]), "score": s, "kept": keep})
         print(f"+ {args.models[i]}: {s} -> {'kept' if keep else 'not kept'}", flush=True)
         if keep:
-            kept, best = kept + [i], s
-    soup, _ = build([models[j] for j in kept], None, bn)
+            kept, best, soup = kept + [i], s, trial
+    soup = soup if soup is not None else soup_of(kept)  # the last kept trial is the soup: not built twice
     paths = [args.models[j] for j in kept]
     save(soup, args.out, paths, None, bn_note, {"selected_on": args.val, "validation": best})
     doc = {"what": "greedy model soup (bench/soup.py); network alone, no TTA, no clean-up, on the validation sets",

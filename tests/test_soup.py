@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from ercp_node.model.data import read_data
 from ercp_node.model.inference import Segmenter
 from ercp_node.model.retrain import save_model
 from ercp_node.model.unet import build_unet, get_config
@@ -65,9 +66,11 @@ def test_soup_of_two_networks_holds_their_mean_and_bn_statistics_can_be_estimate
 
 def test_make_writes_a_model_the_node_loads_with_its_ingredients_named(tmp_path):
     paths = []
+    config = get_config("default", base_filters=4, input_size=64, depth=2).to_dict()
     for seed in (1, 2):
         p = tmp_path / f"m{seed}.keras"
-        save_model(_tiny(seed), p, {"version": f"m{seed}"})
+        save_model(_tiny(seed), p, {"version": f"m{seed}", "config": config, "stone_min_peak": 0.75,
+                                    "stone_min_rose_k": 2.0, "stone_min_peak_fit": {"images": 400}})
         paths.append(p)
     out = tmp_path / "soup" / "best.keras"
     assert soup.main(["make", "--models", *map(str, paths), "--coefficients", "0.75", "0.25", "--out", str(out)]) == 0
@@ -75,18 +78,33 @@ def test_make_writes_a_model_the_node_loads_with_its_ingredients_named(tmp_path)
     assert [i["sha256"] for i in card["soup"]["ingredients"]] == [soup.sha256(p) for p in paths]
     assert card["soup"]["coefficients"] == [0.75, 0.25]
     assert card["version"].startswith("soup-of-2-")
-    assert "stone_min_peak" not in card  # the stone decision is fitted per network, not inherited
+    assert card["config"] == config  # the first ingredient's card describes the soup's network: kept
+    # the stone decision and its fit are per network, not inherited
+    assert not [k for k in card if k.startswith("stone_min_")]
     seg = Segmenter.load(out)
     w1, w2 = (keras.saving.load_model(p, compile=False).get_weights() for p in paths)
     for w, a, b in zip(seg.model.get_weights(), w1, w2):
         np.testing.assert_allclose(w, 0.75 * a + 0.25 * b, rtol=1e-5, atol=1e-6)
+    # ingredients without a card (a run's best.keras): the shipped card is borrowed, its 256-grid config dropped
+    bare = []
+    for p in paths:
+        bare.append(tmp_path / "runs" / p.stem / "best.keras")
+        bare[-1].parent.mkdir(parents=True)
+        bare[-1].write_bytes(p.read_bytes())
+    out2 = tmp_path / "soup2" / "best.keras"
+    assert soup.main(["make", "--models", *map(str, bare), "--out", str(out2)]) == 0
+    card2 = json.loads(out2.with_suffix(".json").read_text())
+    assert json.loads(soup.SHIPPED_CARD.read_text())["config"]["input_size"] == 256
+    assert "config" not in card2 and not [k for k in card2 if k.startswith("stone_min_")]
+    assert Segmenter.load(out2).input_size == 64
 
 
 def test_greedy_keeps_an_ingredient_only_where_validation_does_not_fall(tmp_path):
     val = tmp_path / "val"
     synth(val, count=3, seed=11)
     # batch-norm images for a soup: drawn evenly over the directories, as the model takes them
-    assert soup.bn_inputs([str(val), str(val)], 3, 64).shape == (3, 64, 64, 1)
+    x = soup.bn_inputs([str(val)], 3, 64)
+    assert x.shape == (3, 64, 64, 1) and soup.bn_inputs([str(val), str(val)], 3, 64).shape == (3, 64, 64, 1)
     good = tmp_path / "a.keras"
     save_model(_tiny(1), good, {"version": "a"})
     # an ingredient that can only hurt: every weight scaled far off (its average with `a` is no longer `a`)
@@ -114,3 +132,23 @@ def test_greedy_keeps_an_ingredient_only_where_validation_does_not_fall(tmp_path
     assert doc["soup"] == kept and doc["soup_validation"]["mean"] == best
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["soup"]["selected_on"] == [str(val)] and len(card["soup"]["ingredients"]) == len(kept)
+
+
+def test_greedy_with_fresh_batch_norm_scores_each_ingredient_with_its_own_fresh_statistics(tmp_path):
+    val = tmp_path / "val"
+    synth(val, count=2, seed=12)
+    paths = []
+    for seed in (1, 2):
+        paths.append(tmp_path / f"m{seed}.keras")
+        save_model(_tiny(seed), paths[-1], {"version": f"m{seed}"})
+    report = tmp_path / "greedy.json"
+    assert soup.main(["greedy", "--models", *map(str, paths), "--val", str(val), "--bn-data", str(val),
+                      "--bn-n", "2", "--out", str(tmp_path / "soup.keras"), "--report", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    samples, _ = read_data([str(val)])
+    x = soup.bn_inputs([str(val)], 2, 64)
+    for ing, p in zip(doc["ingredients"], paths):
+        alone = keras.saving.load_model(p, compile=False)
+        fresh, _ = soup.build([alone], bn=x)
+        # like with like: an ingredient is scored as the soup steps are, with statistics estimated afresh
+        assert ing["validation"] == soup.validation_score(fresh, samples)
