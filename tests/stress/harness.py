@@ -118,10 +118,33 @@ def pg_drop(admin_url: str, url: str) -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    # Not DROP ... WITH (FORCE): that also terminates an autovacuum worker busy on the database, which a role
+    # without pg_signal_backend may not do (PostgreSQL 15: "must be a member of the role whose process is being
+    # terminated"; CI met it once). Ending our own sessions is always allowed, and a plain DROP DATABASE stops
+    # autovacuum itself; it is retried while a session is still on its way out.
+    from sqlalchemy.exc import OperationalError
+
+    name = make_url(url).database
     eng = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with eng.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
-    eng.dispose()
+    try:
+        for attempt in range(20):
+            with eng.connect() as c:
+                c.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND usename = current_user AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": name},
+                )
+                try:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                    return
+                except OperationalError as e:  # ObjectInUse: "is being accessed by other users"
+                    if "being accessed" not in str(e) or attempt == 19:
+                        raise
+            time.sleep(0.5)
+    finally:
+        eng.dispose()
 
 
 def database(kind: str, sqlite_url: str | None):
