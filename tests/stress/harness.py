@@ -126,23 +126,26 @@ def pg_drop(admin_url: str, url: str) -> None:
 
     name = make_url(url).database
     eng = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+
+    def dropped() -> bool:
+        with eng.connect() as c:
+            c.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND usename = current_user AND pid <> pg_backend_pid()"
+                ),
+                {"db": name},
+            )
+            try:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+            except OperationalError as e:
+                if getattr(e.orig, "sqlstate", None) == "55006":  # object_in_use: a session still on its way out
+                    return False
+                raise
+        return True
+
     try:
-        for attempt in range(20):
-            with eng.connect() as c:
-                c.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :db AND usename = current_user AND pid <> pg_backend_pid()"
-                    ),
-                    {"db": name},
-                )
-                try:
-                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-                    return
-                except OperationalError as e:  # ObjectInUse: "is being accessed by other users"
-                    if "being accessed" not in str(e) or attempt == 19:
-                        raise
-            time.sleep(0.5)
+        wait_for(dropped, timeout=10, what=f"database {name} to be dropped", interval=0.5)
     finally:
         eng.dispose()
 
