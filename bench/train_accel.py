@@ -234,12 +234,13 @@ def run(args) -> int:
     from ercp_node.model.train import jit_compile_for
     from ercp_node.model.unet import build_unet, get_config
 
-    cfg = get_config("default")
+    init = keras.saving.load_model(args.init, compile=False) if args.init else None
+    # the start's width (bench/widen.py makes wider starts from the shipped network)
+    cfg = get_config("default", base_filters=init.get_layer("enc0_conv1").filters if init else 16)
     keras.utils.set_random_seed(args.seed)
     model = build_unet(cfg)
     init_version = None
     if args.init:
-        init = keras.saving.load_model(args.init, compile=False)
         model.set_weights(init.get_weights())
         card = Path(args.init).with_suffix(".json")
         init_version = json.loads(card.read_text()).get("version") if card.is_file() else None

@@ -227,6 +227,23 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
     assert all(np.array_equal(a, b) for a, b in zip(kept, last))
 
 
+def test_fine_tune_keeps_the_width_of_a_widened_start(phantom, tmp_path):
+    """--init with a network wider than the preset's (bench/widen.py): without --base-filters the run takes the
+    start's width rather than refusing it as another architecture."""
+    from helpers import bench_module
+
+    base, wide, tuned = tmp_path / "base", tmp_path / "wide.keras", tmp_path / "tuned"
+    common = ["--input-size", "64", "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
+    assert main(["retrain", "--data", str(phantom), "--out", str(base), "--epochs", "1", "--base-filters", "4",
+                 *common]) == 0
+    assert bench_module("widen").main(["--model", str(base / "model.keras"), "--base-filters", "6",
+                                       "--out", str(wide)]) == 0
+    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "1", "--init", str(wide),
+                 *common]) == 0
+    card = json.loads((tuned / "model.json").read_text())
+    assert card["config"]["base_filters"] == 6 and card["init"]["path"] == str(wide)
+
+
 def _report(scope, cbd, stone):
     return {"structures": {"duodenoscope": {"iou_mean": scope}, "cbd": {"iou_mean": cbd}, "stone": {"iou_mean": stone}}}
 

@@ -180,6 +180,17 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
                     [str(d) for d in rehearse_dirs])
 
 
+def init_width(path: str | Path) -> int | None:
+    """The base filter count of a U-Net to start from (None where the file is missing or not one of ours: then
+    load_init refuses it with its own message)."""
+    import keras
+
+    try:
+        return int(keras.saving.load_model(Path(path), compile=False).get_layer("enc0_conv1").filters)
+    except (OSError, ValueError):
+        return None
+
+
 def load_init(path: str | Path, config) -> tuple[list, dict]:
     """Weights and card of a model to start from; refused before any training when its input grid, channels or
     class list differ from the run's."""
@@ -325,6 +336,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if init is not None and base_filters is None:
+        base_filters = init_width(init)  # fine-tuning keeps the start's width (a widened model is not 16 wide)
     prep = prepare(data_dirs, out_dir, preset=preset, base_filters=base_filters, input_size=input_size,
                    split_date=split_date, val_fraction=val_fraction, seed=seed, rehearse_dirs=rehearse_dirs, log=log)
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
