@@ -6,7 +6,7 @@
 3. Burst: N images at once; sustained throughput (first C-STORE → last SR stored) vs the model's raw
    throughput (preprocessed batches of 16 through the U-Net) measured in the same run.
 
-Usage: python bench/bench_node.py [--count 200] [--latency-images 30] [--repeats 3] [--model PATH]
+Usage: python bench/bench_node.py [--count 200] [--latency-images 30] [--repeats 3] [--model PATH[,PATH...]]
        [--worker-modes process,thread] [--workers 0,1] [--tta none,flip] [--zoom 1,1.4] [--skip-ingest]
 """
 
@@ -140,7 +140,20 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
             time.sleep(0.05)
         lat = [max(t for t, _ in pacs.arrived[u].values()) - t0 for u, t0 in sent.items() if len(pacs.arrived.get(u, {})) == 2]
         res["latency_at_1_per_s"] = {"images": len(lat), "p50_s": round(float(np.percentile(lat, 50)), 3),
-                                     "p95_s": round(float(np.percentile(lat, 95)), 3), "target": "p50 <= 1 s, p95 <= 2 s"}
+                                     "p95_s": round(float(np.percentile(lat, 95)), 3), "target": "p50 <= 1 s, p95 <= 2 s",
+                                     "in_send_order_s": [round(x, 3) for x in lat]}  # shows a cold start apart
+        # the first jobs' stage timings (the node's jobs table): where a cold start goes
+        from sqlalchemy import select
+
+        from ercp_node.storage.models import Instance, Job
+
+        with node.sessions() as db:
+            rows = db.execute(select(Instance.sop_instance_uid, Job.worker, Job.timings)
+                              .join(Job, Job.instance_id == Instance.id)).all()
+        by_uid = {u: (w, t) for u, w, t in rows}
+        res["latency_at_1_per_s"]["first_jobs"] = [
+            {"worker": by_uid[u][0], "stages_s": {k: round(v, 3) for k, v in (by_uid[u][1] or {}).items()}}
+            for u in list(sent)[:4] if u in by_uid]
         # burst: all at once with dcmtk storescu
         burst = [d for d in datasets[latency_images:]]
         uids = [str(d.SOPInstanceUID) for d in burst]
@@ -166,6 +179,7 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         res["raw_model_images_per_s_batch16"] = round(raw, 2)
         res["sustained_vs_raw_model"] = round(res["burst"]["sustained_images_per_s"] / raw, 3)
         res["model"] = seg.version
+        res["model_file"] = model or "shipped default"
     return res
 
 
@@ -177,7 +191,8 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--latency-images", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default="", help="model file (default: the shipped one); comma-separated paths are "
+                    "run one after the other on the same files (a candidate's cost beside the shipped model's)")
     ap.add_argument("--workers", default="0",
                     help="comma-separated node.workers values, each run in turn (0 = the node's auto default)")
     ap.add_argument("--worker-modes", default="process,thread",
@@ -198,6 +213,7 @@ def main() -> int:
                   "files": f"{len(files)} phantom RF 576x576 8-bit explicit VR little endian",
                   "workers": a.workers}
         counts = [int(w) for w in a.workers.split(",")]
+        models = a.model.split(",") if a.model else [None]
         if not a.skip_ingest:
             result["ingest"] = ingest(files[: a.count], a.repeats)
             print(json.dumps(result["ingest"]["images_per_s_median"], indent=1), flush=True)
@@ -206,11 +222,13 @@ def main() -> int:
             for n in counts:
                 for tta in a.tta.split(","):
                     for zoom in a.zoom.split(",") if a.zoom else [None]:
-                        key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
-                               + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else ""))
-                        result[key] = r = end_to_end(files, a.latency_images, a.model, n, mode, tta,
-                                                     None if zoom is None else float(zoom))
-                        print(key, json.dumps(r), flush=True)
+                        for i, model in enumerate(models):
+                            key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
+                                   + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else "")
+                                   + (f"_model_{i + 1}" if len(models) > 1 else ""))
+                            result[key] = r = end_to_end(files, a.latency_images, model or None, n, mode, tta,
+                                                         None if zoom is None else float(zoom))
+                            print(key, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
