@@ -156,16 +156,19 @@ def test_batches_mix_frames_and_windows(accel, tmp_path):
 
 
 def test_run_from_a_widened_network_trains_at_its_width(accel, tmp_path):
-    """--init with a network bench/widen.py grew: the run builds the start's width (not the preset's 16), and the
+    """--init with a network bench/widen.py grew: the run builds the start's width (not the preset's), and the
     card says so."""
+    from ercp_node.model.retrain import init_width
+
+    width = init_width(SHIPPED) + 2  # wider than the shipped network, whatever width it ships at
     wide = tmp_path / "wide" / "best.keras"
-    assert bench_module("widen").main(["--model", str(SHIPPED), "--base-filters", "18", "--out", str(wide)]) == 0
+    assert bench_module("widen").main(["--model", str(SHIPPED), "--base-filters", str(width), "--out", str(wide)]) == 0
     out = tmp_path / "out"
     assert accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls",
                        "--scale", "0.01", "--deadline", "60", "--reserve", "5", "--batch-size", "2",
                        "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "10",
                        "--prefetch", "2", "--init", str(wide)]) == 0
     doc = json.loads((out / "train.json").read_text())
-    assert doc["config"]["base_filters"] == 18 and doc["steps"] > 0
-    assert "widened to 18" in doc["init"]["version"]
-    assert keras.saving.load_model(out / "best.keras", compile=False).get_layer("enc0_conv1").filters == 18
+    assert doc["config"]["base_filters"] == width and doc["steps"] > 0
+    assert f"widened to {width}" in doc["init"]["version"]
+    assert keras.saving.load_model(out / "best.keras", compile=False).get_layer("enc0_conv1").filters == width
