@@ -75,10 +75,10 @@ class Worker(threading.Thread):
         self.warmed = False
 
     def warm_up(self) -> float | None:
-        """One phantom image through the whole path (analysis, SEG, SR, GSPS; nothing stored or sent) before the
-        first job, so the first image of the day does not pay the first calls: 1-3 s on 2 cores, most of it in the
-        first encoding, not the network (bench_node's first_jobs). Returns the seconds it took, or None if it failed
-        (logged: the first job then pays them)."""
+        """One phantom image through the whole path (analysis, then the objects this node's jobs encode; nothing
+        stored or sent) before the first job, so the first image of the day does not pay the first calls: 0.5-2.7 s
+        on 2 cores, most of it in the first encoding, not the network (bench_node's first_jobs). Returns the seconds
+        it took, or None if it failed (logged: the first job then pays them)."""
         import tempfile
 
         from pydicom.uid import generate_uid
@@ -93,11 +93,13 @@ class Worker(threading.Thread):
                 ds = pydicom.dcmread(next(Path(tmp, "dicom").glob("*.dcm")))
             (analysis,) = analyse_batch([ds], self.segmenter, 1, self.measure_settings)
             uids = {f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")}
-            encode(ds, analysis, uids, self.segmenter.version, ("SEG", "SR", "GSPS"))
+            encode(ds, analysis, uids, self.segmenter.version, self.kinds)
         except Exception:  # noqa: BLE001 - a warm-up must never keep a node from serving
             log.exception("warm-up failed; the first job will pay the first calls")
             return None
-        return time.perf_counter() - t
+        took = time.perf_counter() - t
+        log.info("worker %s: model warmed up in %.1f s", self.name, took)
+        return took
 
     @property
     def kinds(self) -> tuple[str, ...]:

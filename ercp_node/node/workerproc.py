@@ -135,9 +135,7 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
                                           settings.model.stone_min_peak,
                                           settings.model.stone_min_rose_k, settings.model.zoom),
                     name, settings.node.batch_size)
-    took = worker.warm_up()  # before ready: the node serves once its workers can answer at full speed
-    if took is not None:
-        log.info("worker %s: model warmed up in %.1f s", name, took)
+    worker.warm_up()  # before ready: the node serves once its workers can answer at full speed
     worker.start()
     bridge(wake, worker.wake, stop)  # the intake's "new job" reaches the worker at once, not at its next poll
     ready.set()
