@@ -36,6 +36,17 @@ val_iou_512, then bench_robustness on both best.keras here:
 
   for k in 1 2; do python3 bench/train_accel.py run --work /tmp/w --out $OUT/k$k --mask-scale $k --select iou \
       --init ercp_node/model/weights/default.keras --lr 1e-4 --train-seconds 150 --deadline 280; done
+
+The 2026-12-04 model (docs/model-card.md): the seven seen sets, soft targets, batch 64, in one 15-minute lease;
+the second call ran on the still-warm machine, whose /tmp/w kept the data (only preprocessing is redone), and
+started from the first call's best.keras, carried in as .whl/init.keras:
+
+  S="train-rnd-seen train-cls-seen train-rnd2-seen train-steel-seen train-rnd3-seen train-clin-seen train-ribs-seen"
+  python3 bench/train_accel.py run --work /tmp/w --out $OUT --sets $S --init ercp_node/model/weights/default.keras \
+      --mask-scale 2 --select iou --batch-size 64 --lr 3e-4 --warmup 100 --lr-floor 0.02 --val-every 60 \
+      --reserve 25 --deadline 545
+  python3 bench/train_accel.py run --work /tmp/w --out $OUT --sets $S --init .whl/init.keras --mask-scale 2 \
+      --select iou --batch-size 64 --lr 1e-4 --warmup 20 --lr-floor 0.02 --val-every 45 --reserve 20 --deadline 255
 """
 from __future__ import annotations
 
