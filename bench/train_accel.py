@@ -96,6 +96,11 @@ SETS = {
                        "--start-date 2013-12-02 --end-date 2024-06-08",
     "train-ribs-seen": "--count 1500 --seed 3107 --style random --size random --stones clinical --ribs anatomic "
                        "--stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
+    # more of the two broadest recipes under new seeds: more distinct images for a longer run on a lent GPU
+    "train-steel2-seen": "--count 1500 --seed 3109 --style random --size random --stones clinical --ribs anatomic "
+                         "--scope steel --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
+    "train-rnd4-seen": "--count 1500 --seed 3110 --style random --size random --stone-label seen "
+                       "--start-date 2013-12-02 --end-date 2024-06-08",
 }
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show
@@ -177,12 +182,35 @@ def _make_batch(task):
     from ercp_node.model.train import soft_one_hot
 
     epoch, idx = task
-    xs, ys = [], []
+    xs, ms = [], []
     for i in idx:
         img, m = _sample(i, np.random.default_rng((_SEED, epoch, int(i))))
         xs.append(img.astype(np.float16))
-        ys.append(m if m.shape == img.shape else soft_one_hot(m, img.shape).astype(np.float16))
-    return np.stack(xs), np.stack(ys)
+        ms.append(m)
+    s = xs[0].shape[0]
+    # labels that share one whole-number multiple of the image grid travel as they are (uint8) and become soft
+    # targets on the device (to_targets): 4x fewer bytes through the pool's pipe and to the device than float16
+    # area fractions, and no float conversion on the host
+    if len({m.shape for m in ms}) == 1 and ms[0].shape[0] % s == 0 and ms[0].shape[0] == ms[0].shape[1]:
+        return np.stack(xs), np.stack(ms)
+    return np.stack(xs), np.stack([m if m.shape == x.shape else soft_one_hot(m, x.shape).astype(np.float16)
+                                   for x, m in zip(xs, ms)])
+
+
+def to_targets(xb: np.ndarray, yb: np.ndarray):
+    """A batch from _make_batch -> (images (B, S, S, 1) float32, targets (B, S, S, 4) float32) as backend tensors:
+    labels on the model grid -> one-hot; labels on a k x finer grid -> their area fractions on the model grid
+    (one-hot averaged over k x k blocks: what soft_one_hot's INTER_AREA computes, done on the device); float16 soft
+    targets (mixed label grids in one batch) -> float32. The casts run on the device."""
+    import keras
+
+    ops = keras.ops
+    x = ops.expand_dims(ops.cast(ops.convert_to_tensor(xb), "float32"), -1)
+    if yb.ndim == 4:
+        return x, ops.cast(ops.convert_to_tensor(yb), "float32")
+    k = yb.shape[1] // xb.shape[1]
+    y = ops.one_hot(ops.convert_to_tensor(yb), 4, dtype="float32")
+    return x, (y if k == 1 else ops.average_pool(y, k, k, padding="valid"))
 
 
 def _float32_copy(model, cfg):
@@ -249,6 +277,9 @@ def run(args) -> int:
     # the start's width (bench/widen.py makes wider starts from the shipped network)
     cfg = get_config("default", base_filters=init.get_layer("enc0_conv1").filters if init else 16)
     keras.utils.set_random_seed(args.seed)
+    # --precision mixed_bfloat16: variables stay float32, the softmax and the loss too (unet.py); the checkpoints
+    # are float32 copies either way (_float32_copy), so the node serves them as it serves any model
+    keras.config.set_dtype_policy(args.precision)
     model = build_unet(cfg)
     init_version = None
     if args.init:
@@ -299,7 +330,7 @@ def run(args) -> int:
             "targets": "hard" if args.mask_scale == 1 else f"soft (labels at {256 * args.mask_scale}, area fractions)",
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
-            "seed": args.seed, "jit": args.jit, "freeze_bn": args.freeze_bn,
+            "seed": args.seed, "jit": args.jit, "freeze_bn": args.freeze_bn, "precision": args.precision,
             "window": {"share": args.window, "zoom": args.window_zoom, "jitter": args.window_jitter,
                        "base": WINDOW_BASE, "validation_zoom": WINDOW_VAL_ZOOM,
                        "validation_images": len(xw)} if args.window else None,
@@ -350,16 +381,24 @@ def run(args) -> int:
     step, epoch, k, losses = 0, 0, 0, []
     next_val = time.monotonic() + args.val_every
     stream = batches()
-    t_wait = 0.0
+    # where a training step's wall time goes: waiting for the augmentation pool, handing the batch to the device
+    # (to_targets), the step itself (train_on_batch returns once the device is done: its logs are host floats)
+    timing = {"wait_s": 0.0, "prepare_s": 0.0, "step_s": 0.0, "steps": 0}
+    info["timing"] = timing
     try:
         while time.monotonic() < t_train_end:
             for k in range(steps_per_epoch):
                 t0 = time.monotonic()
                 xb, yb = next(stream)
-                t_wait += time.monotonic() - t0
-                model.optimizer.learning_rate = lr_at(step, time.monotonic())
-                targets = yb.astype(np.float32) if yb.ndim == 4 else keras.ops.one_hot(yb, 4)
-                logs = model.train_on_batch(xb.astype(np.float32)[..., None], targets, return_dict=True)
+                t1 = time.monotonic()
+                model.optimizer.learning_rate = lr_at(step, t1)
+                xd, targets = to_targets(xb, yb)
+                t2 = time.monotonic()
+                logs = model.train_on_batch(xd, targets, return_dict=True)
+                t3 = time.monotonic()
+                for key, dt in (("wait_s", t1 - t0), ("prepare_s", t2 - t1), ("step_s", t3 - t2)):
+                    timing[key] = round(timing[key] + dt, 2)
+                timing["steps"] += 1
                 losses.append(float(logs["loss"]))
                 step += 1
                 if step == 20:
@@ -367,7 +406,10 @@ def run(args) -> int:
                 now = time.monotonic()
                 if now >= next_val or now >= t_train_end:
                     checkpoint(step, epoch + (k + 1) / steps_per_epoch, float(np.mean(losses[-200:])))
-                    log(f"  waited for data {t_wait:.1f} s so far")
+                    n = max(timing["steps"], 1)
+                    log(f"  per step: data {1e3 * timing['wait_s'] / n:.1f} ms, to device "
+                        f"{1e3 * timing['prepare_s'] / n:.1f} ms, train_on_batch {1e3 * timing['step_s'] / n:.1f} ms"
+                        f" ({timing['steps']} steps)")
                     next_val = time.monotonic() + args.val_every
                 if time.monotonic() >= t_train_end:
                     break
@@ -437,6 +479,61 @@ def finish(args) -> int:
     return 0
 
 
+def probe(args) -> int:
+    """Where a training step's time goes, on random data of the training's shapes (the step's cost does not depend
+    on what the pixels show): per precision and batch size, ms a step for three ways of feeding it —
+    `host`: float16 soft targets made on the host and cast there to float32 (the path before to_targets);
+    `device`: uint8 labels at 2x, made soft on the device (to_targets); `compute`: the same device tensors every
+    step (the step alone: the device's work and Keras's per-call overhead)."""
+    import statistics
+
+    import keras
+
+    from ercp_node.model.losses import make_loss
+    from ercp_node.model.unet import build_unet, get_config
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    doc = {"backend": keras.backend.backend(), "device": device_name(), "base_filters": args.base_filters,
+           "steps": args.steps, "arms": []}
+    for precision in args.precisions:
+        keras.config.set_dtype_policy(precision)
+        model = build_unet(get_config("default", base_filters=args.base_filters))
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=make_loss(LOSS, **LOSS_KW))
+        for bs in args.batch_sizes:
+            xb = rng.random((bs, 256, 256), dtype=np.float32).astype(np.float16)
+            yb = rng.integers(0, 4, (bs, 512, 512), dtype=np.uint8)
+            ysoft = np.stack([soft_targets_host(m) for m in yb])
+            fixed = to_targets(xb, yb)
+            feeds = {"host": lambda: (xb.astype(np.float32)[..., None], ysoft.astype(np.float32)),
+                     "device": lambda: to_targets(xb, yb), "compute": lambda: fixed}
+            t0 = time.monotonic()
+            for _ in range(3):  # compile and warm up
+                model.train_on_batch(*fixed)
+            compile_s = time.monotonic() - t0
+            for name, feed in feeds.items():
+                times = []
+                for _ in range(args.steps):
+                    t = time.perf_counter()
+                    model.train_on_batch(*feed())
+                    times.append(time.perf_counter() - t)
+                ms = 1e3 * statistics.median(times)
+                arm = {"precision": precision, "batch_size": bs, "feed": name, "ms_per_step_median": round(ms, 2),
+                       "images_per_s": round(bs / ms * 1e3, 1), "compile_and_warmup_s": round(compile_s, 1)}
+                doc["arms"].append(arm)
+                log(json.dumps(arm))
+                (out / "probe.json").write_text(json.dumps(doc, indent=1))
+    keras.config.set_dtype_policy("float32")
+    return 0
+
+
+def soft_targets_host(m: np.ndarray) -> np.ndarray:
+    from ercp_node.model.train import soft_one_hot
+
+    return soft_one_hot(m, (256, 256)).astype(np.float16)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -466,6 +563,8 @@ def main(argv=None) -> int:
     r.add_argument("--workers", type=int, default=None)
     r.add_argument("--prefetch", type=int, default=8, help="augmented batches made ahead of training")
     r.add_argument("--jit", action="store_true", help="compile the training step with XLA (also on a CPU)")
+    r.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32",
+                   help="the Keras dtype policy the network trains under (`probe` times both)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--window", type=float, default=0.0, metavar="SHARE",
                    help="this share of the training samples are the node's second look: a window around the duct "
@@ -480,8 +579,14 @@ def main(argv=None) -> int:
     f.add_argument("--weights", required=True)
     f.add_argument("--train-json", required=True)
     f.add_argument("--run", required=True)
+    q = sub.add_parser("probe", help="time a training step three ways (see probe())")
+    q.add_argument("--out", required=True)
+    q.add_argument("--precisions", nargs="+", default=["float32", "mixed_bfloat16"])
+    q.add_argument("--batch-sizes", nargs="+", type=int, default=[64, 128])
+    q.add_argument("--base-filters", type=int, default=20)
+    q.add_argument("--steps", type=int, default=15)
     args = p.parse_args(argv)
-    return run(args) if args.cmd == "run" else finish(args)
+    return {"run": run, "finish": finish, "probe": probe}[args.cmd](args)
 
 
 if __name__ == "__main__":

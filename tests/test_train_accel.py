@@ -53,7 +53,8 @@ def test_run_then_finish(accel, tmp_path):
 
 
 def test_batches_carry_soft_targets_when_labels_are_finer(accel, tmp_path):
-    """--mask-scale 2: prepare_arrays keeps labels at 512, a worker's batch is (images, area fractions)."""
+    """--mask-scale 2: prepare_arrays keeps labels at 512, a worker's batch carries them as uint8 and to_targets
+    turns them into the area fractions soft_one_hot makes on the host (exactly: k x k block means)."""
     import numpy as np
 
     from ercp_node.model.data import read_data
@@ -67,12 +68,20 @@ def test_batches_carry_soft_targets_when_labels_are_finer(accel, tmp_path):
     assert x.shape == (2, 256, 256) and y.shape == (2, 512, 512) and y.dtype == np.uint8
     _, y_hard = prepare_arrays(samples, 256, workers=1, log=lambda m: None)
     accel._init_worker(x, y, ROBUST, 0)
-    xb, yb = accel._make_batch((0, np.array([0, 1])))
-    assert xb.shape == (2, 256, 256) and yb.shape == (2, 256, 256, 4) and yb.dtype == np.float16
-    np.testing.assert_allclose(yb.astype(np.float32).sum(-1), 1.0, atol=2e-3)
+    from ercp_node.model.train import soft_one_hot
+
+    xb, y512 = accel._make_batch((0, np.array([0, 1])))
+    assert xb.shape == (2, 256, 256) and y512.shape == (2, 512, 512) and y512.dtype == np.uint8
+    xd, yd = accel.to_targets(xb, y512)
+    yb = np.asarray(yd)
+    assert tuple(xd.shape) == (2, 256, 256, 1) and yb.shape == (2, 256, 256, 4) and yb.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(xd)[..., 0], xb.astype(np.float32))
+    np.testing.assert_allclose(yb, np.stack([soft_one_hot(m, (256, 256)) for m in y512]), atol=1e-6)
+    np.testing.assert_allclose(yb.sum(-1), 1.0, atol=1e-5)
     accel._init_worker(x, y_hard, ROBUST, 0)
     xh, yh = accel._make_batch((0, np.array([0, 1])))
     assert yh.shape == (2, 256, 256) and yh.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(accel.to_targets(xh, yh)[1]), np.eye(4)[yh])  # labels at 256: one-hot
     np.testing.assert_array_equal(xh, xb)  # same draws: only the targets differ
     # the soft targets' majority is the hard label almost everywhere (they differ on edges only)
     assert (yb.astype(np.float32).argmax(-1) == yh).mean() > 0.97
@@ -146,13 +155,29 @@ def test_batches_mix_frames_and_windows(accel, tmp_path):
     x, y = prepare_arrays(samples, 512, workers=1, log=lambda m: None, mask_size=1024)
     accel._init_worker(x, y, ROBUST, 0, (1.0, 2.0, 2.0, 0))  # every sample a window at zoom 2
     xb, yb = accel._make_batch((0, np.arange(4)))
-    assert xb.shape == (4, 256, 256) and yb.shape == (4, 256, 256, 4)
-    np.testing.assert_allclose(yb.astype(np.float32).sum(-1), 1.0, atol=2e-3)
-    duct_share = yb.astype(np.float32)[..., 2:].sum(-1).mean()
+    assert xb.shape == (4, 256, 256) and yb.shape == (4, 512, 512)  # windows: labels at 2x
+    yb = np.asarray(accel.to_targets(xb, yb)[1])
+    np.testing.assert_allclose(yb.sum(-1), 1.0, atol=1e-5)
+    duct_share = yb[..., 2:].sum(-1).mean()
     accel._init_worker(x, y, ROBUST, 0, (0.0, 1.0, 1.0, 0))  # whole frames from the same 512 arrays
     xf, yf = accel._make_batch((0, np.arange(4)))
-    assert xf.shape == (4, 256, 256) and yf.shape == (4, 256, 256, 4)
-    assert duct_share > 2 * yf.astype(np.float32)[..., 2:].sum(-1).mean()  # the window is the duct, 4x larger
+    assert xf.shape == (4, 256, 256) and yf.shape == (4, 1024, 1024)  # frames: labels at 4x
+    yf = np.asarray(accel.to_targets(xf, yf)[1])
+    assert yf.shape == (4, 256, 256, 4)
+    assert duct_share > 2 * yf[..., 2:].sum(-1).mean()  # the window is the duct, 4x larger
+    accel._init_worker(x, y, ROBUST, 0, (0.5, 2.0, 2.0, 0))  # half and half: label grids differ in one batch,
+    xm, ym = accel._make_batch((0, np.arange(8) % 4))     # so the worker sends float16 area fractions
+    assert ym.shape == (8, 256, 256, 4) and ym.dtype == np.float16
+    np.testing.assert_array_equal(np.asarray(accel.to_targets(xm, ym)[1]), ym.astype(np.float32))
+
+
+def test_probe_times_the_three_feeds(accel, tmp_path):
+    """`probe` times a step fed from the host, from the device, and the step alone, per precision and batch."""
+    assert accel.main(["probe", "--out", str(tmp_path), "--precisions", "float32", "--batch-sizes", "1",
+                       "--base-filters", "4", "--steps", "1"]) == 0
+    doc = json.loads((tmp_path / "probe.json").read_text())
+    assert [a["feed"] for a in doc["arms"]] == ["host", "device", "compute"]
+    assert all(a["ms_per_step_median"] > 0 and a["batch_size"] == 1 for a in doc["arms"])
 
 
 def test_run_from_a_widened_network_trains_at_its_width(accel, tmp_path):
