@@ -47,6 +47,18 @@ started from the first call's best.keras, carried in as .whl/init.keras:
       --reserve 25 --deadline 545
   python3 bench/train_accel.py run --work /tmp/w --out $OUT --sets $S --init .whl/init.keras --mask-scale 2 \
       --select iou --batch-size 64 --lr 1e-4 --warmup 20 --lr-floor 0.02 --val-every 45 --reserve 20 --deadline 255
+
+Where that step's time went (`probe`, on the H200, 20 filters, batch 64, ms a step): fed from the host with float16
+soft targets cast to float32 there 228, fed as uint8 labels made soft on the device 79, the step alone 71; under
+mixed_bfloat16 195 / 46 / 39. So two thirds of the old step was the host's casting and copying, not the network.
+The run now feeds labels as uint8 (to_targets), and --precision mixed_bfloat16 halves the rest. The model of the
+second 2026-12-04 lease (docs/model-card.md), call 1 probing and making nine seen sets, call 2 on the warm machine:
+
+  python3 bench/train_accel.py probe --out $OUT --batch-sizes 64 128 --steps 10
+  S="$S train-steel2-seen train-rnd4-seen"
+  python3 bench/train_accel.py run --work /tmp/w --out $OUT --sets $S --init ercp_node/model/weights/default.keras \
+      --mask-scale 2 --select iou --batch-size 64 --lr 2e-4 --warmup 100 --lr-floor 0.02 --val-every 60 \
+      --reserve 25 --precision mixed_bfloat16 --deadline 395
 """
 from __future__ import annotations
 
