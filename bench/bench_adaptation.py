@@ -76,7 +76,7 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
     """The `ercp-node retrain` call that fine-tunes args.init on the site subset `data` into `run`."""
     cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(data), str(args.test),
            "--split-date", "2024-06-09", "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr),
-           "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes), "--mixed-precision", "auto",
+           "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes), "--mixed-precision", args.mixed_precision,
            "--out", str(run), "--data-dir", str(args.work / "registry")]
     if args.rehearse:
         cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
@@ -106,6 +106,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep", choices=("best", "last"), default="best", help="retrain --keep")
     ap.add_argument("--seed", type=int, default=0, help="retrain --seed (a repeat of a recipe)")
     ap.add_argument("--xla", action="store_true", help="retrain --xla: more steps in the budget on a CPU")
+    ap.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
+                    help="retrain --mixed-precision (auto: bf16 on a GPU or a CPU with AMX-BF16)")
     ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
-               "xla": args.xla, "reference": "in_domain_mean of row n=0" if reference else None,
+               "xla": args.xla, "mixed_precision": args.mixed_precision, "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
         Path(args.out).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.out}")
@@ -161,7 +163,8 @@ def main(argv=None) -> int:
         elapsed = time.perf_counter() - t
         card = json.loads((run / "model.json").read_text())
         rows.append({"n": n, "train_seconds": card["training_seconds_this_run"], "wall_seconds": round(elapsed, 1),
-                     "epochs": card["epochs"], **score(run / "model.keras", args.test),
+                     "epochs": card["epochs"], "bf16": bool(card.get("mixed_precision")),
+                     **score(run / "model.keras", args.test),
                      **in_domain(run / "model.keras")})
         print(json.dumps(pct(rows[-1])), flush=True)
         write()

@@ -111,6 +111,25 @@ def test_mixed_precision_bf16_builds_and_trains(tmp_path):
               mixed_precision=True)
 
 
+def test_mixed_precision_auto_follows_the_hardware(monkeypatch):
+    """`--mixed-precision auto`: bf16 on a GPU, or on a CPU whose flags list amx_bf16 (TensorFlow backend); a CPU
+    with AVX-512 BF16 alone emulates it slower than float32, so it stays float32 there."""
+    from ercp_node.model import cli as model_cli
+    from ercp_node.model import train as train_mod
+
+    amx = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+    avx_only = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n"
+    assert train_mod.cpu_bf16_native(amx) and not train_mod.cpu_bf16_native(avx_only)
+    assert not train_mod.cpu_bf16_native("processor\t: 0\n")  # no flags line: no claim
+    assert not train_mod.cpu_bf16_native("flags\t: xamx_bf16y\n")  # whole flags only
+    native = train_mod.cpu_bf16_native
+    for gpu, cpuinfo, want in ((True, avx_only, True), (False, amx, True), (False, avx_only, False)):
+        monkeypatch.setattr(train_mod, "gpu_available", lambda gpu=gpu: gpu)
+        monkeypatch.setattr(train_mod, "cpu_bf16_native", lambda c=cpuinfo: native(c))
+        assert model_cli._mixed("auto") is want, (gpu, cpuinfo)
+    assert model_cli._mixed("on") is True and model_cli._mixed("off") is False
+
+
 def test_robust_augmentation_keeps_image_and_mask_together():
     """Any rotation, flips and zoom move image and mask alike; black corners are background."""
     _, masks = _toy(1)

@@ -40,7 +40,8 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="first test date (default: the newest ~10%% of dates are the test set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
-                   help="bfloat16 compute; auto: on when a GPU is present (on CPUs with AVX-512 BF16 say 'on')")
+                   help="bfloat16 compute; auto: on where it is faster than float32 (a GPU, or a CPU with AMX-BF16 "
+                             "on the TensorFlow backend)")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     p.add_argument("--data-dir", default="ercp-node-data", help="the node's data directory (model registry)")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the node database (default: SQLite in --data-dir)")
@@ -217,9 +218,9 @@ def _validate(args) -> None:
 def _mixed(choice: str) -> bool:
     if choice != "auto":
         return choice == "on"
-    from .train import gpu_available
+    from .train import bf16_is_fast
 
-    return gpu_available()
+    return bf16_is_fast()
 
 
 def run_retrain(args: argparse.Namespace) -> int:

@@ -307,6 +307,27 @@ def gpu_available() -> bool:
     return False
 
 
+def cpu_bf16_native(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX-BF16, the `amx_bf16` flag of
+    /proc/cpuinfo). There, on the TensorFlow backend (oneDNN), `mixed_bfloat16` trains a step of the 20-filter
+    network 1.7x faster than float32 (docs/model.md); without it bf16 is emulated and slower than float32."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no such file, so no claim
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return "amx_bf16" in line.partition(":")[2].split()
+    return False
+
+
+def bf16_is_fast() -> bool:
+    """`--mixed-precision auto`: bf16 where it is faster than float32 — a GPU, or a CPU with AMX-BF16 under the
+    TensorFlow backend."""
+    return gpu_available() or (keras.backend.backend() == "tensorflow" and cpu_bf16_native())
+
+
 class _LastCheckpoint(keras.callbacks.Callback):
     """Save model + optimizer and the history after every epoch, atomically (tmp file, then rename), so a crash
     mid-write leaves the previous checkpoint intact."""
