@@ -76,8 +76,8 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
     """The `ercp-node retrain` call that fine-tunes args.init on the site subset `data` into `run`."""
     cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(data), str(args.test),
            "--split-date", "2024-06-09", "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr),
-           "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes), "--mixed-precision", args.mixed_precision,
-           "--out", str(run), "--data-dir", str(args.work / "registry")]
+           "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes),
+           "--mixed-precision", args.mixed_precision, "--out", str(run), "--data-dir", str(args.work / "registry")]
     if args.rehearse:
         cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
     if args.freeze_encoder:
@@ -143,7 +143,8 @@ def main(argv=None) -> int:
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
-               "xla": args.xla, "mixed_precision": args.mixed_precision, "reference": "in_domain_mean of row n=0" if reference else None,
+               "xla": args.xla, "mixed_precision": args.mixed_precision,
+               "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
         Path(args.out).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.out}")

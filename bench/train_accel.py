@@ -369,7 +369,8 @@ def run(args) -> int:
         if improved:
             best.update(val_loss=vl, score=round(sc, 4), step=step, epoch=round(epoch, 2),
                         val_iou=iou, **{f"val_iou_{VAL_FINE}": iou_fine})
-        doc = {**info, "best": best, "history": history, "steps": step, "epochs": round(epoch, 2),
+        doc = {**info, "timing": {k: round(v, 3) for k, v in timing.items()}, "best": best, "history": history,
+               "steps": step, "epochs": round(epoch, 2),
                "train_seconds": round(now - t_train0, 1), "total_seconds": round(now - t_start, 1)}
         (out / "train.json").write_text(json.dumps(doc, indent=1))
         log(f"step {step} epoch {epoch:.2f} loss {train_loss:.4f} val {vl:.4f} {iou} at {VAL_FINE}: {iou_fine}"
@@ -396,7 +397,6 @@ def run(args) -> int:
     # where a training step's wall time goes: waiting for the augmentation pool, handing the batch to the device
     # (to_targets), the step itself (train_on_batch returns once the device is done: its logs are host floats)
     timing = {"wait_s": 0.0, "prepare_s": 0.0, "step_s": 0.0, "steps": 0}
-    info["timing"] = timing
     try:
         while time.monotonic() < t_train_end:
             for k in range(steps_per_epoch):
@@ -409,7 +409,7 @@ def run(args) -> int:
                 logs = model.train_on_batch(xd, targets, return_dict=True)
                 t3 = time.monotonic()
                 for key, dt in (("wait_s", t1 - t0), ("prepare_s", t2 - t1), ("step_s", t3 - t2)):
-                    timing[key] = round(timing[key] + dt, 2)
+                    timing[key] += dt  # summed unrounded: a step's parts are milliseconds
                 timing["steps"] += 1
                 losses.append(float(logs["loss"]))
                 step += 1
@@ -502,6 +502,7 @@ def probe(args) -> int:
     import keras
 
     from ercp_node.model.losses import make_loss
+    from ercp_node.model.train import soft_one_hot
     from ercp_node.model.unet import build_unet, get_config
 
     out = Path(args.out)
@@ -516,7 +517,7 @@ def probe(args) -> int:
         for bs in args.batch_sizes:
             xb = rng.random((bs, 256, 256), dtype=np.float32).astype(np.float16)
             yb = rng.integers(0, 4, (bs, 512, 512), dtype=np.uint8)
-            ysoft = np.stack([soft_targets_host(m) for m in yb])
+            ysoft = np.stack([soft_one_hot(m, (256, 256)).astype(np.float16) for m in yb])
             fixed = to_targets(xb, yb)
             feeds = {"host": lambda: (xb.astype(np.float32)[..., None], ysoft.astype(np.float32)),
                      "device": lambda: to_targets(xb, yb), "compute": lambda: fixed}
@@ -538,12 +539,6 @@ def probe(args) -> int:
                 (out / "probe.json").write_text(json.dumps(doc, indent=1))
     keras.config.set_dtype_policy("float32")
     return 0
-
-
-def soft_targets_host(m: np.ndarray) -> np.ndarray:
-    from ercp_node.model.train import soft_one_hot
-
-    return soft_one_hot(m, (256, 256)).astype(np.float16)
 
 
 def main(argv=None) -> int:

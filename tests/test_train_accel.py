@@ -30,6 +30,10 @@ def test_run_then_finish(accel, tmp_path):
     assert doc["train_seconds"] < 50  # --train-seconds ends training before --deadline (plus the last validation)
     assert doc["steps"] > 0 and doc["train_images"] + doc["validation_images"] == 4 + 8 + 8
     assert doc["validation_images"] >= 1
+    # where the steps' time went, summed unrounded (a step's parts are milliseconds: rounded per step they vanish)
+    t = doc["timing"]
+    assert t["steps"] == doc["steps"] and t["prepare_s"] > 0 and t["step_s"] > 0
+    assert t["wait_s"] + t["prepare_s"] + t["step_s"] <= doc["train_seconds"] + 0.05  # train_seconds: to 0.1 s
     assert doc["sets"]["train-cls"].startswith("--count 500 --seed 3102")  # the documented set, scaled
     made = json.loads((tmp_path / "w" / "train-clin" / "dataset.json").read_text())
     assert made["count"] == 8 and made["options"]["stone_sizes"] == "clinical"
@@ -192,8 +196,11 @@ def test_run_from_a_widened_network_trains_at_its_width(accel, tmp_path):
     assert accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls",
                        "--scale", "0.01", "--deadline", "60", "--reserve", "5", "--batch-size", "2",
                        "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "10",
-                       "--prefetch", "2", "--init", str(wide)]) == 0
+                       "--prefetch", "2", "--init", str(wide), "--precision", "mixed_bfloat16"]) == 0
     doc = json.loads((out / "train.json").read_text())
     assert doc["config"]["base_filters"] == width and doc["steps"] > 0
+    assert doc["precision"] == "mixed_bfloat16"  # trained in bf16, saved as float32 below
     assert f"widened to {width}" in doc["init"]["version"]
-    assert keras.saving.load_model(out / "best.keras", compile=False).get_layer("enc0_conv1").filters == width
+    best = keras.saving.load_model(out / "best.keras", compile=False)
+    assert best.get_layer("enc0_conv1").filters == width and best.dtype_policy.name == "float32"
+    assert best.get_layer("enc0_conv1").compute_dtype == "float32"

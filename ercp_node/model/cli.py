@@ -41,7 +41,7 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
                    help="bfloat16 compute; auto: on where it is faster than float32 (a GPU, or a CPU with AMX-BF16 "
-                             "on the TensorFlow backend)")
+                        "on the TensorFlow backend)")
     p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE")
     p.add_argument("--data-dir", default="ercp-node-data", help="the node's data directory (model registry)")
     p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the node database (default: SQLite in --data-dir)")
