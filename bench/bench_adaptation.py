@@ -82,6 +82,8 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
         cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
     if args.freeze_encoder:
         cmd.append("--freeze-encoder")
+    if args.freeze_norm:
+        cmd.append("--freeze-norm")
     if args.lr_floor is not None:
         cmd += ["--lr-floor", str(args.lr_floor)]
     cmd += ["--keep", args.keep, "--seed", str(args.seed)]
@@ -102,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rehearse", nargs="+", default=[], help="data the starting model learnt (retrain --rehearse)")
     ap.add_argument("--share", type=float, default=0.5, help="retrain --rehearse-share")
     ap.add_argument("--freeze-encoder", action="store_true")
+    ap.add_argument("--freeze-norm", action="store_true", help="retrain --freeze-norm")
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
     ap.add_argument("--keep", choices=("best", "last"), default="best", help="retrain --keep")
     ap.add_argument("--seed", type=int, default=0, help="retrain --seed (a repeat of a recipe)")
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
     def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
-               "freeze_encoder": args.freeze_encoder, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
+               "freeze_encoder": args.freeze_encoder, "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
                "xla": args.xla, "mixed_precision": args.mixed_precision,
                "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}

@@ -187,6 +187,8 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--lr-plateau", "0"], "--lr-plateau"),
     (["--time-budget", "0"], "--time-budget"),
     (["--rehearse", "elsewhere"], "--rehearse needs --init"),
+    (["--freeze-norm"], "--freeze-norm needs --init"),
+    (["--freeze-encoder"], "--freeze-encoder needs --init"),
     (["--init", "shipped", "--rehearse-share", "1"], "--rehearse-share"),
     (["--lr-floor", "0.1"], "--lr-floor decays the rate over --time-budget"),
     (["--time-budget", "5", "--lr-plateau", "2", "--lr-floor", "0.1"], "--lr-floor decays"),

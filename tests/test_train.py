@@ -281,6 +281,21 @@ def test_fine_tune_starts_from_given_weights_and_freezes_encoder(tmp_path):
     assert not np.array_equal(dec, first.model.get_layer("dec0_conv1").get_weights()[0])
 
 
+def test_fine_tune_with_frozen_normalisation_keeps_every_batch_norm(tmp_path):
+    images, masks = _toy(6)
+    first = train(TINY, (images, masks), out_dir=tmp_path / "a", epochs=2, batch_size=3, lr=3e-3)
+    init = first.model.get_weights()
+    tuned = train(TINY, (images, masks), out_dir=tmp_path / "b", epochs=1, batch_size=3, lr=3e-3,
+                  init_weights=init, freeze_norm=True)
+    norms = [layer for layer in tuned.model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms
+    for layer in norms:  # scale, shift and the running mean and variance: all as the start had them
+        for a, b in zip(layer.get_weights(), first.model.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    conv = tuned.model.get_layer("enc0_conv1").get_weights()[0]  # the convolutions still learn
+    assert not np.array_equal(conv, first.model.get_layer("enc0_conv1").get_weights()[0])
+
+
 def test_init_of_another_grid_or_class_list_is_refused(tmp_path):
     from ercp_node.model.retrain import load_init
     from ercp_node.model.unet import build_unet

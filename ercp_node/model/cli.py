@@ -52,6 +52,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: from scratch)")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="with --init: train the decoder only (suits 10–50 annotated images)")
+    p.add_argument("--freeze-norm", action="store_true",
+                   help="with --init: keep every batch normalisation's statistics and scale (normalise with the "
+                        "starting model's, not a small site batch's)")
     p.add_argument("--augment", choices=("paper", "robust", "robust-scope", "none"), default="paper",
                    help="paper: flips, ±10° rotation, contrast jitter; robust: any rotation, flips, scale "
                         "0.7–1.4, intensity curves, blur/sharpen, noise; robust-scope: robust plus a restyled "
@@ -206,6 +209,8 @@ def _validate(args) -> None:
         raise CLIError("give --data DIR... and/or --from-archive")
     if getattr(args, "freeze_encoder", False) and not getattr(args, "init", None):
         raise CLIError("--freeze-encoder needs --init (a model whose encoder to keep)")
+    if getattr(args, "freeze_norm", False) and not getattr(args, "init", None):
+        raise CLIError("--freeze-norm needs --init (a model whose normalisation to keep)")
     if getattr(args, "rehearse", None):
         if not args.init:
             raise CLIError("--rehearse needs --init (rehearsal keeps what a model learnt before)")
@@ -260,6 +265,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 base_filters=args.base_filters, input_size=args.input_size, early_stopping=args.early_stopping,
                 focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command,
                 registry=registry, force_reason=args.force, init=init, freeze_encoder=args.freeze_encoder,
+                freeze_norm=args.freeze_norm,
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
                 rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep)

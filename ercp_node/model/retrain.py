@@ -223,7 +223,8 @@ def load_init(path: str | Path, config) -> tuple[list, dict]:
 
 def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, batch_size=16, lr=1e-4, seed=0,
               mixed_precision=False, early_stopping=None, focal_alpha=2.0, focal_gamma=2.0, command="",
-              init: str | Path | None = None, freeze_encoder: bool = False, augment: str = "paper",
+              init: str | Path | None = None, freeze_encoder: bool = False, freeze_norm: bool = False,
+              augment: str = "paper",
               time_budget_s: float | None = None, stone_net: Path | None = None, lr_plateau: int | None = None,
               rehearse_share: float = 0.5, xla: bool = False, lr_floor: float | None = None, keep: str = "best",
               log=print) -> tuple[Path, dict]:
@@ -267,7 +268,8 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
-                   freeze_encoder=freeze_encoder, time_budget_s=time_budget_s, lr_plateau=lr_plateau, xla=xla,
+                   freeze_encoder=freeze_encoder, freeze_norm=freeze_norm, time_budget_s=time_budget_s,
+                   lr_plateau=lr_plateau, xla=xla,
                    lr_floor=lr_floor)
     elapsed = time.perf_counter() - t0
     state = json.loads(result.paths["state"].read_text()) if result.paths["state"].is_file() else {}
@@ -282,7 +284,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "data_fingerprint": prep.fingerprint, "split": prep.split.report(), "validation_images": len(prep.validation),
         "training_seconds_this_run": round(elapsed, 1), "augment": augment,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
-        "freeze_encoder": freeze_encoder, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
+        "freeze_encoder": freeze_encoder, "freeze_norm": freeze_norm, "time_budget_s": time_budget_s, "lr_plateau_patience": lr_plateau,
         "xla": xla, "lr_floor": lr_floor, "kept": "best" if best_path == result.paths["best"] else "last",
         "rehearsal": rehearsal,
         "labels": list(LABEL_NAMES),
@@ -330,6 +332,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             base_filters: int | None = None, input_size: int | None = None, early_stopping: int | None = None,
             focal_alpha: float = 2.0, focal_gamma: float = 2.0, command: str = "", registry=None,
             force_reason: str | None = None, init: str | Path | None = None, freeze_encoder: bool = False,
+            freeze_norm: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
             lr_floor: float | None = None, keep: str = "best", log=print) -> dict:
@@ -343,7 +346,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
-                                 freeze_encoder=freeze_encoder, augment=augment, time_budget_s=time_budget_s,
+                                 freeze_encoder=freeze_encoder, freeze_norm=freeze_norm, augment=augment,
+                                 time_budget_s=time_budget_s,
                                  stone_net=stone_net, lr_plateau=lr_plateau, rehearse_share=rehearse_share,
                                  xla=xla, lr_floor=lr_floor, keep=keep, log=log)
     if registry is not None:

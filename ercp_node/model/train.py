@@ -376,7 +376,7 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
           loss_kwargs: dict | None = None, epochs: int = 40, batch_size: int = 16, lr: float = 1e-4,
           augment: Augment | bool = True, early_stopping: int | None = None, resume: bool = True,
           mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=(),
-          init_weights: list | None = None, freeze_encoder: bool = False,
+          init_weights: list | None = None, freeze_encoder: bool = False, freeze_norm: bool = False,
           time_budget_s: float | None = None, lr_plateau: int | None = None, xla: bool = False,
           lr_floor: float | None = None) -> TrainResult:
     """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
@@ -387,7 +387,10 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     (faster on CPUs with AVX-512 BF16/AMX; the softmax and the losses stay float32). resume: continue from
     out_dir/last.keras if it exists. init_weights: start from these weights (fine-tuning; the model is built
     from the config, so mixed precision still applies); freeze_encoder: the contracting path and the bottleneck
-    keep them. time_budget_s: stop when the wall-clock time is spent, keeping the best checkpoint. lr_plateau:
+    keep them; freeze_norm: every batch normalisation keeps its scale, shift and running statistics and normalises
+    with them while training (Keras runs a non-trainable BatchNormalization in inference mode), so a small site
+    batch, half rehearsal, does not re-estimate the statistics the rest of the network was trained with.
+    time_budget_s: stop when the wall-clock time is spent, keeping the best checkpoint. lr_plateau:
     halve the learning rate after this many epochs without a better monitored loss (down to lr / 32; the
     reduced rate is saved with the optimizer, so a resumed run keeps it); None: the paper's fixed rate.
     xla: compile the training step with XLA on the TensorFlow backend even without a GPU (Keras's "auto" turns it
@@ -431,6 +434,10 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
         if freeze_encoder:  # a few site images adapt the decoder; the encoder keeps what the phantom taught
             for layer in model.layers:
                 if layer.name.startswith(("enc", "bottleneck")):
+                    layer.trainable = False
+        if freeze_norm:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
                     layer.trainable = False
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
                       loss=make_loss(loss, **(loss_kwargs or {})),
