@@ -7,12 +7,14 @@
    throughput (preprocessed batches of 16 through the U-Net) measured in the same run.
 
 Usage: python bench/bench_node.py [--count 200] [--latency-images 30] [--repeats 3] [--model PATH[,PATH...]]
-       [--worker-modes process,thread] [--workers 0,1] [--tta none,flip] [--zoom 1,1.4] [--skip-ingest]
+       [--worker-modes process,thread] [--workers 0,1] [--tta none,flip] [--zoom 1,1.4] [--precision float32,auto]
+       [--skip-ingest]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -94,7 +96,8 @@ def ingest(files: list[Path], repeats: int) -> dict:
 
 
 def end_to_end(files: list[Path], latency_images: int, model: str | None, workers: int = 0,
-               worker_mode: str = "process", tta: str = "flip", zoom: float | None = None) -> dict:
+               worker_mode: str = "process", tta: str = "flip", zoom: float | None = None,
+               precision: str | None = None) -> dict:
     from helpers import free_port
 
     from ercp_node.config.settings import Settings, parse_destination, worker_count
@@ -115,6 +118,7 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         s.model.path = model or ""
         s.node.workers, s.node.worker_mode, s.model.tta = workers, worker_mode, tta
         s.model.zoom = s.model.zoom if zoom is None else zoom
+        s.model.precision = precision or s.model.precision
         res["workers"], res["tta"], res["zoom"] = worker_count(s), tta, s.model.zoom
         s.destinations = [parse_destination(f"DEMOPACS@127.0.0.1:{pacs.port}", ("SEG", "SR"))]
         node = Node(s).start()
@@ -169,7 +173,8 @@ def end_to_end(files: list[Path], latency_images: int, model: str | None, worker
         res["burst"] = {"images": len(uids), "intake_s": round(intake_s, 2),
                         "intake_images_per_s": round(len(uids) / intake_s, 1), "all_seg_sr_stored_s": round(total, 2),
                         "sustained_images_per_s": round(len(uids) / total, 2)}
-        seg = Segmenter.load(model or SHIPPED, tta=tta)
+        seg = Segmenter.load(model or SHIPPED, tta=tta, precision=s.model.precision)
+        res["precision"] = seg.precision
         x = np.stack([preprocess(d.pixel_array, size=seg.input_size) for d in datasets[:32]])
         seg.probabilities(x[:16])  # warm up
         t = time.perf_counter()
@@ -201,6 +206,8 @@ def main() -> int:
                     "(e.g. none,flip: the node's cost of test-time augmentation side by side)")
     ap.add_argument("--zoom", default="", help="comma-separated model.zoom values, run one after the other "
                     "(e.g. 1,1.4: the cost of the second look side by side; default: the node's setting)")
+    ap.add_argument("--precision", default="", help="comma-separated model.precision values, run one after the "
+                    "other (e.g. float32,bfloat16: the cost of each side by side; default: the node's setting)")
     ap.add_argument("--skip-ingest", action="store_true")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "node.json"))
     a = ap.parse_args()
@@ -221,14 +228,16 @@ def main() -> int:
         for mode in filter(None, a.worker_modes.split(",")):  # "" runs the ingest comparison only
             for n in counts:
                 for tta in a.tta.split(","):
-                    for zoom in a.zoom.split(",") if a.zoom else [None]:
-                        for i, model in enumerate(models):
-                            key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
-                                   + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else "")
-                                   + (f"_model_{i + 1}" if len(models) > 1 else ""))
-                            result[key] = r = end_to_end(files, a.latency_images, model or None, n, mode, tta,
-                                                         None if zoom is None else float(zoom))
-                            print(key, json.dumps(r), flush=True)
+                    for zoom, precision, (i, model) in itertools.product(
+                            a.zoom.split(",") if a.zoom else [None], a.precision.split(",") if a.precision else [None],
+                            enumerate(models)):
+                        key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
+                               + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else "")
+                               + (f"_{precision}" if "," in a.precision else "")
+                               + (f"_model_{i + 1}" if len(models) > 1 else ""))
+                        result[key] = r = end_to_end(files, a.latency_images, model or None, n, mode, tta,
+                                                     None if zoom is None else float(zoom), precision)
+                        print(key, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -132,6 +132,10 @@ def diagnose(args) -> dict:
             rep["model"] = {"path": str(path), "version": card_version(path), "exists": path.is_file()}
         if "model" in rep:
             rep["model"]["runs_on"] = rep["backend"].get("runs_on")
+            if rep["backend"].get("ok"):  # what model.precision resolves to here (bf16 where it is fast)
+                from .model.inference import resolve_precision
+
+                rep["model"]["precision"] = resolve_precision(settings.model.precision)
             if not rep["model"]["exists"]:
                 problems.append(f"model file {rep['model']['path']} is missing")
         rep["destinations"] = [d.describe() for d in settings.destinations]
@@ -159,7 +163,8 @@ def render(rep: dict) -> str:
                      f"{'writable' if d['writable'] else 'NOT writable'}, {d.get('free_mb', '?')} MB free)")
     if "model" in rep:
         m = rep["model"]
-        lines.append(f"model       {m['version']} ({m['path']}) on {m['runs_on']}")
+        lines.append(f"model       {m['version']} ({m['path']}) on {m['runs_on']}"
+                     + (f", {m['precision']} compute" if m.get("precision") else ""))
     if "destinations" in rep:
         lines.append("destinations " + ("; ".join(rep["destinations"]) or rep.get("destinations_note", "")))
         lines.append(f"http        {rep['http']}")

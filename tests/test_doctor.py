@@ -28,6 +28,7 @@ def test_doctor_on_a_valid_configuration(tmp_path):
     assert rep["packages"]["keras"] == "3.15.1" and rep["backend"]["tensorflow"] == "2.21.0"
     assert rep["backend"]["runs_on"] in ("CPU", "GPU:0") and rep["model"]["runs_on"] == rep["backend"]["runs_on"]
     assert rep["model"]["version"] == "unet-default-dl-cfl-phantom-robust-2026.12.04-gpu-seen9" and rep["model"]["exists"]
+    assert rep["model"]["precision"] in ("float32", "bfloat16")  # model.precision "auto", resolved for this machine
     assert rep["tools"]["storescu"] and rep["destinations"] == ["PACS: dimse PACS@10.0.0.5:104 [SEG,SR,GSPS]"]
     assert rep["http"] == "127.0.0.1:8080"
     rc, out, _ = _doctor("--config", str(cfg))

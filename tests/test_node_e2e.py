@@ -84,7 +84,8 @@ def test_images_in_seg_and_sr_out(tmp_path, tiny_model, images, pacs, capsys):
                              postprocess=node.settings.model.postprocess,  # and stone decision
                              stone_min_peak=node.settings.model.stone_min_peak,
                              stone_min_rose_k=node.settings.model.stone_min_rose_k,
-                             zoom=node.settings.model.zoom)  # and second look
+                             zoom=node.settings.model.zoom,  # and second look
+                             precision=node.settings.model.precision)  # at its compute precision
         by_uid = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in images}
         for f in files:
             assert dciodvfy_errors(f) == [], f

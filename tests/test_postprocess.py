@@ -113,7 +113,8 @@ def test_segment_writes_the_labels_of_the_clean_up_it_is_given(tiny_model, tmp_p
     for mode, argv in (("anatomy", ["--zoom", "1"]), ("none", ["--postprocess", "none", "--zoom", "1"])):
         out = tmp_path / mode
         assert main(["segment", str(src), "--out", str(out), "--model", str(tiny_model), *argv]) == 0
-        expected = np.stack(Segmenter.load(tiny_model, tta=Settings().model.tta, postprocess=mode).segment(frames_of(ds)))
+        expected = np.stack(Segmenter.load(tiny_model, tta=Settings().model.tta, postprocess=mode,
+                                           precision=Settings().model.precision).segment(frames_of(ds)))
         got = read_seg_labels(pydicom.dcmread(next(out.glob("*.seg.dcm"))), expected.shape)
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)
         written[mode] = expected

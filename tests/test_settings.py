@@ -73,3 +73,10 @@ def test_test_time_augmentation_setting():
     assert load(None, env={"ERCP_NODE_MODEL_TTA": "none"}).model.tta == "none"
     with pytest.raises(ConfigError, match="model.tta 'rot' unknown"):
         load(None, env={"ERCP_NODE_MODEL_TTA": "rot"})
+
+
+def test_precision_setting():
+    assert Settings().model.precision == "auto"  # bfloat16 only where it is faster (bench/results/precision.json)
+    assert load(None, env={"ERCP_NODE_MODEL_PRECISION": "float32"}).model.precision == "float32"
+    with pytest.raises(ConfigError, match="model.precision 'fp16' unknown"):
+        load(None, env={"ERCP_NODE_MODEL_PRECISION": "fp16"})

@@ -132,7 +132,8 @@ def test_segment_follows_the_settings_zoom(tiny_model, tmp_path, capsys):
     for zoom, argv in ((s.zoom, []), (1.0, ["--zoom", "1"])):
         out = tmp_path / f"z{zoom:g}"
         assert main(["segment", str(src), "--out", str(out), "--model", str(tiny_model), *argv]) == 0
-        expected = np.stack(Segmenter.load(tiny_model, tta=s.tta, postprocess=s.postprocess, zoom=zoom)
+        expected = np.stack(Segmenter.load(tiny_model, tta=s.tta, postprocess=s.postprocess, zoom=zoom,
+                                           precision=s.precision)
                             .segment(frames_of(ds)))
         got = read_seg_labels(pydicom.dcmread(next(out.glob("*.seg.dcm"))), expected.shape)
         np.testing.assert_array_equal(got.reshape(expected.shape), expected)

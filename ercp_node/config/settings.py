@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..model.inference import PRECISIONS
 from ..model.postprocess import POSTPROCESS_MODES, STONE_POINT_LIMITS, resolve_stone_point
 from ..model.tta import TTA_MODES
 from ..model.zoom import check_zoom
@@ -78,6 +79,11 @@ class ModelSettings:
     # largest the network was trained with), averaged in (bench/results/zoom-served.json: better on both phantoms as
     # served; ~1.9× the model's time, node-zoom.json); 1: one look.
     zoom: float = 1.4
+    # The network's compute precision (model/inference.py serving_model): "auto" runs bfloat16 where it is faster
+    # (a GPU, or a CPU with AMX-BF16 under TensorFlow) and float32 elsewhere; the weights stay float32.
+    # bench/results/precision.json, node-precision.json (AMX CPU): as served, pooled IoU non-inferior (gate rule),
+    # 0.006-0.04 % of pixels differ; 1.65x faster per cine frame, node p50 0.99 -> 0.55 s at 1 image/s.
+    precision: str = "auto"
 
 
 @dataclass
@@ -503,6 +509,8 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"model.tta {s.model.tta!r} unknown (known: {', '.join(TTA_MODES)})")
     if s.model.postprocess not in POSTPROCESS_MODES:
         raise ConfigError(f"model.postprocess {s.model.postprocess!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
+    if s.model.precision not in PRECISIONS:
+        raise ConfigError(f"model.precision {s.model.precision!r} unknown (known: {', '.join(PRECISIONS)})")
     try:
         check_zoom(s.model.zoom)
     except ValueError as exc:

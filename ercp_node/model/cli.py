@@ -175,6 +175,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help='stone decision: stones with a Rose k below K are drawn as duct (default 0; "model": the card\'s)')
     p.add_argument("--zoom", type=float, default=1.0, metavar="Z",
                    help="the second look at the duct, zoomed Z× (default 1: one look, as Table 1; the node: model.zoom)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+                   help="the network's compute precision (default float32, as the card's figures; the node: "
+                        "model.precision, auto)")
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
@@ -337,11 +340,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess,
                              stone_min_peak=args.stone_min_peak, stone_min_rose_k=args.stone_min_rose_k,
-                             zoom=args.zoom)
+                             zoom=args.zoom, precision=args.precision)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)
-    report["model"] = seg.version
+    report["model"], report["precision"] = seg.version, seg.precision
     print(table1_markdown({seg.version: report}, first_column="model"))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))

@@ -17,6 +17,38 @@ from .tta import TTA_MODES
 from .zoom import WEIGHT, check_zoom, second_look
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto": bfloat16 where it is faster than float32 (train.bf16_is_fast: a GPU, or a CPU with AMX-BF16 under
+    TensorFlow), else float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} unknown (known: {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        from .train import bf16_is_fast
+
+        return "bfloat16" if bf16_is_fast() else "float32"
+    return precision
+
+
+def serving_model(model, precision: str):
+    """The network to run at `precision` ("float32" or "bfloat16"): for bfloat16, the same layers and weights rebuilt
+    under the `mixed_bfloat16` policy (bf16 compute, float32 variables); the output layers keep their own dtype (the
+    softmax stays float32, as in training). Weights are stored float32 either way (retrain.save_model)."""
+    if precision == "float32":
+        return model
+    import keras
+
+    config = model.get_config()
+    outputs = config["output_layers"]
+    outputs = {o[0] for o in ([outputs] if isinstance(outputs[0], str) else outputs)}
+    for layer in config["layers"]:
+        if layer["class_name"] != "InputLayer" and layer["name"] not in outputs and "dtype" in layer["config"]:
+            layer["config"]["dtype"] = "mixed_bfloat16"
+    fast = keras.Model.from_config(config)
+    fast.set_weights(model.get_weights())
+    return fast
 
 
 
@@ -61,6 +93,9 @@ class Segmenter:
     zoom: float = 1.0
     zoom_weight: float = WEIGHT  # the second look's share inside its window (bench/bench_zoom.py compares others)
     zoom_tta: str | None = None  # the second look's TTA views (None: the first look's; bench_zoom compares)
+    # The first stage's compute precision as loaded ("float32" or "bfloat16"; serving_model). Recorded, not applied:
+    # Segmenter.load builds the network at it.
+    precision: str = "float32"
 
     def __post_init__(self):
         for mode in (self.tta, self.zoom_tta or self.tta):
@@ -75,7 +110,9 @@ class Segmenter:
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
              postprocess: str = "none", stone_min_peak: float | str = 0.0,
-             stone_min_rose_k: float | str = 0.0, zoom: float = 1.0) -> "Segmenter":
+             stone_min_rose_k: float | str = 0.0, zoom: float = 1.0, precision: str = "float32") -> "Segmenter":
+        """precision: the first stage's compute ("float32", "bfloat16" or "auto", resolve_precision); the cascade's
+        stone net runs float32."""
         import keras
 
         from . import losses  # noqa: F401 - registers the custom losses for deserialisation
@@ -83,7 +120,8 @@ class Segmenter:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} not found")
-        model = keras.saving.load_model(path, compile=False)
+        precision = resolve_precision(precision)
+        model = serving_model(keras.saving.load_model(path, compile=False), precision)
         card = json.loads(card_path(path).read_text()) if card_path(path).is_file() else {}
         card.setdefault("version", path.stem)
         stones = None
@@ -94,7 +132,8 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, zoom)
+        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, zoom,
+                   precision=precision)
 
     @property
     def version(self) -> str:

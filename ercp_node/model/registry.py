@@ -128,9 +128,11 @@ def model_path(configured: str | Path | None, sessions) -> Path:
 
 def load_segmenter(configured: str | Path | None, sessions, tta: str = "none",
                    postprocess: str = "none", stone_min_peak: float | str = 0.0,
-                   stone_min_rose_k: float | str = 0.0, zoom: float = 1.0) -> inference.Segmenter:
+                   stone_min_rose_k: float | str = 0.0, zoom: float = 1.0,
+                   precision: str = "float32") -> inference.Segmenter:
     """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta), the
     label clean-up `postprocess` (model.postprocess), the stone decision (model.stone_min_peak, stone_min_rose_k)
-    and the second look's zoom (model.zoom)."""
+    the second look's zoom (model.zoom) and the compute precision (model.precision)."""
     return inference.Segmenter.load(model_path(configured, sessions), tta=tta, postprocess=postprocess,
-                                    stone_min_peak=stone_min_peak, stone_min_rose_k=stone_min_rose_k, zoom=zoom)
+                                    stone_min_peak=stone_min_peak, stone_min_rose_k=stone_min_rose_k, zoom=zoom,
+                                    precision=precision)

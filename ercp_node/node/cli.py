@@ -92,6 +92,8 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stone-min-rose-k", default=None, metavar="K",
                    help='stone decision: stones with a Rose k below K are drawn as duct; "model" or 0 as above '
                         "(default: the settings' model.stone_min_rose_k)")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default=None,
+                   help="the network's compute precision (default: the settings' model.precision)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -143,7 +145,8 @@ def run_segment(args: argparse.Namespace) -> int:
                                                      else settings.model.stone_min_peak),
                                      stone_min_rose_k=(args.stone_min_rose_k if args.stone_min_rose_k is not None
                                                        else settings.model.stone_min_rose_k),
-                                     zoom=args.zoom if args.zoom is not None else settings.model.zoom)
+                                     zoom=args.zoom if args.zoom is not None else settings.model.zoom,
+                                     precision=args.precision or settings.model.precision)
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:

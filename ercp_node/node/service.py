@@ -105,7 +105,8 @@ class Node:
                                                      self.settings.model.postprocess,
                                                      self.settings.model.stone_min_peak,
                                                      self.settings.model.stone_min_rose_k,
-                                                     self.settings.model.zoom), f"{self.node_id}/w{i}",
+                                                     self.settings.model.zoom, self.settings.model.precision),
+                               f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()

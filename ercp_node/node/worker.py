@@ -98,7 +98,8 @@ class Worker(threading.Thread):
             log.exception("warm-up failed; the first job will pay the first calls")
             return None
         took = time.perf_counter() - t
-        log.info("worker %s: model warmed up in %.1f s", self.name, took)
+        log.info("worker %s: model warmed up in %.1f s (%s compute)", self.name, took,
+                 getattr(self.segmenter, "precision", "float32"))
         return took
 
     @property

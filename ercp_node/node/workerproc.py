@@ -133,7 +133,8 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     worker = Worker(host, load_segmenter(settings.model.path, host.sessions, settings.model.tta,
                                           settings.model.postprocess,
                                           settings.model.stone_min_peak,
-                                          settings.model.stone_min_rose_k, settings.model.zoom),
+                                          settings.model.stone_min_rose_k, settings.model.zoom,
+                                          settings.model.precision),
                     name, settings.node.batch_size)
     worker.warm_up()  # before ready: the node serves once its workers can answer at full speed
     worker.start()
