@@ -225,19 +225,17 @@ def main() -> int:
             result["ingest"] = ingest(files[: a.count], a.repeats)
             print(json.dumps(result["ingest"]["images_per_s_median"], indent=1), flush=True)
         # Intake while the workers are busy: the burst's C-STORE rate vs the idle ingest rate above.
-        for mode in filter(None, a.worker_modes.split(",")):  # "" runs the ingest comparison only
-            for n in counts:
-                for tta in a.tta.split(","):
-                    for zoom, precision, (i, model) in itertools.product(
-                            a.zoom.split(",") if a.zoom else [None], a.precision.split(",") if a.precision else [None],
-                            enumerate(models)):
-                        key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
-                               + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else "")
-                               + (f"_{precision}" if "," in a.precision else "")
-                               + (f"_model_{i + 1}" if len(models) > 1 else ""))
-                        result[key] = r = end_to_end(files, a.latency_images, model or None, n, mode, tta,
-                                                     None if zoom is None else float(zoom), precision)
-                        print(key, json.dumps(r), flush=True)
+        for mode, n, tta, zoom, precision, (i, model) in itertools.product(
+                filter(None, a.worker_modes.split(",")),  # "" runs the ingest comparison only
+                counts, a.tta.split(","), a.zoom.split(",") if a.zoom else [None],
+                a.precision.split(",") if a.precision else [None], enumerate(models)):
+            key = (f"end_to_end_{mode}" + (f"_workers_{n or 'auto'}" if len(counts) > 1 else "")
+                   + (f"_tta_{tta}" if "," in a.tta else "") + (f"_zoom_{zoom}" if "," in a.zoom else "")
+                   + (f"_{precision}" if "," in a.precision else "")
+                   + (f"_model_{i + 1}" if len(models) > 1 else ""))
+            result[key] = r = end_to_end(files, a.latency_images, model or None, n, mode, tta,
+                                         None if zoom is None else float(zoom), precision)
+            print(key, json.dumps(r), flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -1,7 +1,7 @@
 """The served path at float32 and at bfloat16 compute (model.precision), side by side on the same images.
 
 Both arms are one set of weights: the float32 network, and the same layers rebuilt under `mixed_bfloat16`
-(inference.serving_model). Each runs as the node serves (flip TTA, second look at the card's zoom, the card's stone
+(precision.serving_model). Each runs as the node serves (flip TTA, second look at the card's zoom, the card's stone
 decision, anatomy clean-up); per set: IoU per structure, stone count exact, the share of pixels whose label differs
 between the arms, images whose stone count differs, and the gate's paired bootstrap of Δ = bfloat16 − float32
 (bench/gate.py decide: 95 % interval, non-inferior when its low end is ≥ −0.5), per set and pooled. Then a cine's per-frame cost through both, interleaved
@@ -32,8 +32,9 @@ from bench_robustness import count_exact  # noqa: E402
 from gate import decide, iou_table  # noqa: E402
 from ercp_node.measure.stones import stones  # noqa: E402
 from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
-from ercp_node.model.inference import SHIPPED, Segmenter, serving_model  # noqa: E402
+from ercp_node.model.inference import SHIPPED, Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
+from ercp_node.model.precision import serving_model  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -52,6 +53,7 @@ def main(argv=None) -> int:
             "bfloat16": replace(f32, model=serving_model(f32.model, "bfloat16"), precision="bfloat16")}
     sets, tables = {}, {a: {} for a in arms}
     for d in args.data:
+        set_name = Path(d).name
         samples = read_data([d])[0][: args.limit]
         per_image = {a: [] for a in arms}
         exact = {a: [] for a in arms}
@@ -85,13 +87,12 @@ def main(argv=None) -> int:
         row["count_exact_only_in"] = {a: int(sum(x and not y for x, y in zip(exact[a], exact[b])))
                                       for a, b in (("float32", "bfloat16"), ("bfloat16", "float32"))}
         for a in arms:
-            tables[a][Path(d).name] = iou_table(per_image[a])
-        paired = decide({Path(d).name: tables["float32"][Path(d).name]},
-                        {Path(d).name: tables["bfloat16"][Path(d).name]})
+            tables[a][set_name] = iou_table(per_image[a])
+        paired = decide({set_name: tables["float32"][set_name]}, {set_name: tables["bfloat16"][set_name]})
         row["paired_delta_bfloat16"] = {s: {k: r[k] for k in ("delta", "ci_low", "ci_high", "non_inferior")}
                                         for s, r in paired["structures"].items()}
-        sets[Path(d).name] = row
-        print(Path(d).name, json.dumps(row), flush=True)
+        sets[set_name] = row
+        print(set_name, json.dumps(row), flush=True)
     pooled = decide(tables["float32"], tables["bfloat16"])
     pooled = {"structures": pooled["structures"], "non_inferior_on_every_structure":
               all(r["non_inferior"] for r in pooled["structures"].values()), "margin": pooled["margin"]}

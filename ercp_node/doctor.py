@@ -133,7 +133,7 @@ def diagnose(args) -> dict:
         if "model" in rep:
             rep["model"]["runs_on"] = rep["backend"].get("runs_on")
             if rep["backend"].get("ok"):  # what model.precision resolves to here (bf16 where it is fast)
-                from .model.inference import resolve_precision
+                from .model.precision import resolve_precision
 
                 rep["model"]["precision"] = resolve_precision(settings.model.precision)
             if not rep["model"]["exists"]:

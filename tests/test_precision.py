@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ercp_node.model import inference, train
-from ercp_node.model.inference import Segmenter, resolve_precision, serving_model
+from ercp_node.model.inference import Segmenter
+from ercp_node.model.precision import resolve_precision, serving_model
 
 
 def test_bfloat16_network_has_the_same_weights_and_a_float32_softmax(tiny_model):

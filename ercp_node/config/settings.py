@@ -13,8 +13,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.inference import PRECISIONS
 from ..model.postprocess import POSTPROCESS_MODES, STONE_POINT_LIMITS, resolve_stone_point
+from ..model.precision import PRECISIONS
 from ..model.tta import TTA_MODES
 from ..model.zoom import check_zoom
 
@@ -79,7 +79,7 @@ class ModelSettings:
     # largest the network was trained with), averaged in (bench/results/zoom-served.json: better on both phantoms as
     # served; ~1.9× the model's time, node-zoom.json); 1: one look.
     zoom: float = 1.4
-    # The network's compute precision (model/inference.py serving_model): "auto" runs bfloat16 where it is faster
+    # The network's compute precision (model/precision.py serving_model): "auto" runs bfloat16 where it is faster
     # (a GPU, or a CPU with AMX-BF16 under TensorFlow) and float32 elsewhere; the weights stay float32.
     # bench/results/precision.json, node-precision.json (AMX CPU): as served, pooled IoU non-inferior (gate rule),
     # 0.006-0.04 % of pixels differ; 1.65x faster per cine frame, node p50 0.99 -> 0.55 s at 1 image/s.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cliutil import iso_date
 from .postprocess import POSTPROCESS_MODES
+from .precision import PRECISIONS
 from .tta import TTA_MODES
 from ..text import RESEARCH_USE_SENTENCE
 
@@ -175,7 +176,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help='stone decision: stones with a Rose k below K are drawn as duct (default 0; "model": the card\'s)')
     p.add_argument("--zoom", type=float, default=1.0, metavar="Z",
                    help="the second look at the duct, zoomed Z× (default 1: one look, as Table 1; the node: model.zoom)")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="the network's compute precision (default float32, as the card's figures; the node: "
                         "model.precision, auto)")
     p.add_argument("--json", default=None, help="write the report as JSON here")

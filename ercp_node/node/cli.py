@@ -8,6 +8,7 @@ import logging
 import sys
 
 from ..model.postprocess import POSTPROCESS_MODES
+from ..model.precision import PRECISIONS
 from ..model.tta import TTA_MODES
 
 
@@ -92,7 +93,7 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stone-min-rose-k", default=None, metavar="K",
                    help='stone decision: stones with a Rose k below K are drawn as duct; "model" or 0 as above '
                         "(default: the settings' model.stone_min_rose_k)")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default=None,
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the network's compute precision (default: the settings' model.precision)")
 
 
