@@ -86,7 +86,7 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
         cmd.append("--freeze-norm")
     if args.lr_floor is not None:
         cmd += ["--lr-floor", str(args.lr_floor)]
-    cmd += ["--keep", args.keep, "--seed", str(args.seed)]
+    cmd += ["--keep", args.keep, "--seed", str(args.seed), "--val-fraction", str(args.val_fraction)]
     if args.xla:
         cmd.append("--xla")
     return cmd
@@ -108,6 +108,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
     ap.add_argument("--keep", choices=("best", "last"), default="best", help="retrain --keep")
     ap.add_argument("--seed", type=int, default=0, help="retrain --seed (a repeat of a recipe)")
+    ap.add_argument("--val-fraction", type=float, default=0.1,
+                    help="retrain --val-fraction (0 with --keep last: every site image trains)")
     ap.add_argument("--xla", action="store_true", help="retrain --xla: more steps in the budget on a CPU")
     ap.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
                     help="retrain --mixed-precision (auto: bf16 on a GPU or a CPU with AMX-BF16)")
@@ -146,7 +148,7 @@ def main(argv=None) -> int:
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor,
-               "keep": args.keep, "seed": args.seed,
+               "keep": args.keep, "seed": args.seed, "val_fraction": args.val_fraction,
                "xla": args.xla, "mixed_precision": args.mixed_precision,
                "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}

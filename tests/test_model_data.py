@@ -193,6 +193,9 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--lr-floor", "0.1"], "--lr-floor decays the rate over --time-budget"),
     (["--time-budget", "5", "--lr-plateau", "2", "--lr-floor", "0.1"], "--lr-floor decays"),
     (["--time-budget", "5", "--lr-floor", "1.5"], "--lr-floor must be between 0 and 1"),
+    (["--val-fraction", "0"], "add --keep last"),
+    (["--val-fraction", "1", "--keep", "last"], "--val-fraction must be"),
+    (["--val-fraction", "-0.1", "--keep", "last"], "--val-fraction must be"),
 ])
 def test_retrain_bad_options(phantom, tmp_path, capsys, args, message):
     assert main(["retrain", "--data", str(phantom), "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path / "n"),
@@ -227,6 +230,22 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
     kept = keras.saving.load_model(tuned / "model.keras", compile=False).get_weights()
     last = keras.saving.load_model(tuned / "checkpoints" / "last.keras", compile=False).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(kept, last))
+
+
+def test_no_validation_split_trains_on_every_image(phantom, tmp_path):
+    """--val-fraction 0 --keep last: a site's few annotated images all train (none held out to choose a checkpoint
+    that is not chosen); the frozen test set is untouched and the history has no validation loss."""
+    run = tmp_path / "run"
+    assert main(["retrain", "--data", str(phantom), "--out", str(run), "--base-filters", "4", "--input-size", "64",
+                 "--epochs", "1", "--batch-size", "4", "--data-dir", str(tmp_path / "node"), "--val-fraction", "0",
+                 "--keep", "last"]) == 0
+    card = json.loads((run / "model.json").read_text())
+    split = card["split"]
+    assert card["validation_images"] == 0 and card["kept"] == "last"
+    assert split["train"]["images"] + split["test"]["images"] + split["dropped_after_split_of_train_patients"] == 12
+    assert split["test"]["images"] >= 1 and card["test_metrics"]["n_images"] == split["test"]["images"]
+    assert "loss" in card["history"] and "val_loss" not in card["history"]
+    assert card["stone_min_peak_fit"]["images"] == 0 and card["stone_min_peak"] == 0.0  # nothing to fit it on
 
 
 def test_fine_tune_keeps_the_width_of_a_widened_start(phantom, tmp_path):

@@ -73,6 +73,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", choices=("best", "last"), default="best",
                    help="the checkpoint the run ends with: best validation loss (default), or the last weights "
                         "(with 10-50 site images the validation split is one or two patients: too few to choose by)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of the training patients held out for validation (default 0.1, at least one "
+                        "patient); 0 with --keep last: every annotated image trains, none is held out")
     p.add_argument("--xla", action="store_true",
                    help="compile training steps with XLA also without a GPU (TensorFlow backend): more steps in "
                         "a --time-budget on a CPU (1.36x measured on 2 cores), after a compilation of ~30 s")
@@ -222,6 +225,11 @@ def _validate(args) -> None:
             raise CLIError("--rehearse does not apply to --loss-grid")
     if not 0 < getattr(args, "rehearse_share", 0.5) < 1:
         raise CLIError("--rehearse-share must be between 0 and 1 (exclusive)")
+    val_fraction = getattr(args, "val_fraction", 0.1)
+    if not 0 <= val_fraction < 1:
+        raise CLIError("--val-fraction must be at least 0 and below 1")
+    if val_fraction == 0 and getattr(args, "keep", "best") != "last":
+        raise CLIError("--val-fraction 0 holds out no images to choose the best checkpoint by: add --keep last")
 
 
 def _mixed(choice: str) -> bool:
@@ -272,7 +280,8 @@ def run_retrain(args: argparse.Namespace) -> int:
                 freeze_norm=args.freeze_norm,
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
-                rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep)
+                rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep,
+                val_fraction=args.val_fraction)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

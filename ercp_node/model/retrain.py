@@ -86,6 +86,10 @@ def evaluate_arrays(model, x: np.ndarray, y: np.ndarray, batch_size: int = 16) -
 
 
 def _validation_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Whole patients (groups) held out for validation: round(fraction x patients), at least one; none for
+    fraction 0 (a fine-tune that keeps its last weights has nothing to choose by, and 25 images are few to spare)."""
+    if fraction <= 0:
+        return list(samples), []
     groups = sorted({s.group for s in samples})
     rng = np.random.default_rng(seed)
     val_groups = set(rng.choice(groups, size=max(1, int(round(fraction * len(groups)))), replace=False)) if len(groups) > 1 else set()
@@ -264,7 +268,9 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                      "share": rehearse_share}
         log(f"each epoch: {n_site} site images + {draw} rehearsal images")
     t0 = time.perf_counter()
-    result = train(prep.config, train_data, (xv, yv), out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
+    if not len(xv) and keep == "best":
+        raise ValueError("no validation images to choose the best checkpoint by: keep the last one")
+    result = train(prep.config, train_data, (xv, yv) if len(xv) else None, out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
@@ -338,6 +344,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
             lr_floor: float | None = None, keep: str = "best", log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
+    if val_fraction <= 0 and keep != "last":  # before any data is read or trained
+        raise ValueError("val_fraction 0 holds out no images to choose the best checkpoint by: keep the last one")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if init is not None and base_filters is None:
