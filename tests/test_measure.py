@@ -64,6 +64,50 @@ def test_papilla_follows_the_scope_tip_when_the_duct_lies_flat():
     assert m_left.papilla_px[0] < 150 < 450 < m_right.papilla_px[0]
 
 
+def _tapered_duct_with_scope(angle_deg=125.0, scope=True):
+    """A duct as the anatomy has it: a narrow distal arm (9 px) up from the papilla, the wider common hepatic duct
+    (21 px) above the bend, and the duodenoscope's shaft (40 px) entering from the left edge to lie beside the
+    papilla. Returns the labels and a map with the papilla's pixel set (to follow it through flips)."""
+    labels, papilla, bend = _duct(angle_deg, arm_px=120, width=21)
+    labels[labels == 2] = 0
+    turn = np.radians(180 - angle_deg)
+    top = bend + 150 * np.array([np.sin(turn), -np.cos(turn)])
+    if scope:
+        cv2.line(labels, (0, 500), (215, 478), 1, 40)
+    cv2.line(labels, tuple(papilla.astype(int)), tuple(bend.astype(int)), 2, 9)
+    cv2.line(labels, tuple(bend.astype(int)), tuple(top.astype(int)), 2, 21)
+    marker = np.zeros_like(labels)
+    marker[int(papilla[1]), int(papilla[0])] = 1
+    return labels, marker
+
+
+@pytest.mark.parametrize("view", ["as drawn", "upside down", "mirrored", "rotated 90", "rotated 270 mirrored"])
+def test_papilla_is_found_however_the_image_is_turned(view):
+    """A C-arm image may be flipped or rotated (the robust phantom's are, any way round): the papilla is the end
+    the anatomy points to (the tapering distal duct, the scope beside it), not the lower end of the image."""
+    turn = {"as drawn": lambda a: a, "upside down": np.flipud, "mirrored": np.fliplr,
+            "rotated 90": np.rot90, "rotated 270 mirrored": lambda a: np.fliplr(np.rot90(a, 3))}[view]
+    labels, marker = _tapered_duct_with_scope()
+    labels, marker = np.ascontiguousarray(turn(labels)), turn(marker)
+    papilla = np.argwhere(marker)[0][::-1]  # (x, y)
+    m = measure_cbd(labels, 0.25)
+    assert np.linalg.norm(np.subtract(m.papilla_px, papilla)) < 10
+    assert m.angulation_deg == pytest.approx(125, abs=3) and m.arm_length_mm == pytest.approx(30, abs=2.5)
+
+
+def test_each_cue_outweighs_the_lower_end_alone():
+    """Upside down, the lower end points to the hilum; the taper alone (no scope), or the scope alone (a duct of
+    one width), still finds the papilla."""
+    labels, marker = _tapered_duct_with_scope(scope=False)
+    m = measure_cbd(np.ascontiguousarray(np.flipud(labels)), 0.25)
+    assert np.linalg.norm(np.subtract(m.papilla_px, np.argwhere(np.flipud(marker))[0][::-1])) < 10
+    even, papilla, _ = _duct(125, arm_px=120, width=15)
+    cv2.line(even, (0, 500), (215, 478), 1, 40)
+    cv2.line(even, tuple(papilla.astype(int)), (250, 350), 2, 15)  # the scope drawn under the duct's distal arm
+    m = measure_cbd(np.ascontiguousarray(np.flipud(even)), 0.25)
+    assert np.linalg.norm(np.subtract(m.papilla_px, (papilla[0], 511 - papilla[1]))) < 10
+
+
 def test_scope_width_is_the_shaft_not_the_tip():
     labels = np.zeros((576, 576), np.uint8)
     _polyline(labels, [(0, 500), (150, 420), (300, 300)], 40, 1)  # shaft 40 px, entering at the border

@@ -2,8 +2,10 @@
 distal arm (definitions with a drawing: docs/measurements.md; the phantom's truth uses the same).
 
 - duct = CBD ∪ stone pixels (stones sit in the lumen and distend it), holes filled;
-- centreline = longest path of its skeleton, smoothed, every 1 mm; the papilla is the end nearer the
-  duodenoscope's tip (the scope faces the papilla), or the lower end in the image when no scope is seen;
+- centreline = longest path of its skeleton, smoothed, every 1 mm; the papilla is the end the anatomy points to
+  (`papilla_score`): the narrower end (the distal duct tapers to the papilla, the hilum end is the common
+  hepatic duct's full width), the end nearer the duodenoscope (it lies in the duodenum, its tip facing the
+  papilla) and, with half the weight, the lower end (head-up display; a rotated or flipped image breaks it);
 - diameter profile = local width (area / length of each 1 mm slice) along the centreline;
 - distal angulation = interior angle at the first bend between the papilla and the point 25 mm further up
   (Kim 2007, Huang 2021; 180° = straight); the first bend is where that angle is smallest along the duct;
@@ -22,7 +24,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from ..labels import CBD, STONE
+from ..labels import CBD, SCOPE, STONE
 from .centreline import interior_angle, longest_path, resample, width_profile
 from .records import CBDMeasurement, CBDProfile, Points, point, points
 
@@ -32,6 +34,8 @@ LOCAL_MM = 4.0  # a bend is a minimum of the angle within ± this arc length …
 PROMINENCE_DEG = 8.0  # … at least this far below the largest angle between it and the papilla (not a wobble)
 MIN_DUCT_PX = 100
 FRAGMENT_SHARE = 0.15  # a second piece this large (of the main one) makes the duct "fragmented"
+END_MM = 6.0  # each end's width: the median over this much duct next to it (end cap left out)
+END_SHARE = 0.07  # … or this share of the duct's length when the image is not calibrated
 
 
 def _across(pts: np.ndarray, i: int, width_px: float) -> Points:
@@ -72,11 +76,17 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     path = longest_path(main)
     if len(path) < 3:
         return CBDMeasurement(measurable=False, area_mm2=area, reason="common bile duct too small for a centreline")
-    pts, s_px = resample(_papilla_first(path, scope_tip_px), step)
+    pts, s_px = resample(path, step)
+    raw = width_profile(main, pts, step) * scale
+    scope = labels == SCOPE
+    # uncalibrated: each end's width over END_SHARE of the duct (≈ END_MM of a 60–100 mm duct)
+    end_px = END_MM / mm_per_px if mm_per_px else END_SHARE * float(s_px[-1])
+    if papilla_score(pts, raw, scope if scope.any() else None, scope_tip_px, end_px) < 0:
+        pts, s_px = resample(path[::-1], step)  # the papilla is at the far end: measure from it
+        raw = width_profile(main, pts, step) * scale
     s = s_px * scale
     # 1 mm slices hold whole pixel rows, so single slices jump by a row; a 3 mm running mean keeps the area
     # and removes that (otherwise the maximum picks the jumps: +0.3 mm on phantom truth masks).
-    raw = width_profile(main, pts, step) * scale
     widths = np.convolve(np.pad(raw, 1, mode="edge"), np.ones(3) / 3, mode="valid") if len(raw) > 2 else raw
     length = float(s[-1])
     # The end slices also collect the end caps: leave one diameter's worth out of the maximum.
@@ -93,20 +103,41 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     return _distal(duct, pts, s, raw, scale, step)
 
 
-def _papilla_first(path: np.ndarray, scope_tip_px) -> np.ndarray:
-    """The centreline path from the papilla up.
+def papilla_score(pts: np.ndarray, widths: np.ndarray, scope: np.ndarray | None, scope_tip_px,
+                  end_px: float) -> float:
+    """> 0 when the centreline's first point is the papilla, < 0 when its last one is: three cues, each in
+    [-1, 1] or [-2, 2], summed so that no single one decides against the other two.
 
-    The papilla is caudal to the hilum: the lower end in a cholangiogram displayed head up (in all 1,500
-    phantom training images it is ≥ 58 px lower). Only for a duct running nearly horizontally does the
-    scope's tip, which faces the papilla, decide."""
-    drop = path[-1][1] - path[0][1]
-    span = float(np.linalg.norm(path[-1] - path[0]))
-    if scope_tip_px is not None and abs(drop) < 0.2 * span:
-        tip = np.asarray(scope_tip_px, float)
-        papilla_last = np.linalg.norm(path[-1] - tip) < np.linalg.norm(path[0] - tip)
+    - width: the distal duct tapers to the papilla while the hilum end is the common hepatic duct at full width
+      (on the phantom truth masks the papilla end is the narrower in 97 % of images); log base 1.5 of the ratio
+      of the ends' widths, clipped to ±2 (a 1.5× narrower end counts 1);
+    - scope: the duodenoscope lies in the duodenum with its tip at the papilla (its shaft may cross the duct
+      higher up): (d_far − d_near) / (d_far + d_near) of the ends' distances to the nearest scope pixel (to
+      `scope_tip_px` when no scope pixels are given);
+    - lower end, half weight: cholangiograms are displayed head up, the papilla caudal to the hilum; a C-arm
+      image may be rotated or flipped (the robust phantom's are, any way round), so it only breaks ties.
+    Scale-free: the ratios hold in pixels or mm. pts: the centreline (x, y), evenly spaced; widths: the width
+    profile at pts; end_px: the length of duct (px) next to each end whose median width is that end's."""
+    n = max(2, int(round(end_px / max(np.linalg.norm(pts[1] - pts[0]), 1e-9)))) if len(pts) > 1 else 2
+    score = 0.0
+    if len(widths) > n + 1:
+        near, far = float(np.median(widths[1:n + 1])), float(np.median(widths[-n - 1:-1]))
+        if near > 0 and far > 0:
+            score += float(np.clip(np.log(far / near) / np.log(1.5), -2.0, 2.0))
+    ends = pts[[0, -1]]
+    if scope is not None:
+        ys, xs = np.nonzero(scope)
+        d = [float(np.sqrt(np.min((xs - e[0]) ** 2 + (ys - e[1]) ** 2))) for e in ends]
+    elif scope_tip_px is not None:
+        d = [float(np.linalg.norm(e - np.asarray(scope_tip_px, float))) for e in ends]
     else:
-        papilla_last = drop > 0
-    return path[::-1] if papilla_last else path
+        d = None
+    if d is not None and sum(d) > 0:
+        score += (d[1] - d[0]) / (d[0] + d[1])
+    span = float(np.linalg.norm(ends[1] - ends[0]))
+    if span > 0:
+        score += 0.5 * float(np.clip((ends[0][1] - ends[1][1]) / (0.5 * span), -1.0, 1.0))
+    return score
 
 
 def _distal(duct: CBDMeasurement, pts: np.ndarray, s: np.ndarray, raw: np.ndarray, scale: float,
