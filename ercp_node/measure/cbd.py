@@ -105,8 +105,8 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
 
 def papilla_score(pts: np.ndarray, widths: np.ndarray, scope: np.ndarray | None, scope_tip_px,
                   end_px: float) -> float:
-    """> 0 when the centreline's first point is the papilla, < 0 when its last one is: three cues, each in
-    [-1, 1] or [-2, 2], summed so that no single one decides against the other two.
+    """> 0 when the centreline's first point is the papilla, < 0 when its last one is: the sum of three cues,
+    the taper weighing up to 2, the scope up to 1, the lower end up to 0.5.
 
     - width: the distal duct tapers to the papilla while the hilum end is the common hepatic duct at full width
       (on the phantom truth masks the papilla end is the narrower in 97 % of images); log base 1.5 of the ratio
