@@ -118,6 +118,18 @@ def test_scope_width_is_the_shaft_not_the_tip():
     assert np.linalg.norm(np.subtract(r.tip_px, (300, 300))) < 30
 
 
+def test_the_scope_end_on_the_image_edge_is_never_its_tip():
+    """The shaft enters from outside the field. Here it comes down from the top edge just above the duct's hilum
+    end and its tip lies farther from the duct than that edge point: nearer-the-duct alone would call the
+    entry the tip."""
+    labels = np.zeros((512, 512), np.uint8)
+    _polyline(labels, [(250, 0), (300, 200), (420, 430)], 40, 1)
+    cv2.line(labels, (250, 470), (250, 150), 2, 15)
+    r = scope_width(labels)
+    assert np.linalg.norm(np.subtract(r.tip_px, (420, 430))) < 30
+    assert np.linalg.norm(np.subtract(r.entry_px, (250, 0))) < 30
+
+
 def test_calibration_policies_and_flags():
     hdr = header_spacing(None, [0.3528, 0.3528], 1.25)
     assert hdr.mm_per_px == pytest.approx(0.28224) and hdr.flag is None

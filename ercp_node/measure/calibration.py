@@ -26,6 +26,7 @@ from .centreline import arc_length, longest_path, resample, width_profile
 from .records import NO_SCOPE, Calibration, HeaderSpacing, ScopeCalibration, ScopeWidth, point
 
 POLICIES = ("auto", "header", "scope")
+EDGE_SHARE = 0.02  # a scope centreline end this close to the image's edge (share of its size) is where it enters
 
 # Insertion-tube diameters (mm) from Olympus's specifications (distal end 13.5 mm, not used: the tip is
 # excluded). Other scopes: set `scope_diameter_mm`, or add the model in the config's [measure.scopes] table.
@@ -81,17 +82,21 @@ def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> ScopeWidth:
     pts, s = resample(path, 1.0)
     if len(pts) < 3:
         return ScopeWidth(reason="duodenoscope too short to measure")
-    # Which end is the tip: the one nearer the duct (the tip faces the papilla); without a duct, the one
-    # farther from the image border (the shaft enters from outside the field).
+    # Which end is the tip: the shaft enters from outside the field, so where exactly one end lies on the image's
+    # edge the other is the tip; else the end nearer the duct (the tip faces the papilla; a shaft crossing the
+    # duct higher up can fool this, hence the edge first); without a duct, the one farther from the edge.
     duct = np.isin(labels, (CBD, STONE))
     ends = pts[[0, -1]]
-    if duct.any():
+    h, w = labels.shape
+    border = [min(e[0], e[1], w - 1 - e[0], h - 1 - e[1]) for e in ends]
+    on_edge = [b < EDGE_SHARE * max(h, w) for b in border]
+    if on_edge[0] != on_edge[1]:
+        tip_first = on_edge[1]
+    elif duct.any():
         dy, dx = np.nonzero(duct)
         d = [np.min((dx - e[0]) ** 2 + (dy - e[1]) ** 2) for e in ends]
         tip_first = d[0] < d[1]
     else:
-        h, w = labels.shape
-        border = [min(e[0], e[1], w - 1 - e[0], h - 1 - e[1]) for e in ends]
         tip_first = border[0] > border[1]
     if tip_first:
         pts, s = pts[::-1], s[-1] - s[::-1]
