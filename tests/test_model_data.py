@@ -194,6 +194,7 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--time-budget", "5", "--lr-plateau", "2", "--lr-floor", "0.1"], "--lr-floor decays"),
     (["--time-budget", "5", "--lr-floor", "1.5"], "--lr-floor must be between 0 and 1"),
     (["--val-fraction", "0"], "add --keep last"),
+    (["--loss-grid", "--val-fraction", "0", "--keep", "last"], "--loss-grid keeps each loss's best"),
     (["--val-fraction", "1", "--keep", "last"], "--val-fraction must be"),
     (["--val-fraction", "-0.1", "--keep", "last"], "--val-fraction must be"),
 ])

@@ -228,6 +228,8 @@ def _validate(args) -> None:
     val_fraction = getattr(args, "val_fraction", 0.1)
     if not 0 <= val_fraction < 1:
         raise CLIError("--val-fraction must be at least 0 and below 1")
+    if val_fraction == 0 and getattr(args, "loss_grid", False):
+        raise CLIError("--loss-grid keeps each loss's best validation checkpoint: --val-fraction must be above 0")
     if val_fraction == 0 and getattr(args, "keep", "best") != "last":
         raise CLIError("--val-fraction 0 holds out no images to choose the best checkpoint by: add --keep last")
 
@@ -260,7 +262,8 @@ def run_retrain(args: argparse.Namespace) -> int:
 
         try:
             loss_grid(data, out, preset=args.preset, base_filters=args.base_filters, input_size=args.input_size,
-                      split_date=args.split_date, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                      split_date=args.split_date, val_fraction=args.val_fraction, seed=args.seed,
+                      epochs=args.epochs, batch_size=args.batch_size,
                       lr=args.lr, mixed_precision=_mixed(args.mixed_precision), early_stopping=args.early_stopping,
                       focal_alpha=args.focal_alpha, focal_gamma=args.focal_gamma, command=command)
         except ValueError as exc:
