@@ -249,6 +249,19 @@ def test_no_validation_split_trains_on_every_image(phantom, tmp_path):
     assert card["stone_min_peak_fit"]["images"] == 0 and card["stone_min_peak"] == 0.0  # nothing to fit it on
 
 
+def test_training_without_validation_images_keeps_the_last_weights(phantom, tmp_path):
+    """Data of a single patient leaves nothing to hold out: the run trains and keeps its last weights instead of
+    failing on an empty validation set."""
+    from ercp_node.model.retrain import prepare, train_one
+
+    prep = prepare([phantom], tmp_path, base_filters=4, input_size=64, val_fraction=0, log=lambda *_: None)
+    assert not prep.validation and len(prep.arrays[2]) == 0
+    lines = []
+    _, card = train_one(prep, tmp_path / "run", epochs=1, batch_size=4, keep="best", log=lines.append)
+    assert card["kept"] == "last" and card["validation_images"] == 0
+    assert any("no validation images" in line for line in lines)
+
+
 def test_fine_tune_keeps_the_width_of_a_widened_start(phantom, tmp_path):
     """--init with a network wider than the preset's (bench/widen.py): without --base-filters the run takes the
     start's width rather than refusing it as another architecture."""

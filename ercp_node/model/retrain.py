@@ -268,8 +268,9 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                      "share": rehearse_share}
         log(f"each epoch: {n_site} site images + {draw} rehearsal images")
     t0 = time.perf_counter()
-    if not len(xv) and keep == "best":
-        raise ValueError("no validation images to choose the best checkpoint by: keep the last one")
+    if not len(xv) and keep == "best":  # a single patient to train on: nothing to hold out or choose by
+        log("no validation images: keeping the last weights")
+        keep = "last"
     result = train(prep.config, train_data, (xv, yv) if len(xv) else None, out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
                    epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
                    mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
