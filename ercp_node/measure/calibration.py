@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from ..labels import CBD, SCOPE, STONE
-from .centreline import arc_length, longest_path, resample, width_profile
+from .centreline import arc_length, longest_path, nearest_distance, resample, width_profile
 from .records import NO_SCOPE, Calibration, HeaderSpacing, ScopeCalibration, ScopeWidth, point
 
 POLICIES = ("auto", "header", "scope")
@@ -93,8 +93,7 @@ def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> ScopeWidth:
     if on_edge[0] != on_edge[1]:
         tip_first = on_edge[1]
     elif duct.any():
-        dy, dx = np.nonzero(duct)
-        d = [np.min((dx - e[0]) ** 2 + (dy - e[1]) ** 2) for e in ends]
+        d = nearest_distance(duct, ends)
         tip_first = d[0] < d[1]
     else:
         tip_first = border[0] > border[1]

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ..labels import CBD, SCOPE, STONE
-from .centreline import interior_angle, longest_path, resample, width_profile
+from .centreline import interior_angle, longest_path, nearest_distance, resample, width_profile
 from .records import CBDMeasurement, CBDProfile, Points, point, points
 
 UP_MM = 25.0  # the angle's proximal limb (Kim 2007 measured the CBD axis a few centimetres above the bend)
@@ -126,8 +126,7 @@ def papilla_score(pts: np.ndarray, widths: np.ndarray, scope: np.ndarray | None,
             score += float(np.clip(np.log(far / near) / np.log(1.5), -2.0, 2.0))
     ends = pts[[0, -1]]
     if scope is not None:
-        ys, xs = np.nonzero(scope)
-        d = [float(np.sqrt(np.min((xs - e[0]) ** 2 + (ys - e[1]) ** 2))) for e in ends]
+        d = nearest_distance(scope, ends)
     elif scope_tip_px is not None:
         d = [float(np.linalg.norm(e - np.asarray(scope_tip_px, float))) for e in ends]
     else:

@@ -111,6 +111,12 @@ def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(image, [points[:, 1], points[:, 0]], order=1, mode="nearest")
 
 
+def nearest_distance(mask: np.ndarray, points) -> list[float]:
+    """Distance (pixels) from each (x, y) point to the nearest pixel of a non-empty `mask`."""
+    ys, xs = np.nonzero(mask)
+    return [float(np.sqrt(np.min((xs - p[0]) ** 2 + (ys - p[1]) ** 2))) for p in points]
+
+
 def interior_angle(p: np.ndarray, vertex: np.ndarray, q: np.ndarray) -> float:
     """Angle p–vertex–q in degrees (180 = straight)."""
     u, v = p - vertex, q - vertex
