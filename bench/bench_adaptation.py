@@ -2,11 +2,17 @@
 
 For each N: the first N images of a phantom training set of that family (dated before the split) are copied
 into their own phantom directory, `ercp-node retrain --init MODEL --augment robust --time-budget MINUTES`
-fine-tunes on them, and the result is scored on the family's frozen test set (dated after the split) by
-the same evaluation as `retrain`. N = 0 is the starting model itself. With --rehearse the fine-tuning mixes the
-data the starting model learnt into every epoch (`retrain --rehearse`). With --in-domain the starting model is
-also scored on the families it learnt (the reference of the "≥ 95 % of in-domain IoU" goal), and so is each
-fine-tuned model (what the site's model forgets of them). Writes bench/results/adaptation.json.
+(--augment: another recipe) fine-tunes on them, and the result is scored on the family's frozen test set (dated
+after the split) by the same evaluation as `retrain`. N = 0 is the starting model itself. With --rehearse the
+fine-tuning mixes the data the starting model learnt into every epoch (`retrain --rehearse`). With --in-domain
+the starting model is also scored on the families it learnt (the reference of the "≥ 95 % of in-domain IoU"
+goal), and so is each fine-tuned model (what the site's model forgets of them). Writes bench/results/adaptation.json.
+
+Scoring is the network's own labels (one look, no clean-up) unless --served: then every model — the starting
+one, each fine-tuned one, in-domain and site alike — is scored as the node serves it with its default settings
+(flip TTA, the second look at the duct, the anatomy clean-up, the stone decision its card names). --rescore
+OLD.json scores the runs a curve already trained (WORK/run-FAMILY-N/model.keras) again, keeping their training
+figures, without training anything.
 
     python bench/bench_adaptation.py --init ercp_node/model/weights/default.keras --family lowdose \
         --train data/train-lowdose --test data/test-lowdose --n 10 25 50 --minutes 8
@@ -64,9 +70,17 @@ def subset(src: Path, dst: Path, n: int) -> None:
         w.writerows(rows)
 
 
-def score(model: Path, test: Path) -> dict:
+SERVED = {"tta": "flip", "zoom": 1.4, "postprocess": "anatomy", "stone_min_peak": "model",
+          "stone_min_rose_k": "model"}  # the node's [model] defaults (ercp_node/config/settings.py), float32
+
+
+def load(model: Path, served: bool) -> Segmenter:
+    return Segmenter.load(model, cascade=False, **(SERVED if served else {}))
+
+
+def score(model: Path, test: Path, served: bool = False) -> dict:
     samples, _ = read_data([test])
-    report, _ = evaluate_samples(Segmenter.load(model), samples)
+    report, _ = evaluate_samples(load(model, served), samples)
     s = report["structures"]
     return {"scope_iou": s["duodenoscope"]["iou_mean"], "cbd_iou": s["cbd"]["iou_mean"],
             "stone_iou": s["stone"]["iou_mean"], "n_test": len(samples)}
@@ -75,7 +89,7 @@ def score(model: Path, test: Path) -> dict:
 def retrain_command(args, data: Path, run: Path) -> list[str]:
     """The `ercp-node retrain` call that fine-tunes args.init on the site subset `data` into `run`."""
     cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(data), str(args.test),
-           "--split-date", "2024-06-09", "--init", str(args.init), "--augment", "robust", "--lr", str(args.lr),
+           "--split-date", "2024-06-09", "--init", str(args.init), "--augment", args.augment, "--lr", str(args.lr),
            "--epochs", "500", "--batch-size", "8", "--time-budget", str(args.minutes),
            "--mixed-precision", args.mixed_precision, "--out", str(run), "--data-dir", str(args.work / "registry")]
     if args.rehearse:
@@ -101,6 +115,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, nargs="+", default=[10, 25, 50])
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--augment", choices=("robust", "paper", "none"), default="robust",
+                    help="retrain --augment (robust: any orientation, scale, display curve; paper: flips, ±10°)")
     ap.add_argument("--rehearse", nargs="+", default=[], help="data the starting model learnt (retrain --rehearse)")
     ap.add_argument("--share", type=float, default=0.5, help="retrain --rehearse-share")
     ap.add_argument("--freeze-encoder", action="store_true")
@@ -116,6 +132,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
+    ap.add_argument("--served", action="store_true", help="score every model as the node serves it (flip TTA, "
+                    "zoom 1.4, anatomy clean-up, its card's stone decision) rather than the network's own labels")
+    ap.add_argument("--rescore", type=Path, default=None, metavar="OLD.json",
+                    help="train nothing: score again the runs of OLD.json's rows found in --work, keeping their "
+                         "training figures")
     ap.add_argument("--resume", action="store_true", help="keep the rows --out already holds for this --init and "
                                                           "--family; measure only the N it lacks")
     return ap
@@ -127,15 +148,18 @@ def main(argv=None) -> int:
     def in_domain(model: Path) -> dict:
         if not args.in_domain:
             return {}
-        per = {d.name: score(model, d) for d in args.in_domain}
+        per = {d.name: score(model, d, args.served) for d in args.in_domain}
         keys = ("scope_iou", "cbd_iou", "stone_iou")
         return {"in_domain_mean": {k: round(sum(v[k] for v in per.values()) / len(per), 2) for k in keys},
                 "in_domain_sets": per}
 
+    trained = rescore_rows(args) if args.rescore is not None else []
     old = json.loads(Path(args.out).read_text()) if args.resume and Path(args.out).is_file() else {}
     if old and (old.get("init"), old.get("family")) != (args.init, args.family):
         raise SystemExit(f"--resume: {args.out} holds another curve ({old.get('init')}, {old.get('family')})")
-    rows = old.get("rows") or [{"n": 0, "train_seconds": 0.0, **score(Path(args.init), args.test),
+    if old and old.get("served", False) != args.served:
+        raise SystemExit(f"--resume: {args.out} was scored {'as served' if old.get('served') else 'raw'}")
+    rows = old.get("rows") or [{"n": 0, "train_seconds": 0.0, **score(Path(args.init), args.test, args.served),
                                 **in_domain(Path(args.init))}]
     reference = rows[0].get("in_domain_mean")
 
@@ -146,10 +170,13 @@ def main(argv=None) -> int:
 
     def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
+               "augment": args.augment,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor,
                "keep": args.keep, "seed": args.seed, "val_fraction": args.val_fraction,
                "xla": args.xla, "mixed_precision": args.mixed_precision,
+               "served": args.served, "scoring": dict(SERVED, precision="float32") if args.served else
+               "the network's labels: one look, no TTA, no clean-up, every stone kept",
                "reference": "in_domain_mean of row n=0" if reference else None,
                "machine": f"{platform.machine()}, 2-core CPU, no GPU", "rows": rows}
         Path(args.out).write_text(json.dumps(out, indent=1))
@@ -157,6 +184,8 @@ def main(argv=None) -> int:
 
     print(json.dumps(pct(rows[-1])), flush=True)
     write()
+    if args.rescore is not None:
+        return rescore(args, trained, rows, pct, write, in_domain)
     for n in args.n:
         if any(r["n"] == n for r in rows):
             continue
@@ -171,9 +200,48 @@ def main(argv=None) -> int:
         card = json.loads((run / "model.json").read_text())
         rows.append({"n": n, "train_seconds": card["training_seconds_this_run"], "wall_seconds": round(elapsed, 1),
                      "epochs": card["epochs"], "bf16": bool(card.get("mixed_precision")),
-                     **score(run / "model.keras", args.test),
+                     **score(run / "model.keras", args.test, args.served),
                      **in_domain(run / "model.keras")})
         print(json.dumps(pct(rows[-1])), flush=True)
+        write()
+    return 0
+
+
+TRAINING_FIELDS = ("n", "train_seconds", "wall_seconds", "epochs", "bf16")
+
+
+def rescore_rows(args) -> list[dict]:
+    """The trained rows of args.rescore, checked before anything is scored: the same curve and recipe, and each
+    row's run still under args.work."""
+    old = json.loads(args.rescore.read_text())
+    if (old.get("init"), old.get("family")) != (args.init, args.family):
+        raise SystemExit(f"--rescore: {args.rescore} is another curve ({old.get('init')}, {old.get('family')})")
+    recipe = {"minutes": args.minutes, "lr": args.lr, "augment": args.augment,
+              "rehearse": [str(d) for d in args.rehearse], "freeze_encoder": args.freeze_encoder,
+              "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed}
+    differ = {k: (old.get(k), v) for k, v in recipe.items() if k in old and old[k] != v}
+    if differ:
+        raise SystemExit(f"--rescore: {args.rescore} was trained with another recipe (it, these arguments): {differ}")
+    trained = [r for r in old["rows"] if r["n"] > 0]
+    missing = [str(run_model(args, r["n"])) for r in trained if not run_model(args, r["n"]).is_file()]
+    if missing:
+        raise SystemExit(f"--rescore: no trained model at {', '.join(missing)}")
+    return trained
+
+
+def run_model(args, n: int) -> Path:
+    return args.work / f"run-{args.family}-{n}" / "model.keras"
+
+
+def rescore(args, trained: list[dict], rows: list[dict], pct, write, in_domain) -> int:
+    """Each trained row scored again from its run under args.work, its training figures kept."""
+    for r in (r for r in trained if not any(have["n"] == r["n"] for have in rows)):
+        model = run_model(args, r["n"])
+        row = {**{k: r[k] for k in TRAINING_FIELDS if k in r}, "rescored_from": str(args.rescore),
+               **score(model, args.test, args.served), **in_domain(model)}
+        rows.append(row)
+        rows.sort(key=lambda x: x["n"])
+        print(json.dumps(pct(row)), flush=True)
         write()
     return 0
 

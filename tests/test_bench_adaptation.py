@@ -47,12 +47,71 @@ def test_retrain_command_passes_the_recipe_on(tmp_path):
     plain = ad.retrain_command(ad.parser().parse_args(base), tmp_path / "d", tmp_path / "r")
     assert "--xla" not in plain and "--lr-floor" not in plain and "--rehearse" not in plain
     assert "--freeze-norm" not in plain and plain[plain.index("--val-fraction") + 1] == "0.1"
+    assert plain[plain.index("--augment") + 1] == "robust"
     cmd = ad.retrain_command(ad.parser().parse_args(base + ["--xla", "--lr-floor", "0.01", "--keep", "last",
                                                             "--rehearse", "a", "b", "--freeze-encoder",
-                                                            "--freeze-norm", "--val-fraction", "0"]),
+                                                            "--freeze-norm", "--val-fraction", "0",
+                                                            "--augment", "paper"]),
                              tmp_path / "d", tmp_path / "r")
     assert "--xla" in cmd and "--freeze-encoder" in cmd and "--freeze-norm" in cmd
-    assert cmd[cmd.index("--val-fraction") + 1] == "0.0"
+    assert cmd[cmd.index("--val-fraction") + 1] == "0.0" and cmd[cmd.index("--augment") + 1] == "paper"
     assert cmd[cmd.index("--lr-floor") + 1] == "0.01" and cmd[cmd.index("--keep") + 1] == "last"
     assert cmd[cmd.index("--rehearse") + 1:cmd.index("--rehearse") + 3] == ["a", "b"]
     assert cmd[cmd.index("--init") + 1] == "m.keras" and cmd[cmd.index("--data") + 1] == str(tmp_path / "d")
+
+
+def test_served_scoring_is_the_nodes_default_settings():
+    """--served must score what a site's node would serve: the bench's settings are the node's [model] defaults."""
+    from ercp_node.config.settings import ModelSettings
+
+    ad = bench_module("bench_adaptation")
+    node = ModelSettings()
+    for key, value in ad.SERVED.items():
+        assert getattr(node, key) == value, key
+
+
+def _curve(tmp_path, **over):
+    import json
+
+    old = {"init": "m.keras", "family": "foreign", "minutes": 20.0, "lr": 3e-4, "rehearse": [], "freeze_encoder": False,
+           "freeze_norm": True, "lr_floor": 0.01, "keep": "last", "seed": 0,
+           "rows": [{"n": 0}, {"n": 25, "train_seconds": 1198.2, "epochs": 325}], **over}
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    return path
+
+
+def test_rescore_refuses_another_recipe_or_missing_runs_before_scoring(tmp_path):
+    """--rescore checks the old curve's recipe and that every run is still there before it loads any model (the
+    init named here does not exist, so any scoring would fail with another error)."""
+    import pytest
+
+    ad = bench_module("bench_adaptation")
+    base = ["--init", "m.keras", "--family", "foreign", "--train", "t", "--test", "u", "--work", str(tmp_path),
+            "--minutes", "20", "--freeze-norm", "--lr-floor", "0.01", "--keep", "last", "--served",
+            "--out", str(tmp_path / "new.json")]
+    with pytest.raises(SystemExit, match="another recipe.*freeze_norm"):
+        ad.main(base[:base.index("--freeze-norm")] + base[base.index("--freeze-norm") + 1:]
+                + ["--rescore", str(_curve(tmp_path))])
+    with pytest.raises(SystemExit, match="another curve"):
+        ad.main(base + ["--rescore", str(_curve(tmp_path, family="lowdose"))])
+    with pytest.raises(SystemExit, match="no trained model at .*run-foreign-25"):
+        ad.main(base + ["--rescore", str(_curve(tmp_path))])
+    run = tmp_path / "run-foreign-25"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    args = ad.parser().parse_args(base + ["--rescore", str(_curve(tmp_path))])
+    assert [r["n"] for r in ad.rescore_rows(args)] == [25]
+
+
+def test_resume_refuses_to_mix_served_and_raw_scores(tmp_path):
+    import json
+
+    import pytest
+
+    ad = bench_module("bench_adaptation")
+    out = tmp_path / "curve.json"
+    out.write_text(json.dumps({"init": "m.keras", "family": "foreign", "served": False, "rows": [{"n": 0}]}))
+    with pytest.raises(SystemExit, match="scored raw"):
+        ad.main(["--init", "m.keras", "--family", "foreign", "--train", "t", "--test", "u", "--out", str(out),
+                 "--resume", "--served"])
