@@ -94,6 +94,8 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
            "--mixed-precision", args.mixed_precision, "--out", str(run), "--data-dir", str(args.work / "registry")]
     if args.rehearse:
         cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
+        if args.restyle:
+            cmd += ["--rehearse-restyle", str(args.restyle)]
     if args.freeze_encoder:
         cmd.append("--freeze-encoder")
     if args.freeze_norm:
@@ -119,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
                     help="retrain --augment (robust: any orientation, scale, display curve; paper: flips, ±10°)")
     ap.add_argument("--rehearse", nargs="+", default=[], help="data the starting model learnt (retrain --rehearse)")
     ap.add_argument("--share", type=float, default=0.5, help="retrain --rehearse-share")
+    ap.add_argument("--restyle", type=float, default=0.0, help="retrain --rehearse-restyle: the share of rehearsal "
+                    "images given a site image's look (Fourier domain adaptation)")
     ap.add_argument("--freeze-encoder", action="store_true")
     ap.add_argument("--freeze-norm", action="store_true", help="retrain --freeze-norm")
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
@@ -170,7 +174,7 @@ def main(argv=None) -> int:
 
     def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
-               "augment": args.augment,
+               "augment": args.augment, "restyle": args.restyle,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor,
                "keep": args.keep, "seed": args.seed, "val_fraction": args.val_fraction,
@@ -216,7 +220,7 @@ def rescore_rows(args) -> list[dict]:
     old = json.loads(args.rescore.read_text())
     if (old.get("init"), old.get("family")) != (args.init, args.family):
         raise SystemExit(f"--rescore: {args.rescore} is another curve ({old.get('init')}, {old.get('family')})")
-    recipe = {"minutes": args.minutes, "lr": args.lr, "augment": args.augment,
+    recipe = {"minutes": args.minutes, "lr": args.lr, "augment": args.augment, "restyle": args.restyle,
               "rehearse": [str(d) for d in args.rehearse], "freeze_encoder": args.freeze_encoder,
               "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed}
     differ = {k: (old.get(k), v) for k, v in recipe.items() if k in old and old[k] != v}

@@ -190,6 +190,8 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--freeze-norm"], "--freeze-norm needs --init"),
     (["--freeze-encoder"], "--freeze-encoder needs --init"),
     (["--init", "shipped", "--rehearse-share", "1"], "--rehearse-share"),
+    (["--init", "shipped", "--rehearse-restyle", "0.5"], "--rehearse-restyle needs --rehearse"),
+    (["--init", "shipped", "--rehearse", "elsewhere", "--rehearse-restyle", "1.5"], "--rehearse-restyle must be"),
     (["--lr-floor", "0.1"], "--lr-floor decays the rate over --time-budget"),
     (["--time-budget", "5", "--lr-plateau", "2", "--lr-floor", "0.1"], "--lr-floor decays"),
     (["--time-budget", "5", "--lr-floor", "1.5"], "--lr-floor must be between 0 and 1"),
@@ -212,12 +214,13 @@ def test_fine_tune_with_rehearsal_keeps_the_old_data_out_of_validation_and_test(
                  "--workers", "1"]) == 0
     assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "2", "--init",
                  str(base / "model.keras"), "--rehearse", str(old), "--rehearse-share", "0.25", "--xla",
+                 "--rehearse-restyle", "0.5",
                  "--time-budget", "30", "--lr-floor", "0.01", "--keep", "last", *tiny]) == 0
     card = json.loads((tuned / "model.json").read_text())
     first = json.loads((base / "model.json").read_text())
     site_train = first["split"]["train"]["images"]  # validation images are already out
     assert card["rehearsal"] == {"data": [str(old)], "images": 6, "per_epoch": round(site_train / 3),
-                                 "share": 0.25}
+                                 "share": 0.25, "restyled_share": 0.5}
     # validation and the frozen test set are the site's alone, as without rehearsal
     assert card["validation_images"] == first["validation_images"]
     assert card["test_metrics"]["n_images"] == first["test_metrics"]["n_images"]

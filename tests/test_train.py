@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ercp_node.model.train import (
-    ROBUST, ROBUST_SCOPE, Augment, SegmentationDataset, augment_pair, plot_history, restyle_scope, soft_one_hot, train)
+    ROBUST, ROBUST_SCOPE, Augment, SegmentationDataset, augment_pair, fda_restyle, plot_history, restyle_scope,
+    soft_one_hot, train)
 from ercp_node.model.unet import UNetConfig
 
 TINY = UNetConfig(input_size=64, base_filters=4, depth=3)
@@ -64,6 +65,45 @@ def test_rehearsal_epochs_hold_every_site_image_and_a_fresh_draw_of_the_rest():
     assert sorted(SegmentationDataset(images, masks, batch_size=2)._order) == list(range(8))  # default unchanged
     with pytest.raises(ValueError, match="core"):
         SegmentationDataset(images, masks, core=6, rehearse=3)
+
+
+def test_fda_restyle_takes_the_styles_low_frequencies_and_keeps_the_images_edges():
+    """Fourier domain adaptation: the result has the style image's low-frequency amplitudes (its brightness and the
+    strength of its slow shading; the phase, so where things lie, stays the source's) and the source's edges (its
+    high frequencies), so the source's label still fits it."""
+    yy, xx = np.mgrid[:128, :128] / 127.0
+    source = np.full((128, 128), 0.3, np.float32)
+    source[40:80, 50:60] = 0.8  # a bar: the structure the label marks
+    style = (0.45 + 0.3 * xx).astype(np.float32)  # brighter, shaded left to right (another display chain)
+    out = fda_restyle(source, style, 0.05)
+    assert out.shape == source.shape and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert abs(out.mean() - style.mean()) < 0.02  # the style's brightness
+    b = int(0.05 * 128)
+    window = (slice(64 - b, 64 + b + 1),) * 2
+    amp = lambda im: np.abs(np.fft.fftshift(np.fft.fft2(im)))[window]  # noqa: E731
+    assert np.allclose(amp(out), amp(style), rtol=0.02, atol=1e-3 * amp(style).max())  # its low frequencies
+    edges = lambda im: np.abs(cv2.Laplacian(im, cv2.CV_32F))  # noqa: E731
+    bar = np.zeros_like(source, bool)
+    bar[38:82, 48:62] = True
+    bar[42:78, 52:58] = False  # the bar's outline
+    assert edges(out)[bar].mean() > 0.8 * edges(source)[bar].mean()  # the edges the label follows are kept
+    assert np.allclose(fda_restyle(source, source, 0.05), source, atol=1e-5)  # its own style: unchanged
+
+
+def test_rehearsal_restyle_changes_only_rehearsal_images_and_no_label():
+    images, masks = _toy(8)
+    images[:3] = np.clip(images[:3] * 0.4 + 0.55, 0, 1)  # the "site": bright and flat
+    plain = SegmentationDataset(images, masks, batch_size=8, seed=1, core=3, rehearse=5, shuffle=False)
+    styled = SegmentationDataset(images, masks, batch_size=8, seed=1, core=3, rehearse=5, shuffle=False, restyle=1.0)
+    (xp, yp), (xs, ys) = plain[0], styled[0]
+    assert np.array_equal(yp, ys)  # labels untouched
+    assert np.array_equal(xp[:3], xs[:3])  # site images untouched
+    assert not np.allclose(xp[3:], xs[3:])
+    assert abs(xs[3:].mean() - images[:3].mean()) < abs(xp[3:].mean() - images[:3].mean())  # nearer the site's look
+    with pytest.raises(ValueError, match="restyle"):
+        SegmentationDataset(images, masks, restyle=0.5)  # no rehearsal items to restyle
+    with pytest.raises(ValueError, match="restyle"):
+        SegmentationDataset(images, masks, core=3, rehearse=2, restyle=2.0)
 
 
 def test_train_checkpoint_resume_and_curve(tmp_path):

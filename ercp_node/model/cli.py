@@ -63,6 +63,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rehearse", nargs="+", default=[], metavar="DIR",
                    help="with --init: annotated data the model learnt before (e.g. the phantom), mixed into every "
                         "epoch so a few site images do not make it forget; training only, never validation or test")
+    p.add_argument("--rehearse-restyle", type=float, default=0.0, metavar="F",
+                   help="with --rehearse: the share of rehearsal images given a random site image's look (Fourier "
+                        "domain adaptation: its low-frequency amplitude, their own edges and labels); default 0")
     p.add_argument("--rehearse-share", type=float, default=0.5, metavar="F",
                    help="share of each epoch drawn from --rehearse (default 0.5: as many as the site's images)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -225,6 +228,11 @@ def _validate(args) -> None:
             raise CLIError("--rehearse does not apply to --loss-grid")
     if not 0 < getattr(args, "rehearse_share", 0.5) < 1:
         raise CLIError("--rehearse-share must be between 0 and 1 (exclusive)")
+    restyle = getattr(args, "rehearse_restyle", 0.0)
+    if not 0 <= restyle <= 1:
+        raise CLIError("--rehearse-restyle must be between 0 and 1")
+    if restyle and not getattr(args, "rehearse", None):
+        raise CLIError("--rehearse-restyle needs --rehearse (it restyles rehearsal images)")
     val_fraction = getattr(args, "val_fraction", 0.1)
     if not 0 <= val_fraction < 1:
         raise CLIError("--val-fraction must be at least 0 and below 1")
@@ -284,7 +292,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 augment=args.augment, time_budget_s=args.time_budget * 60 if args.time_budget else None,
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
                 rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep,
-                val_fraction=args.val_fraction)
+                val_fraction=args.val_fraction, rehearse_restyle=args.rehearse_restyle)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

@@ -231,12 +231,13 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
               augment: str = "paper",
               time_budget_s: float | None = None, stone_net: Path | None = None, lr_plateau: int | None = None,
               rehearse_share: float = 0.5, xla: bool = False, lr_floor: float | None = None, keep: str = "best",
-              log=print) -> tuple[Path, dict]:
+              rehearse_restyle: float = 0.0, log=print) -> tuple[Path, dict]:
     """Train, keep the best validation checkpoint (keep="last": the weights training ended with), score it on the
     frozen test set; returns (model, card).
 
     With rehearsal data in `prep`, each epoch is every site training image plus rehearsal images drawn afresh,
-    `rehearse_share` of the epoch (at most all of them).
+    `rehearse_share` of the epoch (at most all of them); `rehearse_restyle` of those given a site image's look
+    (train.fda_restyle).
 
     `stone_net`: the cascade's second stage to carry along (copied beside the new model, named in its card, and
     part of the test score), so the new model is compared with the active one as the node would run it."""
@@ -263,10 +264,12 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         n_site = len(xt) - len(prep.rehearsal)
         draw = min(len(prep.rehearsal), int(round(n_site * rehearse_share / (1.0 - rehearse_share))))
         train_data = SegmentationDataset(xt, yt, batch_size=batch_size, augment=AUGMENTATIONS[augment] or None,
-                                         shuffle=True, seed=seed, core=n_site, rehearse=draw)
+                                         shuffle=True, seed=seed, core=n_site, rehearse=draw,
+                                         restyle=rehearse_restyle)
         rehearsal = {"data": prep.rehearsal_dirs, "images": len(prep.rehearsal), "per_epoch": draw,
-                     "share": rehearse_share}
-        log(f"each epoch: {n_site} site images + {draw} rehearsal images")
+                     "share": rehearse_share, "restyled_share": rehearse_restyle}
+        log(f"each epoch: {n_site} site images + {draw} rehearsal images"
+            + (f", {rehearse_restyle:.0%} of them in a site image's look" if rehearse_restyle else ""))
     t0 = time.perf_counter()
     if not len(xv) and keep == "best":  # a single patient to train on: nothing to hold out or choose by
         log("no validation images: keeping the last weights")
@@ -343,7 +346,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             freeze_norm: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
-            lr_floor: float | None = None, keep: str = "best", log=print) -> dict:
+            lr_floor: float | None = None, keep: str = "best", rehearse_restyle: float = 0.0, log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     if val_fraction <= 0 and keep != "last":  # before any data is read or trained
         raise ValueError("val_fraction 0 holds out no images to choose the best checkpoint by: keep the last one")
@@ -359,7 +362,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
                                  freeze_encoder=freeze_encoder, freeze_norm=freeze_norm, augment=augment,
                                  time_budget_s=time_budget_s,
                                  stone_net=stone_net, lr_plateau=lr_plateau, rehearse_share=rehearse_share,
-                                 xla=xla, lr_floor=lr_floor, keep=keep, log=log)
+                                 xla=xla, lr_floor=lr_floor, keep=keep, rehearse_restyle=rehearse_restyle, log=log)
     if registry is not None:
         card["registry"] = promote(registry, model_path, card, prep.split, batch_size, force_reason, log)
         model_path.with_suffix(".json").write_text(json.dumps(card, indent=1, default=str))

@@ -60,6 +60,24 @@ ROBUST_SCOPE = replace(ROBUST, scope_look=0.5)
 AUGMENTATIONS = {"paper": Augment(), "robust": ROBUST, "robust-scope": ROBUST_SCOPE, "none": None}
 
 
+FDA_BETA = (0.01, 0.05)  # the low-frequency window's half-size, a share of the image's side (Yang & Soatto's range)
+
+
+def fda_restyle(image: np.ndarray, style: np.ndarray, beta: float) -> np.ndarray:
+    """`image` with the low-frequency amplitude spectrum of `style` (Fourier domain adaptation, Yang & Soatto,
+    CVPR 2020): its phase — edges, shapes, so the label — is kept; the brightness, contrast and slow shading
+    of `style`'s display chain are taken. Both (H, W) preprocessed inputs in [0, 1]; the result is clipped to it.
+    beta: the swapped window's half-size as a share of min(H, W) (0.01–0.09 in the paper)."""
+    h, w = image.shape
+    f_img, f_style = np.fft.fftshift(np.fft.fft2(image)), np.fft.fftshift(np.fft.fft2(style))
+    b = max(1, int(beta * min(h, w)))
+    cy, cx = h // 2, w // 2
+    amp = np.abs(f_img)
+    amp[cy - b:cy + b + 1, cx - b:cx + b + 1] = np.abs(f_style[cy - b:cy + b + 1, cx - b:cx + b + 1])
+    out = np.fft.ifft2(np.fft.ifftshift(amp * np.exp(1j * np.angle(f_img)))).real
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def restyle_scope(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The duodenoscope as another model or dose would show it; everything else and the label unchanged.
 
@@ -229,12 +247,14 @@ class SegmentationDataset(keras.utils.PyDataset):
     Rehearsal (fine-tuning at a site): with `core` < n, an epoch is the first `core` items (the site's images)
     plus `rehearse` items drawn afresh each epoch from the rest (the data the model learnt before), so a few
     site images are not drowned and the old data keeps the model from forgetting what they do not show.
+    `restyle` (0–1): the share of those rehearsal items given a random site image's look (`fda_restyle`, beta
+    drawn from FDA_BETA) before augmentation — more annotated anatomy in the site's display chain.
     """
 
     def __init__(self, images=None, masks=None, *, loader: Callable | None = None, n: int | None = None,
                  batch_size: int = 16, augment: Augment | bool | None = None, shuffle: bool = True,
                  seed: int = 0, n_classes: int = N_CLASSES, core: int | None = None, rehearse: int = 0,
-                 **kwargs):
+                 restyle: float = 0.0, **kwargs):
         super().__init__(**kwargs)  # workers / use_multiprocessing / max_queue_size
         if loader is None:
             if images is None or masks is None or len(images) != len(masks):
@@ -249,6 +269,9 @@ class SegmentationDataset(keras.utils.PyDataset):
         if not (0 < self.core <= self.n and 0 <= self.rehearse <= self.n - self.core):
             raise ValueError(f"core={core}, rehearse={rehearse}: need 0 < core <= {self.n} and "
                              f"0 <= rehearse <= n - core")
+        if not 0.0 <= restyle <= 1.0 or (restyle and self.core == self.n):
+            raise ValueError(f"restyle={restyle}: a share in [0, 1], and only with rehearsal items (core < n)")
+        self.restyle = float(restyle)
         self._reorder()
 
     def _epoch_items(self) -> np.ndarray:
@@ -273,6 +296,11 @@ class SegmentationDataset(keras.utils.PyDataset):
             mask = np.asarray(mask, np.uint8)
             image = np.asarray(image, np.float32)
             image = image.reshape(image.shape[:2])
+            if self.restyle and i >= self.core:
+                rng = np.random.default_rng((self.seed, self.epoch, int(i), 1))  # apart from augmentation's key
+                if rng.random() < self.restyle:
+                    style = np.asarray(self.loader(int(rng.integers(self.core)))[0], np.float32)
+                    image = fda_restyle(image, style.reshape(style.shape[:2]), float(rng.uniform(*FDA_BETA)))
             if self.augment:
                 image, mask = augment_pair(image, mask, np.random.default_rng((self.seed, self.epoch, int(i))),
                                            self.augment)
