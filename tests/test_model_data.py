@@ -378,3 +378,18 @@ def test_retrain_carries_the_stone_net_of_the_model_it_replaces(phantom, tmp_pat
     assert main([*base, "--out", str(tmp_path / "r2"), "--stone-net", "none"]) == 0
     assert "stone_net" not in json.loads((tmp_path / "r2" / "model.json").read_text())
     assert main([*base, "--out", str(tmp_path / "r3"), "--stone-net", str(tmp_path / "missing.keras")]) == 2
+
+
+@pytest.mark.parametrize("args, epochs", [
+    ([], 40),  # the paper's
+    (["--time-budget", "20"], 100_000),  # a site's fine-tune is given minutes: the budget ends it, not 40 epochs
+    (["--time-budget", "20", "--epochs", "7"], 7),
+    (["--loss-grid", "--time-budget", "20"], 40),
+])
+def test_retrain_epochs_default_to_the_time_budget(args, epochs):
+    from ercp_node.cli import build_parser
+    from ercp_node.model.cli import _validate
+
+    parsed = build_parser().parse_args(["retrain", "--data", "d", *args])
+    _validate(parsed)
+    assert parsed.epochs == epochs

@@ -16,6 +16,10 @@ from .tta import TTA_MODES
 from ..text import RESEARCH_USE_SENTENCE
 
 
+PAPER_EPOCHS = 40
+BUDGET_EPOCHS = 100_000  # "until --time-budget ends"
+
+
 def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", nargs="+", default=[], metavar="DIR",
                    help="phantom output, labelme JSON + images, and/or DICOM SEG + source images")
@@ -31,7 +35,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="train Table 1's configurations on the same data; writes loss_grid.md/.json and figure3.png")
     p.add_argument("--focal-alpha", type=float, default=2.0, help="focal loss alpha (paper: 2)")
     p.add_argument("--focal-gamma", type=float, default=2.0, help="focal loss gamma")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="at most this many epochs (default: the paper's 40; with --time-budget, as many as the "
+                        "budget holds)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--lr-plateau", type=int, default=None, metavar="PATIENCE",
@@ -201,6 +207,9 @@ def _validate(args) -> None:
     names = args.loss.split("+")
     if not 1 <= len(names) <= 2 or any(n not in LOSSES for n in names):
         raise CLIError(f"--loss must be one of {', '.join(LOSSES)} or a sum of two (e.g. dice+focal), got {args.loss!r}")
+    if args.epochs is None:
+        # A site's fine-tune is given minutes, not epochs: 40 epochs of 25 images end long before 20 minutes do.
+        args.epochs = BUDGET_EPOCHS if getattr(args, "time_budget", None) and not args.loss_grid else PAPER_EPOCHS
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise CLIError(f"--{name.replace('_', '-')} must be at least 1")
