@@ -126,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--freeze-encoder", action="store_true")
     ap.add_argument("--freeze-norm", action="store_true", help="retrain --freeze-norm")
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
-    ap.add_argument("--keep", choices=("best", "last"), default="best", help="retrain --keep")
+    ap.add_argument("--keep", choices=("best", "last", "average"), default="best", help="retrain --keep")
     ap.add_argument("--seed", type=int, default=0, help="retrain --seed (a repeat of a recipe)")
     ap.add_argument("--val-fraction", type=float, default=0.1,
                     help="retrain --val-fraction (0 with --keep last: every site image trains)")

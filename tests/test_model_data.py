@@ -196,6 +196,7 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--time-budget", "5", "--lr-plateau", "2", "--lr-floor", "0.1"], "--lr-floor decays"),
     (["--time-budget", "5", "--lr-floor", "1.5"], "--lr-floor must be between 0 and 1"),
     (["--val-fraction", "0"], "add --keep last"),
+    (["--init", "shipped", "--keep", "average"], "--keep average needs --freeze-norm"),
     (["--loss-grid", "--val-fraction", "0", "--keep", "last"], "--loss-grid keeps each loss's best"),
     (["--val-fraction", "1", "--keep", "last"], "--val-fraction must be"),
     (["--val-fraction", "-0.1", "--keep", "last"], "--val-fraction must be"),
@@ -263,6 +264,24 @@ def test_training_without_validation_images_keeps_the_last_weights(phantom, tmp_
     _, card = train_one(prep, tmp_path / "run", epochs=1, batch_size=4, keep="best", log=lines.append)
     assert card["kept"] == "last" and card["validation_images"] == 0
     assert any("no validation images" in line for line in lines)
+
+
+def test_fine_tune_keeps_the_mean_of_its_last_quarter(phantom, tmp_path):
+    """--keep average --freeze-norm: the model written is the last quarter's mean weights (epoch 4 of 4 here),
+    named so in its card; every image trains (--val-fraction 0: nothing is chosen by validation)."""
+    import keras
+
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    tiny = ["--base-filters", "4", "--input-size", "64", "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
+    assert main(["retrain", "--data", str(phantom), "--out", str(base), "--epochs", "1", *tiny]) == 0
+    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "4", "--init",
+                 str(base / "model.keras"), "--freeze-norm", "--keep", "average", "--val-fraction", "0", *tiny]) == 0
+    card = json.loads((tuned / "model.json").read_text())
+    assert card["kept"] == "average of the last 1 epochs' weights" and card["validation_images"] == 0
+    kept = keras.saving.load_model(tuned / "model.keras", compile=False)
+    mean = keras.saving.load_model(tuned / "model.keras", compile=False)
+    mean.load_weights(tuned / "checkpoints" / "average.weights.h5")
+    assert all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), mean.get_weights()))
 
 
 def test_fine_tune_keeps_the_width_of_a_widened_start(phantom, tmp_path):

@@ -336,6 +336,39 @@ def test_fine_tune_with_frozen_normalisation_keeps_every_batch_norm(tmp_path):
     assert not np.array_equal(conv, first.model.get_layer("enc0_conv1").get_weights()[0])
 
 
+def test_weight_average_is_the_mean_of_the_tails_epochs_and_survives_a_resume(tmp_path):
+    """average=True: the mean of the weights at the end of each epoch in the run's last quarter (epochs 4-6 of 6
+    after 2 of the first run's), batch norm kept; a crash after epoch 4 and a resume go on averaging the same."""
+    images, masks = _toy(6)
+    init = train(TINY, (images, masks), out_dir=tmp_path / "a", epochs=1, batch_size=3, lr=3e-3).model.get_weights()
+    snapshots = []
+
+    class Snap(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append((epoch, self.model.get_weights()))
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 4:
+                raise KeyboardInterrupt("simulated crash")
+
+    run = dict(out_dir=tmp_path / "b", epochs=6, batch_size=3, lr=3e-3, init_weights=init, freeze_norm=True,
+               average=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, (images, masks), callbacks=[Snap(), Crash()], **run)
+    assert json.loads((tmp_path / "b" / "average.json").read_text()) == {"count": 1, "epoch": 5}
+    res = train(TINY, (images, masks), callbacks=[Snap()], **run)
+    tail = [w for e, w in snapshots if e >= 4]  # epochs 5 and 6 (1-based): the last quarter of 6 is 4.5-6
+    assert [e for e, _ in snapshots] == [0, 1, 2, 3, 4, 5] and len(tail) == 2
+    model = keras.saving.load_model(res.paths["last"], compile=False)
+    model.load_weights(res.paths["average"])
+    for got, a, b in zip(model.get_weights(), *tail):
+        np.testing.assert_allclose(got, (a.astype(np.float64) + b) / 2, rtol=1e-6, atol=1e-7)
+    assert any(not np.array_equal(got, b) for got, b in zip(model.get_weights(), tail[-1]))  # not the last weights
+    with pytest.raises(ValueError, match="freeze_norm"):
+        train(TINY, (images, masks), out_dir=tmp_path / "c", epochs=1, average=True)
+
+
 def test_init_of_another_grid_or_class_list_is_refused(tmp_path):
     from ercp_node.model.retrain import load_init
     from ercp_node.model.unet import build_unet

@@ -79,9 +79,10 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-floor", type=float, default=None, metavar="F",
                    help="with --time-budget: cosine decay of the learning rate from --lr to --lr x F over the budget "
                         "(a fine-tune's schedule: the budget, not an epoch count, is what a site knows)")
-    p.add_argument("--keep", choices=("best", "last"), default="best",
-                   help="the checkpoint the run ends with: best validation loss (default), or the last weights "
-                        "(with 10-50 site images the validation split is one or two patients: too few to choose by)")
+    p.add_argument("--keep", choices=("best", "last", "average"), default="best",
+                   help="the checkpoint the run ends with: best validation loss (default), the last weights "
+                        "(with 10-50 site images the validation split is one or two patients: too few to choose by), "
+                        "or the mean of the weights over the run's last quarter (with --freeze-norm)")
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                    help="share of the training patients held out for validation (default 0.1, at least one "
                         "patient); 0 with --keep last: every annotated image trains, none is held out")
@@ -247,8 +248,11 @@ def _validate(args) -> None:
         raise CLIError("--val-fraction must be at least 0 and below 1")
     if val_fraction == 0 and getattr(args, "loss_grid", False):
         raise CLIError("--loss-grid keeps each loss's best validation checkpoint: --val-fraction must be above 0")
-    if val_fraction == 0 and getattr(args, "keep", "best") != "last":
+    if val_fraction == 0 and getattr(args, "keep", "best") == "best":
         raise CLIError("--val-fraction 0 holds out no images to choose the best checkpoint by: add --keep last")
+    if getattr(args, "keep", "best") == "average" and not getattr(args, "freeze_norm", False):
+        raise CLIError("--keep average needs --freeze-norm (averaged weights must share the batch-norm statistics "
+                       "they were trained with)")
 
 
 def _mixed(choice: str) -> bool:

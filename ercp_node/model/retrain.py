@@ -24,6 +24,7 @@ from ..preprocessing.pipeline import to_unit_grey
 from .data import Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data, temporal_split
 from .metrics import per_image_metrics, table1_report, table1_markdown
 
+KEEP = ("best", "last", "average")  # the weights a run ends with: best validation, last, mean of the tail (freeze-norm)
 PHANTOM_NOTE = "Trained on synthetic phantom cholangiograms (ercp-node phantom), not on patient images."
 
 
@@ -247,8 +248,11 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     from .train import AUGMENTATIONS, SegmentationDataset, train
     from .unet import CLASS_NAMES as LABEL_NAMES
 
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    if keep == "average" and not freeze_norm:
+        raise ValueError("keep='average' averages weights trained with the same batch-norm statistics: "
+                         "add freeze_norm")
     out_dir.mkdir(parents=True, exist_ok=True)
     loss_kwargs = {}
     if "wcce" in loss:
@@ -280,11 +284,20 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
                    augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
                    freeze_encoder=freeze_encoder, freeze_norm=freeze_norm, time_budget_s=time_budget_s,
                    lr_plateau=lr_plateau, xla=xla,
-                   lr_floor=lr_floor)
+                   lr_floor=lr_floor, average=keep == "average")
     elapsed = time.perf_counter() - t0
     state = json.loads(result.paths["state"].read_text()) if result.paths["state"].is_file() else {}
     best_path = result.paths["best"] if keep == "best" and result.paths["best"].is_file() else result.paths["last"]
     best = keras.saving.load_model(best_path, compile=False)
+    kept = "best" if best_path == result.paths["best"] else "last"
+    averaged = result.paths.get("average")
+    if averaged is not None and averaged.is_file():
+        best.load_weights(averaged)  # the last model's graph, the tail's mean weights
+        count = json.loads((averaged.parent / "average.json").read_text())["count"]
+        kept = f"average of the last {count} epochs' weights"
+        log(f"keeping the {kept}")
+    elif keep == "average":
+        log("no epoch reached the averaged tail of the run: keeping the last weights")
     version = f"unet-{prep.preset}-{loss.replace('+', '-')}-{dt.datetime.now(dt.timezone.utc):%Y%m%d%H%M%S}"
     card = {
         "version": version, "ercp_node_version": __version__, "preset": prep.preset, "config": prep.config.to_dict(),
@@ -296,7 +309,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
         "freeze_encoder": freeze_encoder, "freeze_norm": freeze_norm, "time_budget_s": time_budget_s,
         "lr_plateau_patience": lr_plateau,
-        "xla": xla, "lr_floor": lr_floor, "kept": "best" if best_path == result.paths["best"] else "last",
+        "xla": xla, "lr_floor": lr_floor, "kept": kept,
         "rehearsal": rehearsal,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
@@ -348,8 +361,11 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
             lr_floor: float | None = None, keep: str = "best", rehearse_restyle: float = 0.0, log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
-    if val_fraction <= 0 and keep != "last":  # before any data is read or trained
+    if val_fraction <= 0 and keep == "best":  # before any data is read or trained
         raise ValueError("val_fraction 0 holds out no images to choose the best checkpoint by: keep the last one")
+    if keep == "average" and not freeze_norm:
+        raise ValueError("keep='average' averages weights trained with the same batch-norm statistics: "
+                         "add freeze_norm")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if init is not None and base_filters is None:

@@ -235,6 +235,65 @@ class WallClockCosine(keras.callbacks.Callback):
         self.model.optimizer.learning_rate = self.lr_at(self._clock() - self.t0)
 
 
+AVERAGE_TAIL = 0.25  # the share of a run (its time budget, else its epochs) whose weights keep="average" averages
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """The running mean of the weights at the end of every epoch in a run's last `tail` (of `seconds` of wall
+    clock when given, else of `epochs`): stochastic weight averaging (Izmailov et al., UAI 2018) over the end of
+    the cosine, where single runs of a fine-tune differ by as much as recipes do. Written to average.weights.h5
+    (with its count in average.json) after each epoch it takes, so a resumed run goes on averaging.
+
+    Batch-norm statistics are averaged like any weight; that is exact only while they stay fixed (freeze_norm):
+    train() refuses averaging without it."""
+
+    def __init__(self, out_dir: Path, tail: float, *, seconds: float | None = None, epochs: int | None = None):
+        super().__init__()
+        if not 0.0 < tail <= 1.0 or (seconds is None) == (epochs is None):
+            raise ValueError("WeightAverage takes a tail in (0, 1] and either seconds or epochs")
+        self.out_dir, self.tail, self.seconds, self.epochs = Path(out_dir), tail, seconds, epochs
+        self.mean: list[np.ndarray] | None = None
+        self.count = 0
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / "average.weights.h5"
+
+    def on_train_begin(self, logs=None):
+        import time
+
+        self._clock, self.t0 = time.monotonic, time.monotonic()
+        meta = self.out_dir / "average.json"
+        if self.path.is_file() and meta.is_file():  # resumed: go on from the mean so far
+            current = self.model.get_weights()
+            self.model.load_weights(self.path)
+            self.mean, self.count = self.model.get_weights(), int(json.loads(meta.read_text())["count"])
+            self.model.set_weights(current)
+
+    def in_tail(self, epoch: int) -> bool:
+        if self.seconds is not None:
+            return self._clock() - self.t0 >= (1.0 - self.tail) * self.seconds
+        return epoch + 1 > (1.0 - self.tail) * self.epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.in_tail(epoch):
+            return
+        weights = self.model.get_weights()
+        self.count += 1
+        if self.mean is None:
+            self.mean = [w.astype(np.float64) for w in weights]
+        else:
+            for m, w in zip(self.mean, weights):
+                m += (w - m) / self.count
+        current = weights
+        self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, current)])
+        tmp = self.out_dir / "average.tmp.weights.h5"
+        self.model.save_weights(tmp)
+        self.model.set_weights(current)  # training goes on from its own weights, not the mean
+        os.replace(tmp, self.path)
+        (self.out_dir / "average.json").write_text(json.dumps({"count": self.count, "epoch": epoch + 1}))
+
+
 class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (image (B, H, W, 1) float32, one-hot mask (B, H, W, C) float32).
 
@@ -406,7 +465,7 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
           mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=(),
           init_weights: list | None = None, freeze_encoder: bool = False, freeze_norm: bool = False,
           time_budget_s: float | None = None, lr_plateau: int | None = None, xla: bool = False,
-          lr_floor: float | None = None) -> TrainResult:
+          lr_floor: float | None = None, average: bool = False) -> TrainResult:
     """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
 
     model: a built keras.Model, or a UNetConfig / preset name to build one. train_data / val_data: a PyDataset
@@ -426,7 +485,12 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     bench/results/unet_train_xla.json); JAX compiles with XLA anyway, torch is left as it is.
     lr_floor: with time_budget_s, a cosine decay of the learning rate from `lr` to `lr * lr_floor` over the budget
     (WallClockCosine; None: the fixed rate or lr_plateau's).
+    average: also keep the mean of the weights over the run's last AVERAGE_TAIL (WeightAverage; paths["average"]),
+    with freeze_norm only (the statistics must be the ones every averaged weight was trained with).
     """
+    if average and not freeze_norm:
+        raise ValueError("averaging weights needs freeze_norm: batch-norm statistics that move while training "
+                         "do not match the averaged weights")
     if lr_floor is not None and (not time_budget_s or lr_plateau):
         raise ValueError("lr_floor decays the rate over time_budget_s: give a time budget and no lr_plateau")
     if lr_floor is not None and not 0.0 <= lr_floor <= 1.0:
@@ -491,6 +555,11 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
         cbs.append(TimeBudget(time_budget_s))
         if lr_floor is not None:
             cbs.insert(0, WallClockCosine(lr, lr_floor, time_budget_s))
+    averager = None
+    if average:
+        averager = WeightAverage(out_dir, AVERAGE_TAIL, seconds=time_budget_s) if time_budget_s else \
+            WeightAverage(out_dir, AVERAGE_TAIL, epochs=epochs)
+        cbs.append(averager)
     cbs.extend(callbacks)
 
     if initial_epoch < epochs:
@@ -501,6 +570,8 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     plot_history({k: v for k, v in history.items() if k != "learning_rate"}, curve,  # losses only: one scale
                  title=f"{model.name} {loss_name}")
     paths = {"last": last, "best": out_dir / "best.keras", "state": state_path, "curve": curve}
+    if averager is not None:
+        paths["average"] = averager.path
     return TrainResult(model, history, epochs_done, out_dir, paths)
 
 
