@@ -70,6 +70,28 @@ def subset(src: Path, dst: Path, n: int) -> None:
         w.writerows(rows)
 
 
+def unlabelled_dir(data: Path) -> Path:
+    return data.with_name(data.name + "-unlabelled")
+
+
+def unlabelled_subset(src: Path, dst: Path, start: int, count: int) -> int:
+    """A directory of the DICOM images src holds after its first `start` (the site's annotated ones), `count` of
+    them, annotations left behind: the site's archive without labels (retrain --unlabelled). Returns how many."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    if (src / "manifest.csv").is_file():
+        with open(src / "manifest.csv") as fh:
+            files = [src / row["dicom"] for row in csv.DictReader(fh)]
+    else:
+        docs = [(p, d) for p in sorted(src.resolve().rglob("*.json")) if "shapes" in (d := json.loads(p.read_text()))]
+        files = [(p.parent / d["imagePath"]).resolve() for p, d in docs]
+    chosen = [f for f in files[start:start + count] if f.suffix.lower() == ".dcm"]
+    for f in chosen:
+        shutil.copy2(f, dst / f.name)
+    return len(chosen)
+
+
 SERVED = {"tta": "flip", "zoom": 1.4, "postprocess": "anatomy", "stone_min_peak": "model",
           "stone_min_rose_k": "model"}  # the node's [model] defaults (ercp_node/config/settings.py), float32
 
@@ -96,6 +118,8 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
         cmd += ["--rehearse", *map(str, args.rehearse), "--rehearse-share", str(args.share)]
         if args.restyle:
             cmd += ["--rehearse-restyle", str(args.restyle)]
+    if args.unlabelled:
+        cmd += ["--unlabelled", str(unlabelled_dir(data))]
     if args.freeze_encoder:
         cmd.append("--freeze-encoder")
     if args.freeze_norm:
@@ -123,6 +147,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--share", type=float, default=0.5, help="retrain --rehearse-share")
     ap.add_argument("--restyle", type=float, default=0.0, help="retrain --rehearse-restyle: the share of rehearsal "
                     "images given a site image's look (Fourier domain adaptation)")
+    ap.add_argument("--unlabelled", type=int, default=0, metavar="M",
+                    help="retrain --unlabelled: M more --train images after a run's N, their annotations left out")
     ap.add_argument("--freeze-encoder", action="store_true")
     ap.add_argument("--freeze-norm", action="store_true", help="retrain --freeze-norm")
     ap.add_argument("--lr-floor", type=float, default=None, help="retrain --lr-floor: cosine over the budget")
@@ -174,7 +200,7 @@ def main(argv=None) -> int:
 
     def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
         out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
-               "augment": args.augment, "restyle": args.restyle,
+               "augment": args.augment, "restyle": args.restyle, "unlabelled": args.unlabelled,
                "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
                "freeze_encoder": args.freeze_encoder, "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor,
                "keep": args.keep, "seed": args.seed, "val_fraction": args.val_fraction,
@@ -195,6 +221,8 @@ def main(argv=None) -> int:
             continue
         data, run = args.work / f"{args.family}-{n}", args.work / f"run-{args.family}-{n}"
         subset(args.train, data, n)
+        if args.unlabelled:
+            unlabelled_subset(args.train, unlabelled_dir(data), n, args.unlabelled)
         shutil.rmtree(run, ignore_errors=True)
         cmd = retrain_command(args, data, run)
         t = time.perf_counter()
@@ -221,6 +249,7 @@ def rescore_rows(args) -> list[dict]:
     if (old.get("init"), old.get("family")) != (args.init, args.family):
         raise SystemExit(f"--rescore: {args.rescore} is another curve ({old.get('init')}, {old.get('family')})")
     recipe = {"minutes": args.minutes, "lr": args.lr, "augment": args.augment, "restyle": args.restyle,
+              "unlabelled": args.unlabelled,
               "rehearse": [str(d) for d in args.rehearse], "freeze_encoder": args.freeze_encoder,
               "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed}
     differ = {k: (old.get(k), v) for k, v in recipe.items() if k in old and old[k] != v}

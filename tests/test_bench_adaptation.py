@@ -47,16 +47,19 @@ def test_retrain_command_passes_the_recipe_on(tmp_path):
     plain = ad.retrain_command(ad.parser().parse_args(base), tmp_path / "d", tmp_path / "r")
     assert "--xla" not in plain and "--lr-floor" not in plain and "--rehearse" not in plain
     assert "--rehearse-restyle" not in plain
+    assert "--unlabelled" not in plain
     assert "--freeze-norm" not in plain and plain[plain.index("--val-fraction") + 1] == "0.1"
     assert plain[plain.index("--augment") + 1] == "robust"
     cmd = ad.retrain_command(ad.parser().parse_args(base + ["--xla", "--lr-floor", "0.01", "--keep", "last",
                                                             "--rehearse", "a", "b", "--freeze-encoder",
                                                             "--freeze-norm", "--val-fraction", "0",
-                                                            "--augment", "paper", "--restyle", "0.5"]),
+                                                            "--augment", "paper", "--restyle", "0.5",
+                                                            "--unlabelled", "100"]),
                              tmp_path / "d", tmp_path / "r")
     assert "--xla" in cmd and "--freeze-encoder" in cmd and "--freeze-norm" in cmd
     assert cmd[cmd.index("--val-fraction") + 1] == "0.0" and cmd[cmd.index("--augment") + 1] == "paper"
     assert cmd[cmd.index("--rehearse-restyle") + 1] == "0.5"
+    assert cmd[cmd.index("--unlabelled") + 1] == str(tmp_path / "d-unlabelled")
     assert cmd[cmd.index("--lr-floor") + 1] == "0.01" and cmd[cmd.index("--keep") + 1] == "last"
     assert cmd[cmd.index("--rehearse") + 1:cmd.index("--rehearse") + 3] == ["a", "b"]
     assert cmd[cmd.index("--init") + 1] == "m.keras" and cmd[cmd.index("--data") + 1] == str(tmp_path / "d")
@@ -117,3 +120,23 @@ def test_resume_refuses_to_mix_served_and_raw_scores(tmp_path):
     with pytest.raises(SystemExit, match="scored raw"):
         ad.main(["--init", "m.keras", "--family", "foreign", "--train", "t", "--test", "u", "--out", str(out),
                  "--resume", "--served"])
+
+
+def test_unlabelled_subset_takes_the_images_after_the_annotated_ones(tmp_path):
+    """The site's unannotated archive in a curve: DICOM images N.. of the training set, nothing of their labels."""
+    from ercp_node.cli import main
+
+    ad = bench_module("bench_adaptation")
+    src = tmp_path / "ph"
+    assert main(["synth", "--count", "5", "--seed", "3", "--size", "512", "--out", str(src), "--workers", "1"]) == 0
+    assert ad.unlabelled_subset(src, tmp_path / "u", 2, 10) == 3
+    import csv
+
+    with open(src / "manifest.csv") as fh:
+        want = sorted(Path(row["dicom"]).name for row in list(csv.DictReader(fh))[2:])
+    assert sorted(p.name for p in (tmp_path / "u").iterdir()) == want
+    site = tmp_path / "site"  # a labelme directory: the images its annotation files name, in their order
+    bench_module("foreign_phantom").generate(3, 11, site, dt.date(2023, 1, 1), dt.date(2023, 6, 1), sheet=False)
+    assert ad.unlabelled_subset(site, tmp_path / "v", 1, 5) == 2
+    assert all(p.suffix == ".dcm" for p in (tmp_path / "v").iterdir())
+    assert not any(p.suffix == ".json" for p in (tmp_path / "v").rglob("*"))

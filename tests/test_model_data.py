@@ -197,6 +197,7 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--time-budget", "5", "--lr-floor", "1.5"], "--lr-floor must be between 0 and 1"),
     (["--val-fraction", "0"], "add --keep last"),
     (["--init", "shipped", "--keep", "average"], "--keep average needs --freeze-norm"),
+    (["--loss-grid", "--unlabelled", "elsewhere"], "--unlabelled does not apply to --loss-grid"),
     (["--loss-grid", "--val-fraction", "0", "--keep", "last"], "--loss-grid keeps each loss's best"),
     (["--val-fraction", "1", "--keep", "last"], "--val-fraction must be"),
     (["--val-fraction", "-0.1", "--keep", "last"], "--val-fraction must be"),
@@ -282,6 +283,34 @@ def test_fine_tune_keeps_the_mean_of_its_last_quarter(phantom, tmp_path):
     mean = keras.saving.load_model(tuned / "model.keras", compile=False)
     mean.load_weights(tuned / "checkpoints" / "average.weights.h5")
     assert all(np.array_equal(a, b) for a, b in zip(kept.get_weights(), mean.get_weights()))
+
+
+def test_self_training_labels_the_sites_unannotated_images_and_never_its_annotated_ones(phantom, tmp_path):
+    """--unlabelled: half the run from the annotations, then the model's own labels for the site's other images
+    join every epoch; an unlabelled directory that also holds the annotated images (a copy of the archive) gives
+    none of them (the frozen test set above all), and a non-image DICOM is reported and skipped."""
+    import pydicom
+
+    base, tuned, other = tmp_path / "base", tmp_path / "tuned", tmp_path / "other"
+    tiny = ["--base-filters", "4", "--input-size", "64", "--batch-size", "4", "--data-dir", str(tmp_path / "node")]
+    assert main(["retrain", "--data", str(phantom), "--out", str(base), "--epochs", "1", *tiny]) == 0
+    assert main(["synth", "--count", "5", "--seed", "78", "--size", "512", "--out", str(other), "--workers", "1"]) == 0
+    first = next(other.rglob("*.dcm"))
+    sr = pydicom.dcmread(first)
+    sr.Modality, sr.SOPInstanceUID = "SR", pydicom.uid.generate_uid()  # not an image: reported, skipped
+    sr.save_as(other / "an-sr.dcm")
+    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "4", "--init",
+                 str(base / "model.keras"), "--unlabelled", str(other), str(phantom), *tiny]) == 0
+    card = json.loads((tuned / "model.json").read_text())
+    pl = card["pseudo_labels"]
+    assert pl["images"] == 5 and pl["left_out_annotated"] == 12 and pl["skipped"] == 1
+    assert pl["labelled_after_epochs"] == 2 and card["epochs"] == 4 and len(card["history"]["loss"]) == 4
+    n_site = card["split"]["train"]["images"]
+    assert pl["per_epoch"] == min(5, n_site) and abs(sum(pl["pixel_share"].values()) - 1) < 1e-3
+    assert (tuned / "checkpoints" / "first" / "last.keras").is_file()
+    # every labelled sample is still out of training: validation and the frozen test set as without --unlabelled
+    plain = json.loads((base / "model.json").read_text())
+    assert card["test_metrics"]["n_images"] == plain["test_metrics"]["n_images"]
 
 
 def test_fine_tune_keeps_the_width_of_a_widened_start(phantom, tmp_path):

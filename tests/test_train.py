@@ -67,6 +67,43 @@ def test_rehearsal_epochs_hold_every_site_image_and_a_fresh_draw_of_the_rest():
         SegmentationDataset(images, masks, core=6, rehearse=3)
 
 
+def test_pools_draw_from_each_in_turn_and_restyle_only_the_last():
+    """Pseudo-labelled site images and rehearsal data as two pools after the site's: each epoch holds every site
+    image, `draw` of each pool, fresh each epoch; FDA restyling touches the last pool (rehearsal) only."""
+    images, masks = _toy(10)
+    ds = SegmentationDataset(images, masks, batch_size=2, seed=1, core=2, pools=[(3, 1), (5, 2)], restyle=1.0)
+    firsts = set()
+    for _ in range(6):
+        items = sorted(int(i) for i in ds._order)
+        assert items[:2] == [0, 1] and 2 <= items[2] < 5 and all(5 <= i < 10 for i in items[3:]) and len(items) == 5
+        firsts.add(items[2])
+        ds.on_epoch_end()
+    assert len(firsts) > 1 and ds.restyle_from == 5
+    plain = SegmentationDataset(images, masks, batch_size=5, shuffle=False, core=2, pools=[(3, 3), (5, 0)],
+                                restyle=1.0)
+    x, _ = plain[0]  # site images and the whole first pool, nothing of the last: nothing restyled
+    np.testing.assert_array_equal(x[..., 0], images[:5, ..., 0])
+    with pytest.raises(ValueError, match="not both"):
+        SegmentationDataset(images, masks, core=2, rehearse=1, pools=[(8, 1)])
+    with pytest.raises(ValueError, match="pools"):
+        SegmentationDataset(images, masks, core=2, pools=[(3, 1)])  # the pools must fill the rest
+
+
+def test_pseudo_labels_are_the_argmax_of_the_image_and_its_mirror_averaged():
+    from ercp_node.model.train import pseudo_label
+
+    class Half(keras.Model):  # class 1 at 0.9 in the left half of the columns, 0.3 in the right half
+        def call(self, x):
+            w = x.shape[2]
+            left = keras.ops.cast(keras.ops.arange(w) < w // 2, "float32")[None, None, :, None]
+            p1 = keras.ops.broadcast_to(left, keras.ops.shape(x)) * 0.6 + 0.3
+            return keras.ops.concatenate([1 - p1, p1], axis=-1)
+
+    labels = pseudo_label(Half(), np.zeros((3, 4, 6), np.float16), batch_size=2)
+    # alone the right half would be class 0 (0.3); with its mirror (0.9, flipped back) every pixel averages 0.6
+    assert labels.shape == (3, 4, 6) and labels.dtype == np.uint8 and (labels == 1).all()
+
+
 def test_fda_restyle_takes_the_styles_low_frequencies_and_keeps_the_images_edges():
     """Fourier domain adaptation: the result has the style image's low-frequency amplitudes (its brightness and the
     strength of its slow shading; the phase, so where things lie, stays the source's) and the source's edges (its

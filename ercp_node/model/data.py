@@ -272,6 +272,55 @@ def read_data(dirs) -> tuple[list[Sample], list[Problem]]:
     return unique, problems
 
 
+NOT_IMAGES = {"SEG", "SR", "PR", "KO", "DOC"}  # the node's own outputs and other non-image objects
+
+
+def sop_uid(path: str) -> str | None:
+    """A file's SOP Instance UID (None for an image file or an unreadable one)."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:
+        return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
+    except Exception:  # noqa: BLE001 - no UID to compare by: the path still is
+        return None
+
+
+def read_unlabelled(dirs, exclude: list[Sample] = ()) -> tuple[list[tuple[str, int]], list[Problem], int]:
+    """Greyscale DICOM images under `dirs` (any depth, any file name) as (path, frame): a site's images without
+    annotations, e.g. a copy of the node's archive. A multi-frame image gives its middle frame (a cine's first
+    frames often precede the contrast). Files that are not DICOM are passed over; DICOM that is not a greyscale
+    image (SEG, SR, presentation states, colour) is reported and skipped. Images of `exclude` (by SOP Instance UID
+    or path: the annotated ones, their validation and frozen test set) are left out, and counted, so the test set
+    is never trained on, with or without labels."""
+    uids = {u for u in (sop_uid(s.image_path) for s in exclude) if u}
+    paths = {str(Path(s.image_path).resolve()) for s in exclude}
+    items, problems, excluded, seen = [], [], 0, set()
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            problems.append(Problem(str(d), "not a directory"))
+            continue
+        for f in sorted(x for x in d.rglob("*") if x.is_file()):
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+                continue  # not DICOM (a PNG mask, a JSON): not an image here
+            uid = str(getattr(ds, "SOPInstanceUID", "") or "")
+            if str(getattr(ds, "Modality", "")) in NOT_IMAGES or "Rows" not in ds:
+                problems.append(Problem(str(f), f"not an image ({getattr(ds, 'Modality', 'no modality')})"))
+                continue
+            if str(getattr(ds, "PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
+                problems.append(Problem(str(f), "not greyscale"))
+                continue
+            if uid in uids or str(f.resolve()) in paths:
+                excluded += 1
+                continue
+            if uid and uid in seen:  # the same image twice (a resend, a copy): once
+                continue
+            seen.add(uid)
+            items.append((str(f), int(getattr(ds, "NumberOfFrames", 1) or 1) // 2))
+    return items, problems, excluded
+
+
 def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     if sample.mask_path:
         m = cv2.imread(sample.mask_path, cv2.IMREAD_UNCHANGED)

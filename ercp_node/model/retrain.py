@@ -21,10 +21,12 @@ from .. import __version__
 from ..labels import STONE
 from ..text import RESEARCH_USE_SENTENCE
 from ..preprocessing.pipeline import to_unit_grey
-from .data import Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data, temporal_split
+from .data import (Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data,
+                   read_unlabelled, temporal_split)
 from .metrics import per_image_metrics, table1_report, table1_markdown
 
 KEEP = ("best", "last", "average")  # the weights a run ends with: best validation, last, mean of the tail (freeze-norm)
+PSEUDO_AT = 0.5  # with unlabelled site images: the share of the run before its own labels for them are drawn
 PHANTOM_NOTE = "Trained on synthetic phantom cholangiograms (ercp-node phantom), not on patient images."
 
 
@@ -63,6 +65,39 @@ def prepare_arrays(samples: list[Sample], size: int, cache: Path | None = None, 
         np.savez(tmp, x=x, y=y)
         os.replace(tmp, cache)
     return x, y
+
+
+def _image(args):
+    (path, frame), size = args
+    pixels, bits, photometric = load_pixels(path, frame)
+    from ..preprocessing.pipeline import preprocess
+
+    return preprocess(pixels, bits_stored=bits, photometric=photometric, size=size)[..., 0]
+
+
+def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None = None, log=print) -> np.ndarray:
+    """Images without labels, preprocessed as the training images are ((N, S, S) float16), cached on disk."""
+    if cache is not None and cache.is_file():
+        with np.load(cache) as z:
+            return z["x"]
+    t = time.perf_counter()
+    x = np.zeros((len(items), size, size), np.float16)
+    workers = max(1, min(os.cpu_count() or 1, len(items)))
+    jobs = [(item, size) for item in items]
+    if workers == 1:
+        for i, img in enumerate(map(_image, jobs)):
+            x[i] = img
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            for i, img in enumerate(pool.imap(_image, jobs, chunksize=8)):
+                x[i] = img
+    log(f"preprocessed {len(items)} unlabelled images in {time.perf_counter() - t:.0f} s")
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, x=x)
+        os.replace(tmp, cache)
+    return x
 
 
 def evaluate_samples(segmenter, samples: list[Sample], batch_size: int = 16) -> tuple[dict, list[dict]]:
@@ -140,12 +175,16 @@ class Prepared:
     class_weights: list[float]
     rehearsal: list[Sample] = field(default_factory=list)
     rehearsal_dirs: list[str] = field(default_factory=list)
+    unlabelled: np.ndarray | None = None  # site images without annotations, preprocessed (N, S, S)
+    unlabelled_report: dict = field(default_factory=dict)
 
 
 def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, input_size=None,
-            split_date: dt.date | None = None, val_fraction=0.1, seed=0, rehearse_dirs=(), log=print) -> Prepared:
+            split_date: dt.date | None = None, val_fraction=0.1, seed=0, rehearse_dirs=(), unlabelled_dirs=(),
+            log=print) -> Prepared:
     """`rehearse_dirs`: annotated data the model learnt before (the phantom), for training only: never in the
-    validation or test split, and none of a patient who is in them."""
+    validation or test split, and none of a patient who is in them. `unlabelled_dirs`: the site's images without
+    annotations (data.read_unlabelled), none of the annotated ones (the frozen test set above all)."""
     from .losses import class_weights_from_masks
     from .unet import get_config
 
@@ -176,13 +215,26 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
             raise ValueError("--rehearse: no usable images in " + ", ".join(map(str, rehearse_dirs)))
         xr, yr = prepare_arrays(rehearsal, size, cache / f"rehearse-{fingerprint(rehearsal)}-{size}.npz", log=log)
         log(f"rehearsal: {len(rehearsal)} images from {', '.join(map(str, rehearse_dirs))}")
+    unlabelled, unlabelled_report = None, {}
+    if unlabelled_dirs:
+        items, problems, excluded = read_unlabelled(unlabelled_dirs, exclude=samples)
+        for p in problems:
+            log(f"skipped (unlabelled) {p}")
+        if not items:
+            raise ValueError("--unlabelled: no greyscale DICOM images in " + ", ".join(map(str, unlabelled_dirs))
+                             + (f" other than the {excluded} annotated ones" if excluded else ""))
+        key = fingerprint([Sample(f"{p}#{f}", "", None, "", p, f) for p, f in items])
+        unlabelled = prepare_images(items, size, cache / f"unlabelled-{key}-{size}.npz", log=log)
+        unlabelled_report = {"data": [str(d) for d in unlabelled_dirs], "images": len(items),
+                             "left_out_annotated": excluded, "skipped": len(problems)}
+        log(f"unlabelled: {len(items)} images ({excluded} annotated ones left out)")
     # Eq. 5 weights from the first ≥ 100 training masks (all of them when fewer).
     weights = class_weights_from_masks(yt[: max(100, min(len(yt), 400))])
     if rehearsal:
         xt, yt = np.concatenate([xt, xr]), np.concatenate([yt, yr])
     return Prepared([str(d) for d in data_dirs], samples, Split(train_s, split.test, split.split_date, split.dropped,
                     split.undated), val_s, cfg, preset, fp, (xt, yt, xv, yv), weights, rehearsal,
-                    [str(d) for d in rehearse_dirs])
+                    [str(d) for d in rehearse_dirs], unlabelled, unlabelled_report)
 
 
 def init_width(path: str | Path) -> int | None:
@@ -245,7 +297,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     import keras
 
     from .inference import Segmenter
-    from .train import AUGMENTATIONS, SegmentationDataset, train
+    from .train import AUGMENTATIONS, SegmentationDataset, pseudo_label, train
     from .unet import CLASS_NAMES as LABEL_NAMES
 
     if keep not in KEEP:
@@ -278,13 +330,46 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
     if not len(xv) and keep == "best":  # a single patient to train on: nothing to hold out or choose by
         log("no validation images: keeping the last weights")
         keep = "last"
-    result = train(prep.config, train_data, (xv, yv) if len(xv) else None, out_dir=out_dir / "checkpoints", loss=loss, loss_kwargs=loss_kwargs,
-                   epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping, seed=seed,
-                   mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
-                   augment=AUGMENTATIONS[augment] or False, init_weights=init_weights,
-                   freeze_encoder=freeze_encoder, freeze_norm=freeze_norm, time_budget_s=time_budget_s,
-                   lr_plateau=lr_plateau, xla=xla,
-                   lr_floor=lr_floor, average=keep == "average")
+    common = dict(loss=loss, loss_kwargs=loss_kwargs, batch_size=batch_size, lr=lr, early_stopping=early_stopping,
+                  seed=seed, mixed_precision=mixed_precision, verbose=2 if not sys.stderr.isatty() else 1,
+                  augment=AUGMENTATIONS[augment] or False, freeze_encoder=freeze_encoder, freeze_norm=freeze_norm,
+                  lr_plateau=lr_plateau, xla=xla, lr_floor=lr_floor)
+    val = (xv, yv) if len(xv) else None
+    budget, phase, first, pseudo = time_budget_s, (0.0, 1.0), None, None
+    if prep.unlabelled is not None:
+        # Self-training: the first PSEUDO_AT of the run learns from the annotated images; the model it ends with
+        # labels the site's unannotated ones; the rest of the run learns from both, one schedule throughout.
+        n_site = len(xt) - len(prep.rehearsal)
+        first = train(prep.config, train_data, val, out_dir=out_dir / "checkpoints" / "first", init_weights=init_weights,
+                      epochs=epochs if time_budget_s else max(1, int(round(epochs * PSEUDO_AT))),
+                      time_budget_s=time_budget_s * PSEUDO_AT if time_budget_s else None, lr_phase=(0.0, PSEUDO_AT),
+                      **common)
+        t_label = time.perf_counter()
+        yu = pseudo_label(first.model, prep.unlabelled, batch_size)
+        spent = time.perf_counter() - t0
+        phase = (min(spent / time_budget_s, 0.99) if time_budget_s else first.epochs_done / epochs, 1.0)
+        budget = max(time_budget_s - spent, 1.0) if time_budget_s else None
+        pools = [(len(yu), min(len(yu), n_site))] + ([(len(prep.rehearsal), train_data.pools[-1][1])]
+                                                     if prep.rehearsal else [])
+        train_data = SegmentationDataset(np.concatenate([xt[:n_site], prep.unlabelled, xt[n_site:]]),
+                                         np.concatenate([yt[:n_site], yu, yt[n_site:]]), batch_size=batch_size,
+                                         augment=AUGMENTATIONS[augment] or None, shuffle=True, seed=seed,
+                                         core=n_site, pools=pools, restyle=rehearse_restyle if prep.rehearsal else 0.0)
+        init_weights = first.model.get_weights()
+        share = np.bincount(yu.ravel(), minlength=len(LABEL_NAMES)) / yu.size
+        pseudo = {**prep.unlabelled_report, "per_epoch": pools[0][1], "labelled_after_epochs": first.epochs_done,
+                  "labelled_after_seconds": round(t_label - t0, 1), "labelling_seconds": round(spent - (t_label - t0), 1),
+                  "teacher": "this run's weights after its first stage, the image and its mirror averaged",
+                  "pixel_share": {name: round(float(v), 4) for name, v in zip(LABEL_NAMES, share)}}
+        log(f"pseudo-labels for {len(yu)} unlabelled images after {first.epochs_done} epochs "
+            f"({pseudo['labelling_seconds']} s); each epoch now adds {pools[0][1]} of them")
+    result = train(prep.config, train_data, val, out_dir=out_dir / "checkpoints", init_weights=init_weights,
+                   epochs=max(1, epochs - first.epochs_done) if first is not None and not time_budget_s else epochs,
+                   time_budget_s=budget, lr_phase=phase, average=keep == "average", **common)
+    if first is not None:  # one history and epoch count for the whole run
+        result.history = {k: first.history.get(k, []) + result.history.get(k, [])
+                          for k in dict.fromkeys([*first.history, *result.history])}
+        result.epochs_done += first.epochs_done
     elapsed = time.perf_counter() - t0
     state = json.loads(result.paths["state"].read_text()) if result.paths["state"].is_file() else {}
     best_path = result.paths["best"] if keep == "best" and result.paths["best"].is_file() else result.paths["last"]
@@ -310,7 +395,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "freeze_encoder": freeze_encoder, "freeze_norm": freeze_norm, "time_budget_s": time_budget_s,
         "lr_plateau_patience": lr_plateau,
         "xla": xla, "lr_floor": lr_floor, "kept": kept,
-        "rehearsal": rehearsal,
+        "rehearsal": rehearsal, "pseudo_labels": pseudo,
         "labels": list(LABEL_NAMES),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "command": command,
         "training_data_note": PHANTOM_NOTE if all(s.source == "phantom" for s in prep.samples) else
@@ -359,7 +444,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             freeze_norm: bool = False,
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
-            lr_floor: float | None = None, keep: str = "best", rehearse_restyle: float = 0.0, log=print) -> dict:
+            lr_floor: float | None = None, keep: str = "best", rehearse_restyle: float = 0.0, unlabelled_dirs=(),
+            log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     if val_fraction <= 0 and keep == "best":  # before any data is read or trained
         raise ValueError("val_fraction 0 holds out no images to choose the best checkpoint by: keep the last one")
@@ -371,7 +457,8 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
     if init is not None and base_filters is None:
         base_filters = init_width(init)  # fine-tuning keeps the start's width (a widened model is not 16 wide)
     prep = prepare(data_dirs, out_dir, preset=preset, base_filters=base_filters, input_size=input_size,
-                   split_date=split_date, val_fraction=val_fraction, seed=seed, rehearse_dirs=rehearse_dirs, log=log)
+                   split_date=split_date, val_fraction=val_fraction, seed=seed, rehearse_dirs=rehearse_dirs,
+                   unlabelled_dirs=unlabelled_dirs, log=log)
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,

@@ -217,9 +217,10 @@ class WallClockCosine(keras.callbacks.Callback):
     """Cosine decay of the learning rate from `peak` to `peak * floor` over a wall-clock budget (the budget, not
     an epoch count, is what a CPU run at a site knows in advance); set before every batch."""
 
-    def __init__(self, peak: float, floor: float, seconds: float):
+    def __init__(self, peak: float, floor: float, seconds: float, start: float = 0.0, end: float = 1.0):
         super().__init__()
         self.peak, self.floor, self.seconds = float(peak), float(floor), float(seconds)
+        self.start, self.end = float(start), float(end)
 
     def on_train_begin(self, logs=None):
         import time
@@ -228,7 +229,8 @@ class WallClockCosine(keras.callbacks.Callback):
         self.t0 = self._clock()
 
     def lr_at(self, elapsed: float) -> float:
-        frac = min(1.0, max(0.0, elapsed / self.seconds))
+        # a run in stages (pseudo-labels): `seconds` cover the schedule from share `start` to share `end`
+        frac = self.start + (self.end - self.start) * min(1.0, max(0.0, elapsed / self.seconds))
         return self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -294,6 +296,18 @@ class WeightAverage(keras.callbacks.Callback):
         (self.out_dir / "average.json").write_text(json.dumps({"count": self.count, "epoch": epoch + 1}))
 
 
+def pseudo_label(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """The model's labels for images without annotations (N, H, W) on the model grid: the softmax of the image
+    and of its mirror image (flipped back) averaged, then the most probable class per pixel (uint8 (N, H, W))."""
+    out = np.zeros(images.shape[:3], np.uint8)
+    for i in range(0, len(images), batch_size):
+        x = np.asarray(images[i:i + batch_size], np.float32)[..., None]
+        p = np.asarray(model.predict_on_batch(x), np.float32)
+        p += np.asarray(model.predict_on_batch(x[:, :, ::-1]), np.float32)[:, :, ::-1]
+        out[i:i + batch_size] = p.argmax(-1)
+    return out
+
+
 class SegmentationDataset(keras.utils.PyDataset):
     """Batches of (image (B, H, W, 1) float32, one-hot mask (B, H, W, C) float32).
 
@@ -308,12 +322,15 @@ class SegmentationDataset(keras.utils.PyDataset):
     site images are not drowned and the old data keeps the model from forgetting what they do not show.
     `restyle` (0–1): the share of those rehearsal items given a random site image's look (`fda_restyle`, beta
     drawn from FDA_BETA) before augmentation — more annotated anatomy in the site's display chain.
+    `pools` [(size, draw), ...]: several such pools after the core, in order, each drawn from afresh every epoch
+    (e.g. the site's pseudo-labelled images, then the rehearsal data); `rehearse=k` is [(n - core, k)]. `restyle`
+    applies to the last pool.
     """
 
     def __init__(self, images=None, masks=None, *, loader: Callable | None = None, n: int | None = None,
                  batch_size: int = 16, augment: Augment | bool | None = None, shuffle: bool = True,
                  seed: int = 0, n_classes: int = N_CLASSES, core: int | None = None, rehearse: int = 0,
-                 restyle: float = 0.0, **kwargs):
+                 restyle: float = 0.0, pools: list[tuple[int, int]] | None = None, **kwargs):
         super().__init__(**kwargs)  # workers / use_multiprocessing / max_queue_size
         if loader is None:
             if images is None or masks is None or len(images) != len(masks):
@@ -324,22 +341,31 @@ class SegmentationDataset(keras.utils.PyDataset):
         self.loader, self.n, self.batch_size = loader, int(n), int(batch_size)
         self.augment = Augment() if augment is True else (augment or None)
         self.shuffle, self.seed, self.n_classes, self.epoch = shuffle, seed, n_classes, 0
-        self.core, self.rehearse = (self.n if core is None else int(core)), int(rehearse)
-        if not (0 < self.core <= self.n and 0 <= self.rehearse <= self.n - self.core):
-            raise ValueError(f"core={core}, rehearse={rehearse}: need 0 < core <= {self.n} and "
-                             f"0 <= rehearse <= n - core")
-        if not 0.0 <= restyle <= 1.0 or (restyle and self.core == self.n):
+        self.core = self.n if core is None else int(core)
+        if pools is None:
+            pools = [(self.n - self.core, int(rehearse))] if self.core < self.n else []
+        elif rehearse:
+            raise ValueError("give rehearse= or pools=, not both")
+        self.pools = [(int(size), int(draw)) for size, draw in pools]
+        self.rehearse = sum(draw for _, draw in self.pools)
+        if not (0 < self.core <= self.n and all(0 <= d <= z for z, d in self.pools)
+                and self.core + sum(z for z, _ in self.pools) == self.n):
+            raise ValueError(f"core={core}, pools={self.pools}: need 0 < core <= {self.n}, pools that fill "
+                             f"the rest and draws of at most their size")
+        self.restyle_from = self.n - self.pools[-1][0] if self.pools else self.n
+        if not 0.0 <= restyle <= 1.0 or (restyle and self.restyle_from == self.n):
             raise ValueError(f"restyle={restyle}: a share in [0, 1], and only with rehearsal items (core < n)")
         self.restyle = float(restyle)
         self._reorder()
 
     def _epoch_items(self) -> np.ndarray:
-        if self.core == self.n:
-            return np.arange(self.n)
-        # seed key n + 1: augmentation keys use item indices < n
-        rng = np.random.default_rng((self.seed, self.epoch, self.n + 1))
-        drawn = self.core + rng.choice(self.n - self.core, self.rehearse, replace=False)
-        return np.concatenate([np.arange(self.core), np.sort(drawn)])
+        items, start = [np.arange(self.core)], self.core
+        for k, (size, draw) in enumerate(self.pools):
+            # seed keys n + 1 + k: augmentation keys use item indices < n
+            rng = np.random.default_rng((self.seed, self.epoch, self.n + 1 + k))
+            items.append(start + np.sort(rng.choice(size, draw, replace=False)))
+            start += size
+        return np.concatenate(items)
 
     def _reorder(self):
         items = self._epoch_items()
@@ -355,7 +381,7 @@ class SegmentationDataset(keras.utils.PyDataset):
             mask = np.asarray(mask, np.uint8)
             image = np.asarray(image, np.float32)
             image = image.reshape(image.shape[:2])
-            if self.restyle and i >= self.core:
+            if self.restyle and i >= self.restyle_from:
                 rng = np.random.default_rng((self.seed, self.epoch, int(i), 1))  # apart from augmentation's key
                 if rng.random() < self.restyle:
                     style = np.asarray(self.loader(int(rng.integers(self.core)))[0], np.float32)
@@ -465,7 +491,8 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
           mixed_precision: bool = False, seed: int = 0, verbose: int = 0, callbacks=(),
           init_weights: list | None = None, freeze_encoder: bool = False, freeze_norm: bool = False,
           time_budget_s: float | None = None, lr_plateau: int | None = None, xla: bool = False,
-          lr_floor: float | None = None, average: bool = False) -> TrainResult:
+          lr_floor: float | None = None, average: bool = False,
+          lr_phase: tuple[float, float] = (0.0, 1.0)) -> TrainResult:
     """Train a U-Net with the paper's recipe (Adam at a fixed `lr`, `batch_size` 16, `epochs` 40).
 
     model: a built keras.Model, or a UNetConfig / preset name to build one. train_data / val_data: a PyDataset
@@ -487,6 +514,9 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     (WallClockCosine; None: the fixed rate or lr_plateau's).
     average: also keep the mean of the weights over the run's last AVERAGE_TAIL (WeightAverage; paths["average"]),
     with freeze_norm only (the statistics must be the ones every averaged weight was trained with).
+    lr_phase: (start, end): this call is the stage of a run that covers the cosine (and the run) from share
+    `start` to share `end`, so a run in two stages follows one schedule; averaging takes the run's last
+    AVERAGE_TAIL.
     """
     if average and not freeze_norm:
         raise ValueError("averaging weights needs freeze_norm: batch-norm statistics that move while training "
@@ -554,11 +584,13 @@ def train(model: keras.Model | UNetConfig | str, train_data, val_data=None, *, o
     if time_budget_s:
         cbs.append(TimeBudget(time_budget_s))
         if lr_floor is not None:
-            cbs.insert(0, WallClockCosine(lr, lr_floor, time_budget_s))
+            cbs.insert(0, WallClockCosine(lr, lr_floor, time_budget_s, *lr_phase))
     averager = None
     if average:
-        averager = WeightAverage(out_dir, AVERAGE_TAIL, seconds=time_budget_s) if time_budget_s else \
-            WeightAverage(out_dir, AVERAGE_TAIL, epochs=epochs)
+        start, end = lr_phase
+        tail = min(1.0, max(0.0, AVERAGE_TAIL - (1.0 - end)) / (end - start))  # of this stage
+        averager = WeightAverage(out_dir, tail, seconds=time_budget_s) if time_budget_s else \
+            WeightAverage(out_dir, tail, epochs=epochs)
         cbs.append(averager)
     cbs.extend(callbacks)
 
