@@ -198,6 +198,7 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     (["--val-fraction", "0"], "add --keep last"),
     (["--init", "shipped", "--keep", "average"], "--keep average needs --freeze-norm"),
     (["--loss-grid", "--unlabelled", "elsewhere"], "--unlabelled does not apply to --loss-grid"),
+    (["--unlabelled-max", "0"], "--unlabelled-max must be at least 1"),
     (["--loss-grid", "--val-fraction", "0", "--keep", "last"], "--loss-grid keeps each loss's best"),
     (["--val-fraction", "1", "--keep", "last"], "--val-fraction must be"),
     (["--val-fraction", "-0.1", "--keep", "last"], "--val-fraction must be"),
@@ -308,6 +309,11 @@ def test_self_training_labels_the_sites_unannotated_images_and_never_its_annotat
     n_site = card["split"]["train"]["images"]
     assert pl["per_epoch"] == min(5, n_site) and abs(sum(pl["pixel_share"].values()) - 1) < 1e-3
     assert (tuned / "checkpoints" / "first" / "last.keras").is_file()
+    from ercp_node.model.data import read_unlabelled
+
+    items, _, _ = read_unlabelled([other], limit=3)  # an archive larger than the cap: evenly spaced
+    everything, _, _ = read_unlabelled([other])
+    assert len(everything) == 5 and items == [everything[0], everything[2], everything[4]]
     # every labelled sample is still out of training: validation and the frozen test set as without --unlabelled
     plain = json.loads((base / "model.json").read_text())
     assert card["test_metrics"]["n_images"] == plain["test_metrics"]["n_images"]

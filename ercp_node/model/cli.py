@@ -76,6 +76,8 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                    help="the site's images without annotations (DICOM files at any depth, e.g. a copy of the "
                         "archive; the annotated and test images are left out): after half the run the model labels "
                         "them itself and learns from them too (self-training), as many per epoch as site images")
+    p.add_argument("--unlabelled-max", type=int, default=1000, metavar="N",
+                   help="at most this many --unlabelled images, evenly spaced over them (default 1000)")
     p.add_argument("--rehearse-share", type=float, default=0.5, metavar="F",
                    help="share of each epoch drawn from --rehearse (default 0.5: as many as the site's images)")
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
@@ -242,6 +244,8 @@ def _validate(args) -> None:
             raise CLIError("--rehearse does not apply to --loss-grid")
     if getattr(args, "unlabelled", None) and getattr(args, "loss_grid", False):
         raise CLIError("--unlabelled does not apply to --loss-grid")
+    if getattr(args, "unlabelled_max", 1) < 1:
+        raise CLIError("--unlabelled-max must be at least 1")
     if not 0 < getattr(args, "rehearse_share", 0.5) < 1:
         raise CLIError("--rehearse-share must be between 0 and 1 (exclusive)")
     restyle = getattr(args, "rehearse_restyle", 0.0)
@@ -312,7 +316,7 @@ def run_retrain(args: argparse.Namespace) -> int:
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
                 rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep,
                 val_fraction=args.val_fraction, rehearse_restyle=args.rehearse_restyle,
-                unlabelled_dirs=args.unlabelled)
+                unlabelled_dirs=args.unlabelled, unlabelled_max=args.unlabelled_max)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

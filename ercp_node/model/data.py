@@ -285,13 +285,15 @@ def sop_uid(path: str) -> str | None:
         return None
 
 
-def read_unlabelled(dirs, exclude: list[Sample] = ()) -> tuple[list[tuple[str, int]], list[Problem], int]:
+def read_unlabelled(dirs, exclude: list[Sample] = (), limit: int | None = None
+                    ) -> tuple[list[tuple[str, int]], list[Problem], int]:
     """Greyscale DICOM images under `dirs` (any depth, any file name) as (path, frame): a site's images without
     annotations, e.g. a copy of the node's archive. A multi-frame image gives its middle frame (a cine's first
     frames often precede the contrast). Files that are not DICOM are passed over; DICOM that is not a greyscale
     image (SEG, SR, presentation states, colour) is reported and skipped. Images of `exclude` (by SOP Instance UID
     or path: the annotated ones, their validation and frozen test set) are left out, and counted, so the test set
-    is never trained on, with or without labels."""
+    is never trained on, with or without labels. More than `limit` images: `limit` of them evenly spaced in path
+    order (an archive's studies, not its first ones)."""
     uids = {u for u in (sop_uid(s.image_path) for s in exclude) if u}
     paths = {str(Path(s.image_path).resolve()) for s in exclude}
     items, problems, excluded, seen = [], [], 0, set()
@@ -318,6 +320,8 @@ def read_unlabelled(dirs, exclude: list[Sample] = ()) -> tuple[list[tuple[str, i
                 continue
             seen.add(uid)
             items.append((str(f), int(getattr(ds, "NumberOfFrames", 1) or 1) // 2))
+    if limit is not None and len(items) > limit:
+        items = [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]
     return items, problems, excluded
 
 

@@ -181,7 +181,7 @@ class Prepared:
 
 def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, input_size=None,
             split_date: dt.date | None = None, val_fraction=0.1, seed=0, rehearse_dirs=(), unlabelled_dirs=(),
-            log=print) -> Prepared:
+            unlabelled_max: int | None = None, log=print) -> Prepared:
     """`rehearse_dirs`: annotated data the model learnt before (the phantom), for training only: never in the
     validation or test split, and none of a patient who is in them. `unlabelled_dirs`: the site's images without
     annotations (data.read_unlabelled), none of the annotated ones (the frozen test set above all)."""
@@ -217,7 +217,7 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
         log(f"rehearsal: {len(rehearsal)} images from {', '.join(map(str, rehearse_dirs))}")
     unlabelled, unlabelled_report = None, {}
     if unlabelled_dirs:
-        items, problems, excluded = read_unlabelled(unlabelled_dirs, exclude=samples)
+        items, problems, excluded = read_unlabelled(unlabelled_dirs, exclude=samples, limit=unlabelled_max)
         for p in problems:
             log(f"skipped (unlabelled) {p}")
         if not items:
@@ -445,7 +445,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
             lr_floor: float | None = None, keep: str = "best", rehearse_restyle: float = 0.0, unlabelled_dirs=(),
-            log=print) -> dict:
+            unlabelled_max: int | None = None, log=print) -> dict:
     """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
     if val_fraction <= 0 and keep == "best":  # before any data is read or trained
         raise ValueError("val_fraction 0 holds out no images to choose the best checkpoint by: keep the last one")
@@ -458,7 +458,7 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
         base_filters = init_width(init)  # fine-tuning keeps the start's width (a widened model is not 16 wide)
     prep = prepare(data_dirs, out_dir, preset=preset, base_filters=base_filters, input_size=input_size,
                    split_date=split_date, val_fraction=val_fraction, seed=seed, rehearse_dirs=rehearse_dirs,
-                   unlabelled_dirs=unlabelled_dirs, log=log)
+                   unlabelled_dirs=unlabelled_dirs, unlabelled_max=unlabelled_max, log=log)
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,
