@@ -233,7 +233,7 @@ def main(argv=None) -> int:
         rows.append({"n": n, "train_seconds": card["training_seconds_this_run"], "wall_seconds": round(elapsed, 1),
                      "epochs": card["epochs"], "bf16": bool(card.get("mixed_precision")),
                      **score(run / "model.keras", args.test, args.served),
-                     **in_domain(run / "model.keras")})
+                     **in_domain(run / "model.keras"), **last_weights(args, run)})
         print(json.dumps(pct(rows[-1])), flush=True)
         write()
     return 0
@@ -262,6 +262,14 @@ def rescore_rows(args) -> list[dict]:
     return trained
 
 
+def last_weights(args, run: Path) -> dict:
+    """With --keep average: the same run's last weights on the site's test set too, a paired comparison free of
+    run-to-run spread (the run's last.keras is its last epoch's weights, in its training precision)."""
+    if args.keep != "average":
+        return {}
+    return {"last_weights": score(run / "checkpoints" / "last.keras", args.test, args.served)}
+
+
 def run_model(args, n: int) -> Path:
     return args.work / f"run-{args.family}-{n}" / "model.keras"
 
@@ -271,7 +279,7 @@ def rescore(args, trained: list[dict], rows: list[dict], pct, write, in_domain) 
     for r in (r for r in trained if not any(have["n"] == r["n"] for have in rows)):
         model = run_model(args, r["n"])
         row = {**{k: r[k] for k in TRAINING_FIELDS if k in r}, "rescored_from": str(args.rescore),
-               **score(model, args.test, args.served), **in_domain(model)}
+               **score(model, args.test, args.served), **in_domain(model), **last_weights(args, model.parent)}
         rows.append(row)
         rows.sort(key=lambda x: x["n"])
         print(json.dumps(pct(row)), flush=True)

@@ -140,3 +140,38 @@ def test_unlabelled_subset_takes_the_images_after_the_annotated_ones(tmp_path):
     assert ad.unlabelled_subset(site, tmp_path / "v", 1, 5) == 2
     assert all(p.suffix == ".dcm" for p in (tmp_path / "v").iterdir())
     assert not any(p.suffix == ".json" for p in (tmp_path / "v").rglob("*"))
+
+
+def test_pseudo_label_quality_scores_what_a_self_training_run_labelled(tmp_path):
+    """bench/pseudo_label_quality.py on a real (tiny) retrain --unlabelled run: the start's, the teacher's and the
+    run's labels for the unannotated images, scored against their annotations."""
+    import json
+
+    from ercp_node.cli import main
+
+    ad, pq = bench_module("bench_adaptation"), bench_module("pseudo_label_quality")
+    src, site, unl = tmp_path / "ph", tmp_path / "site", tmp_path / "unl"
+    assert main(["synth", "--count", "10", "--seed", "5", "--size", "512", "--out", str(src), "--workers", "1"]) == 0
+    ad.subset(src, site, 6)
+    assert ad.unlabelled_subset(src, unl, 6, 4) == 4
+    tiny = ["--base-filters", "4", "--input-size", "64", "--batch-size", "4", "--data-dir", str(tmp_path / "n")]
+    assert main(["retrain", "--data", str(site), "--out", str(tmp_path / "base"), "--epochs", "1", *tiny]) == 0
+    run = tmp_path / "run"
+    assert main(["retrain", "--data", str(site), "--out", str(run), "--epochs", "2", "--unlabelled", str(unl),
+                 "--init", str(tmp_path / "base" / "model.keras"), *tiny]) == 0
+    out = tmp_path / "q.json"
+    assert pq.main(["--run", str(run), "--unlabelled", str(unl), "--truth", str(src),
+                    "--start", str(tmp_path / "base" / "model.keras"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["images"] == 4 and result["grid"] == 64 and len(result["models"]) == 3
+    for scores in result["models"].values():
+        assert all(0 <= scores[k] <= 100 for k in ("duodenoscope_iou", "cbd_iou"))
+
+
+def test_averaged_runs_are_also_scored_by_their_last_weights(tmp_path, monkeypatch):
+    ad = bench_module("bench_adaptation")
+    base = ["--init", "m.keras", "--family", "foreign", "--train", "t", "--test", "u", "--work", str(tmp_path)]
+    monkeypatch.setattr(ad, "score", lambda model, test, served=False: {"scored": str(model)})
+    assert ad.last_weights(ad.parser().parse_args(base + ["--keep", "last"]), tmp_path / "r") == {}
+    got = ad.last_weights(ad.parser().parse_args(base + ["--keep", "average"]), tmp_path / "r")
+    assert got == {"last_weights": {"scored": str(tmp_path / "r" / "checkpoints" / "last.keras")}}

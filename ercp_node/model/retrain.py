@@ -340,7 +340,8 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         # Self-training: the first PSEUDO_AT of the run learns from the annotated images; the model it ends with
         # labels the site's unannotated ones; the rest of the run learns from both, one schedule throughout.
         n_site = len(xt) - len(prep.rehearsal)
-        first = train(prep.config, train_data, val, out_dir=out_dir / "checkpoints" / "first", init_weights=init_weights,
+        first = train(prep.config, train_data, val, out_dir=out_dir / "checkpoints" / "first",
+                      init_weights=init_weights,
                       epochs=epochs if time_budget_s else max(1, int(round(epochs * PSEUDO_AT))),
                       time_budget_s=time_budget_s * PSEUDO_AT if time_budget_s else None, lr_phase=(0.0, PSEUDO_AT),
                       **common)
@@ -358,7 +359,8 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         init_weights = first.model.get_weights()
         share = np.bincount(yu.ravel(), minlength=len(LABEL_NAMES)) / yu.size
         pseudo = {**prep.unlabelled_report, "per_epoch": pools[0][1], "labelled_after_epochs": first.epochs_done,
-                  "labelled_after_seconds": round(t_label - t0, 1), "labelling_seconds": round(spent - (t_label - t0), 1),
+                  "labelled_after_seconds": round(t_label - t0, 1),
+                  "labelling_seconds": round(spent - (t_label - t0), 1),
                   "teacher": "this run's weights after its first stage, the image and its mirror averaged",
                   "pixel_share": {name: round(float(v), 4) for name, v in zip(LABEL_NAMES, share)}}
         log(f"pseudo-labels for {len(yu)} unlabelled images after {first.epochs_done} epochs "
