@@ -45,8 +45,10 @@ def main(argv=None) -> int:
     caches = list((args.run / "cache").glob(f"unlabelled-{key}-*.npz"))
     if len(caches) != 1:
         raise SystemExit(f"no cached images of {args.unlabelled} in {args.run / 'cache'} (another run's directory?)")
-    with np.load(caches[0]) as z:
+    with np.load(caches[0]) as z:  # retrain left out images it could not decode: so does this
         images = z["x"]
+        unreadable = {str(p) for p, _ in (z["problems"] if "problems" in z.files else [])}
+    items = [item for item in items if item[0] not in unreadable]
     samples, _ = read_data([args.truth])
     by_name = {Path(s.image_path).name: s for s in samples}
     missing = [p for p, _ in items if Path(p).name not in by_name]

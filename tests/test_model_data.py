@@ -300,11 +300,17 @@ def test_self_training_labels_the_sites_unannotated_images_and_never_its_annotat
     sr = pydicom.dcmread(first)
     sr.Modality, sr.SOPInstanceUID = "SR", pydicom.uid.generate_uid()  # not an image: reported, skipped
     sr.save_as(other / "an-sr.dcm")
+    broken = other / "truncated.dcm"  # a header that reads, pixels that do not: reported, skipped, the run goes on
+    data = first.read_bytes()
+    ds = pydicom.dcmread(first)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(broken)
+    broken.write_bytes(broken.read_bytes()[: len(data) // 2])
     assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--epochs", "4", "--init",
                  str(base / "model.keras"), "--unlabelled", str(other), str(phantom), *tiny]) == 0
     card = json.loads((tuned / "model.json").read_text())
     pl = card["pseudo_labels"]
-    assert pl["images"] == 5 and pl["left_out_annotated"] == 12 and pl["skipped"] == 1
+    assert pl["images"] == 5 and pl["left_out_annotated"] == 12 and pl["skipped"] == 2
     assert pl["labelled_after_epochs"] == 2 and card["epochs"] == 4 and len(card["history"]["loss"]) == 4
     n_site = card["split"]["train"]["images"]
     assert pl["per_epoch"] == min(5, n_site) and abs(sum(pl["pixel_share"].values()) - 1) < 1e-3
@@ -313,7 +319,7 @@ def test_self_training_labels_the_sites_unannotated_images_and_never_its_annotat
 
     items, _, _ = read_unlabelled([other], limit=3)  # an archive larger than the cap: evenly spaced
     everything, _, _ = read_unlabelled([other])
-    assert len(everything) == 5 and items == [everything[0], everything[2], everything[4]]
+    assert len(everything) == 6 and items == [everything[0], everything[2], everything[5]]
     # every labelled sample is still out of training: validation and the frozen test set as without --unlabelled
     plain = json.loads((base / "model.json").read_text())
     assert card["test_metrics"]["n_images"] == plain["test_metrics"]["n_images"]

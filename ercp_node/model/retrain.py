@@ -21,7 +21,7 @@ from .. import __version__
 from ..labels import STONE
 from ..text import RESEARCH_USE_SENTENCE
 from ..preprocessing.pipeline import to_unit_grey
-from .data import (Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data,
+from .data import (Problem, Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data,
                    read_unlabelled, temporal_split)
 from .metrics import per_image_metrics, table1_report, table1_markdown
 
@@ -69,35 +69,49 @@ def prepare_arrays(samples: list[Sample], size: int, cache: Path | None = None, 
 
 def _image(args):
     (path, frame), size = args
-    pixels, bits, photometric = load_pixels(path, frame)
     from ..preprocessing.pipeline import preprocess
 
-    return preprocess(pixels, bits_stored=bits, photometric=photometric, size=size)[..., 0]
+    try:
+        pixels, bits, photometric = load_pixels(path, frame)
+        return preprocess(pixels, bits_stored=bits, photometric=photometric, size=size)[..., 0], None
+    except Exception as exc:  # noqa: BLE001 - one unreadable archive file must not end a site's run
+        return None, f"unreadable pixels ({type(exc).__name__}: {exc})"
 
 
-def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None = None, log=print) -> np.ndarray:
-    """Images without labels, preprocessed as the training images are ((N, S, S) float16), cached on disk."""
+def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None = None, log=print
+                   ) -> tuple[np.ndarray, list[Problem]]:
+    """Images without labels, preprocessed as the training images are ((N, S, S) float16), cached on disk; an
+    image whose pixels cannot be decoded is reported and left out."""
     if cache is not None and cache.is_file():
         with np.load(cache) as z:
-            return z["x"]
+            return z["x"], [Problem(str(p), str(r)) for p, r in (z["problems"] if "problems" in z.files else [])]
     t = time.perf_counter()
     x = np.zeros((len(items), size, size), np.float16)
     workers = max(1, min(os.cpu_count() or 1, len(items)))
     jobs = [(item, size) for item in items]
+    keep, problems = [], []
     if workers == 1:
-        for i, img in enumerate(map(_image, jobs)):
-            x[i] = img
+        results = map(_image, jobs)
     else:
-        with mp.get_context("fork").Pool(workers) as pool:
-            for i, img in enumerate(pool.imap(_image, jobs, chunksize=8)):
-                x[i] = img
-    log(f"preprocessed {len(items)} unlabelled images in {time.perf_counter() - t:.0f} s")
+        pool = mp.get_context("fork").Pool(workers)
+        results = pool.imap(_image, jobs, chunksize=8)
+    for i, (img, reason) in enumerate(results):
+        if img is None:
+            problems.append(Problem(items[i][0], reason))
+            continue
+        x[i] = img
+        keep.append(i)
+    if workers > 1:
+        pool.close()
+        pool.join()
+    x = x[keep]
+    log(f"preprocessed {len(keep)} unlabelled images in {time.perf_counter() - t:.0f} s")
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x)
+        np.savez(tmp, x=x, problems=np.array([(p.path, p.reason) for p in problems], dtype=str).reshape(-1, 2))
         os.replace(tmp, cache)
-    return x
+    return x, problems
 
 
 def evaluate_samples(segmenter, samples: list[Sample], batch_size: int = 16) -> tuple[dict, list[dict]]:
@@ -224,10 +238,14 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
             raise ValueError("--unlabelled: no greyscale DICOM images in " + ", ".join(map(str, unlabelled_dirs))
                              + (f" other than the {excluded} annotated ones" if excluded else ""))
         key = fingerprint([Sample(f"{p}#{f}", "", None, "", p, f) for p, f in items])
-        unlabelled = prepare_images(items, size, cache / f"unlabelled-{key}-{size}.npz", log=log)
-        unlabelled_report = {"data": [str(d) for d in unlabelled_dirs], "images": len(items),
-                             "left_out_annotated": excluded, "skipped": len(problems)}
-        log(f"unlabelled: {len(items)} images ({excluded} annotated ones left out)")
+        unlabelled, unreadable = prepare_images(items, size, cache / f"unlabelled-{key}-{size}.npz", log=log)
+        for p in unreadable:
+            log(f"skipped (unlabelled) {p}")
+        if not len(unlabelled):
+            raise ValueError("--unlabelled: no image in " + ", ".join(map(str, unlabelled_dirs)) + " could be read")
+        unlabelled_report = {"data": [str(d) for d in unlabelled_dirs], "images": len(unlabelled),
+                             "left_out_annotated": excluded, "skipped": len(problems) + len(unreadable)}
+        log(f"unlabelled: {len(unlabelled)} images ({excluded} annotated ones left out)")
     # Eq. 5 weights from the first ≥ 100 training masks (all of them when fewer).
     weights = class_weights_from_masks(yt[: max(100, min(len(yt), 400))])
     if rehearsal:
