@@ -199,12 +199,7 @@ def main(argv=None) -> int:
         return row
 
     def write() -> None:  # after every point: a long curve killed part-way keeps what it measured
-        out = {"bench": "adaptation", "family": args.family, "init": args.init, "minutes": args.minutes, "lr": args.lr,
-               "augment": args.augment, "restyle": args.restyle, "unlabelled": args.unlabelled,
-               "rehearse": [str(d) for d in args.rehearse], "share": args.share if args.rehearse else None,
-               "freeze_encoder": args.freeze_encoder, "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor,
-               "keep": args.keep, "seed": args.seed, "val_fraction": args.val_fraction,
-               "xla": args.xla, "mixed_precision": args.mixed_precision,
+        out = {"bench": "adaptation", "family": args.family, "init": args.init, **recipe(args),
                "served": args.served, "scoring": dict(SERVED, precision="float32") if args.served else
                "the network's labels: one look, no TTA, no clean-up, every stone kept",
                "reference": "in_domain_mean of row n=0" if reference else None,
@@ -242,17 +237,22 @@ def main(argv=None) -> int:
 TRAINING_FIELDS = ("n", "train_seconds", "wall_seconds", "epochs", "bf16")
 
 
+def recipe(args) -> dict:
+    """How a curve's runs were trained: written into its JSON, and what --rescore checks an old curve against."""
+    return {"minutes": args.minutes, "lr": args.lr, "augment": args.augment, "restyle": args.restyle,
+            "unlabelled": args.unlabelled, "rehearse": [str(d) for d in args.rehearse],
+            "share": args.share if args.rehearse else None, "freeze_encoder": args.freeze_encoder,
+            "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
+            "val_fraction": args.val_fraction, "xla": args.xla, "mixed_precision": args.mixed_precision}
+
+
 def rescore_rows(args) -> list[dict]:
     """The trained rows of args.rescore, checked before anything is scored: the same curve and recipe, and each
     row's run still under args.work."""
     old = json.loads(args.rescore.read_text())
     if (old.get("init"), old.get("family")) != (args.init, args.family):
         raise SystemExit(f"--rescore: {args.rescore} is another curve ({old.get('init')}, {old.get('family')})")
-    recipe = {"minutes": args.minutes, "lr": args.lr, "augment": args.augment, "restyle": args.restyle,
-              "unlabelled": args.unlabelled,
-              "rehearse": [str(d) for d in args.rehearse], "freeze_encoder": args.freeze_encoder,
-              "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed}
-    differ = {k: (old.get(k), v) for k, v in recipe.items() if k in old and old[k] != v}
+    differ = {k: (old.get(k), v) for k, v in recipe(args).items() if k in old and old[k] != v}
     if differ:
         raise SystemExit(f"--rescore: {args.rescore} was trained with another recipe (it, these arguments): {differ}")
     trained = [r for r in old["rows"] if r["n"] > 0]
