@@ -46,25 +46,31 @@ def prepare_arrays(samples: list[Sample], size: int, cache: Path | None = None, 
     x = np.zeros((len(samples), size, size), np.float16)
     m = mask_size or size
     y = np.zeros((len(samples), m, m), np.uint8)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(samples)))
-    jobs = [(s, size, m) for s in samples]
-    if workers == 1:
-        results = map(_pair, jobs)
-    else:
-        pool = mp.get_context("fork").Pool(workers)
-        results = pool.imap(_pair, jobs, chunksize=8)
-    for i, (img, mask) in enumerate(results):
+    for i, (img, mask) in enumerate(_parallel(_pair, [(s, size, m) for s in samples], workers)):
         x[i], y[i] = img, mask
-    if workers > 1:
-        pool.close()
-        pool.join()
     log(f"preprocessed {len(samples)} images in {time.perf_counter() - t:.0f} s")
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, y=y)
-        os.replace(tmp, cache)
+    _save_npz(cache, x=x, y=y)
     return x, y
+
+
+def _parallel(fn, jobs: list, workers: int | None = None):
+    """fn over jobs, results in order: in a fork pool (up to one process a core), or here for a single one."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if workers == 1:
+        yield from map(fn, jobs)
+        return
+    with mp.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(fn, jobs, chunksize=8)
+
+
+def _save_npz(cache: Path | None, **arrays) -> None:
+    """Arrays cached atomically (a temporary file, then renamed), so a killed run leaves no half cache."""
+    if cache is None:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, cache)
 
 
 def _image(args):
@@ -87,30 +93,16 @@ def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None =
             return z["x"], [Problem(str(p), str(r)) for p, r in (z["problems"] if "problems" in z.files else [])]
     t = time.perf_counter()
     x = np.zeros((len(items), size, size), np.float16)
-    workers = max(1, min(os.cpu_count() or 1, len(items)))
-    jobs = [(item, size) for item in items]
     keep, problems = [], []
-    if workers == 1:
-        results = map(_image, jobs)
-    else:
-        pool = mp.get_context("fork").Pool(workers)
-        results = pool.imap(_image, jobs, chunksize=8)
-    for i, (img, reason) in enumerate(results):
+    for i, (img, reason) in enumerate(_parallel(_image, [(item, size) for item in items])):
         if img is None:
             problems.append(Problem(items[i][0], reason))
             continue
         x[i] = img
         keep.append(i)
-    if workers > 1:
-        pool.close()
-        pool.join()
     x = x[keep]
     log(f"preprocessed {len(keep)} unlabelled images in {time.perf_counter() - t:.0f} s")
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x, problems=np.array([(p.path, p.reason) for p in problems], dtype=str).reshape(-1, 2))
-        os.replace(tmp, cache)
+    _save_npz(cache, x=x, problems=np.array([(p.path, p.reason) for p in problems], dtype=str).reshape(-1, 2))
     return x, problems
 
 
