@@ -287,11 +287,10 @@ class WeightAverage(keras.callbacks.Callback):
         else:
             for m, w in zip(self.mean, weights):
                 m += (w - m) / self.count
-        current = weights
-        self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, current)])
+        self.model.set_weights([m.astype(w.dtype) for m, w in zip(self.mean, weights)])
         tmp = self.out_dir / "average.tmp.weights.h5"
         self.model.save_weights(tmp)
-        self.model.set_weights(current)  # training goes on from its own weights, not the mean
+        self.model.set_weights(weights)  # training goes on from its own weights, not the mean
         os.replace(tmp, self.path)
         (self.out_dir / "average.json").write_text(json.dumps({"count": self.count, "epoch": epoch + 1}))
 
@@ -347,7 +346,6 @@ class SegmentationDataset(keras.utils.PyDataset):
         elif rehearse:
             raise ValueError("give rehearse= or pools=, not both")
         self.pools = [(int(size), int(draw)) for size, draw in pools]
-        self.rehearse = sum(draw for _, draw in self.pools)
         if not (0 < self.core <= self.n and all(0 <= d <= z for z, d in self.pools)
                 and self.core + sum(z for z, _ in self.pools) == self.n):
             raise ValueError(f"core={core}, pools={self.pools}: need 0 < core <= {self.n}, pools that fill "
