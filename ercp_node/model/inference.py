@@ -41,6 +41,22 @@ def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
     return Path(model_path).parent / name if name else None
 
 
+def view_mean(model, batch: np.ndarray, views) -> np.ndarray:
+    """The model's output (float32) averaged over `views` of a batch (N, H, W, ...), each (transpose, flip rows,
+    flip columns) and brought back onto the batch's orientation: test-time augmentation (tta.TTA_MODES) and the
+    teacher's labels in self-training share it."""
+    acc = None
+    for transpose, flip_rows, flip_cols in views:
+        axes = tuple(a for a, f in ((1, flip_rows), (2, flip_cols)) if f)
+        view = np.swapaxes(batch, 1, 2) if transpose else batch
+        view = np.flip(view, axes) if axes else view
+        p = np.asarray(model.predict_on_batch(np.ascontiguousarray(view)), np.float32)
+        p = np.flip(p, axes) if axes else p  # back onto the input's orientation, in reverse order
+        p = np.swapaxes(p, 1, 2) if transpose else p
+        acc = p if acc is None else acc + p
+    return acc / len(views)
+
+
 @dataclass
 class Segmenter:
     """A Keras U-Net plus its card (version, preset, training data, metrics). Thread-unsafe; one per worker."""
@@ -117,18 +133,7 @@ class Segmenter:
         """(N, S, S, 1) preprocessed inputs → (N, S, S, C) float32 class probabilities (mean over the views of
         `tta`, default the Segmenter's)."""
         views = TTA_MODES[tta or self.tta]
-        out = []
-        for i in range(0, len(inputs), batch_size):
-            batch, acc = inputs[i:i + batch_size], None
-            for transpose, flip_rows, flip_cols in views:
-                axes = tuple(a for a, f in ((1, flip_rows), (2, flip_cols)) if f)
-                view = np.swapaxes(batch, 1, 2) if transpose else batch
-                view = np.flip(view, axes) if axes else view
-                p = np.asarray(self.model.predict_on_batch(np.ascontiguousarray(view)), np.float32)
-                p = np.flip(p, axes) if axes else p  # back onto the input's orientation, in reverse order
-                p = np.swapaxes(p, 1, 2) if transpose else p
-                acc = p if acc is None else acc + p
-            out.append(acc / len(views))
+        out = [view_mean(self.model, inputs[i:i + batch_size], views) for i in range(0, len(inputs), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:

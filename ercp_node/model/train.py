@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from ..labels import DUCT, SCOPE
+from .inference import view_mean
 from .losses import make_loss
 from .unet import N_CLASSES, UNetConfig, build_unet, get_config
 
@@ -295,15 +296,17 @@ class WeightAverage(keras.callbacks.Callback):
         (self.out_dir / "average.json").write_text(json.dumps({"count": self.count, "epoch": epoch + 1}))
 
 
+# The image and its left-right mirror: the views the self-training teacher averages (tta.TTA_MODES' layout).
+PSEUDO_VIEWS = ((False, False, False), (False, False, True))
+
+
 def pseudo_label(model: keras.Model, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """The model's labels for images without annotations (N, H, W) on the model grid: the softmax of the image
     and of its mirror image (flipped back) averaged, then the most probable class per pixel (uint8 (N, H, W))."""
     out = np.zeros(images.shape[:3], np.uint8)
     for i in range(0, len(images), batch_size):
         x = np.asarray(images[i:i + batch_size], np.float32)[..., None]
-        p = np.asarray(model.predict_on_batch(x), np.float32)
-        p += np.asarray(model.predict_on_batch(x[:, :, ::-1]), np.float32)[:, :, ::-1]
-        out[i:i + batch_size] = p.argmax(-1)
+        out[i:i + batch_size] = view_mean(model, x, PSEUDO_VIEWS).argmax(-1)
     return out
 
 
