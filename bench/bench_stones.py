@@ -23,6 +23,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -34,10 +35,12 @@ sys.path.insert(0, str(ROOT))
 from ercp_node.labels import STONE  # noqa: E402
 from ercp_node.phantom.visibility import is_seen, local_cnr, rose_k  # noqa: E402,F401 - one definition
 from ercp_node.measure.stones import stones as stone_components  # noqa: E402
-from bench_robustness import predicted  # noqa: E402 - the same batch loop as the cross-domain bench
+from bench_robustness import parse_decision, predicted  # noqa: E402 - the cross-domain bench's batch loop
 from ercp_node.model.data import load_pixels, read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
+from ercp_node.model.postprocess import POSTPROCESS_MODES  # noqa: E402
+from ercp_node.model.tta import TTA_MODES  # noqa: E402
 
 BINS = (("lt4mm", 0.0, 4.0), ("4to10mm", 4.0, 10.0), ("gt10mm", 10.0, 1e9))
 ROSE_BINS = (("rose_lt5", 0.0, 5.0), ("rose_5to10", 5.0, 10.0), ("rose_ge10", 10.0, 1e9))
@@ -155,21 +158,33 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--cine", type=int, default=30, help="frames of the cine timing run (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/stones.json"))
+    # As the node serves the model ([model] tta / zoom / postprocess / stone decision); the decision is the single
+    # stage's (the cascade's stone net decides its own stones).
+    ap.add_argument("--tta", default="none", choices=sorted(TTA_MODES))
+    ap.add_argument("--zoom", type=float, default=1.0, help="the second look at the duct (1: one look)")
+    ap.add_argument("--postprocess", default="none", choices=POSTPROCESS_MODES)
+    ap.add_argument("--stone-decision", type=parse_decision, default=(0.0, 0.0), metavar="PEAK[:K]",
+                    help="the single stage's stone decision (stone_min_peak, stone_min_rose_k)")
+    ap.add_argument("--keep-peak", nargs="+", type=float, default=[],
+                    help="more cascade paths: the centre gate also keeping what the first stage is this sure of")
+    ap.add_argument("--precision", default="float32", help="the first stage's compute (float32, bfloat16, auto)")
     args = ap.parse_args(argv)
-    single = Segmenter.load(args.model, cascade=False)
-    cascade = Segmenter.load(args.model)
+    served = {"tta": args.tta, "zoom": args.zoom, "postprocess": args.postprocess}
+    single = Segmenter.load(args.model, cascade=False, stone_min_peak=args.stone_decision[0],
+                            stone_min_rose_k=args.stone_decision[1], precision=args.precision, **served)
+    cascade = Segmenter.load(args.model, precision=args.precision, **served)
     if args.stones:
         from ercp_node.model.stonenet import StoneNet
 
-        cascade = Segmenter(cascade.model, cascade.card, StoneNet.load(args.stones))
+        cascade = replace(cascade, stones=StoneNet.load(args.stones))
     if cascade.stones is None:
         ap.error("no stone net: give --stones or a model whose card names one")
-    import copy
-
-    ungated = Segmenter(cascade.model, cascade.card, copy.copy(cascade.stones))
-    ungated.stones.gate = not cascade.stones.gate
+    # The other gate, and each --keep-peak, share the networks: only the stone net's decision differs.
+    ungated = replace(cascade, stones=replace(cascade.stones, gate=not cascade.stones.gate, keep_peak=0.0))
     paths = {"paper-256": single, "cascade-576": cascade,
              f"cascade-576-{'no-' if cascade.stones.gate else ''}centre-gate": ungated}
+    for p in args.keep_peak:
+        paths[f"cascade-576-keep-{p:g}"] = replace(cascade, stones=replace(cascade.stones, gate=True, keep_peak=p))
     results = {}
     for d in args.data:
         samples, _ = read_data([d])
@@ -191,7 +206,10 @@ def main(argv=None) -> int:
         print(f"cine {args.cine} frames: " + ", ".join(f"{k} {v['ms_per_frame_median']} ms/frame"
                                                        for k, v in cine.items() if isinstance(v, dict)))
     out = {"bench": "stones", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, no GPU",
-           "first_stage": single.version, "cascade": cascade.version, "centre_gate": cascade.stones.gate, "data": args.data, "limit": args.limit,
+           "first_stage": single.version, "cascade": cascade.version, "centre_gate": cascade.stones.gate,
+           "keep_peak": cascade.stones.keep_peak, "served": served | {"stone_decision": list(args.stone_decision),
+                                                                       "precision": single.precision},
+           "data": args.data, "limit": args.limit,
            "sets": results, "cine": cine}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

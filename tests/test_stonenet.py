@@ -42,6 +42,18 @@ def test_components_without_a_detected_centre_are_not_stones():
     assert np.array_equal(kept, _disc(shape, (16, 16), 5))
 
 
+def test_a_component_the_first_stage_is_sure_of_is_kept_without_a_centre():
+    shape = (64, 64)
+    stone = _disc(shape, (16, 16), 5) | _disc(shape, (45, 45), 6) | _disc(shape, (16, 48), 4)
+    centre = heat_map(shape, np.array([[16, 16, 10]], np.float32))  # only the first has a centre
+    sure = np.zeros(shape, bool)
+    sure[44:47, 44:47] = True  # the first stage is sure of a few pixels of the second
+    sure[60:, :4] = True  # and of something this net does not call a stone: it adds nothing
+    kept, dropped = gate_by_centres(stone, centre, sure=sure)
+    assert dropped == 1 and kept[16, 16] and kept[45, 45] and not kept[16, 48]
+    assert np.array_equal(kept, _disc(shape, (16, 16), 5) | _disc(shape, (45, 45), 6))
+
+
 def test_one_stone_with_one_peak_is_left_whole():
     shape = (64, 64)
     stone = _disc(shape, (32, 32), 12)
@@ -127,6 +139,47 @@ def test_refine_changes_stones_only_around_the_duct(stone_net):
     assert set(np.unique(labels[coarse == STONE])) <= {CBD, STONE}  # an unconfirmed stone is duct
     nothing, info = net.refine(img, np.zeros((g, g), np.uint8))
     assert not info["stage2"] and not nothing.any()  # no duct: nothing to look at
+
+
+class _Fixed:
+    """A stand-in stone net whose output is given: the gate's decisions, not a network's, are under test."""
+
+    input_shape = (None, None, None, 1)
+
+    def __init__(self, out):
+        self.out = out
+
+    def __call__(self, x, training=False):
+        return self.out[None, : x.shape[1], : x.shape[2]]
+
+
+def test_keep_peak_keeps_the_stones_the_first_stage_is_sure_of(stone_net):
+    g = 64
+    discs = [_disc((g, g), c, 5) for c in ((16, 16), (45, 45), (16, 48))]
+    out = np.zeros((g, g, 3), np.float32)
+    out[..., 0] = 1
+    for d in discs:  # the stone net calls all three stones, and finds the centre of the first only
+        out[d] = (0, 1, 0)
+    out[..., 2] = heat_map((g, g), np.array([[16, 16, 10]], np.float32))
+    probs = np.zeros((g, g, 4), np.float32)
+    probs[..., CBD] = 1
+    probs[discs[1], STONE] = 0.9  # the first stage: sure of the second, unsure of the third
+    probs[discs[2], STONE] = 0.4
+    coarse = np.full((g, g), CBD, np.uint8)  # duct everywhere: the crop is the frame
+    cfg = {"config": StoneNetConfig(base_filters=4, depth=2, margin_px=8, grid=g).to_dict()}
+    img = np.zeros((g, g), np.float32)
+    centre_only, info = StoneNet(_Fixed(out), cfg).refine(img, coarse, probs=probs)
+    assert info["dropped"] == 2 and np.array_equal(centre_only == STONE, discs[0])
+    labels, info = StoneNet(_Fixed(out), cfg, keep_peak=0.8).refine(img, coarse, probs=probs)
+    assert info["dropped"] == 1 and np.array_equal(labels == STONE, discs[0] | discs[1])
+    # read from the stone net's card; without one the centre alone decides
+    card = json.loads(stone_net.with_suffix(".json").read_text())
+    assert StoneNet.load(stone_net).keep_peak == 0
+    stone_net.with_suffix(".json").write_text(json.dumps({**card, "keep_peak": 0.8}))
+    try:
+        assert StoneNet.load(stone_net).keep_peak == 0.8
+    finally:
+        stone_net.with_suffix(".json").write_text(json.dumps(card))
 
 
 def test_segmenter_runs_the_cascade_named_by_the_card(tiny_model, stone_net, tmp_path):

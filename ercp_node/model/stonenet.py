@@ -121,13 +121,17 @@ def peaks(centre: np.ndarray, mask: np.ndarray, threshold: float = 0.3, size: in
     return np.argwhere(local_max & (centre > threshold) & mask)
 
 
-def gate_by_centres(stone: np.ndarray, centre: np.ndarray, threshold: float = 0.3) -> tuple[np.ndarray, int]:
-    """CenterNet's rule: a stone is where a centre is detected. Components holding no centre peak are dropped;
+def gate_by_centres(stone: np.ndarray, centre: np.ndarray, threshold: float = 0.3,
+                    sure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """CenterNet's rule: a stone is where a centre is detected. Components holding no centre peak are dropped,
+    unless they touch a pixel of `sure` (e.g. where the first stage is confident of a stone);
     → (stone mask, number dropped)."""
     n, comp = cv2.connectedComponents(stone.astype(np.uint8), connectivity=8)
     pk = peaks(centre, stone, threshold)
     keep = np.zeros(n, bool)
     keep[comp[pk[:, 0], pk[:, 1]]] = True
+    if sure is not None:
+        keep[np.unique(comp[sure & stone])] = True
     keep[0] = False
     return keep[comp], int(n - 1 - keep[1:].sum())
 
@@ -160,6 +164,10 @@ class StoneNet:
     model: keras.Model
     card: dict
     gate: bool = True  # keep only stone components that hold a detected centre (peak > 0.3)
+    # With the gate: a component without a centre is kept too where the first stage's stone probability reaches
+    # this inside it (the stones the single stage is sure of; 0: the centre alone decides). The card's
+    # `keep_peak` when it has one.
+    keep_peak: float = 0.0
 
     @classmethod
     def load(cls, path: str | Path) -> "StoneNet":
@@ -167,7 +175,7 @@ class StoneNet:
         model = keras.saving.load_model(path, compile=False)
         card_p = path.with_suffix(".json")
         card = json.loads(card_p.read_text()) if card_p.is_file() else {}
-        return cls(model, card)
+        return cls(model, card, keep_peak=float(card.get("keep_peak", 0.0)))
 
     @property
     def config(self) -> StoneNetConfig:
@@ -213,7 +221,10 @@ class StoneNet:
         centre = out[..., 2] * allowed
         dropped = 0
         if self.gate:
-            stone, dropped = gate_by_centres(stone, centre)
+            sure = None
+            if self.keep_peak > 0 and probs is not None:
+                sure = probs[y0:y1, x0:x1, STONE] >= self.keep_peak
+            stone, dropped = gate_by_centres(stone, centre, sure=sure)
         stone, cuts = split_touching(stone, centre)
         labels = coarse.copy()
         sub = labels[y0:y1, x0:x1]
