@@ -14,7 +14,7 @@ from ..labels import STONE
 from ..preprocessing.pipeline import planes_to_source, preprocess_native, resize_labels, to_grid
 from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones, resolve_stone_point
 from .precision import resolve_precision, serving_model
-from .tta import TTA_MODES
+from .tta import TTA_MODES, view_mean
 from .zoom import WEIGHT, check_zoom, second_look
 
 SHIPPED = Path(__file__).parent / "weights" / "default.keras"
@@ -39,22 +39,6 @@ def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
     """The cascade's second stage named by a model's card (`stone_net`, a file beside the model), if any."""
     name = card.get("stone_net")
     return Path(model_path).parent / name if name else None
-
-
-def view_mean(model, batch: np.ndarray, views) -> np.ndarray:
-    """The model's output (float32) averaged over `views` of a batch (N, H, W, ...), each (transpose, flip rows,
-    flip columns) and brought back onto the batch's orientation: test-time augmentation (tta.TTA_MODES) and the
-    teacher's labels in self-training share it."""
-    acc = None
-    for transpose, flip_rows, flip_cols in views:
-        axes = tuple(a for a, f in ((1, flip_rows), (2, flip_cols)) if f)
-        view = np.swapaxes(batch, 1, 2) if transpose else batch
-        view = np.flip(view, axes) if axes else view
-        p = np.asarray(model.predict_on_batch(np.ascontiguousarray(view)), np.float32)
-        p = np.flip(p, axes) if axes else p  # back onto the input's orientation, in reverse order
-        p = np.swapaxes(p, 1, 2) if transpose else p
-        acc = p if acc is None else acc + p
-    return acc / len(views)
 
 
 @dataclass

@@ -27,8 +27,8 @@ import keras
 import numpy as np
 
 from ..labels import DUCT, SCOPE
-from .inference import view_mean
 from .losses import make_loss
+from .tta import view_mean
 from .unet import N_CLASSES, UNetConfig, build_unet, get_config
 
 
