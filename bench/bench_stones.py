@@ -40,6 +40,7 @@ from ercp_node.model.data import load_pixels, read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
 from ercp_node.model.postprocess import POSTPROCESS_MODES  # noqa: E402
+from ercp_node.model.precision import PRECISIONS  # noqa: E402
 from ercp_node.model.tta import TTA_MODES  # noqa: E402
 
 BINS = (("lt4mm", 0.0, 4.0), ("4to10mm", 4.0, 10.0), ("gt10mm", 10.0, 1e9))
@@ -167,7 +168,7 @@ def main(argv=None) -> int:
                     help="the single stage's stone decision (stone_min_peak, stone_min_rose_k)")
     ap.add_argument("--keep-peak", nargs="+", type=float, default=[],
                     help="more cascade paths: the centre gate also keeping what the first stage is this sure of")
-    ap.add_argument("--precision", default="float32", help="the first stage's compute (float32, bfloat16, auto)")
+    ap.add_argument("--precision", default="float32", choices=PRECISIONS, help="the first stage's compute")
     args = ap.parse_args(argv)
     served = {"tta": args.tta, "zoom": args.zoom, "postprocess": args.postprocess}
     single = Segmenter.load(args.model, cascade=False, stone_min_peak=args.stone_decision[0],

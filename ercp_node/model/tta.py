@@ -28,4 +28,3 @@ def view_mean(model, batch: np.ndarray, views) -> np.ndarray:
         p = np.swapaxes(p, 1, 2) if transpose else p
         acc = p if acc is None else acc + p
     return acc / len(views)
-
