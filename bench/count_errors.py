@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from ercp_node.labels import CBD, STONE  # noqa: E402
+from ercp_node.model.precision import PRECISIONS  # noqa: E402
 from ercp_node.model.stonepoint import components as _components  # noqa: E402 - the SR's count, one rule
 
 KINDS = ("missed", "false", "fragment", "merge")
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stone-min-peak", default="0", help='stone decision: "model" (the card\'s point, as the node), '
                     "a number, or 0 (every stone)")
     ap.add_argument("--stone-min-rose-k", default="0", help='stone decision: "model", a Rose k, or 0')
+    ap.add_argument("--zoom", type=float, default=1.0, help="second look at the duct (the node's [model] zoom)")
+    ap.add_argument("--precision", default="float32", choices=PRECISIONS, help="the first stage's compute")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--out", default=str(ROOT / "bench/results/count-errors.json"))
     args = ap.parse_args(argv)
@@ -114,7 +117,7 @@ def main(argv=None) -> int:
     from ercp_node.model.postprocess import apply as clean
 
     seg = Segmenter.load(args.model, tta=args.tta, stone_min_peak=args.stone_min_peak,
-                         stone_min_rose_k=args.stone_min_rose_k)
+                         stone_min_rose_k=args.stone_min_rose_k, zoom=args.zoom, precision=args.precision)
     sets = {}
     for d in args.data:
         samples, _ = read_data([d])
@@ -124,7 +127,8 @@ def main(argv=None) -> int:
         sets[Path(d).name] = summarise(rows)
         print(Path(d).name, json.dumps(sets[Path(d).name]), flush=True)
     out = {"bench": "count_errors", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
-           "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "postprocess": args.postprocess,
+           "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "zoom": args.zoom,
+           "precision": seg.precision, "postprocess": args.postprocess,
            "stone_min_peak": seg.stone_min_peak, "stone_min_rose_k": seg.stone_min_rose_k,
            "sets": sets}
     Path(args.out).write_text(json.dumps(out, indent=1))

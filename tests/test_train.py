@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ercp_node.model.train import (
-    ROBUST, ROBUST_SCOPE, Augment, SegmentationDataset, augment_pair, fda_restyle, plot_history, restyle_scope,
-    soft_one_hot, train)
+    ROBUST, ROBUST_SCOPE, ROBUST_TEXTURE, Augment, SegmentationDataset, augment_pair, fda_restyle, plot_history,
+    random_texture, restyle_scope, soft_one_hot, train)
 from ercp_node.model.unet import UNetConfig
 
 TINY = UNetConfig(input_size=64, base_filters=4, depth=3)
@@ -303,6 +303,38 @@ def test_scope_look_restyles_about_half_and_never_the_mask():
     assert ROBUST.scope_look == 0 and ROBUST_SCOPE == Augment(**{**ROBUST.__dict__, "scope_look": 0.5})
     img, m = augment_pair(image, mask, np.random.default_rng(3), ROBUST_SCOPE)
     assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
+
+
+def test_random_texture_changes_the_look_not_the_shapes():
+    image, mask = _braided_scope()
+    looks, inverted = [], 0
+    for seed in range(12):
+        out = random_texture(image, np.random.default_rng(seed))
+        assert out.dtype == np.float32 and out.shape == image.shape
+        assert 0.0 <= out.min() and out.max() <= 1.0 and out.max() - out.min() > 0.5  # equalised like any input
+        # the structures stay where they were: each label's pixels still differ from the background's
+        for label in (1, 2):
+            assert abs(float(out[mask == label].mean() - out[mask == 0].mean())) > 0.02
+        inverted += out[mask == 1].mean() > out[mask == 0].mean()  # the dark scope drawn light: grey is not kept
+        looks.append(out)
+    assert 0 < inverted < 12
+    assert min(float(np.abs(a - b).mean()) for i, a in enumerate(looks) for b in looks[i + 1:]) > 0.01  # all differ
+    again = random_texture(image, np.random.default_rng(5))
+    assert np.array_equal(again, random_texture(image, np.random.default_rng(5)))  # seeded: reproducible
+    flat = np.full_like(image, 0.4)
+    assert np.array_equal(random_texture(flat, np.random.default_rng(0)), flat)  # nothing to render
+
+
+def test_texture_draws_about_half_and_never_moves_the_mask():
+    image, mask = _braided_scope()
+    only_texture = Augment(hflip=0.0, vflip=0.0, rotate_deg=0.0, gain=0.0, bias=0.0, gamma=0.0, texture=0.5)
+    changed = 0
+    for seed in range(10):
+        out, m = augment_pair(image, mask, np.random.default_rng(seed), only_texture)
+        assert np.array_equal(m, mask)
+        changed += not np.allclose(out, image)
+    assert 2 <= changed <= 8
+    assert ROBUST.texture == 0 and ROBUST_TEXTURE == Augment(**{**ROBUST.__dict__, "texture": 0.5})
 
 
 def test_time_budget_stops_and_keeps_best(tmp_path):

@@ -62,10 +62,11 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-norm", action="store_true",
                    help="with --init: keep every batch normalisation's statistics and scale (normalise with the "
                         "starting model's, not a small site batch's)")
-    p.add_argument("--augment", choices=("paper", "robust", "robust-scope", "none"), default="paper",
+    p.add_argument("--augment", choices=("paper", "robust", "robust-scope", "robust-texture", "none"), default="paper",
                    help="paper: flips, ±10° rotation, contrast jitter; robust: any rotation, flips, scale "
                         "0.7–1.4, intensity curves, blur/sharpen, noise; robust-scope: robust plus a restyled "
-                        "duodenoscope in half the images (smoothed braid, fainter or denser)")
+                        "duodenoscope in half the images (smoothed braid, fainter or denser); robust-texture: robust "
+                        "plus a random shallow network's look in half the images (GIN)")
     p.add_argument("--rehearse", nargs="+", default=[], metavar="DIR",
                    help="with --init: annotated data the model learnt before (e.g. the phantom), mixed into every "
                         "epoch so a few site images do not make it forget; training only, never validation or test")
