@@ -8,11 +8,13 @@ ignored). A count can be wrong four ways, and each asks for a different remedy:
   background away from any duct;
 - fragment: a true stone touched by several predicted stones (each extra one counts one too many);
 - merge: one predicted stone touching several true ones (touching stones not split).
-Writes JSON: totals per set, the share of images counted exactly, and what that share would be were one kind of
-error absent.
+Writes JSON: totals per set, the share of images counted exactly, what that share would be were one kind of
+error absent, and the share of true stones found by their size on the model grid (a 4 mm stone is 18 px of a
+1024 image at 0.22 mm a pixel but 4.5 px where the network looks).
 
-    python bench/count_errors.py --model ercp_node/model/weights/default.keras --tta flip --postprocess anatomy \
-        --data data/test-2026-seen data/test-foreign --out bench/results/count-errors.json
+    python bench/count_errors.py --model ercp_node/model/weights/default.keras --tta flip --zoom 1.4 \
+        --postprocess anatomy --stone-min-peak model --stone-min-rose-k model --precision auto \
+        --data data/test-2026-seen data/test-foreign --out bench/results/count-errors.json    # as the node serves
 """
 
 from __future__ import annotations
@@ -35,16 +37,29 @@ from ercp_node.model.stonepoint import components as _components  # noqa: E402 -
 
 KINDS = ("missed", "false", "fragment", "merge")
 WHERE = ("in_true_duct", "beside_predicted_duct", "elsewhere")
+# A true stone's size as the network sees it: its equivalent diameter on the 256 model grid (the image's long
+# side resized to 256), which says more about whether it can be found than millimetres do.
+SIZE_BINS = ((0.0, 3.0), (3.0, 5.0), (5.0, 8.0), (8.0, 1e9))
+MODEL_GRID = 256
+
+
+SIZE_NAMES = tuple(f"{lo:g}-{hi:g}px" if hi < 1e9 else f">={lo:g}px" for lo, hi in SIZE_BINS)
+
+
+def size_bin(area_px: float, shape: tuple[int, int]) -> str:
+    """The SIZE_NAMES bin of a stone of `area_px` pixels in an image of `shape`."""
+    d = 2.0 * float(np.sqrt(area_px / np.pi)) * MODEL_GRID / max(shape)
+    return next(name for (lo, hi), name in zip(SIZE_BINS, SIZE_NAMES) if lo <= d < hi)
 
 
 def classify(truth: np.ndarray, pred: np.ndarray) -> dict:
     """One image's count errors (truth and prediction: label maps on the same grid)."""
     import cv2
 
-    ct, kt, _ = _components(truth)
+    ct, kt, stats_t = _components(truth)
     cp, kp, stats = _components(pred)
     out = {"true": len(kt), "predicted": len(kp), **{k: 0 for k in KINDS}, **{w: 0 for w in WHERE},
-           "false_area_px": []}
+           "false_area_px": [], "true_by_size": {}}
     hits = {i: set() for i in kt}
     true_ids = set(kt)
     k = max(3, round(0.01 * max(pred.shape)))  # the ring that says what a stone lies in: 1 % of the image side
@@ -67,9 +82,12 @@ def classify(truth: np.ndarray, pred: np.ndarray) -> dict:
             out["beside_predicted_duct"] += 1
         else:
             out["elsewhere"] += 1
-    for js in hits.values():
+    for i, js in hits.items():
         out["missed"] += not js
         out["fragment"] += max(0, len(js) - 1)
+        b = size_bin(stats_t[i, cv2.CC_STAT_AREA], truth.shape)
+        found, n = out["true_by_size"].get(b, (0, 0))
+        out["true_by_size"][b] = (found + bool(js), n + 1)
     return out
 
 
@@ -90,6 +108,15 @@ def summarise(rows: list[dict]) -> dict:
            "images_with": {k: int(sum(r[k] > 0 for r in rows)) for k in KINDS},
            "false_area_px_quartiles": np.percentile(areas, [25, 50, 75]).round(1).tolist() if areas else None,
            "count_exact_pct": round(100 * float(np.mean([exact_without(r, None) for r in rows])), 1) if rows else None}
+    by_size = {}
+    for r in rows:
+        for b, (found, n) in r["true_by_size"].items():
+            f0, n0 = by_size.get(b, (0, 0))
+            by_size[b] = (f0 + found, n0 + n)
+    # true stones found (touched by a predicted stone) by their equivalent diameter on the model grid
+    out["found_by_size_on_model_grid"] = {b: {"true": by_size[b][1], "found_pct": round(100 * by_size[b][0] /
+                                                                                      by_size[b][1], 1)}
+                                          for b in SIZE_NAMES if b in by_size}
     out["count_exact_pct_without"] = {k: round(100 * float(np.mean([exact_without(r, k) for r in rows])), 1)
                                       for k in KINDS} if rows else None
     return out

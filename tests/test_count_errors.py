@@ -52,3 +52,15 @@ def test_without_one_kind_the_count_comes_right():
     only_missed[30:40, 95:105] = STONE
     row = ce.classify(truth, only_missed)
     assert row["missed"] == 4 and ce.exact_without(row, "missed") and not ce.exact_without(row, "merge")
+
+
+def test_found_stones_are_tallied_by_their_size_on_the_model_grid():
+    ce = bench_module("count_errors")
+    assert ce.size_bin(4, (1024, 768)) == "0-3px"  # a 2.3 px stone of a 1024 image is 0.6 px on the 256 grid
+    assert ce.size_bin(np.pi * 4 ** 2, (512, 512)) == "3-5px"  # 8 px across at 512 → 4 px at 256
+    assert ce.size_bin(np.pi * 40 ** 2, (512, 512)) == ">=8px"
+    truth, pred = _maps()  # 200 × 200: every stone there is ≥ 8 px on the model grid; A, C, D, E found, B missed
+    truth[170:172, 100:102] = STONE  # a 4-pixel stone (the SR's smallest), 2.9 px on the model grid, missed
+    s = ce.summarise([ce.classify(truth, pred)])
+    assert s["found_by_size_on_model_grid"] == {"0-3px": {"true": 1, "found_pct": 0.0},
+                                                ">=8px": {"true": 5, "found_pct": 80.0}}
