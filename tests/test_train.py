@@ -456,3 +456,15 @@ def test_init_of_another_grid_or_class_list_is_refused(tmp_path):
         load_init(tmp_path / "ok.keras", TINY)
     with pytest.raises(ValueError, match="not found"):
         load_init(tmp_path / "missing.keras", TINY)
+
+
+def test_retrain_offers_every_augmentation_recipe():
+    import argparse
+
+    from ercp_node.model.cli import add_retrain_arguments
+    from ercp_node.model.train import AUGMENTATIONS
+
+    p = argparse.ArgumentParser()
+    add_retrain_arguments(p)
+    action = next(a for a in p._actions if a.dest == "augment")
+    assert set(action.choices) == set(AUGMENTATIONS)  # the CLI lists them without importing Keras
