@@ -290,18 +290,20 @@ def test_restyle_scope_changes_the_scope_only_and_washes_its_texture_out():
     assert np.array_equal(restyle_scope(image, empty, np.random.default_rng(0)), image)
 
 
-def test_scope_look_restyles_about_half_and_never_the_mask():
+@pytest.mark.parametrize("part, recipe", [("scope_look", ROBUST_SCOPE), ("texture", ROBUST_TEXTURE)])
+def test_a_restyling_part_draws_about_half_and_never_moves_the_mask(part, recipe):
     image, mask = _braided_scope()
-    only_scope = Augment(hflip=0.0, vflip=0.0, rotate_deg=0.0, gain=0.0, bias=0.0, gamma=0.0, scope_look=0.5)
+    only = Augment(hflip=0.0, vflip=0.0, rotate_deg=0.0, gain=0.0, bias=0.0, gamma=0.0, **{part: 0.5})
     restyled = 0
     for seed in range(10):
-        out, m = augment_pair(image, mask, np.random.default_rng(seed), only_scope)
+        out, m = augment_pair(image, mask, np.random.default_rng(seed), only)
         assert np.array_equal(m, mask)  # the restyling never touches the label
-        assert np.allclose(out[mask != 1], image[mask != 1])
+        if part == "scope_look":
+            assert np.allclose(out[mask != 1], image[mask != 1])  # the scope alone
         restyled += not np.allclose(out, image)
     assert 2 <= restyled <= 8
-    assert ROBUST.scope_look == 0 and ROBUST_SCOPE == Augment(**{**ROBUST.__dict__, "scope_look": 0.5})
-    img, m = augment_pair(image, mask, np.random.default_rng(3), ROBUST_SCOPE)
+    assert getattr(ROBUST, part) == 0 and recipe == Augment(**{**ROBUST.__dict__, part: 0.5})
+    img, m = augment_pair(image, mask, np.random.default_rng(3), recipe)
     assert img.dtype == np.float32 and 0.0 <= img.min() and img.max() <= 1.0
 
 
@@ -323,18 +325,6 @@ def test_random_texture_changes_the_look_not_the_shapes():
     assert np.array_equal(again, random_texture(image, np.random.default_rng(5)))  # seeded: reproducible
     flat = np.full_like(image, 0.4)
     assert np.array_equal(random_texture(flat, np.random.default_rng(0)), flat)  # nothing to render
-
-
-def test_texture_draws_about_half_and_never_moves_the_mask():
-    image, mask = _braided_scope()
-    only_texture = Augment(hflip=0.0, vflip=0.0, rotate_deg=0.0, gain=0.0, bias=0.0, gamma=0.0, texture=0.5)
-    changed = 0
-    for seed in range(10):
-        out, m = augment_pair(image, mask, np.random.default_rng(seed), only_texture)
-        assert np.array_equal(m, mask)
-        changed += not np.allclose(out, image)
-    assert 2 <= changed <= 8
-    assert ROBUST.texture == 0 and ROBUST_TEXTURE == Augment(**{**ROBUST.__dict__, "texture": 0.5})
 
 
 def test_time_budget_stops_and_keeps_best(tmp_path):
