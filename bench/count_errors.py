@@ -40,10 +40,8 @@ WHERE = ("in_true_duct", "beside_predicted_duct", "elsewhere")
 # A true stone's size as the network sees it: its equivalent diameter on the 256 model grid (the image's long
 # side resized to 256), which says more about whether it can be found than millimetres do.
 SIZE_BINS = ((0.0, 3.0), (3.0, 5.0), (5.0, 8.0), (8.0, 1e9))
-MODEL_GRID = 256
-
-
 SIZE_NAMES = tuple(f"{lo:g}-{hi:g}px" if hi < 1e9 else f">={lo:g}px" for lo, hi in SIZE_BINS)
+MODEL_GRID = 256
 
 
 def size_bin(area_px: float, shape: tuple[int, int]) -> str:
@@ -114,9 +112,8 @@ def summarise(rows: list[dict]) -> dict:
             f0, n0 = by_size.get(b, (0, 0))
             by_size[b] = (f0 + found, n0 + n)
     # true stones found (touched by a predicted stone) by their equivalent diameter on the model grid
-    out["found_by_size_on_model_grid"] = {b: {"true": by_size[b][1], "found_pct": round(100 * by_size[b][0] /
-                                                                                      by_size[b][1], 1)}
-                                          for b in SIZE_NAMES if b in by_size}
+    out["found_by_size_on_model_grid"] = {b: {"true": n, "found_pct": round(100 * found / n, 1)}
+                                          for b in SIZE_NAMES if b in by_size for found, n in [by_size[b]]}
     out["count_exact_pct_without"] = {k: round(100 * float(np.mean([exact_without(r, k) for r in rows])), 1)
                                       for k in KINDS} if rows else None
     return out
