@@ -34,19 +34,19 @@ sys.path.insert(0, str(ROOT / "bench"))
 from ercp_node.labels import CBD, STONE  # noqa: E402
 from ercp_node.model.precision import PRECISIONS  # noqa: E402
 from ercp_node.model.stonepoint import components as _components  # noqa: E402 - the SR's count, one rule
+from ercp_node.preprocessing.pipeline import MODEL_SIZE  # noqa: E402
 
 KINDS = ("missed", "false", "fragment", "merge")
 WHERE = ("in_true_duct", "beside_predicted_duct", "elsewhere")
-# A true stone's size as the network sees it: its equivalent diameter on the 256 model grid (the image's long
-# side resized to 256), which says more about whether it can be found than millimetres do.
+# A true stone's size as the network sees it: its equivalent diameter on the model grid (the image's long side
+# resized to MODEL_SIZE, 256), which says more about whether it can be found than millimetres do.
 SIZE_BINS = ((0.0, 3.0), (3.0, 5.0), (5.0, 8.0), (8.0, 1e9))
 SIZE_NAMES = tuple(f"{lo:g}-{hi:g}px" if hi < 1e9 else f">={lo:g}px" for lo, hi in SIZE_BINS)
-MODEL_GRID = 256
 
 
 def size_bin(area_px: float, shape: tuple[int, int]) -> str:
     """The SIZE_NAMES bin of a stone of `area_px` pixels in an image of `shape`."""
-    d = 2.0 * float(np.sqrt(area_px / np.pi)) * MODEL_GRID / max(shape)
+    d = 2.0 * float(np.sqrt(area_px / np.pi)) * MODEL_SIZE / max(shape)
     return next(name for (lo, hi), name in zip(SIZE_BINS, SIZE_NAMES) if lo <= d < hi)
 
 

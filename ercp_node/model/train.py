@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from ..labels import DUCT, SCOPE
+from ..preprocessing.pipeline import equalize_hist
 from .losses import make_loss
 from .tta import view_mean
 from .unet import N_CLASSES, UNetConfig, build_unet, get_config
@@ -92,8 +93,6 @@ def random_texture(image: np.ndarray, rng: np.random.Generator, layers: int = 4,
     monotonic. Each layer: 1×1 or 3×3 kernels with N(0, 1) weights and biases, leaky ReLU (0.2) between layers.
     The network's output is brought to the image's norm, mixed with it by alpha ~ U(0, 1), stretched to [0, 1]
     and histogram-equalised as every preprocessed input is (preprocessing.pipeline.equalize_hist)."""
-    from ..preprocessing.pipeline import equalize_hist
-
     x = np.ascontiguousarray(image, np.float32)
     chans = [x]
     for layer in range(layers):
