@@ -132,7 +132,7 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
             t = time.perf_counter()
             preds = [lab if p is None or not (peak or k) else drop_unsure_stones(lab, p, peak, f[0], k)
                      for (lab, p), f in zip(raw, frames)]
-            cleaned = [clean(mode, p) for p in preds] if mode != "none" else preds
+            cleaned = [clean(mode, p, f[0]) for p, f in zip(preds, frames)] if mode != "none" else preds
             t_post[name].append(time.perf_counter() - t)
             per_image[name] += per_image_metrics(truths, cleaned)
             exact[name] += count_exact(truths, cleaned)

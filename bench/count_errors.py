@@ -138,15 +138,15 @@ def main(argv=None) -> int:
 
     from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
-    from ercp_node.model.postprocess import apply as clean
 
-    seg = Segmenter.load(args.model, tta=args.tta, stone_min_peak=args.stone_min_peak,
+    # the clean-up inside the Segmenter, as the node runs it: it reads the frame's pixels (the exposed field)
+    seg = Segmenter.load(args.model, tta=args.tta, postprocess=args.postprocess, stone_min_peak=args.stone_min_peak,
                          stone_min_rose_k=args.stone_min_rose_k, zoom=args.zoom, precision=args.precision)
     sets = {}
     for d in args.data:
         samples, _ = read_data([d])
         samples = samples[: args.limit] if args.limit else samples
-        rows = [classify(t, clean(args.postprocess, p)) for _, truths, preds, _ in predicted(seg, samples)
+        rows = [classify(t, p) for _, truths, preds, _ in predicted(seg, samples)
                 for t, p in zip(truths, preds)]
         sets[Path(d).name] = summarise(rows)
         print(Path(d).name, json.dumps(sets[Path(d).name]), flush=True)

@@ -123,9 +123,12 @@ class Segmenter:
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
         each after the stone decision (`stone_min_peak`, `stone_min_rose_k`) and then the clean-up `postprocess`
-        (so a duct fragment kept only for a dropped stone is cleaned like any other)."""
+        (so a duct fragment kept only for a dropped stone is cleaned like any other; the frame's pixels give it the
+        exposed field)."""
         labels = self._segment(frames, batch_size)
-        return labels if self.postprocess == "none" else [postprocess_labels(self.postprocess, m) for m in labels]
+        if self.postprocess == "none":
+            return labels
+        return [postprocess_labels(self.postprocess, m, f[0]) for m, f in zip(labels, frames)]
 
     def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int) -> list[np.ndarray]:
         out = []

@@ -115,7 +115,7 @@ def records_for(seg, samples, batch: int = 16, extra=rose_k_feature) -> list[dic
         chunk = samples[i:i + batch]
         frames = [load_pixels(s.image_path, s.frame) for s in chunk]
         for s, (pix, _, _), (labels, p_stone) in zip(chunk, frames, seg.labels_and_stone_probability(frames, batch)):
-            labels = clean(seg.postprocess, labels)
+            labels = clean(seg.postprocess, labels, pix)
             more = (lambda m, pix=pix, labels=labels: extra(pix, labels, m)) if extra else None
             out.append(image_record(load_mask(s, pix.shape[:2]), labels, p_stone, more))
     return out
