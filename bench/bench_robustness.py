@@ -28,6 +28,7 @@ from ercp_node.model.data import load_mask, load_pixels, read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.metrics import per_image_metrics, table1_report  # noqa: E402
 from ercp_node.model.postprocess import POSTPROCESS_MODES, apply as clean, drop_unsure_stones  # noqa: E402
+from ercp_node.preprocessing.pipeline import exposed_field  # noqa: E402
 
 
 def predicted(seg: Segmenter, samples, batch: int = 16):
@@ -122,7 +123,9 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
         chunk = samples[i:i + batch]
         frames = [load_pixels(s.image_path, s.frame) for s in chunk]
         t = time.perf_counter()
-        raw = (list(seg.labels_and_stone_probability(frames, batch)) if hasattr(seg, "labels_and_stone_probability")
+        fields = [exposed_field(f[0]) for f in frames]  # found once for the input and the clean-up, as served
+        raw = (list(seg.labels_and_stone_probability(frames, batch, fields))
+               if hasattr(seg, "labels_and_stone_probability")
                else [(lab, None) for lab in seg.segment(frames, batch)])  # an oracle: labels only
         t_model += time.perf_counter() - t
         truths = [load_mask(s, f[0].shape[:2]) for s, f in zip(chunk, frames)]
@@ -132,7 +135,7 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
             t = time.perf_counter()
             preds = [lab if p is None or not (peak or k) else drop_unsure_stones(lab, p, peak, f[0], k)
                      for (lab, p), f in zip(raw, frames)]
-            cleaned = [clean(mode, p, f[0]) for p, f in zip(preds, frames)] if mode != "none" else preds
+            cleaned = [clean(mode, p, f) for p, f in zip(preds, fields)] if mode != "none" else preds
             t_post[name].append(time.perf_counter() - t)
             per_image[name] += per_image_metrics(truths, cleaned)
             exact[name] += count_exact(truths, cleaned)

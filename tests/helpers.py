@@ -242,3 +242,20 @@ def storescp(port: int, out: Path, aet: str = "PACS") -> subprocess.Popen:
                 return proc
         time.sleep(0.1)
     raise RuntimeError("storescp did not start")
+
+
+def masked_frame(dtype=None, value: int = 7, seed: int = 0):
+    """A 300 x 400 frame: quantum noise where the beam reached; an electronic mask (one value) over the left 40
+    columns and the top 20 rows, with burnt-in text on it; and a scope clipped to the mask's value where it enters
+    the field from the left (rows 150–170)."""
+    import numpy as np
+
+    dtype = dtype or np.uint16
+    rng = np.random.default_rng(seed)
+    top = 4000 if dtype == np.uint16 else 250
+    f = rng.normal(top / 2, top / 40, (300, 400)).clip(0, top).astype(dtype)
+    f[:, :40] = value
+    f[:20, :] = value
+    f[5:12, 8:30] = top  # text on the mask
+    f[150:170, 40:200] = value  # the scope, clipped to black inside the field
+    return f

@@ -68,7 +68,7 @@ def test_classic_images_have_no_scope_texture(bench, tmp_path):
 class UnsureOracle(Oracle):
     """The truth's labels, every stone at stone probability 0.5: a stone decision above 0.5 draws them all as duct."""
 
-    def labels_and_stone_probability(self, frames, batch_size=16):
+    def labels_and_stone_probability(self, frames, batch_size=16, fields=None):
         from ercp_node.labels import STONE
 
         for lab in self.segment(frames, batch_size):

@@ -9,6 +9,7 @@ import pytest
 from ercp_node.labels import BACKGROUND, CBD, SCOPE, STONE
 from ercp_node.model.inference import Segmenter
 from ercp_node.model.postprocess import POSTPROCESS_MODES, apply
+from helpers import masked_frame
 
 
 def scene() -> np.ndarray:
@@ -86,56 +87,21 @@ def test_the_segmenter_cleans_its_labels_as_configured():
         Segmenter(SceneModel(), {}, postprocess="x")
 
 
-def masked_frame(dtype=np.uint16, value=7, seed=0) -> np.ndarray:
-    """A 300 x 400 frame: quantum noise where the beam reached; an electronic mask (one value) over the left 40
-    columns and the top 20 rows, with burnt-in text on it; and a scope clipped to the mask's value where it enters
-    the field from the left (rows 150–170)."""
-    rng = np.random.default_rng(seed)
-    top = 4000 if dtype == np.uint16 else 250
-    f = rng.normal(top / 2, top / 40, (300, 400)).clip(0, top).astype(dtype)
-    f[:, :40] = value
-    f[:20, :] = value
-    f[5:12, 8:30] = top  # text on the mask
-    f[150:170, 40:200] = value  # the scope, clipped to black inside the field
-    return f
+def test_anatomy_clears_labels_outside_the_field_it_is_given():
+    from ercp_node.preprocessing.pipeline import exposed_field
 
-
-def test_the_exposed_field_is_where_the_beam_reached():
-    from ercp_node.visibility import exposed_field
-
-    for frame in (masked_frame(), masked_frame(np.uint8, 0), masked_frame().astype(np.float32),
-                  np.repeat(masked_frame(np.uint8, 3)[..., None], 3, axis=-1)):
-        field = exposed_field(frame)
-        assert field.shape == (300, 400) and field.dtype == bool
-        assert not field[25:, :38].any() and not field[:18, 45:].any()  # the mask, text and all
-        assert field[22:, 42:].all()  # the exposed field, the clipped scope in it included
-    big = np.kron(masked_frame(), np.ones((3, 3), np.uint16))  # 900 x 1200: found on a subsampled grid
-    field = exposed_field(big)
-    assert not field[75:, :110].any() and field[66:, 126:].all()
-    # an intensifier's round field on a black (0) mask
-    yy, xx = np.mgrid[:512, :512]
-    round_ = np.random.default_rng(1).integers(60, 200, (512, 512)).astype(np.uint8)
-    round_[(yy - 256) ** 2 + (xx - 256) ** 2 > 240 ** 2] = 0
-    field = exposed_field(round_)
-    assert not field[:10, :10].any() and field[30:480, 250:260].all()
-    # no mask: noise everywhere, or nothing but one value (then nothing can be said)
-    assert exposed_field(np.random.default_rng(2).integers(0, 4096, (200, 300)).astype(np.uint16)) is None
-    assert exposed_field(np.full((200, 200), 100, np.uint16)) is None
-
-
-def test_anatomy_clears_labels_outside_the_field_given_the_pixels():
-    frame = masked_frame()
+    field = exposed_field(masked_frame())
     m = np.zeros((300, 400), np.uint8)
     m[150:170, 40:300] = SCOPE  # the scope, its clipped part in the field included
     m[30:290, 10:36] = SCOPE    # a band on the mask's edge taken for a scope: larger than the scope itself
     m[60:150, 240:252] = CBD
-    out = apply("anatomy", m, frame)
+    out = apply("anatomy", m, field)
     assert (out[150:170, 40:300] == SCOPE).all() and (out[:, :36] == BACKGROUND).all()
     assert (out[60:150, 240:252] == CBD).all()
-    assert (apply("anatomy", m)[30:290, 10:36] == SCOPE).all()  # without the pixels the band is the largest scope
-    np.testing.assert_array_equal(apply("none", m, frame), m)  # "none" is the network's labels, mask or not
-    # pixels on another grid than the labels (a caller's mistake) are not used
-    np.testing.assert_array_equal(apply("anatomy", m, frame[::2, ::2]), apply("anatomy", m))
+    assert (apply("anatomy", m)[30:290, 10:36] == SCOPE).all()  # without the field the band is the largest scope
+    np.testing.assert_array_equal(apply("none", m, field), m)  # "none" is the network's labels, mask or not
+    # a field on another grid than the labels (a caller's mistake) is not used
+    np.testing.assert_array_equal(apply("anatomy", m, field[::2, ::2]), apply("anatomy", m))
 
 
 class MaskedScopeModel:
@@ -150,7 +116,7 @@ class MaskedScopeModel:
         return np.eye(4, dtype=np.float32)[m][None].repeat(len(x), 0)
 
 
-def test_the_segmenter_hands_the_clean_up_each_frames_pixels():
+def test_the_segmenter_hands_the_clean_up_each_frames_field():
     frame = (masked_frame(), 12, "MONOCHROME2")
     raw, cleaned = (Segmenter(MaskedScopeModel(), {}, postprocess=mode).segment([frame])[0]
                     for mode in ("none", "anatomy"))

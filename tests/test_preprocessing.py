@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from ercp_node.preprocessing import pipeline as pp
+from helpers import masked_frame
 
 
 def test_median_removes_salt_pixel_and_text_stroke():
@@ -135,3 +136,45 @@ def test_preprocess_8_vs_16_bit_agree():
 def test_preprocess_rejects_unannounced_16_bit():
     with pytest.raises(ValueError, match="BitsStored"):
         pp.preprocess(np.full((8, 8), 4000, np.uint16))
+
+
+def test_the_exposed_field_is_where_the_beam_reached():
+    for frame in (masked_frame(), masked_frame(np.uint8, 0), masked_frame().astype(np.float32),
+                  np.repeat(masked_frame(np.uint8, 3)[..., None], 3, axis=-1)):
+        field = pp.exposed_field(frame)
+        assert field.shape == (300, 400) and field.dtype == bool
+        assert not field[25:, :38].any() and not field[:18, 45:].any()  # the mask, text and all
+        assert field[22:, 42:].all()  # the exposed field, the clipped scope in it included
+    big = np.kron(masked_frame(), np.ones((3, 3), np.uint16))  # 900 x 1200: found on a subsampled grid
+    field = pp.exposed_field(big)
+    assert not field[75:, :110].any() and field[66:, 126:].all()
+    # an intensifier's round field on a black (0) mask
+    yy, xx = np.mgrid[:512, :512]
+    round_ = np.random.default_rng(1).integers(60, 200, (512, 512)).astype(np.uint8)
+    round_[(yy - 256) ** 2 + (xx - 256) ** 2 > 240 ** 2] = 0
+    field = pp.exposed_field(round_)
+    assert not field[:10, :10].any() and field[30:480, 250:260].all()
+    # no mask: noise everywhere, or nothing but one value (then nothing can be said)
+    assert pp.exposed_field(np.random.default_rng(2).integers(0, 4096, (200, 300)).astype(np.uint16)) is None
+    assert pp.exposed_field(np.full((200, 200), 100, np.uint16)) is None
+
+
+def test_the_input_is_the_fields_whatever_value_the_mask_stores():
+    """A mask stored at a mid grey (here 1800, in the middle of the field's values) takes a step of the grey scale
+    in the paper's whole-frame histogram; over the field the input is the same as with a black mask, and black."""
+    black, grey = masked_frame(value=0), masked_frame(value=1800)
+    black[150:170, 40:200] = grey[150:170, 40:200] = 900  # the clipped scope: its own value, in both frames
+    kw = {"bits_stored": 12, "photometric": "MONOCHROME2"}
+    inner = (slice(30, 290), slice(50, 390))  # the field, 10 px in from its edge (median and sharpening reach)
+    a, b = pp.preprocess_native(black, **kw), pp.preprocess_native(grey, **kw)
+    np.testing.assert_allclose(a[inner], b[inner], atol=1e-6)
+    assert (a[60:, :30] == 0).all() and (b[60:, :30] == 0).all()
+    whole_a, whole_b = (pp.preprocess_native(f, field=None, **kw) for f in (black, grey))
+    assert np.abs(whole_a[inner] - whole_b[inner]).mean() > 0.03  # the step the mask's grey put into the field
+    # a frame without a mask: the paper's step exactly; bad fields are refused
+    plain = np.random.default_rng(3).integers(0, 4096, (120, 100)).astype(np.uint16)
+    np.testing.assert_array_equal(pp.preprocess_native(plain, **kw), pp.preprocess_native(plain, field=None, **kw))
+    with pytest.raises(ValueError, match="differ in shape"):
+        pp.preprocess_native(plain, field=np.ones((10, 10), bool), **kw)
+    with pytest.raises(ValueError, match="auto"):
+        pp.preprocess_native(plain, field="yes", **kw)

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from ..labels import STONE
-from ..preprocessing.pipeline import planes_to_source, preprocess_native, resize_labels, to_grid
+from ..preprocessing.pipeline import exposed_field, planes_to_source, preprocess_native, resize_labels, to_grid
 from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones, resolve_stone_point
 from .precision import resolve_precision, serving_model
 from .tta import TTA_MODES, view_mean
@@ -64,6 +64,9 @@ class Segmenter:
     # The first stage's compute precision as loaded ("float32" or "bfloat16"; precision.serving_model). Recorded, not applied:
     # Segmenter.load builds the network at it.
     precision: str = "float32"
+    # The input's stretch and histogram over the exposed field, the mask black (preprocessing.preprocess_native);
+    # False: over the whole frame, as the paper and every model before 2026-12-05 was served (bench_field compares).
+    field: bool = True
 
     def __post_init__(self):
         for mode in (self.tta, self.zoom_tta or self.tta):
@@ -123,28 +126,35 @@ class Segmenter:
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
         each after the stone decision (`stone_min_peak`, `stone_min_rose_k`) and then the clean-up `postprocess`
-        (so a duct fragment kept only for a dropped stone is cleaned like any other; the frame's pixels give it the
-        exposed field)."""
-        labels = self._segment(frames, batch_size)
+        (so a duct fragment kept only for a dropped stone is cleaned like any other; each frame's exposed field,
+        found once, serves its preprocessing and its clean-up)."""
+        needed = self.field or self.postprocess != "none"
+        fields = [exposed_field(p) if needed else None for p, _, _ in frames]
+        labels = self._segment(frames, batch_size, fields)
         if self.postprocess == "none":
             return labels
-        return [postprocess_labels(self.postprocess, m, f[0]) for m, f in zip(labels, frames)]
+        return [postprocess_labels(self.postprocess, m, f) for m, f in zip(labels, fields)]
 
-    def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int) -> list[np.ndarray]:
+    def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int, fields: list) -> list[np.ndarray]:
         out = []
         decide = self.stone_min_peak > 0 or self.stone_min_rose_k > 0
-        for (labels, p_stone), (pixels, _, _) in zip(self.labels_and_stone_probability(frames, batch_size), frames):
+        for (labels, p_stone), (pixels, _, _) in zip(self.labels_and_stone_probability(frames, batch_size, fields),
+                                                     frames):
             if p_stone is not None and decide:
                 labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak, pixels, self.stone_min_rose_k)
             out.append(labels)
         return out
 
-    def labels_and_stone_probability(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16):
+    def labels_and_stone_probability(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
+                                     fields: list | None = None):
         """Per frame, in order (a generator: one frame's source-grid planes alive at a time): the network's label
         map on the source grid (no stone decision, no clean-up) and the stone probability there that the stone
-        decision reads (None from the cascade, whose stone net decides its stones)."""
+        decision reads (None from the cascade, whose stone net decides its stones). `fields`: each frame's exposed
+        field where the caller has found it already (else found here, when `field` is on)."""
         size = self.input_size
-        natives = [preprocess_native(p, bits_stored=b, photometric=ph) for p, b, ph in frames]
+        fields = fields if fields is not None else ["auto"] * len(frames)
+        natives = [preprocess_native(p, bits_stored=b, photometric=ph, field=f if self.field else None)
+                   for (p, b, ph), f in zip(frames, fields)]
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
         if self.zoom > 1:  # per frame (S·zoom)² planes where the first look saw a duct
             probs = second_look(probs, [partial(to_grid, n) for n in natives],

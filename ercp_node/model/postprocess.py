@@ -11,8 +11,8 @@ often a rib or bowel band taken for the scope, or the scope's bending section ta
 - duct (CBD + stones): the largest duct component and every component holding a stone — a stone is a finding,
   so no shape rule removes one. Other duct fragments take the label around them (the scope, where the scope's
   bending section was taken for duct; background otherwise).
-Stones themselves are never changed. Given the stored pixels, "anatomy" first clears every label outside the
-exposed field (visibility.exposed_field: a mask or black frame, where the image holds one constant value and no
+Stones themselves are never changed. Given the frame's exposed field, "anatomy" first clears every label outside
+it (preprocessing.exposed_field: a mask or black frame, where the image holds one constant value and no
 reader sees anything; the phantoms annotate nothing there either) — a dark band at the mask's edge is the
 commonest false scope on images with a narrow mask. "none" returns the network's labels as they are (the
 paper's output).
@@ -37,30 +37,19 @@ RING_SHARE = 0.006  # the ring around a removed duct fragment that decides its l
 STONE_POINT_LIMITS = {"stone_min_peak": 1.0, "stone_min_rose_k": 100.0}
 
 
-def apply(mode: str, labels: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
-    """One frame's label map (H, W) after the clean-up `mode` (a new array; the input is not changed); `pixels`,
-    the frame's stored pixels on the same grid, lets "anatomy" clear the labels outside the exposed field."""
+def apply(mode: str, labels: np.ndarray, field: np.ndarray | None = None) -> np.ndarray:
+    """One frame's label map (H, W) after the clean-up `mode` (a new array; the input is not changed); `field`,
+    the frame's exposed field on the same grid (preprocessing.exposed_field; None: unknown), lets "anatomy" clear
+    the labels outside it."""
     if mode not in POSTPROCESS_MODES:
         raise ValueError(f"post-processing {mode!r} unknown (known: {', '.join(POSTPROCESS_MODES)})")
     labels = np.asarray(labels)
     if mode == "none":
         return labels.copy()
-    if pixels is not None and np.shape(pixels)[:2] == labels.shape:
-        labels = inside_field(labels, pixels)
+    if field is not None and np.shape(field) == labels.shape and labels[~field].any():
+        labels = labels.copy()
+        labels[~field] = BACKGROUND
     return one_scope(one_duct(labels))
-
-
-def inside_field(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """`labels` with everything outside the frame's exposed field set to background (the same array where there
-    is nothing to clear)."""
-    from ..visibility import exposed_field
-
-    field = exposed_field(pixels)
-    if field is None or not labels[~field].any():
-        return labels
-    out = labels.copy()
-    out[~field] = BACKGROUND
-    return out
 
 
 def resolve_stone_point(name: str, value: float | str, card: dict) -> float:

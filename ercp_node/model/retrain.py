@@ -20,7 +20,7 @@ import numpy as np
 from .. import __version__
 from ..labels import STONE
 from ..text import RESEARCH_USE_SENTENCE
-from ..preprocessing.pipeline import to_unit_grey
+from ..preprocessing.pipeline import INPUT, to_unit_grey
 from .data import (Problem, Sample, Split, fingerprint, load_mask, load_pixels, load_training_pair, read_data,
                    read_unlabelled, temporal_split)
 from .metrics import per_image_metrics, table1_report, table1_markdown
@@ -207,9 +207,9 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
     overrides = {k: v for k, v in (("base_filters", base_filters), ("input_size", input_size)) if v}
     cfg = get_config(preset, **overrides)
     size, fp = cfg.input_size, fingerprint(samples)
-    cache = out_dir / "cache"
-    xt, yt = prepare_arrays(train_s, size, cache / f"train-{fp}-{size}-{seed}.npz", log=log)
-    xv, yv = prepare_arrays(val_s, size, cache / f"val-{fp}-{size}-{seed}.npz", log=log)
+    cache = out_dir / "cache"  # names carry the input's version: a cache of older preprocessing is not reused
+    xt, yt = prepare_arrays(train_s, size, cache / f"train-{fp}-{size}-{seed}-{INPUT}.npz", log=log)
+    xv, yv = prepare_arrays(val_s, size, cache / f"val-{fp}-{size}-{seed}-{INPUT}.npz", log=log)
     rehearsal: list[Sample] = []
     if rehearse_dirs:
         rehearsal, problems = read_data(rehearse_dirs)
@@ -219,7 +219,8 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
         rehearsal = [s for s in rehearsal if s.group not in held]
         if not rehearsal:
             raise ValueError("--rehearse: no usable images in " + ", ".join(map(str, rehearse_dirs)))
-        xr, yr = prepare_arrays(rehearsal, size, cache / f"rehearse-{fingerprint(rehearsal)}-{size}.npz", log=log)
+        xr, yr = prepare_arrays(rehearsal, size, cache / f"rehearse-{fingerprint(rehearsal)}-{size}-{INPUT}.npz",
+                                log=log)
         log(f"rehearsal: {len(rehearsal)} images from {', '.join(map(str, rehearse_dirs))}")
     unlabelled, unlabelled_report = None, {}
     if unlabelled_dirs:
@@ -230,7 +231,7 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
             raise ValueError("--unlabelled: no greyscale DICOM images in " + ", ".join(map(str, unlabelled_dirs))
                              + (f" other than the {excluded} annotated ones" if excluded else ""))
         key = fingerprint([Sample(f"{p}#{f}", "", None, "", p, f) for p, f in items])
-        unlabelled, unreadable = prepare_images(items, size, cache / f"unlabelled-{key}-{size}.npz", log=log)
+        unlabelled, unreadable = prepare_images(items, size, cache / f"unlabelled-{key}-{size}-{INPUT}.npz", log=log)
         for p in unreadable:
             log(f"skipped (unlabelled) {p}")
         if not len(unlabelled):

@@ -107,6 +107,7 @@ def rose_k_feature(pixels: np.ndarray, labels: np.ndarray, stone: np.ndarray) ->
 def records_for(seg, samples, batch: int = 16, extra=rose_k_feature) -> list[dict]:
     """image_record for each sample, the labels as `seg` serves them without any stone decision of its own
     (its TTA and clean-up); `extra(stored pixels, labels, component mask)` → a dict of more features per stone."""
+    from ..preprocessing.pipeline import exposed_field
     from .data import load_mask, load_pixels
     from .postprocess import apply as clean
 
@@ -114,8 +115,10 @@ def records_for(seg, samples, batch: int = 16, extra=rose_k_feature) -> list[dic
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
         frames = [load_pixels(s.image_path, s.frame) for s in chunk]
-        for s, (pix, _, _), (labels, p_stone) in zip(chunk, frames, seg.labels_and_stone_probability(frames, batch)):
-            labels = clean(seg.postprocess, labels, pix)
+        fields = [exposed_field(f[0]) for f in frames]  # for the input and the clean-up, as served
+        for s, (pix, _, _), field, (labels, p_stone) in zip(chunk, frames, fields,
+                                                            seg.labels_and_stone_probability(frames, batch, fields)):
+            labels = clean(seg.postprocess, labels, field)
             more = (lambda m, pix=pix, labels=labels: extra(pix, labels, m)) if extra else None
             out.append(image_record(load_mask(s, pix.shape[:2]), labels, p_stone, more))
     return out

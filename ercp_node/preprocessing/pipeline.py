@@ -4,6 +4,8 @@ evaluation and serving.
 Order (paper, section "Preprocessing"):
   stored pixels -> median filter (radius 3) -> grey in [0, 1] -> 0.3 % saturation stretch
   -> histogram equalisation -> first-order Laplacian sharpening -> resize to the model grid.
+The stretch and the histogram are taken over the exposed field (`exposed_field`: the frame less its masked
+border), and the mask is black in the input; on a frame without a mask this is the paper's whole-frame step.
 
 The median runs on the stored integers: it commutes with the monotone map to [0, 1] (scaling, MONOCHROME1
 inversion), and on uint8 OpenCV's 7x7 median is ~20x faster than the generic one.
@@ -18,6 +20,8 @@ Choices the paper leaves open (also in docs/model.md):
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from scipy import ndimage
@@ -26,6 +30,7 @@ MEDIAN_RADIUS = 3
 SATURATED = 0.003  # fraction of pixels saturated in total (half at each end)
 SHARPEN_STRENGTH = 1.0
 MODEL_SIZE = 256
+INPUT = "field1"  # the input's version, in the names of cached preprocessed arrays (retrain): field1 = over the field
 _LAPLACIAN4 = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
 
 
@@ -82,24 +87,27 @@ def median_filter(img: np.ndarray, radius: int = MEDIAN_RADIUS) -> np.ndarray:
     return ndimage.median_filter(a, size=k, mode="nearest")
 
 
-def saturation_stretch(x: np.ndarray, saturated: float = SATURATED) -> np.ndarray:
+def saturation_stretch(x: np.ndarray, saturated: float = SATURATED, within: np.ndarray | None = None) -> np.ndarray:
     """Linear stretch of float [0, 1] grey so that `saturated` of the pixels clip: saturated/2 at 0 and
-    saturated/2 at 1 (0.15 % each tail for the paper's 0.3 %). A flat image is returned unchanged."""
-    lo, hi = np.percentile(x, [50.0 * saturated, 100.0 - 50.0 * saturated])
+    saturated/2 at 1 (0.15 % each tail for the paper's 0.3 %); the pixels counted are those `within` (a bool mask;
+    None: all). A flat image is returned unchanged."""
+    lo, hi = np.percentile(x if within is None else x[within], [50.0 * saturated, 100.0 - 50.0 * saturated])
     if hi - lo <= 1e-12:
         return x.astype(np.float32, copy=True)
     return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def equalize_hist(x: np.ndarray, bins: int = 256) -> np.ndarray:
+def equalize_hist(x: np.ndarray, bins: int = 256, within: np.ndarray | None = None) -> np.ndarray:
     """Histogram equalisation of float [0, 1] grey over `bins` levels; float [0, 1] out.
 
     Same mapping as cv2.equalizeHist (lut = (cdf - cdf_min) / (N - cdf_min)), but it also serves >8-bit data
-    with more levels instead of first quantising it to 256.
+    with more levels instead of first quantising it to 256. The histogram is that of the pixels `within` (a bool
+    mask; None: all); the mapping is applied to every pixel.
     """
     q = np.rint(np.clip(x, 0.0, 1.0) * (bins - 1)).astype(np.intp)
-    cdf = np.cumsum(np.bincount(q.ravel(), minlength=bins))
-    cdf_min = cdf[q.min()]
+    counted = q if within is None else q[within]
+    cdf = np.cumsum(np.bincount(counted.ravel(), minlength=bins))
+    cdf_min = cdf[counted.min()]
     denom = max(int(cdf[-1] - cdf_min), 1)
     lut = ((cdf - cdf_min) / denom).astype(np.float32)
     return np.clip(lut, 0.0, 1.0)[q]
@@ -178,12 +186,81 @@ def to_grid(native: np.ndarray, size: int) -> np.ndarray:
     return x[..., None].astype(np.float32)
 
 
-def preprocess_native(pixels: np.ndarray, *, bits_stored: int = 8, photometric: str = "MONOCHROME2") -> np.ndarray:
-    """Every preprocessing step except the resize: float (H, W) on the source grid."""
+def preprocess_native(pixels: np.ndarray, *, bits_stored: int = 8, photometric: str = "MONOCHROME2",
+                      field: np.ndarray | None | str = "auto") -> np.ndarray:
+    """Every preprocessing step except the resize: float (H, W) on the source grid.
+
+    `field`: where the beam reached — exposed_field's mask, found from the pixels when "auto", None for the whole
+    frame (the paper's, which does not say). The stretch and the histogram are those of the field, and outside it
+    the input is black: a mask's one value, whatever it is, then takes no share of the grey scale (a mask stored
+    brighter than the darkest anatomy otherwise inserts a step into it) and looks as black borders do in training."""
     raw = _as_2d(pixels)
     if bits_stored == 8 and raw.dtype == np.uint16 and int(raw.max(initial=0)) > 255:
         raise ValueError("uint16 pixels above 255 with bits_stored=8: pass the DICOM BitsStored")
     raw = stored_values(raw, bits_stored)
+    if isinstance(field, str):
+        if field != "auto":
+            raise ValueError(f"field {field!r}: a mask, None or \"auto\"")
+        field = exposed_field(raw)
+    elif field is not None and np.shape(field) != raw.shape:
+        raise ValueError(f"field {np.shape(field)} and frame {raw.shape} differ in shape")
+    if field is not None and not np.any(field):
+        field = None
     x = to_unit_grey(median_filter(raw), bits_stored=bits_stored, photometric=photometric)
-    x = equalize_hist(saturation_stretch(x), bins=2 ** min(bits_stored, 12))
+    counted = None
+    if field is not None:  # the median mixed the mask into the field's edge: the histogram is of the field inside it
+        k = 2 * MEDIAN_RADIUS + 1
+        counted = cv2.erode(field.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
+        counted = counted if counted.any() else field
+    x = equalize_hist(saturation_stretch(x, within=counted), bins=2 ** min(bits_stored, 12), within=counted)
+    if field is not None:
+        x[~field] = 0.0
     return sharpen(x)
+
+
+FIELD_GRID = 512  # the field is found on the frame subsampled to at most this side: ≈ 20 ms at 1024² on 2 cores
+FIELD_MIN_SHARE = 0.002  # a flat region at the frame's edge smaller than this share of it is not a mask
+FIELD_MIN_AREA = 0.25  # a "field" under a quarter of the frame is an object on a flat synthetic ground, not a field
+
+
+def exposed_field(pixels: np.ndarray) -> np.ndarray | None:
+    """Where the detector was exposed: a bool (H, W) mask of the stored frame, or None where the frame has no
+    masked border (the whole frame is the field).
+
+    A mask (electronic shutter, the intensifier's round field, a grabber's black frame) stores one value with no
+    quantum noise. Its pixels are the flat regions (a constant value over 3 × 3 on the subsampled grid) that touch
+    the frame's edge; the field is the convex hull of the largest informative region (burnt-in text on the mask
+    opened away first). Collimators and intensifier fields are convex, so a scope clipped to black where it enters
+    the field stays inside the hull although its pixels are as flat as the mask's; only flat pixels outside the
+    hull count as outside. A lead blade leaves scatter and noise, not a flat region: it stays "field"."""
+    p = np.asarray(pixels)
+    if p.ndim == 3:  # colour (RGB secondary capture): flat where every channel is
+        p = p.max(axis=-1)
+    h, w = p.shape[:2]
+    step = max(1, math.ceil(max(h, w) / FIELD_GRID))
+    q = np.ascontiguousarray(p[::step, ::step])
+    if q.dtype not in (np.uint8, np.uint16):
+        q = q.astype(np.float32)
+    k3 = np.ones((3, 3), np.uint8)
+    flat = cv2.dilate(q, k3) == cv2.erode(q, k3)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(flat.astype(np.uint8), connectivity=4)
+    edge = np.unique(np.concatenate([comp[0], comp[-1], comp[:, 0], comp[:, -1]]))
+    edge = edge[(edge > 0) & (stats[edge, cv2.CC_STAT_AREA] >= FIELD_MIN_SHARE * q.size)]
+    if not edge.size:
+        return None
+    # the 3 × 3 test leaves the mask's one-pixel rim next to the field unflat: it is mask all the same
+    masked = cv2.dilate(np.isin(comp, edge).astype(np.uint8), k3).astype(bool)
+    informative = cv2.morphologyEx((~masked).astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8))
+    m, comp2, stats2, _ = cv2.connectedComponentsWithStats(informative, connectivity=8)
+    if m <= 1:  # nothing but flat regions: no field to speak of, leave the frame alone
+        return None
+    largest = 1 + int(stats2[1:, cv2.CC_STAT_AREA].argmax())
+    hull = np.zeros(q.shape, np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero((comp2 == largest).astype(np.uint8))), 1)
+    if hull.mean() < FIELD_MIN_AREA:
+        return None
+    outside = (masked & (hull == 0)).astype(np.uint8)
+    if step > 1:
+        outside = cv2.resize(outside, (w, h), interpolation=cv2.INTER_NEAREST)
+    return outside == 0
+
