@@ -29,7 +29,7 @@ def test_warm_up_runs_the_served_path_and_stores_nothing(caplog):
 class _Broken:
     version = "broken"
 
-    def segment(self, frames, batch_size=16):
+    def segment(self, frames, batch_size=16, shutters=None):
         raise RuntimeError("no such kernel")
 
     def __getattr__(self, name):

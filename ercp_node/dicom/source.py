@@ -8,6 +8,8 @@
 - `source_datetime` / `stamp_dates`: the acquisition (else content, series, study) date/time that the outputs
   carry as theirs, so that the same input gives the same bytes.
 - `derived_uid`: deterministic UIDs from names (the same parts give the same UID).
+- `display_shutter(source, shape)`: the Display Shutter module's shutters (PS3.3 C.7.6.11: rectangular, circular,
+  polygonal; their intersection) as a mask of the frame — the part the modality shows, the rest collimated.
 - The SOP classes highdicom 0.28 treats as multi-frame (`XRAY_MULTIFRAME`, `XRAY_ENHANCED`, `SC_MULTIFRAME`),
   the Patient/Study attributes every output copies (`PATIENT_STUDY`, `copy_patient_study`), and the check of a
   label map against the source grid (`check_labels`).
@@ -33,6 +35,7 @@ __all__ = [
     "check_labels",
     "copy_patient_study",
     "derived_uid",
+    "display_shutter",
     "group_item",
     "header_calibration",
     "header_spacing_values",
@@ -255,3 +258,42 @@ def check_labels(source: Dataset, labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"label values must be 0..{len(LABELS)}, got {arr.min()}..{arr.max()}")
     return arr.astype(np.uint8, copy=False)
 
+
+def display_shutter(source: Dataset, shape: tuple[int, int]) -> np.ndarray | None:
+    """The Display Shutter module (PS3.3 C.7.6.11) as a bool (rows, columns) mask: True inside every shutter the
+    header names (ShutterShape RECTANGULAR, CIRCULAR, POLYGONAL; several: their intersection). None where the
+    header has no shutter, only a bitmap one (an overlay, not read), or one whose values are missing or leave
+    nothing shown: a header is never a reason to refuse an image, so a malformed shutter is no shutter."""
+    import cv2
+
+    value = source.get("ShutterShape") or []
+    shapes = {str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)}
+    shapes &= {"RECTANGULAR", "CIRCULAR", "POLYGONAL"}
+    if not shapes:
+        return None
+    rows, cols = int(shape[0]), int(shape[1])
+    shown = np.ones((rows, cols), bool)
+    try:
+        if "RECTANGULAR" in shapes:  # 1-based, inclusive edges
+            left, right = int(source.ShutterLeftVerticalEdge), int(source.ShutterRightVerticalEdge)
+            upper, lower = int(source.ShutterUpperHorizontalEdge), int(source.ShutterLowerHorizontalEdge)
+            rect = np.zeros_like(shown)
+            rect[max(upper - 1, 0):max(lower, 0), max(left - 1, 0):max(right, 0)] = True
+            shown &= rect
+        if "CIRCULAR" in shapes:  # centre as row \ column, 1-based; radius in pixels
+            r, c = (float(v) for v in source.CenterOfCircularShutter)
+            circle = np.zeros((rows, cols), np.uint8)
+            radius = int(round(float(source.RadiusOfCircularShutter)))
+            cv2.circle(circle, (int(round(c - 1)), int(round(r - 1))), radius, 1, thickness=-1)
+            shown &= circle.astype(bool)
+        if "POLYGONAL" in shapes:  # vertices as row \ column pairs, 1-based
+            v = [float(x) for x in source.VerticesOfThePolygonalShutter]
+            if len(v) < 6 or len(v) % 2:
+                return None
+            pts = np.round(np.array(v, np.float64).reshape(-1, 2)[:, ::-1] - 1).astype(np.int32)
+            poly = np.zeros((rows, cols), np.uint8)
+            cv2.fillPoly(poly, [pts], 1)
+            shown &= poly.astype(bool)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return shown if shown.any() else None

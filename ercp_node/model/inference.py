@@ -41,6 +41,14 @@ def stone_net_path(model_path: str | Path, card: dict) -> Path | None:
     return Path(model_path).parent / name if name else None
 
 
+def field_within(found: np.ndarray | None, shutter: np.ndarray | None) -> np.ndarray | None:
+    """The exposed field found in the pixels, inside the header's display shutter where it names one."""
+    if shutter is None or found is None:
+        return found if shutter is None else shutter
+    both = found & shutter
+    return both if both.any() else found
+
+
 @dataclass
 class Segmenter:
     """A Keras U-Net plus its card (version, preset, training data, metrics). Thread-unsafe; one per worker."""
@@ -123,13 +131,16 @@ class Segmenter:
         out = [view_mean(self.model, inputs[i:i + batch_size], views) for i in range(0, len(inputs), batch_size)]
         return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
-    def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16) -> list[np.ndarray]:
+    def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
+                shutters: list | None = None) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
         each after the stone decision (`stone_min_peak`, `stone_min_rose_k`) and then the clean-up `postprocess`
         (so a duct fragment kept only for a dropped stone is cleaned like any other; each frame's exposed field,
-        found once, serves its preprocessing and its clean-up)."""
+        found once, serves its preprocessing and its clean-up). `shutters`: per frame, the header's display
+        shutter (dicom.source.display_shutter) or None; the field is then the part of it the pixels show exposed."""
         needed = self.field or self.postprocess != "none"
-        fields = [exposed_field(p) if needed else None for p, _, _ in frames]
+        shutters = shutters if shutters is not None else [None] * len(frames)
+        fields = [field_within(exposed_field(p) if needed else None, sh) for (p, _, _), sh in zip(frames, shutters)]
         labels = self._segment(frames, batch_size, fields)
         if self.postprocess == "none":
             return labels

@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 
 from .. import __version__
+from ..dicom.source import display_shutter
 from ..labels import DUCT
 from ..measure.records import Measurements
 from ..text import RESEARCH_USE_SENTENCE
@@ -55,7 +56,10 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
     per_ds = [frames_of(ds) for ds in datasets]
     t1 = time.perf_counter()
     flat = [f for frames in per_ds for f in frames]
-    masks = segmenter.segment(flat, batch_size) if flat else []
+    # the header's display shutter (what the modality shows) bounds each frame's field, as the pixels' mask does
+    shutters = [display_shutter(ds, frames[0][0].shape[:2]) if frames else None
+                for ds, frames in zip(datasets, per_ds) for _ in frames]
+    masks = segmenter.segment(flat, batch_size, shutters) if flat else []
     t2 = time.perf_counter()
     out, k = [], 0
     for ds, frames in zip(datasets, per_ds):
