@@ -56,9 +56,11 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
     per_ds = [frames_of(ds) for ds in datasets]
     t1 = time.perf_counter()
     flat = [f for frames in per_ds for f in frames]
-    # the header's display shutter (what the modality shows) bounds each frame's field, as the pixels' mask does
-    shutters = [display_shutter(ds, frames[0][0].shape[:2]) if frames else None
-                for ds, frames in zip(datasets, per_ds) for _ in frames]
+    # the header's display shutter (what the modality shows) bounds each frame's field, as the pixels' mask does:
+    # one per data set, shared by its frames (a cine's frames have one header)
+    per_ds_shutter = [display_shutter(ds, frames[0][0].shape[:2]) if frames else None
+                      for ds, frames in zip(datasets, per_ds)]
+    shutters = [sh for sh, frames in zip(per_ds_shutter, per_ds) for _ in frames]
     masks = segmenter.segment(flat, batch_size, shutters) if flat else []
     t2 = time.perf_counter()
     out, k = [], 0
