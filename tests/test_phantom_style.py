@@ -427,3 +427,35 @@ def test_contrast_strength_in_a_dilated_duct(tmp_path, capsys):
             assert img_f[ring].mean() - img_f[duct].mean() > img_d[ring].mean() - img_d[duct].mean()
     assert wide and same and diluted == {True, False}
     _assert_refused(tmp_path, capsys, "--contrast", "heavy", "rng_contrast", contrast="random")
+
+
+def test_collimated_part_shown_or_blanked(tmp_path, capsys):
+    """`--shutter visible`: behind the collimator's leaves the frame shows a dim, noisy strip (scatter and the few
+    quanta through them) instead of black — the same labels and truth (nothing is annotated under a collimator),
+    nothing labelled in the strip, darker than the field; `random` draws it per image from its own stream (both
+    occur; an image drawn blanked is the default's, byte for byte); the default draws nothing."""
+    args = ["--count", "10", "--seed", "41", "--style", "random", "--workers", "1"]
+    runs = {c: tmp_path / c for c in ("blanked", "visible", "random")}
+    for c, out in runs.items():
+        assert main(["synth", *args, "--shutter", c, "--out", str(out)]) == 0
+    strips, drawn = 0, set()
+    for row_b, row_v, row_r in zip(*(_rows(runs[c]) for c in ("blanked", "visible", "random"))):
+        tb, tv, tr = (json.loads((runs[c] / r["truth"]).read_text()) for c, r in
+                      (("blanked", row_b), ("visible", row_v), ("random", row_r)))
+        assert tb["frame_truth"] == tv["frame_truth"] == tr["frame_truth"]
+        assert "shutter_shown" not in tb and tv["shutter_shown"]["level"] > 0
+        mask = cv2.imread(str(runs["blanked"] / row_b["mask"]), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, cv2.imread(str(runs["visible"] / row_v["mask"]), cv2.IMREAD_UNCHANGED))
+        img_b, img_v, img_r = (cv2.imread(str(runs[c] / r["image"]), cv2.IMREAD_UNCHANGED).astype(float) for c, r in
+                               (("blanked", row_b), ("visible", row_v), ("random", row_r)))
+        drawn.add(tr["shutter_shown"] is not None)
+        if tr["shutter_shown"] is None:
+            assert np.array_equal(img_r, img_b)
+        strip = (img_b == 0) & (img_v > 0)
+        if tb["style"]["collimator"] in ("blades", "iris", "octagon") and strip.sum() > 500:
+            strips += 1
+            assert not mask[strip].any()
+            assert img_v[strip].std() > 1.0  # noise and scatter, not one value
+            assert img_v[strip].mean() < np.median(img_b[img_b > 0])
+    assert strips >= 3 and drawn == {True, False}
+    _assert_refused(tmp_path, capsys, "--shutter", "open", "rng_shutter", shutter="random")

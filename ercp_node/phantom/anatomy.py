@@ -229,6 +229,9 @@ RIBS = ("classic", "anatomic")
 # Contrast in a dilated duct: diluted by the duct's width as some endoscopists do so stones are not drowned
 # (render._contrast), at full strength as others inject it, or either, drawn per image (half each).
 CONTRASTS = ("dilute", "full", "random")
+# What the collimated part of the frame stores: black (an electronic shutter; the default and every data set before
+# it), what reaches the detector there (scatter and the few quanta through the leaves, as a dim noisy strip), or either.
+SHUTTERS = ("blanked", "visible", "random")
 STONE_LABELS = ("all", "seen")  # every stone the contrast reaches, or those a reader could see (render.Options)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cliutil import iso_date
 
-from .anatomy import CONTRASTS, RIBS, STONE_LABELS, STONE_SIZES
+from .anatomy import CONTRASTS, RIBS, SHUTTERS, STONE_LABELS, STONE_SIZES
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, SCOPES, STYLES
 
@@ -65,6 +65,11 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
                    help="contrast in a dilated duct: dilute (by the duct's width, down to half, as many endoscopists "
                         "do; the default and every data set before it), full (full strength: a wide dense duct as "
                         "dark as a scope) or random (either, drawn per image; labels unchanged; docs/phantom.md)")
+    p.add_argument("--shutter", choices=SHUTTERS, default="blanked",
+                   help="the collimated part of the frame: blanked (stored black, as an electronic shutter does; the "
+                        "default and every data set before it), visible (what reaches the detector behind the "
+                        "leaves, scatter and noise, at a lifted black level) or random (either, drawn per image; "
+                        "labels unchanged; docs/phantom.md)")
     p.add_argument("--stone-label", choices=STONE_LABELS, default="all",
                    help="all (every stone the contrast reaches, seen or not) or seen (only the stones a reader could "
                         "see in the stored pixels, Rose's k >= --seen-k; the others are drawn as duct; same images)")
@@ -114,7 +119,8 @@ def config_from_args(args: argparse.Namespace):
     opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
                    image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style,
                    stone_sizes=args.stones, ribs=args.ribs, scope=args.scope,
-                   stone_label=args.stone_label, seen_k=args.seen_k, contrast=args.contrast)
+                   stone_label=args.stone_label, seen_k=args.seen_k, contrast=args.contrast,
+                   shutter=args.shutter)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
                        transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)

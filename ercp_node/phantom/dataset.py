@@ -173,7 +173,8 @@ def render_image(cfg: SynthConfig, item: ImagePlan, opts: Options | None = None)
                      stone_complexity=item.study_complexity, style=style, rng_style=rng_style,
                      study=_study(cfg, item, anatomy), rng_ribs=np.random.default_rng([cfg.seed, 7, item.index]),
                      rng_scope=np.random.default_rng([cfg.seed, 8, item.index]),
-                     rng_contrast=np.random.default_rng([cfg.seed, 9, item.index]))
+                     rng_contrast=np.random.default_rng([cfg.seed, 9, item.index]),
+                     rng_shutter=np.random.default_rng([cfg.seed, 10, item.index]))
     case.acq["date_text"] = item.acquired.strftime("%d-%b-%Y").upper()
     case.acq["time_text"] = item.acquired.strftime("%H:%M:%S")
     frames = [render(case, opts, f, np.random.default_rng([cfg.seed, 4, item.index, f])) for f in range(opts.frames)]
@@ -219,6 +220,7 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
                      for r in case.ribs]} if opts.ribs != "classic" else {}),
         **({"scope_steel": case.acq["scope_steel"].to_dict()} if "scope_steel" in case.acq else {}),
         **({"contrast_diluted": case.acq["dilute"]} if "dilute" in case.acq else {}),
+        **({"shutter_shown": case.acq["shutter_shown"]} if "shutter_shown" in case.acq else {}),
         frame_truth=truths)
     (out / rel["truth"]).write_text(json.dumps(record, indent=1))
     row = dict(id=item.id, index=item.index, patient_id=item.patient_id, study_uid=item.study_uid,

@@ -47,6 +47,7 @@ class Options:
     stone_label: str = "all"
     seen_k: float = 5.0
     contrast: str = "dilute"  # anatomy.CONTRASTS: contrast diluted in a dilated duct, at full strength, or either
+    shutter: str = "blanked"  # anatomy.SHUTTERS: the collimated part stored black, shown as the detector saw it, or either
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
@@ -110,7 +111,8 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
               style: Style | None = None, rng_style: np.random.Generator | None = None,
               study: StudyDucts | None = None, rng_ribs: np.random.Generator | None = None,
               rng_scope: np.random.Generator | None = None,
-              rng_contrast: np.random.Generator | None = None) -> A.Case:
+              rng_contrast: np.random.Generator | None = None,
+              rng_shutter: np.random.Generator | None = None) -> A.Case:
     """One image's case; the stones come from the study's stream so every image of a study shows them.
 
     `study`, when given, is `study_ducts(anatomy, rng_study, stone_complexity)` made already (for an earlier
@@ -119,7 +121,9 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     phantom's, draw for draw. `opts.ribs == "anatomic"` redraws the ribs (as many as there are) from `rng_ribs`,
     after every other draw, so the labels and everything else stay those of the classic ribs; `opts.scope ==
     "steel"` draws the scope's steel (`ScopeSteel`) from `rng_scope` the same way (labels unchanged);
-    `opts.contrast == "random"` draws from `rng_contrast` whether the contrast is diluted in a dilated duct.
+    `opts.contrast == "random"` draws from `rng_contrast` whether the contrast is diluted in a dilated duct;
+    `opts.shutter` other than "blanked" draws from `rng_shutter` whether (for "random") and how the collimated part
+    is shown (labels unchanged: nothing is annotated under a collimator either way).
     """
     if study is None:
         study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity,
@@ -184,6 +188,16 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
         if opts.contrast == "random" and rng_contrast is None:
             raise ValueError("contrast 'random' needs its own stream (rng_contrast)")
         acq["dilute"] = opts.contrast == "random" and bool(rng_contrast.random() < 0.5)
+    if opts.shutter != "blanked":
+        if opts.shutter not in A.SHUTTERS:
+            raise ValueError(f"shutter {opts.shutter!r}: one of {', '.join(A.SHUTTERS)}")
+        if rng_shutter is None:
+            raise ValueError(f"shutter {opts.shutter!r} needs its own stream (rng_shutter)")
+        shown = bool(rng_shutter.random() < 0.5) or opts.shutter == "visible"
+        # its mean grey (a share of white: the monitor's black level lifted), the scatter's fall-off from the
+        # field's edge and the quantum noise's SD, both in grey levels
+        level, falloff, noise = (float(rng_shutter.uniform(a, b)) for a, b in ((0.03, 0.3), (0.0, 0.12), (0.02, 0.08)))
+        acq["shutter_shown"] = dict(level=level, falloff=falloff, noise=noise) if shown else None
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
                   devices, spine, ribs, gas, body, acq)
 
@@ -674,21 +688,25 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     style: Style | None = acq.get("style")
     left, right, top, bottom = (int(f * w) for f in acq["collimator"])
     coll = np.ones((h, w), np.float32)
+    collimated = np.zeros((h, w), bool)  # behind the collimator's leaves, within the detector's field
     if style is not None and style.collimator != "blades":
         left = right = top = bottom = 0
         coll = _collimator(style, h, w, acq)
         if style.collimator != "none":
+            collimated = ~(coll > 0.5)
             field &= coll > 0.5
     elif any((left, right, top, bottom)):
         coll[:, :left] = coll[:, w - right:] = 0.03
         coll[:top, :] = coll[h - bottom:, :] = 0.03
         coll = cv2.GaussianBlur(coll, (0, 0), 2.0)  # penumbra of the blades
+        collimated = ~(coll > 0.5)
         field &= coll > 0.5
     if acq["image_intensifier"]:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (0.48 * w) ** 2
         gain *= 1.0 - 0.3 * np.minimum(r2, 1.0)  # vignetting
         field &= r2 <= 1.0
+        collimated &= r2 <= 1.0
     primary *= coll
     scatter = acq["scatter"] * _lowpass(primary)
     expected = (primary + scatter) * gain * np.float32(acq["photons"])
@@ -715,14 +733,27 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     else:
         v = np.minimum(v, 1.0)
     img = (1.0 - v) ** np.float32(acq["gamma"])
+    shown = acq.get("shutter_shown")
+    if shown is not None and collimated.any():
+        # What reaches the detector behind the leaves (scatter from the field, falling off from its edge, and the
+        # few quanta through them, all noisy), shown at the monitor's lifted black level instead of black.
+        smooth = cv2.GaussianBlur(p, (0, 0), 4.0)[collimated]
+        grain = p[collimated] - smooth
+        lo_c, hi_c = (float(x) for x in np.percentile(smooth, [5, 95]))
+        img[collimated] = np.clip(shown["level"] + shown["falloff"] * (0.5 - (smooth - lo_c) / max(hi_c - lo_c, 1e-6))
+                                  - shown["noise"] * grain / max(float(grain.std()), 1e-6), 0.0, 1.0)
+    else:
+        collimated[:] = False
     if acq["unsharp"] > 0:
         sigma = style.unsharp_sigma_px if style is not None else 3.0
         img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), sigma))
     img = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
+    stored = field | collimated  # the field, and the collimated part where it is shown
     if style is not None and style.border_px > 0:  # black frame a video grabber or the display leaves
         b = int(round(style.border_px * w))
-        field[:b], field[h - b:], field[:, :b], field[:, w - b:] = False, False, False, False
-    img[~field] = 0.0
+        for m in (field, stored):
+            m[:b], m[h - b:], m[:, :b], m[:, w - b:] = False, False, False, False
+    img[~stored] = 0.0
     return img, field
 
 
