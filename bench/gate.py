@@ -13,6 +13,12 @@ A candidate trained for the node's second look is also judged as the node runs t
 2026-12-03): each model with its own second look, `--active-zoom` / `--candidate-zoom` (1: one look).
 
     python bench/gate.py --candidate data/runs/x/best.keras --active-zoom 1.4 --candidate-zoom 2 --out ...
+
+From 2026-12-05 on (the rule of that date): non-inferior on the 500 images of the earlier rule, better on at least
+one structure over those and a third frozen set (`data/test-shut-seen`, the collimated part shown) pooled:
+
+    python bench/gate.py --candidate data/runs/x/best.keras --data data/test-2026-seen data/test-rnd-seen \
+        data/test-shut-seen --non-inferior-on test-2026-seen test-rnd-seen --out ...
 """
 
 from __future__ import annotations
@@ -89,6 +95,30 @@ def decide(active: dict[str, dict[str, list]], candidate: dict[str, dict[str, li
             "n_boot": n_boot, "level": level, "seed": seed, "sets": {k: int(nk) for k, nk in zip(sets, n)}}
 
 
+def decide_split(active: dict, candidate: dict, non_inferior_on: list[str] | None, **kw) -> dict:
+    """`decide` over every set, and (given `non_inferior_on`, set names) the rule of 2026-12-05: non-inferior on those
+    sets pooled, better on at least one structure over every set pooled. Without it, `decide` alone."""
+    whole = decide(active, candidate, **kw)
+    if not non_inferior_on:
+        return whole
+    missing = [k for k in non_inferior_on if k not in active]
+    if missing:
+        raise ValueError(f"--non-inferior-on names sets not judged: {missing}")
+    part = decide({k: active[k] for k in non_inferior_on}, {k: candidate[k] for k in non_inferior_on}, **kw)
+    inferior = [s for s in STRUCTURES if not part["structures"][s]["non_inferior"]]
+    better = [s for s in STRUCTURES if whole["structures"][s]["better"]]
+    if inferior:
+        reason = f"not non-inferior on {', '.join(inferior)} over {', '.join(non_inferior_on)}: {part['reason']}"
+    elif not better:
+        reason = f"non-inferior over {', '.join(non_inferior_on)}, but better on no structure over every set: " \
+                 f"{whole['reason']}"
+    else:
+        reason = f"non-inferior over {', '.join(non_inferior_on)}, better on {', '.join(better)} over every set: " \
+                 f"{whole['reason']}"
+    return {**whole, "promote": not inferior and bool(better), "reason": reason,
+            "non_inferior_on": {"sets": list(non_inferior_on), "structures": part["structures"]}}
+
+
 def judge(model: str, data: list[str], limit: int | None = None, zoom: float = 1.0) -> tuple[str, dict]:
     """One model, no TTA, no clean-up, its second look at `zoom` (1: one look) -> (version, {set name: iou_table +
     stone count exact per image})."""
@@ -125,13 +155,17 @@ def main(argv=None) -> int:
     ap.add_argument("--boot", type=int, default=N_BOOT)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set (a quick check only)")
+    ap.add_argument("--non-inferior-on", nargs="+", default=None, metavar="SET",
+                    help="the rule of 2026-12-05: non-inferior over these sets (names of --data's directories), "
+                         "better on one structure over every set (default: both over every set)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/gate.json"))
     args = ap.parse_args(argv)
     strip = lambda t: {k: {s: v[s] for s in STRUCTURES} for k, v in t.items()}  # noqa: E731
     if args.recompute:
         out = json.loads(Path(args.recompute).read_text())
-        out.update(decide(strip(out["per_image"]["active"]), strip(out["per_image"]["candidate"]),
-                          margin=args.margin, n_boot=args.boot, seed=args.seed))
+        subset = args.non_inferior_on or (out.get("non_inferior_on") or {}).get("sets")
+        out.update(decide_split(strip(out["per_image"]["active"]), strip(out["per_image"]["candidate"]), subset,
+                                margin=args.margin, n_boot=args.boot, seed=args.seed))
         Path(args.recompute).write_text(json.dumps(out, indent=1))
         print(("PROMOTE: " if out["promote"] else "REFUSE: ") + out["reason"])
         return 0
@@ -139,10 +173,13 @@ def main(argv=None) -> int:
         ap.error("--candidate is required (or --recompute JSON)")
     v_active, t_active = judge(args.active, args.data, args.limit, args.active_zoom)
     v_cand, t_cand = judge(args.candidate, args.data, args.limit, args.candidate_zoom)
-    result = decide(strip(t_active), strip(t_cand), margin=args.margin, n_boot=args.boot, seed=args.seed)
+    result = decide_split(strip(t_active), strip(t_cand), args.non_inferior_on, margin=args.margin, n_boot=args.boot,
+                          seed=args.seed)
     exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
              for name, t in (("active", t_active), ("candidate", t_cand))}
     rule = "docs/model-card.md, The default model's gate from 2026-12-02 on"
+    if args.non_inferior_on:
+        rule = "docs/model-card.md, The default model's gate from 2026-12-05 on"
     if (args.active_zoom, args.candidate_zoom) != (1.0, 1.0):  # the "as served" judgement of the 2026-12-03 rule
         rule += " (as served, each model with its own second look: the rule from 2026-12-03 on)"
     out = {"bench": "gate", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",

@@ -106,3 +106,26 @@ def test_the_statistic_is_table1s_mean_over_all_evaluated_images(gate):
     r = gate.decide(a, c, n_boot=50)
     assert r["structures"]["cbd"]["active"] == pytest.approx(130 / 3, abs=1e-3)
     assert r["structures"]["cbd"]["delta"] == pytest.approx(4 / 3, abs=1e-3)
+
+
+def test_the_rule_of_2026_12_05_non_inferior_on_the_500_better_over_all_sets(gate):
+    """A third set may show the gain; the old sets alone judge non-inferiority: a gain only on the new set ships, a
+    loss on an old set that the new set's gain would hide in the pooled mean does not."""
+    rng = np.random.default_rng(5)
+    a = tables(rng)
+    new = tables(rng)["a"]
+    active = {"a": a["a"], "b": a["b"], "shut": new}
+    same = tables(rng, base=a, shift={}, sd=0.5)
+    gained = tables(rng, base={"a": new, "b": new}, shift={"duodenoscope": 12.0}, sd=0.5)["a"]
+    ok = gate.decide_split(active, {"a": same["a"], "b": same["b"], "shut": gained}, ["a", "b"])
+    assert ok["promote"], ok["reason"]
+    assert ok["non_inferior_on"]["sets"] == ["a", "b"] and ok["structures"]["duodenoscope"]["better"]
+    assert not gate.decide(a, same)["promote"]  # on the old sets alone: better on nothing
+    worse = tables(rng, base=a, shift={"duodenoscope": -3.0}, sd=0.5)
+    hidden = gate.decide_split(active, {"a": worse["a"], "b": worse["b"], "shut": gained}, ["a", "b"])
+    assert gate.decide(active, {"a": worse["a"], "b": worse["b"], "shut": gained})["structures"]["duodenoscope"][
+        "non_inferior"]  # pooled over every set the loss is hidden ...
+    assert not hidden["promote"] and "not non-inferior on duodenoscope" in hidden["reason"]  # ... not by this rule
+    assert gate.decide_split(active, active, None) == gate.decide(active, active)
+    with pytest.raises(ValueError, match="not judged"):
+        gate.decide_split(active, active, ["a", "c"])
