@@ -118,6 +118,9 @@ SETS = {
     "train-shut-seen": "--count 1500 --seed 3111 --style random --size random --shutter random --stone-label seen "
                        "--start-date 2013-12-02 --end-date 2024-06-08",
 }
+# in a run only when named: one short run with it cost the independently written phantom's scope (docs/model-card.md,
+# "A first candidate with the collimated part shown")
+NOT_BY_DEFAULT = ("train-shut-seen",)
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show
 
@@ -254,7 +257,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     workers = args.workers or os.cpu_count() or 2
-    names = args.sets or list(SETS)
+    names = args.sets or [n for n in SETS if n not in NOT_BY_DEFAULT]
     dirs = synth_sets(work, names, args.scale, workers)
 
     from ercp_node.model.data import read_data
@@ -551,7 +554,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("run")
     r.add_argument("--work", required=True, help="where the data sets are made")
     r.add_argument("--out", required=True)
-    r.add_argument("--sets", nargs="*", choices=list(SETS), help="default: all")
+    r.add_argument("--sets", nargs="*", choices=list(SETS), help="default: all but " + ", ".join(NOT_BY_DEFAULT))
     r.add_argument("--scale", type=float, default=1.0, help="multiply every set's count (a quick check: 0.01)")
     r.add_argument("--init", help="start from this model's weights (fine-tuning)")
     r.add_argument("--deadline", type=float, default=470.0, help="seconds from start until the run ends")
