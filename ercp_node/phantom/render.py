@@ -47,7 +47,7 @@ class Options:
     stone_label: str = "all"
     seen_k: float = 5.0
     contrast: str = "dilute"  # anatomy.CONTRASTS: contrast diluted in a dilated duct, at full strength, or either
-    shutter: str = "blanked"  # anatomy.SHUTTERS: the collimated part stored black, shown as the detector saw it, or either
+    shutter: str = "blanked"  # anatomy.SHUTTERS: the collimated part stored black, shown as detected, or either
     # Non-empty: each image's matrix is drawn from these (same detector field, so the pixel spacing follows);
     # `size` is then unused. C-arms store 512², 1024² and, after cropping, sizes between.
     sizes: tuple[int, ...] = ()
