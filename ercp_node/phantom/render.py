@@ -195,7 +195,7 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
             raise ValueError(f"shutter {opts.shutter!r} needs its own stream (rng_shutter)")
         shown = bool(rng_shutter.random() < 0.5) or opts.shutter == "visible"
         # its mean grey (a share of white: the monitor's black level lifted), the scatter's fall-off from the
-        # field's edge and the quantum noise's SD, both in grey levels
+        # field's edge and the quantum noise's SD, the last two in grey levels
         level, falloff, noise = (float(rng_shutter.uniform(a, b)) for a, b in ((0.03, 0.3), (0.0, 0.12), (0.02, 0.08)))
         acq["shutter_shown"] = dict(level=level, falloff=falloff, noise=noise) if shown else None
     return A.Case(complexity, ducts, stones, scope, (tip_centre, tip_dir), scope_d, tip_w,
@@ -688,19 +688,17 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
     style: Style | None = acq.get("style")
     left, right, top, bottom = (int(f * w) for f in acq["collimator"])
     coll = np.ones((h, w), np.float32)
-    collimated = np.zeros((h, w), bool)  # behind the collimator's leaves, within the detector's field
     if style is not None and style.collimator != "blades":
         left = right = top = bottom = 0
         coll = _collimator(style, h, w, acq)
         if style.collimator != "none":
-            collimated = ~(coll > 0.5)
             field &= coll > 0.5
     elif any((left, right, top, bottom)):
         coll[:, :left] = coll[:, w - right:] = 0.03
         coll[:top, :] = coll[h - bottom:, :] = 0.03
         coll = cv2.GaussianBlur(coll, (0, 0), 2.0)  # penumbra of the blades
-        collimated = ~(coll > 0.5)
         field &= coll > 0.5
+    collimated = ~(coll > 0.5)  # behind the collimator's leaves (none where coll is all ones), within the detector
     if acq["image_intensifier"]:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (0.48 * w) ** 2
@@ -734,7 +732,8 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
         v = np.minimum(v, 1.0)
     img = (1.0 - v) ** np.float32(acq["gamma"])
     shown = acq.get("shutter_shown")
-    if shown is not None and collimated.any():
+    show = shown is not None and bool(collimated.any())
+    if show:
         # What reaches the detector behind the leaves (scatter from the field, falling off from its edge, and the
         # few quanta through them, all noisy), shown at the monitor's lifted black level instead of black.
         smooth = cv2.GaussianBlur(p, (0, 0), 4.0)[collimated]
@@ -742,13 +741,11 @@ def _detector(L: np.ndarray, acq: dict, rng: np.random.Generator, size: int):
         lo_c, hi_c = (float(x) for x in np.percentile(smooth, [5, 95]))
         img[collimated] = np.clip(shown["level"] + shown["falloff"] * (0.5 - (smooth - lo_c) / max(hi_c - lo_c, 1e-6))
                                   - shown["noise"] * grain / max(float(grain.std()), 1e-6), 0.0, 1.0)
-    else:
-        collimated[:] = False
     if acq["unsharp"] > 0:
         sigma = style.unsharp_sigma_px if style is not None else 3.0
         img = img + np.float32(acq["unsharp"]) * (img - cv2.GaussianBlur(img, (0, 0), sigma))
     img = np.clip(img, 0.0, 1.0).astype(np.float32, copy=False)
-    stored = field | collimated  # the field, and the collimated part where it is shown
+    stored = field | collimated if show else field  # the field, and the collimated part where it is shown
     if style is not None and style.border_px > 0:  # black frame a video grabber or the display leaves
         b = int(round(style.border_px * w))
         for m in (field, stored):
