@@ -121,6 +121,13 @@ SETS = {
 # in a run only when named: one short run with it cost the independently written phantom's scope (docs/model-card.md,
 # "A first candidate with the collimated part shown")
 NOT_BY_DEFAULT = ("train-shut-seen",)
+
+
+def default_sets() -> list[str]:
+    """The sets a run makes and trains on when --sets names none."""
+    return [n for n in SETS if n not in NOT_BY_DEFAULT]
+
+
 LOSS, LOSS_KW = "dice+focal", {"alpha": 2.0, "gamma": 2.0}
 VAL_FINE = 512  # the validation's second grid: 2x the model's, where soft targets' edges show
 
@@ -257,7 +264,7 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     workers = args.workers or os.cpu_count() or 2
-    names = args.sets or [n for n in SETS if n not in NOT_BY_DEFAULT]
+    names = args.sets or default_sets()
     dirs = synth_sets(work, names, args.scale, workers)
 
     from ercp_node.model.data import read_data
