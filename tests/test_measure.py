@@ -118,6 +118,28 @@ def test_scope_width_is_the_shaft_not_the_tip():
     assert np.linalg.norm(np.subtract(r.tip_px, (300, 300))) < 30
 
 
+def test_a_scope_merged_with_a_collimator_strip_does_not_calibrate():
+    """A shaft is a tube of constant width; where a shown collimator's strip along the frame's edge is segmented
+    with it, the widths along the 'shaft' vary and `auto` falls back to the header, or to no spacing."""
+    tube = np.zeros((576, 576), np.uint8)
+    _polyline(tube, [(0, 500), (150, 420), (300, 300)], 40, 1)
+    ok = scope_width(tube)
+    assert ok.spread is not None and ok.spread < 0.05
+    merged = tube.copy()
+    merged[250:, :70] = 1  # a dim strip along the left edge taken for scope, joined to the shaft where it enters
+    bad = scope_width(merged)
+    assert bad.width_px > 50 and bad.spread > 0.2  # the strip's width enters the median: the scale 30 % off
+    hdr = header_spacing(None, [0.3528, 0.3528], 1.25)
+    s = CalibrationSettings(scope_diameter_mm=11.3)
+    assert calibrate(hdr, ok, s).used == "scope"
+    distrusted = calibrate(hdr, bad, s)
+    assert distrusted.used == "header" and "not one tube" in distrusted.flags[-1]
+    assert distrusted.scope.spread == pytest.approx(bad.spread)  # reported, with the width it came from
+    assert calibrate(header_spacing(), bad, s).used == "none"  # no header: sizes in pixels, not a wrong scale
+    assert calibrate(hdr, bad, CalibrationSettings(policy="scope")).used == "scope"  # an explicit choice stands
+    assert calibrate(header_spacing(), bad, CalibrationSettings(max_width_spread=10.0)).used == "scope"  # the knob
+
+
 def test_the_scope_end_on_the_image_edge_is_never_its_tip():
     """The shaft enters from outside the field. Here it comes down from the top edge just above the duct's hilum
     end and its tip lies farther from the duct than that edge point: nearer-the-duct alone would call the
@@ -309,6 +331,15 @@ def test_measure_settings_reach_the_result():
         thresholds=DifficultyThresholds(angulation_deg=120.0)))
     assert m.units == "mm" and m.calibration.used == "header"
     assert m.difficulty.flags.sharp_distal_angulation is False
+
+
+def test_scope_width_spread_is_configured_in_percent():
+    from ercp_node.config.settings import ConfigError, load, measure_settings
+    cal = measure_settings(load(None, env={"ERCP_NODE_MEASURE_MAX_SCOPE_WIDTH_SPREAD_PCT": "35"})).calibration
+    assert cal.max_width_spread == pytest.approx(0.35)
+    assert measure_settings(load(None, env={})).calibration.max_width_spread == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="positive"):
+        load(None, env={"ERCP_NODE_MEASURE_MAX_SCOPE_WIDTH_SPREAD_PCT": "0"})
 
 
 def test_flags_state_the_thresholds_applied():

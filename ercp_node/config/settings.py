@@ -137,6 +137,7 @@ class MeasureConfig:
     scope_model: str = "TJF-Q180V"
     scope_diameter_mm: float = 0.0  # > 0 overrides the model's insertion-tube diameter
     max_calibration_disagreement_pct: float = 20.0
+    max_scope_width_spread_pct: float = 20.0  # IQR of the shaft's widths ÷ median beyond which auto distrusts it
     large_stone_mm: float = 10.0
     very_large_stone_mm: float = 15.0
     angulation_deg: float = 135.0
@@ -546,7 +547,8 @@ def validate(s: Settings) -> None:
     if m.calibration_policy not in ("auto", "header", "scope"):
         raise ConfigError(f"measure.calibration_policy {m.calibration_policy!r} must be auto, header or scope")
     if min(m.large_stone_mm, m.very_large_stone_mm, m.angulation_deg, m.arm_mm, m.stone_count,
-           m.max_calibration_disagreement_pct) <= 0 or m.scope_diameter_mm < 0 or m.min_stone_area_px < 1:
+           m.max_calibration_disagreement_pct, m.max_scope_width_spread_pct) <= 0 \
+            or m.scope_diameter_mm < 0 or m.min_stone_area_px < 1:
         raise ConfigError("measure: thresholds must be positive (scope_diameter_mm 0 = from scope_model)")
 
 
@@ -559,7 +561,8 @@ def measure_settings(s: Settings):
     return MeasureSettings(
         calibration=CalibrationSettings(policy=m.calibration_policy, scope_model=m.scope_model,
                                         scope_diameter_mm=m.scope_diameter_mm or None,
-                                        max_disagreement_pct=m.max_calibration_disagreement_pct),
+                                        max_disagreement_pct=m.max_calibration_disagreement_pct,
+                                        max_width_spread=m.max_scope_width_spread_pct / 100.0),
         thresholds=DifficultyThresholds(large_stone_mm=m.large_stone_mm, very_large_stone_mm=m.very_large_stone_mm,
                                         angulation_deg=m.angulation_deg, arm_mm=m.arm_mm,
                                         stone_count=m.stone_count),

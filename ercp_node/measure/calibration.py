@@ -9,9 +9,13 @@ duodenum beside the papilla, close to the depth of the distal CBD, so its width 
 where the anatomy is. Its width is the median along its centreline, away from the tip (wider: 13.5 mm and the
 elevator) and from where the scope leaves the mask (field edge) or hides under the duct.
 
+A tube's width is nearly constant along it; where the local widths' interquartile range exceeds `max_width_spread`
+of their median, the "scope" is not one tube — most often a collimator's strip or another band segmented with it —
+and "auto" does not calibrate with it.
+
 Policy (docs/measurements.md): "auto" uses PixelSpacing when present (a calibrated value), else the scope when it
-was measurable and agrees with the header within `max_disagreement_pct`, else the header; "header" and "scope"
-prefer one source and fall back to the other.
+was measurable, of a tube's constant width, and agrees with the header within `max_disagreement_pct`, else the
+header (else no spacing: sizes in pixels); "header" and "scope" prefer one source and fall back to the other.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class CalibrationSettings:
     scopes: tuple[tuple[str, float], ...] = ()  # extra (model, diameter mm) pairs from the config
     max_disagreement_pct: float = 20.0  # beyond this, "auto" distrusts the scope measurement
     min_shaft_samples: int = 20  # centreline pixels of shaft needed for a scope width
+    # beyond this (IQR ÷ median of the shaft's local widths), "auto" distrusts the scope measurement: measured
+    # 2026-12-05 on the served model's masks, it drops the scopes merged with a shown collimator's strip
+    # (docs/measurements.md, "A scope that is not one tube")
+    max_width_spread: float = 0.2
 
     def diameter_mm(self) -> float:
         if self.scope_diameter_mm:
@@ -114,7 +122,10 @@ def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> ScopeWidth:
         keep &= near > 0.75 * first
     if keep.sum() < min_shaft_samples:
         return ScopeWidth(reason=f"too little duodenoscope shaft visible ({int(keep.sum())} px of centreline)", **ends)
-    return ScopeWidth(width_px=float(np.median(widths[keep])), samples=int(keep.sum()), **ends)
+    kept = widths[keep]
+    q1, median, q3 = (float(q) for q in np.percentile(kept, [25, 50, 75]))
+    return ScopeWidth(width_px=median, samples=int(keep.sum()), spread=(q3 - q1) / median if median > 0 else None,
+                      **ends)
 
 
 def calibrate(header: HeaderSpacing, scope: ScopeWidth,
@@ -133,6 +144,10 @@ def calibrate(header: HeaderSpacing, scope: ScopeWidth,
         order = ["scope", "header"]
     elif header.source == "PixelSpacing":
         order = ["header", "scope"]
+    elif scope.spread is not None and scope.spread > settings.max_width_spread:
+        flags.append(f"duodenoscope width varies by {100 * scope.spread:.0f} % along its shaft (not one tube): "
+                     "scope measurement not trusted")
+        order = ["header"]
     elif disagreement is not None and abs(disagreement) > settings.max_disagreement_pct:
         flags.append(f"scope and header disagree by {disagreement:+.0f} %: scope measurement not trusted")
         order = ["header"]
@@ -144,5 +159,5 @@ def calibrate(header: HeaderSpacing, scope: ScopeWidth,
         mm_per_px=values[used] if used else None, used=used or "none", policy=settings.policy, header=header,
         scope=ScopeCalibration(mm_per_px=scope_mm, width_px=scope.width_px, diameter_mm=diameter,
                                model=settings.scope_model if not settings.scope_diameter_mm else "configured",
-                               samples=scope.samples, reason=scope.reason),
+                               samples=scope.samples, reason=scope.reason, spread=scope.spread),
         disagreement_pct=disagreement, flags=tuple(flags))

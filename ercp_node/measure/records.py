@@ -73,14 +73,16 @@ class ScopeWidth:
     tip_px: Optional[Point] = None
     entry_px: Optional[Point] = None
     reason: Optional[str] = None
+    spread: Optional[float] = None  # interquartile range of the local widths ÷ their median (a tube: small)
 
     def to_dict(self) -> dict:
         return {"width_px": self.width_px, "samples": self.samples, "tip_px": _listed_point(self.tip_px),
-                "entry_px": _listed_point(self.entry_px), "reason": self.reason}
+                "entry_px": _listed_point(self.entry_px), "reason": self.reason, "spread": self.spread}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScopeWidth":
-        return cls(d["width_px"], d["samples"], point(d["tip_px"]), point(d["entry_px"]), d["reason"])
+        return cls(d["width_px"], d["samples"], point(d["tip_px"]), point(d["entry_px"]), d["reason"],
+                   d.get("spread"))  # absent in records written before 2026-12-05
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,16 @@ class ScopeCalibration:
     model: str
     samples: int
     reason: Optional[str]
+    spread: Optional[float] = None  # ScopeWidth.spread
 
     def to_dict(self) -> dict:
         return {"mm_per_px": self.mm_per_px, "width_px": self.width_px, "diameter_mm": self.diameter_mm,
-                "model": self.model, "samples": self.samples, "reason": self.reason}
+                "model": self.model, "samples": self.samples, "reason": self.reason, "spread": self.spread}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScopeCalibration":
-        return cls(d["mm_per_px"], d["width_px"], d["diameter_mm"], d["model"], d["samples"], d["reason"])
+        return cls(d["mm_per_px"], d["width_px"], d["diameter_mm"], d["model"], d["samples"], d["reason"],
+                   d.get("spread"))
 
 
 @dataclass(frozen=True)
