@@ -48,8 +48,8 @@ class CalibrationSettings:
     scopes: tuple[tuple[str, float], ...] = ()  # extra (model, diameter mm) pairs from the config
     max_disagreement_pct: float = 20.0  # beyond this, "auto" distrusts the scope measurement
     min_shaft_samples: int = 20  # centreline pixels of shaft needed for a scope width
-    # beyond this (IQR ÷ median of the shaft's local widths), "auto" distrusts the scope measurement: measured
-    # 2026-12-05 on the served model's masks, it drops the scopes merged with a shown collimator's strip
+    # beyond this (IQR ÷ median of the shaft's local widths), "auto" distrusts the scope measurement: on the served
+    # model's masks (2026-12-05) it drops many of the scopes merged with a shown collimator's strip, few true ones
     # (docs/measurements.md, "A scope that is not one tube")
     max_width_spread: float = 0.2
 
