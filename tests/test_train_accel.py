@@ -207,7 +207,7 @@ def test_run_from_a_widened_network_trains_at_its_width(accel, tmp_path):
 
 
 def test_the_shown_collimation_set_is_trained_on_only_when_named(accel):
-    """`train-shut-seen` cost the independently written phantom's scope in its one run (docs/model-card.md): a run
-    without --sets leaves it out and keeps every other set."""
+    """`train-shut-seen` cost the independently written phantom's scope with a narrow rehearsal (docs/model-card.md):
+    a run without --sets leaves it out and keeps every other set."""
     assert "train-shut-seen" in accel.SETS and "--shutter random" in accel.SETS["train-shut-seen"]
     assert accel.default_sets() == [n for n in accel.SETS if n != "train-shut-seen"]
