@@ -2,11 +2,14 @@
 
 For each phantom image: DICOM → node pipeline (preprocessing, U-Net, masks on the source grid) → measure_labels
 with the header calibration the node uses; the same measurement on the phantom's own label map; both against
-the geometric truth (truth/*.json). Writes bench/results/measure.json.
+the geometric truth (truth/*.json). Writes bench/results/measure.json. A set is the project's phantom (manifest.csv)
+or the independently written one (bench/foreign_phantom.py, no manifest: `foreign_truth` reads its truth).
 
     python bench/bench_measure.py                      # 250 fresh phantom images (seed 2027, test dates)
     python bench/bench_measure.py --data data/test-2026
     python bench/bench_measure.py --data data/test-2026-seen --out bench/results/measure-seen.json
+    python bench/bench_measure.py --data data/test-foreign --stone-split-waist 0.75 0  # the other phantom; the
+                                       # touching-stone cut against none, on the same masks
 
 The model runs as the node serves it by default (the node settings' TTA, second look, clean-up and the card's stone
 decision; `--tta`, `--zoom`, `--postprocess`, `--stone-decision` override them). The truth's stones are those its
@@ -35,6 +38,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -62,6 +66,39 @@ def site_settings(truth: dict) -> MeasureSettings:
     """The node's measurement settings at a site configured for this image's duodenoscope (its shaft diameter)."""
     d = (truth.get("scope") or {}).get("shaft_diameter_mm")
     return MeasureSettings(calibration=CalibrationSettings(scope_diameter_mm=float(d))) if d else MeasureSettings()
+
+
+def foreign_truth(t: dict) -> dict:
+    """A truth file of the independently written phantom (bench/foreign_phantom.py) in this bench's frame-truth shape.
+
+    Its header's PixelSpacing is the spacing at the object, as ours; a stone is counted where it is labelled and
+    sized by its labelled part's largest Feret diameter (its drawn diameter where no part is labelled); its duct's
+    largest diameter is over the opacified lumen, its distal angle is the one it drew (Kim's, 180° straight) and its
+    arm the papilla to the bend's middle. It defines no distal diameter and names no scope diameter (the node's
+    default scope model is used: the images carry PixelSpacing, which "auto" prefers)."""
+    return {"spacing": {"pixel_spacing_at_object_mm": t["pixel_spacing_mm"]},
+            "stones": [{"visible": s["labelled"], "centroid_px": s["centre_px"],
+                        "largest_diameter_mm": s["max_feret_mm"] or s["diameter_mm"]} for s in t["stones"]],
+            "cbd": {"max_diameter_mm": t["cbd_max_diameter_mm"], "distal_diameter_mm": None,
+                    "distal_angulation_deg": t["distal_angulation_deg"], "distal_arm_length_mm": t["distal_arm_mm"]},
+            "scope": {}}
+
+
+def images(data: Path) -> list[tuple[Path, Path, dict]]:
+    """(DICOM, label map, frame truth) of each single-frame image of a phantom set: ours (manifest.csv) or the
+    independently written one (truth/*.json, no manifest)."""
+    if (data / "manifest.csv").is_file():
+        return [(data / r["dicom"], data / r["mask"], json.loads((data / r["truth"]).read_text())["frame_truth"][0])
+                for r in csv.DictReader(open(data / "manifest.csv")) if int(r["frames"]) == 1]
+    out = []
+    for path in sorted((data / "truth").glob("*.json")):
+        t = json.loads(path.read_text())
+        if t.get("generator") != "bench/foreign_phantom.py":
+            raise SystemExit(f"{data}: no manifest.csv and {path.name} is not a foreign phantom truth file")
+        out.append((data / t["dicom"], data / "masks" / f"{path.stem}.png", foreign_truth(t)))
+    if not out:
+        raise SystemExit(f"{data}: neither manifest.csv nor truth/*.json")
+    return out
 
 
 def compare(m: Measurements, truth: dict) -> dict:
@@ -164,6 +201,10 @@ def main() -> int:
                          "on the node's default scope model (node)")
     ap.add_argument("--stone-decision", default="model", metavar="PEAK:K|model",
                     help="the stone decision: the card's point (model, as the node) or PEAK:K (0:0 keeps every stone)")
+    ap.add_argument("--stone-split-waist", type=float, nargs="+", default=None, metavar="W",
+                    help="cut touching stones at a waist narrower than W of the smaller one's depth (default: the "
+                         "node's [measure] stone_split_waist_pct; 0 never cuts); several: each measured on the same "
+                         "masks, the first as the result, all side by side under by_stone_split_waist")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "measure.json"))
     args = ap.parse_args()
     tmp = None
@@ -174,7 +215,6 @@ def main() -> int:
         data = Path(tmp.name)
         generate(SynthConfig(count=args.count, seed=2027, start_date=dt.date(2024, 6, 9),
                              end_date=dt.date(2024, 11, 21)), data, contact_sheet=False)
-    rows = [r for r in csv.DictReader(open(data / "manifest.csv")) if int(r["frames"]) == 1]
     from ercp_node.config.settings import ModelSettings
 
     node = ModelSettings()
@@ -183,24 +223,31 @@ def main() -> int:
     post = node.postprocess if args.postprocess is None else args.postprocess
     peak, k = ("model", "model") if args.stone_decision == "model" else parse_decision(args.stone_decision)
     seg = Segmenter.load(args.model, tta=tta, postprocess=post, zoom=zoom, stone_min_peak=peak, stone_min_rose_k=k)
-    model_rows, truth_rows, t_measure = [], [], []
-    for r in rows:
-        ds = pydicom.dcmread(data / r["dicom"])
-        truth = json.loads((data / r["truth"]).read_text())["frame_truth"][0]
+    waists = args.stone_split_waist or [MeasureSettings().stone_max_waist]
+    model_rows, truth_rows, t_measure = ({w: [] for w in waists} for _ in range(3))
+    for dicom, mask, truth in images(data):
+        ds = pydicom.dcmread(dicom)
         header = header_calibration(ds)
         pred = seg.segment(frames_of(ds))[0]
-        settings = site_settings(truth) if args.scope_diameter == "truth" else MeasureSettings()
-        t = time.perf_counter()
-        model_rows.append(compare(measure_labels(pred, header, settings), truth))
-        t_measure.append(time.perf_counter() - t)
-        truth_rows.append(compare(measure_labels(cv2.imread(str(data / r["mask"]), cv2.IMREAD_UNCHANGED), header,
-                                                 settings), truth))
-    model, on_truth = summarise(model_rows), summarise(truth_rows)
+        labels = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
+        for w in waists:
+            settings = replace(site_settings(truth) if args.scope_diameter == "truth" else MeasureSettings(),
+                               stone_max_waist=w)
+            t = time.perf_counter()
+            model_rows[w].append(compare(measure_labels(pred, header, settings), truth))
+            t_measure[w].append(time.perf_counter() - t)
+            truth_rows[w].append(compare(measure_labels(labels, header, settings), truth))
+    w = waists[0]
+    model, on_truth = summarise(model_rows[w]), summarise(truth_rows[w])
     result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "tta": tta, "zoom": zoom, "postprocess": post,
               "stone_decision": [seg.stone_min_peak, seg.stone_min_rose_k], "scope_diameter": args.scope_diameter, "data": str(data if args.data else "generated"),
-              "targets": TARGETS, "model_masks": model, "model_meets_target": verdict(model),
+              "stone_split_waist": w, "targets": TARGETS, "model_masks": model, "model_meets_target": verdict(model),
               "truth_masks": on_truth, "truth_meets_target": verdict(on_truth),
-              "measure_ms_median": 1000 * float(np.median(t_measure))}
+              "measure_ms_median": 1000 * float(np.median(t_measure[w]))}
+    if len(waists) > 1:
+        result["by_stone_split_waist"] = {
+            f"{v:g}": {"model_masks": summarise(model_rows[v]), "truth_masks": summarise(truth_rows[v]),
+                       "measure_ms_median": 1000 * float(np.median(t_measure[v]))} for v in waists}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

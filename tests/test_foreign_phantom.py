@@ -122,3 +122,32 @@ def test_stacked_stones_after_one_found_no_place(fp):
     # seed 5001 image 106: a stone found no place in the duct, the next was to be stacked on it (crashed once)
     out = fp.make_one(5001, 106, dt.date(2025, 1, 1), dt.date(2025, 6, 30))
     assert out is not None
+
+
+def test_measurement_bench_reads_its_truth(out):
+    """bench/bench_measure.py measures this phantom too: every image with its truth in the bench's shape; the
+    node's calibration takes the header's PixelSpacing (the truth's spacing at the object) and, on the truth's own
+    label map, sizes each stone it finds within a pixel or two of its Feret diameter."""
+    from ercp_node.dicom.source import header_calibration
+    from ercp_node.measure.report import measure_labels
+
+    bm = bench_module("bench_measure")
+    rows = bm.images(out)
+    assert [d.name for d, _, _ in rows] == [f"fp{i:05d}.dcm" for i in range(COUNT)]
+    sized = 0
+    for dicom, mask, truth in rows:
+        raw = json.loads((out / "truth" / f"{dicom.stem}.json").read_text())
+        assert truth["spacing"]["pixel_spacing_at_object_mm"] == raw["pixel_spacing_mm"]
+        assert sum(s["visible"] for s in truth["stones"]) == sum(s["labelled"] for s in raw["stones"])
+        m = measure_labels(cv2.imread(str(mask), cv2.IMREAD_UNCHANGED), header_calibration(pydicom.dcmread(dicom)),
+                           bm.site_settings(truth))
+        row = bm.compare(m, truth)
+        assert m.calibration.used == "header" and abs(row["used_spacing_pct"]) < 0.01
+        # stacked stones touch in the label map: cut at their waists, never more stones than were labelled and
+        # never fewer than the map's components
+        components = cv2.connectedComponents((cv2.imread(str(mask), cv2.IMREAD_UNCHANGED) == 3).astype(np.uint8))[0]
+        assert components - 1 <= row["stone_count"] <= row["stone_count_truth"]
+        if row["stone_count"] == row["stone_count_truth"]:  # (stones left joined are sized as one)
+            assert all(abs(e) <= 2.5 * raw["pixel_spacing_mm"] for e in row["stone_largest_err_mm"])
+            sized += len(row["stone_largest_err_mm"])
+    assert sized > 0

@@ -23,7 +23,7 @@ from ercp_node.measure.report import (
     difficulty,
     measure_labels,
 )
-from ercp_node.measure.stones import feret_px, min_width_px, stones
+from ercp_node.measure.stones import MAX_WAIST, feret_px, min_width_px, split_at_waists, stones
 from ercp_node.phantom.dataset import SynthConfig, plan, render_image
 
 
@@ -189,6 +189,77 @@ def test_stone_diameters_of_drawn_shapes():
     assert len(found) == 1 and found[0].largest_diameter_mm == pytest.approx(20.5, abs=0.4)
 
 
+def _discs(*discs, size=(120, 200)):
+    """A stone label map of filled discs (x, y, r), overlapping where they are drawn so."""
+    labels = np.zeros(size, np.uint8)
+    for x, y, r in discs:
+        cv2.circle(labels, (int(x), int(y)), int(r), 3, -1)
+    return labels
+
+
+@pytest.mark.parametrize("k, r2", [(0.8, 16), (0.9, 16), (1.0, 16), (0.9, 11), (1.0, 11)])
+def test_stacked_stones_are_counted_and_sized_apart(k, r2):
+    """Two stones overlapping in projection (centres k × the sum of their radii apart, as stacked stones lie in a
+    duct) are one component with a waist: two stones, each its own size, not one the length of the pair. (A stone
+    two thirds the size of its neighbour and overlapping it by a fifth has a waist 0.73 of its own width: kept
+    whole, as a reader could not tell it from a lobe.)"""
+    r1 = 16
+    labels = _discs((50, 60, r1), (50 + k * (r1 + r2), 60, r2))
+    found = stones(labels, 0.25)
+    assert len(found) == 2
+    assert found[0].largest_diameter_mm == pytest.approx(2 * r1 * 0.25, abs=0.6)
+    assert found[1].largest_diameter_mm == pytest.approx(2 * r2 * 0.25, abs=0.6)
+    assert sum(s.area_px for s in found) == int((labels == 3).sum())
+    assert abs(found[0].centroid_px[0] - 50) < 3 and abs(found[1].centroid_px[0] - (50 + k * (r1 + r2))) < 4
+    # the rule off: the pair is one stone again
+    assert len(stones(labels, 0.25, max_waist=0)) == 1
+
+
+def test_a_row_of_stacked_stones_is_each_stone():
+    labels = _discs((30, 60, 12), (52, 60, 12), (76, 62, 13), (100, 60, 11))
+    assert len(stones(labels, None)) == 4
+
+
+def _polygon(pts, size=(120, 200)):
+    labels = np.zeros(size, np.uint8)
+    cv2.fillPoly(labels, [np.round(np.asarray(pts)).astype(np.int32)], 3)
+    return labels
+
+
+@pytest.mark.parametrize("labels", [
+    _discs((100, 60, 20)),                                                          # round
+    _discs((100, 60, 3)),                                                           # small
+    _polygon(cv2.ellipse2Poly((100, 60), (40, 17), 30, 0, 360, 5)),                 # elongated (b/a 0.42)
+    _polygon([(70, 40), (120, 35), (140, 60), (118, 90), (75, 85), (62, 62)]),     # faceted
+    _polygon([(40, 50), (160, 50), (160, 62), (40, 62)]),                          # a bar 10 × long
+], ids=["disc", "small-disc", "ellipse", "faceted", "bar"])
+def test_a_convex_stone_is_never_cut(labels):
+    assert len(stones(labels, None)) == 1
+
+
+def test_a_ragged_edge_or_a_speck_is_not_a_stone():
+    rng = np.random.default_rng(3)
+    labels = _discs((100, 60, 20))
+    edge = ndimage.binary_dilation(labels == 3) & ~ndimage.binary_erosion(labels == 3, iterations=2)
+    labels[edge & (rng.random(labels.shape) < 0.5)] = 0  # a mask's ragged outline
+    labels[60, 121:124] = 3  # a 3-pixel spur off its edge
+    n, comp = cv2.connectedComponents((labels == 3).astype(np.uint8), connectivity=8)
+    body = np.bincount(comp.ravel())[1:].argmax() + 1
+    assert len(split_at_waists(comp == body)) == 1
+    assert len(stones(labels, None)) == 1  # the outline's loose pixels are specks
+
+
+def test_the_waist_is_configured_in_percent():
+    from ercp_node.config.settings import ConfigError, load, measure_settings
+    assert measure_settings(load(None, env={})).stone_max_waist == pytest.approx(MAX_WAIST)
+    off = measure_settings(load(None, env={"ERCP_NODE_MEASURE_STONE_SPLIT_WAIST_PCT": "0"}))
+    labels = _discs((50, 60, 16), (50 + 0.9 * 32, 60, 16))
+    assert measure_labels(labels, header_spacing([0.25, 0.25]), MeasureSettings()).stone_count == 2
+    assert measure_labels(labels, header_spacing([0.25, 0.25]), off).stone_count == 1
+    with pytest.raises(ConfigError, match="stone_split_waist_pct"):
+        load(None, env={"ERCP_NODE_MEASURE_STONE_SPLIT_WAIST_PCT": "100"})
+
+
 @pytest.fixture(scope="module")
 def phantom_frames():
     cfg = SynthConfig(count=40, seed=31)
@@ -286,14 +357,17 @@ def test_odd_masks_are_not_measurable_with_a_reason(case, reason):
 @given(arrays(np.uint8, st.tuples(st.integers(1, 64), st.integers(1, 64)), elements=st.integers(0, 3)),
        st.sampled_from([None, 0.3]))
 def test_random_label_maps_never_raise(labels, spacing):
-    m = measure_labels(labels, header_spacing(None, [spacing, spacing] if spacing else None, 1.2))
+    header = header_spacing(None, [spacing, spacing] if spacing else None, 1.2)
+    m = measure_labels(labels, header)
     json.dumps(m.to_dict(), allow_nan=False)  # strict JSON: a NaN or an infinity raises
-    # the count, by another implementation: 8-connected stone components of at least min_stone_area_px pixels
+    # the count, by another implementation: 8-connected stone components of at least min_stone_area_px pixels,
+    # with no component cut at a waist; cut, each component is one stone or more
     components, n = ndimage.label(labels == 3, structure=np.ones((3, 3), int))
     sizes = np.bincount(components.ravel())[1:]
     expected = int(np.count_nonzero(sizes >= MeasureSettings().min_stone_area_px))
-    assert m.stone_count == expected
-    assert len(m.stones) == min(expected, MAX_REPORTED_STONES)
+    whole = measure_labels(labels, header, MeasureSettings(stone_max_waist=0))
+    assert whole.stone_count == expected and m.stone_count >= expected
+    assert len(m.stones) == min(m.stone_count, MAX_REPORTED_STONES)
     assert Measurements.from_dict(m.to_dict()) == m
 
 

@@ -144,6 +144,9 @@ class MeasureConfig:
     arm_mm: float = 36.0
     stone_count: int = 3
     min_stone_area_px: int = 4
+    # touching stones are cut where their mask has a waist narrower than this share of the smaller one's depth
+    # (measure/stones.py split_at_waists; 0 keeps every component whole)
+    stone_split_waist_pct: float = 75.0
 
 
 @dataclass
@@ -550,6 +553,8 @@ def validate(s: Settings) -> None:
            m.max_calibration_disagreement_pct, m.max_scope_width_spread_pct) <= 0 \
             or m.scope_diameter_mm < 0 or m.min_stone_area_px < 1:
         raise ConfigError("measure: thresholds must be positive (scope_diameter_mm 0 = from scope_model)")
+    if not 0 <= m.stone_split_waist_pct < 100:
+        raise ConfigError("measure.stone_split_waist_pct must be from 0 (never split touching stones) to below 100")
 
 
 def measure_settings(s: Settings):
@@ -566,7 +571,7 @@ def measure_settings(s: Settings):
         thresholds=DifficultyThresholds(large_stone_mm=m.large_stone_mm, very_large_stone_mm=m.very_large_stone_mm,
                                         angulation_deg=m.angulation_deg, arm_mm=m.arm_mm,
                                         stone_count=m.stone_count),
-        min_stone_area_px=m.min_stone_area_px)
+        min_stone_area_px=m.min_stone_area_px, stone_max_waist=m.stone_split_waist_pct / 100.0)
 
 
 def allowed_networks(hosts: list[str]) -> list:

@@ -24,7 +24,7 @@ from .records import (
     Measurements,
     Stone,
 )
-from .stones import stones as stone_components
+from .stones import MAX_WAIST, stones as stone_components
 
 MAX_REPORTED_STONES = 20  # the SR lists the largest 20 individually; the count covers all
 
@@ -46,6 +46,7 @@ class MeasureSettings:
     calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
     thresholds: DifficultyThresholds = field(default_factory=DifficultyThresholds)
     min_stone_area_px: int = 4
+    stone_max_waist: float = MAX_WAIST  # touching stones cut at a waist narrower than this (stones.split_at_waists)
 
 
 # Flags named by what they mean (FLAGS: the fields of records.DifficultyFlags); the thresholds they apply are
@@ -119,9 +120,10 @@ def measure_labels(labels: np.ndarray, header: HeaderSpacing,
     cbd = measure_cbd(labels, mm, scope.tip_px)
     distal = cbd.distal_diameter_mm
     # Huang 2021: stone size against the distal CBD diameter (mid-arm); both in the same units.
+    parts = stone_components(labels, mm, settings.min_stone_area_px, settings.stone_max_waist)
     found = tuple(replace(st, index=i, distance_from_papilla_mm=distance_along(cbd, st.centroid_px, mm),
                           larger_than_distal_cbd=(st.largest_diameter_mm > distal if distal is not None
                                                   and st.largest_diameter_mm is not None else None))
-                  for i, st in enumerate(stone_components(labels, mm, settings.min_stone_area_px), 1))
+                  for i, st in enumerate(parts, 1))
     return Measurements(calibration=cal, stones=found[:MAX_REPORTED_STONES], stone_count=len(found), cbd=cbd,
                         difficulty=difficulty(found, len(found), cbd, settings.thresholds))
