@@ -9,7 +9,7 @@ or the independently written one (bench/foreign_phantom.py, no manifest: `foreig
     python bench/bench_measure.py --data data/test-2026
     python bench/bench_measure.py --data data/test-2026-seen --out bench/results/measure-seen.json
     python bench/bench_measure.py --data data/test-foreign --stone-split-waist 0.75 0  # the other phantom; the
-                                       # touching-stone cut against none, on the same masks
+                                       # touching-stone cut against none, on the same images
 
 The model runs as the node serves it by default (the node settings' TTA, second look, clean-up and the card's stone
 decision; `--tta`, `--zoom`, `--postprocess`, `--stone-decision` override them). The truth's stones are those its
@@ -202,9 +202,10 @@ def main() -> int:
     ap.add_argument("--stone-decision", default="model", metavar="PEAK:K|model",
                     help="the stone decision: the card's point (model, as the node) or PEAK:K (0:0 keeps every stone)")
     ap.add_argument("--stone-split-waist", type=float, nargs="+", default=None, metavar="W",
-                    help="cut touching stones at a waist narrower than W of the smaller one's depth (default: the "
-                         "node's [measure] stone_split_waist_pct; 0 never cuts); several: each measured on the same "
-                         "masks, the first as the result, all side by side under by_stone_split_waist")
+                    help="cut touching stones at a waist narrower than W of the smaller one's depth, in the stone "
+                         "decision and the count (default: the node's [measure] stone_split_waist_pct; 0 never cuts); "
+                         "several: each served and measured on the same images, the first as the result, all side by "
+                         "side under by_stone_split_waist")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "measure.json"))
     args = ap.parse_args()
     tmp = None
@@ -228,9 +229,10 @@ def main() -> int:
     for dicom, mask, truth in images(data):
         ds = pydicom.dcmread(dicom)
         header = header_calibration(ds)
-        pred = seg.segment(frames_of(ds))[0]
         labels = cv2.imread(str(mask), cv2.IMREAD_UNCHANGED)
         for w in waists:
+            seg.stone_max_waist = w  # the stone decision judges stones as they are counted (the node passes it too)
+            pred = seg.segment(frames_of(ds))[0]
             settings = replace(site_settings(truth) if args.scope_diameter == "truth" else MeasureSettings(),
                                stone_max_waist=w)
             t = time.perf_counter()

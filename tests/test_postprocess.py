@@ -186,6 +186,24 @@ def test_unsure_stones_become_duct_and_sure_ones_stay():
     np.testing.assert_array_equal(drop_unsure_stones(np.zeros((5, 5), np.uint8), np.zeros((5, 5)), 0.6), 0)
 
 
+def test_stacked_stones_are_decided_one_by_one():
+    """The decision judges stones as the SR counts them: two stones stacked into one component (a waist between
+    them) are decided apart, a sure one kept and an unsure one drawn as duct; with the cut off (max_waist 0) the
+    component's peak keeps both."""
+    import cv2
+
+    from ercp_node.model.postprocess import drop_unsure_stones
+
+    labels = np.full((60, 100), CBD, np.uint8)
+    cv2.circle(labels, (35, 30), 12, STONE, -1)
+    cv2.circle(labels, (57, 30), 12, STONE, -1)  # centres 0.92 diameters apart: a waist of 0.4
+    p = np.where(labels == STONE, 0.4, 0.0).astype(np.float32)
+    p[:, :45][labels[:, :45] == STONE] = 0.9  # sure of the left stone only
+    out = drop_unsure_stones(labels, p, 0.6)
+    assert (out[30, 25:40] == STONE).all() and (out[30, 52:68] == CBD).all()
+    np.testing.assert_array_equal(drop_unsure_stones(labels, p, 0.6, max_waist=0), labels)
+
+
 class TwoStoneModel:
     """A 'model' on a 60 grid: two_stones()'s duct and stones, the stones at their probabilities."""
 

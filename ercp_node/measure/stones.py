@@ -117,6 +117,24 @@ def split_at_waists(component: np.ndarray, max_waist: float = MAX_WAIST, min_are
     return [np.isin(parts, [i for i, g in group.items() if g == k]) for k in kept]
 
 
+def stone_masks(labels: np.ndarray, max_waist: float = MAX_WAIST, min_area_px: int = 4,
+                specks: bool = False) -> list[tuple[np.ndarray, int, int]]:
+    """Each stone of a label map as (mask on its bounding box with a 1-px empty margin, x, y of the box's corner
+    on the map): the 8-connected components of the stone label, each cut at its waists (`split_at_waists`).
+    Components under `min_area_px` are left out unless `specks` (the stone decision judges them too)."""
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
+    out = []
+    for i in range(1, n):
+        if int(stats[i, cv2.CC_STAT_AREA]) < min_area_px and not specks:
+            continue
+        # The stone's bounding box with a 1-px empty margin: same hull and contour, offset, at a stone's cost.
+        x0, y0, w, h = (int(v) for v in stats[i, :4])
+        whole = np.zeros((h + 2, w + 2), bool)
+        whole[1:-1, 1:-1] = comp[y0:y0 + h, x0:x0 + w] == i
+        out += [(c, x0 - 1, y0 - 1) for c in split_at_waists(whole, max_waist, min_area_px)]
+    return out
+
+
 def stones(labels: np.ndarray, mm_per_px: float | None, min_area_px: int = 4,
            max_waist: float = MAX_WAIST) -> tuple[Stone, ...]:
     """Each stone: area (mm²), largest and smallest diameter (mm), centroid (px), outline (px); largest first.
@@ -125,26 +143,18 @@ def stones(labels: np.ndarray, mm_per_px: float | None, min_area_px: int = 4,
     stacked stones; `max_waist` 0 keeps components whole); specks under `min_area_px` are ignored (a stone of
     1 mm at 0.28 mm/px covers ≈ 10 px). Without a spacing, mm values are None and `*_px` values remain.
     """
-    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
     scale = mm_per_px
     out = []
-    for i in range(1, n):
-        if int(stats[i, cv2.CC_STAT_AREA]) < min_area_px:
-            continue
-        # The stone's bounding box with a 1-px empty margin: same hull and contour, offset, at a stone's cost.
-        x0, y0, w, h = (int(v) for v in stats[i, :4])
-        whole = np.zeros((h + 2, w + 2), bool)
-        whole[1:-1, 1:-1] = comp[y0:y0 + h, x0:x0 + w] == i
-        for c in split_at_waists(whole, max_waist, min_area_px):
-            area = int(c.sum())
-            feret, width = feret_px(c), min_width_px(c)
-            contours, _ = cv2.findContours(c.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            outline = max(contours, key=cv2.contourArea).reshape(-1, 2) + (x0 - 1, y0 - 1)
-            ys, xs = np.nonzero(c)
-            out.append(Stone(area_px=area, largest_diameter_px=feret, smallest_diameter_px=min(width, feret),
-                             area_mm2=area * scale**2 if scale else None,
-                             largest_diameter_mm=feret * scale if scale else None,
-                             smallest_diameter_mm=min(width, feret) * scale if scale else None,
-                             centroid_px=point([float(xs.mean()) + x0 - 1, float(ys.mean()) + y0 - 1]),
-                             outline_px=points(outline.astype(float).tolist())))
+    for c, x, y in stone_masks(labels, max_waist, min_area_px):
+        area = int(c.sum())
+        feret, width = feret_px(c), min_width_px(c)
+        contours, _ = cv2.findContours(c.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        outline = max(contours, key=cv2.contourArea).reshape(-1, 2) + (x, y)
+        ys, xs = np.nonzero(c)
+        out.append(Stone(area_px=area, largest_diameter_px=feret, smallest_diameter_px=min(width, feret),
+                         area_mm2=area * scale**2 if scale else None,
+                         largest_diameter_mm=feret * scale if scale else None,
+                         smallest_diameter_mm=min(width, feret) * scale if scale else None,
+                         centroid_px=point([float(xs.mean()) + x, float(ys.mean()) + y]),
+                         outline_px=points(outline.astype(float).tolist())))
     return tuple(sorted(out, key=lambda s: -s.largest_diameter_px))

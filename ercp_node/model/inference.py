@@ -64,6 +64,9 @@ class Segmenter:
     # Single stage only: the cascade's stone net decides its stones with its centre map.
     stone_min_peak: float | str = 0.0
     stone_min_rose_k: float | str = 0.0
+    # Stones are judged as the SR counts them: components cut at their waists (measure.stones.split_at_waists; the
+    # node passes [measure] stone_split_waist_pct; None: that rule's default, 0: whole components).
+    stone_max_waist: float | None = None
     # The second look (model/zoom.py): the first stage again on a window around its duct, zoomed by this factor,
     # averaged in before the argmax. 1: one look (the paper's).
     zoom: float = 1.0
@@ -89,7 +92,8 @@ class Segmenter:
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
              postprocess: str = "none", stone_min_peak: float | str = 0.0,
-             stone_min_rose_k: float | str = 0.0, zoom: float = 1.0, precision: str = "float32") -> "Segmenter":
+             stone_min_rose_k: float | str = 0.0, zoom: float = 1.0, precision: str = "float32",
+             stone_max_waist: float | None = None) -> "Segmenter":
         """precision: the first stage's compute ("float32", "bfloat16" or "auto", resolve_precision); the cascade's
         stone net runs float32."""
         import keras
@@ -111,7 +115,7 @@ class Segmenter:
             from .stonenet import StoneNet
 
             stones = StoneNet.load(sp)
-        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, zoom,
+        return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, stone_max_waist, zoom,
                    precision=precision)
 
     @property
@@ -152,7 +156,8 @@ class Segmenter:
         for (labels, p_stone), (pixels, _, _) in zip(self.labels_and_stone_probability(frames, batch_size, fields),
                                                      frames):
             if p_stone is not None and decide:
-                labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak, pixels, self.stone_min_rose_k)
+                labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak, pixels, self.stone_min_rose_k,
+                                            self.stone_max_waist)
             out.append(labels)
         return out
 

@@ -68,36 +68,35 @@ def resolve_stone_point(name: str, value: float | str, card: dict) -> float:
 
 
 def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float, pixels: np.ndarray | None = None,
-                       min_k: float = 0.0) -> np.ndarray:
-    """Stone components (8-connected, the SR's count) whose highest stone probability in `p_stone` (same grid)
+                       min_k: float = 0.0, max_waist: float | None = None) -> np.ndarray:
+    """Stones — as the SR counts them: 8-connected components cut at their waists (measure.stones.stone_masks,
+    `max_waist`; None: its default, 0: whole components) — whose highest stone probability in `p_stone` (same grid)
     is below `min_peak`, or (given the stored `pixels` and min_k > 0) whose Rose k against the duct around them
     is below `min_k` (ercp_node/visibility.py: what no reader could see), become duct (a new array).
     min_peak 0 and min_k 0 keep every stone."""
-    import cv2
+    from ..measure.stones import MAX_WAIST, stone_masks
 
     out = labels.copy()
     if min_peak <= 0 and (min_k <= 0 or pixels is None):
         return out
-    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return out
-    peak = np.zeros(n, np.float32)
-    inside = comp > 0  # stone pixels only: few, so ufunc.at stays cheap on a 1024² frame
-    np.maximum.at(peak, comp[inside], np.asarray(p_stone, np.float32)[inside])
-    unsure = peak < min_peak
-    if min_k > 0 and pixels is not None:
-        from ..visibility import RING_PX, rose_k
+    p = np.asarray(p_stone, np.float32)
+    for mask, x, y in stone_masks(labels, MAX_WAIST if max_waist is None else max_waist, specks=True):
+        ys, xs = np.nonzero(mask)
+        ys, xs = ys + y, xs + x
+        unsure = float(p[ys, xs].max()) < min_peak
+        if not unsure and min_k > 0 and pixels is not None:
+            from ..visibility import RING_PX, rose_k
 
-        for i in range(1, n):
-            if unsure[i]:
-                continue
-            x, y, w, h = (int(v) for v in stats[i, :4])  # k on a window holding the stone and its whole ring
-            r = RING_PX + 1
-            win = (slice(max(0, y - r), y + h + r), slice(max(0, x - r), x + w + r))
-            k = rose_k(np.asarray(pixels)[win], labels[win], comp[win] == i)
-            unsure[i] = k is None or k < min_k
-    unsure[0] = False
-    out[unsure[comp]] = CBD
+            # k on a window holding the stone and its whole ring (the mask's box has a 1-px margin already)
+            h, w = mask.shape
+            y0, x0 = max(0, y - RING_PX), max(0, x - RING_PX)
+            win = (slice(y0, y + h + RING_PX), slice(x0, x + w + RING_PX))
+            own = np.zeros(labels[win].shape, bool)
+            own[ys - y0, xs - x0] = True
+            k = rose_k(np.asarray(pixels)[win], labels[win], own)
+            unsure = k is None or k < min_k
+        if unsure:
+            out[ys, xs] = CBD
     return out
 
 

@@ -1,7 +1,8 @@
 """The stone decision's operating point: how sure of a predicted stone the model must be, and how visible the
 stone must be, for the node to draw it.
 
-Each predicted stone (an 8-connected component of the stone label, specks under 4 px ignored: the SR's count) of
+Each predicted stone (an 8-connected component of the stone label cut at its waists, specks under 4 px ignored:
+the SR's count) of
 the label map the node would serve (its TTA and clean-up) gets the model's peak stone probability on the source
 grid and its Rose k in the stored pixels against the predicted duct around it (ercp_node/visibility.py), and is
 true if it touches a true stone. `under_rule` / `kept_where` say how the count and the stone IoU move were some
@@ -28,11 +29,15 @@ MIN_COMPONENTS = 30  # fewer predicted stones in the validation images: too few 
 
 
 def components(labels: np.ndarray):
-    """(component map, ids of the counted stones, cv2 stats): the SR's count, specks under MIN_AREA_PX left out."""
-    import cv2
+    """(stone map, ids of the counted stones, None): the SR's count — 8-connected components cut at their waists
+    (measure.stones.stone_masks), specks under MIN_AREA_PX left out — each stone its own id on the map."""
+    from ..measure.stones import stone_masks
 
-    n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == STONE).astype(np.uint8), connectivity=8)
-    return comp, [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= MIN_AREA_PX], stats
+    comp = np.zeros(labels.shape, np.int32)
+    for i, (mask, x, y) in enumerate(stone_masks(labels, min_area_px=MIN_AREA_PX), 1):
+        ys, xs = np.nonzero(mask)
+        comp[ys + y, xs + x] = i
+    return comp, list(range(1, int(comp.max()) + 1)), None
 
 
 def keeps(t: float, k: float):

@@ -147,7 +147,8 @@ def run_segment(args: argparse.Namespace) -> int:
                                      stone_min_rose_k=(args.stone_min_rose_k if args.stone_min_rose_k is not None
                                                        else settings.model.stone_min_rose_k),
                                      zoom=args.zoom if args.zoom is not None else settings.model.zoom,
-                                     precision=args.precision or settings.model.precision)
+                                     precision=args.precision or settings.model.precision,
+                                     stone_max_waist=settings.measure.stone_split_waist_pct / 100.0)
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:
