@@ -223,6 +223,47 @@ def test_unknown_stone_size_model_is_refused(tmp_path, capsys):
     assert "--stones" in capsys.readouterr().err
 
 
+def test_touching_stones_join_in_the_label_map_and_the_count_cuts_them_apart(tmp_path, capsys):
+    """`--stone-contact touching`: stacked stones lie against each other, so some components of the label map hold
+    two or more truth stones (never with the default: ≥ 1 mm apart); the truth and labelme keep one entry and one
+    polygon per stone; the measurement's cut at the waist (measure.stones) finds more of them than the components
+    do and never more than there are; the set's UIDs are not the default set's; seen labels are judged per stone.
+    (labelme holds one polygon per joined region, as the label map is vectorised: the truth lists each stone.)"""
+    from ercp_node.labels import STONE
+    from ercp_node.measure.stones import stones
+
+    out, apart = tmp_path / "touch", tmp_path / "apart"
+    args = ["--count", "30", "--seed", "5", "--workers", "1", "--stone-label", "seen"]
+    assert main(["synth", *args, "--stone-contact", "touching", "--out", str(out)]) == 0
+    assert main(["synth", *args, "--out", str(apart)]) == 0
+    assert json.loads((out / "dataset.json").read_text())["options"]["stone_contact"] == "touching"
+    assert not {r["sop_uid"] for r in _rows(out)} & {r["sop_uid"] for r in _rows(apart)}
+    merged = cut_right = 0
+    for root in (out, apart):
+        for row in _rows(root):
+            truth = json.loads((root / row["truth"]).read_text())["frame_truth"][0]["stones"]
+            mask = cv2.imread(str(root / row["mask"]), cv2.IMREAD_UNCHANGED)
+            shown = sum(t["visible"] for t in truth)
+            assert shown == int(row["n_stones"])
+            doc = json.loads((root / row["labelme"]).read_text())
+            n = cv2.connectedComponents((mask == STONE).astype(np.uint8), connectivity=8)[0] - 1
+            assert sum(sh["label"] == "stone" for sh in doc["shapes"]) == n <= shown
+            if root == apart:
+                assert n == shown  # apart: every stone its own component, as before
+                continue
+            assert all(t["rose_k"] >= 5.0 - 1e-6 for t in truth if t["visible"])
+            if n < shown:
+                merged += 1
+                cut = len(stones(mask, None))
+                assert n <= cut <= shown
+                cut_right += cut == shown
+            assert (n > 0) == (shown > 0)
+    assert merged >= 2 and cut_right >= 1
+    with pytest.raises(SystemExit):
+        main(["synth", "--count", "1", "--stone-contact", "glued", "--out", str(tmp_path / "x")])
+    assert "--stone-contact" in capsys.readouterr().err
+
+
 def test_anatomic_ribs_change_the_image_not_the_labels(tmp_path, capsys):
     """`--ribs anatomic`: the ribs are redrawn as flat bones (8–17 mm high, thinner than high, a cortex of
     0.6–1.6 mm, turned 0–65°, bone contrast 0.7–2.5×) from their own stream, after every other draw: the same

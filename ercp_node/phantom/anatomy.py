@@ -64,6 +64,7 @@ class Stone:
     s_mm: float  # arc length from the papilla of the nearest centreline point
     largest_mm: float
     smallest_mm: float
+    lateral_mm: float = 0.0  # offset from the centreline, across the duct (a stone stacked against it shares it)
 
 
 @dataclass
@@ -225,6 +226,11 @@ def _dense(poly: np.ndarray, step=0.3) -> np.ndarray:
 # its mean is the reported one.
 CLINICAL_LARGEST = ((88 / 118, 8.0, 0.48), (30 / 118, 13.4, 0.40))  # (weight, mean mm, sigma of ln)
 STONE_SIZES = ("classic", "clinical")
+# Stones apart (≥ 1 mm of contrast between any two: every data set before 2026-12-06, so each stone is its own
+# component of the label map) or stacked stones touching: a stone stacked on the one before it lies against it, in
+# its lane, overlapping it in projection by up to a fifth of their sizes or just touching, as stones packed in a
+# duct do (and as the independently written phantom draws them); their labels join.
+STONE_CONTACTS = ("apart", "touching")
 RIBS = ("classic", "anatomic")
 # Contrast in a dilated duct: diluted by the duct's width as some endoscopists do so stones are not drowned
 # (render._contrast), at full strength as others inject it, or either, drawn per image (half each).
@@ -274,14 +280,20 @@ def clinical_largest_mm(rng: np.random.Generator) -> float:
 
 
 def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexity: float,
-                  sizes: str = "classic") -> list[Stone]:
+                  sizes: str = "classic", contact: str = "apart") -> list[Stone]:
     """0–8 stones inside the CBD: fewer, larger and denser-contrasted when simple; many small faint when hard.
 
     `sizes`: "classic" draws each stone within a complexity-driven range (the phantom's own, byte for byte);
     "clinical" draws the study's largest stone from CLINICAL_LARGEST and the others between 35 % of it and it
-    (a duct's stones come from one gallbladder and are alike), the duct distending around them as before."""
+    (a duct's stones come from one gallbladder and are alike), the duct distending around them as before.
+    `contact` (STONE_CONTACTS): "apart" keeps ≥ 1 mm of contrast between stones (byte for byte as before);
+    "touching" lays a stacked stone against the one before it (centres 0.8–1.0 of their half-sizes' sum apart
+    along the duct, in its lane), with no gap asked between the two."""
     if sizes not in STONE_SIZES:
         raise ValueError(f"stone sizes {sizes!r}: one of {', '.join(STONE_SIZES)}")
+    if contact not in STONE_CONTACTS:
+        raise ValueError(f"stone contact {contact!r}: one of {', '.join(STONE_CONTACTS)}")
+    touching = contact == "touching"
     if rng.random() < 0.07:
         return []
     n_max = 1 + int(round(7 * complexity ** 1.3))
@@ -302,7 +314,9 @@ def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexit
             break
         size = hi if sizes == "clinical" and not stones else float(rng.uniform(lo, hi))
         stacked = prev_s is not None and rng.random() < 0.45
-        if stacked:
+        if stacked and touching:
+            s_c = prev_s + rng.choice([-1, 1]) * (size + stones[-1].largest_mm) / 2 * rng.uniform(0.8, 1.0)
+        elif stacked:
             s_c = prev_s + rng.choice([-1, 1]) * (size * 0.6 + rng.uniform(0.5, 4))
         else:
             s_c = rng.uniform(min(8.0, 0.5 * arm_len), 0.88 * L)
@@ -317,20 +331,26 @@ def sample_stones(rng: np.random.Generator, cbd: Tube, arm_len: float, complexit
         poly = np.array([_rot(p, spin) for p in poly])
         largest, smallest = feret_diameters(poly)
         poly, smallest, largest = poly * (size / largest), smallest * size / largest, size  # exact Feret
-        lateral = rng.uniform(-1, 1) * max(cbd.radii[i] - smallest / 2, 0.0)
+        room = max(cbd.radii[i] - smallest / 2, 0.0)
+        lateral = rng.uniform(-1, 1) * room
+        if stacked and touching:  # in the lane of the stone it lies against (the duct may have narrowed there)
+            lateral = float(np.clip(stones[-1].lateral_mm, -room, room))
         normal = _rot(t / np.linalg.norm(t), 90)
         centre = cbd.points[i] + lateral * normal
         poly = poly + centre
         dp = _dense(poly)
-        # Keep ≥ 1 mm of contrast between stones: touching stones would merge into one component.
-        if any(np.min(np.linalg.norm(dp[:, None] - o[None], axis=2)) < 1.0 for o in dense):
+        # Keep ≥ 1 mm of contrast between stones (touching stones merge into one component of the label map), but
+        # not between a touching stone and the one it is stacked on.
+        others = dense[:-1] if stacked and touching else dense
+        if any(np.min(np.linalg.norm(dp[:, None] - o[None], axis=2)) < 1.0 for o in others):
             continue
-        if any(np.linalg.norm(centre - st.centre) < 0.5 * (smallest + st.smallest_mm) for st in stones):
+        if any(np.linalg.norm(centre - st.centre) < 0.5 * (smallest + st.smallest_mm)
+               for st in (stones[:-1] if stacked and touching else stones)):
             continue
         contrast_lo = 0.65 * complexity
         mu_ratio = float(np.clip(rng.uniform(-0.15, 0.15 + contrast_lo), -0.2, 0.75))
         depth = float(rng.uniform(smallest, largest))
-        stones.append(Stone(centre, poly, depth, mu_ratio, float(cbd.s[i]), largest, smallest))
+        stones.append(Stone(centre, poly, depth, mu_ratio, float(cbd.s[i]), largest, smallest, lateral))
         dense.append(dp)
         prev_s = s_c
     return stones

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..cliutil import iso_date
 
-from .anatomy import CONTRASTS, RIBS, SHUTTERS, STONE_LABELS, STONE_SIZES
+from .anatomy import CONTRASTS, RIBS, SHUTTERS, STONE_CONTACTS, STONE_LABELS, STONE_SIZES
 from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
 from .style import FAMILIES, SCOPES, STYLES
 
@@ -51,6 +51,10 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stones", choices=STONE_SIZES, default="classic",
                    help="stone size model: classic (the phantom's own, 2–25 mm by complexity) or clinical (each "
                         "study's largest stone from a published ERCP series; docs/phantom.md)")
+    p.add_argument("--stone-contact", choices=STONE_CONTACTS, default="apart",
+                   help="apart (at least 1 mm of contrast between any two stones, as every set before 2026-12-06) or "
+                        "touching (a stacked stone lies against the one before it, touching or overlapping it in "
+                        "projection: their labels join, as packed stones do; docs/phantom.md)")
     p.add_argument("--ribs", choices=RIBS, default="classic",
                    help="classic (round tubes 8–12 mm, one density) or anatomic (flat bones 8–17 mm high, turned "
                         "0–65°, bone contrast 0.7–2.5x: bands as wide and as dark as a duodenoscope and more; "
@@ -118,7 +122,7 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--complexity must satisfy 0 <= lo <= hi <= 1, got {args.complexity!r}")
     opts = Options(size=size, sizes=sizes, scope_diameter_mm=args.scope_diameter_mm, frames=args.frames,
                    image_intensifier=args.image_intensifier, burned_in_text=not args.no_text, style=args.style,
-                   stone_sizes=args.stones, ribs=args.ribs, scope=args.scope,
+                   stone_sizes=args.stones, stone_contact=args.stone_contact, ribs=args.ribs, scope=args.scope,
                    stone_label=args.stone_label, seen_k=args.seen_k, contrast=args.contrast,
                    shutter=args.shutter)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,

@@ -86,6 +86,7 @@ def _uid_space(cfg: "SynthConfig") -> tuple:
     other UIDs, so both can sit in one PACS. The classic RF set keeps the UIDs it always had."""
     tag = tuple(t for t in (cfg.modality if cfg.modality != "RF" else "", cfg.options.style if cfg.options.style != CLASSIC else "",
                             "stones-" + cfg.options.stone_sizes if cfg.options.stone_sizes != "classic" else "",
+                            "contact-" + cfg.options.stone_contact if cfg.options.stone_contact != "apart" else "",
                             "ribs-" + cfg.options.ribs if cfg.options.ribs != "classic" else "",
                             "scope-" + cfg.options.scope if cfg.options.scope != "classic" else "") if t)
     return (cfg.seed, *tag)
@@ -142,10 +143,11 @@ _LAST_STUDY: list = [None, None]  # (key, StudyDucts) of the study this process 
 def _study(cfg: SynthConfig, item: ImagePlan, anatomy: dict) -> StudyDucts:
     """The study's ducts and stones, made once for the images of a study in a row (generate hands a worker a
     study's images together). They depend on nothing but the key, so the bytes do not change."""
-    key = (cfg.seed, item.patient_index, item.study_index, item.study_complexity, cfg.options.stone_sizes)
+    key = (cfg.seed, item.patient_index, item.study_index, item.study_complexity, cfg.options.stone_sizes,
+           cfg.options.stone_contact)
     if _LAST_STUDY[0] != key:
         _LAST_STUDY[:] = key, study_ducts(anatomy, np.random.default_rng([cfg.seed, 2, item.study_index]),
-                                          item.study_complexity, cfg.options.stone_sizes)
+                                          item.study_complexity, cfg.options.stone_sizes, cfg.options.stone_contact)
     return _LAST_STUDY[1]
 
 

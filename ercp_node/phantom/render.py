@@ -19,7 +19,7 @@ from . import anatomy as A
 from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
                        tubes_by_distance, window)
 from .style import SCOPES, Style, sample_scope_steel
-from .visibility import is_seen, unseen_stones
+from .visibility import is_seen, rose_k, unseen_stones
 
 MU_WATER = 0.020  # /mm, soft tissue at the effective energy of a 70–90 kVp fluoroscopy beam
 MU_CANCELLOUS, MU_CORTICAL = 0.008, 0.030  # excess over soft tissue, /mm
@@ -40,6 +40,7 @@ class Options:
     burned_in_text: bool = True
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
+    stone_contact: str = "apart"  # anatomy.STONE_CONTACTS: ≥ 1 mm of contrast between stones, or stacked ones touching
     ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bones of real ribs' size and contrast range
     scope: str = "classic"  # style.SCOPES: the style's look (a styled scope's steel may be absent), or steel as built
     # STONE_LABELS: every stone the contrast reaches ("all"), or only those a reader could see in the stored
@@ -96,11 +97,11 @@ class StudyDucts:
 
 
 def study_ducts(anatomy: dict, rng_study: np.random.Generator, stone_complexity: float,
-                stone_sizes: str = "classic") -> StudyDucts:
+                stone_sizes: str = "classic", stone_contact: str = "apart") -> StudyDucts:
     """The study's ducts and stones: a pure function of the patient's anatomy, the study's stream, its
-    complexity and the stone size model."""
+    complexity, the stone size model and whether stacked stones touch."""
     cbd0, i_bend, arm_len, theta, i_dist = A.build_cbd(anatomy)
-    stones = A.sample_stones(rng_study, cbd0, arm_len, stone_complexity, stone_sizes)
+    stones = A.sample_stones(rng_study, cbd0, arm_len, stone_complexity, stone_sizes, stone_contact)
     cbd = A.distend(cbd0, stones)
     branches, gb = A.build_branches(anatomy, cbd)
     return StudyDucts(cbd, i_bend, theta, arm_len, i_dist, branches, gb, stones)
@@ -127,7 +128,7 @@ def make_case(anatomy: dict, rng_study: np.random.Generator, rng_image: np.rando
     """
     if study is None:
         study = study_ducts(anatomy, rng_study, complexity if stone_complexity is None else stone_complexity,
-                            opts.stone_sizes)
+                            opts.stone_sizes, opts.stone_contact)
     stones = [copy.copy(st) for st in study.stones]  # _apply_style may change this image's stones
     cbd, branches = study.cbd, study.branches
     ducts = A.Ducts(cbd, study.arm_index, study.angulation_deg, study.arm_length_mm, study.distal_index, branches,
@@ -639,11 +640,15 @@ def _annotation(scope_lbl: np.ndarray, cbd_mask: np.ndarray, stone_lbl: np.ndarr
 def _label_seen_stones(image: np.ndarray, labels: np.ndarray, layers: dict, stone_truth: list[dict], case: A.Case,
                        v: _View, opts: Options) -> None:
     """`stone_label == "seen"`: the stones a reader could not see in this frame's stored pixels (Rose's k below
-    `opts.seen_k`, judged per 8-connected component as the node counts them) become the duct they sit in, in the
-    label map and the labelme layers; their truth says `visible: false` and every labelled stone its `rose_k`."""
+    `opts.seen_k`, judged per 8-connected component as the node counts them; where stacked stones touch, per stone:
+    each one's own labelled footprint) become the duct they sit in, in the label map and the labelme layers; their
+    truth says `visible: false` and every labelled stone its `rose_k`."""
     if opts.stone_label not in A.STONE_LABELS:
         raise ValueError(f"stone_label {opts.stone_label!r}: one of {', '.join(A.STONE_LABELS)}")
     stored = np.round(image * 255.0)  # the pixels as dicomio.quantise stores them at 8 bits (the PNG's too)
+    if opts.stone_contact == "touching":
+        _label_seen_touching_stones(stored, labels, layers, stone_truth, case, v, opts)
+        return
     unseen, ks, comp = unseen_stones(stored, labels, opts.seen_k)
     for st, t in zip(case.stones, stone_truth):
         if not t["visible"]:
@@ -656,6 +661,30 @@ def _label_seen_stones(image: np.ndarray, labels: np.ndarray, layers: dict, ston
         k = ks[np.bincount(ids).argmax() - 1]  # the component that holds most of the stone
         t["rose_k"] = None if k is None else round(k, 2)
         t["visible"] = is_seen(k, opts.seen_k)
+    labels[unseen] = CBD
+    layers[STONE_LAYER] &= ~unseen
+
+
+def _label_seen_touching_stones(stored: np.ndarray, labels: np.ndarray, layers: dict, stone_truth: list[dict],
+                                case: A.Case, v: _View, opts: Options) -> None:
+    """`_label_seen_stones` for stones that may touch: each stone judged on its own labelled footprint (the ring
+    around it is duct; a stone it touches is not), since one component may hold a stone seen and one not. A pixel
+    of a seen stone stays stone where an unseen one overlaps it."""
+    stone = labels == STONE
+    unseen, seen = np.zeros(stone.shape, bool), np.zeros(stone.shape, bool)
+    for st, t in zip(case.stones, stone_truth):
+        if not t["visible"]:
+            continue
+        win, foot = polygon_footprint(v.shape, v.fr.px(st.polygon, v.breath))
+        own = np.zeros(stone.shape, bool)
+        own[win] = foot.astype(bool) & stone[win]
+        if not own.any():  # under a collimator: not labelled in any case
+            continue
+        k = rose_k(stored, labels, own)
+        t["rose_k"] = None if k is None else round(k, 2)
+        t["visible"] = is_seen(k, opts.seen_k)
+        (seen if t["visible"] else unseen)[own] = True
+    unseen &= ~seen
     labels[unseen] = CBD
     layers[STONE_LAYER] &= ~unseen
 
