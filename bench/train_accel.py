@@ -59,6 +59,9 @@ second 2026-12-04 lease (docs/model-card.md), call 1 probing and making nine see
   python3 bench/train_accel.py run --work /tmp/w --out $OUT --sets $S --init ercp_node/model/weights/default.keras \
       --mask-scale 2 --select iou --batch-size 64 --lr 2e-4 --warmup 100 --lr-floor 0.02 --val-every 60 \
       --reserve 25 --precision mixed_bfloat16 --deadline 395
+
+The next lent GPU's run (not yet run): the nine sets, the collimated part shown with them (the ablation's broad
+rehearsal) and stacked stones touching (2026-12-06):  S="$S train-shut-seen train-touch-seen"
 """
 from __future__ import annotations
 
@@ -117,6 +120,10 @@ SETS = {
     # it saw only blanked collimation and takes the strip for a scope (docs/phantom.md, "The collimated part")
     "train-shut-seen": "--count 1500 --seed 3111 --style random --size random --shutter random --stone-label seen "
                        "--start-date 2013-12-02 --end-date 2024-06-08",
+    # stacked stones lying against each other (docs/phantom.md, "Stacked stones"): their labels join, as packed
+    # stones' do in a cholangiogram, and their attenuation adds where they overlap; no model has seen them yet
+    "train-touch-seen": "--count 1500 --seed 3112 --style random --size random --stones clinical --stone-contact "
+                        "touching --stone-label seen --start-date 2013-12-02 --end-date 2024-06-08",
 }
 # in a run only when named: with a narrow rehearsal (classic + random) it cost the independently written phantom's
 # scope; with the steel and ribs sets beside it, no more than a run without it (docs/model-card.md, "The ablation the
