@@ -40,7 +40,7 @@ class Options:
     burned_in_text: bool = True
     style: str = "classic"  # phantom.style.STYLES: classic, random or one family
     stone_sizes: str = "classic"  # anatomy.STONE_SIZES: the phantom's own, or fitted to a clinical series
-    stone_contact: str = "apart"  # anatomy.STONE_CONTACTS: ≥ 1 mm of contrast between stones, or stacked ones touching
+    stone_contact: str = "apart"  # anatomy.STONE_CONTACTS: ≥ 1 mm of contrast between stones, or stacked ones touch
     ribs: str = "classic"  # anatomy.RIBS: round tubes as always, or flat bones of real ribs' size and contrast range
     scope: str = "classic"  # style.SCOPES: the style's look (a styled scope's steel may be absent), or steel as built
     # STONE_LABELS: every stone the contrast reaches ("all"), or only those a reader could see in the stored
