@@ -42,10 +42,17 @@ def mask_to_polygons(mask: np.ndarray, epsilon: float = 0.5) -> list[list[list[f
     return polys
 
 
+EACH = ":each"  # a layers key LABEL + EACH: one mask per object of that label (touching stones, one polygon each)
+
+
 def layers_to_labelme(layers: dict[str, np.ndarray], image_path: str, shape: tuple[int, int]) -> dict:
+    """A labelme document of annotation layers (labelme name → mask): one polygon per connected region of each
+    layer, or, where the layers hold `name + EACH` (a list of masks), per region of each of those masks — touching
+    stones drawn one polygon each, as an annotator draws them; the polygons rasterise to the same label map."""
     shapes = []
     for label in LABEL_VALUES:
-        for poly in mask_to_polygons(layers[label]):
+        masks = layers.get(label + EACH, [layers[label]])
+        for poly in (poly for m in masks for poly in mask_to_polygons(m)):
             shapes.append(dict(label=label, points=poly, group_id=None, description="", shape_type="polygon",
                                flags={}, mask=None))
     return dict(version=LABELME_VERSION, flags={}, shapes=shapes, imagePath=image_path, imageData=None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..annotation import EACH
 from ..labels import BY_VALUE, CBD, LABELS, SCOPE, STONE
 from . import anatomy as A
 from .geometry import (chord, ellipsoid, polygon_footprint, resample, smooth_curve, solid_from_footprint, tangents, tube,
@@ -320,6 +321,8 @@ def render(case: A.Case, opts: Options, frame_index: int, rng: np.random.Generat
     labels, layers = _annotation(scope_lbl, cbd_mask, stone_lbl, field)
     if opts.stone_label != "all":
         _label_seen_stones(image, labels, layers, stone_truth, case, v, opts)
+    if opts.stone_contact == "touching":  # labelme: each labelled stone its own polygon(s), as an annotator draws
+        layers[STONE_LAYER + EACH] = _each_stone(layers[STONE_LAYER], stone_truth, case, v)
     truth = _frame_truth(case, fr, breath, stone_truth, spacing, opts, bool(cbd_full or n == 1), field)
     return image, labels, layers, truth
 
@@ -687,6 +690,21 @@ def _label_seen_touching_stones(stored: np.ndarray, labels: np.ndarray, layers: 
     unseen &= ~seen
     labels[unseen] = CBD
     layers[STONE_LAYER] &= ~unseen
+
+
+def _each_stone(layer: np.ndarray, stone_truth: list[dict], case: A.Case, v: _View) -> list[np.ndarray]:
+    """The stone layer as one mask per labelled stone: its footprint within the layer (overlapping stones share
+    the pixels both cover; together they are the layer)."""
+    out = []
+    for st, t in zip(case.stones, stone_truth):
+        if not t["visible"]:
+            continue
+        win, foot = polygon_footprint(v.shape, v.fr.px(st.polygon, v.breath))
+        own = np.zeros(layer.shape, bool)
+        own[win] = foot.astype(bool) & layer[win]
+        if own.any():
+            out.append(own)
+    return out
 
 
 def _poly_area(p: np.ndarray) -> float:
