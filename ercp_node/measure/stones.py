@@ -85,8 +85,8 @@ def split_at_waists(component: np.ndarray, max_waist: float = MAX_WAIST, min_are
             key = (int(min(i, j)), int(max(i, j)))
             saddle[key] = max(saddle.get(key, 0.0), float(d))
     # join the pair with the widest waist (relative to its shallower part) while it is not narrow, its shallower
-    # summit stands less than a pixel above the waist (the grid's ripple), or a part is a speck; each join keeps
-    # the deeper summit and the wider waist to every neighbour
+    # summit stands less than _MIN_RELIEF_PX above the waist, or a part is a speck; each join keeps the deeper
+    # summit and the wider waist to every neighbour
     group = {i: i for i in peak}
 
     def need(key):
