@@ -675,14 +675,7 @@ def _label_seen_touching_stones(stored: np.ndarray, labels: np.ndarray, layers: 
     of a seen stone stays stone where an unseen one overlaps it."""
     stone = labels == STONE
     unseen, seen = np.zeros(stone.shape, bool), np.zeros(stone.shape, bool)
-    for st, t in zip(case.stones, stone_truth):
-        if not t["visible"]:
-            continue
-        win, foot = polygon_footprint(v.shape, v.fr.px(st.polygon, v.breath))
-        own = np.zeros(stone.shape, bool)
-        own[win] = foot.astype(bool) & stone[win]
-        if not own.any():  # under a collimator: not labelled in any case
-            continue
+    for t, own in _labelled_stones(stone, stone_truth, case, v):  # (not one under a collimator: not labelled)
         k = rose_k(stored, labels, own)
         t["rose_k"] = None if k is None else round(k, 2)
         t["visible"] = is_seen(k, opts.seen_k)
@@ -692,19 +685,23 @@ def _label_seen_touching_stones(stored: np.ndarray, labels: np.ndarray, layers: 
     layers[STONE_LAYER] &= ~unseen
 
 
-def _each_stone(layer: np.ndarray, stone_truth: list[dict], case: A.Case, v: _View) -> list[np.ndarray]:
-    """The stone layer as one mask per labelled stone: its footprint within the layer (overlapping stones share
-    the pixels both cover; together they are the layer)."""
-    out = []
+def _labelled_stones(within: np.ndarray, stone_truth: list[dict], case: A.Case, v: _View):
+    """(truth, footprint within the mask `within`) of each stone its truth says visible whose footprint there is not
+    empty (the truth read as each is reached: a caller may mark the one it was given)."""
     for st, t in zip(case.stones, stone_truth):
         if not t["visible"]:
             continue
         win, foot = polygon_footprint(v.shape, v.fr.px(st.polygon, v.breath))
-        own = np.zeros(layer.shape, bool)
-        own[win] = foot.astype(bool) & layer[win]
+        own = np.zeros(within.shape, bool)
+        own[win] = foot.astype(bool) & within[win]
         if own.any():
-            out.append(own)
-    return out
+            yield t, own
+
+
+def _each_stone(layer: np.ndarray, stone_truth: list[dict], case: A.Case, v: _View) -> list[np.ndarray]:
+    """The stone layer as one mask per labelled stone: its footprint within the layer (overlapping stones share
+    the pixels both cover; together they are the layer)."""
+    return [own for _, own in _labelled_stones(layer, stone_truth, case, v)]
 
 
 def _poly_area(p: np.ndarray) -> float:
