@@ -54,8 +54,8 @@ def classify(truth: np.ndarray, pred: np.ndarray) -> dict:
     """One image's count errors (truth and prediction: label maps on the same grid)."""
     import cv2
 
-    ct, kt, _ = _components(truth)
-    cp, kp, _ = _components(pred)
+    ct, kt = _components(truth)
+    cp, kp = _components(pred)
     area_t, area = np.bincount(ct.ravel()), np.bincount(cp.ravel())  # each stone's pixels, by its id
     out = {"true": len(kt), "predicted": len(kp), **{k: 0 for k in KINDS}, **{w: 0 for w in WHERE},
            "false_area_px": [], "true_by_size": {}}

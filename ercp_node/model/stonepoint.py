@@ -29,7 +29,7 @@ MIN_COMPONENTS = 30  # fewer predicted stones in the validation images: too few 
 
 
 def components(labels: np.ndarray):
-    """(stone map, ids of the counted stones, None): the SR's count — 8-connected components cut at their waists
+    """(stone map, ids of the counted stones): the SR's count — 8-connected components cut at their waists
     (measure.stones.stone_masks), specks under MIN_AREA_PX left out — each stone its own id on the map."""
     from ..measure.stones import stone_masks
 
@@ -37,7 +37,7 @@ def components(labels: np.ndarray):
     for i, (mask, x, y) in enumerate(stone_masks(labels, min_area_px=MIN_AREA_PX), 1):
         ys, xs = np.nonzero(mask)
         comp[ys + y, xs + x] = i
-    return comp, list(range(1, int(comp.max()) + 1)), None
+    return comp, list(range(1, int(comp.max()) + 1))
 
 
 def keeps(t: float, k: float):
@@ -50,8 +50,8 @@ def image_record(truth: np.ndarray, pred: np.ndarray, p_stone: np.ndarray, extra
     of its pixels at or above 0.5, area,
     overlap with the true stones and whether it touches one (and what `extra(component mask)` adds, a dict);
     per missed true stone the peak probability in it."""
-    ct, kt, _ = components(truth)
-    cp, kp, _ = components(pred)
+    ct, kt = components(truth)
+    cp, kp = components(pred)
     true_mask = truth == STONE
     true_ids, comps, touched_true = set(kt), [], set()
     for j in kp:
