@@ -90,12 +90,15 @@ def vector(c: dict, n_comps: int) -> list[float]:
             np.log(n_comps)]
 
 
-def design(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    rows = [(vector(c, len(r["comps"])), c["true"]) for r in records for c in r["comps"]]
-    return np.asarray([x for x, _ in rows], np.float64), np.asarray([y for _, y in rows], np.float64)
+def design(records: list[dict], vec=vector, names=FEATURES, only=None) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows `vec(component, stones in its image)` and labels (touches a true stone) of every component, or
+    of those `only(component)` admits."""
+    rows = [(vec(c, len(r["comps"])), c["true"]) for r in records for c in r["comps"] if only is None or only(c)]
+    return (np.asarray([x for x, _ in rows], np.float64).reshape(-1, len(names)),
+            np.asarray([y for _, y in rows], np.float64))
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50) -> dict:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50, names=FEATURES) -> dict:
     """L2-penalised logistic regression by Newton's method (IRLS) on standardised features: a convex problem with
     one answer, no random start; the intercept is not penalised."""
     mu, sd = x.mean(0), x.std(0) + 1e-9
@@ -111,7 +114,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50)
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return {"features": list(FEATURES), "mean": mu.tolist(), "sd": sd.tolist(), "weights": w.tolist()}
+    return {"features": list(names), "mean": mu.tolist(), "sd": sd.tolist(), "weights": w.tolist()}
 
 
 def predict(model: dict, x: np.ndarray) -> np.ndarray:
@@ -120,15 +123,15 @@ def predict(model: dict, x: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(w[0] + z @ w[1:])))
 
 
-def scored(model: dict, records: list[dict]) -> list[dict]:
-    """The records with each component's classifier probability as "q"."""
+def scored(model: dict, records: list[dict], vec=vector, only=None, other: float = 0.0) -> list[dict]:
+    """The records with each component's classifier probability as "q" (`other` for those `only` does not admit)."""
     out = []
     for r in records:
         comps = [dict(c) for c in r["comps"]]
         if comps:
-            q = predict(model, np.asarray([vector(c, len(comps)) for c in comps]))
+            q = predict(model, np.asarray([vec(c, len(comps)) for c in comps]))
             for c, v in zip(comps, q):
-                c["q"] = float(v)
+                c["q"] = float(v) if only is None or only(c) else other
         out.append({**r, "comps": comps})
     return out
 
@@ -143,7 +146,7 @@ def choose_cut(records: list[dict]) -> dict:
     return min(ok, key=lambda r: (-r["count_exact_pct"], r["q"])) if ok else served
 
 
-def folds_cv(records: list[dict], k: int = 5, l2: float = 1.0) -> dict:
+def folds_cv(records: list[dict], k: int = 5, l2: float = 1.0, vec=vector, names=FEATURES) -> dict:
     """k-fold cross-validation over images of the fitting sets: each fold scored by a classifier fitted on the rest
     (cut chosen there too) — how much the fit flatters itself."""
     idx = np.arange(len(records))
@@ -151,9 +154,9 @@ def folds_cv(records: list[dict], k: int = 5, l2: float = 1.0) -> dict:
     for f in range(k):
         tr = [records[i] for i in idx if i % k != f]
         te = [records[i] for i in idx if i % k == f]
-        m = fit_logistic(*design(tr), l2=l2)
-        cut = choose_cut(scored(m, tr))["q"]
-        held += [{**r, "comps": [{**c, "keep": c["q"] >= cut} for c in r["comps"]]} for r in scored(m, te)]
+        m = fit_logistic(*design(tr, vec, names), l2=l2, names=names)
+        cut = choose_cut(scored(m, tr, vec))["q"]
+        held += [{**r, "comps": [{**c, "keep": c["q"] >= cut} for c in r["comps"]]} for r in scored(m, te, vec)]
     return kept_where(held, lambda c: c["keep"])
 
 
