@@ -181,7 +181,8 @@ def records_command(args) -> int:
                 union.append(image_record(truth, union_labels, prior, extra_u))
         meta = {"model": seg.version, "stones": stone_net.card.get("version"), "tta": seg.tta,
                 "postprocess": seg.postprocess, "zoom": seg.zoom, "precision": args.precision}
-        (work / f"{Path(d).name}.json").write_text(json.dumps({**meta, "single": single, "cascade": cascade, "union": union}))
+        out = {**meta, "single": single, "cascade": cascade, "union": union}
+        (work / f"{Path(d).name}.json").write_text(json.dumps(out))
         print(f"{Path(d).name}: {len(samples)} images, single {sum(len(r['comps']) for r in single)} / cascade "
               f"{sum(len(r['comps']) for r in cascade)} predicted stones, {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
