@@ -96,15 +96,18 @@ def stone_net_maps(stone_net, image: np.ndarray, coarse: np.ndarray, probs: np.n
 def with_extra_stones(single: np.ndarray, cascade: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The single stage's label map with the cascade's stones added where the single stage drew no stone within
     2 px (so no added stone joins one of its own): → (labels, mask of the added stones). Added stones are drawn
-    only where the single stage drew duct or stone (the duct's clean-up stands)."""
+    only where the single stage drew duct (the duct's clean-up stands), and not as specks (under MIN_AREA_PX: the
+    SR would not count them, yet they would always count in the stone IoU)."""
     import cv2
 
     from ercp_node.labels import CBD, STONE
+    from ercp_node.model.stonepoint import MIN_AREA_PX
 
     near = cv2.dilate((single == STONE).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    n, comp = cv2.connectedComponents((cascade == STONE).astype(np.uint8), connectivity=8)
-    touched = np.unique(comp[near])
-    add = (comp > 0) & ~np.isin(comp, touched) & (single == CBD)
+    cand = (cascade == STONE) & (single == CBD)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(cand.astype(np.uint8), connectivity=8)
+    bad = np.unique(comp[near]).tolist() + [i for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] < MIN_AREA_PX]
+    add = (comp > 0) & ~np.isin(comp, bad)
     out = single.copy()
     out[add] = STONE
     return out, add

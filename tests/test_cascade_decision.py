@@ -96,6 +96,7 @@ def test_added_stones_join_only_where_the_single_stage_drew_duct_and_no_stone_ne
     cascade[9:13, 13:17] = STONE  # the single stage's stone, seen a pixel lower: not added
     cascade[20:24, 20:24] = STONE  # a stone only the stone net drew: added
     cascade[36:39, 2:5] = STONE  # outside the single stage's duct: not added
+    cascade[30, 25] = STONE  # a speck: not added
     labels, added = cd.with_extra_stones(single, cascade)
     assert added.sum() == 16 and added[20:24, 20:24].all()
     assert np.array_equal(labels[~added], single[~added]) and (labels[added] == STONE).all()
