@@ -259,3 +259,15 @@ def masked_frame(dtype=None, value: int = 7, seed: int = 0):
     f[5:12, 8:30] = top  # text on the mask
     f[150:170, 40:200] = value  # the scope, clipped to black inside the field
     return f
+
+
+class FixedNet:
+    """A stand-in stone net whose output is given (H, W, 3), cropped to each input: the decisions around a network,
+    not a network's, are under test. `channels`: its input's (1 the image; 4 with the first stage's prior)."""
+
+    def __init__(self, out, channels: int = 1):
+        self.out = out
+        self.input_shape = (None, None, None, channels)
+
+    def __call__(self, x, training=False):
+        return self.out[None, : x.shape[1], : x.shape[2]]

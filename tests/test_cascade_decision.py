@@ -2,7 +2,7 @@
 and the learned decision over them, cut by the stone decision's fixed rule."""
 import numpy as np
 
-from helpers import bench_module
+from helpers import FixedNet, bench_module
 
 from ercp_node.labels import CBD, STONE
 from ercp_node.model.stonenet import StoneNet, StoneNetConfig, heat_map
@@ -11,18 +11,6 @@ from ercp_node.model.stonenet import StoneNet, StoneNetConfig, heat_map
 def _disc(shape, centre, r):
     yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
     return (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= r * r
-
-
-class _Fixed:
-    """A stand-in stone net whose output is given (as in test_stonenet)."""
-
-    input_shape = (None, None, None, 4)
-
-    def __init__(self, out):
-        self.out = out
-
-    def __call__(self, x, training=False):
-        return self.out[None, : x.shape[1], : x.shape[2]]
 
 
 def test_ungated_candidates_keep_every_stone_and_cut_touching_ones_at_their_centres():
@@ -40,7 +28,7 @@ def test_ungated_candidates_keep_every_stone_and_cut_touching_ones_at_their_cent
     probs = np.zeros((g, g, 4), np.float32)
     probs[..., CBD] = 1
     cfg = {"config": StoneNetConfig(base_filters=4, depth=2, margin_px=4, grid=g).to_dict()}
-    labels, p_stone, centre = cd.stone_net_maps(StoneNet(_Fixed(out), cfg), np.zeros((g, g), np.float32), coarse,
+    labels, p_stone, centre = cd.stone_net_maps(StoneNet(FixedNet(out, channels=4), cfg), np.zeros((g, g), np.float32), coarse,
                                                 probs)
     import cv2
 
@@ -50,7 +38,7 @@ def test_ungated_candidates_keep_every_stone_and_cut_touching_ones_at_their_cent
     assert np.isclose(p_stone[lone].max(), 0.9) and centre[lone].max() < 0.3 and centre[a].max() > 0.9
     assert not p_stone[:2].any()  # outside the duct's neighbourhood the maps stay empty
     # no duct: nothing to look at, the first stage's labels stand
-    none, p0, c0 = cd.stone_net_maps(StoneNet(_Fixed(out), cfg), np.zeros((g, g), np.float32),
+    none, p0, c0 = cd.stone_net_maps(StoneNet(FixedNet(out, channels=4), cfg), np.zeros((g, g), np.float32),
                                      np.zeros((g, g), np.uint8), probs)
     assert not none.any() and not p0.any() and not c0.any()
 

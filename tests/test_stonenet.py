@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import FixedNet
+
 from ercp_node.labels import CBD, SCOPE, STONE
 from ercp_node.model.inference import Segmenter, card_version
 from ercp_node.model.stonenet import (StoneNet, StoneNetConfig, StoneNetLoss, StonePatches, build_stone_net,
@@ -141,18 +143,6 @@ def test_refine_changes_stones_only_around_the_duct(stone_net):
     assert not info["stage2"] and not nothing.any()  # no duct: nothing to look at
 
 
-class _Fixed:
-    """A stand-in stone net whose output is given: the gate's decisions, not a network's, are under test."""
-
-    input_shape = (None, None, None, 1)
-
-    def __init__(self, out):
-        self.out = out
-
-    def __call__(self, x, training=False):
-        return self.out[None, : x.shape[1], : x.shape[2]]
-
-
 def test_keep_peak_keeps_the_stones_the_first_stage_is_sure_of(stone_net, tmp_path):
     g = 64
     discs = [_disc((g, g), c, 5) for c in ((16, 16), (45, 45), (16, 48))]
@@ -168,9 +158,9 @@ def test_keep_peak_keeps_the_stones_the_first_stage_is_sure_of(stone_net, tmp_pa
     coarse = np.full((g, g), CBD, np.uint8)  # duct everywhere: the crop is the frame
     cfg = {"config": StoneNetConfig(base_filters=4, depth=2, margin_px=8, grid=g).to_dict()}
     img = np.zeros((g, g), np.float32)
-    centre_only, info = StoneNet(_Fixed(out), cfg).refine(img, coarse, probs=probs)
+    centre_only, info = StoneNet(FixedNet(out), cfg).refine(img, coarse, probs=probs)
     assert info["dropped"] == 2 and np.array_equal(centre_only == STONE, discs[0])
-    labels, info = StoneNet(_Fixed(out), cfg, keep_peak=0.8).refine(img, coarse, probs=probs)
+    labels, info = StoneNet(FixedNet(out), cfg, keep_peak=0.8).refine(img, coarse, probs=probs)
     assert info["dropped"] == 1 and np.array_equal(labels == STONE, discs[0] | discs[1])
     # read from the stone net's card (a copy: the module's fixture stays as it is); without one the centre decides
     import shutil
