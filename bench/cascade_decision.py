@@ -10,14 +10,16 @@ and loses the false stones.
 
 `records` runs the shipped first stage as the node serves it (flip TTA, second look, bf16 where it pays) once per
 image and records, per predicted stone (the SR's count: components cut at their waists, specks left out, after the
-anatomy clean-up), the features and whether it touches a true stone, for two candidate sets side by side:
+anatomy clean-up), the features and whether it touches a true stone, for three candidate sets side by side:
   single   the single stage's stones (what the node serves; its decision is the card's (peak, Rose k) point);
-  cascade  the stone net's stones without its centre gate, touching ones cut at its centre peaks (stonenet.refine
-           without the gate).
-`compare` fits, on validation sets only, (a) the (peak, Rose k) grid on each candidate set and (b) an L2 logistic
-regression on the cascade's candidates, each cut by stonepoint.choose's fixed rule (most images counted exactly,
-stone IoU at most 0.5 below the candidates as drawn), and puts every decision side by side on the test sets,
-with the node's shipped point as the reference.
+  cascade  "replace": the stone net's stones without its centre gate, touching ones cut at its centre peaks
+           (stonenet.refine without the gate), instead of the single stage's;
+  union    "add": the single stage's stones, plus the stone net's where the single stage drew duct and no stone
+           within 2 px (with_extra_stones).
+`compare` fits, on validation sets only, (a) the (peak, Rose k) grid on the single and cascade sets, (b) an L2
+logistic regression on the cascade's candidates and (c) one on the union's added stones (the single stage's kept
+at the card's point), each cut by stonepoint.choose's fixed rule (most images counted exactly, stone IoU at most
+0.5 below the base), and puts every decision side by side on the test sets, with the node's point as the reference.
 
     python bench/cascade_decision.py records --stones checkpoints/stones-2026.11/stones.keras \
         --data data/val-cls-seen data/val-rnd-seen data/test-2026-seen data/test-rnd-seen data/test-foreign \
