@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ercp_node.model.stonepoint import MAX_IOU_LOSS, choose, keeps, kept_where  # noqa: E402
-from stone_classifier import (PROB_CUTS, choose_cut, design, fit_logistic, folds_cv,  # noqa: E402 - sibling script
+from ercp_node.model.stonepoint import choose, keeps, kept_where  # noqa: E402
+from stone_classifier import (choose_cut, design, fit_logistic, folds_cv,  # noqa: E402 - sibling script
                               rich_features, scored)
 from stone_confidence import auc  # noqa: E402
 
@@ -62,32 +62,17 @@ def _logit(p: float) -> float:
 def stone_net_maps(stone_net, image: np.ndarray, coarse: np.ndarray, probs: np.ndarray):
     """stonenet.StoneNet.refine without the centre gate, keeping its maps: → (labels on the stone grid, the stone
     net's stone probability and centre map on the whole grid, zero outside its crop)."""
-    import cv2
-
     from ercp_node.labels import CBD, STONE
-    from ercp_node.model.stonenet import _quantised_box, split_touching
+    from ercp_node.model.stonenet import split_touching
 
-    cfg = stone_net.config
-    g = coarse.shape
-    p_stone, centre = np.zeros(g, np.float32), np.zeros(g, np.float32)
-    duct = (coarse == CBD) | (coarse == STONE)
-    box = _quantised_box(duct, cfg.margin_px)
-    if box is None:
+    p_stone, centre = np.zeros(coarse.shape, np.float32), np.zeros(coarse.shape, np.float32)
+    looked = stone_net.look(image, coarse, probs)
+    if looked is None:
         return coarse, p_stone, centre
-    y0, y1, x0, x1 = box
-    q = 2 ** cfg.depth
-    crop = image[y0:y1, x0:x1]
-    if stone_net.uses_prior:
-        crop = np.concatenate([crop[..., None], probs[y0:y1, x0:x1, 1:4]], -1)
-    ph, pw = (-crop.shape[0]) % q, (-crop.shape[1]) % q
-    if ph or pw:
-        crop = np.pad(crop, ((0, ph), (0, pw)) + ((0, 0),) * (crop.ndim - 2))
-    out = stone_net.predict(crop)[: y1 - y0, : x1 - x0]
-    k = 2 * cfg.margin_px + 1
-    allowed = cv2.dilate(duct.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[y0:y1, x0:x1] > 0
+    (y0, y1, x0, x1), out, allowed = looked
     p_stone[y0:y1, x0:x1] = out[..., 1] * allowed
     centre[y0:y1, x0:x1] = out[..., 2] * allowed
-    stone, _ = split_touching((out[..., 1] > 0.5) & allowed, out[..., 2] * allowed)
+    stone, _ = split_touching((out[..., 1] > 0.5) & allowed, centre[y0:y1, x0:x1])
     labels = coarse.copy()
     sub = labels[y0:y1, x0:x1]
     sub[sub == STONE] = CBD
@@ -156,9 +141,10 @@ def records_command(args) -> int:
                 pr = np.asarray(pr, np.float32)
                 # the single stage as the node serves it (its stone decision simulated on the records)
                 planes = planes_to_source(pr, shape)
+                prior = planes[..., STONE]
                 labels = clean(seg.postprocess, np.argmax(planes, -1).astype(np.uint8), field)
                 more = (lambda m, pix=pix, labels=labels: rich_features(pix, labels, m))
-                single.append(image_record(truth, labels, planes[..., STONE], more))
+                single.append(image_record(truth, labels, prior, more))
                 # the cascade without its gate, on the stone grid, brought to the source grid as the node does
                 up = cv2.resize(pr, (grid, grid), interpolation=cv2.INTER_LINEAR)
                 lab_g, s_g, c_g = stone_net_maps(stone_net, to_grid(native, grid)[..., 0],
@@ -168,7 +154,6 @@ def records_command(args) -> int:
                 lab = clean(seg.postprocess, lab, field)
                 s_src = cv2.resize(s_g, shape[::-1], interpolation=cv2.INTER_LINEAR) if big else s_g
                 c_src = cv2.resize(c_g, shape[::-1], interpolation=cv2.INTER_LINEAR) if big else c_g
-                prior = planes[..., STONE]
 
                 def extra(m, pix=pix, lab=lab, c_src=c_src, prior=prior):
                     return {**rich_features(pix, lab, m), "centre": round(float(c_src[m].max()), 4),
@@ -234,14 +219,9 @@ def union_keep(t: float, k: float, q: float):
 
 
 def choose_extra_cut(records: list[dict], t: float, k: float) -> dict:
-    """stonepoint.choose's rule for the added stones: against the single stage at its point (no stone added), the
-    cut with the most images counted exactly, stone IoU at most MAX_IOU_LOSS below, counting better (ties to the
-    higher cut: fewer stones added); none: NO_EXTRA."""
-    base = {"q": NO_EXTRA, **kept_where(records, union_keep(t, k, NO_EXTRA))}
-    rows = [{"q": q, **kept_where(records, union_keep(t, k, q))} for q in PROB_CUTS]
-    ok = [r for r in rows if r["stone_iou"] >= base["stone_iou"] - MAX_IOU_LOSS
-          and r["count_exact_pct"] > base["count_exact_pct"]]
-    return min(ok, key=lambda r: (-r["count_exact_pct"], -r["q"])) if ok else base
+    """stone_classifier.choose_cut's rule for the added stones, against the single stage at its point (no stone
+    added, NO_EXTRA)."""
+    return choose_cut(records, lambda q: union_keep(t, k, q), base_q=NO_EXTRA)
 
 
 def compare_union(args, load) -> dict:

@@ -136,14 +136,20 @@ def scored(model: dict, records: list[dict], vec=vector, only=None, other: float
     return out
 
 
-def choose_cut(records: list[dict]) -> dict:
-    """stonepoint.choose's rule on the classifier's probability: the most images counted exactly, stone IoU at most
-    MAX_IOU_LOSS below as served, ties to the lower cut; none: 0 (every stone kept)."""
-    served = {"q": 0.0, **kept_where(records, lambda c: True)}
-    rows = [{"q": q, **kept_where(records, lambda c, q=q: c["q"] >= q)} for q in PROB_CUTS]
-    ok = [r for r in rows if r["stone_iou"] >= served["stone_iou"] - MAX_IOU_LOSS
-          and r["count_exact_pct"] > served["count_exact_pct"]]
-    return min(ok, key=lambda r: (-r["count_exact_pct"], r["q"])) if ok else served
+def _at_least(q: float):
+    return lambda c: c["q"] >= q
+
+
+def choose_cut(records: list[dict], keep_at=_at_least, base_q: float = 0.0) -> dict:
+    """stonepoint.choose's rule on the classifier's probability: among the cuts q whose `keep_at(q)` (a test of one
+    component) costs the stone IoU at most MAX_IOU_LOSS against the base (the cut `base_q`; by default every stone
+    kept, as served) and counts better, the one with the most images counted exactly, ties to the cut nearest the
+    base (fewest stones changed); none: the base."""
+    base = {"q": base_q, **kept_where(records, keep_at(base_q))}
+    rows = [{"q": q, **kept_where(records, keep_at(q))} for q in PROB_CUTS]
+    ok = [r for r in rows if r["stone_iou"] >= base["stone_iou"] - MAX_IOU_LOSS
+          and r["count_exact_pct"] > base["count_exact_pct"]]
+    return min(ok, key=lambda r: (-r["count_exact_pct"], abs(r["q"] - base_q))) if ok else base
 
 
 def folds_cv(records: list[dict], k: int = 5, l2: float = 1.0, vec=vector, names=FEATURES) -> dict:

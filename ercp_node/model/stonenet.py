@@ -194,16 +194,15 @@ class StoneNet:
         # A direct call, not predict(): crops differ in shape, and a call does not retrace per shape.
         return np.asarray(keras.ops.convert_to_numpy(self.model(x, training=False)))[0]
 
-    def refine(self, image: np.ndarray, coarse: np.ndarray, threshold: float = 0.5,
-               probs: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-        """Stone grid image (G, G) in [0, 1] and the first stage's labels on it (and, for a net with the prior,
-        its (G, G, 4) class probabilities) → labels with the stones replaced by this net's (only in the duct's
-        neighbourhood), touching stones cut apart; and what it did."""
+    def look(self, image: np.ndarray, coarse: np.ndarray, probs: np.ndarray | None = None):
+        """The net on the crop around the coarse duct (and stones) of the stone grid image: → (box (y0, y1, x0, x1),
+        its (h, w, 3) output there, the duct's neighbourhood within the box, where its stones may lie); None where
+        the coarse labels hold no duct."""
         cfg = self.config
         duct = (coarse == CBD) | (coarse == STONE)
         box = _quantised_box(duct, cfg.margin_px)
-        if box is None:  # no duct found: nowhere to look for stones; the first stage's answer stands
-            return coarse, {"stage2": False}
+        if box is None:
+            return None
         y0, y1, x0, x1 = box
         q = 2 ** cfg.depth
         crop = image[y0:y1, x0:x1]
@@ -217,6 +216,18 @@ class StoneNet:
         out = self.predict(crop)[: y1 - y0, : x1 - x0]
         k = 2 * cfg.margin_px + 1
         allowed = cv2.dilate(duct.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))[y0:y1, x0:x1] > 0
+        return box, out, allowed
+
+    def refine(self, image: np.ndarray, coarse: np.ndarray, threshold: float = 0.5,
+               probs: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """Stone grid image (G, G) in [0, 1] and the first stage's labels on it (and, for a net with the prior,
+        its (G, G, 4) class probabilities) → labels with the stones replaced by this net's (only in the duct's
+        neighbourhood), touching stones cut apart; and what it did."""
+        looked = self.look(image, coarse, probs)
+        if looked is None:  # no duct found: nowhere to look for stones; the first stage's answer stands
+            return coarse, {"stage2": False}
+        box, out, allowed = looked
+        y0, y1, x0, x1 = box
         stone = (out[..., 1] > threshold) & allowed
         centre = out[..., 2] * allowed
         dropped = 0
