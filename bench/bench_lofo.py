@@ -49,15 +49,23 @@ def synth(out: Path, family: str, count: int, seed: int, start: str, end: str, s
     return out
 
 
+def seen_families(held: str) -> list[str]:
+    return [f for f in FAMILIES if f != held]
+
+
+def run_dir(args, key: str) -> Path:
+    return args.work / f"run-without-{key}"
+
+
 def retrain_command(args, train: dict, test: dict, held: str, key: str) -> list[str]:
     """The `ercp-node retrain` call of one fold: args.init fine-tuned on the classic set and every family but
     `held` (their test sets only past --split-date, so retrain's own frozen test set)."""
-    seen = [f for f in FAMILIES if f != held]
+    seen = seen_families(held)
     cmd = [sys.executable, "-m", "ercp_node.cli", "retrain", "--data", str(args.classic),
            *[str(train[f]) for f in seen], *[str(test[f]) for f in seen], "--split-date", SPLIT,
            "--init", str(args.init), "--augment", args.augment, "--lr", str(args.lr), "--epochs", str(args.epochs),
            "--time-budget", str(args.minutes), "--mixed-precision", args.mixed_precision,
-           "--out", str(args.work / f"run-without-{key}"), "--data-dir", str(args.work / f"registry-{key}")]
+           "--out", str(run_dir(args, key)), "--data-dir", str(args.work / f"registry-{key}")]
     if args.lr_floor is not None:
         cmd += ["--lr-floor", str(args.lr_floor)]
     return cmd + ["--keep", args.keep]
@@ -99,9 +107,9 @@ def main(argv=None) -> int:
         test[fam] = synth(args.work / f"test-{fam}", fam, args.test_count, 3210 + i, SPLIT, "2024-11-21",
                           args.stone_label)
     for held in args.families:
-        seen = [f for f in FAMILIES if f != held]
+        seen = seen_families(held)
         key = f"{held}-{args.tag}" if args.tag else held
-        run = args.work / f"run-without-{key}"
+        run = run_dir(args, key)
         cmd = retrain_command(args, train, test, held, key)
         t = time.perf_counter()
         with open(args.work / f"run-without-{key}.log", "a") as log:

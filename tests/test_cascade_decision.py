@@ -28,8 +28,8 @@ def test_ungated_candidates_keep_every_stone_and_cut_touching_ones_at_their_cent
     probs = np.zeros((g, g, 4), np.float32)
     probs[..., CBD] = 1
     cfg = {"config": StoneNetConfig(base_filters=4, depth=2, margin_px=4, grid=g).to_dict()}
-    labels, p_stone, centre = cd.stone_net_maps(StoneNet(FixedNet(out, channels=4), cfg), np.zeros((g, g), np.float32), coarse,
-                                                probs)
+    net = StoneNet(FixedNet(out, channels=4), cfg)
+    labels, p_stone, centre = cd.stone_net_maps(net, np.zeros((g, g), np.float32), coarse, probs)
     import cv2
 
     n, _ = cv2.connectedComponents((labels == STONE).astype(np.uint8), connectivity=8)
@@ -38,8 +38,7 @@ def test_ungated_candidates_keep_every_stone_and_cut_touching_ones_at_their_cent
     assert np.isclose(p_stone[lone].max(), 0.9) and centre[lone].max() < 0.3 and centre[a].max() > 0.9
     assert not p_stone[:2].any()  # outside the duct's neighbourhood the maps stay empty
     # no duct: nothing to look at, the first stage's labels stand
-    none, p0, c0 = cd.stone_net_maps(StoneNet(FixedNet(out, channels=4), cfg), np.zeros((g, g), np.float32),
-                                     np.zeros((g, g), np.uint8), probs)
+    none, p0, c0 = cd.stone_net_maps(net, np.zeros((g, g), np.float32), np.zeros((g, g), np.uint8), probs)
     assert not none.any() and not p0.any() and not c0.any()
 
 
