@@ -68,6 +68,8 @@ def retrain_command(args, train: dict, test: dict, held: str, key: str) -> list[
            "--out", str(run_dir(args, key)), "--data-dir", str(args.work / f"registry-{key}")]
     if args.lr_floor is not None:
         cmd += ["--lr-floor", str(args.lr_floor)]
+    if args.equalization != "global":
+        cmd += ["--equalization", args.equalization]
     return cmd + ["--keep", args.keep]
 
 
@@ -92,6 +94,8 @@ def parser() -> argparse.ArgumentParser:
                     "set made the same way, and a --work of its own)")
     ap.add_argument("--tag", default="", help="suffix for run folders and fold keys: an ablation next to the "
                     "default folds")
+    ap.add_argument("--equalization", choices=("global", "clahe"), default="global",
+                    help="retrain --equalization: the input's equalisation step (the paper's global one, or CLAHE)")
     ap.add_argument("--work", type=Path, default=ROOT / "data/lofo")
     ap.add_argument("--out", default=str(ROOT / "bench/results/lofo.json"))
     return ap
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         ratio = {k: round(100 * rows[held][k] / in_domain[k], 1) if in_domain[k] else None for k in STRUCTURES}
         fold = {"held_out_family": held, "augment": args.augment, "seen": seen, "epochs": card["epochs"],
                 "epochs_asked": args.epochs, "wall_s_this_call": round(time.perf_counter() - t),
-                "stone_label": args.stone_label, "retrain": ["ercp-node", *cmd[3:]],
+                "stone_label": args.stone_label, "equalization": args.equalization, "retrain": ["ercp-node", *cmd[3:]],
                 "held_out": rows[held], "in_domain_mean": in_domain, "held_out_pct_of_in_domain": ratio,
                 "per_family": rows, "goal_pct": 90}
         print(key, json.dumps(fold["held_out"]), "in-domain", json.dumps(in_domain), "ratio %",

@@ -30,6 +30,9 @@ def test_the_recipe_reaches_retrain(tmp_path):
     cmd = _fold(tmp_path, "--mixed-precision", "auto", "--lr-floor", "0.02", "--keep", "last", "--minutes", "18")
     assert cmd[cmd.index("--mixed-precision") + 1] == "auto" and cmd[cmd.index("--lr-floor") + 1] == "0.02"
     assert cmd[cmd.index("--keep") + 1] == "last" and cmd[cmd.index("--time-budget") + 1] == "18.0"
+    assert "--equalization" not in plain  # the paper's input unless asked: then retrain trains on CLAHE
+    clahe = _fold(tmp_path, "--equalization", "clahe")
+    assert clahe[clahe.index("--equalization") + 1] == "clahe"
 
 
 def test_family_sets_take_the_stone_label(tmp_path):

@@ -453,3 +453,47 @@ def test_retrain_epochs_default_to_the_time_budget(args, epochs):
     parsed = build_parser().parse_args(["retrain", "--data", "d", *args])
     _validate(parsed)
     assert parsed.epochs == epochs
+
+
+def test_the_input_equalisation_is_the_models_from_training_to_serving(phantom, tmp_path):
+    """retrain --equalization clahe: the arrays are preprocessed with CLAHE (a cache of its own), the card names it,
+    a fine-tune from that model keeps it unless told otherwise (and says so when told), and the node's Segmenter
+    feeds the model the input it was trained on."""
+    from ercp_node.model.inference import Segmenter
+    from ercp_node.model.retrain import resolve_equalization
+    from ercp_node.preprocessing.pipeline import preprocess_native, to_grid
+
+    tiny = ["--base-filters", "4", "--input-size", "64", "--batch-size", "4", "--epochs", "1",
+            "--data-dir", str(tmp_path / "node")]
+    first, tuned = tmp_path / "clahe", tmp_path / "tuned"
+    assert main(["retrain", "--data", str(phantom), "--out", str(first), "--equalization", "clahe", *tiny]) == 0
+    assert json.loads((first / "model.json").read_text())["equalization"] == "clahe"
+    assert {p.name.split("-")[-1] for p in (first / "cache").glob("*.npz")} == {"clahe.npz"}
+    assert main(["retrain", "--data", str(phantom), "--out", str(tuned), "--init", str(first / "model.keras"),
+                 *tiny]) == 0
+    assert json.loads((tuned / "model.json").read_text())["equalization"] == "clahe"
+    said = []
+    assert resolve_equalization("global", first / "model.keras", said.append) == "global"
+    assert said == ["the starting model saw clahe equalisation; this run trains it on global"]
+    assert resolve_equalization(None, None) == "global"  # from scratch: the paper's
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_equalization("adaptive", None)
+
+    class Recorder:  # a stand-in network that keeps what it was fed
+        input_shape = (None, 64, 64, 1)
+        seen: list = []
+
+        def predict_on_batch(self, x):
+            self.seen.append(np.array(x))
+            return np.repeat(np.full_like(x, 0.25), 4, axis=-1)
+
+    sample = read_data([phantom])[0][0]
+    pixels, bits, photometric = load_pixels(sample.image_path, sample.frame)
+    for eq in ("global", "clahe"):
+        rec = Recorder()
+        rec.seen = []
+        frame = (pixels, bits, photometric)
+        list(Segmenter(rec, {"equalization": eq}).labels_and_stone_probability([frame]))
+        want = to_grid(preprocess_native(pixels, bits_stored=bits, photometric=photometric, equalization=eq), 64)
+        np.testing.assert_allclose(rec.seen[0][0], want, atol=1e-6)
+    assert Segmenter(Recorder(), {}).equalization == "global"  # a card from before the choice: the paper's

@@ -178,3 +178,39 @@ def test_the_input_is_the_fields_whatever_value_the_mask_stores():
         pp.preprocess_native(plain, field=np.ones((10, 10), bool), **kw)
     with pytest.raises(ValueError, match="auto"):
         pp.preprocess_native(plain, field="yes", **kw)
+
+
+def test_clahe_evens_out_an_exposure_gradient_the_global_step_keeps():
+    """The alternative equalisation (issue 11: another input path, side by side): CLAHE maps each region's grey by
+    its own tiles' histogram, so a smooth exposure gradient across the field (an intensifier's vignetting, the
+    heel effect) is evened out while local structure stays; the paper's global histogram keeps the gradient."""
+    rng = np.random.default_rng(4)
+    texture = cv2.GaussianBlur(rng.normal(0, 1, (256, 256)).astype(np.float32), (0, 0), 2)
+    texture /= texture.std()
+    ramp = np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, :]  # twice the exposure on the right
+    frame = np.clip(1000 + 1000 * ramp + 200 * texture, 0, 4095).astype(np.uint16)
+    kw = {"bits_stored": 12, "photometric": "MONOCHROME2", "field": None}
+    g = pp.preprocess_native(frame, **kw)
+    c = pp.preprocess_native(frame, equalization="clahe", **kw)
+    assert g.shape == c.shape == frame.shape and 0 <= c.min() and c.max() <= 1
+    left, right = (slice(None), slice(0, 64)), (slice(None), slice(192, 256))
+    assert g[right].mean() - g[left].mean() > 0.6  # the gradient, kept
+    assert abs(c[right].mean() - c[left].mean()) < 0.3  # evened out (measured 0.66 and 0.20)
+    assert np.corrcoef(c[:, 96:160].ravel(), texture[:, 96:160].ravel())[0, 1] > 0.8  # the structure kept
+    with pytest.raises(ValueError, match="unknown"):
+        pp.preprocess_native(frame, equalization="adaptive", **kw)
+
+
+def test_clahe_input_is_the_fields_whatever_value_the_mask_stores():
+    """The mask is filled with the field's median grey before CLAHE (its one bin is capped by the clip limit), so
+    its stored value does not reach the field's input; outside the field the input is black, as with the
+    paper's step."""
+    black, grey = masked_frame(value=0), masked_frame(value=1800)
+    black[150:170, 40:200] = grey[150:170, 40:200] = 900
+    kw = {"bits_stored": 12, "photometric": "MONOCHROME2", "equalization": "clahe"}
+    inner = (slice(30, 290), slice(50, 390))
+    a, b = pp.preprocess_native(black, **kw), pp.preprocess_native(grey, **kw)
+    assert np.abs(a[inner] - b[inner]).mean() < 0.01
+    assert (a[60:, :30] == 0).all() and (b[60:, :30] == 0).all()
+    np.testing.assert_array_equal(pp.preprocess(black, size=64, **kw)[..., 0],
+                                  pp.to_grid(a, 64)[..., 0])  # the grid input is the native one resized

@@ -67,6 +67,9 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                         "0.7–1.4, intensity curves, blur/sharpen, noise; robust-scope: robust plus a restyled "
                         "duodenoscope in half the images (smoothed braid, fainter or denser); robust-texture: robust "
                         "plus a random shallow network's look in half the images (GIN)")
+    p.add_argument("--equalization", choices=("global", "clahe"), default=None,
+                   help="the input's equalisation step: global (the paper's histogram equalisation) or clahe "
+                        "(contrast-limited adaptive, 8 x 8 tiles); default: the --init model's, else global")
     p.add_argument("--rehearse", nargs="+", default=[], metavar="DIR",
                    help="with --init: annotated data the model learnt before (e.g. the phantom), mixed into every "
                         "epoch so a few site images do not make it forget; training only, never validation or test")
@@ -317,7 +320,8 @@ def run_retrain(args: argparse.Namespace) -> int:
                 stone_net=stone_net, lr_plateau=args.lr_plateau, rehearse_dirs=args.rehearse,
                 rehearse_share=args.rehearse_share, xla=args.xla, lr_floor=args.lr_floor, keep=args.keep,
                 val_fraction=args.val_fraction, rehearse_restyle=args.rehearse_restyle,
-                unlabelled_dirs=args.unlabelled, unlabelled_max=args.unlabelled_max)
+                unlabelled_dirs=args.unlabelled, unlabelled_max=args.unlabelled_max,
+                equalization=args.equalization)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     print(f"model: {out / 'model.keras'}  card: {out / 'model.json'}")

@@ -342,13 +342,14 @@ def load_mask(sample: Sample, shape: tuple[int, int]) -> np.ndarray:
     return m
 
 
-def load_training_pair(sample: Sample, size: int = 256, mask_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_training_pair(sample: Sample, size: int = 256, mask_size: int | None = None,
+                       equalization: str = "global") -> tuple[np.ndarray, np.ndarray]:
     """(preprocessed image (size, size) float32, label map (mask_size, mask_size) uint8): the image on the model
     grid; the labels on it too, or on a finer grid (a multiple of it) from which train.soft_one_hot makes
-    area-fraction targets."""
+    area-fraction targets. `equalization`: the model's (preprocessing.pipeline.EQUALIZATIONS)."""
     pixels, bits, photometric = load_pixels(sample.image_path, sample.frame)
     mask = load_mask(sample, pixels.shape[:2])
-    image = preprocess(pixels, bits_stored=bits, photometric=photometric, size=size)[..., 0]
+    image = preprocess(pixels, bits_stored=bits, photometric=photometric, size=size, equalization=equalization)[..., 0]
     m = mask_size or size
     return image, resize_labels(mask, (m, m))
 

@@ -125,6 +125,11 @@ class Segmenter:
         return base + ("+" + str(self.stones.card.get("version", "stones")) if self.stones is not None else "")
 
     @property
+    def equalization(self) -> str:
+        """The input's equalisation the model was trained on (its card; none named: the paper's, "global")."""
+        return str(self.card.get("equalization", "global"))
+
+    @property
     def input_size(self) -> int:
         return int(self.model.input_shape[1])
 
@@ -169,8 +174,8 @@ class Segmenter:
         field where the caller has found it already (else found here, when `field` is on)."""
         size = self.input_size
         fields = fields if fields is not None else ["auto"] * len(frames)
-        natives = [preprocess_native(p, bits_stored=b, photometric=ph, field=f if self.field else None)
-                   for (p, b, ph), f in zip(frames, fields)]
+        natives = [preprocess_native(p, bits_stored=b, photometric=ph, field=f if self.field else None,
+                                     equalization=self.equalization) for (p, b, ph), f in zip(frames, fields)]
         probs = self.probabilities(np.stack([to_grid(n, size) for n in natives]), batch_size)
         if self.zoom > 1:  # per frame (S·zoom)² planes where the first look saw a duct
             probs = second_look(probs, [partial(to_grid, n) for n in natives],

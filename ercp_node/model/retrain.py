@@ -31,12 +31,18 @@ PHANTOM_NOTE = "Trained on synthetic phantom cholangiograms (ercp-node phantom),
 
 
 def _pair(args):
-    sample, size, mask_size = args
-    return load_training_pair(sample, size, mask_size)
+    sample, size, mask_size, equalization = args
+    return load_training_pair(sample, size, mask_size, equalization)
+
+
+def input_version(equalization: str = "global") -> str:
+    """The preprocessed input's version in cache names: a cache of other preprocessing is never reused."""
+    return INPUT if equalization == "global" else f"{INPUT}-{equalization}"
 
 
 def prepare_arrays(samples: list[Sample], size: int, cache: Path | None = None, workers: int | None = None,
-                   log=print, mask_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   log=print, mask_size: int | None = None, equalization: str = "global"
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess every sample once: images (N, S, S) float16 and masks (N, M, M) uint8 (M = mask_size, default
     S: a finer M keeps the sub-pixel edges soft targets need), cached on disk."""
     if cache is not None and cache.is_file():
@@ -46,7 +52,7 @@ def prepare_arrays(samples: list[Sample], size: int, cache: Path | None = None, 
     x = np.zeros((len(samples), size, size), np.float16)
     m = mask_size or size
     y = np.zeros((len(samples), m, m), np.uint8)
-    for i, (img, mask) in enumerate(_parallel(_pair, [(s, size, m) for s in samples], workers)):
+    for i, (img, mask) in enumerate(_parallel(_pair, [(s, size, m, equalization) for s in samples], workers)):
         x[i], y[i] = img, mask
     log(f"preprocessed {len(samples)} images in {time.perf_counter() - t:.0f} s")
     _save_npz(cache, x=x, y=y)
@@ -74,18 +80,19 @@ def _save_npz(cache: Path | None, **arrays) -> None:
 
 
 def _image(args):
-    (path, frame), size = args
+    (path, frame), size, equalization = args
     from ..preprocessing.pipeline import preprocess
 
     try:
         pixels, bits, photometric = load_pixels(path, frame)
-        return preprocess(pixels, bits_stored=bits, photometric=photometric, size=size)[..., 0], None
+        return preprocess(pixels, bits_stored=bits, photometric=photometric, size=size,
+                          equalization=equalization)[..., 0], None
     except Exception as exc:  # noqa: BLE001 - one unreadable archive file must not end a site's run
         return None, f"unreadable pixels ({type(exc).__name__}: {exc})"
 
 
-def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None = None, log=print
-                   ) -> tuple[np.ndarray, list[Problem]]:
+def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None = None, log=print,
+                   equalization: str = "global") -> tuple[np.ndarray, list[Problem]]:
     """Images without labels, preprocessed as the training images are ((N, S, S) float16), cached on disk; an
     image whose pixels cannot be decoded is reported and left out."""
     if cache is not None and cache.is_file():
@@ -94,7 +101,7 @@ def prepare_images(items: list[tuple[str, int]], size: int, cache: Path | None =
     t = time.perf_counter()
     x = np.zeros((len(items), size, size), np.float16)
     keep, problems = [], []
-    for i, (img, reason) in enumerate(_parallel(_image, [(item, size) for item in items])):
+    for i, (img, reason) in enumerate(_parallel(_image, [(item, size, equalization) for item in items])):
         if img is None:
             problems.append(Problem(items[i][0], reason))
             continue
@@ -183,11 +190,12 @@ class Prepared:
     rehearsal_dirs: list[str] = field(default_factory=list)
     unlabelled: np.ndarray | None = None  # site images without annotations, preprocessed (N, S, S)
     unlabelled_report: dict = field(default_factory=dict)
+    equalization: str = "global"  # the input's equalisation (preprocessing.pipeline.EQUALIZATIONS)
 
 
 def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, input_size=None,
             split_date: dt.date | None = None, val_fraction=0.1, seed=0, rehearse_dirs=(), unlabelled_dirs=(),
-            unlabelled_max: int | None = None, log=print) -> Prepared:
+            unlabelled_max: int | None = None, equalization: str = "global", log=print) -> Prepared:
     """`rehearse_dirs`: annotated data the model learnt before (the phantom), for training only: never in the
     validation or test split, and none of a patient who is in them. `unlabelled_dirs`: the site's images without
     annotations (data.read_unlabelled), none of the annotated ones (the frozen test set above all)."""
@@ -208,8 +216,9 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
     cfg = get_config(preset, **overrides)
     size, fp = cfg.input_size, fingerprint(samples)
     cache = out_dir / "cache"  # names carry the input's version: a cache of older preprocessing is not reused
-    xt, yt = prepare_arrays(train_s, size, cache / f"train-{fp}-{size}-{seed}-{INPUT}.npz", log=log)
-    xv, yv = prepare_arrays(val_s, size, cache / f"val-{fp}-{size}-{seed}-{INPUT}.npz", log=log)
+    eq, version = dict(equalization=equalization), input_version(equalization)
+    xt, yt = prepare_arrays(train_s, size, cache / f"train-{fp}-{size}-{seed}-{version}.npz", log=log, **eq)
+    xv, yv = prepare_arrays(val_s, size, cache / f"val-{fp}-{size}-{seed}-{version}.npz", log=log, **eq)
     rehearsal: list[Sample] = []
     if rehearse_dirs:
         rehearsal, problems = read_data(rehearse_dirs)
@@ -219,8 +228,8 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
         rehearsal = [s for s in rehearsal if s.group not in held]
         if not rehearsal:
             raise ValueError("--rehearse: no usable images in " + ", ".join(map(str, rehearse_dirs)))
-        xr, yr = prepare_arrays(rehearsal, size, cache / f"rehearse-{fingerprint(rehearsal)}-{size}-{INPUT}.npz",
-                                log=log)
+        xr, yr = prepare_arrays(rehearsal, size, cache / f"rehearse-{fingerprint(rehearsal)}-{size}-{version}.npz",
+                                log=log, **eq)
         log(f"rehearsal: {len(rehearsal)} images from {', '.join(map(str, rehearse_dirs))}")
     unlabelled, unlabelled_report = None, {}
     if unlabelled_dirs:
@@ -231,7 +240,8 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
             raise ValueError("--unlabelled: no greyscale DICOM images in " + ", ".join(map(str, unlabelled_dirs))
                              + (f" other than the {excluded} annotated ones" if excluded else ""))
         key = fingerprint([Sample(f"{p}#{f}", "", None, "", p, f) for p, f in items])
-        unlabelled, unreadable = prepare_images(items, size, cache / f"unlabelled-{key}-{size}-{INPUT}.npz", log=log)
+        unlabelled, unreadable = prepare_images(items, size, cache / f"unlabelled-{key}-{size}-{version}.npz",
+                                                log=log, **eq)
         for p in unreadable:
             log(f"skipped (unlabelled) {p}")
         if not len(unlabelled):
@@ -245,7 +255,25 @@ def prepare(data_dirs, out_dir: Path, *, preset="default", base_filters=None, in
         xt, yt = np.concatenate([xt, xr]), np.concatenate([yt, yr])
     return Prepared([str(d) for d in data_dirs], samples, Split(train_s, split.test, split.split_date, split.dropped,
                     split.undated), val_s, cfg, preset, fp, (xt, yt, xv, yv), weights, rehearsal,
-                    [str(d) for d in rehearse_dirs], unlabelled, unlabelled_report)
+                    [str(d) for d in rehearse_dirs], unlabelled, unlabelled_report, equalization)
+
+
+def resolve_equalization(asked: str | None, init: str | Path | None, log=print) -> str:
+    """The run's input equalisation: the one asked for, else the starting model's (its card; none named:
+    "global", as every model before the choice existed), else "global"."""
+    from ..preprocessing.pipeline import EQUALIZATIONS
+
+    start = None
+    if init is not None and Path(init).with_suffix(".json").is_file():
+        start = json.loads(Path(init).with_suffix(".json").read_text()).get("equalization", "global")
+    elif init is not None:
+        start = "global"
+    chosen = asked or start or "global"
+    if chosen not in EQUALIZATIONS:
+        raise ValueError(f"equalization {chosen!r} unknown (known: {', '.join(EQUALIZATIONS)})")
+    if start is not None and chosen != start:
+        log(f"the starting model saw {start} equalisation; this run trains it on {chosen}")
+    return chosen
 
 
 def init_width(path: str | Path) -> int | None:
@@ -403,7 +431,7 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         "class_weights_eq5": prep.class_weights, "epochs": result.epochs_done, "batch_size": batch_size,
         "learning_rate": lr, "mixed_precision": mixed_precision, "seed": seed, "data": prep.data_dirs,
         "data_fingerprint": prep.fingerprint, "split": prep.split.report(), "validation_images": len(prep.validation),
-        "training_seconds_this_run": round(elapsed, 1), "augment": augment,
+        "training_seconds_this_run": round(elapsed, 1), "augment": augment, "equalization": prep.equalization,
         "init": {"path": str(init), "version": init_card.get("version")} if init else None,
         "freeze_encoder": freeze_encoder, "freeze_norm": freeze_norm, "time_budget_s": time_budget_s,
         "lr_plateau_patience": lr_plateau,
@@ -458,8 +486,9 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
             augment: str = "paper", time_budget_s: float | None = None, stone_net: Path | None = None,
             lr_plateau: int | None = None, rehearse_dirs=(), rehearse_share: float = 0.5, xla: bool = False,
             lr_floor: float | None = None, keep: str = "best", rehearse_restyle: float = 0.0, unlabelled_dirs=(),
-            unlabelled_max: int | None = None, log=print) -> dict:
-    """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card."""
+            unlabelled_max: int | None = None, equalization: str | None = None, log=print) -> dict:
+    """Train one model end to end and, with a registry, activate it only if it is not worse; returns its card.
+    `equalization`: the input's (preprocessing.pipeline.EQUALIZATIONS); None: the --init model's, else global."""
     if val_fraction <= 0 and keep == "best":  # before any data is read or trained
         raise ValueError("val_fraction 0 holds out no images to choose the best checkpoint by: keep the last one")
     if keep == "average" and not freeze_norm:
@@ -469,9 +498,11 @@ def retrain(data_dirs, out_dir, *, preset="default", loss="dice+focal", epochs=4
     out_dir.mkdir(parents=True, exist_ok=True)
     if init is not None and base_filters is None:
         base_filters = init_width(init)  # fine-tuning keeps the start's width (a widened model is not 16 wide)
+    equalization = resolve_equalization(equalization, init, log)
     prep = prepare(data_dirs, out_dir, preset=preset, base_filters=base_filters, input_size=input_size,
                    split_date=split_date, val_fraction=val_fraction, seed=seed, rehearse_dirs=rehearse_dirs,
-                   unlabelled_dirs=unlabelled_dirs, unlabelled_max=unlabelled_max, log=log)
+                   unlabelled_dirs=unlabelled_dirs, unlabelled_max=unlabelled_max, equalization=equalization,
+                   log=log)
     model_path, card = train_one(prep, out_dir, loss=loss, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                  mixed_precision=mixed_precision, early_stopping=early_stopping,
                                  focal_alpha=focal_alpha, focal_gamma=focal_gamma, command=command, init=init,

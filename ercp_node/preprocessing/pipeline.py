@@ -31,6 +31,13 @@ SATURATED = 0.003  # fraction of pixels saturated in total (half at each end)
 SHARPEN_STRENGTH = 1.0
 MODEL_SIZE = 256
 INPUT = "field1"  # the input's version, in the names of cached preprocessed arrays (retrain): field1 = over the field
+# The equalisation step: "global" is the paper's histogram equalisation; "clahe" the contrast-limited adaptive one
+# (Zuiderveld, "Contrast limited adaptive histogram equalization", Graphics Gems IV, 1994) on an 8 × 8 grid of
+# tiles whatever the matrix, clip limit 2 — the side-by-side alternative of issue 11 (docs/model-card.md). A model
+# names its own in its card ("equalization"; none: "global"), and training and serving read it from there.
+EQUALIZATIONS = ("global", "clahe")
+CLAHE_TILES = 8
+CLAHE_CLIP = 2.0
 _LAPLACIAN4 = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float32)
 
 
@@ -113,6 +120,20 @@ def equalize_hist(x: np.ndarray, bins: int = 256, within: np.ndarray | None = No
     return np.clip(lut, 0.0, 1.0)[q]
 
 
+def local_equalize(x: np.ndarray, within: np.ndarray | None = None, tiles: int = CLAHE_TILES,
+                   clip: float = CLAHE_CLIP) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (OpenCV) of float [0, 1] grey on 256 levels; float [0, 1]
+    out. Outside `within` (a bool mask; None: all counted) the grey is first set to the counted pixels' median: a
+    mask's one value then fills one bin of its tiles' histograms, which the clip limit caps, instead of stretching
+    the field's edge against black."""
+    x = np.clip(x, 0.0, 1.0)
+    if within is not None:
+        x = np.where(within, x, np.float32(np.median(x[within])))
+    q = np.rint(x * 255.0).astype(np.uint8)
+    out = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles)).apply(q)
+    return out.astype(np.float32) / 255.0
+
+
 def sharpen(x: np.ndarray, strength: float = SHARPEN_STRENGTH) -> np.ndarray:
     """First-order Laplacian sharpening: x - strength * Laplacian4(x), clipped to [0, 1].
 
@@ -175,9 +196,10 @@ def masks_to_source(prob_or_labels: np.ndarray, shape: tuple[int, int]) -> np.nd
 
 
 def preprocess(pixels: np.ndarray, *, bits_stored: int = 8, photometric: str = "MONOCHROME2",
-               size: int = MODEL_SIZE) -> np.ndarray:
+               size: int = MODEL_SIZE, equalization: str = "global") -> np.ndarray:
     """One stored frame (H, W) -> float32 (size, size, 1) model input in [0, 1]."""
-    return to_grid(preprocess_native(pixels, bits_stored=bits_stored, photometric=photometric), size)
+    return to_grid(preprocess_native(pixels, bits_stored=bits_stored, photometric=photometric,
+                                     equalization=equalization), size)
 
 
 def to_grid(native: np.ndarray, size: int) -> np.ndarray:
@@ -187,13 +209,17 @@ def to_grid(native: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess_native(pixels: np.ndarray, *, bits_stored: int = 8, photometric: str = "MONOCHROME2",
-                      field: np.ndarray | None | str = "auto") -> np.ndarray:
+                      field: np.ndarray | None | str = "auto", equalization: str = "global") -> np.ndarray:
     """Every preprocessing step except the resize: float (H, W) on the source grid.
+
+    `equalization`: one of EQUALIZATIONS — the paper's global histogram equalisation, or CLAHE in its place.
 
     `field`: where the beam reached — exposed_field's mask, found from the pixels when "auto", None for the whole
     frame (the paper's, which does not say). The stretch and the histogram are those of the field, and outside it
     the input is black: a mask's one value, whatever it is, then takes no share of the grey scale (a mask stored
     brighter than the darkest anatomy otherwise inserts a step into it) and looks as black borders do in training."""
+    if equalization not in EQUALIZATIONS:
+        raise ValueError(f"equalization {equalization!r} unknown (known: {', '.join(EQUALIZATIONS)})")
     raw = _as_2d(pixels)
     if bits_stored == 8 and raw.dtype == np.uint16 and int(raw.max(initial=0)) > 255:
         raise ValueError("uint16 pixels above 255 with bits_stored=8: pass the DICOM BitsStored")
@@ -212,7 +238,11 @@ def preprocess_native(pixels: np.ndarray, *, bits_stored: int = 8, photometric: 
         k = 2 * MEDIAN_RADIUS + 1
         counted = cv2.erode(field.astype(np.uint8), np.ones((k, k), np.uint8)).astype(bool)
         counted = counted if counted.any() else field
-    x = equalize_hist(saturation_stretch(x, within=counted), bins=2 ** min(bits_stored, 12), within=counted)
+    x = saturation_stretch(x, within=counted)
+    if equalization == "clahe":
+        x = local_equalize(x, within=field)  # the rim the median mixed keeps its grey; the mask is filled
+    else:
+        x = equalize_hist(x, bins=2 ** min(bits_stored, 12), within=counted)
     if field is not None:
         x[~field] = 0.0
     return sharpen(x)
