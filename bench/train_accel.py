@@ -62,6 +62,10 @@ second 2026-12-04 lease (docs/model-card.md), call 1 probing and making nine see
 
 The next lent GPU's run (not yet run): the nine sets, the collimated part shown with them (the ablation's broad
 rehearsal) and stacked stones touching (2026-12-06):  S="$S train-shut-seen train-touch-seen"
+Then, time allowing, the same call with `--equalization clahe` (CLAHE in place of the global histogram: scope and
+duct better on never-seen images in the CPU folds, more false stones; docs/model-card.md, "The alternative
+equalisation"), both judged by bench/gate.py side by side; `finish` prints the `retrain --equalization clahe` that
+gives the run its card.
 """
 from __future__ import annotations
 
@@ -283,17 +287,18 @@ def run(args) -> int:
     for p in problems:
         log(f"skipped {p}")
     train_s, val_s = _validation_split(samples, 0.1, 0)
+    eq = {"equalization": args.equalization}
     # soft targets (--mask-scale > 1): training labels on a finer grid; validation loss and IoU stay on the model
     # grid's labels, so they compare across runs; a second IoU on a 2x finer grid (probabilities resized as the
     # node resizes them to the source) shows what soft targets are for, edges between the model's pixels
     if args.window:  # frames at 512 and labels at 1024: whole frames and zoomed windows are cut from them per batch
-        xt, yt = prepare_arrays(train_s, WINDOW_BASE, workers=workers, log=log, mask_size=2 * WINDOW_BASE)
-        xw, yw = windows_for_validation(*prepare_arrays(val_s, WINDOW_BASE, workers=workers, log=log,
+        xt, yt = prepare_arrays(train_s, WINDOW_BASE, workers=workers, log=log, mask_size=2 * WINDOW_BASE, **eq)
+        xw, yw = windows_for_validation(*prepare_arrays(val_s, WINDOW_BASE, workers=workers, log=log, **eq,
                                                           mask_size=2 * WINDOW_BASE))
     else:
-        xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale)
-    xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log)
-    _, yv_fine = prepare_arrays(val_s, 256, workers=workers, log=log, mask_size=VAL_FINE)  # both from the source
+        xt, yt = prepare_arrays(train_s, 256, workers=workers, log=log, mask_size=256 * args.mask_scale, **eq)
+    xv, yv = prepare_arrays(val_s, 256, workers=workers, log=log, **eq)
+    _, yv_fine = prepare_arrays(val_s, 256, workers=workers, log=log, mask_size=VAL_FINE, **eq)  # both from the source
     log(f"train {len(xt)} / validation {len(xv)} images, {time.monotonic() - t_start:.0f} s since start")
     from ercp_node.model.train import AUGMENTATIONS
 
@@ -360,7 +365,8 @@ def run(args) -> int:
                f"val_iou_{VAL_FINE}": []}
     info = {"sets": {n: SETS[n] for n in names}, "scale": args.scale, "train_images": len(xt),
             "validation_images": len(xv), "batch_size": bs, "peak_lr": args.lr, "lr_floor": args.lr_floor,
-            "warmup_steps": args.warmup, "augment": args.augment, "select": args.select, "loss": LOSS, "loss_kwargs": LOSS_KW,
+            "warmup_steps": args.warmup, "augment": args.augment, "equalization": args.equalization,
+            "select": args.select, "loss": LOSS, "loss_kwargs": LOSS_KW,
             "targets": "hard" if args.mask_scale == 1 else f"soft (labels at {256 * args.mask_scale}, area fractions)",
             "init": {"path": args.init, "version": init_version} if args.init else None,
             "config": cfg.to_dict(), "backend": keras.backend.backend(), "device": device_name(),
@@ -509,7 +515,9 @@ def finish(args) -> int:
              "history": {"loss": h["loss"], "val_loss": h["val_loss"]},
              "trained_by": {k: v for k, v in doc.items() if k != "history"} | {"history": h}}
     (ckpt / "state.json").write_text(json.dumps(state, indent=1))
-    print(f"{ckpt}: resume with `ercp-node retrain … --out {args.run} --epochs {epochs}` (same data)")
+    eq = doc.get("equalization", "global")
+    more = f" --equalization {eq}" if eq != "global" else ""
+    print(f"{ckpt}: resume with `ercp-node retrain …{more} --out {args.run} --epochs {epochs}` (same data)")
     return 0
 
 
@@ -588,6 +596,8 @@ def main(argv=None) -> int:
                         "the labels it is computed on)")
     r.add_argument("--warmup", type=int, default=150, help="steps of linear warm-up")
     r.add_argument("--augment", default="robust")
+    r.add_argument("--equalization", choices=("global", "clahe"), default="global",
+                   help="the input's equalisation step; `finish` then `ercp-node retrain --equalization` the same")
     r.add_argument("--val-every", type=float, default=45.0, help="seconds between validations")
     r.add_argument("--workers", type=int, default=None)
     r.add_argument("--prefetch", type=int, default=8, help="augmented batches made ahead of training")

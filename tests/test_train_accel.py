@@ -23,9 +23,10 @@ def test_run_then_finish(accel, tmp_path):
     rc = accel.main(["run", "--work", str(tmp_path / "w"), "--out", str(out), "--sets", "train-cls", "train-rnd",
                      "train-clin", "--scale", "0.005", "--deadline", "70", "--reserve", "5", "--batch-size", "4",
                      "--val-every", "1000", "--warmup", "2", "--workers", "2", "--train-seconds", "30",
-                     "--select", "iou", "--jit", "--prefetch", "2"])
+                     "--select", "iou", "--jit", "--prefetch", "2", "--equalization", "clahe"])
     assert rc == 0
     doc = json.loads((out / "train.json").read_text())
+    assert doc["equalization"] == "clahe"  # the input's equalisation, for `retrain --equalization` at finish
     assert doc["jit"] is True  # --jit: XLA on the CPU; --prefetch 2 keeps two batches ahead across epochs
     assert doc["train_seconds"] < 50  # --train-seconds ends training before --deadline (plus the last validation)
     assert doc["steps"] > 0 and doc["train_images"] + doc["validation_images"] == 4 + 8 + 8
