@@ -497,3 +497,26 @@ def test_the_input_equalisation_is_the_models_from_training_to_serving(phantom, 
         want = to_grid(preprocess_native(pixels, bits_stored=bits, photometric=photometric, equalization=eq), 64)
         np.testing.assert_allclose(rec.seen[0][0], want, atol=1e-6)
     assert Segmenter(Recorder(), {}).equalization == "global"  # a card from before the choice: the paper's
+
+    class StoneStage:  # a stand-in cascade stone net (trained on the paper's input) that keeps its input
+        config = type("Config", (), {"grid": 96})()
+        seen: list = []
+
+        def refine(self, img, coarse, probs=None):
+            self.seen.append(img)
+            return np.zeros(coarse.shape, np.uint8), {}
+
+    stage = StoneStage()
+    list(Segmenter(Recorder(), {"equalization": "clahe"}, stage).labels_and_stone_probability([frame]))
+    want = to_grid(preprocess_native(pixels, bits_stored=bits, photometric=photometric), 96)[..., 0]
+    np.testing.assert_allclose(stage.seen[0], want, atol=1e-6)  # the stone net gets the global input still
+    # training the stone net: its images stay global, its first-stage prior comes from the first stage's input
+    from ercp_node.model.stonenet import cache_stone_grid, load_cache
+
+    rec = Recorder()
+    rec.seen = []
+    images, *_ = load_cache(cache_stone_grid([sample], tmp_path / "stones.npz", grid=96,
+                                             first_stage=Segmenter(rec, {"equalization": "clahe"})))
+    np.testing.assert_allclose(images[0] / 255, want, atol=0.5 / 255 + 1e-6)
+    clahe = to_grid(preprocess_native(pixels, bits_stored=bits, photometric=photometric, equalization="clahe"), 64)
+    np.testing.assert_allclose(rec.seen[0][0], clahe, atol=1e-6)

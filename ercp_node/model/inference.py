@@ -187,6 +187,9 @@ class Segmenter:
                 yield np.argmax(planes, axis=-1).astype(np.uint8), planes[..., STONE]  # = masks_to_source
             return
         grid = self.stones.config.grid
+        if self.equalization != "global":  # the stone net learnt the paper's input (stonenet.cache_stone_grid)
+            natives = [preprocess_native(p, bits_stored=b, photometric=ph, field=f if self.field else None)
+                       for (p, b, ph), f in zip(frames, fields)]
         for pr, native, (p, _, _) in zip(probs, natives, frames):
             # Second stage on the stone grid: the first stage's labels there, stones replaced around the duct.
             up = cv2.resize(np.asarray(pr, np.float32), (grid, grid), interpolation=cv2.INTER_LINEAR)

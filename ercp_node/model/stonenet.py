@@ -389,8 +389,10 @@ def cache_stone_grid(samples, out: Path, grid: int = STONE_GRID, first_stage=Non
         lab = np.where(lab == STONE, STONE, np.where(lab == CBD, CBD, 0)).astype(np.uint8)
         native = preprocess_native(pixels, bits_stored=bits, photometric=photometric)
         imgs.append((to_grid(native, grid)[..., 0] * 255).round().astype(np.uint8))
-        if first_stage is not None:
-            pr = first_stage.probabilities(to_grid(native, first_stage.input_size)[None])[0]
+        if first_stage is not None:  # the prior from the input the first stage learnt (its card's equalisation)
+            first = native if first_stage.equalization == "global" else preprocess_native(
+                pixels, bits_stored=bits, photometric=photometric, equalization=first_stage.equalization)
+            pr = first_stage.probabilities(to_grid(first, first_stage.input_size)[None])[0]
             priors.append((pr[..., 1:4] * 255).round().astype(np.uint8))
         labs.append(lab)
         cens.append(cen)
