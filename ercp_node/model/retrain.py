@@ -264,10 +264,9 @@ def resolve_equalization(asked: str | None, init: str | Path | None, log=print) 
     from ..preprocessing.pipeline import EQUALIZATIONS
 
     start = None
-    if init is not None and Path(init).with_suffix(".json").is_file():
-        start = json.loads(Path(init).with_suffix(".json").read_text()).get("equalization", "global")
-    elif init is not None:
-        start = "global"
+    if init is not None:
+        card = Path(init).with_suffix(".json")
+        start = json.loads(card.read_text()).get("equalization", "global") if card.is_file() else "global"
     chosen = asked or start or "global"
     if chosen not in EQUALIZATIONS:
         raise ValueError(f"equalization {chosen!r} unknown (known: {', '.join(EQUALIZATIONS)})")
