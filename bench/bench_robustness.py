@@ -94,9 +94,14 @@ def by_scope_texture(textures: list, per_image: list[dict]) -> dict:
     return out
 
 
+def count_error(truths, preds) -> list[int]:
+    """Per image: the predicted mask's stone count (the SR's component rule) less the truth's."""
+    return [len(stones(p, None)) - len(stones(t, None)) for t, p in zip(truths, preds)]
+
+
 def count_exact(truths, preds) -> list[bool]:
     """Per image: the predicted mask's stone count (the SR's component rule) equals the truth's."""
-    return [len(stones(p, None)) == len(stones(t, None)) for t, p in zip(truths, preds)]
+    return [e == 0 for e in count_error(truths, preds)]
 
 
 def variant(mode: str, decision: tuple[float, float]) -> str:
@@ -138,14 +143,17 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
             cleaned = [clean(mode, p, f) for p, f in zip(preds, fields)] if mode != "none" else preds
             t_post[name].append(time.perf_counter() - t)
             per_image[name] += per_image_metrics(truths, cleaned)
-            exact[name] += count_exact(truths, cleaned)
+            exact[name] += count_error(truths, cleaned)
     out = {}
     for mode, (peak, k), name in names:
         report = table1_report(per_image[name])
         out[name] = {"n": len(samples), "postprocess": mode, "stone_min_peak": peak, "stone_min_rose_k": k,
                      "scope_iou": report["structures"]["duodenoscope"]["iou_mean"],
                      "cbd_iou": report["structures"]["cbd"]["iou_mean"], "stone_iou": report["structures"]["stone"]["iou_mean"],
-                     "stone_count_exact_pct": round(100 * float(np.mean(exact[name])), 1),
+                     "stone_count_exact_pct": round(100 * float(np.mean(np.equal(exact[name], 0))), 1),
+                     # where it is not exact, which way: too many stones (false or split) or too few (missed, merged)
+                     "stone_count_over_pct": round(100 * float(np.mean(np.greater(exact[name], 0))), 1),
+                     "stone_count_under_pct": round(100 * float(np.mean(np.less(exact[name], 0))), 1),
                      "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1),
                      "postprocess_ms_per_image": round(1000 * sum(t_post[name]) / max(len(samples), 1), 1),
                      "by_largest_stone": by_largest_stone(sizes, per_image[name]),

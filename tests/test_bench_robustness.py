@@ -86,3 +86,6 @@ def test_stone_decisions_are_compared_on_the_same_outputs(bench, tmp_path):
     assert dropped["stone_min_peak"] == 0.6 and dropped["stone_iou"] == 0.0  # every true stone now drawn as duct
     with_stones = sum(len(bench.stones(load_mask(s, load_pixels(s.image_path)[0].shape[:2]), None)) > 0 for s in samples)
     assert with_stones and dropped["stone_count_exact_pct"] == round(100 * (4 - with_stones) / 4, 1)
+    # every image that had stones now has too few, none too many
+    assert dropped["stone_count_under_pct"] == round(100 * with_stones / 4, 1) and dropped["stone_count_over_pct"] == 0
+    assert rows["anatomy"]["stone_count_over_pct"] == rows["anatomy"]["stone_count_under_pct"] == 0
