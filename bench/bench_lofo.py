@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench_adaptation import score  # noqa: E402 - the same scoring as the adaptation curve (a sibling script)
 from ercp_node.phantom.style import FAMILIES  # noqa: E402
+from ercp_node.preprocessing.pipeline import EQUALIZATIONS  # noqa: E402
 
 SPLIT = "2024-06-09"
 STRUCTURES = ("scope_iou", "cbd_iou", "stone_iou")
@@ -94,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
                     "set made the same way, and a --work of its own)")
     ap.add_argument("--tag", default="", help="suffix for run folders and fold keys: an ablation next to the "
                     "default folds")
-    ap.add_argument("--equalization", choices=("global", "clahe"), default="global",
+    ap.add_argument("--equalization", choices=EQUALIZATIONS, default="global",
                     help="retrain --equalization: the input's equalisation step (the paper's global one, or CLAHE)")
     ap.add_argument("--work", type=Path, default=ROOT / "data/lofo")
     ap.add_argument("--out", default=str(ROOT / "bench/results/lofo.json"))

@@ -122,7 +122,7 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
     stone decision (model/postprocess.py drop_unsure_stones, then) clean-up mode is applied to its labels."""
     assert getattr(seg, "postprocess", "none") == "none", "the modes are applied here, to the network's own labels"
     names = [(m, d, variant(m, d)) for d in stone_decisions for m in postprocess]
-    per_image, exact, t_post = ({n: [] for _, _, n in names} for _ in range(3))
+    per_image, errors, t_post = ({n: [] for _, _, n in names} for _ in range(3))
     sizes, textures, t_model = [], [], 0.0
     for i in range(0, len(samples), batch):
         chunk = samples[i:i + batch]
@@ -143,17 +143,17 @@ def evaluate(seg: Segmenter, samples, batch: int = 16, postprocess: tuple[str, .
             cleaned = [clean(mode, p, f) for p, f in zip(preds, fields)] if mode != "none" else preds
             t_post[name].append(time.perf_counter() - t)
             per_image[name] += per_image_metrics(truths, cleaned)
-            exact[name] += count_error(truths, cleaned)
+            errors[name] += count_error(truths, cleaned)
     out = {}
     for mode, (peak, k), name in names:
         report = table1_report(per_image[name])
         out[name] = {"n": len(samples), "postprocess": mode, "stone_min_peak": peak, "stone_min_rose_k": k,
                      "scope_iou": report["structures"]["duodenoscope"]["iou_mean"],
                      "cbd_iou": report["structures"]["cbd"]["iou_mean"], "stone_iou": report["structures"]["stone"]["iou_mean"],
-                     "stone_count_exact_pct": round(100 * float(np.mean(np.equal(exact[name], 0))), 1),
+                     "stone_count_exact_pct": round(100 * float(np.mean(np.equal(errors[name], 0))), 1),
                      # where it is not exact, which way: too many stones (false or split) or too few (missed, merged)
-                     "stone_count_over_pct": round(100 * float(np.mean(np.greater(exact[name], 0))), 1),
-                     "stone_count_under_pct": round(100 * float(np.mean(np.less(exact[name], 0))), 1),
+                     "stone_count_over_pct": round(100 * float(np.mean(np.greater(errors[name], 0))), 1),
+                     "stone_count_under_pct": round(100 * float(np.mean(np.less(errors[name], 0))), 1),
                      "ms_per_image": round(1000 * t_model / max(len(samples), 1), 1),
                      "postprocess_ms_per_image": round(1000 * sum(t_post[name]) / max(len(samples), 1), 1),
                      "by_largest_stone": by_largest_stone(sizes, per_image[name]),

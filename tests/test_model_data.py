@@ -476,6 +476,15 @@ def test_the_input_equalisation_is_the_models_from_training_to_serving(phantom, 
     assert resolve_equalization("global", first / "model.keras", said.append) == "global"
     assert said == ["the starting model saw clahe equalisation; this run trains it on global"]
     assert resolve_equalization(None, None) == "global"  # from scratch: the paper's
+    import argparse
+
+    from ercp_node.model.cli import add_retrain_arguments
+    from ercp_node.preprocessing.pipeline import EQUALIZATIONS
+
+    parser = argparse.ArgumentParser()
+    add_retrain_arguments(parser)
+    choices = next(a.choices for a in parser._actions if a.dest == "equalization")
+    assert tuple(choices) == EQUALIZATIONS  # the CLI's literal list is the pipeline's
     with pytest.raises(ValueError, match="unknown"):
         resolve_equalization("adaptive", None)
 

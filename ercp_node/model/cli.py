@@ -67,6 +67,7 @@ def add_retrain_arguments(p: argparse.ArgumentParser) -> None:
                         "0.7–1.4, intensity curves, blur/sharpen, noise; robust-scope: robust plus a restyled "
                         "duodenoscope in half the images (smoothed braid, fainter or denser); robust-texture: robust "
                         "plus a random shallow network's look in half the images (GIN)")
+    # = preprocessing.pipeline.EQUALIZATIONS (tested), written out: importing it loads OpenCV and SciPy at start-up
     p.add_argument("--equalization", choices=("global", "clahe"), default=None,
                    help="the input's equalisation step: global (the paper's histogram equalisation) or clahe "
                         "(contrast-limited adaptive, 8 x 8 tiles); default: the --init model's, else global")
