@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from ercp_node.model.data import read_data  # noqa: E402
 from ercp_node.model.inference import Segmenter  # noqa: E402
 from ercp_node.model.retrain import evaluate_samples  # noqa: E402
+from ercp_node.preprocessing.pipeline import EQUALIZATIONS  # noqa: E402
 
 
 def subset(src: Path, dst: Path, n: int) -> None:
@@ -129,6 +130,8 @@ def retrain_command(args, data: Path, run: Path) -> list[str]:
     cmd += ["--keep", args.keep, "--seed", str(args.seed), "--val-fraction", str(args.val_fraction)]
     if args.xla:
         cmd.append("--xla")
+    if args.equalization is not None:
+        cmd += ["--equalization", args.equalization]
     return cmd
 
 
@@ -159,6 +162,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--xla", action="store_true", help="retrain --xla: more steps in the budget on a CPU")
     ap.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto",
                     help="retrain --mixed-precision (auto: bf16 on a GPU or a CPU with AMX-BF16)")
+    ap.add_argument("--equalization", choices=EQUALIZATIONS, default=None,
+                    help="retrain --equalization: the fine-tuned model's input (default: the --init model's)")
     ap.add_argument("--in-domain", nargs="+", type=Path, default=[], help="test sets of the families it learnt")
     ap.add_argument("--work", type=Path, default=ROOT / "data/adaptation")
     ap.add_argument("--out", default=str(ROOT / "bench/results/adaptation.json"))
@@ -243,7 +248,8 @@ def recipe(args) -> dict:
             "unlabelled": args.unlabelled, "rehearse": [str(d) for d in args.rehearse],
             "share": args.share if args.rehearse else None, "freeze_encoder": args.freeze_encoder,
             "freeze_norm": args.freeze_norm, "lr_floor": args.lr_floor, "keep": args.keep, "seed": args.seed,
-            "val_fraction": args.val_fraction, "xla": args.xla, "mixed_precision": args.mixed_precision}
+            "val_fraction": args.val_fraction, "xla": args.xla, "mixed_precision": args.mixed_precision,
+            "equalization": args.equalization}
 
 
 def rescore_rows(args) -> list[dict]:

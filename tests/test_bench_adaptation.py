@@ -48,17 +48,20 @@ def test_retrain_command_passes_the_recipe_on(tmp_path):
     assert "--xla" not in plain and "--lr-floor" not in plain and "--rehearse" not in plain
     assert "--rehearse-restyle" not in plain
     assert "--unlabelled" not in plain
+    assert "--equalization" not in plain  # the --init model's input, as retrain resolves it
     assert "--freeze-norm" not in plain and plain[plain.index("--val-fraction") + 1] == "0.1"
     assert plain[plain.index("--augment") + 1] == "robust"
     cmd = ad.retrain_command(ad.parser().parse_args(base + ["--xla", "--lr-floor", "0.01", "--keep", "last",
                                                             "--rehearse", "a", "b", "--freeze-encoder",
                                                             "--freeze-norm", "--val-fraction", "0",
                                                             "--augment", "paper", "--restyle", "0.5",
-                                                            "--unlabelled", "100"]),
+                                                            "--unlabelled", "100", "--equalization", "clahe"]),
                              tmp_path / "d", tmp_path / "r")
     assert "--xla" in cmd and "--freeze-encoder" in cmd and "--freeze-norm" in cmd
     assert cmd[cmd.index("--val-fraction") + 1] == "0.0" and cmd[cmd.index("--augment") + 1] == "paper"
     assert cmd[cmd.index("--rehearse-restyle") + 1] == "0.5"
+    assert cmd[cmd.index("--equalization") + 1] == "clahe"
+    assert ad.recipe(ad.parser().parse_args(base + ["--equalization", "clahe"]))["equalization"] == "clahe"
     assert cmd[cmd.index("--unlabelled") + 1] == str(tmp_path / "d-unlabelled")
     assert cmd[cmd.index("--lr-floor") + 1] == "0.01" and cmd[cmd.index("--keep") + 1] == "last"
     assert cmd[cmd.index("--rehearse") + 1:cmd.index("--rehearse") + 3] == ["a", "b"]
