@@ -6,7 +6,9 @@ into their own phantom directory, `ercp-node retrain --init MODEL --augment robu
 after the split) by the same evaluation as `retrain`. N = 0 is the starting model itself. With --rehearse the
 fine-tuning mixes the data the starting model learnt into every epoch (`retrain --rehearse`). With --in-domain
 the starting model is also scored on the families it learnt (the reference of the "≥ 95 % of in-domain IoU"
-goal), and so is each fine-tuned model (what the site's model forgets of them). Writes bench/results/adaptation.json.
+goal), and so is each fine-tuned model (what the site's model forgets of them). --equalization trains the site's
+model on another input than the starting model's (retrain --equalization; its card then names it, and every score
+feeds each model its own input). Writes bench/results/adaptation.json.
 
 Scoring is the network's own labels (one look, no clean-up) unless --served: then every model — the starting
 one, each fine-tuned one, in-domain and site alike — is scored as the node serves it with its default settings
