@@ -12,8 +12,9 @@ preset `default`, the loss (Dice + categorical focal, alpha 2, gamma 2), augment
 batch 32, Adam with a warm-up and a cosine decay over the wall-clock budget, validation by time, not epoch.
 
   run     (where the accelerator is; any Keras backend) synth → preprocess → train until --deadline seconds
-          after start; writes --out/best.keras (float32, no optimizer: the validation-loss best) and
-          --out/train.json (settings, data, history, timings) whenever the validation loss improves.
+          after start; writes --out/best.keras (float32, no optimizer: the validation-loss best) with its card
+          best.json (version, the input's equalisation) and --out/train.json (settings, data, history,
+          timings) whenever the validation loss improves.
   finish  (here) turns best.keras + train.json into a `retrain` run folder (checkpoints/{last,best}.keras,
           state.json), so `ercp-node retrain` with the same data and --epochs resumes it with nothing left to
           train: it scores the model on the frozen test set and gates it like any other candidate.
@@ -397,6 +398,9 @@ def run(args) -> int:
                 tmp = out / f"{name}.tmp.keras"
                 weights.save(tmp)
                 os.replace(tmp, out / f"{name}.keras")
+                # the card beside it: every reader (gate, evaluate, serve) then preprocesses as the net trained
+                (out / f"{name}.json").write_text(json.dumps(
+                    {"version": f"{out.name}-{name}", "equalization": args.equalization}, indent=1))
         if improved:
             best.update(val_loss=vl, score=round(sc, 4), step=step, epoch=round(epoch, 2),
                         val_iou=iou, **{f"val_iou_{VAL_FINE}": iou_fine})

@@ -27,6 +27,9 @@ def test_run_then_finish(accel, tmp_path):
     assert rc == 0
     doc = json.loads((out / "train.json").read_text())
     assert doc["equalization"] == "clahe"  # the input's equalisation, for `retrain --equalization` at finish
+    from ercp_node.model.inference import Segmenter
+    seg = Segmenter.load(out / "best.keras")  # its card beside it: read as trained, not on the paper's input
+    assert seg.equalization == "clahe" and seg.version == "out-best"
     assert doc["jit"] is True  # --jit: XLA on the CPU; --prefetch 2 keeps two batches ahead across epochs
     assert doc["train_seconds"] < 50  # --train-seconds ends training before --deadline (plus the last validation)
     assert doc["steps"] > 0 and doc["train_images"] + doc["validation_images"] == 4 + 8 + 8
