@@ -67,9 +67,9 @@ Then, time allowing, the same call with `--equalization clahe` (CLAHE in place o
 duct better on never-seen images in the CPU folds, more false stones; docs/model-card.md, "The alternative
 equalisation"), both judged by bench/gate.py side by side; `finish` prints the `retrain --equalization clahe` that
 gives the run its card. On this CPU (2026-12-07) 40 minutes of it from the shipped model, against the same run on
-the paper's input: duct +1.4 over 950 images, refused by the gate at its margin; its checkpoint,
-checkpoints/eq-clahe-2026.12.07/best.keras, is where a CPU stretch would go on (docs/model-card.md, "The shipped
-model moved onto CLAHE on this CPU").
+the paper's input: duct +1.4 over 950 images, refused by the gate at its margin, and two more stretches from it
+(140 CPU minutes in all) refused on stones, whose gate interval is wider than what CPU minutes add; the switch
+needs this recipe's length (docs/model-card.md, "The shipped model moved onto CLAHE on this CPU").
 """
 from __future__ import annotations
 
