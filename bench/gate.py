@@ -119,16 +119,23 @@ def decide_split(active: dict, candidate: dict, non_inferior_on: list[str] | Non
             "non_inferior_on": {"sets": list(non_inferior_on), "structures": part["structures"]}}
 
 
-def judge(model: str, data: list[str], limit: int | None = None, zoom: float = 1.0) -> tuple[str, dict]:
-    """One model, no TTA, no clean-up, its second look at `zoom` (1: one look) -> (version, {set name: iou_table +
-    stone count exact per image})."""
+def judge(model: str, data: list[str], limit: int | None = None, zoom: float = 1.0) -> tuple[dict, dict]:
+    """One model, no TTA, no clean-up, its second look at `zoom` (1: one look) -> ({version, equalization, card},
+    {set name: iou_table + stone count exact per image}). The card beside the model names its input; a model
+    without one is read on the paper's input, which misjudges a CLAHE net: said aloud, and kept in the JSON."""
     from bench_robustness import count_exact, predicted
 
     from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
     from ercp_node.model.metrics import per_image_metrics
 
+    from ercp_node.model.inference import card_path
+
     seg = Segmenter.load(model, tta="none", postprocess="none", zoom=zoom)
+    info = {"version": seg.version, "equalization": seg.equalization, "card": card_path(model).is_file()}
+    if not info["card"]:
+        print(f"WARNING: no card beside {model} ({card_path(model).name}): read on the paper's input (global)",
+              flush=True)
     tables = {}
     for d in data:
         samples, _ = read_data([d])
@@ -139,7 +146,7 @@ def judge(model: str, data: list[str], limit: int | None = None, zoom: float = 1
             exact += count_exact(truths, preds)
         tables[Path(d).name] = {**iou_table(per_image), "stone_count_exact": exact}
         print(f"{seg.version}: {Path(d).name} {len(samples)} images", flush=True)
-    return seg.version, tables
+    return info, tables
 
 
 def main(argv=None) -> int:
@@ -171,8 +178,9 @@ def main(argv=None) -> int:
         return 0
     if not args.candidate:
         ap.error("--candidate is required (or --recompute JSON)")
-    v_active, t_active = judge(args.active, args.data, args.limit, args.active_zoom)
-    v_cand, t_cand = judge(args.candidate, args.data, args.limit, args.candidate_zoom)
+    i_active, t_active = judge(args.active, args.data, args.limit, args.active_zoom)
+    i_cand, t_cand = judge(args.candidate, args.data, args.limit, args.candidate_zoom)
+    v_active, v_cand = i_active["version"], i_cand["version"]
     result = decide_split(strip(t_active), strip(t_cand), args.non_inferior_on, margin=args.margin, n_boot=args.boot,
                           seed=args.seed)
     exact = {name: {k: round(100 * float(np.mean(v["stone_count_exact"])), 1) for k, v in t.items()}
@@ -184,8 +192,8 @@ def main(argv=None) -> int:
         rule += " (as served, each model with its own second look: the rule from 2026-12-03 on)"
     out = {"bench": "gate", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
            "rule": rule, "data": args.data, "limit": args.limit,
-           "active": {"path": args.active, "version": v_active, "zoom": args.active_zoom},
-           "candidate": {"path": args.candidate, "version": v_cand, "zoom": args.candidate_zoom},
+           "active": {"path": args.active, **i_active, "zoom": args.active_zoom},
+           "candidate": {"path": args.candidate, **i_cand, "zoom": args.candidate_zoom},
            **result, "stone_count_exact_pct": exact, "per_image": {"active": t_active, "candidate": t_cand}}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(("PROMOTE " if result["promote"] else "REFUSE ") + f"{v_cand} over {v_active}: {result['reason']}")

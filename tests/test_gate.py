@@ -88,6 +88,7 @@ def test_the_shipped_model_cannot_pass_its_own_gate(gate, tmp_path):
     assert r["per_image"]["active"] == r["per_image"]["candidate"]
     assert all(r["structures"][s]["delta"] == 0 for s in gate.STRUCTURES)
     assert r["active"]["version"] == r["candidate"]["version"]
+    assert r["candidate"]["card"] is True and r["candidate"]["equalization"] == "global"  # the input it was read on
     assert gate.main(["--recompute", str(out), "--boot", "100"]) == 0  # from the kept per-image IoUs, no model
     again = json.loads(out.read_text())
     assert again["promote"] is False and again["n_boot"] == 100 and again["per_image"] == r["per_image"]
@@ -129,3 +130,19 @@ def test_the_rule_of_2026_12_05_non_inferior_on_the_500_better_over_all_sets(gat
     assert gate.decide_split(active, active, None) == gate.decide(active, active)
     with pytest.raises(ValueError, match="not judged"):
         gate.decide_split(active, active, ["a", "c"])
+
+
+def test_a_model_without_its_card_is_judged_on_the_papers_input_and_says_so(gate, tmp_path, capsys):
+    """A CLAHE net whose card was lost would be misjudged on the global input: the gate warns, and the JSON keeps
+    which input each model was read on."""
+    import shutil
+
+    synth(tmp_path / "t", count=2, seed=12)
+    bare = tmp_path / "bare.keras"
+    shutil.copyfile(ROOT / "ercp_node/model/weights/default.keras", bare)
+    out = tmp_path / "gate.json"
+    assert gate.main(["--candidate", str(bare), "--data", str(tmp_path / "t"), "--boot", "50", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["candidate"] == {"path": str(bare), "version": "bare", "equalization": "global", "card": False, "zoom": 1.0}
+    assert r["active"]["card"] is True
+    assert "WARNING: no card beside" in capsys.readouterr().out
