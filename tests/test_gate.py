@@ -143,6 +143,7 @@ def test_a_model_without_its_card_is_judged_on_the_papers_input_and_says_so(gate
     out = tmp_path / "gate.json"
     assert gate.main(["--candidate", str(bare), "--data", str(tmp_path / "t"), "--boot", "50", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["candidate"] == {"path": str(bare), "version": "bare", "equalization": "global", "card": False, "zoom": 1.0}
+    assert r["candidate"] == {"path": str(bare), "version": "bare", "equalization": "global", "card": False,
+                              "zoom": 1.0}
     assert r["active"]["card"] is True
     assert "WARNING: no card beside" in capsys.readouterr().out
