@@ -126,16 +126,13 @@ def judge(model: str, data: list[str], limit: int | None = None, zoom: float = 1
     from bench_robustness import count_exact, predicted
 
     from ercp_node.model.data import read_data
-    from ercp_node.model.inference import Segmenter
+    from ercp_node.model.inference import Segmenter, card_path
     from ercp_node.model.metrics import per_image_metrics
 
-    from ercp_node.model.inference import card_path
-
-    seg = Segmenter.load(model, tta="none", postprocess="none", zoom=zoom)
-    info = {"version": seg.version, "equalization": seg.equalization, "card": card_path(model).is_file()}
+    seg, card = Segmenter.load(model, tta="none", postprocess="none", zoom=zoom), card_path(model)
+    info = {"version": seg.version, "equalization": seg.equalization, "card": card.is_file()}
     if not info["card"]:
-        print(f"WARNING: no card beside {model} ({card_path(model).name}): read on the paper's input (global)",
-              flush=True)
+        print(f"WARNING: no card beside {model} ({card.name}): read on the paper's input (global)", flush=True)
     tables = {}
     for d in data:
         samples, _ = read_data([d])
