@@ -114,6 +114,21 @@ def test_segmenter_second_look_agrees_with_a_pointwise_model():
     assert np.logical_xor(lab1 == CBD, lab2 == CBD).sum() <= 0.05 * (lab1 == CBD).sum()
 
 
+
+def test_source_planes_are_what_the_labels_are_argmaxed_from():
+    frame = np.full((200, 180), 40, np.uint8)
+    frame[60:140, 70:100] = 230
+    frames = [(frame, 8, "MONOCHROME2")] * 2
+    seg = Segmenter(Bright(), {}, zoom=1.4)
+    planes = list(seg.source_planes(frames))
+    labels = list(seg.labels_and_stone_probability(frames))
+    assert len(planes) == len(labels) == 2
+    for (pl, native), (lab, p_stone) in zip(planes, labels):
+        assert pl.shape == (200, 180, 4) and native.shape == frame.shape  # source grid, model input there
+        np.testing.assert_allclose(pl.sum(-1), 1.0, atol=1e-4)
+        np.testing.assert_array_equal(np.argmax(pl, -1), lab)
+        np.testing.assert_array_equal(pl[..., 3], p_stone)
+
 def test_segment_follows_the_settings_zoom(tiny_model, tmp_path, capsys):
     """`ercp-node segment` looks twice as the node does (settings model.zoom), once with --zoom 1."""
     import pydicom

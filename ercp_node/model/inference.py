@@ -166,12 +166,8 @@ class Segmenter:
             out.append(labels)
         return out
 
-    def labels_and_stone_probability(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
-                                     fields: list | None = None):
-        """Per frame, in order (a generator: one frame's source-grid planes alive at a time): the network's label
-        map on the source grid (no stone decision, no clean-up) and the stone probability there that the stone
-        decision reads (None from the cascade, whose stone net decides its stones). `fields`: each frame's exposed
-        field where the caller has found it already (else found here, when `field` is on)."""
+    def _first_stage(self, frames, batch_size: int, fields: list | None):
+        """The stored frames' model inputs on the source grid and the first stage's probabilities on its grid."""
         size = self.input_size
         fields = fields if fields is not None else ["auto"] * len(frames)
         natives = [preprocess_native(p, bits_stored=b, photometric=ph, field=f if self.field else None,
@@ -181,11 +177,28 @@ class Segmenter:
             probs = second_look(probs, [partial(to_grid, n) for n in natives],
                                 lambda x: self.probabilities(x, batch_size, self.zoom_tta), self.zoom,
                                 self.zoom_weight)
+        return natives, probs
+
+    def source_planes(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
+                      fields: list | None = None):
+        """Per frame, in order (a generator): the first stage's class planes (H, W, C) on the source grid, before
+        any argmax, and the model's input there (preprocess_native; bench/bench_edges.py guides its filter by it)."""
+        natives, probs = self._first_stage(frames, batch_size, fields)
+        for pr, native, (p, _, _) in zip(probs, natives, frames):
+            yield planes_to_source(np.asarray(pr, np.float32), np.shape(p)[:2]), native
+
+    def labels_and_stone_probability(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
+                                     fields: list | None = None):
+        """Per frame, in order (a generator: one frame's source-grid planes alive at a time): the network's label
+        map on the source grid (no stone decision, no clean-up) and the stone probability there that the stone
+        decision reads (None from the cascade, whose stone net decides its stones). `fields`: each frame's exposed
+        field where the caller has found it already (else found here, when `field` is on)."""
+        fields = fields if fields is not None else ["auto"] * len(frames)
         if self.stones is None:
-            for pr, (p, _, _) in zip(probs, frames):
-                planes = planes_to_source(np.asarray(pr, np.float32), np.shape(p)[:2])
+            for planes, _ in self.source_planes(frames, batch_size, fields):
                 yield np.argmax(planes, axis=-1).astype(np.uint8), planes[..., STONE]  # = masks_to_source
             return
+        natives, probs = self._first_stage(frames, batch_size, fields)
         grid = self.stones.config.grid
         if self.equalization != "global":  # the stone net learnt the paper's input (stonenet.cache_stone_grid)
             natives = [preprocess_native(p, bits_stored=b, photometric=ph, field=f if self.field else None)
