@@ -120,6 +120,16 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def of_split(samples: list, split: str) -> list:
+    """"all", or the part of `samples` a training run on them alone trains ("train") or validates ("validation") on:
+    retrain's split by patient (10 %, seed 0), as bench/train_accel.py makes it."""
+    if split == "all":
+        return list(samples)
+    from ercp_node.model.retrain import _validation_split
+
+    return _validation_split(samples, 0.1, 0)[split == "validation"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -132,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--zoom", type=float, default=1.0, help="second look at the duct (the node's [model] zoom)")
     ap.add_argument("--precision", default="float32", choices=PRECISIONS, help="the first stage's compute")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ap.add_argument("--split", choices=("all", "train", "validation"), default="all",
+                    help="of each set, only the images a training run on it alone trains on, or validates on "
+                         "(retrain's split by patient: 10 %%, seed 0, as bench/train_accel.py makes it)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/count-errors.json"))
     args = ap.parse_args(argv)
 
@@ -146,6 +159,7 @@ def main(argv=None) -> int:
     sets = {}
     for d in args.data:
         samples, _ = read_data([d])
+        samples = of_split(samples, args.split)
         samples = samples[: args.limit] if args.limit else samples
         rows = [classify(t, p) for _, truths, preds, _ in predicted(seg, samples)
                 for t, p in zip(truths, preds)]
@@ -154,7 +168,7 @@ def main(argv=None) -> int:
     out = {"bench": "count_errors", "machine": f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores",
            "model": {"path": args.model, "version": seg.version}, "tta": args.tta, "zoom": args.zoom,
            "precision": seg.precision, "postprocess": args.postprocess,
-           "stone_min_peak": seg.stone_min_peak, "stone_min_rose_k": seg.stone_min_rose_k,
+           "stone_min_peak": seg.stone_min_peak, "stone_min_rose_k": seg.stone_min_rose_k, "split": args.split,
            "sets": sets}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

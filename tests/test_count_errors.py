@@ -64,3 +64,14 @@ def test_found_stones_are_tallied_by_their_size_on_the_model_grid():
     s = ce.summarise([ce.classify(truth, pred)])
     assert s["found_by_size_on_model_grid"] == {"0-3px": {"true": 1, "found_pct": 0.0},
                                                 ">=8px": {"true": 5, "found_pct": 80.0}}
+
+
+def test_split_is_the_training_runs_split_by_patient():
+    from types import SimpleNamespace
+
+    ce = bench_module("count_errors")
+    samples = [SimpleNamespace(group=f"p{i // 3}", name=i) for i in range(60)]  # 20 patients, 3 images each
+    train, val = ce.of_split(samples, "train"), ce.of_split(samples, "validation")
+    assert ce.of_split(samples, "all") == samples
+    assert len(val) == 6 and sorted(s.name for s in train + val) == list(range(60))
+    assert not {s.group for s in train} & {s.group for s in val}  # whole patients on one side
