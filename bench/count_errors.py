@@ -121,13 +121,13 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def of_split(samples: list, split: str) -> list:
-    """"all", or the part of `samples` a training run on them alone trains ("train") or validates ("validation") on:
-    retrain's split by patient (10 %, seed 0), as bench/train_accel.py makes it."""
+    """"all", or the part of `samples` a bench/train_accel.py run on them alone trains ("train") or validates
+    ("validation") on (its training_split)."""
     if split == "all":
         return list(samples)
-    from ercp_node.model.retrain import _validation_split
+    from train_accel import training_split
 
-    return _validation_split(samples, 0.1, 0)[split == "validation"]
+    return training_split(samples)[split == "validation"]
 
 
 def main(argv=None) -> int:
@@ -143,8 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="float32", choices=PRECISIONS, help="the first stage's compute")
     ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
     ap.add_argument("--split", choices=("all", "train", "validation"), default="all",
-                    help="of each set, only the images a training run on it alone trains on, or validates on "
-                         "(retrain's split by patient: 10 %%, seed 0, as bench/train_accel.py makes it)")
+                    help="of each set, only the images a bench/train_accel.py run on it alone trains on, or "
+                         "validates on (retrain's split by patient: 10 %%, seed 0)")
     ap.add_argument("--out", default=str(ROOT / "bench/results/count-errors.json"))
     args = ap.parse_args(argv)
 

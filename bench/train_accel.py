@@ -168,6 +168,14 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def training_split(samples: list) -> tuple[list, list]:
+    """(train, validation): retrain's split by patient, 10 % held out, seed 0 — the split every run here makes
+    (bench/count_errors.py --split selects either side again)."""
+    from ercp_node.model.retrain import _validation_split
+
+    return _validation_split(samples, 0.1, 0)
+
+
 def synth_sets(work: Path, names: list[str], scale: float, workers: int) -> list[Path]:
     from ercp_node.phantom.cli import add_synth_arguments, config_from_args
     from ercp_node.phantom.dataset import generate
@@ -284,13 +292,13 @@ def run(args) -> int:
     dirs = synth_sets(work, names, args.scale, workers)
 
     from ercp_node.model.data import read_data
-    from ercp_node.model.retrain import _validation_split, prepare_arrays
+    from ercp_node.model.retrain import prepare_arrays
     from ercp_node.preprocessing.pipeline import masks_to_source
 
     samples, problems = read_data(dirs)
     for p in problems:
         log(f"skipped {p}")
-    train_s, val_s = _validation_split(samples, 0.1, 0)
+    train_s, val_s = training_split(samples)
     eq = {"equalization": args.equalization}
     # soft targets (--mask-scale > 1): training labels on a finer grid; validation loss and IoU stay on the model
     # grid's labels, so they compare across runs; a second IoU on a 2x finer grid (probabilities resized as the
