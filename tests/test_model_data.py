@@ -169,7 +169,20 @@ def test_retrain_and_evaluate_tiny(phantom, tmp_path, capsys):
     assert 0.0 <= card["stone_min_peak"] < 1.0 and fit["images"] == card["validation_images"]
     assert fit["tta"] == "flip" and fit["postprocess"] == "anatomy"
     assert ("chosen" in fit) != ("not_fitted" in fit)
+    # and the scope's decision on the same images: a gap from the grid or off, with what it saw
+    assert card["scope_max_gap"] is None or card["scope_max_gap"] in (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+    assert card["scope_max_gap_fit"]["images"] == card["validation_images"]
     assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--stone-min-peak", "model"]) == 0
+    capsys.readouterr()
+    gap_json = tmp_path / "gap.json"
+    assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--fit-scope-gap",
+                 "--json", str(gap_json)]) == 0
+    said = capsys.readouterr().out
+    assert "12 annotated images" in said and "scope IoU with the gap off" in said and "scope_max_gap" in said
+    gap = json.loads(gap_json.read_text())
+    assert gap["fit"]["images"] == 12 and set(gap["fit"]["scope_iou_mean"]) == {"off", "0", "0.05", "0.1", "0.15",
+                                                                                  "0.2", "0.3"}
+    assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--scope-max-gap", "x"]) != 0
     assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--stone-min-peak", "2"]) != 0
     out_json = tmp_path / "eval.json"
     assert main(["evaluate", "--data", str(phantom), "--model", str(run / "model.keras"), "--json", str(out_json)]) == 0

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.postprocess import POSTPROCESS_MODES, STONE_POINT_LIMITS, resolve_stone_point
+from ..model.postprocess import POSTPROCESS_MODES, STONE_POINT_LIMITS, resolve_scope_gap, resolve_stone_point
 from ..model.precision import PRECISIONS
 from ..model.tta import TTA_MODES
 from ..model.zoom import check_zoom
@@ -75,6 +75,12 @@ class ModelSettings:
     # overrides it (peak in [0, 1), k in [0, 100)); 0 switches that test off.
     stone_min_peak: str = "model"
     stone_min_rose_k: str = "model"
+    # The scope's decision after the clean-up (model/postprocess.py keep_surest_scope, model/scopepoint.py): where
+    # two scope objects are left, one whose mean scope probability is more than this gap below the surest's becomes
+    # background. "model": the card's gap (the shipped model's: off, no gap helps on the project's validation
+    # images); "off"; a number in [0, 1], e.g. fitted on a site's first annotated images (`ercp-node evaluate
+    # --fit-scope-gap`; bench/results/scope-decision.json).
+    scope_max_gap: str = "model"
     # The second look (model/zoom.py): the first stage again on a window around its duct, zoomed by this factor (the
     # largest the network was trained with), averaged in (bench/results/zoom-served.json: better on both phantoms as
     # served; ~1.9× the model's time, node-zoom.json); 1: one look.
@@ -517,6 +523,10 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"model.precision {s.model.precision!r} unknown (known: {', '.join(PRECISIONS)})")
     try:
         check_zoom(s.model.zoom)
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from None
+    try:
+        resolve_scope_gap(s.model.scope_max_gap, {})
     except ValueError as exc:
         raise ConfigError(f"model.{exc}") from None
     for key in STONE_POINT_LIMITS:  # the segmenter's own parse rule; "model" is read from the card at load

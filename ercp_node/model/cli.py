@@ -203,6 +203,15 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="the network's compute precision (default float32, as the card's figures; the node: "
                         "model.precision, auto)")
+    p.add_argument("--scope-max-gap", default="off", metavar="GAP",
+                   help='the scope\'s decision after the clean-up: a second scope object whose mean probability is '
+                        'more than GAP below the surest\'s is background (default off, as Table 1; "model": the '
+                        "card's; the node: model.scope_max_gap)")
+    p.add_argument("--fit-scope-gap", action="store_true",
+                   help="instead of the report: fit the scope's gap on these annotated images (a site's first ones, "
+                        "never its frozen test set) with the model served as the node's defaults serve it (TTA, "
+                        "clean-up, second look, stone decision, precision; the options above are not used) and print "
+                        "the setting that applies it")
     p.add_argument("--json", default=None, help="write the report as JSON here")
     p.add_argument("--split", choices=("all", "test"), default="all",
                    help="evaluate every image, or only the temporal test split")
@@ -374,6 +383,37 @@ def _init_path(choice: str | None, registry) -> Path | None:
     return path
 
 
+def _fit_scope_gap(args: argparse.Namespace, samples) -> int:
+    """`evaluate --fit-scope-gap`: the scope's gap (model/scopepoint.py) fitted on `samples` as the node serves."""
+    from ..cliutil import CLIError
+    from ..config.settings import ModelSettings
+    from . import scopepoint
+    from .inference import SHIPPED, Segmenter
+
+    node = ModelSettings()
+    try:
+        seg = Segmenter.load(args.model or SHIPPED, tta=node.tta, postprocess=node.postprocess,
+                             stone_min_peak=node.stone_min_peak, stone_min_rose_k=node.stone_min_rose_k,
+                             zoom=node.zoom, precision=node.precision)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    result = scopepoint.fit(seg, samples)
+    fit = result["fit"]
+    means = fit.get("scope_iou_mean", {})
+    print(f"model {seg.version}, {fit.get('images', 0)} annotated images, "
+          f"{fit.get('images_with_two_scope_objects', 0)} with two scope objects after the clean-up")
+    for key, value in means.items():
+        print(f"  scope IoU with the gap {key}: {value}")
+    gap = result["scope_max_gap"]
+    if gap is None:
+        print("no gap does better on these images than the decision off: leave [model] scope_max_gap as it is")
+    else:
+        print(f'fitted gap {gap:g}; to apply it: [model] scope_max_gap = "{gap:g}" (or ERCP_NODE_MODEL_SCOPE_MAX_GAP)')
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": seg.version, **result}, indent=1))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..cliutil import CLIError
     from .data import read_data, temporal_split
@@ -388,10 +428,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise CLIError("no usable annotated images in " + ", ".join(args.data))
     if args.split == "test":
         samples = temporal_split(samples, args.split_date).test
+    if args.fit_scope_gap:
+        return _fit_scope_gap(args, samples)
     try:
         seg = Segmenter.load(args.model or SHIPPED, tta=args.tta, postprocess=args.postprocess,
                              stone_min_peak=args.stone_min_peak, stone_min_rose_k=args.stone_min_rose_k,
-                             zoom=args.zoom, precision=args.precision)
+                             zoom=args.zoom, precision=args.precision, scope_max_gap=args.scope_max_gap)
     except (FileNotFoundError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
     report, _ = evaluate_samples(seg, samples)

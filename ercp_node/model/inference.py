@@ -10,9 +10,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..labels import STONE
+from ..labels import SCOPE, STONE
 from ..preprocessing.pipeline import exposed_field, planes_to_source, preprocess_native, resize_labels, to_grid
-from .postprocess import POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones, resolve_stone_point
+from .postprocess import (POSTPROCESS_MODES, apply as postprocess_labels, drop_unsure_stones, keep_surest_scope,
+                          resolve_scope_gap, resolve_stone_point)
 from .precision import resolve_precision, serving_model
 from .tta import TTA_MODES, view_mean
 from .zoom import WEIGHT, check_zoom, second_look
@@ -78,6 +79,11 @@ class Segmenter:
     # The input's stretch and histogram over the exposed field, the mask black (preprocessing.preprocess_native);
     # False: over the whole frame, as the paper and every model before 2026-12-05 was served (bench_field compares).
     field: bool = True
+    # The scope's decision after the clean-up (postprocess.keep_surest_scope): a scope object whose mean scope
+    # probability is more than this below the surest object's becomes background. "model": the card's
+    # `scope_max_gap` (none there: off, as the shipped model is served); "off" or None: off; a number in [0, 1].
+    # Single stage only (the cascade's labels come without the scope plane).
+    scope_max_gap: float | str | None = None
 
     def __post_init__(self):
         for mode in (self.tta, self.zoom_tta or self.tta):
@@ -88,12 +94,13 @@ class Segmenter:
         self.stone_min_peak = resolve_stone_point("stone_min_peak", self.stone_min_peak, self.card)
         self.stone_min_rose_k = resolve_stone_point("stone_min_rose_k", self.stone_min_rose_k, self.card)
         self.zoom = check_zoom(self.zoom)
+        self.scope_max_gap = resolve_scope_gap(self.scope_max_gap, self.card)
 
     @classmethod
     def load(cls, path: str | Path = SHIPPED, cascade: bool = True, tta: str = "none",
              postprocess: str = "none", stone_min_peak: float | str = 0.0,
              stone_min_rose_k: float | str = 0.0, zoom: float = 1.0, precision: str = "float32",
-             stone_max_waist: float | None = None) -> "Segmenter":
+             stone_max_waist: float | None = None, scope_max_gap: float | str | None = None) -> "Segmenter":
         """precision: the first stage's compute ("float32", "bfloat16" or "auto", resolve_precision); the cascade's
         stone net runs float32."""
         import keras
@@ -116,7 +123,7 @@ class Segmenter:
 
             stones = StoneNet.load(sp)
         return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, stone_max_waist, zoom,
-                   precision=precision)
+                   precision=precision, scope_max_gap=scope_max_gap)
 
     @property
     def version(self) -> str:
@@ -143,28 +150,42 @@ class Segmenter:
     def segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
                 shutters: list | None = None) -> list[np.ndarray]:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
-        each after the stone decision (`stone_min_peak`, `stone_min_rose_k`) and then the clean-up `postprocess`
-        (so a duct fragment kept only for a dropped stone is cleaned like any other; each frame's exposed field,
+        each after the stone decision (`stone_min_peak`, `stone_min_rose_k`), then the clean-up `postprocess`
+        (so a duct fragment kept only for a dropped stone is cleaned like any other), then the scope's decision
+        (`scope_max_gap`, where it is on; each frame's exposed field,
         found once, serves its preprocessing and its clean-up). `shutters`: per frame, the header's display
         shutter (dicom.source.display_shutter) or None; the field is then the part of it the pixels show exposed."""
+        labels, p_scope = self.before_scope_decision(frames, batch_size, shutters, self.scope_max_gap is not None)
+        if self.scope_max_gap is None:
+            return labels
+        return [m if p is None else keep_surest_scope(m, p, self.scope_max_gap) for m, p in zip(labels, p_scope)]
+
+    def before_scope_decision(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int = 16,
+                              shutters: list | None = None, scope_plane: bool = True):
+        """segment()'s label maps before the scope's decision, and per frame the scope probability on the source
+        grid it reads (None: `scope_plane` False, or the cascade runs). model/scopepoint.py fits the gap on them."""
         needed = self.field or self.postprocess != "none"
         shutters = shutters if shutters is not None else [None] * len(frames)
         fields = [field_within(exposed_field(p) if needed else None, sh) for (p, _, _), sh in zip(frames, shutters)]
-        labels = self._segment(frames, batch_size, fields)
-        if self.postprocess == "none":
-            return labels
-        return [postprocess_labels(self.postprocess, m, f) for m, f in zip(labels, fields)]
+        labels, p_scope = self._segment(frames, batch_size, fields, scope_plane)
+        if self.postprocess != "none":
+            labels = [postprocess_labels(self.postprocess, m, f) for m, f in zip(labels, fields)]
+        return labels, p_scope
 
-    def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int, fields: list) -> list[np.ndarray]:
-        out = []
+    def _segment(self, frames: list[tuple[np.ndarray, int, str]], batch_size: int, fields: list,
+                 scope_plane: bool = False):
+        """([label map after the stone decision], [scope plane on the source grid, or None: not `scope_plane`, or
+        the cascade runs])."""
+        out, scope = [], []
         decide = self.stone_min_peak > 0 or self.stone_min_rose_k > 0
-        for (labels, p_stone), (pixels, _, _) in zip(self.labels_and_stone_probability(frames, batch_size, fields),
-                                                     frames):
+        for (labels, p_stone, p_scope), (pixels, _, _) in zip(self._labels_and_planes(frames, batch_size, fields),
+                                                              frames):
             if p_stone is not None and decide:
                 labels = drop_unsure_stones(labels, p_stone, self.stone_min_peak, pixels, self.stone_min_rose_k,
                                             self.stone_max_waist)
             out.append(labels)
-        return out
+            scope.append(np.array(p_scope) if scope_plane and p_scope is not None else None)  # a copy, not a view
+        return out, scope
 
     def _first_stage(self, frames, batch_size: int, fields: list | None):
         """The stored frames' model inputs on the source grid and the first stage's probabilities on its grid."""
@@ -193,10 +214,16 @@ class Segmenter:
         map on the source grid (no stone decision, no clean-up) and the stone probability there that the stone
         decision reads (None from the cascade, whose stone net decides its stones). `fields`: each frame's exposed
         field where the caller has found it already (else found here, when `field` is on)."""
+        for labels, p_stone, _ in self._labels_and_planes(frames, batch_size, fields):
+            yield labels, p_stone
+
+    def _labels_and_planes(self, frames, batch_size: int = 16, fields: list | None = None):
+        """labels_and_stone_probability's frames, each with the scope probability on the source grid too (None
+        from the cascade)."""
         fields = fields if fields is not None else ["auto"] * len(frames)
         if self.stones is None:
             for planes, _ in self.source_planes(frames, batch_size, fields):
-                yield np.argmax(planes, axis=-1).astype(np.uint8), planes[..., STONE]  # = masks_to_source
+                yield np.argmax(planes, axis=-1).astype(np.uint8), planes[..., STONE], planes[..., SCOPE]
             return
         natives, probs = self._first_stage(frames, batch_size, fields)
         grid = self.stones.config.grid
@@ -209,4 +236,4 @@ class Segmenter:
             coarse = np.argmax(up, axis=-1).astype(np.uint8)  # = masks_to_source(pr, (grid, grid))
             labels, _ = self.stones.refine(to_grid(native, grid)[..., 0], coarse, probs=up)
             shape = tuple(np.shape(p)[:2])
-            yield (labels if shape == (grid, grid) else resize_labels(labels, shape).astype(np.uint8)), None
+            yield (labels if shape == (grid, grid) else resize_labels(labels, shape).astype(np.uint8)), None, None

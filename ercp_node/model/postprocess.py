@@ -22,6 +22,13 @@ peak stone probability stays below the model's operating point, or that no reade
 (Rose's k below the point's), is drawn as duct. Most of the count's errors are false stones inside the duct
 (docs/model-card.md, "Where the stone count goes wrong"); the operating point is chosen per model on validation
 images (model/stonepoint.py: bench/stone_confidence.py, retrain) and kept in the model's card.
+
+`keep_surest_scope` is the scope's decision, after the clean-up: where two or more scope objects are left (the
+components joined through the duct are one object), an object whose mean scope probability is more than
+`max_gap` below the surest object's becomes background. "anatomy" keeps a second object of at least a quarter of
+the largest's area, because a scope can leave the field and come back; on a new look that second object is most
+often a rib or bowel band the network is less sure of (docs/model-card.md, "The scope's decision"). The gap is off
+unless fitted: on annotated images the model did not learn (model/scopepoint.py), e.g. a site's first ones.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from ..labels import BACKGROUND, CBD, SCOPE, STONE
 POSTPROCESS_MODES = ("none", "anatomy")
 SCOPE_KEEP_SHARE = 0.25
 RING_SHARE = 0.006  # the ring around a removed duct fragment that decides its label: 0.6 % of the image side
+SCOPE_GAP_OFF = "off"
 # The stone decision's two numbers and the bound each must stay under (a peak probability; a Rose k).
 STONE_POINT_LIMITS = {"stone_min_peak": 1.0, "stone_min_rose_k": 100.0}
 
@@ -65,6 +73,51 @@ def resolve_stone_point(name: str, value: float | str, card: dict) -> float:
     if not 0.0 <= t < high:
         raise ValueError(f"{name} {value!r} must be \"model\" or a number in [0, {high:g})")
     return t
+
+
+def resolve_scope_gap(value: float | str | None, card: dict) -> float | None:
+    """The scope decision's gap: "model" → the card's `scope_max_gap` (None there: off), "off" or None → None
+    (every object "anatomy" keeps stays), else a number in [0, 1] (a string from settings is parsed)."""
+    if value == "model":
+        value = card.get("scope_max_gap")
+    if value is None or value == SCOPE_GAP_OFF:
+        return None
+    try:
+        gap = float(value)
+    except (TypeError, ValueError):
+        gap = -1.0
+    if not 0.0 <= gap <= 1.0:
+        raise ValueError(f"scope_max_gap {value!r} must be \"model\", \"off\" or a number in [0, 1]")
+    return gap
+
+
+def scope_objects(labels: np.ndarray) -> np.ndarray:
+    """(H, W) int32: each scope pixel numbered by its object — scope components joined through the duct are one
+    object (the duct is drawn over the scope where they cross) — 0 elsewhere."""
+    import cv2
+
+    scope = labels == SCOPE
+    if not scope.any():
+        return np.zeros(labels.shape, np.int32)
+    _, joined = cv2.connectedComponents(np.isin(labels, (SCOPE, CBD, STONE)).astype(np.uint8), connectivity=8)
+    return np.where(scope, joined, 0).astype(np.int32)
+
+
+def keep_surest_scope(labels: np.ndarray, p_scope: np.ndarray, max_gap: float | None) -> np.ndarray:
+    """`labels` with every scope object (scope_objects) whose mean scope probability in `p_scope` (same grid) is
+    more than `max_gap` below the surest object's drawn as background (a new array); None: unchanged."""
+    out = np.asarray(labels).copy()
+    if max_gap is None:
+        return out
+    objects = scope_objects(out)
+    ids = np.unique(objects[objects > 0])
+    if ids.size < 2:
+        return out
+    flat = objects.ravel()
+    means = np.bincount(flat, weights=np.asarray(p_scope, np.float64).ravel()) / np.maximum(np.bincount(flat), 1)
+    unsure = ids[means[ids] < means[ids].max() - max_gap]
+    out[np.isin(objects, unsure)] = BACKGROUND
+    return out
 
 
 def drop_unsure_stones(labels: np.ndarray, p_stone: np.ndarray, min_peak: float, pixels: np.ndarray | None = None,

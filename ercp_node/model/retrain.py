@@ -466,6 +466,14 @@ def train_one(prep: Prepared, out_dir: Path, *, loss="dice+focal", epochs=40, ba
         log(f"stone decision: stones below peak probability {point['stone_min_peak']} or Rose k "
             f"{point['stone_min_rose_k']:g} drawn as duct "
             f"({json.dumps(point['fit'].get('chosen') or point['fit'].get('not_fitted'))})")
+        # The scope's decision likewise, served with that stone point (model/scopepoint.py; off unless a gap helps)
+        from . import scopepoint
+
+        gap = scopepoint.fit(Segmenter(best, card, None, node.tta, node.postprocess, "model", "model", zoom=node.zoom),
+                             prep.validation)
+        card["scope_max_gap"], card["scope_max_gap_fit"] = gap["scope_max_gap"], gap["fit"]
+        log(f"scope decision: gap {'off' if gap['scope_max_gap'] is None else gap['scope_max_gap']} "
+            f"({json.dumps(gap['fit'].get('scope_iou_mean') or gap['fit'].get('not_fitted'))})")
     log(f"evaluating {paper_name(loss)} on {len(prep.split.test)} frozen test images")
     report, per_image = evaluate_samples(Segmenter(best, card, stones), prep.split.test, batch_size)
     card["test_metrics"] = report

@@ -95,6 +95,10 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the settings' model.stone_min_rose_k)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="the network's compute precision (default: the settings' model.precision)")
+    p.add_argument("--scope-max-gap", default=None, metavar="GAP",
+                   help='the scope\'s decision: a second scope object whose mean probability is more than GAP below '
+                        'the surest\'s is background; "model": the card\'s, "off" (default: the settings\' '
+                        "model.scope_max_gap)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -148,7 +152,9 @@ def run_segment(args: argparse.Namespace) -> int:
                                                        else settings.model.stone_min_rose_k),
                                      zoom=args.zoom if args.zoom is not None else settings.model.zoom,
                                      precision=args.precision or settings.model.precision,
-                                     stone_max_waist=settings.measure.stone_split_waist_pct / 100.0)
+                                     stone_max_waist=settings.measure.stone_split_waist_pct / 100.0,
+                                     scope_max_gap=(args.scope_max_gap if args.scope_max_gap is not None
+                                                    else settings.model.scope_max_gap))
             except Exception as exc:  # noqa: BLE001
                 raise CLIError(f"cannot load the model {args.model or SHIPPED}: {type(exc).__name__}: {exc}") from None
         try:

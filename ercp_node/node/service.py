@@ -106,7 +106,8 @@ class Node:
                                                      self.settings.model.stone_min_peak,
                                                      self.settings.model.stone_min_rose_k,
                                                      self.settings.model.zoom, self.settings.model.precision,
-                                                     self.settings.measure.stone_split_waist_pct / 100.0),
+                                                     self.settings.measure.stone_split_waist_pct / 100.0,
+                                                     self.settings.model.scope_max_gap),
                                f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)

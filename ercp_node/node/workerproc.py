@@ -134,7 +134,8 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
                                           settings.model.postprocess,
                                           settings.model.stone_min_peak,
                                           settings.model.stone_min_rose_k, settings.model.zoom,
-                                          settings.model.precision, settings.measure.stone_split_waist_pct / 100.0),
+                                          settings.model.precision, settings.measure.stone_split_waist_pct / 100.0,
+                                          settings.model.scope_max_gap),
                     name, settings.node.batch_size)
     worker.warm_up()  # before ready: the node serves once its workers can answer at full speed
     worker.start()
