@@ -197,6 +197,12 @@ def test_segment_offline(tmp_path, tiny_model, images, capsys):
         assert dciodvfy_errors(p) == [], p
     assert "tiny-test-model" in capsys.readouterr().out
     assert main(["segment", str(tmp_path / "missing.dcm"), "--out", str(out), "--model", str(tiny_model)]) == 1
+    # the scope's decision as an option (a site's fitted gap), and a gap out of range refused before any output
+    assert main(["segment", str(images[0]), "--out", str(tmp_path / "gap"), "--model", str(tiny_model),
+                 "--scope-max-gap", "0.1"]) == 0
+    assert len(list((tmp_path / "gap").glob("*.seg.dcm"))) == 1
+    assert main(["segment", str(images[0]), "--out", str(tmp_path / "bad"), "--model", str(tiny_model),
+                 "--scope-max-gap", "5"]) != 0
 
 
 def test_orthanc_receives_seg_and_sr(tmp_path, tiny_model, images, orthanc):
