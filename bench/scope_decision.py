@@ -10,6 +10,7 @@ scopepoint.GAPS (only scope pixels change, to background: CBD and stone IoU cann
   on the first N of SET (the images bench_adaptation.py's runs train on) and, over `--splits` draws, on N drawn at
   random from it; the scope IoU on the site's test set against the decision off (median and 5–95 % of the draws);
 - per set, every gap's mean (reported, not chosen on).
+`--recompute OLD.json` redoes the fit and the site readings from the per-image records OLD.json keeps (no model).
 
     python bench/scope_decision.py --data data/val-cls-seen data/val-rnd-seen data/test-2026-seen data/test-rnd-seen \
         data/test-shut-seen data/train-foreign data/test-foreign --fit-on val-cls-seen val-rnd-seen \
@@ -70,19 +71,8 @@ def site_curve(train: list[dict], test: list[dict], sizes: list[int], splits: in
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(ROOT / "ercp_node/model/weights/default.keras"))
-    ap.add_argument("--data", nargs="+", required=True)
-    ap.add_argument("--fit-on", nargs="*", default=[], metavar="SET", help="set names (folder names) to fit on")
-    ap.add_argument("--site-train", default=None, metavar="SET", help="a new site's annotated images (set name)")
-    ap.add_argument("--site-test", default=None, metavar="SET", help="that site's test images (set name)")
-    ap.add_argument("--site-sizes", nargs="+", type=int, default=[10, 25, 50])
-    ap.add_argument("--splits", type=int, default=200)
-    ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-
+def measure(args) -> tuple[dict, dict]:
+    """Every image of --data segmented once as the node serves the model: (records per set, the JSON's head)."""
     from ercp_node.config.settings import ModelSettings
     from ercp_node.model.data import read_data
     from ercp_node.model.inference import Segmenter
@@ -99,7 +89,6 @@ def main(argv=None) -> int:
         per_set[Path(d).name] = records(seg, samples)
         timing[Path(d).name] = round(time.perf_counter() - t0, 1)
         print(Path(d).name, json.dumps(gap_means(per_set[Path(d).name])), flush=True)
-    # the decision's own cost: objects and their mean probability on a served label map
     out = {"bench": "scope_decision", "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
            "model": {"path": args.model, "version": seg.version}, "served_as": {
                "tta": node.tta, "postprocess": node.postprocess, "zoom": node.zoom, "precision": seg.precision,
@@ -107,6 +96,30 @@ def main(argv=None) -> int:
            "gaps": list(GAPS), "seconds_per_set": timing,
            "sets": {k: {"images": len(v), "images_with_two_scope_objects": sum(r["objects"] >= 2 for r in v),
                         "scope_iou_by_gap": gap_means(v)} for k, v in per_set.items()}}
+    return per_set, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "ercp_node/model/weights/default.keras"))
+    ap.add_argument("--data", nargs="+", default=[])
+    ap.add_argument("--recompute", default=None, metavar="OLD.json", help="its records, not a model run")
+    ap.add_argument("--fit-on", nargs="*", default=[], metavar="SET", help="set names (folder names) to fit on")
+    ap.add_argument("--site-train", default=None, metavar="SET", help="a new site's annotated images (set name)")
+    ap.add_argument("--site-test", default=None, metavar="SET", help="that site's test images (set name)")
+    ap.add_argument("--site-sizes", nargs="+", type=int, default=[10, 25, 50])
+    ap.add_argument("--splits", type=int, default=200)
+    ap.add_argument("--limit", type=int, default=None, help="first N images of each set")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    if args.recompute:
+        old = json.loads(Path(args.recompute).read_text())
+        per_set = old["records"]
+        out = {k: v for k, v in old.items() if k not in ("records", "fit", "site")}
+        out["recomputed_from"] = args.recompute
+    else:
+        per_set, out = measure(args)
     if args.fit_on:
         pooled = [r for k in args.fit_on for r in per_set[k]]
         out["fit"] = {"on": args.fit_on, **choose(pooled)}

@@ -34,3 +34,21 @@ def test_gap_means_are_percent_over_the_evaluated_images():
     sd = bench_module("scope_decision")
     means = sd.gap_means([_rec(0.5, 1.0), {"objects": 0, "off": None, **{f"{g:g}": None for g in GAPS}}])
     assert means["off"] == 50.0 and means["0"] == 100.0 and set(means) == {"off", *(f"{g:g}" for g in GAPS)}
+
+
+def test_recompute_redoes_the_fit_and_the_site_from_the_records(tmp_path):
+    import json
+
+    sd = bench_module("scope_decision")
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"bench": "scope_decision", "model": {"version": "m"}, "fit": {"stale": True},
+                               "records": {"val": [_rec(0.9, 0.8)] * 5, "site": [_rec(0.5, 0.9)] * 12,
+                                           "test": [_rec(0.6, 0.9)] * 4}}))
+    new = tmp_path / "new.json"
+    assert sd.main(["--recompute", str(old), "--fit-on", "val", "--site-train", "site", "--site-test", "test",
+                    "--site-sizes", "5", "--splits", "3", "--out", str(new)]) == 0
+    out = json.loads(new.read_text())
+    assert out["model"] == {"version": "m"} and out["recomputed_from"] == str(old)
+    assert out["fit"]["scope_max_gap"] is None and "stale" not in out["fit"]  # every gap worse on "val": off
+    assert out["site"]["curve"]["5"]["first_n"]["gain"] == pytest.approx(30.0)
+    assert len(out["records"]["site"]) == 12

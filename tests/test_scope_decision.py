@@ -64,14 +64,20 @@ def _record(off, **by_gap):
 
 
 def test_choose_takes_the_best_gap_ties_to_the_larger_and_none_when_nothing_gains():
-    helps = [_record(0.5, g0=0.9, g0_05=0.9, g0_1=0.9), _record(0.9), {"objects": 0, "off": None}]
+    helps = [_record(0.5, g0=0.9, g0_05=0.9, g0_1=0.9), _record(0.9), _record(0.9), {"objects": 0, "off": None}]
     fit = scopepoint.choose(helps)
     assert fit["scope_max_gap"] == 0.1  # 0, 0.05 and 0.1 tie: the larger gap drops fewer objects
-    assert fit["fit"]["images"] == 2 and fit["fit"]["images_with_two_scope_objects"] == 2
-    assert fit["fit"]["scope_iou_mean"]["off"] == pytest.approx(70.0)
-    assert scopepoint.choose([_record(0.8, g0=0.7)])["scope_max_gap"] is None  # only worse: off
-    assert scopepoint.choose([_record(0.8)])["scope_max_gap"] is None  # level: off
+    assert fit["fit"]["images"] == 3 and fit["fit"]["images_with_two_scope_objects"] == 3
+    assert fit["fit"]["scope_iou_mean"]["off"] == pytest.approx(230 / 3, abs=1e-3)
+    assert scopepoint.choose([_record(0.8, g0=0.7)] * 3)["scope_max_gap"] is None  # only worse: off
+    assert scopepoint.choose([_record(0.8)] * 3)["scope_max_gap"] is None  # level: off
     assert scopepoint.fit(None, [])["scope_max_gap"] is None
+
+
+def test_too_few_images_with_two_scope_objects_leave_the_decision_off():
+    few = [_record(0.5, g0=0.9)] * (scopepoint.MIN_TWO_OBJECT_IMAGES - 1) + [{**_record(0.9), "objects": 1}]
+    fit = scopepoint.choose(few)
+    assert fit["scope_max_gap"] is None and "fewer than" in fit["fit"]["not_fitted"]
 
 
 def test_image_record_reads_each_gap_on_the_served_labels():

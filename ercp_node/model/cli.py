@@ -406,7 +406,8 @@ def _fit_scope_gap(args: argparse.Namespace, samples) -> int:
         print(f"  scope IoU with the gap {key}: {value}")
     gap = result["scope_max_gap"]
     if gap is None:
-        print("no gap does better on these images than the decision off: leave [model] scope_max_gap as it is")
+        why = fit.get("not_fitted") or "no gap does better on these images than the decision off"
+        print(f"{why}: leave [model] scope_max_gap as it is")
     else:
         print(f'fitted gap {gap:g}; to apply it: [model] scope_max_gap = "{gap:g}" (or ERCP_NODE_MODEL_SCOPE_MAX_GAP)')
     if args.json:

@@ -9,7 +9,9 @@ object whose mean scope probability is more than a gap below the surest object's
 `fit` chooses the gap on annotated images the model did not learn — a site's first annotated images, or a run's
 validation images — by a rule fixed before it was run on the site's images: on the grid GAPS, the gap with the
 highest mean scope IoU over the images (Table 1's mean, the images where the scope is evaluated), only if that is
-above the mean with the decision off; ties go to the larger gap (fewer objects dropped); none better: off.
+above the mean with the decision off; ties go to the larger gap (fewer objects dropped); none better: off. Fewer
+than MIN_TWO_OBJECT_IMAGES images with two scope objects left after the clean-up are too few to choose from: off
+(a site's retrain validates on one or two patients; added before that case was scored on any test images).
 On the project's own validation images no gap helps the shipped model (its card keeps it off); on 25 images of
 the independently written phantom the fitted gap lifts the scope on that phantom's other images
 (bench/scope_decision.py).
@@ -22,6 +24,7 @@ from ..labels import SCOPE
 from .postprocess import keep_surest_scope, scope_objects
 
 GAPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
+MIN_TWO_OBJECT_IMAGES = 3
 
 
 def scope_iou(truth: np.ndarray, pred: np.ndarray) -> float | None:
@@ -49,13 +52,17 @@ def choose(records: list[dict], gaps=GAPS) -> dict:
              for k in ["off", *(f"{g:g}" for g in gaps)]}
     fit = {"images": len(evaluated), "images_with_two_scope_objects": sum(r["objects"] >= 2 for r in evaluated),
            "scope_iou_mean": {k: (None if v is None else round(v, 3)) for k, v in means.items()}}
+    fit["rule"] = ("the gap with the highest mean scope IoU, above the decision off; ties: the larger gap; fewer than "
+                   f"{MIN_TWO_OBJECT_IMAGES} images with two scope objects: off (ercp_node/model/scopepoint.py)")
+    if fit["images_with_two_scope_objects"] < MIN_TWO_OBJECT_IMAGES:
+        fit["not_fitted"] = (f"{fit['images_with_two_scope_objects']} images with two scope objects, fewer than "
+                             f"{MIN_TWO_OBJECT_IMAGES}: off")
+        return {"scope_max_gap": None, "fit": fit}
     best = None
     for g in sorted(gaps, reverse=True):  # larger gaps first: a tie keeps the larger
         if means[f"{g:g}"] is not None and means[f"{g:g}"] > means["off"] + 1e-9 and (
                 best is None or means[f"{g:g}"] > means[f"{best:g}"] + 1e-9):
             best = g
-    fit["rule"] = ("the gap with the highest mean scope IoU, above the decision off; ties: the larger gap "
-                   "(ercp_node/model/scopepoint.py)")
     return {"scope_max_gap": best, "fit": fit}
 
 
