@@ -152,8 +152,8 @@ class Segmenter:
         """[(stored pixels (H, W), bits stored, photometric)] → [label map (H, W) uint8 on the source grid],
         each after the stone decision (`stone_min_peak`, `stone_min_rose_k`), then the clean-up `postprocess`
         (so a duct fragment kept only for a dropped stone is cleaned like any other), then the scope's decision
-        (`scope_max_gap`, where it is on; each frame's exposed field,
-        found once, serves its preprocessing and its clean-up). `shutters`: per frame, the header's display
+        (`scope_max_gap`, where it is on). Each frame's exposed field, found once, serves its preprocessing and its
+        clean-up. `shutters`: per frame, the header's display
         shutter (dicom.source.display_shutter) or None; the field is then the part of it the pixels show exposed."""
         labels, p_scope = self.before_scope_decision(frames, batch_size, shutters, self.scope_max_gap is not None)
         if self.scope_max_gap is None:
