@@ -206,6 +206,8 @@ def main() -> int:
                          "decision and the count (default: the node's [measure] stone_split_waist_pct; 0 never cuts); "
                          "several: each served and measured on the same images, the first as the result, all side by "
                          "side under by_stone_split_waist")
+    ap.add_argument("--scope-max-gap", default="model", metavar="GAP|model|off",
+                    help="the scope's decision after the clean-up (default: the card's, as the node)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "measure.json"))
     args = ap.parse_args()
     tmp = None
@@ -223,7 +225,8 @@ def main() -> int:
     zoom = node.zoom if args.zoom is None else args.zoom
     post = node.postprocess if args.postprocess is None else args.postprocess
     peak, k = ("model", "model") if args.stone_decision == "model" else parse_decision(args.stone_decision)
-    seg = Segmenter.load(args.model, tta=tta, postprocess=post, zoom=zoom, stone_min_peak=peak, stone_min_rose_k=k)
+    seg = Segmenter.load(args.model, tta=tta, postprocess=post, zoom=zoom, stone_min_peak=peak, stone_min_rose_k=k,
+                         scope_max_gap=args.scope_max_gap)
     waists = args.stone_split_waist or [MeasureSettings().stone_max_waist]
     model_rows, truth_rows, t_measure = ({w: [] for w in waists} for _ in range(3))
     for dicom, mask, truth in images(data):
@@ -242,7 +245,8 @@ def main() -> int:
     w = waists[0]
     model, on_truth = summarise(model_rows[w]), summarise(truth_rows[w])
     result = {"machine": "2 CPU cores, no GPU", "model": seg.version, "tta": tta, "zoom": zoom, "postprocess": post,
-              "stone_decision": [seg.stone_min_peak, seg.stone_min_rose_k], "scope_diameter": args.scope_diameter, "data": str(data if args.data else "generated"),
+              "stone_decision": [seg.stone_min_peak, seg.stone_min_rose_k], "scope_max_gap": seg.scope_max_gap,
+              "scope_diameter": args.scope_diameter, "data": str(data if args.data else "generated"),
               "stone_split_waist": w, "targets": TARGETS, "model_masks": model, "model_meets_target": verdict(model),
               "truth_masks": on_truth, "truth_meets_target": verdict(on_truth),
               "measure_ms_median": 1000 * float(np.median(t_measure[w]))}
