@@ -103,20 +103,27 @@ def scope_objects(labels: np.ndarray) -> np.ndarray:
     return np.where(scope, joined, 0).astype(np.int32)
 
 
-def keep_surest_scope(labels: np.ndarray, p_scope: np.ndarray, max_gap: float | None) -> np.ndarray:
+def scope_object_means(labels: np.ndarray, p_scope: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scope_objects(labels), the objects' ids, each one's mean scope probability in `p_scope` (same grid))."""
+    objects = scope_objects(labels)
+    ids = np.unique(objects[objects > 0])
+    flat = objects.ravel()
+    means = np.bincount(flat, weights=np.asarray(p_scope, np.float64).ravel()) / np.maximum(np.bincount(flat), 1)
+    return objects, ids, means[ids]
+
+
+def keep_surest_scope(labels: np.ndarray, p_scope: np.ndarray | None, max_gap: float | None,
+                      found: tuple | None = None) -> np.ndarray:
     """`labels` with every scope object (scope_objects) whose mean scope probability in `p_scope` (same grid) is
-    more than `max_gap` below the surest object's drawn as background (a new array); None: unchanged."""
+    more than `max_gap` below the surest object's drawn as background (a new array); None: unchanged. `found`:
+    scope_object_means(labels, p_scope) where the caller has it already (model/scopepoint.py reads every gap)."""
     out = np.asarray(labels).copy()
     if max_gap is None:
         return out
-    objects = scope_objects(out)
-    ids = np.unique(objects[objects > 0])
+    objects, ids, means = found if found is not None else scope_object_means(out, p_scope)
     if ids.size < 2:
         return out
-    flat = objects.ravel()
-    means = np.bincount(flat, weights=np.asarray(p_scope, np.float64).ravel()) / np.maximum(np.bincount(flat), 1)
-    unsure = ids[means[ids] < means[ids].max() - max_gap]
-    out[np.isin(objects, unsure)] = BACKGROUND
+    out[np.isin(objects, ids[means < means.max() - max_gap])] = BACKGROUND
     return out
 
 

@@ -20,27 +20,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..labels import SCOPE
-from .postprocess import keep_surest_scope, scope_objects
+from ..labels import LABELS, SCOPE
+from .metrics import image_metrics
+from .postprocess import keep_surest_scope, scope_object_means, scope_objects
+
+SCOPE_NAME = next(label.name for label in LABELS if label.value == SCOPE)  # "duodenoscope", metrics' key
 
 GAPS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
 MIN_TWO_OBJECT_IMAGES = 3
 
 
 def scope_iou(truth: np.ndarray, pred: np.ndarray) -> float | None:
-    """Table 1's scope IoU of one image (None: the scope in neither, not evaluated)."""
-    t, p = np.asarray(truth) == SCOPE, np.asarray(pred) == SCOPE
-    union = int(np.count_nonzero(t | p))
-    return None if union == 0 else int(np.count_nonzero(t & p)) / union
+    """Table 1's scope IoU of one image (metrics.image_metrics; None: the scope in neither, not evaluated)."""
+    return image_metrics(truth, pred)[SCOPE_NAME]["iou"]
 
 
 def image_record(truth: np.ndarray, labels: np.ndarray, p_scope: np.ndarray | None, gaps=GAPS) -> dict:
-    """One image: its scope IoU with the decision off and at each gap, and how many scope objects it has."""
-    objects = scope_objects(labels)
+    """One image: its scope IoU with the decision off and at each gap, and how many scope objects it has (the
+    objects and their means found once for every gap)."""
+    found = scope_object_means(labels, p_scope) if p_scope is not None else None
+    objects = found[0] if found is not None else scope_objects(labels)
     n = int(np.unique(objects[objects > 0]).size)
     rec = {"objects": n, "off": scope_iou(truth, labels)}
     for g in gaps:
-        decided = labels if n < 2 or p_scope is None else keep_surest_scope(labels, p_scope, g)
+        decided = labels if n < 2 or found is None else keep_surest_scope(labels, p_scope, g, found)
         rec[f"{g:g}"] = scope_iou(truth, decided)
     return rec
 
