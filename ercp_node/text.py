@@ -4,6 +4,7 @@ and how the few non-ASCII characters of our texts are spelled where a character 
 - SR text is kept to the default repertoire (no Specific Character Set needed): `ascii_text`.
 - GSPS text keeps what the object's character set can hold and spells the rest (`SPELLED`, in dicom/gsps.py).
 - Overlay PNG banners use OpenCV's Hershey fonts, which are ASCII only: `ascii_text`.
+- How the model was served (SEG and SR Algorithm Parameters): `algorithm_parameters`, `parameters_text`.
 """
 
 from __future__ import annotations
@@ -25,3 +26,20 @@ def ascii_text(text: str) -> str:
     for a, b in SPELLED.items():
         text = text.replace(a, b)
     return text.encode("ascii", "replace").decode()
+
+
+def algorithm_parameters(parameters: dict[str, str] | None) -> dict[str, str] | None:
+    """`parameters` fit for Algorithm Parameters (0066,0032; LT), which highdicom writes "name=value,name=value":
+    ASCII, without the separators a reader splits on; None or empty: None (the attribute is left out)."""
+    if not parameters:
+        return None
+    clean = {ascii_text(str(k)).replace(",", " ").replace("=", " "):
+             ascii_text(str(v)).replace(",", ";").replace("=", ":") for k, v in parameters.items()}
+    if len(",".join(f"{k}={v}" for k, v in clean.items())) > 10240:  # LT's limit
+        raise ValueError("algorithm parameters longer than Algorithm Parameters (LT) holds (10240 characters)")
+    return clean
+
+
+def parameters_text(parameters: dict[str, str] | None) -> str:
+    """The one-line form of `algorithm_parameters(parameters)` ("name=value,name=value"), as in the SEG."""
+    return ",".join(f"{k}={v}" for k, v in (algorithm_parameters(parameters) or {}).items())

@@ -37,6 +37,11 @@ from ercp_node.phantom.dataset import SynthConfig, generate
 from ercp_node.phantom.render import Options
 
 MODEL_VERSION = "unet-test-2024.1"
+# How a Segmenter says it served the model (inference.Segmenter.parameters): every output here carries them, so
+# each judge below reads Algorithm Parameters too.
+PARAMETERS = {"tta": "flip", "second_look": "1.4", "postprocess": "anatomy", "input": "global over the exposed field",
+              "precision": "float32", "stone_min_peak": "0.6", "stone_min_rose_k": "4", "stone_max_waist": "0.75",
+              "scope_max_gap": "off"}
 # name: (SynthConfig keywords, frames). Seeds chosen so most cases have stones and one (xa) has none.
 CASES = {
     "rf-explicit": (dict(modality="RF", transfer_syntax="explicit", seed=1), 1),
@@ -87,11 +92,12 @@ def uids(name: str, kind: str) -> dict:
 
 
 def make_outputs(source, labels, name):
-    seg = build_seg(source, labels, **uids(name, "seg"), model_version=MODEL_VERSION, software_version="0.1.0")
+    seg = build_seg(source, labels, **uids(name, "seg"), model_version=MODEL_VERSION, software_version="0.1.0",
+                    parameters=PARAMETERS)
     frame = 1 if labels.ndim == 2 else 3
     frame_labels = labels if labels.ndim == 2 else labels[frame - 1]
     measurements = measure(frame_labels, source, frame)  # the node's measure stage, on the truth masks
-    sr = build_sr(source, seg, measurements, **uids(name, "sr"), model_version=MODEL_VERSION)
+    sr = build_sr(source, seg, measurements, **uids(name, "sr"), model_version=MODEL_VERSION, parameters=PARAMETERS)
     return seg, sr, measurements
 
 
@@ -454,12 +460,47 @@ def test_outputs_are_deterministic(phantom):
 
 
 @pytest.mark.parametrize("name", ["rf-explicit", "xa-cine"])
+def test_outputs_name_how_the_model_was_served(phantom, name, tmp_path):
+    """Every segment's Algorithm Identification and every SR measurement's (TID 4019) carry the serving's
+    parameters beside the model version, as written back from the file; without parameters neither has any."""
+    source, labels = load(phantom, name)
+    seg, sr, _ = make_outputs(source, labels, name)
+    text = ",".join(f"{k}={v}" for k, v in PARAMETERS.items())
+    seg = pydicom.dcmread(write(seg, tmp_path / "seg.dcm"))
+    for segment in seg.SegmentSequence:
+        algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algorithm.AlgorithmVersion, algorithm.AlgorithmParameters) == (MODEL_VERSION, text)
+        assert dict(p.split("=", 1) for p in algorithm.AlgorithmParameters.split(",")) == PARAMETERS
+    measurements = [i for i in content_items(pydicom.dcmread(write(sr, tmp_path / "sr.dcm")))
+                    if i.ValueType == "NUM"]
+    assert measurements
+    for item in measurements:
+        named = [(c.ConceptNameCodeSequence[0].CodeMeaning, c.get("TextValue")) for c in item.ContentSequence
+                 if c.ValueType == "TEXT"]
+        assert ("Algorithm Parameters", text) in named
+    plain = build_seg(source, labels, **uids(name, "seg"), model_version=MODEL_VERSION, software_version="0.1.0")
+    assert all("AlgorithmParameters" not in s.SegmentationAlgorithmIdentificationSequence[0]
+               for s in plain.SegmentSequence)
+
+
+def test_algorithm_parameters_keep_their_separators_apart():
+    """Names and values cannot split a reader's "name=value,name=value"; LT's limit is enforced; text is ASCII."""
+    from ercp_node.text import algorithm_parameters, parameters_text
+
+    assert algorithm_parameters(None) is None and algorithm_parameters({}) is None and parameters_text(None) == ""
+    assert parameters_text({"a,b": "x=1,2", "gap": "0.05", "t": "1°"}) == "a b=x:1;2,gap=0.05,t=1 deg"
+    with pytest.raises(ValueError, match="10240"):
+        algorithm_parameters({"long": "x" * 10240})
+
+
+@pytest.mark.parametrize("name", ["rf-explicit", "xa-cine"])
 def test_fast_sr_document_equals_highdicoms_own(phantom, name):
     """build_sr assembles the document around highdicom's constructor (dicom/sr.comprehensive_sr) for speed; it
     must give the same bytes and the same parsed content as the plain hd.sr.ComprehensiveSR(...)."""
     source, labels = load(phantom, name)
     seg, fast, measurements = make_outputs(source, labels, name)
-    plain = build_sr(source, seg, measurements, **uids(name, "sr"), model_version=MODEL_VERSION, fast=False)
+    plain = build_sr(source, seg, measurements, **uids(name, "sr"), model_version=MODEL_VERSION, fast=False,
+                     parameters=PARAMETERS)
     blobs = []
     for ds in (fast, plain):
         buf = io.BytesIO()

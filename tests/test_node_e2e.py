@@ -200,7 +200,11 @@ def test_segment_offline(tmp_path, tiny_model, images, capsys):
     # the scope's decision as an option (a site's fitted gap), and a gap out of range refused before any output
     assert main(["segment", str(images[0]), "--out", str(tmp_path / "gap"), "--model", str(tiny_model),
                  "--scope-max-gap", "0.1"]) == 0
-    assert len(list((tmp_path / "gap").glob("*.seg.dcm"))) == 1
+    (gap_seg,) = (tmp_path / "gap").glob("*.seg.dcm")
+    # the SEG says how it was made: the gap given here beside the model's version
+    algorithm = pydicom.dcmread(gap_seg).SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algorithm.AlgorithmVersion == "tiny-test-model"
+    assert "scope_max_gap=0.1" in algorithm.AlgorithmParameters.split(",")
     assert main(["segment", str(images[0]), "--out", str(tmp_path / "bad"), "--model", str(tiny_model),
                  "--scope-max-gap", "5"]) != 0
 

@@ -123,6 +123,20 @@ def test_the_segmenter_applies_the_decision_after_the_clean_up():
     assert planes[0].shape == kept.shape and planes[0][:, 90].max() == pytest.approx(0.6, abs=0.01)
 
 
+def test_the_segmenter_names_how_it_serves():
+    """Segmenter.parameters (the outputs' Algorithm Parameters) give the values as resolved: the card's
+    operating points where "model" is asked for, off where there is none, the stone rule's default waist."""
+    card = {"scope_max_gap": 0.05, "stone_min_peak": 0.6, "stone_min_rose_k": 4, "equalization": "clahe"}
+    served = Segmenter(Columns(), card, tta="flip", postprocess="anatomy", stone_min_peak="model",
+                       stone_min_rose_k="model", zoom=1.4, scope_max_gap="model").parameters
+    assert served == {"tta": "flip", "second_look": "1.4", "postprocess": "anatomy",
+                      "input": "clahe over the exposed field", "precision": "float32", "stone_min_peak": "0.6",
+                      "stone_min_rose_k": "4", "stone_max_waist": "0.75", "scope_max_gap": "0.05"}
+    plain = Segmenter(Columns(), {}, field=False, stone_max_waist=0.0).parameters
+    assert (plain["tta"], plain["second_look"], plain["input"]) == ("none", "1", "global over the frame")
+    assert (plain["stone_min_peak"], plain["stone_max_waist"], plain["scope_max_gap"]) == ("0", "0", "off")
+
+
 def test_settings_refuse_a_gap_out_of_range():
     from ercp_node.config.settings import ConfigError, load as load_settings
 

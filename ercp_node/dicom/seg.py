@@ -69,7 +69,7 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
-from ..text import RESEARCH_USE, series_description
+from ..text import RESEARCH_USE, algorithm_parameters, series_description
 from .codes import SEGMENTS, SegmentSpec
 from .source import ALWAYS_MULTIFRAME, XRAY_ENHANCED, XRAY_MULTIFRAME, check_labels, copy_patient_study, \
     derived_uid, patient_pixel_spacing, stamp_dates
@@ -125,9 +125,11 @@ def _pixel_measures(spacing: tuple[float, float]) -> hd.PixelMeasuresSequence:
                                     slice_thickness=None)
 
 
-def _segment_descriptions(algorithm_name: str, model_version: str) -> list[hd.seg.SegmentDescription]:
+def _segment_descriptions(algorithm_name: str, model_version: str,
+                          parameters: dict[str, str] | None = None) -> list[hd.seg.SegmentDescription]:
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=algorithm_name, version=model_version, family=codes.cid7162.ArtificialIntelligence)
+        name=algorithm_name, version=model_version, family=codes.cid7162.ArtificialIntelligence,
+        parameters=algorithm_parameters(parameters))
     return [
         hd.seg.SegmentDescription(
             segment_number=s.value, segment_label=s.label, segmented_property_category=s.category,
@@ -152,8 +154,12 @@ def build_seg(
     manufacturer: str = "ercp-node",
     software_version: str,
     device_serial_number: str = "0",
+    parameters: dict[str, str] | None = None,
 ) -> pydicom.Dataset:
     """BINARY Segmentation of `labels` ((H, W), or (F, H, W) for an F-frame source) on `source`'s grid.
+
+    `parameters`: how the model was served (inference.Segmenter.parameters), written as each segment's Algorithm
+    Parameters (0066,0032) beside the model version.
 
     The caller owns the UIDs (stored with the job, so a retry resends the same object). The source is not
     modified; it need not have its pixel data loaded (`stop_before_pixels` is fine).
@@ -167,7 +173,7 @@ def build_seg(
         source_images=[meta],
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(algorithm_name, model_version),
+        segment_descriptions=_segment_descriptions(algorithm_name, model_version, parameters),
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,

@@ -60,7 +60,7 @@ from ..labels import CBD as SEGMENT_CBD
 from ..labels import SCOPE as SEGMENT_SCOPE
 from ..labels import STONE as SEGMENT_STONE
 from ..measure.records import Calibration, CBDMeasurement, Difficulty, Measurements, Stone
-from ..text import RESEARCH_USE_SENTENCE, ascii_text, series_description
+from ..text import RESEARCH_USE_SENTENCE, ascii_text, parameters_text, series_description
 from .codes import (
     CODE_ANGLE,
     CODE_AREA,
@@ -177,11 +177,17 @@ def build_sr(
     algorithm_name: str = "ercp-node U-Net",
     manufacturer: str = "ercp-node",
     fast: bool = True,
+    parameters: dict[str, str] | None = None,
 ) -> pydicom.Dataset:
-    """Comprehensive SR (TID 1500) of `measurements` on `source`, referencing `seg` (see module docstring)."""
+    """Comprehensive SR (TID 1500) of `measurements` on `source`, referencing `seg` (see module docstring).
+
+    `parameters`: how the model was served (inference.Segmenter.parameters): one TID 4019 Algorithm Parameters
+    TEXT in every measurement's algorithm identification, the SEG's Algorithm Parameters string."""
     _check_references(source, seg)
     frame = measurements.frame or 1
+    text = parameters_text(parameters)
     algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=model_version,
+                                              parameters=[text] if text else None,
                                               family=codes.cid7162.ArtificialIntelligence)
     groups = _Groups(source, seg, sop_uid, _frames(source, frame), algorithm, fast)
     _stone_groups(groups, measurements.stones)

@@ -132,6 +132,27 @@ class Segmenter:
         return base + ("+" + str(self.stones.card.get("version", "stones")) if self.stones is not None else "")
 
     @property
+    def parameters(self) -> dict[str, str]:
+        """How this model is served, for the outputs' Algorithm Parameters (SEG and SR name them beside the
+        version): the same weights served with another stone decision or scope gap draw other masks, so a reader
+        of a SEG must be able to tell which serving made it. Values as the Segmenter resolved them (the card's
+        operating points included), numbers in their shortest form."""
+        from ..measure.stones import MAX_WAIST
+
+        def num(v) -> str:
+            return f"{float(v):g}"
+
+        waist = MAX_WAIST if self.stone_max_waist is None else self.stone_max_waist
+        out = {"tta": self.tta, "second_look": num(self.zoom), "postprocess": self.postprocess,
+               "input": self.equalization + (" over the exposed field" if self.field else " over the frame"),
+               "precision": self.precision}
+        if self.stones is None:  # the cascade's stone net decides its stones with its centre map
+            out.update(stone_min_peak=num(self.stone_min_peak), stone_min_rose_k=num(self.stone_min_rose_k),
+                       stone_max_waist=num(waist),
+                       scope_max_gap="off" if self.scope_max_gap is None else num(self.scope_max_gap))
+        return out
+
+    @property
     def equalization(self) -> str:
         """The input's equalisation the model was trained on (its card; none named: the paper's, "global")."""
         return str(self.card.get("equalization", "global"))

@@ -160,7 +160,7 @@ def run_segment(args: argparse.Namespace) -> int:
         try:
             analysis = analyse_batch([ds], seg, measure_settings=measure)[0]  # with model_version=seg.version
             uids = {f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")}
-            objects = encode(ds, analysis, uids, seg.version)
+            objects = encode(ds, analysis, uids, seg.version, parameters=seg.parameters)
             stem = str(ds.SOPInstanceUID)  # unique even when two files share a name
             for kind, obj in objects.items():
                 (out / f"{stem}.{kind.lower()}.dcm").write_bytes(to_bytes(obj))

@@ -81,8 +81,10 @@ def analyse_batch(datasets: list[pydicom.Dataset], segmenter, batch_size: int = 
 
 
 def encode(ds: pydicom.Dataset, analysis: Analysis, uids: dict, model_version: str,
-           kinds: tuple[str, ...] = ("SEG", "SR", "GSPS")) -> dict[str, pydicom.Dataset]:
-    """SEG, SR and GSPS for one analysed image; `uids` holds the job's stored series/SOP UIDs.
+           kinds: tuple[str, ...] = ("SEG", "SR", "GSPS"),
+           parameters: dict[str, str] | None = None) -> dict[str, pydicom.Dataset]:
+    """SEG, SR and GSPS for one analysed image; `uids` holds the job's stored series/SOP UIDs; `parameters`
+    how the model was served (Segmenter.parameters), which SEG and SR name beside `model_version`.
 
     The SEG is always made (the SR references it); SR and GSPS only when in `kinds` (what some destination
     wants), so a node that sends no GSPS does not spend time on one.
@@ -93,10 +95,10 @@ def encode(ds: pydicom.Dataset, analysis: Analysis, uids: dict, model_version: s
 
     t = time.perf_counter()
     out = {"SEG": build_seg(ds, analysis.labels, series_uid=uids["seg_series_uid"], sop_uid=uids["seg_sop_uid"],
-                            model_version=model_version, software_version=__version__)}
+                            model_version=model_version, software_version=__version__, parameters=parameters)}
     if "SR" in kinds:
         out["SR"] = build_sr(ds, out["SEG"], analysis.measurements, series_uid=uids["sr_series_uid"],
-                             sop_uid=uids["sr_sop_uid"], model_version=model_version)
+                             sop_uid=uids["sr_sop_uid"], model_version=model_version, parameters=parameters)
     if "GSPS" in kinds:
         out["GSPS"] = build_gsps(ds, analysis.labels, analysis.measurements, series_uid=uids["gsps_series_uid"],
                                  sop_uid=uids["gsps_sop_uid"], model_version=model_version)
