@@ -43,9 +43,10 @@ ohif: tools $(OHIF_DIST)
 demo: $(STAMP) tools
 	$(VENV)/bin/ercp-node demo
 
-# The tests in TEST_WORKERS processes, each taking whole files (module fixtures made once; `-n 2` on 2 cores:
-# 28 -> 19 min, most tests wait on sockets and subprocesses), then the stress suite alone, whose bounds on memory,
-# latency and recovery time are set for a machine not shared with other tests. TEST_WORKERS=0: one process.
+# The tests in TEST_WORKERS processes, each taking whole files (module fixtures made once; many tests wait on
+# sockets and subprocesses), then the stress suite alone, whose memory bounds and timeouts were set for a machine
+# not shared with other tests. On 2 cores, .ci/run's clean clone: 33.3 min in one process, 14.3 + 11.2 min this
+# way (2026-12-07). TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: $(STAMP) tools ohif
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 --ignore=tests/stress
