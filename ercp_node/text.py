@@ -35,11 +35,15 @@ def algorithm_parameters(parameters: dict[str, str] | None) -> dict[str, str] | 
         return None
     clean = {ascii_text(str(k)).replace(",", " ").replace("=", " "):
              ascii_text(str(v)).replace(",", ";").replace("=", ":") for k, v in parameters.items()}
-    if len(",".join(f"{k}={v}" for k, v in clean.items())) > 10240:  # LT's limit
+    if len(_joined(clean)) > 10240:  # LT's limit
         raise ValueError("algorithm parameters longer than Algorithm Parameters (LT) holds (10240 characters)")
     return clean
 
 
 def parameters_text(parameters: dict[str, str] | None) -> str:
     """The one-line form of `algorithm_parameters(parameters)` ("name=value,name=value"), as in the SEG."""
-    return ",".join(f"{k}={v}" for k, v in (algorithm_parameters(parameters) or {}).items())
+    return _joined(algorithm_parameters(parameters) or {})
+
+
+def _joined(parameters: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in parameters.items())  # highdicom's form of Algorithm Parameters

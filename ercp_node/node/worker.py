@@ -93,7 +93,7 @@ class Worker(threading.Thread):
                 ds = pydicom.dcmread(next(Path(tmp, "dicom").glob("*.dcm")))
             (analysis,) = analyse_batch([ds], self.segmenter, 1, self.measure_settings)
             uids = {f"{k}_{u}": generate_uid() for k in ("seg", "sr", "gsps") for u in ("series_uid", "sop_uid")}
-            encode(ds, analysis, uids, self.segmenter.version, self.kinds, self.parameters)
+            encode(ds, analysis, uids, self.segmenter.version, self.kinds, self.segmenter.parameters)
         except Exception:  # noqa: BLE001 - a warm-up must never keep a node from serving
             log.exception("warm-up failed; the first job will pay the first calls")
             return None
@@ -107,11 +107,6 @@ class Worker(threading.Thread):
         """SEG and SR are always archived (status and retrain read them); a GSPS only if a destination takes it."""
         wanted = {kind for dest in self.node.settings.destinations for kind in dest.objects}
         return ("SEG", "SR") + (("GSPS",) if "GSPS" in wanted else ())
-
-    @property
-    def parameters(self) -> dict[str, str] | None:
-        """How the segmenter serves its model, for the SEG's and SR's Algorithm Parameters (None: it does not say)."""
-        return getattr(self.segmenter, "parameters", None)
 
     def run(self) -> None:
         if not self.warmed:  # worker threads warm up here; worker processes before they report ready
@@ -169,7 +164,7 @@ class Worker(threading.Thread):
                 continue
             try:
                 analysis.timings["read_s"] = read_s
-                objects = encode(ds, analysis, uids, self.segmenter.version, self.kinds, self.parameters)
+                objects = encode(ds, analysis, uids, self.segmenter.version, self.kinds, self.segmenter.parameters)
                 self.finish(job_id, ds, objects, analysis)
             except Exception as exc:  # noqa: BLE001
                 log.exception("job %d failed", job_id)
