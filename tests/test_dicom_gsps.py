@@ -497,3 +497,67 @@ def test_enhanced_per_frame_windows(phantom, tmp_path):
     pr = build_gsps(source, labels, measurements, **uids("per-frame-voi"), model_version=MODEL_VERSION)
     (voi,) = pr.SoftcopyVOILUTSequence
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (100.0, 180.0) and "ReferencedImageSequence" not in voi
+
+
+COLOUR_PS_CLASS = "1.2.840.10008.5.1.4.1.1.11.2"
+# A frame grabber's captures (RGB, R = G = B) and the greyscale image they show: same seed, same UIDs and labels.
+COLOUR_CASES = {
+    "sc-rgb": (dict(modality="SC", photometric="RGB", transfer_syntax="jpeg-ls", seed=11), 1),
+    "sc-grey": (dict(modality="SC", seed=11), 1),
+    "sctc-cine": (dict(modality="SCTC", photometric="RGB", seed=12), 5),
+}
+
+
+@pytest.fixture(scope="module")
+def colour_phantom(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("colour-ps")
+    for name, (kw, frames) in COLOUR_CASES.items():
+        generate(SynthConfig(count=1, options=Options(size=512, frames=frames), **kw), root / name, workers=1,
+                 contact_sheet=False)
+    return {name: root / name for name in COLOUR_CASES}
+
+
+@pytest.mark.parametrize("name", ["sc-rgb", "sctc-cine"])
+def test_a_colour_source_gets_a_colour_presentation_state(colour_phantom, name, tmp_path):
+    """A GSPS may reference greyscale images only (PS3.3 A.33.1): a colour source's outlines and texts go into a
+    Color Softcopy Presentation State, dciodvfy- and dcmpschk-clean, with an ICC profile of the class PS3.3
+    C.11.15 allows (sRGB as an input profile where the source has none, the source's own where it has one),
+    and no grey-scale pipeline; the drawing is the one a greyscale source of the same labels gets."""
+    from PIL import ImageCms
+
+    source, labels, truth = load(colour_phantom, name)
+    stack = labels.reshape(-1, *labels.shape[-2:])
+    frame = 1 if stack.shape[0] == 1 else 3
+    measurements = measurements_from_truth(truth, stack[frame - 1], frame)
+    pr = write_and_judge(build_gsps(source, labels, measurements, **uids(name), model_version=MODEL_VERSION),
+                         tmp_path / "cps.dcm")
+    assert pr.SOPClassUID == COLOUR_PS_CLASS and pr.Modality == "PR"
+    profile = ImageCms.ImageCmsProfile(io.BytesIO(pr.ICCProfile)).profile
+    assert (profile.device_class.strip(), profile.xcolor_space.strip()) == ("scnr", "RGB")
+    assert "sRGB" in profile.profile_description
+    for kw in ("SoftcopyVOILUTSequence", "PresentationLUTShape", "RescaleSlope", "ModalityLUTSequence"):
+        assert kw not in pr, kw
+    assert MODEL_VERSION in pr.ContentDescription and "not for diagnosis" in pr.SeriesDescription
+    (ref,) = pr.ReferencedSeriesSequence[0].ReferencedImageSequence
+    assert (ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID) == (source.SOPClassUID, source.SOPInstanceUID)
+    outlined = {(a.GraphicLayer, frame_of(a) or 1): list(a.GraphicObjectSequence)
+                for a in pr.GraphicAnnotationSequence if "GraphicObjectSequence" in a}
+    for f, lab in enumerate(stack, 1):
+        assert iou(rasterise(outlined[("DUODENOSCOPE", f)], lab.shape), lab == 1) > 0.95
+        assert iou(rasterise(outlined[("CBD", f)], lab.shape), np.isin(lab, (2, 3))) > 0.95
+    assert [t.UnformattedTextValue for t in texts_of(pr, "STONES")] == [
+        f"S{i} {s.largest_diameter_mm:.1f} mm" for i, s in enumerate(measurements.stones, 1)]
+    if name == "sc-rgb":  # the greyscale image of the same labels: the same drawing in a GSPS
+        grey, grey_labels, _ = load(colour_phantom, "sc-grey")
+        np.testing.assert_array_equal(grey_labels, labels)
+        gsps = write_and_judge(build_gsps(grey, labels, measurements, **uids(name), model_version=MODEL_VERSION),
+                               tmp_path / "gsps.dcm")
+        assert gsps.SOPClassUID == GSPS_CLASS
+        assert [a.to_json_dict() for a in gsps.GraphicAnnotationSequence] == \
+            [a.to_json_dict() for a in pr.GraphicAnnotationSequence]
+        # a source that states its own ICC profile keeps it (here sRGB as a colour space profile)
+        own = bytearray(pr.ICCProfile)
+        own[12:16] = b"spac"
+        source.ICCProfile = bytes(own)
+        again = build_gsps(source, labels, measurements, **uids(name), model_version=MODEL_VERSION)
+        assert bytes(again.ICCProfile) == bytes(own) != bytes(pr.ICCProfile)

@@ -1,6 +1,7 @@
 """ercp_node.dicom.seg / .sr: SEG and TID 1500 SR for every source the phantom makes (RF explicit and
 JPEG-LS, XA, SC, DX, RF and XA cine, Enhanced XA and Enhanced XRF single-frame and cine, Multi-frame Grayscale
-Byte and Word SC single-frame and cine) are dciodvfy-clean, parsed by dcmdump, decode back to the exact label
+Byte and Word SC single-frame and cine, a frame grabber's SC RGB and Multi-frame True Color SC cine) are
+dciodvfy-clean, parsed by dcmdump, decode back to the exact label
 map (by our reader and by highdicom's), sit in the source's study in their own series, reference the
 source per frame, and the SR reads back with highdicom with the stone count and references it was given."""
 from __future__ import annotations
@@ -60,9 +61,13 @@ CASES = {
     "scmf-byte-cine": (dict(modality="SCMF", transfer_syntax="rle", seed=11), 5),
     "scmf-word": (dict(modality="SCMF", bits=16, seed=12), 1),
     "scmf-word-cine": (dict(modality="SCMF", bits=12, transfer_syntax="jpeg-ls", seed=13), 5),
+    # a frame grabber's capture of the C-arm's monitor: SC RGB, Multi-frame True Color SC (a run)
+    "sc-rgb": (dict(modality="SC", photometric="RGB", transfer_syntax="jpeg2000", seed=14), 1),
+    "sctc-cine": (dict(modality="SCTC", photometric="RGB", transfer_syntax="rle", seed=15), 5),
 }
 ENHANCED = ("1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2.1")  # Enhanced XA, Enhanced XRF
-SC_MULTIFRAME = ("1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3")  # MF Grayscale Byte SC, Word SC
+SC_MULTIFRAME = ("1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3",  # MF Grayscale Byte SC, Word SC
+                 "1.2.840.10008.5.1.4.1.1.7.4")  # MF True Color SC
 
 
 @pytest.fixture(scope="module")

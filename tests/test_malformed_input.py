@@ -46,7 +46,7 @@ from ercp_node.storage.models import Instance, IntakeFailure, Job
 
 RF, XA, SC, DX, CR = ("1.2.840.10008.5.1.4.1.1.12.2", "1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.7",
                       "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1")
-SC_BYTE, SC_WORD = "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3"
+SC_BYTE, SC_WORD, MFTC = "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"
 IMPLICIT, EXPLICIT, DEFLATED, BIG = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"
 JPEG_LOSSLESS, JPEG_LS, J2K, RLE = "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"
 STORESCU_FLAGS = {IMPLICIT: ["-xi"], EXPLICIT: ["-xe"], DEFLATED: ["-xd"], JPEG_LOSSLESS: ["-xs"], JPEG_LS: ["-xt"],
@@ -272,7 +272,9 @@ def build_cases(src: dict[str, Path]) -> list[Case]:
     add("Rows doubled", "pixel data shorter", good(_fresh(rf8, Rows=1024)), A900)
 
     # --- colour and palette --------------------------------------------------------------------------------------------------
-    for sop, expect, name in ((SC, C000, "SC"), (RF, A900, "RF"), (XA, A900, "XA"), (DX, A900, "DX")):
+    # A frame grabber's SC (RGB/YBR, segmented as luma) is accepted; the X-ray IODs forbid colour; palette and the
+    # subsampled YBR_PARTIAL models are not segmented.
+    for sop, expect, name in ((SC, OK, "SC"), (RF, A900, "RF"), (XA, A900, "XA"), (DX, A900, "DX")):
         add(f"RGB {name}", "colour", good(_image(512, 512, spp=3, photometric="RGB", sop=sop, base=rf8)), expect)
     for sop, expect, name in ((SC, C000, "SC"), (RF, A900, "RF")):
         d = _image(512, 512, photometric="PALETTE COLOR", sop=sop, base=rf8)
@@ -280,10 +282,21 @@ def build_cases(src: dict[str, Path]) -> list[Case]:
             d.add_new(0x00281101 + k, "US", [256, 0, 8])
             d.add_new(0x00281201 + k, "OW", bytes(range(256)))
         add(f"palette {name}", "colour", good(d), expect)
-    add("YBR_FULL SC", "colour", good(_image(512, 512, spp=3, photometric="YBR_FULL", sop=SC, base=rf8)), C000)
+    add("YBR_FULL SC", "colour", good(_image(512, 512, spp=3, photometric="YBR_FULL", sop=SC, base=rf8)), OK)
+    add("YBR_PARTIAL_420 SC", "colour", good(_image(512, 512, spp=3, photometric="YBR_PARTIAL_420", sop=SC,
+                                                    base=rf8)), C000)
     d = _image(64, 64, spp=3, photometric="RGB", sop=SC, base=rf8)
     d.compress(RLE, encoding_plugin="pydicom")
-    add("RGB SC, RLE compressed", "colour", part10(d, RLE), C000)
+    add("RGB SC, RLE compressed", "colour", part10(d, RLE), OK)
+    add("RGB SC without PlanarConfiguration", "colour",
+        good(_without(_image(512, 512, spp=3, photometric="RGB", sop=SC, base=rf8), "PlanarConfiguration")), A900)
+    d = _image(512, 512, spp=3, photometric="RGB", sop=SC, base=rf8)
+    add("RGB SC, one sample short", "colour", good(_fresh(d, PixelData=d.PixelData[:-2])), A900)
+    add("MF True Color SC, 3 RGB frames", "colour",
+        good(_image(256, 256, spp=3, frames=3, photometric="RGB", sop=MFTC, base=rf8)), OK)
+    add("MF True Color SC, MONOCHROME2", "colour", good(_image(256, 256, frames=3, sop=MFTC, base=rf8)), A900)
+    add("MF True Color SC, 16-bit RGB", "colour",
+        good(_image(256, 256, bits=16, spp=3, frames=3, photometric="RGB", sop=MFTC, base=rf8)), A900)
     add("3 samples but MONOCHROME2", "colour", good(_fresh(_image(512, 512, spp=3, photometric="RGB", base=rf8),
                                                            PhotometricInterpretation="MONOCHROME2")), A900)
     add("1 sample but RGB", "colour", good(_fresh(rf8, PhotometricInterpretation="RGB")), A900)
@@ -577,14 +590,14 @@ def _label(x) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- the cases
-# docs/conformance.md's table: group -> (cases, 0x0000, 0xA700, 0xA900, 0xC000, negotiation); 168 in all
+# docs/conformance.md's table: group -> (cases, 0x0000, 0xA700, 0xA900, 0xC000, negotiation); 174 in all
 DOCUMENTED = {
     "not DICOM": (13, 0, 0, 0, 13, 0),
     "truncated": (26, 0, 0, 0, 26, 0),
     "transfer syntax": (24, 3, 0, 0, 14, 7),
     "missing attributes": (18, 1, 0, 17, 0, 0),
     "pixel data shorter": (8, 0, 0, 8, 0, 0),
-    "colour": (12, 1, 0, 7, 4, 0),
+    "colour": (18, 5, 0, 11, 2, 0),
     "geometry": (13, 1, 0, 4, 8, 0),
     "bit depth": (11, 0, 0, 8, 3, 0),
     "SOP class": (15, 0, 0, 6, 0, 9),
@@ -593,11 +606,11 @@ DOCUMENTED = {
     "huge elements": (6, 0, 1, 1, 4, 0),
     "accepted, fails later": (2, 2, 0, 0, 0, 0),
 }
-DOCUMENTED_SENDERS = {"storescu": 96, "pynetdicom": 72}  # docs/conformance.md: who sends the 168 cases
+DOCUMENTED_SENDERS = {"storescu": 102, "pynetdicom": 72}  # docs/conformance.md: who sends the 174 cases
 
 
 def test_case_set_is_the_documented_one(cases):
-    assert len(cases) == 168 == sum(v[0] for v in DOCUMENTED.values())
+    assert len(cases) == 174 == sum(v[0] for v in DOCUMENTED.values())
     got = {}
     for c in cases:
         row = got.setdefault(c.group, [0] * 6)

@@ -104,6 +104,30 @@ def test_seg_reader_round_trips_and_reports_missing_source(tmp_path):
     assert np.array_equal(load_mask(samples[0], truth.shape), truth)
 
 
+def test_a_colour_capture_trains_on_its_luma(tmp_path):
+    """A SEG corrected on a frame grabber's capture (SC RGB, and a Multi-frame True Color SC run) is training data:
+    its pixels are the luma the node segmented (for R = G = B, the greyscale image itself), MONOCHROME2."""
+    for name, args in (("rgb", ["--modality", "SC", "--photometric", "RGB"]), ("grey", ["--modality", "SC"]),
+                       ("run", ["--modality", "SCTC", "--frames", "5"])):
+        assert main(["synth", "--count", "1", "--seed", "6", "--size", "512", *args, "--out",
+                     str(tmp_path / name)]) == 0
+    grey, _, _ = load_pixels(str(tmp_path / "grey" / "dicom" / "img00000.dcm"))
+    d = tmp_path / "pacs"
+    d.mkdir()
+    src = pydicom.dcmread(tmp_path / "rgb" / "dicom" / "img00000.dcm")
+    truth = cv2.imread(str(tmp_path / "rgb" / "masks" / "img00000.png"), cv2.IMREAD_UNCHANGED)
+    _seg_for(src, truth, d / "seg.dcm")
+    shutil.copy(tmp_path / "rgb" / "dicom" / "img00000.dcm", d / "src.dcm")
+    samples, problems = read_seg_dir(d)
+    assert len(samples) == 1 and not problems
+    pixels, bits, photometric = load_pixels(samples[0].image_path, samples[0].frame)
+    assert (bits, photometric) == (8, "MONOCHROME2") and np.array_equal(pixels, grey)
+    assert np.array_equal(load_mask(samples[0], truth.shape), truth)
+    run = pydicom.dcmread(tmp_path / "run" / "dicom" / "img00000.dcm")
+    third, _, _ = load_pixels(str(tmp_path / "run" / "dicom" / "img00000.dcm"), 2)
+    assert np.array_equal(third, run.pixel_array[2][..., 0])  # R = G = B: the luma is any channel
+
+
 def test_seg_training_reader_is_the_seg_reader(tmp_path):
     """Training data decodes a SEG as dicom/segread.py does everywhere: segments by code, else by the words of
     their label (an unknown code named "the bile duct" is the CBD), FRACTIONAL at half the maximum value."""

@@ -304,6 +304,57 @@ def test_every_image_class_through_the_pipeline(tmp_path, tiny_model, pacs):
         assert dciodvfy_errors(p) == [], p
 
 
+def test_a_frame_grabbers_colour_captures_through_the_pipeline(tmp_path, tiny_model, pacs):
+    """What a frame grabber makes of the C-arm's monitor: SC in JPEG Baseline (YBR_FULL_422, encoded by dcmtk's
+    dcmcjpeg, as grabbers write it) and a 5-frame Multi-frame True Color SC run (RLE), sent by storescu: accepted,
+    segmented as their luma, and SEG + SR + a Color Softcopy Presentation State (a GSPS references greyscale
+    images only) arrive at the PACS, dciodvfy-clean, the SEG holding the model's masks of the luma. The luma of a
+    lossless capture (R = G = B) is exactly the greyscale image the grabber saw, of the JPEG one within its loss."""
+    from ercp_node.dicom.segread import read_seg_labels
+    from ercp_node.model.inference import Segmenter
+    from ercp_node.node.pipeline import frames_of
+
+    rgb = synth(tmp_path / "sc-rgb", "--modality", "SC", "--photometric", "RGB", seed=70)[0]
+    grey = synth(tmp_path / "sc-grey", "--modality", "SC", seed=70)[0]  # the same image, greyscale
+    jpeg = tmp_path / "sc-jpeg.dcm"
+    subprocess.run(["dcmcjpeg", "+eb", "+ua", str(rgb), str(jpeg)], check=True, capture_output=True)  # +ua: new UID
+    assert pydicom.dcmread(jpeg).PhotometricInterpretation == "YBR_FULL_422"
+    run = synth(tmp_path / "sctc", "--modality", "SCTC", "--frames", "5", "--transfer-syntax", "rle", seed=71)[0]
+    port, received, _ = pacs
+    node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))
+    try:
+        _storescu(node, jpeg, options=("-xy",))  # -xy: JPEG 8-bit lossy
+        _storescu(node, run, options=("-xr",))  # -xr: RLE
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 6), "not all delivered"
+        assert _count(node, Job, Job.state == "done") == 2
+    finally:
+        node.stop()
+    outputs = sorted(received.iterdir())
+    assert len(outputs) == 6
+    seg = Segmenter.load(tiny_model, tta=node.settings.model.tta, postprocess=node.settings.model.postprocess,
+                         stone_min_peak=node.settings.model.stone_min_peak,
+                         stone_min_rose_k=node.settings.model.stone_min_rose_k, zoom=node.settings.model.zoom,
+                         precision=node.settings.model.precision)
+    sources = {pydicom.dcmread(f).SOPInstanceUID: pydicom.dcmread(f) for f in (jpeg, run)}
+    classes = []
+    for f in outputs:
+        assert dciodvfy_errors(f) == [], f
+        ds = pydicom.dcmread(f)
+        classes.append(str(ds.SOPClassUID))
+        if ds.Modality == "SEG":
+            src = sources[ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID]
+            expected = np.stack(seg.segment(frames_of(src)))
+            assert np.array_equal(read_seg_labels(ds, expected.shape).reshape(expected.shape), expected)
+            assert int(ds.NumberOfFrames) == 3 * int(src.get("NumberOfFrames", 1))
+    assert sorted(classes).count("1.2.840.10008.5.1.4.1.1.11.2") == 2  # Color Softcopy Presentation State
+    # the luma is the grey image: exactly for the lossless RGB capture, within JPEG's loss for YBR_FULL_422
+    (grey_frame, _, photometric), = frames_of(pydicom.dcmread(grey))
+    (rgb_frame, _, rgb_photometric), = frames_of(pydicom.dcmread(rgb))
+    assert (rgb_photometric, photometric) == ("MONOCHROME2", "MONOCHROME2") and np.array_equal(rgb_frame, grey_frame)
+    (jpeg_frame, _, _), = frames_of(sources[pydicom.dcmread(jpeg).SOPInstanceUID])
+    assert np.abs(jpeg_frame.astype(int) - grey_frame).mean() < 4
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

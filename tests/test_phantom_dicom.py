@@ -39,7 +39,7 @@ INFO = DicomInfo(
 # Grayscale Byte/Word SC (SCMF: Byte at 8 bits, Word at 12/16) MONOCHROME2 only (A.8.3.4, A.8.4.4).
 VALID = [("RF", "MONOCHROME2"), ("XA", "MONOCHROME2"), ("SC", "MONOCHROME1"), ("SC", "MONOCHROME2"),
          ("DX", "MONOCHROME1"), ("DX", "MONOCHROME2"), ("EXA", "MONOCHROME2"), ("EXRF", "MONOCHROME2"),
-         ("EXRF", "MONOCHROME1"), ("SCMF", "MONOCHROME2")]
+         ("EXRF", "MONOCHROME1"), ("SCMF", "MONOCHROME2"), ("SC", "RGB"), ("SCTC", "RGB")]  # RGB: a frame grabber
 SC_BYTE, SC_WORD = "1.2.840.10008.5.1.4.1.1.7.2", "1.2.840.10008.5.1.4.1.1.7.3"
 
 
@@ -81,11 +81,17 @@ def check_file(path: Path, frames: np.ndarray, modality: str, bits: int, photome
     assert ds.SOPClassUID == dicomio.sop_class(modality, bits)
     if modality == "SCMF":
         assert ds.SOPClassUID == (SC_BYTE if bits == 8 else SC_WORD)
-    assert ds.Modality == {"SC": "OT", "EXA": "XA", "EXRF": "RF", "SCMF": "OT"}.get(modality, modality)
+    assert ds.Modality == {"SC": "OT", "EXA": "XA", "EXRF": "RF", "SCMF": "OT", "SCTC": "OT"}.get(modality, modality)
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (8 if bits == 8 else 16, bits, bits - 1)
     arr = ds.pixel_array.astype(np.int64)
     if photometric == "MONOCHROME1":
         arr = (2**bits - 1) - arr
+    if photometric == "RGB":  # a grabbed grey monitor: R = G = B, colour-by-pixel
+        assert (ds.SamplesPerPixel, ds.PlanarConfiguration, ds.ConversionType) == (3, 0, "DV")
+        assert arr.shape[-1] == 3 and "WindowCenter" not in ds and "PresentationLUTShape" not in ds
+        for channel in range(3):
+            np.testing.assert_array_equal(arr[..., channel], expected_values(frames, bits))
+        return
     np.testing.assert_array_equal(arr, expected_values(frames, bits))
     if modality in ("RF", "XA", "DX"):
         assert [float(v) for v in ds.ImagerPixelSpacing] == [0.3528, 0.3528]
@@ -118,6 +124,10 @@ def image() -> np.ndarray:
 @pytest.mark.parametrize("bits", [8, 12, 16])
 @pytest.mark.parametrize("modality,photometric", VALID)
 def test_single_frame_roundtrip_and_valid(tmp_path, image, modality, photometric, bits, ts):
+    if photometric == "RGB" and bits != 8:
+        with pytest.raises(ValueError, match="8 bits"):
+            build_dataset(image, INFO, modality=modality, bits_stored=bits, photometric=photometric)
+        return
     ds = build_dataset(image, info_for(modality), modality=modality, bits_stored=bits, photometric=photometric)
     path = tmp_path / "img.dcm"
     write_dicom(ds, path, ts)
@@ -150,6 +160,18 @@ def test_cine(tmp_path, modality, ts):
     assert ds.FrameIncrementPointer == 0x00181063
     assert float(ds.FrameTime) == 66.7
     assert ds.CineRate == 15
+
+
+@pytest.mark.parametrize("ts", ["explicit", "rle", "jpeg-ls"])
+def test_true_colour_run(tmp_path, ts):
+    """A frame grabber's captured run: Multi-frame True Color SC, 5 RGB frames, Cine."""
+    frames = np.stack([phantom_image(shift=i) for i in range(5)])
+    path = tmp_path / "run.dcm"
+    write_dicom(build_dataset(frames, INFO, modality="SCTC", photometric="RGB"), path, ts)
+    check_file(path, frames, "SCTC", 8, "RGB", ts)
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7.4" and ds.NumberOfFrames == 5
+    assert ds.FrameIncrementPointer == 0x00181063 and float(ds.FrameTime) == 66.7
 
 
 def _dt(value) -> datetime.datetime:
@@ -217,14 +239,16 @@ def test_window_and_monochrome1_display(image):
 
 @pytest.mark.parametrize("modality", ["SC", "DX"])
 def test_multiframe_refused_for_single_frame_classes(image, modality):
-    with pytest.raises(ValueError, match="use RF, XA, EXA, EXRF or SCMF for cine"):
+    with pytest.raises(ValueError, match="use RF, XA, EXA, EXRF, SCMF or SCTC for cine"):
         build_dataset(np.stack([image, image]), INFO, modality=modality)
     build_dataset(image[None], INFO, modality=modality)  # (1, H, W) is a single frame
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(bits_stored=10), "bits_stored"),
-    (dict(photometric="RGB"), "photometric"),
+    (dict(photometric="RGB"), "photometric RGB is a frame grabber's capture"),
+    (dict(modality="SCTC"), "SCTC .* is RGB only"),
+    (dict(modality="SC", photometric="RGB", bits_stored=12), "8 bits"),
     (dict(modality="CT"), "modality"),
     (dict(modality="RF", photometric="MONOCHROME1"), "MONOCHROME2"),
     (dict(modality="XA", photometric="MONOCHROME1"), "MONOCHROME2"),
@@ -273,7 +297,8 @@ def test_non_ascii_names_and_frame_of_reference(tmp_path, image):
     info = replace(INFO, patient_name="Müller^Jörg", frame_of_reference_uid="1.2.826.0.1.3680043.8.498.10004")
     for modality in MODALITIES:
         path = tmp_path / f"{modality}.dcm"
-        write_dicom(build_dataset(image, info_for(modality, info), modality=modality), path)
+        write_dicom(build_dataset(image, info_for(modality, info), modality=modality,
+                                  photometric="RGB" if modality == "SCTC" else "MONOCHROME2"), path)
         assert dciodvfy_errors(path) == []
         ds = pydicom.dcmread(path)
         assert ds.SpecificCharacterSet == "ISO_IR 192" and str(ds.PatientName) == "Müller^Jörg"

@@ -55,6 +55,7 @@ Choices (the long form is in docs/dicom-outputs.md, section GSPS):
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import cv2
@@ -449,15 +450,31 @@ def _caption(measurements: Measurements | None, model_version: str, charsets: li
     return caption
 
 
+@functools.cache
+def srgb_input_profile() -> bytes:
+    """An sRGB ICC profile as an input ("scnr") profile: what a colour presentation state states when the source
+    has none (PS3.3 C.11.15: the profile is required, and is an input or colour space profile; sRGB is what an
+    unlabelled frame grabber's RGB means). littleCMS (through Pillow) builds sRGB as a display ("mntr") profile;
+    its matrix/TRC tags are the ones an RGB input profile has too, so only the header's class changes, and the
+    header's profile ID (an MD5 over the header) is zeroed: "not calculated" (ICC.1 7.2.18)."""
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[12:16] = b"scnr"
+    icc[84:100] = bytes(16)
+    return bytes(icc)
+
+
 def _presentation_state(source: Dataset, drawing: _Drawing, n_frames: int, *, series_uid: str, sop_uid: str,
                         model_version: str, series_number: int, instance_number: int,
-                        manufacturer: str) -> hd.pr.GrayscaleSoftcopyPresentationState:
+                        manufacturer: str) -> hd.SOPClass:
     """highdicom's GSPS of the drawing, with the source's grey-scale pipeline (modality LUT, VOI LUT or the
-    source's VOI LUT Sequence, presentation LUT), so that applying it keeps the image's look."""
-    voi = _voi_luts(source, drawing.meta, n_frames)
+    source's VOI LUT Sequence, presentation LUT), so that applying it keeps the image's look. A colour source
+    (3 samples) gets the same drawing as a Color Softcopy Presentation State (a GSPS may reference greyscale
+    images only, PS3.3 A.33.1), with the source's ICC profile, else sRGB."""
     charsets = drawing.charsets
     content_description = f"{DISCLAIMER}. Model {model_version}"
-    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+    common = dict(
         referenced_images=[drawing.meta],
         series_instance_uid=series_uid,
         series_number=series_number,
@@ -472,10 +489,17 @@ def _presentation_state(source: Dataset, drawing: _Drawing, n_frames: int, *, se
         graphic_annotations=drawing.annotations,
         graphic_layers=list(drawing.layers.values()),
         graphic_groups=drawing.groups or None,
+        specific_character_set=charsets if len(charsets) > 1 else charsets[0],
+    )
+    if int(source.get("SamplesPerPixel", 1) or 1) == 3:
+        icc = source.get("ICCProfile")  # highdicom 0.28 looks for it on the list, not the image: given here
+        return hd.pr.ColorSoftcopyPresentationState(**common, icc_profile=bytes(icc) if icc else srgb_input_profile())
+    voi = _voi_luts(source, drawing.meta, n_frames)
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        **common,
         modality_lut_transformation=_modality_lut(source),
         voi_lut_transformations=voi,
         presentation_lut_transformation=_presentation_lut(source),
-        specific_character_set=charsets if len(charsets) > 1 else charsets[0],
     )
     if voi is None:  # the source's VOI LUT Sequence, unchanged
         item = Dataset()

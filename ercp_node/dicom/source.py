@@ -8,6 +8,8 @@
 - `source_datetime` / `stamp_dates`: the acquisition (else content, series, study) date/time that the outputs
   carry as theirs, so that the same input gives the same bytes.
 - `derived_uid`: deterministic UIDs from names (the same parts give the same UID).
+- `grey_pixels(source)`: the decoded frames as the model takes them, greyscale: colour sources (a frame grabber's
+  RGB or YBR Secondary Capture) become their luma.
 - `display_shutter(source, shape)`: the Display Shutter module's shutters (PS3.3 C.7.6.11: rectangular, circular,
   polygonal; their intersection) as a mask of the frame — the part the modality shows, the rest collimated.
 - The SOP classes highdicom 0.28 treats as multi-frame (`XRAY_MULTIFRAME`, `XRAY_ENHANCED`, `SC_MULTIFRAME`),
@@ -28,6 +30,7 @@ from ..labels import LABELS
 
 __all__ = [
     "ALWAYS_MULTIFRAME",
+    "COLOUR",
     "PATIENT_STUDY",
     "SC_MULTIFRAME",
     "XRAY_ENHANCED",
@@ -36,6 +39,7 @@ __all__ = [
     "copy_patient_study",
     "derived_uid",
     "display_shutter",
+    "grey_pixels",
     "group_item",
     "header_calibration",
     "header_spacing_values",
@@ -60,6 +64,7 @@ XRAY_ENHANCED = {
 SC_MULTIFRAME = {
     "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame Grayscale Byte SC Image Storage
     "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame Grayscale Word SC Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame True Color SC Image Storage (a frame grabber's cine)
 }
 # Classes that are multi-frame objects even with one frame: their SEG references every source frame by number.
 ALWAYS_MULTIFRAME = XRAY_ENHANCED | SC_MULTIFRAME
@@ -241,6 +246,31 @@ def stamp_dates(ds: Dataset, source: Dataset, kinds: tuple[str, ...] = ("Content
 
 def _n_frames(source: Dataset) -> int:
     return int(source.get("NumberOfFrames") or 1)
+
+
+# Colour the node segments: pydicom decodes YBR to RGB (as_rgb), JPEG 2000 undoes its component transform.
+COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+
+
+def grey_pixels(source: Dataset) -> tuple[np.ndarray, int, str]:
+    """All frames decoded, (H, W) or (F, H, W), with BitsStored and the photometric interpretation they are in.
+
+    Greyscale comes as stored (MONOCHROME1 stays inverted: preprocessing reads it). Colour, what a frame grabber
+    makes of the C-arm's video, becomes its luma Y' = 0.299 R + 0.587 G + 0.114 B (ITU-R BT.601, the Y of
+    DICOM's YBR_FULL) as MONOCHROME2 at the source's bits: a grey picture captured as R = G = B gives back its
+    grey exactly, and coloured burned-in text becomes grey text as any other. ValueError for anything else."""
+    photometric = str(source.get("PhotometricInterpretation", "") or "")
+    arr = source.pixel_array
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        return arr, int(source.BitsStored), photometric
+    if photometric not in COLOUR or arr.shape[-1] != 3 or arr.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"photometric interpretation {photometric or '(none)'} with pixels {arr.dtype} {arr.shape}:"
+                         f" the node segments MONOCHROME1/2 and {', '.join(COLOUR)}")
+    import cv2
+
+    frames = arr.reshape(-1, *arr.shape[-3:])
+    grey = np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames])
+    return (grey[0] if arr.ndim == 3 else grey), int(source.BitsStored), "MONOCHROME2"
 
 
 def check_labels(source: Dataset, labels: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import pydicom
 
 from ..annotation import LabelmeError, labelme_to_mask
 from ..dicom.segread import frame_refs, paint_labels, segment_label_values, segment_masks
+from ..dicom.source import COLOUR, grey_pixels
 from ..preprocessing.pipeline import preprocess, resize_labels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -70,13 +71,8 @@ def load_pixels(path: str, frame: int = 0) -> tuple[np.ndarray, int, str]:
         if img.ndim == 3:
             img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
         return img, 16 if img.dtype == np.uint16 else 8, "MONOCHROME2"
-    ds = pydicom.dcmread(path)
-    if str(getattr(ds, "PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"photometric interpretation {getattr(ds, 'PhotometricInterpretation', None)!r} is not greyscale")
-    arr = ds.pixel_array
-    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-        arr = arr[frame]
-    return arr, int(ds.BitsStored), str(ds.PhotometricInterpretation)
+    arr, bits, photometric = grey_pixels(pydicom.dcmread(path))  # colour: its luma, as the node segments it
+    return (arr[frame] if arr.ndim == 3 else arr), bits, photometric
 
 
 def read_phantom(root: Path) -> tuple[list[Sample], list[Problem]]:
@@ -310,8 +306,9 @@ def read_unlabelled(dirs, exclude: list[Sample] = (), limit: int | None = None
             if str(getattr(ds, "Modality", "")) in NOT_IMAGES or "Rows" not in ds:
                 problems.append(Problem(str(f), f"not an image ({getattr(ds, 'Modality', 'no modality')})"))
                 continue
-            if str(getattr(ds, "PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
-                problems.append(Problem(str(f), "not greyscale"))
+            if str(getattr(ds, "PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2", *COLOUR):
+                problems.append(Problem(str(f), f"photometric interpretation "
+                                                f"{getattr(ds, 'PhotometricInterpretation', '(none)')} not segmented"))
                 continue
             if uid in uids or str(f.resolve()) in paths:
                 excluded += 1

@@ -113,6 +113,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from ..config.settings import measure_settings
     from ..measure.overlay import draw_measurements
     from ..model.inference import SHIPPED, Segmenter
+    from ..dicom.source import grey_pixels
     from ..preprocessing.pipeline import to_unit_grey
     from ..cliutil import CLIError
     from ..dicom.part10 import to_bytes
@@ -166,8 +167,8 @@ def run_segment(args: argparse.Namespace) -> int:
                 (out / f"{stem}.{kind.lower()}.dcm").write_bytes(to_bytes(obj))
             frame = analysis.measurements.frame - 1
             labels = analysis.labels if analysis.labels.ndim == 2 else analysis.labels[frame]
-            pix = ds.pixel_array if analysis.labels.ndim == 2 else ds.pixel_array[frame]
-            grey = to_unit_grey(pix, bits_stored=int(ds.BitsStored), photometric=str(ds.PhotometricInterpretation))
+            pix, bits, photometric = grey_pixels(ds)
+            grey = to_unit_grey(pix if pix.ndim == 2 else pix[frame], bits_stored=bits, photometric=photometric)
             cv2.imwrite(str(out / f"{stem}.overlay.png"), draw_measurements(grey, labels, analysis.measurements))
             (out / f"{stem}.measurements.json").write_text(json.dumps(analysis.measurements.to_dict(), indent=1))
         except Exception as exc:  # noqa: BLE001 - report and go on with the next file

@@ -29,8 +29,8 @@ from .commitment import REQUEST_COMMIT, SOP_CLASS, WELL_KNOWN_INSTANCE
 
 log = logging.getLogger("ercp_node.exporter")
 
-KIND_CLASSES = {"SEG": "1.2.840.10008.5.1.4.1.1.66.4", "SR": "1.2.840.10008.5.1.4.1.1.88.33",
-                "GSPS": "1.2.840.10008.5.1.4.1.1.11.1"}
+# The presentation state ("GSPS" kind) is a Color Softcopy PS for a colour source: its class is read from the file.
+KIND_CLASSES = {"SEG": "1.2.840.10008.5.1.4.1.1.66.4", "SR": "1.2.840.10008.5.1.4.1.1.88.33"}
 SUCCESS, NOT_AUTHORISED, NO_SUCH_OBJECT_INSTANCE = 0x0000, 0x0124, 0x0112
 FAILURE_REASONS = {0x0110: "processing failure", 0x0112: "no such object instance", 0x0119: "class-instance conflict",
                    0x0122: "SOP class not supported", 0x0131: "duplicate transaction UID", 0x0213: "resource limitation"}

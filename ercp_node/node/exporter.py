@@ -30,7 +30,8 @@ from ..storage.models import Export, ExportAttempt, Instance, Job, Output
 log = logging.getLogger("ercp_node.exporter")
 OUTPUT_CLASSES = ["1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
                   "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
-                  "1.2.840.10008.5.1.4.1.1.11.1"]  # Grayscale Softcopy Presentation State
+                  "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
+                  "1.2.840.10008.5.1.4.1.1.11.2"]  # Color Softcopy Presentation State (for a colour source)
 
 
 # send_c_store(path) streams the file as it lies on disk (no decode, no re-encode: a few ms per SR with hundreds

@@ -25,11 +25,14 @@ class Analysis:
 
 
 def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
-    """Decoded greyscale frames with their BitsStored and photometric interpretation; a clear ValueError for
-    anything else (intake refuses such data sets, so this guards files read offline or archived before)."""
+    """Decoded greyscale frames with their BitsStored and photometric interpretation (colour sources as their
+    luma: source.grey_pixels); a clear ValueError for anything else (intake refuses such data sets, so this
+    guards files read offline or archived before)."""
+    from ..dicom.source import grey_pixels
+
     n = int(getattr(ds, "NumberOfFrames", 1) or 1)
     try:
-        arr = ds.pixel_array
+        arr, bits, photometric = grey_pixels(ds)
     except Exception as exc:  # noqa: BLE001 - decoder errors name the codec problem, not the image
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         raise ValueError(f"pixel data cannot be decoded ({ts.name if ts else 'no transfer syntax'}): "
@@ -38,7 +41,7 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
         raise ValueError(f"decoded pixels are {arr.dtype} {arr.shape}; expected {n} greyscale frame(s) of 8- or "
                          "16-bit unsigned integers")
     frames = [arr] if n == 1 else list(arr)
-    return [(f, int(ds.BitsStored), str(ds.PhotometricInterpretation)) for f in frames]
+    return [(f, bits, photometric) for f in frames]
 
 
 def measure(labels2d: np.ndarray, ds: pydicom.Dataset, frame: int = 1, settings=None) -> Measurements:

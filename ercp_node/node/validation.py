@@ -6,12 +6,15 @@ status the sender gets back. The rule for the status (docs/conformance.md, "Stat
 
 - 0xC000 Cannot understand: the bytes are not a DICOM data set in the negotiated transfer syntax (not DICOM,
   truncated, encoded in another transfer syntax, broken or mislabelled encapsulated pixel data), or the data
-  set is a valid instance of its SOP class that the node cannot segment (colour where the IOD allows it, image
-  sides outside 16–4096, more than MAX_PIXELS pixels in all frames, 32-bit or signed pixels where allowed).
+  set is a valid instance of its SOP class that the node cannot segment (palette colour, YBR_PARTIAL and other
+  colour models that are not RGB/YBR_FULL/YBR_FULL_422/YBR_ICT/YBR_RCT, image sides outside 16–4096, more than
+  MAX_PIXELS pixels in all frames, 32-bit or signed pixels where allowed). Colour where the IOD allows it (a frame
+  grabber's Secondary Capture) is segmented as its luma (dicom.source.grey_pixels).
 - 0xA900 Data set does not match SOP class: it contradicts its own SOP class: a SOP Class UID other than the
   negotiated one, a SOP Instance UID other than the request's, missing or invalid UIDs (path-like ones
-  included), missing Type 1 image attributes, impossible values, pixel data shorter than Rows × Columns ×
-  frames says, or a pixel format the IOD forbids (colour, 32-bit or signed X-ray images).
+  included), missing Type 1 image attributes (Planar Configuration for native colour), impossible values, pixel
+  data shorter than Rows × Columns × samples × frames says, or a pixel format the IOD forbids (colour, 32-bit or
+  signed X-ray images; greyscale in Multi-frame True Color SC).
 - 0xA700 Out of resources: the data set is larger than the node takes (MAX_DATASET_BYTES in all, or more than
   MAX_NON_PIXEL_BYTES outside the pixel data); intake.py adds the free-disk floor and failed writes.
 
@@ -34,6 +37,8 @@ import pydicom
 from pydicom import uid
 from pydicom.dataelem import RawDataElement
 from pydicom.uid import RE_VALID_UID, UID
+
+from ..dicom.source import COLOUR  # the colour models segmented as luma (source.grey_pixels)
 
 SUCCESS, OUT_OF_RESOURCES, MISMATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC000
 STATUS_NAMES = {SUCCESS: "success", OUT_OF_RESOURCES: "out of resources",
@@ -62,6 +67,8 @@ IOD_PIXELS = {
     uid.DigitalXRayImageStorageForProcessing: _XRAY,  # DX for processing
     uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage: (("MONOCHROME2",), (8,), (0,)),  # (C.8.6.3)
     uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage: (("MONOCHROME2",), (16,), (0,)),
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage:  # (C.8.6.4)
+        (("RGB", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"), (8,), (0,)),
     uid.SecondaryCaptureImageStorage: None,  # Secondary Capture
     uid.ComputedRadiographyImageStorage: None,  # CR
 }
@@ -79,6 +86,7 @@ STORAGE_CLASSES = (
     uid.XRayRadiofluoroscopicImageStorage, uid.EnhancedXRFImageStorage, uid.XRayAngiographicImageStorage,
     uid.EnhancedXAImageStorage, uid.SecondaryCaptureImageStorage,
     uid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage, uid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    uid.MultiFrameTrueColorSecondaryCaptureImageStorage,
     uid.DigitalXRayImageStorageForPresentation, uid.DigitalXRayImageStorageForProcessing,
     uid.ComputedRadiographyImageStorage,
 )
@@ -276,9 +284,17 @@ def check_dataset(raw: bytes, sop_class_uid: str) -> pydicom.Dataset:
         if pr not in representations:
             raise Refused(MISMATCH, f"signed pixels are not allowed in {UID(sop_class_uid).name}")
 
+    if spp > 1 and str(ts) in NATIVE:  # Type 1C: how native colour samples lie; pydicom needs it to decode
+        if "PlanarConfiguration" not in ds or not ds["PlanarConfiguration"].VM \
+                or _int(ds, "PlanarConfiguration") not in (0, 1):
+            raise Refused(MISMATCH, "PlanarConfiguration missing or not 0/1 in a colour image")
+
     # what the node can segment
-    if spp != 1 or photometric not in GREYSCALE:
-        raise Refused(CANNOT_UNDERSTAND, f"{photometric} image: the node segments greyscale (MONOCHROME1/2) only")
+    if photometric not in GREYSCALE + COLOUR:
+        raise Refused(CANNOT_UNDERSTAND, f"{photometric} image: the node segments greyscale (MONOCHROME1/2) and "
+                                         f"colour as {', '.join(COLOUR)}")
+    if photometric == "YBR_FULL_422" and str(ts) in NATIVE and cols % 2:
+        raise Refused(MISMATCH, f"YBR_FULL_422 with an odd number of columns ({cols})")
     if bits not in (8, 16) or pr != 0:
         raise Refused(CANNOT_UNDERSTAND, f"{bits}-bit {'signed' if pr else 'unsigned'} pixels: the node takes "
                                          "8- or 16-bit unsigned")
@@ -292,14 +308,16 @@ def check_dataset(raw: bytes, sop_class_uid: str) -> pydicom.Dataset:
     if str(ts) in NATIVE:
         if pixel_elem.length == 0xFFFFFFFF:
             raise Refused(CANNOT_UNDERSTAND, f"encapsulated pixel data in the uncompressed {ts.name}")
-        expected = rows * cols * frames * bits // 8
+        samples = 2 if photometric == "YBR_FULL_422" else spp  # 4:2:2: Y for every pixel, Cb and Cr every other
+        expected = rows * cols * frames * bits // 8 * samples
         if pixel_bytes < expected:
             raise Refused(MISMATCH, f"pixel data has {pixel_bytes} bytes, {expected} expected "
-                                    f"(Rows x Columns x {frames} frame(s) x {bits // 8} byte(s))")
+                                    f"(Rows x Columns x {frames} frame(s) x {bits // 8} byte(s)"
+                                    f"{f' x {samples} samples' if samples > 1 else ''})")
     else:
         if pixel_elem.length != 0xFFFFFFFF:
             raise Refused(CANNOT_UNDERSTAND, f"pixel data not encapsulated in the compressed {ts.name}")
-        _check_encapsulated(pixel_elem.value or b"", ts, rows, cols, frames, bits)
+        _check_encapsulated(pixel_elem.value or b"", ts, rows, cols, frames, bits, spp)
     return ds
 
 
@@ -318,7 +336,7 @@ def _fragments(value: bytes) -> list[memoryview]:
     return items
 
 
-def _check_encapsulated(value: bytes, ts: UID, rows: int, cols: int, frames: int, bits: int) -> None:
+def _check_encapsulated(value: bytes, ts: UID, rows: int, cols: int, frames: int, bits: int, spp: int = 1) -> None:
     items = _fragments(value)
     fragments = items[1:]
     if not items:
@@ -345,15 +363,16 @@ def _check_encapsulated(value: bytes, ts: UID, rows: int, cols: int, frames: int
             if len(head) < 64:
                 raise Refused(CANNOT_UNDERSTAND, f"frame {i}: RLE header shorter than 64 bytes")
             n, *offsets = struct.unpack_from("<16L", head, 0)
-            if n != bits // 8 or offsets[0] != 64 or any(o >= len(frag) for o in offsets[:n]) \
+            if n != bits // 8 * spp or offsets[0] != 64 or any(o >= len(frag) for o in offsets[:n]) \
                     or offsets[:n] != sorted(offsets[:n]):
-                raise Refused(CANNOT_UNDERSTAND, f"frame {i}: RLE header invalid for {bits}-bit greyscale")
+                raise Refused(CANNOT_UNDERSTAND, f"frame {i}: RLE header invalid for {bits}-bit "
+                                                 f"{'greyscale' if spp == 1 else f'{spp}-sample colour'}")
             continue
         else:  # cannot happen for the negotiated syntaxes
             raise Refused(CANNOT_UNDERSTAND, f"transfer syntax {ts.name} is not supported")
-        if shape != (rows, cols, 1):
+        if shape != (rows, cols, spp):
             raise Refused(CANNOT_UNDERSTAND, f"frame {i} codestream is {shape[1]}x{shape[0]} with {shape[2]} "
-                                             f"component(s); the data set says {cols}x{rows} greyscale")
+                                             f"component(s); the data set says {cols}x{rows} with {spp}")
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -35,10 +35,12 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
                    help="image rows = columns, 512–1024 (default 576), or 'random': each image's matrix drawn from "
                         + ", ".join(map(str, RANDOM_SIZES)) + " (same detector field)")
     p.add_argument("--modality", choices=MODALITIES, default="RF",
-                   help="RF (default), XA, SC, DX, EXA (Enhanced XA), EXRF (Enhanced XRF) or SCMF (Multi-frame "
-                        "Grayscale SC: Byte at --bits 8, Word at 12/16)")
+                   help="RF (default), XA, SC, DX, EXA (Enhanced XA), EXRF (Enhanced XRF), SCMF (Multi-frame "
+                        "Grayscale SC: Byte at --bits 8, Word at 12/16) or SCTC (Multi-frame True Color SC: a frame "
+                        "grabber's RGB capture)")
     p.add_argument("--bits", type=int, choices=(8, 12, 16), default=8, help="bits stored (default 8)")
-    p.add_argument("--photometric", choices=("MONOCHROME2", "MONOCHROME1"), default="MONOCHROME2")
+    p.add_argument("--photometric", choices=("MONOCHROME2", "MONOCHROME1", "RGB"), default=None,
+                   help="MONOCHROME2 (default), MONOCHROME1, or RGB (a frame grabber's capture: SC, and SCTC always)")
     p.add_argument("--transfer-syntax", choices=tuple(TRANSFER_SYNTAXES), default="explicit")
     p.add_argument("--frames", type=int, default=1,
                    help="1 = single image; 5–30 = cine run (RF, XA, EXA, EXRF, SCMF only)")
@@ -103,6 +105,14 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"--frames must be 1 (single image) or 5–30 (cine), got {args.frames}")
     if args.frames > 1 and args.modality not in MULTI_FRAME:
         raise CLIError(f"cine (--frames {args.frames}) is {', '.join(MULTI_FRAME)} only, not {args.modality}")
+    if args.photometric is None:
+        args.photometric = "RGB" if args.modality == "SCTC" else "MONOCHROME2"
+    if (args.photometric == "RGB") != (args.modality == "SCTC") and not (args.modality == "SC"
+                                                                        and args.photometric == "RGB"):
+        raise CLIError(f"--photometric RGB (a frame grabber's capture) is --modality SC or SCTC only, and SCTC is "
+                       f"RGB only; got {args.modality} {args.photometric}")
+    if args.photometric == "RGB" and args.bits != 8:
+        raise CLIError("RGB captures are 8 bits (--bits 8)")
     if args.photometric == "MONOCHROME1" and args.modality in ("RF", "XA", "SCMF"):
         raise CLIError(f"{args.modality} images are MONOCHROME2 by definition (PS3.3 C.8.7.1.1, A.8.3.4); use "
                        f"--modality SC, DX, {' or '.join(ENHANCED)}")

@@ -1,9 +1,9 @@
 """DICOM writer for the synthetic cholangiogram phantom.
 
-`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of eight storage
-classes (RF, XA, SC, DX, Enhanced XA "EXA", Enhanced XRF "EXRF", and "SCMF": Multi-frame Grayscale Byte SC at
-8 bits, Multi-frame Grayscale Word SC at 12 or 16 bits); `write_dicom` writes it atomically in one of six
-transfer syntaxes.
+`build_dataset` turns display-brightness frames in [0, 1] into a pydicom Dataset of one of nine storage
+classes (RF, XA, SC, DX, Enhanced XA "EXA", Enhanced XRF "EXRF", "SCMF": Multi-frame Grayscale Byte SC at
+8 bits, Multi-frame Grayscale Word SC at 12 or 16 bits, and "SCTC": Multi-frame True Color SC); `write_dicom`
+writes it atomically in one of six transfer syntaxes.
 
 Design points (the tests hold them):
 - Output is byte-deterministic: no "now", no random UIDs, constant implementation UID/version, and
@@ -31,6 +31,9 @@ Design points (the tests hold them):
   Pointer at FrameTime, so the Cine module is there (A.8.3.3); a single frame has neither (the pointer is
   1C, required for more than one frame). The spacing at the patient goes into PixelSpacing with its
   calibration type and description, as for the single-frame SC: no ImagerPixelSpacing in these IODs.
+- A frame grabber's capture of the C-arm's video monitor: SC with photometric RGB, or Multi-frame True Color SC
+  ("SCTC", PS3.3 A.8.5: RGB, 8 bits, always multi-frame), ConversionType DV (digitised video), R = G = B (the
+  monitor shows grey; its luma is the grey exactly), no window (VOI LUT applies to greyscale only).
 """
 from __future__ import annotations
 
@@ -63,6 +66,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
     MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage,
     RLELossless,
     SecondaryCaptureImageStorage,
     XRayAngiographicImageStorage,
@@ -80,10 +84,10 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
     "jpeg2000": JPEG2000Lossless,
     "rle": RLELossless,
 }
-MODALITIES = ("RF", "XA", "SC", "DX", "EXA", "EXRF", "SCMF")
+MODALITIES = ("RF", "XA", "SC", "DX", "EXA", "EXRF", "SCMF", "SCTC")
 ENHANCED = ("EXA", "EXRF")  # Enhanced XA / Enhanced XRF: multi-frame functional groups, NumberOfFrames always
-MULTI_FRAME = ("RF", "XA", *ENHANCED, "SCMF")  # the classes that take cine runs
-ALWAYS_MULTI_FRAME = (*ENHANCED, "SCMF")  # NumberOfFrames written also for one frame (type 1 in their IODs)
+MULTI_FRAME = ("RF", "XA", *ENHANCED, "SCMF", "SCTC")  # the classes that take cine runs
+ALWAYS_MULTI_FRAME = (*ENHANCED, "SCMF", "SCTC")  # NumberOfFrames written also for one frame (type 1 in their IODs)
 SOP_CLASSES: dict[str, UID] = {
     "RF": XRayRadiofluoroscopicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2
     "XA": XRayAngiographicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1
@@ -92,13 +96,15 @@ SOP_CLASSES: dict[str, UID] = {
     "EXA": EnhancedXAImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.1.1
     "EXRF": EnhancedXRFImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2.1
     "SCMF": MultiFrameGrayscaleByteSecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7.2 (8 bits)
+    "SCTC": MultiFrameTrueColorSecondaryCaptureImageStorage,  # 1.2.840.10008.5.1.4.1.1.7.4 (RGB, 8 bits)
 }
 SC_WORD = MultiFrameGrayscaleWordSecondaryCaptureImageStorage  # 1.2.840.10008.5.1.4.1.1.7.3: SCMF at 12/16 bits
 # The Modality attribute (0008,0060) each class gets.
-MODALITY_VALUES = {"RF": "RF", "XA": "XA", "SC": "OT", "DX": "DX", "EXA": "XA", "EXRF": "RF", "SCMF": "OT"}
+MODALITY_VALUES = {"RF": "RF", "XA": "XA", "SC": "OT", "DX": "DX", "EXA": "XA", "EXRF": "RF", "SCMF": "OT",
+                   "SCTC": "OT"}
 RECEPTORS = ("DIGITAL_DETECTOR", "IMG_INTENSIFIER")  # X-Ray Receptor Type (0018,9420), Enhanced XA/XRF
 BITS_STORED = (8, 12, 16)
-PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB")  # RGB: a frame grabber's capture (SC, SCTC)
 # Constant (pydicom is pinned) so that the same input gives the same bytes on any machine.
 IMPLEMENTATION_VERSION_NAME = f"PYDICOM {pydicom.__version__}"[:16]
 
@@ -237,10 +243,11 @@ def build_dataset(
     _general_study_patient(ds, info, modality)
     _general_image(ds, info, modality)
     _image_pixel(ds, pixels, modality, bits_stored, photometric, n_frames)
-    _voi_lut(ds, modality, bits_stored)
+    if photometric != "RGB":  # a window applies to greyscale only
+        _voi_lut(ds, modality, bits_stored)
 
     writer = {"RF": _xray, "XA": _xray, "SC": _sc, "DX": _dx, "EXA": _enhanced_xray, "EXRF": _enhanced_xray,
-              "SCMF": _sc_multiframe}
+              "SCMF": _sc_multiframe, "SCTC": _sc_true_colour}
     writer[modality](ds, info, modality, photometric, n_frames)
 
     data = pixels.astype("<u2" if ds.BitsAllocated == 16 else "u1", copy=False).tobytes()
@@ -260,6 +267,11 @@ def _check_encoding(modality: str, bits_stored: int, photometric: str) -> None:
         raise ValueError(f"bits_stored must be one of {BITS_STORED}, got {bits_stored!r}")
     if photometric not in PHOTOMETRICS:
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
+    if (photometric == "RGB") != (modality == "SCTC") and not (modality == "SC" and photometric == "RGB"):
+        raise ValueError(f"photometric RGB is a frame grabber's capture, modality SC or SCTC, and SCTC (Multi-frame "
+                         f"True Color SC) is RGB only; got {modality} {photometric}")
+    if photometric == "RGB" and bits_stored != 8:
+        raise ValueError("a frame grabber's RGB capture is 8 bits (PS3.3 A.8.5.4)")
     if modality == "SCMF" and photometric != "MONOCHROME2":
         # Multi-frame Grayscale Byte/Word SC IOD content constraints (PS3.3 A.8.3.4, A.8.4.4).
         raise ValueError("Multi-frame Grayscale Byte/Word SC images are MONOCHROME2 only (PS3.3 A.8.3.4); use "
@@ -282,17 +294,20 @@ def _frames_array(frames: np.ndarray, modality: str) -> tuple[np.ndarray, int]:
         raise ValueError(f"image too large for DICOM Rows/Columns: {arr.shape[-2:]}")
     n_frames = arr.shape[0] if arr.ndim == 3 else 1
     if n_frames > 1 and modality not in MULTI_FRAME:
-        raise ValueError(f"{modality} is single-frame only; use RF, XA, EXA, EXRF or SCMF for cine "
+        raise ValueError(f"{modality} is single-frame only; use RF, XA, EXA, EXRF, SCMF or SCTC for cine "
                          f"({n_frames} frames given)")
     return arr, n_frames
 
 
 def _stored_values(arr: np.ndarray, bits_stored: int, photometric: str) -> np.ndarray:
-    """Quantised stored values; MONOCHROME1 stores the inverse, so the image displays the same."""
+    """Quantised stored values; MONOCHROME1 stores the inverse, so the image displays the same; RGB grey
+    (R = G = B, colour-by-pixel)."""
     pixels = quantise(arr, bits_stored)
     maxval = (1 << bits_stored) - 1
     if photometric == "MONOCHROME1":
         pixels = (maxval - pixels).astype(pixels.dtype)
+    if photometric == "RGB":
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
     return pixels
 
 
@@ -353,11 +368,14 @@ def _general_image(ds: Dataset, info: DicomInfo, modality: str) -> None:
 def _image_pixel(ds: Dataset, pixels: np.ndarray, modality: str, bits_stored: int, photometric: str,
                  n_frames: int) -> None:
     """Image Pixel (the Pixel Data itself is added last) and NumberOfFrames."""
-    ds.SamplesPerPixel = 1
+    colour = photometric == "RGB"
+    ds.SamplesPerPixel = 3 if colour else 1
     ds.PhotometricInterpretation = photometric
+    if colour:
+        ds.PlanarConfiguration = 0  # R1 G1 B1 R2 ...
     if n_frames > 1 or modality in ALWAYS_MULTI_FRAME:
         ds.NumberOfFrames = n_frames
-    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
     ds.BitsAllocated = 8 if bits_stored == 8 else 16
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
@@ -414,8 +432,11 @@ def _xray(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frame
 def _sc(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
     """SC Equipment + SC Image. The SC IOD has no ImagerPixelSpacing or magnification attributes, so we put
     the estimated spacing at the patient, ImagerPixelSpacing / magnification, into PixelSpacing (allowed by the
-    SC Image module's Basic Pixel Spacing Calibration Macro) and say how it was derived."""
+    SC Image module's Basic Pixel Spacing Calibration Macro) and say how it was derived. RGB: a frame grabber's
+    capture of the monitor (ConversionType DV, the C-arm as the capture device)."""
     ds.ConversionType = "SYN"  # "Synthetic Image" (defined term, PS3.3 C.8.6.1)
+    if photometric == "RGB":
+        _grabber(ds, info)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DateOfSecondaryCapture = ds.ContentDate
     ds.TimeOfSecondaryCapture = ds.ContentTime
@@ -448,6 +469,23 @@ def _sc_multiframe(ds: Dataset, info: DicomInfo, modality: str, photometric: str
         ds.RecommendedDisplayFrameRate = ds.CineRate
         ds.StartTrim, ds.StopTrim = 1, n_frames
         ds.PreferredPlaybackSequencing = 0  # looping
+
+
+def _grabber(ds: Dataset, info: DicomInfo) -> None:
+    ds.ConversionType = "DV"  # "Digitized Video" (defined term, PS3.3 C.8.6.1): a frame grabber
+    ds.SecondaryCaptureDeviceManufacturer = info.manufacturer
+    ds.SecondaryCaptureDeviceManufacturerModelName = info.model_name
+    ds.SecondaryCaptureDeviceSoftwareVersions = info.software_versions
+
+
+def _sc_true_colour(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
+    """Multi-frame True Color SC (PS3.3 A.8.5) as a frame grabber writes a captured run: SC Equipment (DV, the
+    C-arm as the capture device), SC Image, SC Multi-frame Image (no rescale or Presentation LUT: RGB),
+    Multi-frame; Cine for a run. Spacing as for the other SC classes."""
+    _sc_multiframe(ds, info, modality, photometric, n_frames)
+    _grabber(ds, info)
+    for kw in ("PresentationLUTShape", "RescaleIntercept", "RescaleSlope", "RescaleType"):
+        del ds[kw]  # SC Multi-frame Image: 1C for MONOCHROME2 only
 
 
 def _dx(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
@@ -753,6 +791,10 @@ def write_dicom(ds: Dataset, path: str | os.PathLike, transfer_syntax: str = "ex
     elif tsuid.is_compressed:
         # generate_instance_uid=False: a lossless re-encoding is the same instance (pydicom's default makes a new UID).
         out.compress(tsuid, generate_instance_uid=False)
+        if tsuid == JPEG2000Lossless and out.PhotometricInterpretation == "RGB":
+            # pydicom applies the reversible component transform (use_mct) and leaves the name to the caller:
+            # YBR_RCT, as PS3.5 8.2.4 (and the True Color SC IOD) require
+            out.PhotometricInterpretation = "YBR_RCT"
     else:
         out.file_meta.TransferSyntaxUID = tsuid
     path = Path(path)
