@@ -1,7 +1,8 @@
 """The node's SEG and SR in a real viewer: OHIF 3.13 (the npm package @ohif/app's built dist/) over DICOMweb from
 Orthanc (+ the orthanc-dicomweb plugin), in headless Chromium (Debian's, SwiftShader WebGL) driven by Playwright.
 
-Phantom RF, XA cine (8 frames) and DX images go through `ercp-node segment` (the shipped model); the sources, SEGs
+Phantom RF, XA cine (8 frames), DX and a frame grabber's SC RGB capture go through `ercp-node segment` (the shipped
+model); the sources, SEGs
 and SRs are stored in Orthanc; a local server serves the app and proxies /dicom-web to Orthanc. For each study the
 test opens it in OHIF, loads the SEG and then the SR like a user (double-click, "Yes"), and checks:
 
@@ -45,6 +46,7 @@ STUDIES = {
     "rf": ["--modality", "RF", "--seed", "3"],
     "xa-cine": ["--modality", "XA", "--frames", "8", "--seed", "4"],
     "dx": ["--modality", "DX", "--seed", "5"],
+    "sc-rgb": ["--modality", "SC", "--photometric", "RGB", "--seed", "6"],  # a frame grabber's capture
 }
 COLOURS = {s.value: s.label for s in SEGMENTS}  # 1 Duodenoscope (green), 2 Common bile duct (red), 3 stone (yellow)
 

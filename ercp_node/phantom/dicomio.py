@@ -101,7 +101,7 @@ SOP_CLASSES: dict[str, UID] = {
 SC_WORD = MultiFrameGrayscaleWordSecondaryCaptureImageStorage  # 1.2.840.10008.5.1.4.1.1.7.3: SCMF at 12/16 bits
 # The Modality attribute (0008,0060) each class gets.
 MODALITY_VALUES = {"RF": "RF", "XA": "XA", "SC": "OT", "DX": "DX", "EXA": "XA", "EXRF": "RF", "SCMF": "OT",
-                   "SCTC": "OT"}
+                   "SCTC": "RF"}  # (an RGB SC is a grabber's capture of the RF monitor too: _grabber)
 RECEPTORS = ("DIGITAL_DETECTOR", "IMG_INTENSIFIER")  # X-Ray Receptor Type (0018,9420), Enhanced XA/XRF
 BITS_STORED = (8, 12, 16)
 PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB")  # RGB: a frame grabber's capture (SC, SCTC)
@@ -473,6 +473,9 @@ def _sc_multiframe(ds: Dataset, info: DicomInfo, modality: str, photometric: str
 
 def _grabber(ds: Dataset, info: DicomInfo) -> None:
     ds.ConversionType = "DV"  # "Digitized Video" (defined term, PS3.3 C.8.6.1): a frame grabber
+    # An SC's Modality is the original's where known (PS3.3 C.7.3.1.1.1): the grabber sits on a fluoroscopy C-arm.
+    # (OHIF 3.13 also disables its segmentation panel for OT images: docs/dicom-outputs.md, Viewer test.)
+    ds.Modality = "RF"
     ds.SecondaryCaptureDeviceManufacturer = info.manufacturer
     ds.SecondaryCaptureDeviceManufacturerModelName = info.model_name
     ds.SecondaryCaptureDeviceSoftwareVersions = info.software_versions
