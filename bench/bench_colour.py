@@ -1,5 +1,6 @@
 """A frame grabber's captures against the greyscale image they show, side by side in one run, with the shipped
-model served as the node serves it (config.settings.ModelSettings' defaults): decode cost per frame, and what the capture does to the masks.
+model served as the node serves it (config.settings.ModelSettings' defaults): decode cost per frame, and what the
+capture does to the masks.
 
 The same phantom images (classic style, dated after the training set) are written three ways: greyscale SC
 (MONOCHROME2), SC RGB (R = G = B, lossless: what a grabber sees of a grey monitor) and that RGB file in JPEG
