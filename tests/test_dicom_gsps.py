@@ -60,13 +60,17 @@ SUMMARY_LATIN1 = "difficult: stone >= 10 mm, angulation <= 135°"  # TEXT_REPERT
 LAYER_OF = {1: "DUODENOSCOPE", 2: "CBD", 3: "STONES"}
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("gsps")
-    for name, (kw, frames) in CASES.items():
+def make_phantom(cases: dict, root: Path) -> dict[str, Path]:
+    """One 512-px phantom image (or run) per case, each in its own directory."""
+    for name, (kw, frames) in cases.items():
         generate(SynthConfig(count=1, options=Options(size=512, frames=frames), **kw), root / name, workers=1,
                  contact_sheet=False)
-    return {name: root / name for name in CASES}
+    return {name: root / name for name in cases}
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> dict[str, Path]:
+    return make_phantom(CASES, tmp_path_factory.mktemp("gsps"))
 
 
 def load(phantom, name: str):
@@ -510,11 +514,7 @@ COLOUR_CASES = {
 
 @pytest.fixture(scope="module")
 def colour_phantom(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("colour-ps")
-    for name, (kw, frames) in COLOUR_CASES.items():
-        generate(SynthConfig(count=1, options=Options(size=512, frames=frames), **kw), root / name, workers=1,
-                 contact_sheet=False)
-    return {name: root / name for name in COLOUR_CASES}
+    return make_phantom(COLOUR_CASES, tmp_path_factory.mktemp("colour-ps"))
 
 
 @pytest.mark.parametrize("name", ["sc-rgb", "sctc-cine"])
