@@ -97,6 +97,33 @@ def test_outputs_end_committed_at_orthanc(tmp_path, tiny_model, images, capsys):
         orthanc.stop()
 
 
+def test_presentation_states_are_committed_under_their_own_class(tmp_path, tiny_model, images):
+    """A colour source's outlines go out as a Color Softcopy Presentation State, a greyscale one's as a GSPS; both
+    are "GSPS" in the node's records, and the N-ACTION names each by the class in its file: Orthanc, which checks
+    class and instance together, commits all six outputs."""
+    grabbed = tmp_path / "grabbed"
+    assert main(["synth", "--count", "1", "--seed", "72", "--size", "512", "--modality", "SC", "--photometric",
+                 "RGB", "--out", str(grabbed), "--workers", "1"]) == 0
+    files = [*images, *sorted((grabbed / "dicom").glob("*.dcm"))]
+    port = free_port()
+    orthanc = _pacs(tmp_path, port)
+    try:
+        dest = Destination(orthanc.aet, "127.0.0.1", orthanc.dicom_port, ("SEG", "SR", "GSPS"), name="PACS",
+                           commitment=True)
+        node = Node(_settings(tmp_path, tiny_model, dest, port)).start()
+        try:
+            _storescu(port, *files)
+            assert wait_until(lambda: _exports(node, Export.state == "committed") == 3 * len(files), 120), \
+                (_exports(node, Export.state == "sent"), _exports(node, Export.state == "failed"), orthanc.log.name)
+        finally:
+            node.stop()
+        tags = [orthanc.get(f"/instances/{i}/simplified-tags") for i in orthanc.get("/instances")]
+        classes = sorted(t["SOPClassUID"] for t in tags if t["Modality"] == "PR")
+        assert classes == ["1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.11.2"]
+    finally:
+        orthanc.stop()
+
+
 def test_pacs_without_commitment_is_not_committed_and_gets_the_same_uids_again(tmp_path, tiny_model, images,
                                                                               capsys):
     """storescp acknowledges every C-STORE but rejects the Storage Commitment presentation context: each export
