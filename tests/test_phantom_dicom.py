@@ -81,8 +81,9 @@ def check_file(path: Path, frames: np.ndarray, modality: str, bits: int, photome
     assert ds.SOPClassUID == dicomio.sop_class(modality, bits)
     if modality == "SCMF":
         assert ds.SOPClassUID == (SC_BYTE if bits == 8 else SC_WORD)
-    assert ds.Modality == "RF" if photometric == "RGB" else {"SC": "OT", "EXA": "XA", "EXRF": "RF", "SCMF": "OT"}.get(
-        modality, modality)  # a grabber's capture names the C-arm's modality
+    # a grabber's capture names the C-arm's modality
+    assert ds.Modality == ("RF" if photometric == "RGB" else {"SC": "OT", "EXA": "XA", "EXRF": "RF", "SCMF": "OT"}.get(
+        modality, modality))
     assert (ds.BitsAllocated, ds.BitsStored, ds.HighBit) == (8 if bits == 8 else 16, bits, bits - 1)
     arr = ds.pixel_array.astype(np.int64)
     if photometric == "MONOCHROME1":
