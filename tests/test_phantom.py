@@ -213,6 +213,9 @@ def test_variants_are_valid_dicom(tmp_path, extra):
     (["--count", "1", "--frames", "8", "--modality", "SC"], "cine"),
     (["--count", "1", "--photometric", "MONOCHROME1"], "MONOCHROME2"),
     (["--count", "1", "--modality", "SCMF", "--photometric", "MONOCHROME1"], "MONOCHROME2"),
+    (["--count", "1", "--photometric", "RGB"], "photometric RGB is a frame grabber's capture"),  # RF
+    (["--count", "1", "--modality", "SCTC", "--photometric", "MONOCHROME2"], "SCTC (Multi-frame True Color SC) is RGB"),
+    (["--count", "1", "--modality", "SC", "--photometric", "RGB", "--bits", "12"], "8 bits"),
     (["--count", "1", "--start-date", "2024-01-01", "--end-date", "2023-01-01"], "before"),
     (["--count", "1", "--complexity", "0.8:0.2"], "--complexity"),
     (["--count", "1", "--scope-diameter-mm", "40"], "--scope-diameter-mm"),

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 
 from .. import __version__
-from ..dicom.source import display_shutter
+from ..dicom.source import display_shutter, grey_pixels
 from ..labels import DUCT
 from ..measure.records import Measurements
 from ..text import RESEARCH_USE_SENTENCE
@@ -28,8 +28,6 @@ def frames_of(ds: pydicom.Dataset) -> list[tuple[np.ndarray, int, str]]:
     """Decoded greyscale frames with their BitsStored and photometric interpretation (colour sources as their
     luma: source.grey_pixels); a clear ValueError for anything else (intake refuses such data sets, so this
     guards files read offline or archived before)."""
-    from ..dicom.source import grey_pixels
-
     n = int(getattr(ds, "NumberOfFrames", 1) or 1)
     try:
         arr, bits, photometric = grey_pixels(ds)

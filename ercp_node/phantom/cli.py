@@ -9,7 +9,7 @@ from pathlib import Path
 from ..cliutil import iso_date
 
 from .anatomy import CONTRASTS, RIBS, SHUTTERS, STONE_CONTACTS, STONE_LABELS, STONE_SIZES
-from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES
+from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES, check_encoding
 from .style import FAMILIES, SCOPES, STYLES
 
 
@@ -107,15 +107,13 @@ def config_from_args(args: argparse.Namespace):
         raise CLIError(f"cine (--frames {args.frames}) is {', '.join(MULTI_FRAME)} only, not {args.modality}")
     if args.photometric is None:
         args.photometric = "RGB" if args.modality == "SCTC" else "MONOCHROME2"
-    if (args.photometric == "RGB") != (args.modality == "SCTC") and not (args.modality == "SC"
-                                                                        and args.photometric == "RGB"):
-        raise CLIError(f"--photometric RGB (a frame grabber's capture) is --modality SC or SCTC only, and SCTC is "
-                       f"RGB only; got {args.modality} {args.photometric}")
-    if args.photometric == "RGB" and args.bits != 8:
-        raise CLIError("RGB captures are 8 bits (--bits 8)")
     if args.photometric == "MONOCHROME1" and args.modality in ("RF", "XA", "SCMF"):
         raise CLIError(f"{args.modality} images are MONOCHROME2 by definition (PS3.3 C.8.7.1.1, A.8.3.4); use "
                        f"--modality SC, DX, {' or '.join(ENHANCED)}")
+    try:  # the writer's own rules for class, bits and photometric (RGB: SC or SCTC, 8 bits), before any rendering
+        check_encoding(args.modality, args.bits, args.photometric)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
         raise CLIError("jpeg2000 needs images of at least 32 pixels")
     if not 8.0 <= args.scope_diameter_mm <= 16.0:

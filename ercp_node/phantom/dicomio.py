@@ -231,7 +231,7 @@ def build_dataset(
     frames: (H, W) or (F, H, W); 1 = white on a MONOCHROME2 display. (1, H, W) counts as single frame.
     MONOCHROME1 stores inverted values so the image displays the same.
     """
-    _check_encoding(modality, bits_stored, photometric)
+    check_encoding(modality, bits_stored, photometric)
     arr, n_frames = _frames_array(frames, modality)
     pixels = _stored_values(arr, bits_stored, photometric)
 
@@ -259,7 +259,7 @@ def build_dataset(
     return ds
 
 
-def _check_encoding(modality: str, bits_stored: int, photometric: str) -> None:
+def check_encoding(modality: str, bits_stored: int, photometric: str) -> None:
     """The class, bit depth and photometric interpretation are known and allowed together (ValueError if not)."""
     if modality not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -267,7 +267,7 @@ def _check_encoding(modality: str, bits_stored: int, photometric: str) -> None:
         raise ValueError(f"bits_stored must be one of {BITS_STORED}, got {bits_stored!r}")
     if photometric not in PHOTOMETRICS:
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
-    if (photometric == "RGB") != (modality == "SCTC") and not (modality == "SC" and photometric == "RGB"):
+    if (photometric == "RGB" and modality not in ("SC", "SCTC")) or (modality == "SCTC" and photometric != "RGB"):
         raise ValueError(f"photometric RGB is a frame grabber's capture, modality SC or SCTC, and SCTC (Multi-frame "
                          f"True Color SC) is RGB only; got {modality} {photometric}")
     if photometric == "RGB" and bits_stored != 8:
