@@ -624,3 +624,52 @@ def test_multiframe_sc_without_pixel_spacing(phantom, tmp_path):
     np.testing.assert_array_equal(read_seg_labels(seg, labels.shape), labels)
     path = write(seg, tmp_path / "seg.dcm")
     assert dciodvfy_errors(path) == [] and dciodvfy_warnings(path) == [], "\n".join(dciodvfy_output(path))
+
+
+@pytest.mark.parametrize("header", ["PixelSpacing", "PixelAspectRatio"])
+def test_frame_grabber_capture_with_non_square_pixels(phantom, tmp_path, header):
+    """A PAL frame grabber's capture of a 4:3 monitor stores pixels 16:15 as wide as tall. The SEG keeps both
+    spacings, the GSPS says the presentation aspect, the SR measures on square pixels (sizes as the square
+    image's, a sentence that says so) and puts every coordinate on the capture's own pixels; all three are
+    dciodvfy-clean."""
+    from ercp_node.dicom.gsps import build_gsps
+
+    source, labels = load(phantom, "sc")
+    square = measure(labels, source, 1)
+    mm = float(source.PixelSpacing[0])
+    aspect = 16 / 15
+    columns = round(int(source.Columns) / aspect)
+    pixels = cv2.resize(source.pixel_array, (columns, int(source.Rows)), interpolation=cv2.INTER_AREA)
+    labels = cv2.resize(labels, (columns, int(source.Rows)), interpolation=cv2.INTER_NEAREST_EXACT)
+    source.Columns, source.PixelData = columns, pixels.astype(source.pixel_array.dtype).tobytes()
+    if header == "PixelSpacing":
+        source.PixelSpacing = [f"{mm:.6g}", f"{mm * aspect:.6g}"]
+    else:  # no spacing at all: only the shape of the pixels
+        for keyword in ("PixelSpacing", "PixelSpacingCalibrationType", "PixelSpacingCalibrationDescription"):
+            del source[keyword]
+        source.PixelAspectRatio = [15, 16]  # vertical \ horizontal
+    assert header_calibration(source).aspect == pytest.approx(aspect, rel=1e-4)
+
+    seg, sr, measured = make_outputs(source, labels, f"grabber-{header}")
+    gsps = build_gsps(source, labels, measured, **uids(f"grabber-{header}", "pr"), model_version=MODEL_VERSION)
+    for kind, ds in (("seg", seg), ("sr", sr), ("pr", gsps)):
+        path = write(ds, tmp_path / f"{kind}.dcm")
+        assert dciodvfy_errors(path) == [], "\n".join(dciodvfy_output(path))
+    np.testing.assert_array_equal(read_seg_labels(seg, labels.shape), labels)
+    measures = seg.SharedFunctionalGroupsSequence[0].get("PixelMeasuresSequence")
+    if header == "PixelSpacing":
+        assert [float(v) for v in measures[0].PixelSpacing] == pytest.approx([mm, mm * aspect], rel=1e-4)
+        assert measured.largest_stone_mm == pytest.approx(square.largest_stone_mm, abs=0.3)
+        assert measured.cbd.max_diameter_mm == pytest.approx(square.cbd.max_diameter_mm, abs=0.3)
+    else:
+        assert measures is None
+    vertical, horizontal = (int(v) for v in gsps.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio)
+    assert horizontal / vertical == pytest.approx(aspect, rel=1e-3)
+    assert measured.stone_count == square.stone_count
+    texts = [str(item.TextValue) for item in content_items(sr) if item.ValueType == "TEXT"]
+    assert any(t.startswith("Pixels not square (width / height 1.067)") for t in texts), texts
+    points = [np.asarray(item.GraphicData, float).reshape(-1, 2) for item in content_items(sr)
+              if item.ValueType == "SCOORD"]
+    assert points and all(((p >= 0) & (p <= [columns, int(source.Rows)])).all() for p in points)
+    for st in measured.stones:  # on the capture's own pixels
+        assert labels[int(round(st.centroid_px[1])), int(round(st.centroid_px[0]))] == 3

@@ -326,6 +326,85 @@ def test_records_round_trip_through_json(phantom_frames):
     assert Summary.from_dict({"stones": 2}) == Summary(stones=2)  # a stored row lacking keys: None
 
 
+# A frame grabber's capture of a 4:3 monitor: PAL 720 × 576 (pixels 16:15 wide), NTSC 720 × 480 (8:9).
+@pytest.mark.parametrize("aspect", [16 / 15, 8 / 9])
+def test_non_square_pixels_are_measured_on_a_square_grid(phantom_frames, aspect):
+    """The same anatomy captured with non-square pixels measures as the square image does; measured as if
+    square (the header's row spacing alone) the CBD's diameter and angle are off by a clinically visible amount.
+    Every point comes back on the source grid."""
+    errors = {"aware": {"cbd": [], "angle": [], "stone": [], "papilla": []},
+              "naive": {"cbd": [], "angle": [], "stone": []}}
+    for labels, truth in phantom_frames:
+        mm = truth["spacing"]["pixel_spacing_at_object_mm"]
+        square = measure_labels(labels, header_spacing([mm, mm]))
+        h, w = labels.shape
+        size = (round(w / aspect), h) if aspect > 1 else (w, round(h * aspect))
+        captured = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST_EXACT)
+        spacing = [mm, mm * aspect] if aspect > 1 else [mm / aspect, mm]  # (row, column)
+        header = header_spacing(spacing)
+        assert header.aspect == pytest.approx(aspect) and header.mm_per_px == pytest.approx(mm)
+        for kind, m in (("aware", measure_labels(captured, header)),
+                        ("naive", measure_labels(captured, header_spacing([spacing[0]] * 2)))):
+            c, e = m.cbd, errors[kind]
+            if c.measurable and square.cbd.measurable:
+                e["cbd"].append(abs(c.max_diameter_mm - square.cbd.max_diameter_mm))
+            if c.angulation_deg and square.cbd.angulation_deg:
+                e["angle"].append(abs(c.angulation_deg - square.cbd.angulation_deg))
+            if m.stones and square.stones:
+                e["stone"].append(abs(m.largest_stone_mm - square.largest_stone_mm))
+            if kind == "naive":
+                continue
+            assert m.stone_count == square.stone_count
+            for st in m.stones:  # on the source grid: inside the captured stone, inside the image
+                x, y = st.centroid_px
+                assert captured[int(round(y)), int(round(x))] == 3
+            for p in (*c.centreline_px, *(c.max_diameter_line_px or ())):
+                assert -1 <= p[0] <= captured.shape[1] and -1 <= p[1] <= captured.shape[0]
+            if c.papilla_px is not None:  # the papilla maps to where the square image has it
+                sx, sy = w / captured.shape[1], h / captured.shape[0]
+                px = ((c.papilla_px[0] + 0.5) * sx - 0.5, (c.papilla_px[1] + 0.5) * sy - 0.5)
+                e["papilla"].append(np.hypot(*np.subtract(px, square.cbd.papilla_px)))
+            assert json.loads(json.dumps(m.to_dict()))["calibration"]["header"]["aspect"] == pytest.approx(aspect)
+    med = {kind: {k: float(np.median(v)) for k, v in e.items()} for kind, e in errors.items()}
+    assert min(len(v) for v in errors["aware"].values()) >= 20
+    assert med["aware"]["cbd"] < 0.15 and med["aware"]["angle"] < 0.5 and med["aware"]["stone"] < 0.05
+    assert med["aware"]["papilla"] < 2 and max(errors["aware"]["papilla"]) < 8  # the duct's end: resampled, it moves
+    assert med["naive"]["cbd"] > 0.4 and med["naive"]["angle"] > 0.5  # what the square grid is for
+
+
+def test_pixel_aspect_from_the_header():
+    from ercp_node.measure.calibration import pixel_aspect
+
+    assert header_spacing([0.3, 0.32]).aspect == pytest.approx(0.32 / 0.3)
+    assert header_spacing([0.3, 0.32]).mm_per_px == 0.3  # the finer spacing: the square grid's
+    assert header_spacing(None, [0.4, 0.3], 1.25).mm_per_px == pytest.approx(0.24)
+    assert header_spacing(None, [0.4, 0.3], 1.25).aspect == pytest.approx(0.75)
+    assert header_spacing([0.30000, 0.30001]).aspect == 1.0  # rounding, not a shape
+    assert header_spacing([0.3, 0.3]) == header_spacing([0.3])  # square: as before
+    # Pixel Aspect Ratio is vertical \ horizontal; it counts only without a spacing (PS3.3 C.7.6.3.1.7)
+    assert header_spacing(pixel_aspect_ratio=[15, 16]).aspect == pytest.approx(16 / 15)
+    assert header_spacing(pixel_aspect_ratio=[15, 16]).mm_per_px is None
+    assert header_spacing([0.3, 0.3], pixel_aspect_ratio=[15, 16]).aspect == 1.0
+    for bad in ([0, 16], [15], ["x", 1], [-1, 1]):
+        assert pixel_aspect(pixel_aspect_ratio=bad) == 1.0
+    assert "aspect" not in header_spacing([0.3, 0.3]).to_dict()  # square pixels keep the old form
+
+
+def test_non_square_pixels_without_any_spacing_still_measure_in_square_pixels():
+    """A grabber that writes Pixel Aspect Ratio but no spacing: sizes in pixels of the square grid, so a round
+    stone stays round (its two Feret diameters agree) though it is an ellipse in the stored pixels."""
+    labels = np.zeros((300, 300), np.uint8)
+    cv2.circle(labels, (150, 150), 40, 3, -1)
+    captured = cv2.resize(labels, (round(300 * 15 / 16), 300), interpolation=cv2.INTER_NEAREST_EXACT)
+    naive = measure_labels(captured, header_spacing())
+    m = measure_labels(captured, header_spacing(pixel_aspect_ratio=[15, 16]))
+    assert m.units == "px" and m.stone_count == naive.stone_count == 1
+    st = m.stones[0]
+    assert st.largest_diameter_px - st.smallest_diameter_px < 2
+    assert naive.stones[0].largest_diameter_px - naive.stones[0].smallest_diameter_px > 4
+    assert st.centroid_px == pytest.approx((150 * 15 / 16 + (15 / 16 - 1) / 2, 150), abs=0.6)
+
+
 @pytest.mark.parametrize("case,reason", [
     ("empty", "no common bile duct"),
     ("scope only", "no common bile duct"),

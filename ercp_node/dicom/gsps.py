@@ -307,10 +307,16 @@ def _presentation_lut(source: Dataset) -> hd.PresentationLUTTransformation:
 
 
 def _aspect_ratio(source: Dataset) -> list[int] | None:
-    """Presentation pixel aspect ratio (row, column) when the pixels are not square, else None (1:1)."""
-    if source.get("PixelAspectRatio"):
-        ratio = [int(v) for v in source.PixelAspectRatio]
-    else:
+    """Presentation pixel aspect ratio (row, column) when the pixels are not square, else None (1:1). An unreadable
+    Pixel Aspect Ratio (not two integers) counts as absent, as the measure stage reads it (source.header_calibration)."""
+    ratio = None
+    try:
+        values = [float(v) for v in source.get("PixelAspectRatio") or ()]
+        if len(values) == 2 and all(v.is_integer() for v in values):
+            ratio = [int(v) for v in values]
+    except (TypeError, ValueError):
+        pass
+    if ratio is None:
         spacing, _ = patient_pixel_spacing(source)
         if spacing is None:
             return None

@@ -176,7 +176,8 @@ def header_calibration(source: Dataset, frame: int = 1):
     from ..measure.calibration import header_spacing
 
     values = header_spacing_values(source, frame)
-    out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"])
+    out = header_spacing(values["pixel_spacing"], values["imager_pixel_spacing"], values["magnification"],
+                         _pair(source.get("PixelAspectRatio")))
     if out.source == "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor":
         out = replace(out, source=_scaled_label(values["magnification_source"]))
     return out

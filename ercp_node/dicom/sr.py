@@ -443,6 +443,11 @@ def _qualitative_evaluations(measurements: Measurements, algorithm_name: str, mo
     if cal.header.mm_per_px and cal.used == "scope":
         items.append(text(CODE_CALIBRATION_METHOD,
                           f"Header spacing {_ds_text(cal.header.mm_per_px)} mm from {cal.header.source}."))
+    if cal.header.aspect != 1.0:  # a frame grabber's capture: measure.report.SquareGrid
+        grid = f" of {_ds_text(spacing)} mm" if spacing is not None else ""
+        items.append(text(CODE_CALIBRATION_METHOD,
+                          f"Pixels not square (width / height {cal.header.aspect:.4g}): measured on a square grid"
+                          f"{grid}; coordinates are on the image's own pixels."))
     items += [text(CODE_CALIBRATION_METHOD, ascii_text(f"Warning: {flag}.")) for flag in cal.flags]
     if measurements.cbd.reason:
         items.append(text(CODE_COMMENT, ascii_text(f"Common bile duct: {measurements.cbd.reason}.")))

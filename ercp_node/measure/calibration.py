@@ -63,17 +63,55 @@ class CalibrationSettings:
         return float(table[self.scope_model])
 
 
-def header_spacing(pixel_spacing=None, imager_pixel_spacing=None, magnification=None) -> HeaderSpacing:
-    """mm per pixel at the patient from header values (row spacing; C-arm pixels are square)."""
+# Spacings that differ by less than this share are one spacing written with rounding (DS values of 0.30000 and
+# 0.30001): such pixels are square. A PAL frame grabber's 720 × 576 capture of a 4:3 monitor has pixels 1.067
+# times as wide as tall, an NTSC one's 0.889.
+SQUARE_TOLERANCE = 0.005
+
+
+def pixel_aspect(row_mm=None, column_mm=None, pixel_aspect_ratio=None) -> float:
+    """Width ÷ height of a pixel: column ÷ row spacing, else Pixel Aspect Ratio (0028,0034), whose values are
+    vertical \\ horizontal (PS3.3 C.7.6.3.1.7); 1.0 when neither says otherwise or within SQUARE_TOLERANCE."""
+    aspect = 1.0
+    try:
+        if row_mm and column_mm and float(row_mm) > 0 and float(column_mm) > 0:
+            aspect = float(column_mm) / float(row_mm)
+        elif pixel_aspect_ratio is not None and len(pixel_aspect_ratio) == 2:
+            vertical, horizontal = (float(v) for v in pixel_aspect_ratio)
+            if vertical > 0 and horizontal > 0:
+                aspect = horizontal / vertical
+    except (TypeError, ValueError):
+        return 1.0
+    return 1.0 if abs(aspect - 1.0) <= SQUARE_TOLERANCE else aspect
+
+
+def _spacing(pair) -> tuple[float, float]:
+    """(row, column) mm of a header pair; a lone value is both."""
+    values = [float(v) for v in pair]
+    return (values[0], values[1] if len(values) > 1 else values[0])
+
+
+def header_spacing(pixel_spacing=None, imager_pixel_spacing=None, magnification=None,
+                   pixel_aspect_ratio=None) -> HeaderSpacing:
+    """mm per pixel at the patient from header values, and the pixels' aspect (`pixel_aspect`).
+
+    The spacing is the row spacing for square pixels (C-arm detectors), the finer of row and column spacing
+    otherwise (a frame grabber's capture): the spacing of the square grid `report.measure_labels` measures on.
+    Pixel Aspect Ratio counts only without a spacing pair (PS3.3: it is required only then)."""
+    pair = pixel_spacing or imager_pixel_spacing
+    if not pair:
+        return HeaderSpacing(None, "none", "no pixel spacing in the header",
+                             aspect=pixel_aspect(pixel_aspect_ratio=pixel_aspect_ratio))
+    row, column = _spacing(pair)
+    aspect = pixel_aspect(row, column)
+    mm = row if aspect == 1.0 else min(row, column)
     if pixel_spacing:
-        return HeaderSpacing(float(pixel_spacing[0]), "PixelSpacing")
-    if imager_pixel_spacing:
-        ips = float(imager_pixel_spacing[0])
-        if magnification and float(magnification) > 0:
-            return HeaderSpacing(ips / float(magnification),
-                                 "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor")
-        return HeaderSpacing(ips, "ImagerPixelSpacing", "detector-plane spacing without magnification: sizes overstated")
-    return HeaderSpacing(None, "none", "no pixel spacing in the header")
+        return HeaderSpacing(mm, "PixelSpacing", aspect=aspect)
+    if magnification and float(magnification) > 0:
+        return HeaderSpacing(mm / float(magnification), "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor",
+                             aspect=aspect)
+    return HeaderSpacing(mm, "ImagerPixelSpacing", "detector-plane spacing without magnification: sizes overstated",
+                         aspect=aspect)
 
 
 def scope_width(labels: np.ndarray, min_shaft_samples: int = 20) -> ScopeWidth:

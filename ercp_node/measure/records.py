@@ -49,18 +49,25 @@ def _listed(value: Optional[Points]) -> Optional[list]:
 @dataclass(frozen=True)
 class HeaderSpacing:
     """mm per pixel at the patient from the DICOM header (`calibration.header_spacing`): the value (None
-    without any spacing), where it came from ("PixelSpacing", …, "none"), and a warning or None."""
+    without any spacing), where it came from ("PixelSpacing", …, "none"), a warning or None, and the pixels'
+    aspect: their width ÷ their height (column ÷ row spacing, or Pixel Aspect Ratio's horizontal ÷ vertical),
+    1.0 for square pixels. Where the pixels are not square, mm_per_px is the finer of the two spacings, the
+    spacing of the square grid the measure stage resamples to (`report.measure_labels`)."""
 
     mm_per_px: Optional[float]
     source: str
     flag: Optional[str] = None
+    aspect: float = 1.0
 
     def to_dict(self) -> dict:
-        return {"mm_per_px": self.mm_per_px, "source": self.source, "flag": self.flag}
+        out = {"mm_per_px": self.mm_per_px, "source": self.source, "flag": self.flag}
+        if self.aspect != 1.0:  # square pixels keep the form written before non-square ones were measured
+            out["aspect"] = self.aspect
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "HeaderSpacing":
-        return cls(d["mm_per_px"], d["source"], d["flag"])
+        return cls(d["mm_per_px"], d["source"], d["flag"], float(d.get("aspect", 1.0)))
 
 
 @dataclass(frozen=True)

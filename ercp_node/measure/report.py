@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import cv2
 import numpy as np
 
 from .calibration import CalibrationSettings, calibrate, scope_width
@@ -22,6 +23,8 @@ from .records import (
     DifficultyFlags,
     HeaderSpacing,
     Measurements,
+    Point,
+    Points,
     Stone,
 )
 from .stones import MAX_WAIST, stones as stone_components
@@ -52,8 +55,8 @@ class MeasureSettings:
 # Flags named by what they mean (FLAGS: the fields of records.DifficultyFlags); the thresholds they apply are
 # configurable ([measure]), so a flag's name never carries a number: `criteria(thresholds)` states each rule as
 # applied.
-__all__ = ["FLAGS", "MAX_REPORTED_STONES", "DifficultyThresholds", "MeasureSettings", "criteria", "difficulty",
-           "measure_labels"]
+__all__ = ["FLAGS", "MAX_REPORTED_STONES", "DifficultyThresholds", "MeasureSettings", "SquareGrid", "criteria",
+           "difficulty", "measure_labels"]
 _COUNT_WORDS = ("No", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine", "Ten")
 
 
@@ -111,9 +114,18 @@ def measure_labels(labels: np.ndarray, header: HeaderSpacing,
                    settings: MeasureSettings = MeasureSettings()) -> Measurements:
     """Measurements of one 2D label map (0 background, 1 scope, 2 CBD, 3 stone) on the source grid.
 
-    header: `calibration.header_spacing(...)` of the source.
+    header: `calibration.header_spacing(...)` of the source. Where its pixels are not square (header.aspect, a
+    frame grabber's capture), the map is measured on a square grid of header.mm_per_px (`SquareGrid`) and every
+    point is given back on the source grid; values in pixels are then pixels of that square grid.
     """
     labels = np.asarray(labels)
+    if header.aspect == 1.0:
+        return _measure_square(labels, header, settings)
+    grid = SquareGrid.of(labels.shape, header.aspect)
+    return grid.to_source(_measure_square(grid.resample(labels), header, settings))
+
+
+def _measure_square(labels: np.ndarray, header: HeaderSpacing, settings: MeasureSettings) -> Measurements:
     scope = scope_width(labels, settings.calibration.min_shaft_samples)
     cal = calibrate(header, scope, settings.calibration)
     mm = cal.mm_per_px
@@ -127,3 +139,45 @@ def measure_labels(labels: np.ndarray, header: HeaderSpacing,
                   for i, st in enumerate(parts, 1))
     return Measurements(calibration=cal, stones=found[:MAX_REPORTED_STONES], stone_count=len(found), cbd=cbd,
                         difficulty=difficulty(found, len(found), cbd, settings.thresholds))
+
+
+@dataclass(frozen=True)
+class SquareGrid:
+    """A label map of non-square pixels resampled to square ones of the finer spacing (the coarser axis is
+    upsampled, nearest label, pixel centres aligned: no label is lost), and the map of points back.
+
+    Lengths, angles and areas are only right on square pixels: the distance transform, Feret diameters and the
+    centreline's arc length all count a pixel step as one spacing in every direction. A PAL grabber's pixels
+    (1.067 : 1) measured as square would shorten every horizontal length by 6 %."""
+
+    source_shape: tuple[int, int]
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, source_shape, aspect: float) -> "SquareGrid":
+        h, w = (int(v) for v in source_shape)
+        if aspect > 1.0:  # wide pixels: more columns
+            return cls((h, w), (h, max(1, int(round(w * aspect)))))
+        return cls((h, w), (max(1, int(round(h / aspect))), w))
+
+    def resample(self, labels: np.ndarray) -> np.ndarray:
+        return cv2.resize(labels, (self.shape[1], self.shape[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+    def point(self, p: Point | None) -> Point | None:
+        """(x, y) on the square grid → on the source grid (pixel centres aligned)."""
+        if p is None:
+            return None
+        sx, sy = self.source_shape[1] / self.shape[1], self.source_shape[0] / self.shape[0]
+        return (round((p[0] + 0.5) * sx - 0.5, 2), round((p[1] + 0.5) * sy - 0.5, 2))
+
+    def points(self, ps: Points | None) -> Points | None:
+        return None if ps is None else tuple(self.point(p) for p in ps)
+
+    def to_source(self, m: Measurements) -> Measurements:
+        stones = tuple(replace(st, centroid_px=self.point(st.centroid_px), outline_px=self.points(st.outline_px))
+                       for st in m.stones)
+        cbd = replace(m.cbd, papilla_px=self.point(m.cbd.papilla_px), bend_px=self.point(m.cbd.bend_px),
+                      **{name: self.points(getattr(m.cbd, name))
+                         for name in ("centreline_px", "max_diameter_line_px", "distal_diameter_line_px", "angle_px",
+                                      "arm_px")})
+        return replace(m, stones=stones, cbd=cbd)
