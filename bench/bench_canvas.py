@@ -1,0 +1,117 @@
+"""The model's input geometry for images that are not square, side by side in one run, with the shipped model
+served as the node serves it (config.settings.ModelSettings' defaults).
+
+The paper's preprocessing stretches any frame to the model's square grid (preprocessing.pipeline.resize_to_grid).
+For a frame that is not square — a flat panel's 4:3 field, a frame grabber's PAL capture of a 4:3 monitor whose
+pixels are 16:15 as wide as tall — the stretch distorts the anatomy the model learnt square. The alternative is a
+square canvas: the frame resampled to square pixels and padded with black to a square (the padding is a masked
+border, which the exposed-field step leaves out), the labels cropped and resampled back. It keeps the anatomy's
+shape at the price of grid pixels spent on padding.
+
+Cases, from the phantom's test images (square 512 × 512, their truth masks transformed alike):
+- `flat43`: rows cropped to 3/4 around the centre (a 4:3 field, square pixels);
+- `pal`: the image pillarboxed on a 4:3 monitor (black sides) captured at 720 × 576 (pixels 16:15 wide).
+Reported: per structure IoU (mean over images with the structure) for `stretch` (the node) and `canvas`, and for
+the square originals.
+
+Usage: python bench/bench_canvas.py [--data data/test-2026-seen] [--count 40] [--out bench/results/canvas.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+NAMES = {1: "scope", 2: "cbd", 3: "stone"}
+
+
+def canvas(pixels: np.ndarray, aspect: float, black: int):
+    """Square pixels (the coarser axis upsampled) padded with `black` to a square; and the placement."""
+    h, w = pixels.shape
+    size = (round(w * aspect), h) if aspect > 1 else (w, round(h / aspect)) if aspect < 1 else (w, h)
+    sq = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR) if size != (w, h) else pixels
+    hh, ww = sq.shape
+    side = max(hh, ww)
+    y0, x0 = (side - hh) // 2, (side - ww) // 2
+    out = np.full((side, side), black, pixels.dtype)
+    out[y0:y0 + hh, x0:x0 + ww] = sq
+    return out, (y0, x0, hh, ww, (h, w))
+
+
+def from_canvas(labels: np.ndarray, placement) -> np.ndarray:
+    y0, x0, hh, ww, (h, w) = placement
+    crop = labels[y0:y0 + hh, x0:x0 + ww]
+    return cv2.resize(crop, (w, h), interpolation=cv2.INTER_NEAREST_EXACT) if (hh, ww) != (h, w) else crop
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="data/test-2026-seen")
+    ap.add_argument("--count", type=int, default=40)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "canvas.json"))
+    a = ap.parse_args()
+
+    import pydicom
+
+    from ercp_node.config.settings import ModelSettings
+    from ercp_node.model.inference import SHIPPED, Segmenter
+    from ercp_node.node.pipeline import frames_of
+
+    node = ModelSettings()
+    seg = Segmenter.load(SHIPPED, tta=node.tta, postprocess=node.postprocess, stone_min_peak=node.stone_min_peak,
+                         stone_min_rose_k=node.stone_min_rose_k, zoom=node.zoom, precision=node.precision,
+                         scope_max_gap=node.scope_max_gap)
+    iou: dict = {}
+
+    def score(name, truth, labels):
+        for v, s in NAMES.items():
+            if (truth == v).any():
+                iou.setdefault(name, {}).setdefault(s, []).append(
+                    float(((truth == v) & (labels == v)).sum() / ((truth == v) | (labels == v)).sum()))
+
+    root = Path(a.data)
+    for f in sorted((root / "dicom").glob("*.dcm"))[:a.count]:
+        pixels, bits, photometric = frames_of(pydicom.dcmread(f))[0]
+        truth = cv2.imread(str(root / "masks" / f"{f.stem}.png"), cv2.IMREAD_UNCHANGED)
+        black = (1 << bits) - 1 if photometric == "MONOCHROME1" else 0
+        segment = lambda p: seg.segment([(p, bits, photometric)])[0]  # noqa: E731
+        score("square", truth, segment(pixels))
+        h, w = pixels.shape
+        rows = round(h * 0.75)
+        y = (h - rows) // 2
+        cases = {"flat43": (pixels[y:y + rows], truth[y:y + rows], 1.0)}
+        wide = round(w * 4 / 3)
+        x0 = (wide - w) // 2
+        monitor = np.full((h, wide), black, pixels.dtype)
+        monitor[:, x0:x0 + w] = pixels
+        shown = np.zeros((h, wide), truth.dtype)
+        shown[:, x0:x0 + w] = truth
+        cases["pal"] = (cv2.resize(monitor, (720, 576), interpolation=cv2.INTER_AREA),
+                        cv2.resize(shown, (720, 576), interpolation=cv2.INTER_NEAREST_EXACT), (wide / 720) / (h / 576))
+        for name, (p, t, aspect) in cases.items():
+            score(f"{name}/stretch", t, segment(p))
+            c, placement = canvas(p, aspect, black)
+            score(f"{name}/canvas", t, from_canvas(segment(c), placement))
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+        "model": seg.version, "serving": seg.parameters, "data": str(a.data), "images": a.count,
+        "iou_vs_truth_mean": {k: {n: round(100 * float(np.mean(x)), 2) for n, x in d.items()} for k, d in iou.items()},
+        "images_with_structure": {n: len(x) for n, x in iou["square"].items()},
+    }
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
