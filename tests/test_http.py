@@ -113,6 +113,9 @@ def test_health_200_then_503_with_the_reason(served):
     h = json.loads(body)
     assert status == 200 and h["status"] == "ok", h
     assert set(h["checks"]) == {"database", "disk", "workers", "model", "exporter"}
+    # how the model is served, as the workers resolved it: what every SEG and SR of this node names
+    assert h["checks"]["model"]["parameters"] == node.workers[0].segmenter.parameters
+    assert {"tta", "second_look", "postprocess", "precision"} <= set(h["checks"]["model"]["parameters"])
     floor = node.settings.node.min_free_disk_mb
     node.settings.node.min_free_disk_mb = 2**40  # a floor no disk reaches
     try:
@@ -134,6 +137,8 @@ def test_status_page_has_the_banner_jobs_destinations_and_no_patient_data(served
     assert "OFFLINE" in page and "association failed" in page  # failures with reasons
     assert "STRANGER" in page  # the refused association
     assert "tiny-test-model" in page  # the active model
+    served = ", ".join(f"{k} {v}" for k, v in node.workers[0].segmenter.parameters.items())
+    assert f"<tr><td>served with</td><td>{served}</td></tr>" in page  # and how it is served
     assert PATIENT_NAME.split("^")[0] not in page and PATIENT_ID not in page
     status, headers, png = _get(base + "/thumb/1.png")
     assert status == 200 and headers["content-type"] == "image/png" and png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -235,6 +240,10 @@ def test_serve_with_http_port_in_process_mode_and_sigterm(tmp_path, tiny_model):
             (tmp_path / "serve.log").read_text()[-3000:]
         h = json.loads(_get(base + "/health")[2])
         assert h["checks"]["workers"] == {"ok": True, "alive": 1, "configured": 1}
+        # the worker process's Segmenter.parameters reach this process (shared memory) and the log
+        parameters = h["checks"]["model"]["parameters"]
+        assert parameters["tta"] == "flip" and parameters["second_look"] == "1.4", parameters
+        assert "served with tta=flip, second_look=1.4" in (tmp_path / "serve.log").read_text()
         assert _get(base + "/metrics")[0] == 200
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0

@@ -136,6 +136,9 @@ def health(node) -> tuple[bool, dict]:
             checks["workers"]["reason"] = f"{len(node.workers) - len(alive)} worker(s) not running"
         loaded = [w for w in alive if (w.ready.is_set() if hasattr(w, "ready") else getattr(w, "segmenter", None))]
         checks["model"] = {"ok": bool(alive) and len(loaded) == len(alive), "version": node.model_version}
+        serving = node.serving
+        if serving:  # how it is served: what the SEG and SR name beside the version (Segmenter.parameters)
+            checks["model"]["parameters"] = serving["parameters"]
         if not checks["model"]["ok"]:
             checks["model"]["reason"] = "model not loaded in every worker"
         ex = node.exporter
@@ -223,6 +226,9 @@ def model_card(node) -> dict:
     card_file = path.with_suffix(".json")
     card = json.loads(card_file.read_text()) if card_file.is_file() else {}
     out = {"version": card.get("version", path.stem), "file": path.name}
+    serving = getattr(node, "serving", None)
+    if serving:  # as the workers resolved the settings and the card's operating points
+        out["served with"] = ", ".join(f"{k} {v}" for k, v in serving["parameters"].items())
     for k in ("preset", "loss", "paper_loss_name", "epochs", "data_fingerprint", "intended_use"):
         if k in card:
             out[k] = card[k]

@@ -60,10 +60,16 @@ class Node:
         """The version the workers run (from the model card; no TensorFlow needed in this process)."""
         from ..model.inference import card_version
 
-        w = next(iter(self.workers), None)
-        if w is not None and getattr(w, "segmenter", None) is not None:
-            return w.segmenter.version
+        serving = self.serving  # the workers' own (a cascade's includes its stone net)
+        if serving:
+            return serving["version"]
         return card_version(model_path(self.settings.model.path, self.sessions))
+
+    @property
+    def serving(self) -> dict | None:
+        """How the workers serve the model ({"version", "parameters"}: Worker.serving) — of the first ready one, as
+        every worker runs the same settings; None before any is ready."""
+        return next((s for s in (getattr(w, "serving", None) for w in self.workers) if s), None)
 
     def workers_wake(self) -> None:
         for w in self.workers:
@@ -97,7 +103,8 @@ class Node:
                     if not w.wait_ready(300):
                         self.stop()
                         raise RuntimeError(f"worker process {w.name} did not start (see its log above)")
-                log.info("model %s on %d worker process(es)", self.model_version, len(self.workers))
+                log.info("model %s on %d worker process(es), served with %s", self.model_version, len(self.workers),
+                         _served(self.serving))
                 threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True).start()
             else:
                 for i in range(worker_count(self.settings)):
@@ -112,7 +119,8 @@ class Node:
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()
-                log.info("model %s on %d worker thread(s)", self.model_version, len(self.workers))
+                log.info("model %s on %d worker thread(s), served with %s", self.model_version, len(self.workers),
+                         _served(self.serving))
             self.exporter = Exporter(self)
             self.exporter.start()
             if self.settings.node.worker_mode == "process":
@@ -124,7 +132,8 @@ class Node:
         ssl_context = tls.server_context(n.tls_cert, n.tls_key, n.tls_ca) if n.tls_cert else None
         self.server = scp.start(self.ae, n.bind, n.port, ssl_context)
         self.audit.record("node-started", detail={"ae_title": n.ae_title, "port": n.port, "destinations":
-                                                  [d.describe() for d in self.settings.destinations]})
+                                                  [d.describe() for d in self.settings.destinations],
+                                                  **({"serving": self.serving} if self.serving else {})})
         if n.http_port:
             from ..config.settings import read_token
             from .http import HttpServer, Metrics
@@ -185,3 +194,8 @@ class Node:
         self.start()
         self.stopped.wait()
         self.stop()
+
+
+def _served(serving: dict | None) -> str:
+    """Segmenter.parameters in one log line: "tta=flip, second_look=1.4, …"."""
+    return ", ".join(f"{k}={v}" for k, v in (serving or {}).get("parameters", {}).items()) or "(unknown)"

@@ -74,6 +74,12 @@ class Worker(threading.Thread):
         self.measure_settings = measure_settings(node.settings)
         self.warmed = False
 
+    @property
+    def serving(self) -> dict:
+        """What this worker serves: the model's version and how it is served (Segmenter.parameters, as the SEG and
+        SR name them), for the node's log, /health and status page."""
+        return {"version": self.segmenter.version, "parameters": dict(self.segmenter.parameters)}
+
     def warm_up(self) -> float | None:
         """One phantom image through the whole path (analysis, then the objects this node's jobs encode; nothing
         stored or sent) before the first job, so the first image of the day does not pay the first calls: 0.5-2.7 s

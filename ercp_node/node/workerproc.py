@@ -15,6 +15,7 @@ that dies on its own is replaced by the node (Node._supervise), which requeues t
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -28,6 +29,7 @@ PR_SET_PDEATHSIG = 1
 # Workers run at a lower CPU priority than the SCP: a C-arm waits for each C-STORE response, a queued job does not.
 # They still get every cycle the SCP leaves idle, so throughput is unchanged when no images are arriving.
 WORKER_NICE = 10
+SERVING_BYTES = 4096  # room for Worker.serving's JSON (about 400 bytes)
 
 
 # Not multiprocessing.Event between the node and its workers: Event.set() waits until every process sleeping in
@@ -110,7 +112,7 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int, log_level: int) -> None:
+def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int, log_level: int, serving) -> None:
     _die_with_parent(parent_pid)
     try:
         os.nice(WORKER_NICE)
@@ -140,6 +142,7 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     worker.warm_up()  # before ready: the node serves once its workers can answer at full speed
     worker.start()
     bridge(wake, worker.wake, stop)  # the intake's "new job" reaches the worker at once, not at its next poll
+    serving.value = json.dumps(worker.serving).encode()[:SERVING_BYTES - 1]
     ready.set()
     while not stop.wait(0.5):
         if os.getppid() != parent_pid or not worker.is_alive():
@@ -158,9 +161,20 @@ class WorkerProcess:
         self.name = name
         self.stop_event, self.ready = SharedFlag(ctx), SharedFlag(ctx)
         self.wake = WakeSignal(ctx)  # set by the intake (Node.workers_wake), bridged to the worker in the child
+        self._serving = ctx.RawArray("c", SERVING_BYTES)  # the child's Worker.serving as JSON, written before ready
         self.process = ctx.Process(target=_main, name=name, daemon=True,
                                    args=(settings, name, self.stop_event, self.ready, self.wake, export_ready,
-                                         os.getpid(), logging.getLogger().getEffectiveLevel()))
+                                         os.getpid(), logging.getLogger().getEffectiveLevel(), self._serving))
+
+    @property
+    def serving(self) -> dict | None:
+        """The child's Worker.serving once it is ready, else None."""
+        if not self.ready.is_set():
+            return None
+        try:
+            return json.loads(self._serving.value.decode())
+        except ValueError:
+            return None
 
     def start(self) -> None:
         self.process.start()
