@@ -37,6 +37,7 @@ from ohif_server import OHIF_DIST, OHIF_VERSION, OhifServer
 
 from ercp_node.dicom.seg import SEGMENTS
 from ercp_node.dicom.segread import read_seg_labels
+from ercp_node.dicom.source import header_calibration
 
 REPO = Path(__file__).resolve().parent.parent
 ARTEFACTS = Path(os.environ.get("ERCP_TEST_ARTEFACTS", REPO / "test-artefacts")) / "viewer"
@@ -338,6 +339,11 @@ def test_ohif_shows_seg_and_sr(viewer, node_outputs, name):
         frame = frame_of(current["imageId"])
         problems += until_drawn(lambda: check_overlay(page, page.screenshot(shots / "seg.png"), labels[frame - 1],
                                                       f"frame {frame}"), page)
+        # drawn in its pixels' shape (square pixels square on the page): the image's edges through the viewport
+        rows, cols = int(source.Rows), int(source.Columns)
+        corner, right, below = np.asarray(page.js(TO_PAGE, [[0, 0], [cols, 0], [0, rows]]), float)
+        drawn = np.linalg.norm(right - corner) / np.linalg.norm(below - corner)
+        assert drawn == pytest.approx(cols / rows * header_calibration(source).aspect, rel=0.01), drawn
         if n_frames > 1:
             for k in range(n_frames):
                 assert page.js(SET_INDEX, k) == k
