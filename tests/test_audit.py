@@ -43,9 +43,10 @@ def test_audit_trail_of_intake_refusals_exports_and_promotions(tmp_path, tiny_mo
             storescu(s.node.port, images[1])  # refused 0xA700
             node.intake.min_free_bytes = 0
 
-            def sent():
+            def sent():  # the exporter records its audit event just after it commits the export's state
                 with node.sessions() as db:
-                    return db.scalars(select(Export.state)).all() == ["sent"]
+                    return (db.scalars(select(Export.state)).all() == ["sent"]
+                            and db.scalar(select(AuditEvent.id).where(AuditEvent.event == "export")) is not None)
 
             assert wait_until(sent)
             from ercp_node.model.registry import Registry

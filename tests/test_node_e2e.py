@@ -355,6 +355,45 @@ def test_a_frame_grabbers_colour_captures_through_the_pipeline(tmp_path, tiny_mo
     assert np.abs(jpeg_frame.astype(int) - grey_frame).mean() < 4
 
 
+def test_a_frame_grabbers_pal_capture_with_non_square_pixels(tmp_path, tiny_model, pacs):
+    """A PAL grabber's capture of the 4:3 monitor (the phantom's `--grabber pal`: 720 x 576, Pixel Aspect Ratio
+    15\\16, no Pixel Spacing) sent by storescu: SEG + SR + GSPS at the PACS, dciodvfy-clean; the SEG on the
+    capture's own grid, the GSPS with its presentation pixel aspect ratio, the SR measured on square pixels (its
+    text says so) with every coordinate on the capture's pixels."""
+    src = synth(tmp_path / "pal", "--modality", "SC", "--grabber", "pal", seed=72)[0]
+    source = pydicom.dcmread(src)
+    assert (source.Rows, source.Columns, [int(v) for v in source.PixelAspectRatio]) == (576, 720, [15, 16])
+    assert "PixelSpacing" not in source
+    port, received, _ = pacs
+    node = _node(tmp_path, tiny_model, port, objects=("SEG", "SR", "GSPS"))
+    try:
+        _storescu(node, src)
+        assert _wait(lambda: _count(node, Export, Export.state == "sent") == 3), "not all delivered"
+    finally:
+        node.stop()
+    outputs = {pydicom.dcmread(f).Modality: f for f in received.iterdir()}
+    assert set(outputs) == {"SEG", "SR", "PR"}
+    for f in outputs.values():
+        assert dciodvfy_errors(f) == [], f
+    seg = pydicom.dcmread(outputs["SEG"])
+    assert (seg.Rows, seg.Columns) == (576, 720)
+    pr = pydicom.dcmread(outputs["PR"])
+    assert [int(v) for v in pr.DisplayedAreaSelectionSequence[0].PresentationPixelAspectRatio] == [15, 16]
+    sr = pydicom.dcmread(outputs["SR"])
+
+    def items(ds):
+        for item in ds.get("ContentSequence", []):
+            yield item
+            yield from items(item)
+
+    texts = [str(i.TextValue) for i in items(sr) if i.ValueType == "TEXT"]
+    assert any(t.startswith("Pixels not square (width / height 1.067)") for t in texts), texts
+    for item in items(sr):  # outlines, centreline, angle and arm: points of the masks, on the capture's pixels
+        xy = np.asarray(item.GraphicData, float).reshape(-1, 2) if item.ValueType == "SCOORD" else None
+        if xy is not None and len(xy) >= 3:  # (a diameter line reaches as far as the tiny model's noise is wide)
+            assert ((xy >= -1) & (xy <= [720, 576])).all()
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for stat in Path("/proc").glob("[0-9]*/stat"):

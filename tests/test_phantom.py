@@ -206,6 +206,54 @@ def test_variants_are_valid_dicom(tmp_path, extra):
         assert truth[-1]["cbd"]["fully_opacified"]
 
 
+@pytest.mark.parametrize("system, rows, ratio, extra", [
+    ("pal", 576, [15, 16], []),
+    ("ntsc", 480, [9, 8], ["--modality", "SC", "--photometric", "RGB", "--transfer-syntax", "rle"]),
+    ("pal", 576, [15, 16], ["--modality", "SCTC", "--frames", "5"]),
+])
+def test_frame_grabber_captures(tmp_path, system, rows, ratio, extra):
+    """`--grabber`: the 4:3 monitor captured at the video matrix, a Pixel Aspect Ratio and no Pixel Spacing,
+    dciodvfy-clean; masks, labelme and truth on the capture's pixels, and the node's measure stage on the truth
+    masks (calibrated by the duodenoscope on the square grid) gives the truth's sizes."""
+    from ercp_node.annotation import labelme_to_mask
+    from ercp_node.dicom.source import header_calibration
+    from ercp_node.measure.report import measure_labels
+
+    out = tmp_path / system
+    extra = extra or ["--modality", "SC"]
+    count = 1 if "--frames" in extra else 10
+    assert main(["synth", "--count", str(count), "--seed", "5", "--size", "512", "--out", str(out),
+                 "--grabber", system, *extra]) == 0
+    stones, cbd, cal = [], [], []
+    for row in _rows(out):
+        ds = pydicom.dcmread(out / row["dicom"])
+        assert dciodvfy_errors(out / row["dicom"]) == [] and dcmdump_ok(out / row["dicom"])
+        assert ds.Columns == 720 and ds.Rows == rows and [int(v) for v in ds.PixelAspectRatio] == ratio
+        assert "PixelSpacing" not in ds and ds.ConversionType == "DV"
+        truth = json.loads((out / row["truth"]).read_text())["frame_truth"][0]
+        assert truth["capture"]["pixel_aspect_ratio"] == ratio
+        labels = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert labels.shape == (rows, 720)
+        assert (labels[:, :40] == 0).all() and (labels[:, -40:] == 0).all()  # the monitor's black bars
+        doc = json.loads((out / row["labelme"]).read_text())
+        assert (labelme_to_mask(doc) != labels).mean() < 0.002
+        m = measure_labels(labels, header_calibration(ds))
+        visible = [t for t in truth["stones"] if t["visible"]]
+        assert m.stone_count == len(visible)
+        for t in visible:
+            assert labels[round(t["centroid_px"][1]), round(t["centroid_px"][0])] == 3  # mapped onto the capture
+            if m.pixel_spacing_mm:
+                near = min(m.stones, key=lambda q: np.hypot(*np.subtract(q.centroid_px, t["centroid_px"])))
+                stones.append(abs(near.largest_diameter_mm - t["largest_diameter_mm"]))
+        if m.calibration.used == "scope":
+            cal.append(abs(m.calibration.mm_per_px / truth["spacing"]["pixel_spacing_at_object_mm"] - 1))
+            if m.cbd.measurable and truth["cbd"]["max_diameter_mm"]:
+                cbd.append(abs(m.cbd.max_diameter_mm - truth["cbd"]["max_diameter_mm"]))
+    if count > 1:
+        assert len(cal) >= 7 and np.median(cal) < 0.015
+        assert len(stones) >= 8 and np.median(stones) < 0.3 and np.median(cbd) < 0.5
+
+
 @pytest.mark.parametrize("args, message", [
     (["--count", "0"], "--count"),
     (["--count", "1", "--size", "300"], "--size"),
@@ -216,6 +264,7 @@ def test_variants_are_valid_dicom(tmp_path, extra):
     (["--count", "1", "--photometric", "RGB"], "photometric RGB is a frame grabber's capture"),  # RF
     (["--count", "1", "--modality", "SCTC", "--photometric", "MONOCHROME2"], "SCTC (Multi-frame True Color SC) is RGB"),
     (["--count", "1", "--modality", "SC", "--photometric", "RGB", "--bits", "12"], "8 bits"),
+    (["--count", "1", "--grabber", "pal"], "--modality SC or SCTC"),  # RF: a grabber writes Secondary Capture
     (["--count", "1", "--start-date", "2024-01-01", "--end-date", "2023-01-01"], "before"),
     (["--count", "1", "--complexity", "0.8:0.2"], "--complexity"),
     (["--count", "1", "--scope-diameter-mm", "40"], "--scope-diameter-mm"),

@@ -115,6 +115,10 @@ class Page:
         self.errors: list[str] = []
         self.page.on("console", self._on_console)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        # OHIF's onboarding tour (Shepherd, 'ohif.tours': basicViewerTour) lays a modal over the page, at a moment of
+        # its own: under load it came after skip_tour() had looked and swallowed the SEG's double-click. Marked as
+        # shown before the app starts, it never opens.
+        self.page.add_init_script("localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))")
         self.page.goto(url)
 
     def _on_console(self, msg) -> None:

@@ -41,6 +41,10 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, choices=(8, 12, 16), default=8, help="bits stored (default 8)")
     p.add_argument("--photometric", choices=("MONOCHROME2", "MONOCHROME1", "RGB"), default=None,
                    help="MONOCHROME2 (default), MONOCHROME1, or RGB (a frame grabber's capture: SC, and SCTC always)")
+    p.add_argument("--grabber", choices=("pal", "ntsc"), default=None,
+                   help="SC / SCTC only: a frame grabber's capture of the C-arm's 4:3 monitor, the image pillarboxed, "
+                        "at 720 x 576 (pal: pixels 16:15 wide) or 720 x 480 (ntsc: 8:9), with a Pixel Aspect Ratio and "
+                        "no Pixel Spacing")
     p.add_argument("--transfer-syntax", choices=tuple(TRANSFER_SYNTAXES), default="explicit")
     p.add_argument("--frames", type=int, default=1,
                    help="1 = single image; 5–30 = cine run (RF, XA, EXA, EXRF, SCMF only)")
@@ -114,6 +118,8 @@ def config_from_args(args: argparse.Namespace):
         check_encoding(args.modality, args.bits, args.photometric)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
+    if args.grabber and args.modality not in ("SC", "SCTC"):
+        raise CLIError(f"--grabber makes a frame grabber's Secondary Capture: --modality SC or SCTC, not {args.modality}")
     if size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
         raise CLIError("jpeg2000 needs images of at least 32 pixels")
     if not 8.0 <= args.scope_diameter_mm <= 16.0:
@@ -135,7 +141,8 @@ def config_from_args(args: argparse.Namespace):
                    shutter=args.shutter)
     return SynthConfig(count=args.count, seed=args.seed, start_date=args.start_date, end_date=args.end_date,
                        modality=args.modality, bits=args.bits, photometric=args.photometric,
-                       transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts)
+                       transfer_syntax=args.transfer_syntax, complexity=(lo, hi), options=opts,
+                       grabber=args.grabber or "")
 
 
 def run_synth(args: argparse.Namespace) -> int:

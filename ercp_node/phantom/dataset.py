@@ -26,6 +26,7 @@ from ..labels import BACKGROUND
 from ..text import RESEARCH_USE_SENTENCE
 from .anatomy import sample_anatomy
 from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
+from .grabber import capture
 from .render import Options, StudyDucts, make_case, render, study_ducts
 from .style import CLASSIC, sample_style
 
@@ -33,6 +34,7 @@ MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_
                    "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
                    "dicom", "image", "mask", "labelme", "truth"]
 CONTACT_SHEET_MAX = 24
+GRABBED = ("SC", "SCTC")  # the classes a frame grabber writes (SynthConfig.grabber)
 
 
 @dataclass
@@ -47,6 +49,7 @@ class SynthConfig:
     transfer_syntax: str = "explicit"
     complexity: tuple[float, float] = (0.0, 1.0)
     options: Options = field(default_factory=Options)
+    grabber: str = ""  # "pal" / "ntsc": a frame grabber's capture of the monitor (phantom/grabber.py; SC, SCTC)
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,10 @@ def render_image(cfg: SynthConfig, item: ImagePlan, opts: Options | None = None)
 def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.ndarray | None]:
     opts = image_options(cfg, item)
     case, (images, labels, layers, truths) = render_image(cfg, item, opts)
+    pixel_aspect_ratio: tuple[int, ...] = ()
+    if cfg.grabber:
+        images, labels, layers, truths, grabbed = capture(cfg.grabber, images, labels, layers, truths)
+        pixel_aspect_ratio = grabbed.pixel_aspect_ratio
     n = opts.frames
     info = DicomInfo(
         patient_id=item.patient_id, patient_name=item.patient_name, patient_birth_date=item.birth_date,
@@ -197,7 +204,7 @@ def write_image(cfg: SynthConfig, item: ImagePlan, out: Path) -> tuple[dict, np.
         imager_pixel_spacing_mm=opts.spacing(), magnification=round(case.acq["magnification"], 4),
         frame_time_ms=66.7, receptor="IMG_INTENSIFIER" if opts.image_intensifier else "DIGITAL_DETECTOR",
         # Enhanced XA/XRF allow only NO; the burned-in text (date, time, technique, scale) names no patient.
-        burned_in_annotation=cfg.modality not in ENHANCED)
+        burned_in_annotation=cfg.modality not in ENHANCED, pixel_aspect_ratio=pixel_aspect_ratio)
     ds = build_dataset(np.stack(images) if n > 1 else images[0], info, modality=cfg.modality,
                        bits_stored=cfg.bits, photometric=cfg.photometric)
     rel = {"dicom": f"dicom/{item.id}.dcm"}
@@ -255,6 +262,8 @@ def _work(items: list[ImagePlan]) -> list:
 def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, progress=None,
              contact_sheet: bool = True) -> list[dict]:
     """Write the data set; returns the manifest rows. Memory is flat in N: rows are streamed to disk."""
+    if cfg.grabber and cfg.modality not in GRABBED:
+        raise ValueError(f"a frame grabber's capture is a Secondary Capture ({' or '.join(GRABBED)}), not {cfg.modality}")
     out = Path(out)
     for sub in ("dicom", "images", "masks", "labelme", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -295,6 +304,7 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, prog
         cv2.imwrite(str(out / "contact_sheet.png"), np.vstack([np.hstack(r) for r in grid]))
     meta = dict(count=cfg.count, seed=cfg.seed, start_date=cfg.start_date.isoformat(), end_date=cfg.end_date.isoformat(),
                 modality=cfg.modality, bits=cfg.bits, photometric=cfg.photometric, transfer_syntax=cfg.transfer_syntax,
+                **({"grabber": cfg.grabber} if cfg.grabber else {}),
                 complexity=list(cfg.complexity), options=asdict(cfg.options),
                 patients=len({r["patient_id"] for r in rows}), studies=len({r["study_uid"] for r in rows}))
     (out / "dataset.json").write_text(json.dumps(meta, indent=1))

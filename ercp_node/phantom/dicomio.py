@@ -142,6 +142,9 @@ class DicomInfo:
     # empty) for RF/XA/SC; DX requires a value (see _dx) and gets ('L', 'F') (AP view, head up) when empty.
     # Enhanced XA/XRF have no PatientOrientation (General Image is not in their IODs); not written there.
     patient_orientation: tuple[str, ...] = ()
+    # A frame grabber's capture (phantom/grabber.py; SC and SCTC): Pixel Aspect Ratio (vertical, horizontal) of its
+    # non-square video pixels, and no Pixel Spacing (a grabber knows the video, not the patient). Empty: none.
+    pixel_aspect_ratio: tuple[int, ...] = ()
     # Enhanced XA/XRF only (the classic classes have no place for them):
     source_detector_mm: float = 1000.0  # DistanceSourceToDetector (mobile C-arms: about 1 m)
     receptor: str = "DIGITAL_DETECTOR"  # or "IMG_INTENSIFIER" (round field, older C-arms)
@@ -435,14 +438,14 @@ def _sc(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames:
     SC Image module's Basic Pixel Spacing Calibration Macro) and say how it was derived. RGB: a frame grabber's
     capture of the monitor (ConversionType DV, the C-arm as the capture device)."""
     ds.ConversionType = "SYN"  # "Synthetic Image" (defined term, PS3.3 C.8.6.1)
-    if photometric == "RGB":
-        _grabber(ds, info)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DateOfSecondaryCapture = ds.ContentDate
     ds.TimeOfSecondaryCapture = ds.ContentTime
     ds.PixelSpacing = [_ds(info.imager_pixel_spacing_mm / info.magnification)] * 2
     ds.PixelSpacingCalibrationType = "GEOMETRY"
     ds.PixelSpacingCalibrationDescription = "ImagerPixelSpacing / EstimatedRadiographicMagnificationFactor"
+    if photometric == "RGB" or info.pixel_aspect_ratio:
+        _grabber(ds, info)
 
 
 def _sc_multiframe(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
@@ -479,6 +482,11 @@ def _grabber(ds: Dataset, info: DicomInfo) -> None:
     ds.SecondaryCaptureDeviceManufacturer = info.manufacturer
     ds.SecondaryCaptureDeviceManufacturerModelName = info.model_name
     ds.SecondaryCaptureDeviceSoftwareVersions = info.software_versions
+    if info.pixel_aspect_ratio:  # the video's pixel shape; no spacing at the patient (Type 1C: required then)
+        ds.PixelAspectRatio = [int(v) for v in info.pixel_aspect_ratio]
+        for kw in ("PixelSpacing", "PixelSpacingCalibrationType", "PixelSpacingCalibrationDescription"):
+            if kw in ds:
+                del ds[kw]
 
 
 def _sc_true_colour(ds: Dataset, info: DicomInfo, modality: str, photometric: str, n_frames: int) -> None:
