@@ -56,6 +56,31 @@ def test_angulation_and_arm_of_a_drawn_duct(angle):
     assert m.distal_diameter_mm == pytest.approx(drawn * 0.25, abs=0.3)
 
 
+def test_a_side_branch_does_not_widen_the_duct(monkeypatch):
+    """A side branch (the cystic duct, an intrahepatic branch the model kept) hands its pixels to the one centreline
+    point it leaves from: without a reach that slice measured the branch's length as the duct's diameter."""
+    from ercp_node.measure import cbd as cbd_module
+
+    labels = np.zeros((512, 512), np.uint8)
+    cv2.line(labels, (250, 60), (250, 460), 2, 15)  # the duct: 400 px long, ~16 px wide
+    cv2.line(labels, (250, 200), (330, 200), 2, 9)  # a branch 80 px long
+    across = int((labels[300] == 2).sum())
+    m = measure_cbd(labels, 0.25)
+    monkeypatch.setattr(cbd_module, "BRANCH_REACH", None)
+    unbounded = measure_cbd(labels, 0.25)
+    assert unbounded.max_diameter_mm > 3 * across * 0.25  # the branch piled onto one slice
+    assert m.max_diameter_mm < 1.6 * across * 0.25  # at most the reach's circle there
+    assert m.distal_diameter_mm == pytest.approx(unbounded.distal_diameter_mm)  # the tube itself: unchanged
+
+
+@pytest.mark.parametrize("mm_per_px", [0.3, None])
+def test_a_blob_is_not_measured_as_a_duct(mm_per_px):
+    labels = np.zeros((512, 512), np.uint8)
+    cv2.ellipse(labels, (256, 256), (200, 150), 0, 0, 360, 2, -1)  # 300 px across: 90 mm at 0.3 mm/px
+    m = measure_cbd(labels, mm_per_px)
+    assert not m.measurable and "a blob, not a duct" in m.reason and m.max_diameter_mm is None
+
+
 def test_papilla_follows_the_scope_tip_when_the_duct_lies_flat():
     labels = np.zeros((400, 600), np.uint8)
     cv2.line(labels, (100, 200), (500, 205), 2, 12)

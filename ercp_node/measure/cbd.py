@@ -36,6 +36,15 @@ MIN_DUCT_PX = 100
 FRAGMENT_SHARE = 0.15  # a second piece this large (of the main one) makes the duct "fragmented"
 END_MM = 6.0  # each end's width: the median over this much duct next to it (end cap left out)
 END_SHARE = 0.07  # … or this share of the duct's length when the image is not calibrated
+# A slice's width counts the duct pixels nearest its centreline point; pixels farther from the centreline than this
+# many times the duct's widest inscribed radius (+ 1 px) are not the duct's cross-section but a side branch, the
+# cystic duct or a blob segmented with it, which would otherwise pile onto one slice (None: every pixel counts).
+BRANCH_REACH: float | None = 1.5
+# The widest common bile ducts reported are 25–30 mm across; a "duct" whose largest inscribed circle is wider than
+# this is a blob the model painted (a contrast pool, a mis-segmented region), not a tube to measure. Without a
+# calibration: wider than this share of the image's smaller side (40 mm of a 16–20 cm field).
+MAX_INSCRIBED_MM = 40.0
+MAX_INSCRIBED_SHARE = 0.25
 
 
 def _across(pts: np.ndarray, i: int, width_px: float) -> Points:
@@ -77,13 +86,21 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     if len(path) < 3:
         return CBDMeasurement(measurable=False, area_mm2=area, reason="common bile duct too small for a centreline")
     pts, s_px = resample(path, step)
-    raw = width_profile(main, pts, step) * scale
+    radius = _inscribed_radius(main, pts)
+    limit = MAX_INSCRIBED_MM / scale if mm_per_px else MAX_INSCRIBED_SHARE * min(labels.shape[:2])
+    if 2 * radius > limit:
+        unit = "mm" if mm_per_px else "px"
+        return CBDMeasurement(measurable=False, area_mm2=area, reason=(
+            f"the segmented duct is {2 * radius * scale:.0f} {unit} wide: a blob, not a duct to measure (limit "
+            f"{limit * scale:.0f} {unit})"))
+    reach = BRANCH_REACH * radius + 1.0 if BRANCH_REACH else None
+    raw = _widths(main, pts, step, reach) * scale
     scope = labels == SCOPE
     # uncalibrated: each end's width over END_SHARE of the duct (≈ END_MM of a 60–100 mm duct)
     end_px = END_MM / mm_per_px if mm_per_px else END_SHARE * float(s_px[-1])
     if papilla_score(pts, raw, scope if scope.any() else None, scope_tip_px, end_px) < 0:
         pts, s_px = resample(path[::-1], step)  # the papilla is at the far end: measure from it
-        raw = width_profile(main, pts, step) * scale
+        raw = _widths(main, pts, step, reach) * scale
     s = s_px * scale
     # 1 mm slices hold whole pixel rows, so single slices jump by a row; a 3 mm running mean keeps the area
     # and removes that (otherwise the maximum picks the jumps: +0.3 mm on phantom truth masks).
@@ -101,6 +118,22 @@ def measure_cbd(labels: np.ndarray, mm_per_px: float | None, scope_tip_px=None) 
     if length < MIN_ARM_MM + UP_MM:
         return replace(duct, reason=f"opacified duct {length:.0f} mm long: too short for the distal angulation")
     return _distal(duct, pts, s, raw, scale, step)
+
+
+def _inscribed_radius(main: np.ndarray, pts: np.ndarray) -> float:
+    """The largest inscribed circle's radius along the centreline (px): the duct's widest half-width."""
+    dist = cv2.distanceTransform(main.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    h, w = main.shape
+    rows = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+    return float(dist[rows, cols].max()) if len(pts) else 0.0
+
+
+def _widths(main: np.ndarray, pts: np.ndarray, step: float, reach: float | None) -> np.ndarray:
+    """width_profile within `reach` of the centreline, and no slice wider than the reach's circle (a point where
+    the centreline folds collects a wedge, not a cross-section)."""
+    raw = width_profile(main, pts, step, reach)
+    return np.minimum(raw, 2 * reach) if reach is not None else raw
 
 
 def papilla_score(pts: np.ndarray, widths: np.ndarray, scope: np.ndarray | None, scope_tip_px,
