@@ -76,16 +76,12 @@ def main() -> int:
 
     import pydicom
 
-    from ercp_node.config.settings import ModelSettings
     from ercp_node.model.inference import SHIPPED, Segmenter
     from ercp_node.node.pipeline import frames_of, measure
     from ercp_node.phantom.dataset import SynthConfig, generate
     from ercp_node.phantom.render import Options
 
-    node = ModelSettings()
-    seg = Segmenter.load(SHIPPED, tta=node.tta, postprocess=node.postprocess, stone_min_peak=node.stone_min_peak,
-                         stone_min_rose_k=node.stone_min_rose_k, zoom=node.zoom, precision=node.precision,
-                         scope_max_gap=node.scope_max_gap)
+    seg = Segmenter.served(SHIPPED)  # as the node serves it (config.settings.ModelSettings' defaults)
     dates = dict(start_date=dt.date(2024, 6, 9), end_date=dt.date(2024, 11, 21))  # after the training set
     err: dict = {}
     iou: dict = {}

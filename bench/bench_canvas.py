@@ -76,14 +76,10 @@ def main() -> int:
 
     import pydicom
 
-    from ercp_node.config.settings import ModelSettings
     from ercp_node.model.inference import SHIPPED, Segmenter
     from ercp_node.node.pipeline import frames_of
 
-    node = ModelSettings()
-    seg = Segmenter.load(SHIPPED, tta=node.tta, postprocess=node.postprocess, stone_min_peak=node.stone_min_peak,
-                         stone_min_rose_k=node.stone_min_rose_k, zoom=node.zoom, precision=node.precision,
-                         scope_max_gap=node.scope_max_gap)
+    seg = Segmenter.served(SHIPPED)  # as the node serves it (config.settings.ModelSettings' defaults)
     iou: dict = {}
     kept: list[float] = []
 

@@ -125,6 +125,17 @@ class Segmenter:
         return cls(model, card, stones, tta, postprocess, stone_min_peak, stone_min_rose_k, stone_max_waist, zoom,
                    precision=precision, scope_max_gap=scope_max_gap)
 
+    @classmethod
+    def served(cls, path: str | Path = SHIPPED) -> "Segmenter":
+        """The model at `path` as the node serves it by default (config.settings.ModelSettings: TTA, second look,
+        clean-up, the card's stone and scope decisions, precision): what the benches compare against."""
+        from ..config.settings import ModelSettings
+
+        m = ModelSettings()
+        return cls.load(path, tta=m.tta, postprocess=m.postprocess, stone_min_peak=m.stone_min_peak,
+                        stone_min_rose_k=m.stone_min_rose_k, zoom=m.zoom, precision=m.precision,
+                        scope_max_gap=m.scope_max_gap)
+
     @property
     def version(self) -> str:
         """The first stage's version, + the stone net's when the cascade runs (both go into SEG and SR)."""
