@@ -308,7 +308,8 @@ def _presentation_lut(source: Dataset) -> hd.PresentationLUTTransformation:
 
 def _aspect_ratio(source: Dataset) -> list[int] | None:
     """Presentation pixel aspect ratio (row, column) when the pixels are not square, else None (1:1). An unreadable
-    Pixel Aspect Ratio (not two integers) counts as absent, as the measure stage reads it (source.header_calibration)."""
+    Pixel Aspect Ratio (not two integers) counts as absent, as the measure stage reads it
+    (source.header_calibration)."""
     ratio = None
     try:
         values = [float(v) for v in source.get("PixelAspectRatio") or ()]

@@ -119,7 +119,8 @@ def config_from_args(args: argparse.Namespace):
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     if args.grabber and args.modality not in ("SC", "SCTC"):
-        raise CLIError(f"--grabber makes a frame grabber's Secondary Capture: --modality SC or SCTC, not {args.modality}")
+        raise CLIError(f"--grabber makes a frame grabber's Secondary Capture: --modality SC or SCTC, "
+                       f"not {args.modality}")
     if size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
         raise CLIError("jpeg2000 needs images of at least 32 pixels")
     if not 8.0 <= args.scope_diameter_mm <= 16.0:

@@ -263,7 +263,8 @@ def generate(cfg: SynthConfig, out: str | Path, workers: int | None = None, prog
              contact_sheet: bool = True) -> list[dict]:
     """Write the data set; returns the manifest rows. Memory is flat in N: rows are streamed to disk."""
     if cfg.grabber and cfg.modality not in GRABBED:
-        raise ValueError(f"a frame grabber's capture is a Secondary Capture ({' or '.join(GRABBED)}), not {cfg.modality}")
+        raise ValueError(f"a frame grabber's capture is a Secondary Capture ({' or '.join(GRABBED)}), "
+                         f"not {cfg.modality}")
     out = Path(out)
     for sub in ("dicom", "images", "masks", "labelme", "truth"):
         (out / sub).mkdir(parents=True, exist_ok=True)
