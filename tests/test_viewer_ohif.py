@@ -49,6 +49,9 @@ STUDIES = {
     "dx": ["--modality", "DX", "--seed", "5"],
     "sc-rgb": ["--modality", "SC", "--photometric", "RGB", "--seed", "6"],  # a frame grabber's capture
 }
+# Not here: a grabber's capture without any pixel spacing (`synth --grabber pal`). OHIF 3.13 cannot open its SEG,
+# which then has no Pixel Measures (nothing to state; dciodvfy-clean): "Cannot destructure property
+# 'SpacingBetweenSlices' of 'PixelMeasures'" (docs/dicom-outputs.md, Viewer test).
 COLOURS = {s.value: s.label for s in SEGMENTS}  # 1 Duodenoscope (green), 2 Common bile duct (red), 3 stone (yellow)
 
 
