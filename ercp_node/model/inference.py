@@ -126,15 +126,17 @@ class Segmenter:
                    precision=precision, scope_max_gap=scope_max_gap)
 
     @classmethod
-    def served(cls, path: str | Path = SHIPPED) -> "Segmenter":
-        """The model at `path` as the node serves it by default (config.settings.ModelSettings: TTA, second look,
-        clean-up, the card's stone and scope decisions, precision): what the benches compare against."""
+    def served(cls, path: str | Path = SHIPPED, model=None, stone_max_waist: float | None = None) -> "Segmenter":
+        """The model at `path` served as the node's [model] settings say (`model`: a config.settings.ModelSettings;
+        None: its defaults, what the benches compare against): TTA, second look, clean-up, the stone decision, the
+        scope's decision, precision; `stone_max_waist`: where the stone decision cuts touching stones, as the
+        measurements count them ([measure] stone_split_waist_pct ÷ 100; None: measure.stones.MAX_WAIST)."""
         from ..config.settings import ModelSettings
 
-        m = ModelSettings()
+        m = model if model is not None else ModelSettings()
         return cls.load(path, tta=m.tta, postprocess=m.postprocess, stone_min_peak=m.stone_min_peak,
                         stone_min_rose_k=m.stone_min_rose_k, zoom=m.zoom, precision=m.precision,
-                        scope_max_gap=m.scope_max_gap)
+                        stone_max_waist=stone_max_waist, scope_max_gap=m.scope_max_gap)
 
     @property
     def version(self) -> str:

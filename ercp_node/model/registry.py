@@ -126,17 +126,9 @@ def model_path(configured: str | Path | None, sessions) -> Path:
     return Path(active.path) if active is not None and Path(active.path).is_file() else inference.SHIPPED
 
 
-def load_segmenter(configured: str | Path | None, sessions, tta: str = "none",
-                   postprocess: str = "none", stone_min_peak: float | str = 0.0,
-                   stone_min_rose_k: float | str = 0.0, zoom: float = 1.0,
-                   precision: str = "float32", stone_max_waist: float | None = None,
-                   scope_max_gap: float | str | None = None) -> inference.Segmenter:
-    """The model of model_path(), loaded, with test-time augmentation `tta` (node setting model.tta), the
-    label clean-up `postprocess` (model.postprocess), the stone decision (model.stone_min_peak, stone_min_rose_k)
-    the second look's zoom (model.zoom), the compute precision (model.precision) and the waist at which the stone
-    decision cuts touching stones, as the measurements count them (measure.stone_split_waist_pct ÷ 100), and the
-    scope's decision (model.scope_max_gap)."""
-    return inference.Segmenter.load(model_path(configured, sessions), tta=tta, postprocess=postprocess,
-                                    stone_min_peak=stone_min_peak, stone_min_rose_k=stone_min_rose_k, zoom=zoom,
-                                    precision=precision, stone_max_waist=stone_max_waist,
-                                    scope_max_gap=scope_max_gap)
+def load_segmenter(settings, sessions) -> inference.Segmenter:
+    """The model of model_path() for the node's `settings` (config.settings.Settings), served as its [model]
+    settings say, the stone decision cutting touching stones where the measurements do
+    ([measure] stone_split_waist_pct ÷ 100): inference.Segmenter.served."""
+    return inference.Segmenter.served(model_path(settings.model.path, sessions), settings.model,
+                                      settings.measure.stone_split_waist_pct / 100.0)

@@ -108,14 +108,7 @@ class Node:
                 threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True).start()
             else:
                 for i in range(worker_count(self.settings)):
-                    w = Worker(self, load_segmenter(self.settings.model.path, self.sessions, self.settings.model.tta,
-                                                     self.settings.model.postprocess,
-                                                     self.settings.model.stone_min_peak,
-                                                     self.settings.model.stone_min_rose_k,
-                                                     self.settings.model.zoom, self.settings.model.precision,
-                                                     self.settings.measure.stone_split_waist_pct / 100.0,
-                                                     self.settings.model.scope_max_gap),
-                               f"{self.node_id}/w{i}",
+                    w = Worker(self, load_segmenter(self.settings, self.sessions), f"{self.node_id}/w{i}",
                                self.settings.node.batch_size)
                     self.workers.append(w)
                     w.start()
@@ -131,9 +124,10 @@ class Node:
         n = self.settings.node
         ssl_context = tls.server_context(n.tls_cert, n.tls_key, n.tls_ca) if n.tls_cert else None
         self.server = scp.start(self.ae, n.bind, n.port, ssl_context)
+        serving = self.serving
         self.audit.record("node-started", detail={"ae_title": n.ae_title, "port": n.port, "destinations":
                                                   [d.describe() for d in self.settings.destinations],
-                                                  **({"serving": self.serving} if self.serving else {})})
+                                                  **({"serving": serving} if serving else {})})
         if n.http_port:
             from ..config.settings import read_token
             from .http import HttpServer, Metrics

@@ -132,13 +132,7 @@ def _main(settings, name: str, stop, ready, wake, export_ready, parent_pid: int,
     from .worker import Worker
 
     host = WorkerHost(settings, export_ready)
-    worker = Worker(host, load_segmenter(settings.model.path, host.sessions, settings.model.tta,
-                                          settings.model.postprocess,
-                                          settings.model.stone_min_peak,
-                                          settings.model.stone_min_rose_k, settings.model.zoom,
-                                          settings.model.precision, settings.measure.stone_split_waist_pct / 100.0,
-                                          settings.model.scope_max_gap),
-                    name, settings.node.batch_size)
+    worker = Worker(host, load_segmenter(settings, host.sessions), name, settings.node.batch_size)
     worker.warm_up()  # before ready: the node serves once its workers can answer at full speed
     worker.start()
     bridge(wake, worker.wake, stop)  # the intake's "new job" reaches the worker at once, not at its next poll

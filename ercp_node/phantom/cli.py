@@ -9,7 +9,7 @@ from pathlib import Path
 from ..cliutil import iso_date
 
 from .anatomy import CONTRASTS, RIBS, SHUTTERS, STONE_CONTACTS, STONE_LABELS, STONE_SIZES
-from .dicomio import ENHANCED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES, check_encoding
+from .dicomio import ENHANCED, GRABBED, MODALITIES, MULTI_FRAME, TRANSFER_SYNTAXES, check_encoding
 from .style import FAMILIES, SCOPES, STYLES
 
 
@@ -118,8 +118,8 @@ def config_from_args(args: argparse.Namespace):
         check_encoding(args.modality, args.bits, args.photometric)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
-    if args.grabber and args.modality not in ("SC", "SCTC"):
-        raise CLIError(f"--grabber makes a frame grabber's Secondary Capture: --modality SC or SCTC, "
+    if args.grabber and args.modality not in GRABBED:
+        raise CLIError(f"--grabber makes a frame grabber's Secondary Capture: --modality {' or '.join(GRABBED)}, "
                        f"not {args.modality}")
     if size < 32 and args.transfer_syntax == "jpeg2000":  # pragma: no cover - size is ≥ 512 already
         raise CLIError("jpeg2000 needs images of at least 32 pixels")

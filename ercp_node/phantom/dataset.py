@@ -25,7 +25,7 @@ from ..annotation import LABEL_VALUES, layers_to_labelme, overlay
 from ..labels import BACKGROUND
 from ..text import RESEARCH_USE_SENTENCE
 from .anatomy import sample_anatomy
-from .dicomio import ENHANCED, DicomInfo, build_dataset, write_dicom
+from .dicomio import ENHANCED, GRABBED, DicomInfo, build_dataset, write_dicom
 from .grabber import capture
 from .render import Options, StudyDucts, make_case, render, study_ducts
 from .style import CLASSIC, sample_style
@@ -34,7 +34,6 @@ MANIFEST_FIELDS = ["id", "index", "patient_id", "study_uid", "series_uid", "sop_
                    "acquisition_time", "complexity", "modality", "transfer_syntax", "frames", "n_stones",
                    "dicom", "image", "mask", "labelme", "truth"]
 CONTACT_SHEET_MAX = 24
-GRABBED = ("SC", "SCTC")  # the classes a frame grabber writes (SynthConfig.grabber)
 
 
 @dataclass

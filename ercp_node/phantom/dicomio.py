@@ -87,6 +87,7 @@ TRANSFER_SYNTAXES: dict[str, UID] = {
 MODALITIES = ("RF", "XA", "SC", "DX", "EXA", "EXRF", "SCMF", "SCTC")
 ENHANCED = ("EXA", "EXRF")  # Enhanced XA / Enhanced XRF: multi-frame functional groups, NumberOfFrames always
 MULTI_FRAME = ("RF", "XA", *ENHANCED, "SCMF", "SCTC")  # the classes that take cine runs
+GRABBED = ("SC", "SCTC")  # the classes a frame grabber writes (RGB; DicomInfo.pixel_aspect_ratio; --grabber)
 ALWAYS_MULTI_FRAME = (*ENHANCED, "SCMF", "SCTC")  # NumberOfFrames written also for one frame (type 1 in their IODs)
 SOP_CLASSES: dict[str, UID] = {
     "RF": XRayRadiofluoroscopicImageStorage,  # 1.2.840.10008.5.1.4.1.1.12.2
@@ -270,7 +271,7 @@ def check_encoding(modality: str, bits_stored: int, photometric: str) -> None:
         raise ValueError(f"bits_stored must be one of {BITS_STORED}, got {bits_stored!r}")
     if photometric not in PHOTOMETRICS:
         raise ValueError(f"photometric must be one of {PHOTOMETRICS}, got {photometric!r}")
-    if (photometric == "RGB" and modality not in ("SC", "SCTC")) or (modality == "SCTC" and photometric != "RGB"):
+    if (photometric == "RGB" and modality not in GRABBED) or (modality == "SCTC" and photometric != "RGB"):
         raise ValueError(f"photometric RGB is a frame grabber's capture, modality SC or SCTC, and SCTC (Multi-frame "
                          f"True Color SC) is RGB only; got {modality} {photometric}")
     if photometric == "RGB" and bits_stored != 8:
