@@ -68,9 +68,9 @@ def main() -> int:
                         out[key] = {"n": len(v), "mae": round(float(v.mean()), 3),
                                     "median": round(float(np.median(v)), 3),
                                     "p90": round(float(np.percentile(v, 90)), 3)}
-                out["cbd_not_measurable"] = sum(r["cbd_reason"] is not None and "not a duct" in str(r["cbd_reason"])
-                                                or str(r["cbd_reason"]).startswith(("no common", "fragmented"))
-                                                for r in rows)
+                reasons = [str(r["cbd_reason"] or "") for r in rows]
+                out["cbd_not_measurable"] = sum("not a duct" in why or why.startswith(("no common", "fragmented"))
+                                                for why in reasons)
                 results.setdefault(Path(data).name, {}).setdefault(kind, {})[str(reach)] = out
                 print(Path(data).name, kind, reach, json.dumps(out), flush=True)
     cbd.BRANCH_REACH = served
